@@ -1,0 +1,84 @@
+package guest
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// ProbeMarker is printed on the console by a guest booted with tandem.probe=1,
+// right before it powers off. The host's accelerator probe looks for it.
+const ProbeMarker = "TANDEM-PROBE-OK"
+
+// BootParams travel on the kernel command line as tandem.* parameters: they
+// are what the guest needs before its channel to the host is open.
+type BootParams struct {
+	Root     string       // block device of the root filesystem; empty: stay in the initramfs
+	Addr     netip.Prefix // address of the guest's NIC; invalid: no network
+	Gateway  netip.Addr
+	DNS      []netip.Addr
+	Hostname string
+	Probe    bool // print ProbeMarker and power off at once
+}
+
+// Cmdline renders the parameters for the kernel command line.
+func (p BootParams) Cmdline() string {
+	var b []string
+	if p.Root != "" {
+		b = append(b, "tandem.root="+p.Root)
+	}
+	if p.Addr.IsValid() {
+		b = append(b, "tandem.ip="+p.Addr.String())
+	}
+	if p.Gateway.IsValid() {
+		b = append(b, "tandem.gw="+p.Gateway.String())
+	}
+	if len(p.DNS) > 0 {
+		s := make([]string, len(p.DNS))
+		for i, a := range p.DNS {
+			s[i] = a.String()
+		}
+		b = append(b, "tandem.dns="+strings.Join(s, ","))
+	}
+	if p.Hostname != "" {
+		b = append(b, "tandem.hostname="+p.Hostname)
+	}
+	if p.Probe {
+		b = append(b, "tandem.probe=1")
+	}
+	return strings.Join(b, " ")
+}
+
+// ParseBootParams reads the tandem.* parameters of a kernel command line
+// (the contents of /proc/cmdline) and ignores everything else.
+func ParseBootParams(cmdline string) (BootParams, error) {
+	var p BootParams
+	for _, f := range strings.Fields(cmdline) {
+		k, v, _ := strings.Cut(f, "=")
+		var err error
+		switch k {
+		case "tandem.root":
+			p.Root = v
+		case "tandem.ip":
+			p.Addr, err = netip.ParsePrefix(v)
+		case "tandem.gw":
+			p.Gateway, err = netip.ParseAddr(v)
+		case "tandem.dns":
+			for _, s := range strings.Split(v, ",") {
+				var a netip.Addr
+				if a, err = netip.ParseAddr(s); err != nil {
+					break
+				}
+				p.DNS = append(p.DNS, a)
+			}
+		case "tandem.hostname":
+			p.Hostname = v
+		case "tandem.probe":
+			p.Probe = v == "1"
+		}
+		if err != nil {
+			return p, fmt.Errorf("kernel parameter %s: %w", k, err)
+		}
+	}
+	return p, nil
+}

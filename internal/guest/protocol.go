@@ -1,0 +1,194 @@
+// Package guest holds the protocol spoken between the host and tandem-guest,
+// the agent that runs as PID 1 (or a systemd unit) inside every microVM.
+//
+// The transport is any reliable byte stream: today a virtio-serial port whose
+// host end is a Unix socket served by QEMU; later Firecracker's hybrid vsock.
+// On that stream both sides exchange frames:
+//
+//	+--------+----------------+-----------------+
+//	| type 1 | length 4 (BE)  | payload length  |
+//	+--------+----------------+-----------------+
+//
+// Control frames carry JSON; output frames carry raw bytes. The exchange is:
+//
+//	guest → host  Hello       once the guest is ready to take a job
+//	host  → guest Job         what to run
+//	guest → host  Stdout/Stderr (any number, as the job writes)
+//	guest → host  Heartbeat   every HeartbeatInterval while alive
+//	host  → guest Cancel      optional: stop the job now
+//	guest → host  Exit        the job's end; the guest then syncs and powers off
+package guest
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// Version is the protocol version carried in Hello. A host refuses a guest
+// that speaks another major version.
+const Version = 1
+
+// PortName is the name of the virtio-serial port the guest looks for.
+const PortName = "tandem.0"
+
+// HeartbeatInterval is how often a guest says it is alive.
+const HeartbeatInterval = time.Second
+
+// MaxPayload bounds one frame so that a corrupt length cannot make either side
+// allocate without limit.
+const MaxPayload = 1 << 20
+
+// FrameType says what a frame carries.
+type FrameType byte
+
+// Frame types. Values are part of the wire format: never renumber.
+const (
+	FrameHello     FrameType = 1
+	FrameJob       FrameType = 2
+	FrameStdout    FrameType = 3
+	FrameStderr    FrameType = 4
+	FrameExit      FrameType = 5
+	FrameHeartbeat FrameType = 6
+	FrameCancel    FrameType = 7
+	FrameLog       FrameType = 8
+)
+
+func (t FrameType) String() string {
+	switch t {
+	case FrameHello:
+		return "hello"
+	case FrameJob:
+		return "job"
+	case FrameStdout:
+		return "stdout"
+	case FrameStderr:
+		return "stderr"
+	case FrameExit:
+		return "exit"
+	case FrameHeartbeat:
+		return "heartbeat"
+	case FrameCancel:
+		return "cancel"
+	case FrameLog:
+		return "log"
+	}
+	return fmt.Sprintf("frame(%d)", byte(t))
+}
+
+// ErrFrameTooLarge is returned when a frame announces a payload above MaxPayload.
+var ErrFrameTooLarge = errors.New("guest protocol: frame too large")
+
+// Hello is the guest's first frame.
+type Hello struct {
+	Version  int    `json:"version"`
+	Arch     string `json:"arch"`      // runtime.GOARCH of tandem-guest
+	Kernel   string `json:"kernel"`    // uname -r
+	UptimeMS int64  `json:"uptime_ms"` // guest clock at Hello, from /proc/uptime
+}
+
+// Job is what the host asks the guest to run.
+type Job struct {
+	Argv      []string          `json:"argv"`
+	Env       map[string]string `json:"env,omitempty"`
+	Dir       string            `json:"dir,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"` // 0: no guest-side limit
+}
+
+// Exit reports how the job ended.
+type Exit struct {
+	Code       int    `json:"code"`             // exit code; 128+signal when killed
+	Signal     string `json:"signal,omitempty"` // set when the job died of a signal
+	TimedOut   bool   `json:"timed_out,omitempty"`
+	Error      string `json:"error,omitempty"` // the job could not be started at all
+	DurationMS int64  `json:"duration_ms"`
+}
+
+// Conn frames a byte stream. Writes are safe from several goroutines; reads
+// must come from one.
+type Conn struct {
+	rw  io.ReadWriter
+	wmu sync.Mutex
+	hdr [5]byte
+}
+
+// NewConn wraps a stream.
+func NewConn(rw io.ReadWriter) *Conn { return &Conn{rw: rw} }
+
+// WriteFrame sends one frame.
+func (c *Conn) WriteFrame(t FrameType, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return ErrFrameTooLarge
+	}
+	buf := make([]byte, 5+len(payload))
+	buf[0] = byte(t)
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
+	copy(buf[5:], payload)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := c.rw.Write(buf)
+	return err
+}
+
+// WriteJSON sends one control frame.
+func (c *Conn) WriteJSON(t FrameType, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t, err)
+	}
+	return c.WriteFrame(t, b)
+}
+
+// ReadFrame reads one frame. The payload is freshly allocated.
+func (c *Conn) ReadFrame() (FrameType, []byte, error) {
+	if _, err := io.ReadFull(c.rw, c.hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(c.hdr[1:5])
+	if n > MaxPayload {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	t := FrameType(c.hdr[0])
+	p := make([]byte, n)
+	if _, err := io.ReadFull(c.rw, p); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, fmt.Errorf("read %s payload: %w", t, err)
+	}
+	return t, p, nil
+}
+
+// Decode unmarshals a control frame's payload. Unknown fields are ignored so
+// that a newer peer may add some.
+func Decode(t FrameType, p []byte, v any) error {
+	if err := json.Unmarshal(p, v); err != nil {
+		return fmt.Errorf("decode %s: %w", t, err)
+	}
+	return nil
+}
+
+// StreamWriter turns writes into output frames of one type, chunked under
+// MaxPayload. It lets a job's stdout or stderr be wired straight to the channel.
+type StreamWriter struct {
+	C    *Conn
+	Type FrameType
+}
+
+func (w StreamWriter) Write(p []byte) (int, error) {
+	const chunk = 32 << 10
+	total := 0
+	for len(p) > 0 {
+		n := min(len(p), chunk)
+		if err := w.C.WriteFrame(w.Type, p[:n]); err != nil {
+			return total, err
+		}
+		total += n
+		p = p[n:]
+	}
+	return total, nil
+}
