@@ -1,0 +1,52 @@
+// Command tandem-guest is the agent inside every Tandem microVM: PID 1
+// (/init) of the test image's initramfs, or a systemd unit in a full image.
+//
+// As PID 1 it mounts /dev, /proc and /sys, loads the kernel modules listed in
+// /etc/tandem/modules, switches to the root disk named by tandem.root=,
+// mounts /tmp, /run and /dev/pts, and sets up the hostname and network from
+// the tandem.* kernel parameters. In either mode it then opens the
+// virtio-serial port named guest.PortName, says Hello, runs the one Job the
+// host sends while streaming its output and sending heartbeats, reports its
+// Exit, syncs and restarts the VM (QEMU runs with -no-reboot, so it exits).
+//
+// Exit codes it reports besides the job's own: 124 timed out, 125 could not
+// start (bad job, bad dir), 126 not executable, 127 not found, 130 cancelled;
+// a job killed by a signal reports 128+n and the signal's name.
+//
+// Any fatal error is printed on the console as "tandem-guest: fatal: ..."
+// and the VM is restarted (powered off) the same way: init never exits.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/tandem-ci/tandem/internal/guest"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func versionString() string {
+	return fmt.Sprintf("tandem-guest %s (protocol %d, %s, %s/%s)",
+		version, guest.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func main() {
+	// As PID 1 the arguments are whatever the kernel passed on: ignore them.
+	if os.Getpid() != 1 && len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "--version", "-version", "version":
+			fmt.Println(versionString())
+			return
+		case "-h", "--help", "help":
+			fmt.Println("usage: tandem-guest [--version]\n\nRuns as /init (PID 1) of a Tandem VM, or as its systemd service.")
+			return
+		default:
+			fmt.Fprintf(os.Stderr, "tandem-guest: unknown argument %q (usage: tandem-guest [--version])\n", os.Args[1])
+			os.Exit(2)
+		}
+	}
+	boot()
+}
