@@ -1,0 +1,258 @@
+package hostnet
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// newNetns makes an anonymous network namespace, alive while its handle is
+// open (closed on cleanup; its links go with it).
+func newNetns(t *testing.T) netns.NsHandle {
+	t.Helper()
+	var h netns.NsHandle
+	err := onThread(func() error {
+		var err error
+		h, err = netns.New() // also moves this thread into it; onThread moves it back
+		return err
+	})
+	if err != nil {
+		t.Fatalf("new netns: %v", err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// inNetns runs fn on a thread inside ns. Sockets fn opens stay in ns.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	return onThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
+		}
+		return fn()
+	})
+}
+
+// onThread runs fn on a locked OS thread and then returns that thread to
+// the namespace it started in; if that fails, the thread is not unlocked,
+// so it ends with its goroutine instead of serving others in the wrong one.
+func onThread(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		err = fn()
+		if serr := netns.Set(orig); serr != nil {
+			errc <- errors.Join(err, fmt.Errorf("back to netns: %w", serr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// addVethInto makes a veth pair here and moves its peer into ns, where it
+// gets addr (and mac, if set), is set up and, with gw valid, routes
+// everything through gw. It returns the end that stays here.
+func addVethInto(t *testing.T, name, peer string, ns netns.NsHandle, addr netip.Prefix, mac net.HardwareAddr, gw netip.Addr) netlink.Link {
+	t.Helper()
+	here := addVeth(t, name, peer)
+	p, err := netlink.LinkByName(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetNsFd(p, int(ns)); err != nil {
+		t.Fatalf("move %s: %v", peer, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if p, err = h.LinkByName(peer); err != nil {
+		t.Fatal(err)
+	}
+	if mac != nil {
+		if err := h.LinkSetHardwareAddr(p, mac); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := netlink.ParseAddr(addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(p, a); err != nil {
+		t.Fatalf("address %s: %v", addr, err)
+	}
+	for _, l := range []netlink.Link{p, mustLink(t, h, "lo")} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if gw.IsValid() {
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: p.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+			t.Fatalf("default route via %s: %v", gw, err)
+		}
+	}
+	return here
+}
+
+func mustLink(t *testing.T, h *netlink.Handle, name string) netlink.Link {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// serve answers every connection on ln with the address it came from.
+func serve(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+		c.Close()
+	}
+}
+
+// dialFrom connects from ns to addr and returns what the server answered:
+// the source address it saw.
+func dialFrom(ns netns.NsHandle, addr string, timeout time.Duration) (string, error) {
+	var answer string
+	err := inNetns(ns, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr) // the socket is made here, in ns
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(timeout))
+		answer, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	})
+	return strings.TrimSpace(answer), err
+}
+
+// TestGuestReachesGatewayAndEgress stands in for a VM with a veth whose far
+// end sits in a "guest" namespace, configured as tandem-guest would
+// configure the VM's NIC from its Attachment. The guest reaches a server on
+// the gateway address, and, through NAT, one in an "upstream" namespace
+// that has no route back to the VM subnet.
+func TestGuestReachesGatewayAndEgress(t *testing.T) {
+	n := ensured(t, nil)
+	ctx := context.Background()
+	id := "vm-00000000c1"
+	att, err := n.Attach(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Detach(ctx, id) })
+
+	guest := newNetns(t)
+	hostEnd := addVethInto(t, "tdmv-g0", "tdmv-g1", guest, att.Addr, att.MAC, att.Gateway)
+	br, err := n.bridge()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetMaster(hostEnd, br); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(hostEnd); err != nil {
+		t.Fatal(err)
+	}
+
+	// A server on the gateway address, in the host's (the test's) namespace.
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(att.Gateway, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serve(ln)
+	var saw string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		saw, err = dialFrom(guest, ln.Addr().String(), 2*time.Second)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the bridge port may still be coming up
+	}
+	if err != nil {
+		t.Fatalf("guest to gateway %s: %v", ln.Addr(), err)
+	}
+	if saw != att.Addr.Addr().String() {
+		t.Errorf("gateway server saw %s, want the guest's %s", saw, att.Addr.Addr())
+	}
+
+	// Upstream: another namespace behind a veth, 10.99.0.2, knowing nothing
+	// of the VM subnet. Only masquerade makes its answers come back.
+	upstream := newNetns(t)
+	up := addVethInto(t, "tdmv-u0", "tdmv-u1", upstream, mustPrefix("10.99.0.2/24"), nil, netip.Addr{})
+	upAddr, _ := netlink.ParseAddr("10.99.0.1/24")
+	if err := netlink.AddrAdd(up, upAddr); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(up); err != nil {
+		t.Fatal(err)
+	}
+	var uln net.Listener
+	if err := inNetns(upstream, func() error {
+		var err error
+		uln, err = net.Listen("tcp", "10.99.0.2:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { uln.Close() })
+	go serve(uln)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		saw, err = dialFrom(guest, uln.Addr().String(), 2*time.Second)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("guest to upstream %s: %v", uln.Addr(), err)
+	}
+	if saw != "10.99.0.1" {
+		t.Errorf("upstream saw %s, want the host's 10.99.0.1 (masqueraded)", saw)
+	}
+
+	// Without the table there is no NAT, and upstream cannot answer.
+	if err := DeleteRules(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if saw, err := dialFrom(guest, uln.Addr().String(), time.Second); err == nil {
+		t.Errorf("without NAT the guest still reached upstream (which saw %s)", saw)
+	}
+	if err := n.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialFrom(guest, uln.Addr().String(), 5*time.Second); err != nil {
+		t.Errorf("after Ensure again: %v", err)
+	}
+}
