@@ -90,7 +90,7 @@ func (a *agent) run() error {
 	reaper := startReaper()
 	failedModules := 0
 	if a.pid1 {
-		if failedModules, err = loadModules(con, moduleDir, moduleList); err != nil {
+		if failedModules, err = loadModules(con, moduleDir, moduleList, cmdline); err != nil {
 			return err
 		}
 		if bp.Root != "" {

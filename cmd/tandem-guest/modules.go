@@ -59,3 +59,19 @@ func compressedModule(path string) bool {
 	}
 	return false
 }
+
+// moduleParams returns the parameters the kernel command line gives module
+// mod ("mod.key=value" → "key=value"), space-separated, as modprobe passes
+// them. Module names treat '-' and '_' alike.
+func moduleParams(cmdline, mod string) string {
+	norm := func(s string) string { return strings.ReplaceAll(s, "-", "_") }
+	prefix := norm(mod) + "."
+	var params []string
+	for _, f := range strings.Fields(cmdline) {
+		name, _, _ := strings.Cut(f, "=")
+		if i := strings.IndexByte(name, '.'); i > 0 && norm(name[:i+1]) == prefix && len(f) > len(prefix) {
+			params = append(params, f[len(prefix):])
+		}
+	}
+	return strings.Join(params, " ")
+}

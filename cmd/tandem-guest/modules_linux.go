@@ -12,12 +12,14 @@ import (
 )
 
 // loadModules loads every module named in list, in order, with
-// finit_module(2). Parameters are left to the kernel, which applies
-// "modname.param=value" from its command line on load. A module already
+// finit_module(2), each with the "modname.param=value" parameters of the
+// kernel command line. (The kernel applies those only to built-in code; for
+// a loadable module it is the loader's job, as modprobe does it — QEMU's
+// microvm describes its virtio-mmio devices to virtio_mmio that way.) A module already
 // loaded (EEXIST) is fine. A failing module is reported and the rest still
 // load; the caller learns how many failed, and later stages (no disk, no
 // channel) fail with a hint pointing back here.
-func loadModules(con *console, dir, list string) (failed int, err error) {
+func loadModules(con *console, dir, list, cmdline string) (failed int, err error) {
 	f, err := os.Open(list)
 	if errors.Is(err, os.ErrNotExist) {
 		con.logf("modules: no %s, none loaded", list)
@@ -34,7 +36,7 @@ func loadModules(con *console, dir, list string) (failed int, err error) {
 	start := time.Now()
 	loaded, present := 0, 0
 	for _, p := range paths {
-		switch err := loadModule(p); {
+		switch err := loadModule(p, moduleParams(cmdline, moduleName(p))); {
 		case err == nil:
 			loaded++
 		case errors.Is(err, unix.EEXIST):
@@ -48,7 +50,7 @@ func loadModules(con *console, dir, list string) (failed int, err error) {
 	return failed, nil
 }
 
-func loadModule(path string) error {
+func loadModule(path, params string) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open: %w", err)
@@ -59,7 +61,7 @@ func loadModule(path string) error {
 		flags |= unix.MODULE_INIT_COMPRESSED_FILE
 	}
 	for {
-		err = unix.FinitModule(fd, "", flags)
+		err = unix.FinitModule(fd, params, flags)
 		if err != unix.EINTR {
 			break
 		}

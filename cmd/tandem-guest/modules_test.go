@@ -34,3 +34,16 @@ func TestModuleNames(t *testing.T) {
 		t.Fatal("compressedModule")
 	}
 }
+
+func TestModuleParams(t *testing.T) {
+	cmdline := "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio-mmio.device=512@0xfeb00c00:11 virtio_blk.queue_depth=8 virtio_mmiox.bad=1 quiet"
+	if got, want := moduleParams(cmdline, "virtio_mmio"), "device=512@0xfeb00e00:12 device=512@0xfeb00c00:11"; got != want {
+		t.Errorf("virtio_mmio params %q, want %q", got, want)
+	}
+	if got := moduleParams(cmdline, "virtio_blk"); got != "queue_depth=8" {
+		t.Errorf("virtio_blk params %q", got)
+	}
+	if got := moduleParams(cmdline, "virtio_net"); got != "" {
+		t.Errorf("virtio_net params %q, want none", got)
+	}
+}
