@@ -1,0 +1,59 @@
+package vm
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// ProcStartTime reads field 22 of /proc/PID/stat: the process's start time
+// in clock ticks since boot, which together with the PID names a process
+// uniquely (PIDs are reused; start times are not, within one boot).
+func ProcStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
+}
+
+// ProcessOwner names the calling process as a VM owner: "run:<pid>:<start>".
+// A VM owned this way belongs to a short-lived command (`tandem run`) and is
+// a leftover to reclaim as soon as that process is gone.
+func ProcessOwner() string {
+	pid := os.Getpid()
+	st, _ := ProcStartTime(pid)
+	return fmt.Sprintf("run:%d:%d", pid, st)
+}
+
+// OwnerAlive reports whether the owner of a VM still exists. Owners that are
+// not processes (an agent, which re-attaches after a restart) count as alive;
+// an empty or malformed owner does not.
+func OwnerAlive(owner string) bool {
+	kind, rest, ok := strings.Cut(owner, ":")
+	if !ok {
+		return owner == "agent"
+	}
+	if kind != "run" {
+		return true
+	}
+	ps, ss, ok := strings.Cut(rest, ":")
+	pid, err1 := strconv.Atoi(ps)
+	st, err2 := strconv.ParseUint(ss, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return false
+	}
+	cur, err := ProcStartTime(pid)
+	return err == nil && cur == st
+}

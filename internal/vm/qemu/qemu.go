@@ -1,0 +1,326 @@
+// Package qemu is the QEMU back end of vm.Driver: `-M microvm` for amd64
+// guests and `-M virt` for arm64 guests, under KVM or TCG.
+//
+// Every VM lives in <StateDir>/vms/<id>/: its record (vm.json), its qcow2
+// overlay over the read-only base disk, its console log, QEMU's log, and the
+// QMP and guest-channel sockets. QEMU runs in its own session so that a
+// Ctrl-C aimed at the caller does not reach it behind the caller's back; the
+// caller decides (Spec.DieWithOwner) whether it must die with its creator.
+// Nothing a VM uses is anonymous: the directory, the QEMU process (found by
+// its -name and its sockets' paths), the cgroup and, outside this package, the
+// TAP device and address lease are all named after the VM id, which is how
+// Destroy and the leak collector find them.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// Config configures the driver.
+type Config struct {
+	StateDir string // required; VMs live under StateDir/vms
+	Limits   vm.Limits
+	Logger   *slog.Logger
+}
+
+// Driver implements vm.Driver with QEMU.
+type Driver struct {
+	stateDir string
+	limits   vm.Limits
+	log      *slog.Logger
+	cg       *cgroups
+
+	mu   sync.Mutex
+	live map[string]*instance // handles this process holds
+}
+
+var _ vm.Driver = (*Driver)(nil)
+
+// New returns a driver. It creates StateDir if needed.
+func New(cfg Config) (*Driver, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("qemu driver: state dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o700); err != nil {
+		return nil, fmt.Errorf("qemu driver: %w", err)
+	}
+	return &Driver{
+		stateDir: cfg.StateDir,
+		limits:   cfg.Limits,
+		log:      cfg.Logger,
+		cg:       newCgroups(cfg.Logger),
+		live:     map[string]*instance{},
+	}, nil
+}
+
+// Name implements vm.Driver.
+func (d *Driver) Name() string { return "qemu" }
+
+func (d *Driver) vmDir(id string) string { return filepath.Join(d.stateDir, "vms", id) }
+
+// record is vm.json: what a later process needs to find and reclaim the VM.
+type record struct {
+	Spec      vm.Spec   `json:"spec"`
+	Created   time.Time `json:"created"`
+	PID       int       `json:"pid,omitempty"`
+	StartTime uint64    `json:"pid_start_time,omitempty"` // /proc/PID/stat field 22, against PID reuse
+}
+
+func (d *Driver) writeRecord(id string, r record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(d.vmDir(id), "vm.json"), b)
+}
+
+func (d *Driver) readRecord(id string) (record, error) {
+	var r record
+	b, err := os.ReadFile(filepath.Join(d.vmDir(id), "vm.json"))
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("vm %s: corrupt record: %w", id, err)
+	}
+	return r, nil
+}
+
+// Create implements vm.Driver.
+func (d *Driver) Create(ctx context.Context, s vm.Spec) (vm.Instance, error) {
+	if err := s.Validate(d.limits); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath(Binary(s.Arch)); err != nil {
+		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-%s", Binary(s.Arch), map[vm.Arch]string{vm.AMD64: "x86", vm.ARM64: "arm"}[s.Arch])
+	}
+	for _, f := range []string{s.Kernel, s.Initrd, s.BaseDisk} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+		}
+	}
+	dir := d.vmDir(s.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("vm %s already exists", s.ID)
+		}
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	in := d.newInstance(s, time.Now().UTC())
+	ok := false
+	defer func() {
+		if !ok {
+			in.Destroy(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := d.writeRecord(s.ID, record{Spec: s, Created: in.created}); err != nil {
+		return nil, fmt.Errorf("vm %s: write record: %w", s.ID, err)
+	}
+	if s.BaseDisk != "" {
+		base, err := filepath.Abs(s.BaseDisk)
+		if err != nil {
+			return nil, err
+		}
+		out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+			"-F", "raw", "-b", base, in.paths.Disk).CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: create overlay: %v: %s", s.ID, err, out)
+		}
+	}
+	ok = true
+	d.track(in)
+	return in, nil
+}
+
+func (d *Driver) newInstance(s vm.Spec, created time.Time) *instance {
+	dir := d.vmDir(s.ID)
+	p := Paths{
+		Console: filepath.Join(dir, "console.log"),
+		Guest:   filepath.Join(dir, "guest.sock"),
+		QMP:     filepath.Join(dir, "qmp.sock"),
+		PIDFile: filepath.Join(dir, "qemu.pid"),
+	}
+	if s.BaseDisk != "" {
+		p.Disk = filepath.Join(dir, "overlay.qcow2")
+	}
+	return &instance{d: d, spec: s, dir: dir, paths: p, created: created, done: make(chan struct{})}
+}
+
+func (d *Driver) track(in *instance) {
+	d.mu.Lock()
+	d.live[in.spec.ID] = in
+	d.mu.Unlock()
+}
+
+func (d *Driver) untrack(id string) {
+	d.mu.Lock()
+	delete(d.live, id)
+	d.mu.Unlock()
+}
+
+// Get implements vm.Driver.
+func (d *Driver) Get(ctx context.Context, id string) (vm.Instance, error) {
+	if !vm.ValidID(id) {
+		return nil, fmt.Errorf("%w: invalid id %q", vm.ErrNotFound, id)
+	}
+	d.mu.Lock()
+	in := d.live[id]
+	d.mu.Unlock()
+	if in != nil {
+		return in, nil
+	}
+	return d.attach(ctx, id)
+}
+
+// attach builds a handle on a VM from its record and, if its QEMU still
+// runs, watches that process.
+func (d *Driver) attach(ctx context.Context, id string) (*instance, error) {
+	r, err := d.readRecord(id)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Stat(d.vmDir(id)); serr != nil {
+			return nil, fmt.Errorf("%w: %s", vm.ErrNotFound, id)
+		}
+		// A directory without a record: Create died before writing it.
+		r = record{Spec: vm.Spec{ID: id}}
+	} else if err != nil {
+		// A corrupt record still names a VM to reclaim.
+		d.log.Warn("vm record unreadable; the vm can only be destroyed", "vm", id, "err", err)
+		r = record{Spec: vm.Spec{ID: id}}
+	}
+	r.Spec.ID = id
+	in := d.newInstance(r.Spec, r.Created)
+	pid := r.PID
+	if pid == 0 || !sameProcess(pid, r.StartTime) {
+		pid = 0
+	}
+	if pid == 0 {
+		// QEMU may have started after the record was last written: look for it.
+		pid = findQEMU(d.stateDir, id)
+	}
+	if pid != 0 {
+		if err := in.watchForeign(ctx, pid); err != nil {
+			d.log.Warn("cannot watch leftover qemu", "vm", id, "pid", pid, "err", err)
+		}
+	} else if r.PID != 0 {
+		in.markStopped(vm.ExitStatus{Reason: "unknown", ExitCode: -1})
+	}
+	d.track(in)
+	return in, nil
+}
+
+// List implements vm.Driver.
+func (d *Driver) List(ctx context.Context) ([]vm.Info, error) {
+	ids, err := d.ids()
+	if err != nil {
+		return nil, err
+	}
+	var out []vm.Info
+	for _, id := range ids {
+		in, err := d.Get(ctx, id)
+		if err != nil {
+			if errors.Is(err, vm.ErrNotFound) {
+				continue // destroyed meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, in.Info())
+	}
+	return out, nil
+}
+
+// Recover implements vm.Driver.
+func (d *Driver) Recover(ctx context.Context) ([]vm.Instance, error) {
+	ids, err := d.ids()
+	if err != nil {
+		return nil, err
+	}
+	var out []vm.Instance
+	for _, id := range ids {
+		in, err := d.Get(ctx, id)
+		if err != nil {
+			if errors.Is(err, vm.ErrNotFound) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// ids lists VM ids with state on this host: directories under vms/ and QEMU
+// processes of ours whose directory is gone.
+func (d *Driver) ids() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(d.stateDir, "vms"))
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, e := range ents {
+		if e.IsDir() && vm.ValidID(e.Name()) {
+			seen[e.Name()] = true
+		}
+	}
+	for id, pid := range scanQEMU(d.stateDir) {
+		if !seen[id] {
+			// A QEMU whose directory was removed under it: recreate the
+			// directory so the VM can be listed and destroyed like any other.
+			d.log.Warn("found a qemu process without state; it will be reclaimed", "vm", id, "pid", pid)
+			if err := os.MkdirAll(d.vmDir(id), 0o700); err == nil {
+				seen[id] = true
+			}
+		}
+	}
+	for _, id := range d.cg.list() {
+		if vm.ValidID(id) && !seen[id] {
+			// A cgroup outliving its VM (a crash mid-Destroy): adopt it for reclaiming.
+			if err := os.MkdirAll(d.vmDir(id), 0o700); err == nil {
+				seen[id] = true
+			}
+		}
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,237 @@
+// Package vm defines how Tandem drives microVMs: one Driver interface with a
+// back end per hypervisor (today QEMU, in vm/qemu), and the conformance suite
+// every back end must pass (vm/vmtest).
+//
+// A VM's life: Create prepares everything it needs on the host (state
+// directory, copy-on-write root disk, cgroup) without starting it; Start boots
+// it; Wait returns when it has stopped; Stop asks it to stop and kills it after
+// a grace period; Destroy kills it if needed and reclaims every host resource
+// named after it. Destroy is idempotent and is the one exit path that every
+// other path ends in. Recover finds the VMs a previous process left behind, so
+// that they can be re-attached or destroyed.
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"regexp"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Arch is a guest CPU architecture, named as Go names it.
+type Arch string
+
+const (
+	AMD64 Arch = "amd64"
+	ARM64 Arch = "arm64"
+)
+
+// ErrUnknownArch is returned for an architecture Tandem cannot run.
+var ErrUnknownArch = errors.New("unknown architecture")
+
+// ParseArch accepts Go's and the kernel's names: amd64, x86_64, arm64, aarch64.
+func ParseArch(s string) (Arch, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "amd64", "x86_64", "x64":
+		return AMD64, nil
+	case "arm64", "aarch64":
+		return ARM64, nil
+	}
+	return "", fmt.Errorf("%w %q (want amd64 or arm64)", ErrUnknownArch, s)
+}
+
+// HostArch is the architecture of this host.
+func HostArch() Arch { return Arch(runtime.GOARCH) }
+
+// UnameMachine is the name `uname -m` prints inside a guest of this arch.
+func (a Arch) UnameMachine() string {
+	switch a {
+	case AMD64:
+		return "x86_64"
+	case ARM64:
+		return "aarch64"
+	}
+	return string(a)
+}
+
+// Accel is the accelerator a VM runs under.
+type Accel string
+
+const (
+	AccelAuto Accel = "auto" // KVM where a probe boot proves it works, else TCG
+	AccelKVM  Accel = "kvm"  // hardware virtualisation
+	AccelTCG  Accel = "tcg"  // QEMU's software emulation
+)
+
+// ParseAccel validates an accelerator name.
+func ParseAccel(s string) (Accel, error) {
+	switch a := Accel(strings.ToLower(s)); a {
+	case AccelAuto, AccelKVM, AccelTCG:
+		return a, nil
+	}
+	return "", fmt.Errorf("unknown accelerator %q (want auto, kvm or tcg)", s)
+}
+
+// ErrKVMUnusable is returned when KVM was asked for and cannot run a guest here.
+var ErrKVMUnusable = errors.New("kvm cannot run a guest on this host")
+
+// NIC attaches the VM to a host TAP device made for it.
+type NIC struct {
+	TAP string
+	MAC net.HardwareAddr
+}
+
+// Spec is everything needed to create a VM.
+type Spec struct {
+	ID        string  // "vm-" + 10 hex digits; NewID makes one
+	Arch      Arch    // guest architecture
+	VCPUs     float64 // may be fractional: rounded up for the guest, capped by a CPU quota
+	MemoryMiB int
+	Kernel    string // path to an uncompressed kernel (ELF vmlinux for amd64, Image for arm64)
+	Initrd    string // path to the initramfs
+	Cmdline   string // kernel parameters added to the driver's own
+	BaseDisk  string // read-only raw root filesystem; each VM writes to its own overlay
+	NIC       *NIC   // optional
+	Accel     Accel  // AccelKVM or AccelTCG; resolve AccelAuto before Create
+	Owner     string // who owns the VM: "run:<pid>:<starttime>" or "agent"; see OwnerAlive
+	// DieWithOwner kills the VM if the creating process dies (even by SIGKILL).
+	// `tandem run` sets it; an agent, whose VMs must outlive its restarts, does not.
+	DieWithOwner bool
+}
+
+var idRE = regexp.MustCompile(`^vm-[0-9a-f]{10}$`)
+
+// NewID returns a fresh VM id.
+func NewID() string {
+	var b [5]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return "vm-" + hex.EncodeToString(b[:])
+}
+
+// ValidID reports whether id has the form NewID makes. Everything a VM leaves
+// on the host is named after its id, so a bad id must never reach a path.
+func ValidID(id string) bool { return idRE.MatchString(id) }
+
+// Limits bound what a Spec may ask of this host.
+type Limits struct {
+	VCPUs     int // host CPUs
+	MemoryMiB int // host memory
+}
+
+// Validate checks a spec against the host. Every error is one clear line.
+func (s Spec) Validate(l Limits) error {
+	if !ValidID(s.ID) {
+		return fmt.Errorf("invalid vm id %q", s.ID)
+	}
+	if s.Arch != AMD64 && s.Arch != ARM64 {
+		return fmt.Errorf("%w %q (want amd64 or arm64)", ErrUnknownArch, s.Arch)
+	}
+	if math.IsNaN(s.VCPUs) || s.VCPUs <= 0 {
+		return fmt.Errorf("vcpus must be more than 0, got %g", s.VCPUs)
+	}
+	if l.VCPUs > 0 && s.VCPUs > float64(l.VCPUs) {
+		return fmt.Errorf("vcpus %g is more than this host has (%d)", s.VCPUs, l.VCPUs)
+	}
+	if s.MemoryMiB < 64 {
+		return fmt.Errorf("memory must be at least 64 MiB, got %d MiB", s.MemoryMiB)
+	}
+	if l.MemoryMiB > 0 && s.MemoryMiB > l.MemoryMiB {
+		return fmt.Errorf("memory %d MiB is more than this host has (%d MiB)", s.MemoryMiB, l.MemoryMiB)
+	}
+	if s.Accel != AccelKVM && s.Accel != AccelTCG {
+		return fmt.Errorf("accelerator must be resolved to kvm or tcg, got %q", s.Accel)
+	}
+	if s.Accel == AccelKVM && s.Arch != HostArch() {
+		return fmt.Errorf("%w: a %s guest cannot use kvm on a %s host", ErrKVMUnusable, s.Arch, HostArch())
+	}
+	if s.Kernel == "" || s.Initrd == "" {
+		return errors.New("kernel and initrd are required")
+	}
+	return nil
+}
+
+// GuestCPUs is the vCPU count the guest sees: VCPUs rounded up.
+func (s Spec) GuestCPUs() int { return int(math.Ceil(s.VCPUs)) }
+
+// Emulated reports whether the guest's architecture differs from the host's.
+func (s Spec) Emulated() bool { return s.Arch != HostArch() }
+
+// State is where a VM is in its life.
+type State string
+
+const (
+	StateCreated State = "created" // prepared, not started
+	StateRunning State = "running"
+	StateStopped State = "stopped" // the hypervisor process has exited
+)
+
+// Info describes a VM.
+type Info struct {
+	ID       string    `json:"id"`
+	Spec     Spec      `json:"spec"`
+	State    State     `json:"state"`
+	PID      int       `json:"pid,omitempty"`
+	Created  time.Time `json:"created"`
+	Emulated bool      `json:"emulated"`
+}
+
+// ExitStatus says why a VM stopped.
+type ExitStatus struct {
+	// Reason is the hypervisor's: "guest-reset" (the guest rebooted, which is
+	// how tandem-guest ends a VM and also what a guest panic does),
+	// "guest-shutdown", "host-quit", "killed", or "unknown".
+	Reason   string `json:"reason"`
+	ExitCode int    `json:"exit_code"` // of the hypervisor process, -1 if killed or unknown
+}
+
+// ErrNotFound is returned for a VM id the driver does not know.
+var ErrNotFound = errors.New("vm not found")
+
+// Driver creates and finds VMs of one hypervisor.
+type Driver interface {
+	// Name is the back end's name, e.g. "qemu".
+	Name() string
+	// Create prepares a VM without starting it. On error nothing is left behind.
+	Create(ctx context.Context, s Spec) (Instance, error)
+	// Get returns a handle on a VM this driver knows, running or not.
+	Get(ctx context.Context, id string) (Instance, error)
+	// List returns every VM this driver has state for, including leftovers of
+	// a process that died.
+	List(ctx context.Context) ([]Info, error)
+	// Recover re-attaches to every VM a previous process left running and
+	// returns handles on all VMs with state on this host; callers Destroy the
+	// ones they no longer want.
+	Recover(ctx context.Context) ([]Instance, error)
+}
+
+// Instance is a handle on one VM.
+type Instance interface {
+	ID() string
+	Info() Info
+	// Start boots the VM. It returns once the hypervisor runs the guest.
+	Start(ctx context.Context) error
+	// Wait blocks until the VM has stopped or ctx ends.
+	Wait(ctx context.Context) (ExitStatus, error)
+	// Stop asks the hypervisor to end the VM and kills it after grace.
+	Stop(ctx context.Context, grace time.Duration) error
+	// Pause and Resume freeze and thaw the guest's CPUs.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Destroy kills the VM if it runs and removes everything it had on the
+	// host. It is idempotent.
+	Destroy(ctx context.Context) error
+	// GuestChannel connects to the host end of the host↔guest channel.
+	GuestChannel(ctx context.Context) (io.ReadWriteCloser, error)
+	// ConsoleLog is the path of the guest's console log.
+	ConsoleLog() string
+}

@@ -1,0 +1,76 @@
+package vm
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseArch(t *testing.T) {
+	for in, want := range map[string]Arch{"amd64": AMD64, "x86_64": AMD64, "ARM64": ARM64, "aarch64": ARM64} {
+		if got, err := ParseArch(in); err != nil || got != want {
+			t.Errorf("ParseArch(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseArch("riscv64"); !errors.Is(err, ErrUnknownArch) {
+		t.Errorf("ParseArch(riscv64): %v, want ErrUnknownArch", err)
+	}
+}
+
+func TestNewIDIsValidAndUnique(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		id := NewID()
+		if !ValidID(id) || seen[id] {
+			t.Fatalf("bad or repeated id %q", id)
+		}
+		seen[id] = true
+	}
+	for _, bad := range []string{"", "vm-", "vm-0123456789a", "vm-ABCDEF0123", "../vm-0123456789", "vm-01234/6789"} {
+		if ValidID(bad) {
+			t.Errorf("ValidID(%q) = true", bad)
+		}
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	ok := Spec{ID: NewID(), Arch: HostArch(), VCPUs: 0.5, MemoryMiB: 256, Kernel: "k", Initrd: "i", Accel: AccelTCG}
+	lim := Limits{VCPUs: 2, MemoryMiB: 1024}
+	if err := ok.Validate(lim); err != nil {
+		t.Fatalf("valid spec refused: %v", err)
+	}
+	cases := map[string]func(*Spec){
+		"vcpus must be more than 0":          func(s *Spec) { s.VCPUs = 0 },
+		"more than this host has (2)":        func(s *Spec) { s.VCPUs = 3 },
+		"at least 64 MiB":                    func(s *Spec) { s.MemoryMiB = 10 },
+		"more than this host has (1024 MiB)": func(s *Spec) { s.MemoryMiB = 2048 },
+		"unknown architecture":               func(s *Spec) { s.Arch = "mips" },
+		"must be resolved":                   func(s *Spec) { s.Accel = AccelAuto },
+		"invalid vm id":                      func(s *Spec) { s.ID = "x" },
+	}
+	for want, mut := range cases {
+		s := ok
+		mut(&s)
+		err := s.Validate(lim)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want error containing %q, got %v", want, err)
+		}
+	}
+	if ok.GuestCPUs() != 1 {
+		t.Errorf("0.5 vCPU should round up to 1 guest CPU, got %d", ok.GuestCPUs())
+	}
+}
+
+func TestOwnerAlive(t *testing.T) {
+	if !OwnerAlive(ProcessOwner()) {
+		t.Error("this process is not alive as an owner")
+	}
+	if !OwnerAlive("agent") {
+		t.Error("agent owners are kept")
+	}
+	for _, dead := range []string{"", "run:1:999999999999", "run:x:y", "run:999999999:1", "garbage"} {
+		if OwnerAlive(dead) {
+			t.Errorf("OwnerAlive(%q) = true", dead)
+		}
+	}
+}
