@@ -65,7 +65,10 @@ func RunInNetns(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		return 1
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", name, self}, os.Args[1:]...)...)
+	// `ip netns exec` gives the child a fresh /sys, without the cgroup
+	// mounts; mount the host's cgroup hierarchies again so that VM CPU
+	// quotas work in tests as they do outside.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", name, "sh", "-c", remountCgroups, self}, os.Args[1:]...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), netnsEnv+"="+name)
 	if err := cmd.Run(); err != nil {
@@ -98,3 +101,17 @@ func ShortTempDir(t testing.TB) string {
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }
+
+// remountCgroups runs in the test's namespace before the test binary: it
+// mounts cgroup2, or else cgroup v1's cpu controller, where the host has
+// them, and then execs the test binary ($0 with its arguments).
+const remountCgroups = `
+if ! [ -e /sys/fs/cgroup/cgroup.controllers ] && ! [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+  if awk '$5 == "/sys/fs/cgroup" && / - cgroup2 /' /proc/1/mountinfo | grep -q .; then
+    mount -t cgroup2 none /sys/fs/cgroup
+  elif grep -q ' - cgroup .*cpu' /proc/1/mountinfo; then
+    mount -t tmpfs cgroup_root /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/cpu &&
+      { mount -t cgroup -o cpu none /sys/fs/cgroup/cpu || mount -t cgroup -o cpu,cpuacct none /sys/fs/cgroup/cpu; }
+  fi
+fi 2>/dev/null
+exec "$0" "$@"`

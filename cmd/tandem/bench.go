@@ -1,0 +1,101 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ci/tandem/bench"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+func benchCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks against baselines measured in the same run"}
+	cmd.AddCommand(benchBootCmd(g))
+	return cmd
+}
+
+func benchBootCmd(g *globals) *cobra.Command {
+	var (
+		n                 int
+		conc, arch, accel string
+		memory            string
+		cpus              float64
+		jsonOut           bool
+		nf                netFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "boot",
+		Short: "Time VM boots through Tandem against bare QEMU with the same kernel, image and flags",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := vm.ParseArch(arch)
+			if err != nil {
+				return err
+			}
+			ac, err := vm.ParseAccel(accel)
+			if err != nil {
+				return err
+			}
+			mem, err := parseMemory(memory)
+			if err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			var levels []int
+			for _, s := range strings.Split(conc, ",") {
+				c, err := strconv.Atoi(strings.TrimSpace(s))
+				if err != nil || c < 1 {
+					return fmt.Errorf("--concurrency %q: want a list of positive numbers such as 1,4,8", conc)
+				}
+				levels = append(levels, c)
+			}
+			if err := requireRoot("tandem bench boot"); err != nil {
+				return err
+			}
+			h, err := newHost(cmd.Context(), g, &nf)
+			if err != nil {
+				return err
+			}
+			if _, err := h.Collect(cmd.Context(), nil); err != nil {
+				g.log.Warn("reclaiming leftovers failed", "err", err)
+			}
+			scratch := filepath.Join(g.dataDir, "state", "bench")
+			if err := os.MkdirAll(scratch, 0o700); err != nil {
+				return err
+			}
+			defer os.RemoveAll(scratch)
+			rep, err := bench.Boot(cmd.Context(), h, bench.BootOptions{N: n, Concurrency: levels, Arch: a, Accel: ac,
+				VCPUs: cpus, MemoryMiB: mem, ScratchDir: scratch})
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			fmt.Printf("boot to guest agent ready, %s guest, %s (%s), image %s\n", rep.Arch, rep.Accel, rep.AccelReason, rep.Image)
+			fmt.Printf("%-11s %4s %12s %12s %14s %14s %7s %10s %10s\n", "concurrency", "n", "tandem p50", "tandem p95", "baseline p50", "baseline p95", "ratio", "tandem RSS", "bare RSS")
+			for _, l := range rep.Levels {
+				fmt.Printf("%-11d %4d %10.0fms %10.0fms %12.0fms %12.0fms %7.2f %7.0f MiB %6.0f MiB\n", l.Concurrency, l.N,
+					l.TandemP50MS, l.TandemP95MS, l.BaselineP50MS, l.BaselineP95MS, l.Ratio, l.TandemRSSMiB, l.BaselineRSSMiB)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&n, "n", 10, "boots per side at each concurrency")
+	f.StringVar(&conc, "concurrency", "1", "comma-separated concurrency levels, e.g. 1,4,8")
+	f.StringVar(&arch, "arch", string(vm.HostArch()), "guest architecture")
+	f.StringVar(&accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
+	f.Float64Var(&cpus, "cpus", 1, "vCPUs per VM")
+	f.StringVar(&memory, "memory", "256M", "memory per VM")
+	f.BoolVar(&jsonOut, "json", false, "print JSON")
+	nf.add(cmd)
+	return cmd
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+func imageCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Build and list VM images"}
+	cmd.AddCommand(imageBuildCmd(g), imageListCmd(g))
+	return cmd
+}
+
+func imageBuildCmd(g *globals) *cobra.Command {
+	var kind, arch, guestBin, kernelDeb string
+	cmd := &cobra.Command{
+		Use:   "build --kind test --arch amd64|arm64",
+		Short: "Build an image: a Debian kernel, an initramfs and a root filesystem",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := vm.ParseArch(arch)
+			if err != nil {
+				return err
+			}
+			if kind != "test" {
+				return fmt.Errorf("unknown image kind %q (this version builds: test)", kind)
+			}
+			if err := requireRoot("tandem image build"); err != nil {
+				return err
+			}
+			if guestBin == "" {
+				if guestBin, err = findGuestBinary(a); err != nil {
+					return err
+				}
+			}
+			st, err := image.Open(filepath.Join(g.dataDir, "images"))
+			if err != nil {
+				return err
+			}
+			im, err := st.Build(cmd.Context(), image.BuildOptions{
+				Kind: kind, Arch: string(a), GuestBinary: guestBin, KernelDeb: kernelDeb,
+				CacheDir: filepath.Join(g.dataDir, "cache"), Progress: os.Stderr,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s %s-%s kernel %s\n", im.ID, kind, a, im.Manifest.Kernel.Version)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&kind, "kind", "test", "image kind: test (busybox + tandem-guest)")
+	f.StringVar(&arch, "arch", string(vm.HostArch()), "amd64 or arm64")
+	f.StringVar(&guestBin, "guest", "", "tandem-guest binary for the arch (default: tandem-guest-<arch> beside this binary)")
+	f.StringVar(&kernelDeb, "kernel-deb", "", "use this linux-image .deb instead of fetching Debian's cloud kernel")
+	return cmd
+}
+
+// findGuestBinary looks for tandem-guest-<arch> where installs put it.
+func findGuestBinary(a vm.Arch) (string, error) {
+	name := "tandem-guest-" + string(a)
+	var dirs []string
+	if d := os.Getenv("TANDEM_GUEST_DIR"); d != "" {
+		dirs = append(dirs, d)
+	}
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(exe), filepath.Join(filepath.Dir(exe), "..", "lib", "tandem"))
+	}
+	dirs = append(dirs, "/usr/local/lib/tandem", "/usr/lib/tandem")
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found in %v: build it (scripts/build.sh) or pass --guest", name, dirs)
+}
+
+func imageListCmd(g *globals) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the images on this host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := image.Open(filepath.Join(g.dataDir, "images"))
+			if err != nil {
+				return err
+			}
+			ims, err := st.List()
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				if ims == nil {
+					ims = []*image.Image{}
+				}
+				return enc.Encode(ims)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tKIND\tARCH\tKERNEL\tSIZE\tCREATED")
+			for _, im := range ims {
+				var size int64
+				for _, f := range im.Manifest.Files {
+					size += f.Size
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f MiB\t%s\n", im.ID, im.Manifest.Kind, im.Manifest.Arch,
+					im.Manifest.Kernel.Version, float64(size)/(1<<20), im.Manifest.Created)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func gcCmd(g *globals) *cobra.Command {
+	var nf netFlags
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Reclaim VMs, TAP devices, disks and address leases left by dead processes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireRoot("tandem gc"); err != nil {
+				return err
+			}
+			h, err := newHost(cmd.Context(), g, &nf)
+			if err != nil {
+				return err
+			}
+			ids, err := h.Collect(cmd.Context(), nil)
+			for _, id := range ids {
+				fmt.Println("reclaimed", id)
+			}
+			if err == nil && len(ids) == 0 {
+				fmt.Println("nothing to reclaim")
+			}
+			return err
+		},
+	}
+	nf.add(cmd)
+	return cmd
+}

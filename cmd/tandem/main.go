@@ -1,0 +1,88 @@
+// Command tandem is Tandem's one operator binary.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a process exit code through cobra.
+type exitError struct {
+	code int
+	err  error // printed unless nil
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit %d", e.code)
+	}
+	return e.err.Error()
+}
+
+type globals struct {
+	dataDir  string
+	logLevel string
+	log      *slog.Logger
+}
+
+func main() {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "tandem",
+		Short:         "Tandem runs every CI job in its own fresh microVM",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			slog.SetDefault(g.log)
+			return nil
+		},
+	}
+	defData := os.Getenv("TANDEM_DATA_DIR")
+	if defData == "" {
+		defData = "/var/lib/tandem"
+	}
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", defData, "where Tandem keeps images and VM state ($TANDEM_DATA_DIR)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
+	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), versionCmd())
+
+	err := root.Execute()
+	if err == nil {
+		return
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(os.Stderr, "tandem:", ee.err)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "tandem:", err)
+	os.Exit(125)
+}
+
+// version is set at link time (-ldflags "-X main.version=…").
+var version = "dev"
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, args []string) { fmt.Println("tandem", version) },
+	}
+}
+
+func requireRoot(what string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%s needs root (it manages VMs, TAP devices and cgroups): run it with sudo", what)
+	}
+	return nil
+}

@@ -1,0 +1,73 @@
+package jobvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// Collect reclaims what dead owners left behind: every VM whose owner is gone
+// (a `tandem run` killed with SIGKILL, say) is destroyed, and every TAP device
+// and address lease without a live VM is removed. keep, if not nil, may claim
+// further VMs as still wanted (an agent keeps the VMs of its assignments). It
+// returns the ids of the VMs and network leftovers it reclaimed.
+func (h *Host) Collect(ctx context.Context, keep func(vm.Info) bool) ([]string, error) {
+	unlock, err := h.hostLock(true)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	infos, err := h.Driver.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	var reclaimed []string
+	var errs []error
+	for _, info := range infos {
+		if vm.OwnerAlive(info.Spec.Owner) && (keep == nil || keep(info)) {
+			live[info.ID] = true
+			continue
+		}
+		inst, err := h.Driver.Get(ctx, info.ID)
+		if err != nil {
+			if errors.Is(err, vm.ErrNotFound) {
+				continue
+			}
+			errs = append(errs, err)
+			continue
+		}
+		if err := inst.Destroy(ctx); err != nil {
+			errs = append(errs, err)
+			live[info.ID] = true // not gone: keep its network until it is
+			continue
+		}
+		h.Log.Info("reclaimed leftover vm", "vm", info.ID, "owner", info.Spec.Owner, "state", info.State)
+		reclaimed = append(reclaimed, info.ID)
+	}
+	if h.Net != nil {
+		ids, err := h.Net.Reclaim(ctx, func(id string) bool { return live[id] })
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, id := range ids {
+			h.Log.Info("reclaimed leftover network", "vm", id)
+			reclaimed = appendUnique(reclaimed, id)
+		}
+	}
+	if len(errs) > 0 {
+		return reclaimed, fmt.Errorf("collect leftovers: %w", errors.Join(errs...))
+	}
+	return reclaimed, nil
+}
+
+func appendUnique(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}

@@ -1,0 +1,237 @@
+// Package jobvm runs one job in one fresh microVM and leaves nothing behind:
+// it resolves and verifies the image, picks the accelerator, attaches the VM
+// to the host network, boots it, hands the job to tandem-guest, streams its
+// output, and on every exit path destroys the VM and everything named after
+// it. `tandem run` is a thin shell around it; the host agent uses it too.
+package jobvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/hostnet"
+	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/vm"
+	"github.com/tandem-ci/tandem/internal/vm/qemu"
+)
+
+// Host is what one machine needs to run jobs in VMs.
+type Host struct {
+	Driver *qemu.Driver
+	Images *image.Store
+	Net    *hostnet.Network // nil: VMs get no NIC
+	Log    *slog.Logger
+	// StateDir holds the host lock that orders Collect against Run across
+	// processes; "" disables it (one process only).
+	StateDir string
+}
+
+// Request describes one job.
+type Request struct {
+	Arch      vm.Arch
+	VCPUs     float64
+	MemoryMiB int
+	Image     string // image ref; "" means "test-<arch>"
+	Accel     vm.Accel
+
+	Argv    []string
+	Env     map[string]string
+	Dir     string
+	Timeout time.Duration // 0: none
+
+	Stdout, Stderr io.Writer
+
+	Owner        string
+	DieWithOwner bool
+
+	// BootTimeout bounds QEMU start → guest ready; 0 picks a default for the
+	// accelerator. HeartbeatTimeout is how long a running guest may stay
+	// silent before it is declared hung; 0 picks a default.
+	BootTimeout      time.Duration
+	HeartbeatTimeout time.Duration
+
+	// OnCreate, if set, is called with the VM once it has been created, before
+	// it starts (tests use it to reach the instance).
+	OnCreate func(vm.Instance)
+	// OnReady, if set, is called once the guest agent is ready, before the
+	// job is sent (benchmarks read QEMU's memory there; tests freeze the guest).
+	OnReady func(vm.Instance)
+}
+
+// Failure kinds: why a job did not run to its own end.
+const (
+	FailTimeout     = "timeout"      // the job outlived Request.Timeout
+	FailGuestPanic  = "guest-panic"  // the guest kernel panicked
+	FailGuestCrash  = "guest-crash"  // the VM ended without reporting the job's exit
+	FailGuestHang   = "guest-hang"   // the guest stopped sending heartbeats
+	FailBootTimeout = "boot-timeout" // the guest agent never became ready
+	FailCancelled   = "cancelled"    // the caller gave up (Ctrl-C)
+)
+
+// Timings are the phases of one run, in milliseconds.
+type Timings struct {
+	Prepare  int64 `json:"prepare"`  // image, accelerator, network, disk
+	Boot     int64 `json:"boot"`     // QEMU start → guest agent ready
+	Run      int64 `json:"run"`      // job sent → exit reported
+	Teardown int64 `json:"teardown"` // VM and its resources gone
+	Total    int64 `json:"total"`
+}
+
+// Result is the outcome of a run that got as far as a VM.
+type Result struct {
+	ExitCode    int      `json:"exit_code"` // the job's; meaningful when Failure is "" or "timeout"
+	Failure     string   `json:"failure,omitempty"`
+	Detail      string   `json:"detail,omitempty"` // what went wrong, for humans
+	VMID        string   `json:"vm_id"`
+	Arch        vm.Arch  `json:"arch"`
+	Accel       vm.Accel `json:"accel"`
+	AccelReason string   `json:"accel_reason"`
+	Emulated    bool     `json:"emulated"`
+	Image       string   `json:"image"`
+	GuestKernel string   `json:"guest_kernel,omitempty"`
+	Timings     Timings  `json:"timings_ms"`
+}
+
+// ErrBadRequest marks errors in the request itself.
+var ErrBadRequest = errors.New("bad request")
+
+// Run runs one job in a fresh VM. A non-nil error means no job ran (bad
+// input, missing image, no room); a job that ran and failed is a Result with
+// Failure set. Either way nothing is left on the host.
+func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
+	t0 := time.Now()
+	if len(r.Argv) == 0 {
+		return res, fmt.Errorf("%w: no command given", ErrBadRequest)
+	}
+	if r.Image == "" {
+		r.Image = "test-" + string(r.Arch)
+	}
+	im, err := h.Images.Resolve(r.Image)
+	if err != nil {
+		return res, err
+	}
+	if im.Manifest.Arch != string(r.Arch) {
+		return res, fmt.Errorf("%w: image %s is for %s, not %s", ErrBadRequest, r.Image, im.Manifest.Arch, r.Arch)
+	}
+	if err := im.Verify(); err != nil {
+		return res, err
+	}
+	choice, err := h.Driver.ResolveAccel(ctx, r.Accel, r.Arch, im.Kernel(), im.Initrd())
+	if err != nil {
+		return res, err
+	}
+	spec := vm.Spec{
+		ID: vm.NewID(), Arch: r.Arch, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
+		Kernel: im.Kernel(), Initrd: im.Initrd(), BaseDisk: im.Rootfs(),
+		Accel: choice.Accel, Owner: r.Owner, DieWithOwner: r.DieWithOwner,
+	}
+	res = Result{VMID: spec.ID, Arch: r.Arch, Accel: choice.Accel, AccelReason: choice.Reason,
+		Emulated: choice.Emulated, Image: im.ID}
+	boot := guest.BootParams{Root: qemu.RootDevice, Hostname: spec.ID}
+
+	// From here on, every path ends in teardown.
+	var inst vm.Instance
+	var attached bool
+	defer func() {
+		tt := time.Now()
+		if terr := h.teardown(inst, spec.ID, attached); terr != nil {
+			err = errors.Join(err, terr)
+		}
+		res.Timings.Teardown = ms(time.Since(tt))
+		res.Timings.Total = ms(time.Since(t0))
+	}()
+	unlock, err := h.hostLock(false)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
+	if h.Net != nil {
+		att, err := h.Net.Attach(ctx, spec.ID)
+		attached = true // even a failed Attach may have leased: Detach is idempotent
+		if err != nil {
+			return res, fmt.Errorf("network: %w", err)
+		}
+		spec.NIC = &vm.NIC{TAP: att.TAP, MAC: att.MAC}
+		boot.Addr, boot.Gateway, boot.DNS = att.Addr, att.Gateway, att.DNS
+	}
+	spec.Cmdline = boot.Cmdline()
+	inst, err = h.Driver.Create(ctx, spec)
+	if err != nil {
+		return res, err
+	}
+	unlock()
+	unlock = nil
+	if r.OnCreate != nil {
+		r.OnCreate(inst)
+	}
+	res.Timings.Prepare = ms(time.Since(t0))
+
+	tb := time.Now()
+	if err := inst.Start(ctx); err != nil {
+		return res, err
+	}
+	s := &session{h: h, r: r, inst: inst, res: &res}
+	if err := s.boot(ctx, choice.Accel); err != nil {
+		return res, err
+	}
+	res.Timings.Boot = ms(time.Since(tb))
+	if r.OnReady != nil {
+		r.OnReady(inst)
+	}
+
+	tr := time.Now()
+	s.run(ctx)
+	res.Timings.Run = ms(time.Since(tr))
+	return res, nil
+}
+
+func (h *Host) teardown(inst vm.Instance, id string, attached bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	if inst != nil {
+		// A guest that reported its exit ends the VM by itself; give it a
+		// moment to do so cleanly before Destroy kills it.
+		wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
+		if inst.Info().State == vm.StateRunning {
+			inst.Wait(wctx)
+		}
+		wcancel()
+		if err := inst.Destroy(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if attached && h.Net != nil {
+		if err := h.Net.Detach(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("teardown of %s: %w", id, errors.Join(errs...))
+	}
+	return nil
+}
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+// consoleTail returns the last n bytes of a VM's console log.
+func consoleTail(inst vm.Instance, n int) string {
+	b, err := os.ReadFile(inst.ConsoleLog())
+	if err != nil {
+		return ""
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}

@@ -1,0 +1,157 @@
+package jobvm_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/hostnet"
+	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/testenv"
+	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+	"github.com/tandem-ci/tandem/internal/vm"
+	"github.com/tandem-ci/tandem/internal/vm/qemu"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
+
+func newHost(t *testing.T) *jobvm.Host {
+	t.Helper()
+	testenv.RequireVM(t)
+	images := testimages.Store(t)
+	state := testenv.ShortTempDir(t)
+	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := hostnet.New(hostnet.Config{Bridge: "tandem0", Subnet: netip.MustParsePrefix("172.30.0.0/24"),
+		StateDir: filepath.Join(state, "net"), NAT: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h := &jobvm.Host{Driver: drv, Images: images, Net: n, Log: slog.Default(), StateDir: state}
+	t.Cleanup(func() { assertEmpty(t, h) })
+	return h
+}
+
+func assertEmpty(t *testing.T, h *jobvm.Host) {
+	t.Helper()
+	infos, err := h.Driver.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range infos {
+		t.Errorf("vm left behind: %s (%s)", i.ID, i.State)
+	}
+	leases, err := h.Net.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		t.Errorf("lease left behind: %s %s", l.VMID, l.Addr)
+	}
+}
+
+func req() jobvm.Request {
+	return jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto, Owner: vm.ProcessOwner(), DieWithOwner: true}
+}
+
+func TestRunStreamsOutputAndExit(t *testing.T) {
+	h := newHost(t)
+	var out bytes.Buffer
+	r := req()
+	r.Argv = []string{"sh", "-c", "for i in 1 2 3; do echo line $i; done; exit 5"}
+	r.Stdout = &out
+	res, err := h.Run(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 5 || res.Failure != "" || out.String() != "line 1\nline 2\nline 3\n" {
+		t.Errorf("result %+v, stdout %q", res, out.String())
+	}
+	if res.Timings.Boot <= 0 || res.Timings.Total < res.Timings.Prepare+res.Timings.Boot+res.Timings.Run {
+		t.Errorf("timings do not add up: %+v", res.Timings)
+	}
+}
+
+func TestHungGuestIsDetected(t *testing.T) {
+	h := newHost(t)
+	r := req()
+	r.Argv = []string{"sleep", "600"}
+	r.HeartbeatTimeout = 4 * time.Second
+	// Freezing the guest's CPUs is a hang as the host sees it: no word at all.
+	r.OnReady = func(in vm.Instance) {
+		if err := in.Pause(context.Background()); err != nil {
+			t.Errorf("pause: %v", err)
+		}
+	}
+	res, err := h.Run(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failure != jobvm.FailGuestHang {
+		t.Errorf("failure %q (%s), want %q", res.Failure, res.Detail, jobvm.FailGuestHang)
+	}
+}
+
+func TestBootTimeout(t *testing.T) {
+	h := newHost(t)
+	r := req()
+	r.Argv = []string{"true"}
+	r.BootTimeout = 50 * time.Millisecond
+	res, err := h.Run(context.Background(), r)
+	var fe *jobvm.FailureError
+	if !errors.As(err, &fe) || res.Failure != jobvm.FailBootTimeout {
+		t.Errorf("err %v, failure %q; want %s", err, res.Failure, jobvm.FailBootTimeout)
+	}
+}
+
+func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
+	h := newHost(t)
+	ctx := context.Background()
+	// A VM whose owner is a process that no longer exists, with its network.
+	id := vm.NewID()
+	att, err := h.Net.Attach(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := h.Images.Resolve("test-amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := h.Driver.Create(ctx, vm.Spec{ID: id, Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
+		Initrd: im.Initrd(), BaseDisk: im.Rootfs(), Accel: vm.AccelTCG, Owner: "run:999999999:1",
+		NIC: &vm.NIC{TAP: att.TAP, MAC: att.MAC}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// And one of a live owner, which must survive.
+	keep, err := h.Driver.Create(ctx, vm.Spec{ID: vm.NewID(), Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
+		Initrd: im.Initrd(), Accel: vm.AccelTCG, Owner: vm.ProcessOwner()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.Collect(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != id {
+		t.Errorf("collected %v, want [%s]", got, id)
+	}
+	if _, err := h.Driver.Get(ctx, keep.ID()); err != nil {
+		t.Errorf("the live owner's VM was reclaimed: %v", err)
+	}
+	keep.Destroy(ctx)
+}

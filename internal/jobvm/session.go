@@ -1,0 +1,222 @@
+package jobvm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// session is the host's side of one conversation with tandem-guest.
+type session struct {
+	h    *Host
+	r    Request
+	inst vm.Instance
+	res  *Result
+
+	conn   *guest.Conn
+	closer io.Closer
+	frames chan frame    // from the reader goroutine; closed when the channel ends
+	exited chan struct{} // closed when the VM has stopped
+}
+
+type frame struct {
+	t guest.FrameType
+	p []byte
+}
+
+// Defaults for Request's timeouts. TCG boots are seconds, KVM boots are
+// well under one; both leave room for a loaded host.
+const (
+	defaultBootTimeoutTCG = 120 * time.Second
+	defaultBootTimeoutKVM = 30 * time.Second
+	defaultHeartbeat      = 20 * time.Second
+	// exitGrace is how long past Request.Timeout the host waits for the
+	// guest to report the timeout itself before it gives up on the guest.
+	exitGrace = 10 * time.Second
+)
+
+// boot waits for the guest agent's Hello. An error here means the VM never
+// became usable; it is also recorded in res.
+func (s *session) boot(ctx context.Context, accel vm.Accel) error {
+	s.exited = make(chan struct{})
+	go func() {
+		s.inst.Wait(context.Background())
+		close(s.exited)
+	}()
+	timeout := s.r.BootTimeout
+	if timeout == 0 {
+		timeout = defaultBootTimeoutTCG
+		if accel == vm.AccelKVM {
+			timeout = defaultBootTimeoutKVM
+		}
+	}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rw, err := s.inst.GuestChannel(bctx)
+	if err != nil {
+		return s.bootFailed(ctx, bctx, timeout, err)
+	}
+	s.conn, s.closer = guest.NewConn(rw), rw
+	s.frames = make(chan frame, 64)
+	go s.read()
+	for {
+		select {
+		case f, ok := <-s.frames:
+			if !ok {
+				return s.bootFailed(ctx, bctx, timeout, fmt.Errorf("guest channel closed before the guest was ready"))
+			}
+			if f.t != guest.FrameHello {
+				continue // e.g. an early log line
+			}
+			var h guest.Hello
+			if err := guest.Decode(f.t, f.p, &h); err != nil {
+				return s.fail(FailGuestCrash, err.Error())
+			}
+			if h.Version != guest.Version {
+				return s.fail(FailGuestCrash, fmt.Sprintf("guest speaks protocol %d, host %d: rebuild the image", h.Version, guest.Version))
+			}
+			s.res.GuestKernel = h.Kernel
+			return nil
+		case <-s.exited:
+			return s.bootFailed(ctx, bctx, timeout, nil)
+		case <-bctx.Done():
+			return s.bootFailed(ctx, bctx, timeout, nil)
+		}
+	}
+}
+
+func (s *session) bootFailed(ctx, bctx context.Context, timeout time.Duration, cause error) error {
+	switch {
+	case ctx.Err() != nil:
+		return s.fail(FailCancelled, "cancelled while booting")
+	case isExited(s.exited):
+		return s.fail(s.crashKind(), "the VM stopped before its guest agent was ready")
+	case bctx.Err() != nil:
+		return s.fail(FailBootTimeout, fmt.Sprintf("guest agent not ready within %s", timeout))
+	}
+	return s.fail(FailGuestCrash, cause.Error())
+}
+
+// fail records a failure with the console's last lines and returns it as an error.
+func (s *session) fail(kind, detail string) error {
+	s.res.Failure, s.res.Detail = kind, detail
+	if tail := strings.TrimSpace(consoleTail(s.inst, 1500)); tail != "" {
+		s.res.Detail += "\n--- guest console (last lines) ---\n" + tail
+	}
+	if s.closer != nil {
+		s.closer.Close()
+	}
+	return &FailureError{Kind: kind, Detail: s.res.Detail}
+}
+
+// FailureError is returned by Run when the VM failed before the job ran.
+type FailureError struct{ Kind, Detail string }
+
+func (e *FailureError) Error() string { return e.Kind + ": " + e.Detail }
+
+func (s *session) crashKind() string {
+	if strings.Contains(consoleTail(s.inst, 64<<10), "Kernel panic") {
+		return FailGuestPanic
+	}
+	return FailGuestCrash
+}
+
+func isExited(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *session) read() {
+	defer close(s.frames)
+	for {
+		t, p, err := s.conn.ReadFrame()
+		if err != nil {
+			return
+		}
+		s.frames <- frame{t, p}
+	}
+}
+
+// run sends the job and relays frames until the guest reports the exit, the
+// VM dies, the guest falls silent, the timeout passes, or ctx ends.
+func (s *session) run(ctx context.Context) {
+	defer s.closer.Close()
+	job := guest.Job{Argv: s.r.Argv, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
+	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
+		s.fail(FailGuestCrash, "send job: "+err.Error())
+		return
+	}
+	hb := s.r.HeartbeatTimeout
+	if hb == 0 {
+		hb = defaultHeartbeat
+	}
+	silence := time.NewTimer(hb)
+	defer silence.Stop()
+	var deadline <-chan time.Time
+	if s.r.Timeout > 0 {
+		t := time.NewTimer(s.r.Timeout + exitGrace)
+		defer t.Stop()
+		deadline = t.C
+	}
+	for {
+		select {
+		case f, ok := <-s.frames:
+			if !ok {
+				// The channel ended without an Exit: the VM is going down.
+				select {
+				case <-s.exited:
+				case <-time.After(5 * time.Second):
+				}
+				s.fail(s.crashKind(), "the guest ended without reporting the job's exit")
+				return
+			}
+			silence.Reset(hb)
+			switch f.t {
+			case guest.FrameStdout:
+				writeTo(s.r.Stdout, f.p)
+			case guest.FrameStderr:
+				writeTo(s.r.Stderr, f.p)
+			case guest.FrameExit:
+				var e guest.Exit
+				if err := guest.Decode(f.t, f.p, &e); err != nil {
+					s.fail(FailGuestCrash, err.Error())
+					return
+				}
+				s.res.ExitCode = e.Code
+				if e.TimedOut {
+					s.res.Failure, s.res.Detail = FailTimeout, fmt.Sprintf("the job ran longer than %s and was killed", s.r.Timeout)
+				} else if e.Error != "" {
+					s.res.Detail = e.Error
+				}
+				return
+			}
+		case <-silence.C:
+			s.fail(FailGuestHang, fmt.Sprintf("no word from the guest for %s", hb))
+			return
+		case <-deadline:
+			s.res.ExitCode = 124
+			s.fail(FailTimeout, fmt.Sprintf("the job ran longer than %s and the guest did not stop it", s.r.Timeout))
+			return
+		case <-ctx.Done():
+			// Ask the guest to stop the job; teardown kills the VM regardless.
+			s.conn.WriteFrame(guest.FrameCancel, nil)
+			s.fail(FailCancelled, "cancelled")
+			return
+		}
+	}
+}
+
+func writeTo(w io.Writer, p []byte) {
+	if w != nil {
+		w.Write(p)
+	}
+}

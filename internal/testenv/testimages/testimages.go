@@ -1,0 +1,92 @@
+// Package testimages gives tests a Tandem image store holding the test image
+// for both architectures, built once per CI run and shared.
+package testimages
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/testenv"
+)
+
+var (
+	once    sync.Once
+	dataDir string
+	onceErr error
+)
+
+// DataDir returns a data dir whose images/ holds test-amd64 and test-arm64.
+// It uses $TANDEM_TEST_DATA where scripts/test.sh built them; otherwise it
+// builds them there (default /var/tmp/tandem-test) from this source tree.
+func DataDir(t testing.TB) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	once.Do(func() { dataDir, onceErr = prepare() })
+	if onceErr != nil {
+		t.Fatalf("test images: %v", onceErr)
+	}
+	return dataDir
+}
+
+// Store opens the shared image store.
+func Store(t testing.TB) *image.Store {
+	t.Helper()
+	st, err := image.Open(filepath.Join(DataDir(t), "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func prepare() (string, error) {
+	dir := os.Getenv("TANDEM_TEST_DATA")
+	if dir == "" {
+		dir = "/var/tmp/tandem-test"
+	}
+	st, err := image.Open(filepath.Join(dir, "images"))
+	if err != nil {
+		return "", err
+	}
+	for _, arch := range []string{"amd64", "arm64"} {
+		if _, err := st.Resolve("test-" + arch); err == nil && os.Getenv("TANDEM_TEST_DATA") != "" {
+			continue // built by scripts/test.sh for this run
+		}
+		guest := filepath.Join(dir, "tandem-guest-"+arch)
+		build := exec.Command("go", "build", "-trimpath", "-o", guest, "./cmd/tandem-guest")
+		build.Dir = moduleRoot()
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+		if out, err := build.CombinedOutput(); err != nil {
+			return "", &buildError{arch, err, out}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		_, err := st.Build(ctx, image.BuildOptions{Kind: "test", Arch: arch, GuestBinary: guest,
+			CacheDir: filepath.Join(dir, "cache")})
+		cancel()
+		if err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+type buildError struct {
+	arch string
+	err  error
+	out  []byte
+}
+
+func (e *buildError) Error() string {
+	return "build tandem-guest for " + e.arch + ": " + e.err.Error() + ": " + string(e.out)
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
+}
