@@ -15,7 +15,7 @@ import (
 
 func imageCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Build and list VM images"}
-	cmd.AddCommand(imageBuildCmd(g), imageListCmd(g))
+	cmd.AddCommand(imageBuildCmd(g), imageListCmd(g), imageVerifyCmd(g), imageRemoveCmd(g))
 	return cmd
 }
 
@@ -122,6 +122,56 @@ func imageListCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
 	return cmd
+}
+
+func imageVerifyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify REF...",
+		Short: "Re-hash every file of images against their manifests",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := image.Open(filepath.Join(g.dataDir, "images"))
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				im, err := st.Resolve(ref)
+				if err != nil {
+					return err
+				}
+				if err := im.VerifyFull(); err != nil {
+					return err
+				}
+				fmt.Printf("%s ok (%d files)\n", im.ID, len(im.Manifest.Files))
+			}
+			return nil
+		},
+	}
+}
+
+func imageRemoveCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm ID...",
+		Short: "Remove images and the refs naming them",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := image.Open(filepath.Join(g.dataDir, "images"))
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				im, err := st.Resolve(ref)
+				if err != nil {
+					return err
+				}
+				if err := st.Remove(im.ID); err != nil {
+					return err
+				}
+				fmt.Println("removed", im.ID)
+			}
+			return nil
+		},
+	}
 }
 
 func gcCmd(g *globals) *cobra.Command {

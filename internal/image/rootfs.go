@@ -94,6 +94,11 @@ func buildTestRootfs(ctx context.Context, p progress, work string, bb debFile, g
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.ext4 (from e2fsprogs): %v: %s", err, out)
 	}
+	// mkfs copies each file's ctime, which no call can set: set them in
+	// the image itself.
+	if err := fixCtimes(ctx, root, dest); err != nil {
+		return err
+	}
 	p.step("root filesystem: busybox %s with %d applets, tandem-guest, ext4 %d MiB (sparse)", bb.Version, len(applets), o.RootfsSizeMiB)
 	return nil
 }
@@ -138,4 +143,38 @@ func fixTimes(root string) error {
 func uuidFrom(hexsum string) string {
 	h := hexsum[:32]
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// fixCtimes sets the change time of every inode mkfs copied from root to
+// epoch, with debugfs, so that the image's bytes depend on content alone.
+func fixCtimes(ctx context.Context, root, img string) error {
+	var script strings.Builder
+	err := filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if strings.ContainsAny(rel, "\"\n") {
+			return fmt.Errorf("unexpected file name %q in the root filesystem", rel)
+		}
+		fmt.Fprintf(&script, "sif \"/%s\" ctime 20000101000000\n", strings.TrimPrefix(rel, "."))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp("", "debugfs-*.txt")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	f.WriteString(script.String())
+	f.Close()
+	cmd := exec.CommandContext(ctx, "debugfs", "-w", "-f", f.Name(), img)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch))
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(out), "not found") {
+		return fmt.Errorf("debugfs (from e2fsprogs): %v: %.500s", err, out)
+	}
+	return nil
 }

@@ -212,6 +212,9 @@ type Driver interface {
 	// returns handles on all VMs with state on this host; callers Destroy the
 	// ones they no longer want.
 	Recover(ctx context.Context) ([]Instance, error)
+	// Close lets go of the VMs without stopping them, as a process does
+	// when it exits: a later driver over the same state recovers them.
+	Close() error
 }
 
 // Instance is a handle on one VM.

@@ -71,7 +71,13 @@ func Args(s vm.Spec, p Paths) []string {
 			a = append(a, "-accel", "tcg", "-cpu", "max")
 		}
 	}
-	cmdline := strings.TrimSpace(BaseCmdline(s.Arch) + " " + s.Cmdline)
+	cmdline := BaseCmdline(s.Arch)
+	if s.Arch == vm.AMD64 && !kvm {
+		if khz := hostTSCkHz(); khz > 0 {
+			cmdline += " tsc_early_khz=" + strconv.FormatUint(khz, 10)
+		}
+	}
+	cmdline = strings.TrimSpace(cmdline + " " + s.Cmdline)
 	a = append(a,
 		"-kernel", s.Kernel,
 		"-initrd", s.Initrd,

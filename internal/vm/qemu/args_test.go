@@ -19,7 +19,8 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-nodefaults", "-no-user-config", "-no-reboot", "-sandbox on,",
 		"-M microvm,", "-accel tcg", "-smp 1", "-m 512M",
-		"-append console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tandem.root=/dev/vda",
+		"-append console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tsc_early_khz=",
+		" tandem.root=/dev/vda",
 		"file=/d/overlay.qcow2", "ifname=tdm-0123456789", "mac=02:00:00:00:00:01",
 		"path=/d/guest.sock,server=on,wait=off", "name=tandem.0", "-qmp unix:/d/qmp.sock,server=on,wait=off",
 	} {
@@ -41,4 +42,14 @@ func TestArgs(t *testing.T) {
 	if strings.Contains(joined, "-qmp") || strings.Contains(joined, "-netdev") {
 		t.Errorf("arm64 args have a qmp or nic nobody asked for:\n%s", joined)
 	}
+}
+
+func TestHostTSC(t *testing.T) {
+	khz := hostTSCkHz()
+	// Any real counter runs between 1 MHz (arm64 generic timers run from
+	// 1 MHz up) and 10 GHz.
+	if khz < 1000 || khz > 10_000_000 {
+		t.Errorf("host TSC %d kHz: implausible", khz)
+	}
+	t.Logf("host cycle counter: %d kHz", khz)
 }

@@ -1,6 +1,8 @@
 package qemu
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,27 +15,36 @@ import (
 
 // cgroups caps each VM's CPU time at its (possibly fractional) vCPU count:
 // a 0.5-vCPU VM gets one guest CPU and half of one host CPU. Each VM's cgroup
-// is named tandem/<id>, under cgroup v2 or else v1's cpu controller. Where
+// is named tandem/<scope>/<id>, under cgroup v2 or else v1's cpu controller,
+// where scope names the driver's state directory (so that two Tandem hosts
+// on one machine, or two test processes, never take each other's cgroups
+// for leftovers of their own). Where
 // neither is writable the VM runs uncapped with its vCPUs rounded up, and the
 // driver says so once.
 type cgroups struct {
 	log    *slog.Logger
-	root   string // directory holding the tandem/ group; "" if unusable
+	top    string // the tandem/ group; "" if unusable
+	root   string // this driver's scope under top
 	v2     bool
 	warned sync.Once
 }
 
 const cfsPeriod = 100000 // µs
 
-func newCgroups(log *slog.Logger) *cgroups {
+func newCgroups(log *slog.Logger, stateDir string) *cgroups {
 	c := &cgroups{log: log}
 	switch {
 	case fileExists("/sys/fs/cgroup/cgroup.controllers"):
-		c.root, c.v2 = "/sys/fs/cgroup/tandem", true
+		c.top, c.v2 = "/sys/fs/cgroup/tandem", true
 	case fileExists("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"):
-		c.root = "/sys/fs/cgroup/cpu/tandem"
+		c.top = "/sys/fs/cgroup/cpu/tandem"
 	case fileExists("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"):
-		c.root = "/sys/fs/cgroup/cpu,cpuacct/tandem"
+		c.top = "/sys/fs/cgroup/cpu,cpuacct/tandem"
+	}
+	if c.top != "" {
+		abs, _ := filepath.Abs(stateDir)
+		sum := sha256.Sum256([]byte(abs))
+		c.root = filepath.Join(c.top, hex.EncodeToString(sum[:4]))
 	}
 	return c
 }
@@ -62,12 +73,11 @@ func (c *cgroups) setup(id string, vcpus float64, pid int) error {
 		if err := os.MkdirAll(c.root, 0o755); err != nil {
 			return err
 		}
-		// Delegate the cpu controller to tandem/ and its children.
-		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+cpu"), 0); err != nil {
-			return fmt.Errorf("enable cpu controller: %w", err)
-		}
-		if err := os.WriteFile(filepath.Join(c.root, "cgroup.subtree_control"), []byte("+cpu"), 0); err != nil {
-			return fmt.Errorf("enable cpu controller: %w", err)
+		// Delegate the cpu controller down to the VMs' groups.
+		for _, d := range []string{"/sys/fs/cgroup", c.top, c.root} {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte("+cpu"), 0); err != nil {
+				return fmt.Errorf("enable cpu controller in %s: %w", d, err)
+			}
 		}
 	}
 	dir := filepath.Join(c.root, id)

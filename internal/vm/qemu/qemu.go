@@ -63,7 +63,7 @@ func New(cfg Config) (*Driver, error) {
 		stateDir: cfg.StateDir,
 		limits:   cfg.Limits,
 		log:      cfg.Logger,
-		cg:       newCgroups(cfg.Logger),
+		cg:       newCgroups(cfg.Logger, cfg.StateDir),
 		live:     map[string]*instance{},
 	}, nil
 }
@@ -264,6 +264,24 @@ func (d *Driver) Recover(ctx context.Context) ([]vm.Instance, error) {
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+// Close implements vm.Driver: it drops this process's QMP connections (QEMU
+// serves one client at a time) and forgets its handles; the VMs run on.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	live := d.live
+	d.live = map[string]*instance{}
+	d.mu.Unlock()
+	for _, in := range live {
+		in.mu.Lock()
+		if in.qmp != nil {
+			in.qmp.close()
+			in.qmp = nil
+		}
+		in.mu.Unlock()
+	}
+	return nil
 }
 
 // ids lists VM ids with state on this host: directories under vms/ and QEMU

@@ -274,7 +274,11 @@ func (s *suite) recoverAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := in.Info().PID
-	// A second driver over the same state plays the restarted process.
+	// The first driver lets go, as its process would by exiting; a second
+	// driver over the same state plays the restarted process.
+	if err := d1.Close(); err != nil {
+		t.Fatal(err)
+	}
 	d2 := s.c.NewDriver(t, s.c.StateDir)
 	got, err := d2.Recover(ctx)
 	if err != nil {
