@@ -221,7 +221,9 @@ func TestRunGuestReachesBridge(t *testing.T) {
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello guest %s", strings.Split(r.RemoteAddr, ":")[0])
 	}))
-	r := e.run("run", "--", "wget", "-q", "-T", "20", "-O", "-", "http://"+ln.Addr().String()+"/")
+	// (Debian's static busybox 1.35 wget crashes with -q or -T: its progress
+	// goes to stderr, and tandem's --timeout bounds it instead.)
+	r := e.run("run", "--timeout", "60s", "--", "wget", "-O", "-", "http://"+ln.Addr().String()+"/")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "hello guest 172.30.0.") {
 		t.Errorf("guest → bridge server: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
 	}

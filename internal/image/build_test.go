@@ -118,8 +118,9 @@ func TestBuildBadInput(t *testing.T) {
 	if _, err := s.Build(ctx, BuildOptions{Kind: "test", Arch: "mips"}); err == nil || !strings.Contains(err.Error(), "unknown architecture") {
 		t.Errorf("arch: %v", err)
 	}
-	notStatic, _ := os.Executable() // the test binary: amd64, maybe dynamic; surely not arm64
-	if _, err := s.Build(ctx, BuildOptions{Kind: "test", Arch: "arm64", GuestBinary: notStatic}); err == nil || !strings.Contains(err.Error(), "tandem-guest binary") {
+	self, _ := os.Executable() // the test binary: built for this arch, not the other one
+	other := map[string]string{"amd64": "arm64", "arm64": "amd64"}[runtime.GOARCH]
+	if _, err := s.Build(ctx, BuildOptions{Kind: "test", Arch: other, GuestBinary: self}); err == nil || !strings.Contains(err.Error(), "tandem-guest binary") {
 		t.Errorf("wrong-arch guest: %v", err)
 	}
 	if _, err := s.Build(ctx, BuildOptions{Kind: "test", Arch: "amd64", GuestBinary: "/nonexistent"}); err == nil {

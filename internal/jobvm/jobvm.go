@@ -109,6 +109,13 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	if len(r.Argv) == 0 {
 		return res, fmt.Errorf("%w: no command given", ErrBadRequest)
 	}
+	if r.Arch != vm.AMD64 && r.Arch != vm.ARM64 {
+		return res, fmt.Errorf("%w: %w %q", ErrBadRequest, vm.ErrUnknownArch, r.Arch)
+	}
+	// What the host can never hold fails before anything is probed or made.
+	if err := h.Driver.Limits().Check(r.VCPUs, r.MemoryMiB); err != nil {
+		return res, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 	if r.Image == "" {
 		r.Image = "test-" + string(r.Arch)
 	}

@@ -105,6 +105,9 @@ func (s *session) bootFailed(ctx, bctx context.Context, timeout time.Duration, c
 // fail records a failure with the console's last lines and returns it as an error.
 func (s *session) fail(kind, detail string) error {
 	s.res.Failure, s.res.Detail = kind, detail
+	if kind == FailGuestPanic {
+		s.res.Detail += ": " + panicLine(consoleTail(s.inst, 64<<10))
+	}
 	if tail := strings.TrimSpace(consoleTail(s.inst, 1500)); tail != "" {
 		s.res.Detail += "\n--- guest console (last lines) ---\n" + tail
 	}
@@ -120,10 +123,21 @@ type FailureError struct{ Kind, Detail string }
 func (e *FailureError) Error() string { return e.Kind + ": " + e.Detail }
 
 func (s *session) crashKind() string {
-	if strings.Contains(consoleTail(s.inst, 64<<10), "Kernel panic") {
+	if panicLine(consoleTail(s.inst, 64<<10)) != "" {
 		return FailGuestPanic
 	}
 	return FailGuestCrash
+}
+
+// panicLine finds the kernel's "Kernel panic - not syncing: …" line, which
+// comes before the stack trace and so often falls outside the tail shown.
+func panicLine(console string) string {
+	i := strings.Index(console, "Kernel panic - not syncing")
+	if i < 0 {
+		return ""
+	}
+	line, _, _ := strings.Cut(console[i:], "\n")
+	return strings.TrimSpace(line)
 }
 
 func isExited(c chan struct{}) bool {

@@ -128,6 +128,23 @@ type Limits struct {
 	MemoryMiB int // host memory
 }
 
+// Check says whether a VM of vcpus and memoryMiB could run on this host.
+func (l Limits) Check(vcpus float64, memoryMiB int) error {
+	if math.IsNaN(vcpus) || vcpus <= 0 {
+		return fmt.Errorf("vcpus must be more than 0, got %g", vcpus)
+	}
+	if l.VCPUs > 0 && vcpus > float64(l.VCPUs) {
+		return fmt.Errorf("vcpus %g is more than this host has (%d)", vcpus, l.VCPUs)
+	}
+	if memoryMiB < 64 {
+		return fmt.Errorf("memory must be at least 64 MiB, got %d MiB", memoryMiB)
+	}
+	if l.MemoryMiB > 0 && memoryMiB > l.MemoryMiB {
+		return fmt.Errorf("memory %d MiB is more than this host has (%d MiB)", memoryMiB, l.MemoryMiB)
+	}
+	return nil
+}
+
 // Validate checks a spec against the host. Every error is one clear line.
 func (s Spec) Validate(l Limits) error {
 	if !ValidID(s.ID) {
@@ -136,17 +153,8 @@ func (s Spec) Validate(l Limits) error {
 	if s.Arch != AMD64 && s.Arch != ARM64 {
 		return fmt.Errorf("%w %q (want amd64 or arm64)", ErrUnknownArch, s.Arch)
 	}
-	if math.IsNaN(s.VCPUs) || s.VCPUs <= 0 {
-		return fmt.Errorf("vcpus must be more than 0, got %g", s.VCPUs)
-	}
-	if l.VCPUs > 0 && s.VCPUs > float64(l.VCPUs) {
-		return fmt.Errorf("vcpus %g is more than this host has (%d)", s.VCPUs, l.VCPUs)
-	}
-	if s.MemoryMiB < 64 {
-		return fmt.Errorf("memory must be at least 64 MiB, got %d MiB", s.MemoryMiB)
-	}
-	if l.MemoryMiB > 0 && s.MemoryMiB > l.MemoryMiB {
-		return fmt.Errorf("memory %d MiB is more than this host has (%d MiB)", s.MemoryMiB, l.MemoryMiB)
+	if err := l.Check(s.VCPUs, s.MemoryMiB); err != nil {
+		return err
 	}
 	if s.Accel != AccelKVM && s.Accel != AccelTCG {
 		return fmt.Errorf("accelerator must be resolved to kvm or tcg, got %q", s.Accel)

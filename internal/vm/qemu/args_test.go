@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-nodefaults", "-no-user-config", "-no-reboot", "-sandbox on,",
 		"-M microvm,", "-accel tcg", "-smp 1", "-m 512M",
-		"-append console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tsc_early_khz=",
+		"-append console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests",
 		" tandem.root=/dev/vda",
 		"file=/d/overlay.qcow2", "ifname=tdm-0123456789", "mac=02:00:00:00:00:01",
 		"path=/d/guest.sock,server=on,wait=off", "name=tandem.0", "-qmp unix:/d/qmp.sock,server=on,wait=off",
@@ -27,6 +28,9 @@ func TestArgs(t *testing.T) {
 		if !strings.Contains(joined, want) {
 			t.Errorf("args lack %q:\n%s", want, joined)
 		}
+	}
+	if hostTSCkHz() > 0 && !strings.Contains(joined, " tsc_early_khz=") {
+		t.Errorf("a TCG x86 guest must be told the host's TSC rate:\n%s", joined)
 	}
 	if i := slices.Index(a, "-name"); i < 0 || !strings.HasPrefix(a[i+1], "tandem-vm-0123456789,") {
 		t.Errorf("-name must carry the VM id: %v", a)
@@ -46,6 +50,12 @@ func TestArgs(t *testing.T) {
 
 func TestHostTSC(t *testing.T) {
 	khz := hostTSCkHz()
+	if khz == 0 && runtime.GOARCH != "amd64" {
+		// Under qemu-user (how CI runs the arm64 tests) the counter is
+		// emulated and too jittery to agree with itself; guests then
+		// calibrate themselves, as without this.
+		t.Skipf("SKIPPED: the cycle counter of this %s CPU is unsteady (emulated?)", runtime.GOARCH)
+	}
 	// Any real counter runs between 1 MHz (arm64 generic timers run from
 	// 1 MHz up) and 10 GHz.
 	if khz < 1000 || khz > 10_000_000 {

@@ -68,6 +68,9 @@ func New(cfg Config) (*Driver, error) {
 	}, nil
 }
 
+// Limits is what a VM may ask of this host.
+func (d *Driver) Limits() vm.Limits { return d.limits }
+
 // Name implements vm.Driver.
 func (d *Driver) Name() string { return "qemu" }
 
@@ -228,20 +231,13 @@ func (d *Driver) attach(ctx context.Context, id string) (*instance, error) {
 
 // List implements vm.Driver.
 func (d *Driver) List(ctx context.Context) ([]vm.Info, error) {
-	ids, err := d.ids()
+	ins, err := d.Recover(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []vm.Info
-	for _, id := range ids {
-		in, err := d.Get(ctx, id)
-		if err != nil {
-			if errors.Is(err, vm.ErrNotFound) {
-				continue // destroyed meanwhile
-			}
-			return nil, err
-		}
-		out = append(out, in.Info())
+	out := make([]vm.Info, len(ins))
+	for i, in := range ins {
+		out[i] = in.Info()
 	}
 	return out, nil
 }
@@ -257,7 +253,7 @@ func (d *Driver) Recover(ctx context.Context) ([]vm.Instance, error) {
 		in, err := d.Get(ctx, id)
 		if err != nil {
 			if errors.Is(err, vm.ErrNotFound) {
-				continue
+				continue // destroyed meanwhile
 			}
 			return nil, err
 		}
