@@ -32,4 +32,6 @@ echo "median of $N TCG boots to tandem-guest's probe marker and QEMU exit"
 step "ENVIRONMENT.md reference (rtc=off, ACPI on)" "microvm,x-option-roms=off,rtc=off" "console=ttyS0 reboot=t panic=-1 quiet"
 step "+ RTC on (no 2 s CMOS clock timeouts)" "microvm,x-option-roms=off" "console=ttyS0 reboot=t panic=-1 quiet"
 step "+ cryptomgr.notests (crypto self-tests)" "microvm,x-option-roms=off" "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests"
-step "+ pci=off (microvm has no PCI bus)" "microvm,x-option-roms=off" "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests pci=off"
+khz=$(awk '/^cpu MHz/ {printf "%d", $4*1000; exit}' /proc/cpuinfo)
+step "+ tsc_early_khz=$khz (no PIT calibration; see tsc.go)" "microvm,x-option-roms=off" "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tsc_early_khz=$khz"
+step "  (rejected) + initcall_blacklist=init_kprobe_trace" "microvm,x-option-roms=off" "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tsc_early_khz=$khz initcall_blacklist=init_kprobe_trace"

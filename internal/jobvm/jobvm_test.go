@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,12 +72,18 @@ func TestRunStreamsOutputAndExit(t *testing.T) {
 	r := req()
 	r.Argv = []string{"sh", "-c", "for i in 1 2 3; do echo line $i; done; exit 5"}
 	r.Stdout = &out
+	r.VCPUs = 0.5
+	var quota string
+	r.OnReady = func(in vm.Instance) { quota = cpuQuota(t, in.ID()) }
 	res, err := h.Run(context.Background(), r)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.ExitCode != 5 || res.Failure != "" || out.String() != "line 1\nline 2\nline 3\n" {
 		t.Errorf("result %+v, stdout %q", res, out.String())
+	}
+	if quota != "50000" && quota != "50000 100000" {
+		t.Errorf("a 0.5-vCPU VM's CPU quota is %q, want half a CPU", quota)
 	}
 	if res.Timings.Boot <= 0 || res.Timings.Total < res.Timings.Prepare+res.Timings.Boot+res.Timings.Run {
 		t.Errorf("timings do not add up: %+v", res.Timings)
@@ -154,4 +161,19 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 		t.Errorf("the live owner's VM was reclaimed: %v", err)
 	}
 	keep.Destroy(ctx)
+}
+
+// cpuQuota reads the CPU quota of a VM's cgroup (v1 cfs_quota_us or v2 cpu.max).
+func cpuQuota(t *testing.T, id string) string {
+	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/cpu.cfs_quota_us", "/sys/fs/cgroup/tandem/*/" + id + "/cpu.max"} {
+		if m, _ := filepath.Glob(pat); len(m) == 1 {
+			b, err := os.ReadFile(m[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(b))
+		}
+	}
+	t.Errorf("no cgroup for %s", id)
+	return ""
 }

@@ -81,7 +81,15 @@ func (c *cgroups) setup(id string, vcpus float64, pid int) error {
 		}
 	}
 	dir := filepath.Join(c.root, id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Another process's remove() may take the empty scope away between the
+	// two mkdirs MkdirAll makes: try again.
+	var err error
+	for range 3 {
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			break
+		}
+	}
+	if err != nil {
 		return err
 	}
 	quota := int(vcpus * cfsPeriod)
@@ -114,6 +122,7 @@ func (c *cgroups) remove(id string) error {
 	for range 50 {
 		err = os.Remove(dir)
 		if err == nil || errors.Is(err, os.ErrNotExist) {
+			os.Remove(c.root) // the scope too, once its last VM is gone (EBUSY otherwise)
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
