@@ -144,12 +144,18 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 		enc.Encode(out)
 	}
 	code := exitCode(res, err)
+	if ctx.Err() != nil && code == exitTandem {
+		code = exitCancelled // interrupted before the job ran
+	}
 	if o.jsonOut {
 		return &exitError{code: code}
 	}
 	switch {
 	case err != nil:
 		return &exitError{code, err}
+	case res.Failure == "" && res.Detail != "":
+		// The job could not start in the guest (no such command, say).
+		return &exitError{code, errors.New(res.Detail)}
 	case res.Failure != "":
 		return &exitError{code, fmt.Errorf("%s: %s", res.Failure, res.Detail)}
 	case code != 0:

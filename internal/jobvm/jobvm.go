@@ -144,10 +144,10 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 
 	// From here on, every path ends in teardown.
 	var inst vm.Instance
-	var attached bool
+	var attached, reported bool
 	defer func() {
 		tt := time.Now()
-		if terr := h.teardown(inst, spec.ID, attached); terr != nil {
+		if terr := h.teardown(inst, spec.ID, attached, reported); terr != nil {
 			err = errors.Join(err, terr)
 		}
 		res.Timings.Teardown = ms(time.Since(tt))
@@ -197,23 +197,24 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	}
 
 	tr := time.Now()
-	s.run(ctx)
+	reported = s.run(ctx)
 	res.Timings.Run = ms(time.Since(tr))
 	return res, nil
 }
 
-func (h *Host) teardown(inst vm.Instance, id string, attached bool) error {
+// teardown destroys the VM and its network. A guest that reported its job's
+// exit (reported) ends the VM by itself: it gets a moment to do so cleanly
+// before Destroy kills whatever is left.
+func (h *Host) teardown(inst vm.Instance, id string, attached, reported bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
 	if inst != nil {
-		// A guest that reported its exit ends the VM by itself; give it a
-		// moment to do so cleanly before Destroy kills it.
-		wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
-		if inst.Info().State == vm.StateRunning {
+		if reported && inst.Info().State == vm.StateRunning {
+			wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
 			inst.Wait(wctx)
+			wcancel()
 		}
-		wcancel()
 		if err := inst.Destroy(ctx); err != nil {
 			errs = append(errs, err)
 		}

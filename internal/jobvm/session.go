@@ -161,13 +161,14 @@ func (s *session) read() {
 }
 
 // run sends the job and relays frames until the guest reports the exit, the
-// VM dies, the guest falls silent, the timeout passes, or ctx ends.
-func (s *session) run(ctx context.Context) {
+// VM dies, the guest falls silent, the timeout passes, or ctx ends. It says
+// whether the guest reported the job's exit.
+func (s *session) run(ctx context.Context) (reported bool) {
 	defer s.closer.Close()
 	job := guest.Job{Argv: s.r.Argv, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
 	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
 		s.fail(FailGuestCrash, "send job: "+err.Error())
-		return
+		return false
 	}
 	hb := s.r.HeartbeatTimeout
 	if hb == 0 {
@@ -191,7 +192,7 @@ func (s *session) run(ctx context.Context) {
 				case <-time.After(5 * time.Second):
 				}
 				s.fail(s.crashKind(), "the guest ended without reporting the job's exit")
-				return
+				return false
 			}
 			silence.Reset(hb)
 			switch f.t {
@@ -203,7 +204,7 @@ func (s *session) run(ctx context.Context) {
 				var e guest.Exit
 				if err := guest.Decode(f.t, f.p, &e); err != nil {
 					s.fail(FailGuestCrash, err.Error())
-					return
+					return false
 				}
 				s.res.ExitCode = e.Code
 				if e.TimedOut {
@@ -211,20 +212,20 @@ func (s *session) run(ctx context.Context) {
 				} else if e.Error != "" {
 					s.res.Detail = e.Error
 				}
-				return
+				return true
 			}
 		case <-silence.C:
 			s.fail(FailGuestHang, fmt.Sprintf("no word from the guest for %s", hb))
-			return
+			return false
 		case <-deadline:
 			s.res.ExitCode = 124
 			s.fail(FailTimeout, fmt.Sprintf("the job ran longer than %s and the guest did not stop it", s.r.Timeout))
-			return
+			return false
 		case <-ctx.Done():
 			// Ask the guest to stop the job; teardown kills the VM regardless.
 			s.conn.WriteFrame(guest.FrameCancel, nil)
 			s.fail(FailCancelled, "cancelled")
-			return
+			return false
 		}
 	}
 }
