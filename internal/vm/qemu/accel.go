@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/guest"
@@ -125,7 +126,7 @@ func (d *Driver) probeBoot(ctx context.Context, arch vm.Arch, kernel, initrd str
 	p := Paths{Console: filepath.Join(dir, "console"), Guest: filepath.Join(dir, "guest.sock")}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	var stderr bytes.Buffer
+	var stderr lockedBuffer // written by exec's copier, read while it runs
 	cmd := exec.CommandContext(ctx, Binary(arch), Args(spec, p)...)
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -179,4 +180,22 @@ func firstLine(s, sub string) string {
 		}
 	}
 	return strings.TrimSpace(s)
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
