@@ -11,7 +11,7 @@ data="${1:-/var/lib/tandem}"
 N="${N:-5}"
 ref="$(cat "$data/images/refs/test-amd64")"
 dir="$data/images/blobs/$ref"
-kernel="$dir/kernel"; initrd="$dir/initrd.cpio"
+kernel="$dir/vmlinux"; initrd="$dir/initrd.cpio"
 [ -f "$kernel" ] || { echo "no test-amd64 image in $data: run tandem image build" >&2; exit 1; }
 
 boot() { # machine append -> ms

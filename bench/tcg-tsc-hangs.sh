@@ -14,7 +14,7 @@ count() { # extra kernel args -> hangs
   local hangs=0
   for _ in $(seq "$N"); do
     timeout 15 qemu-system-x86_64 -M microvm,x-option-roms=off -accel tcg -cpu max -m 256 -smp 1 \
-      -nodefaults -no-user-config -nographic -no-reboot -serial stdio -kernel "$dir/kernel" \
+      -nodefaults -no-user-config -nographic -no-reboot -serial stdio -kernel "$dir/vmlinux" \
       -initrd "$dir/initrd.cpio" -append "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests tandem.probe=1 $1" \
       2>&1 | grep -q TANDEM-PROBE-OK || hangs=$((hangs + 1))
   done

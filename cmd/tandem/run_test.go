@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 )
@@ -276,17 +277,16 @@ func TestRunCorruptImage(t *testing.T) {
 		t.Fatalf("copy images: %v %s", err, out)
 	}
 	e := &env{t: t, data: data}
-	ref, err := os.ReadFile(filepath.Join(data, "images", "refs", "test-amd64"))
+	st, err := image.Open(filepath.Join(data, "images"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob := filepath.Join(data, "images", "blobs", strings.TrimSpace(string(ref)))
-	kernel := ""
-	for _, n := range []string{"kernel"} {
-		if _, err := os.Stat(filepath.Join(blob, n)); err == nil {
-			kernel = filepath.Join(blob, n)
-		}
+	im, err := st.Resolve("test-amd64")
+	if err != nil {
+		t.Fatal(err)
 	}
+	kernel := im.Kernel()
+	os.Chmod(kernel, 0o644) // image files are read-only
 	f, err := os.OpenFile(kernel, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,7 +36,12 @@ type BuildOptions struct {
 var guestModules = []string{"virtio_mmio", "virtio_blk", "virtio_console", "virtio_net"}
 
 // Build builds an image and points the ref <kind>-<arch> at it. Building the
-// same inputs again yields the same id and reuses the stored image.
+// same inputs again yields the same id (and keeps the stored copy).
+//
+// The image is built in a directory .build-* inside the store and renamed
+// into blobs/ when complete, so blobs/ never holds half an image; builds
+// into one store take turns (an flock on <root>/.lock), and a build removes
+// what a crashed one left.
 func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	start := time.Now()
 	if o.Kind != "test" {
@@ -50,7 +56,13 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if o.RootfsSizeMiB == 0 {
 		o.RootfsSizeMiB = 256
 	}
-	p := progress{w: o.Progress, start: start}
+	if o.RootfsSizeMiB < 16 {
+		return nil, fmt.Errorf("root filesystem size %d MiB: want at least 16", o.RootfsSizeMiB)
+	}
+	p := &progress{w: o.Progress, start: start}
+	if o.GuestBinary == "" {
+		return nil, errors.New("no tandem-guest binary given (BuildOptions.GuestBinary)")
+	}
 	guestBin, err := os.ReadFile(o.GuestBinary)
 	if err != nil {
 		return nil, fmt.Errorf("tandem-guest binary: %w", err)
@@ -61,11 +73,12 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 		return nil, err
 	}
-	unlock, err := lockFile(filepath.Join(s.root, ".lock"))
+	unlock, err := lockFile(ctx, filepath.Join(s.root, ".lock"), func() { p.step("waiting for another build in %s", s.root) })
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	s.removeStale()
 
 	work, err := os.MkdirTemp(s.root, ".build-")
 	if err != nil {
@@ -77,37 +90,130 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		return nil, err
 	}
 
-	// 1. The kernel and its modules.
-	var deb debFile
+	// 1. Which packages, and fetch them.
+	p.step("asking apt for %s packages", o.Arch)
+	kdeb, bb, err := resolvePackages(ctx, o.Arch, o.KernelDeb == "")
+	if err != nil {
+		return nil, err
+	}
 	if o.KernelDeb != "" {
-		p.step("using kernel package %s", o.KernelDeb)
-		deb, err = localDeb(ctx, o.KernelDeb)
-	} else {
-		p.step("resolving Debian's cloud kernel for %s", o.Arch)
-		deb, err = fetchDeb(ctx, p, kernelMetaPackage(o.Arch), o.Arch, o.CacheDir, true)
+		if kdeb, err = localDeb(ctx, o.KernelDeb, o.Arch); err != nil {
+			return nil, err
+		}
+		p.step("kernel package %s %s from %s", kdeb.Package, kdeb.Version, o.KernelDeb)
+	} else if kdeb, err = fetchDeb(ctx, p, kdeb, o.CacheDir); err != nil {
+		return nil, err
 	}
+	if bb, err = fetchDeb(ctx, p, bb, o.CacheDir); err != nil {
+		return nil, err
+	}
+
+	// 2. The root filesystem is independent of the kernel: build it while
+	// the kernel package unpacks (dpkg-deb is single-threaded).
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var rootErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rootErr = buildTestRootfs(rctx, p, work, bb, guestBin, o, filepath.Join(out, RootfsFile))
+	}()
+	kernelName, kernel, kver, initrd, modOrder, kerr := buildBoot(ctx, p, work, kdeb, guestBin, o.Arch)
+	if kerr != nil {
+		cancel()
+	}
+	wg.Wait()
+	if err := errors.Join(kerr, rootErr); err != nil {
+		return nil, err
+	}
+
+	// 3. The files, the manifest, and into the store.
+	m := Manifest{
+		Schema: 1, Kind: o.Kind, Arch: o.Arch,
+		Kernel:                KernelInfo{Package: kdeb.Package, PackageVersion: kdeb.Version, Version: kver, DebSHA256: kdeb.SHA256},
+		Modules:               modOrder,
+		GuestSHA256:           sha256hex(guestBin),
+		BusyboxPackageVersion: bb.Version,
+		Cmdline:               recommendedCmdline(o.Arch),
+		Created:               time.Now().UTC().Format(time.RFC3339),
+		Files:                 map[string]FileInfo{},
+	}
+	stamps := map[string]verifiedStamp{}
+	for name, data := range map[string][]byte{kernelName: kernel, InitrdFile: initrd} {
+		if err := writeFileSync(filepath.Join(out, name), data); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Chmod(filepath.Join(out, RootfsFile), 0o444); err != nil {
+		return nil, err
+	}
+	if err := syncFile(filepath.Join(out, RootfsFile)); err != nil {
+		return nil, err
+	}
+	for _, n := range []string{kernelName, InitrdFile, RootfsFile} {
+		// Stat before hashing: if the file changed after the stat, the
+		// stamp will not match and the next Verify re-hashes it.
+		st, err := statStamp(filepath.Join(out, n))
+		if err != nil {
+			return nil, err
+		}
+		switch n {
+		case kernelName:
+			st.SHA = sha256hex(kernel)
+		case InitrdFile:
+			st.SHA = sha256hex(initrd)
+		default:
+			if st.SHA, err = fileSHA256(filepath.Join(out, n)); err != nil {
+				return nil, err
+			}
+		}
+		m.Files[n] = FileInfo{SHA256: st.SHA, Size: st.Size}
+		stamps[n] = st
+	}
+	id := m.ID()
+	if err := s.commit(p, out, m, id, stamps); err != nil {
+		return nil, err
+	}
+	if err := writeAtomic(filepath.Join(s.root, "refs", o.Kind+"-"+o.Arch), []byte(id+"\n")); err != nil {
+		return nil, fmt.Errorf("image ref: %w", err)
+	}
+	im, err := s.load(id)
 	if err != nil {
 		return nil, err
 	}
+	p.step("built %s-%s as %s in %s", o.Kind, o.Arch, id, time.Since(start).Round(time.Millisecond))
+	return im, nil
+}
+
+// buildBoot makes what the kernel boots from: the kernel itself, and the
+// initramfs with tandem-guest as /init and the modules it loads.
+func buildBoot(ctx context.Context, p *progress, work string, kdeb debFile, guestBin []byte, arch string) (kernelName string, kernel []byte, kver string, initrd []byte, order []string, err error) {
 	kdir := filepath.Join(work, "kernel-pkg")
-	if err := dpkgExtract(ctx, deb.Path, kdir); err != nil {
-		return nil, err
+	if err = dpkgExtract(ctx, kdeb.Path, kdir); err != nil {
+		return
 	}
-	kver, kernel, err := extractKernel(kdir, o.Arch)
-	if err != nil {
-		return nil, err
+	if kver, kernel, err = extractKernel(kdir, arch); err != nil {
+		return
 	}
-	p.step("kernel %s: %.1f MiB uncompressed", kver, float64(len(kernel))/(1<<20))
-	if err := os.WriteFile(filepath.Join(out, KernelFile), kernel, 0o644); err != nil {
-		return nil, err
-	}
+	kernelName = kernelFileName(arch)
+	p.step("kernel %s: %s %.1f MiB", kver, kernelName, float64(len(kernel))/(1<<20))
 	mods, order, err := collectModules(kdir, kver)
 	if err != nil {
-		return nil, err
+		return
 	}
-	p.step("modules: %s", strings.Join(order, " "))
+	p.step("modules, in load order: %s", strings.Join(order, " "))
+	initrd, err = buildInitramfs(guestBin, mods, order)
+	if err != nil {
+		return
+	}
+	p.step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
+	return
+}
 
-	// 2. The initramfs: tandem-guest as /init and the modules it loads.
+// buildInitramfs writes the initramfs: an uncompressed newc archive (the
+// kernel unpacks it without spending time on decompression).
+func buildInitramfs(guestBin []byte, mods map[string][]byte, order []string) ([]byte, error) {
 	entries := []cpioEntry{
 		{Name: "dev", Mode: modeDir | 0o755}, {Name: "dev/console", Mode: modeChr | 0o600, Major: 5, Minor: 1},
 		{Name: "proc", Mode: modeDir | 0o555}, {Name: "sys", Mode: modeDir | 0o555},
@@ -122,76 +228,57 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		list.WriteString(m + ".ko\n")
 	}
 	entries = append(entries, cpioEntry{Name: "etc/tandem/modules", Mode: modeReg | 0o644, Data: []byte(list.String())})
-	var cpio bytes.Buffer
-	if err := writeCpio(&cpio, entries); err != nil {
+	var b bytes.Buffer
+	if err := writeCpio(&b, entries); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(out, InitrdFile), cpio.Bytes(), 0o644); err != nil {
-		return nil, err
-	}
-	p.step("initramfs: %.1f MiB", float64(cpio.Len())/(1<<20))
+	return b.Bytes(), nil
+}
 
-	// 3. The root filesystem.
-	bb, err := fetchDeb(ctx, p, "busybox-static", o.Arch, o.CacheDir, false)
-	if err != nil {
-		return nil, err
-	}
-	if err := buildTestRootfs(ctx, p, work, bb, guestBin, o, filepath.Join(out, RootfsFile)); err != nil {
-		return nil, err
-	}
-
-	// 4. The manifest, and into the store.
-	m := Manifest{
-		Schema: 1, Kind: o.Kind, Arch: o.Arch,
-		Kernel:         KernelInfo{Package: deb.Package, PackageVersion: deb.Version, Version: kver, DebSHA256: deb.SHA256},
-		Modules:        order,
-		GuestSHA256:    sha256hex(guestBin),
-		BusyboxVersion: bb.Version,
-		Cmdline:        recommendedCmdline(o.Arch),
-		Created:        time.Now().UTC().Format(time.RFC3339),
-		Files:          map[string]FileInfo{},
-	}
-	for _, n := range []string{KernelFile, InitrdFile, RootfsFile} {
-		sum, err := fileSHA256(filepath.Join(out, n))
-		if err != nil {
-			return nil, err
-		}
-		fi, err := os.Stat(filepath.Join(out, n))
-		if err != nil {
-			return nil, err
-		}
-		m.Files[n] = FileInfo{SHA256: sum, Size: fi.Size()}
-	}
-	id := m.ID()
+// commit moves a built image directory into blobs/<id>, unless an intact
+// copy is there already.
+func (s *Store) commit(p *progress, dir string, m Manifest, id string, stamps map[string]verifiedStamp) error {
 	dest := filepath.Join(s.root, "blobs", id)
-	if im, err := s.load(id); err == nil && im.VerifyFull() == nil {
-		p.step("image %s already in the store", id)
-	} else {
-		b, _ := json.MarshalIndent(m, "", "  ")
-		if err := os.WriteFile(filepath.Join(out, manifestFile), b, 0o644); err != nil {
-			return nil, err
+	if im, err := s.load(id); err == nil {
+		// A rebuild is what an operator does about a damaged image: look
+		// at every byte, not at the remembered stamps.
+		if err := im.VerifyFull(); err == nil {
+			p.step("image %s is in the store already", id)
+			return nil
 		}
-		for _, n := range []string{KernelFile, InitrdFile, RootfsFile, manifestFile} {
-			os.Chmod(filepath.Join(out, n), 0o444) // the base of every VM: never written
-		}
-		os.RemoveAll(dest) // a damaged earlier copy
-		if err := os.Rename(out, dest); err != nil {
-			return nil, fmt.Errorf("store image: %w", err)
-		}
+		p.step("replacing the damaged copy of %s", id)
 	}
-	ref := filepath.Join(s.root, "refs", o.Kind+"-"+o.Arch)
-	if err := writeAtomic(ref, []byte(id+"\n")); err != nil {
-		return nil, err
+	b, _ := json.MarshalIndent(m, "", "  ")
+	if err := writeFileSync(filepath.Join(dir, manifestFile), append(b, '\n')); err != nil {
+		return err
 	}
-	im, err := s.load(id)
-	if err != nil {
-		return nil, err
+	if err := syncDir(dir); err != nil {
+		return err
 	}
-	if err := im.Verify(); err != nil {
-		return nil, err
+	if err := os.RemoveAll(dest); err != nil {
+		return fmt.Errorf("remove the damaged copy of %s: %w", id, err)
 	}
-	p.step("built %s-%s as %s in %s", o.Kind, o.Arch, id, time.Since(start).Round(time.Millisecond))
-	return im, nil
+	if err := os.Rename(dir, dest); err != nil {
+		return fmt.Errorf("store image: %w", err)
+	}
+	if err := syncDir(filepath.Dir(dest)); err != nil {
+		return err
+	}
+	// Hashed just now: remember that, so the first boot does not hash the
+	// files again. (A rename does not change the files' stamps; a stamp
+	// that does not match any more is simply hashed on the next Verify.)
+	im := &Image{ID: id, Dir: dest, Manifest: m}
+	im.saveStamps(stamps)
+	return nil
+}
+
+// removeStale deletes build directories left by a build that crashed. It
+// runs with the store locked, so no build is using them.
+func (s *Store) removeStale() {
+	stale, _ := filepath.Glob(filepath.Join(s.root, ".build-*"))
+	for _, d := range stale {
+		os.RemoveAll(d)
+	}
 }
 
 func recommendedCmdline(arch string) string {
@@ -201,15 +288,20 @@ func recommendedCmdline(arch string) string {
 	return "console=ttyS0 reboot=t panic=-1 quiet"
 }
 
+// progress writes one line per build step, with the time since the start.
 type progress struct {
 	w     io.Writer
 	start time.Time
+	mu    sync.Mutex
 }
 
-func (p progress) step(format string, args ...any) {
-	if p.w != nil {
-		fmt.Fprintf(p.w, "[%5.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
+func (p *progress) step(format string, args ...any) {
+	if p == nil || p.w == nil {
+		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "[%5.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
 func sha256hex(b []byte) string {
@@ -217,30 +309,78 @@ func sha256hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+// writeFileSync writes a read-only file and flushes it to disk.
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o444)
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
-// lockFile takes an exclusive flock, so that two builds into one store do
-// not race.
-func lockFile(path string) (func(), error) {
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error { return syncFile(dir) }
+
+// writeAtomic replaces path with b: readers see the old or the new
+// content, never a mix. Callers hold the store's lock.
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	os.Remove(tmp) // read-only from an earlier crash
+	if err := writeFileSync(tmp, b); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// lockFile takes an exclusive flock and returns its release. If another
+// process holds the lock, it calls waiting once and waits (until ctx ends).
+func lockFile(ctx context.Context, path string, waiting func()) (func(), error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
+	for told := false; ; {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if !told && waiting != nil {
+			waiting()
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
 }

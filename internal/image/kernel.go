@@ -137,17 +137,28 @@ func collectModules(pkgDir, kver string) (map[string][]byte, []string, error) {
 		}
 	}
 	paths := map[string]string{}
+	compressed := map[string]string{} // name → extension
 	err := filepath.WalkDir(modDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
-			paths[modName(strings.TrimSuffix(d.Name(), ".ko"))] = p
+		if d.IsDir() {
+			return nil
+		}
+		if name, ok := strings.CutSuffix(d.Name(), ".ko"); ok {
+			paths[modName(name)] = p
+		} else if i := strings.Index(d.Name(), ".ko."); i > 0 {
+			compressed[modName(d.Name()[:i])] = d.Name()[i:]
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	for _, m := range guestModules {
+		if _, ok := paths[m]; !ok && !builtin[m] && compressed[m] != "" {
+			return nil, nil, fmt.Errorf("kernel modules: %s is compressed (%s); this builder reads uncompressed .ko modules only", m, compressed[m])
+		}
 	}
 	// Read dependencies lazily: only the closure of what the guest needs.
 	deps := map[string][]string{}

@@ -103,8 +103,13 @@ func lz4Block(dst, src []byte, limit int) ([]byte, error) {
 		if off == 0 || off > len(dst)-start || len(dst)-start+m > limit {
 			return nil, errLZ4Corrupt
 		}
-		// Byte by byte: the match may overlap what it is copying.
 		p := len(dst) - off
+		if off >= m {
+			dst = append(dst, dst[p:p+m]...)
+			continue
+		}
+		// The match overlaps what it copies (a repeated pattern of
+		// period off): byte by byte.
 		for k := 0; k < m; k++ {
 			dst = append(dst, dst[p+k])
 		}

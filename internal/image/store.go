@@ -4,16 +4,37 @@
 // The store is content-addressed:
 //
 //	<root>/blobs/<id>/manifest.json   what the image is, with every file's sha256
-//	<root>/blobs/<id>/kernel          uncompressed (ELF vmlinux on amd64, Image on arm64)
+//	<root>/blobs/<id>/vmlinux         amd64: the kernel as an ELF (QEMU enters it through PVH)
+//	<root>/blobs/<id>/Image           arm64: the kernel's uncompressed Image
 //	<root>/blobs/<id>/initrd.cpio     tandem-guest as /init, the virtio modules
 //	<root>/blobs/<id>/rootfs.ext4     the root filesystem, read-only base of every VM
+//	<root>/blobs/<id>/.verified       what Verify remembers (see there)
 //	<root>/refs/<kind>-<arch>         the id that name points at
+//	<root>/cache/                     downloaded .debs (unless BuildOptions.CacheDir)
 //
-// where id is the first 16 hex digits of the sha256 of the manifest (its
-// creation time left out), so the same inputs name the same image.
+// where id is the first 16 hex digits of the sha256 of the manifest's
+// canonical JSON (its creation time left out), so the same inputs name the
+// same image.
+//
+// Reproducibility: the kernel and the initramfs are byte-for-byte functions
+// of the kernel package and the tandem-guest binary (fixed order, times and
+// inode numbers in the cpio). The root filesystem is too, as far as
+// e2fsprogs allows and as measured with e2fsprogs 1.47.0 (two stores, and a
+// staging tree on tmpfs against one on ext4, gave the same bytes): mkfs.ext4
+// runs with a configuration of its own instead of the host's, a fixed
+// clock (E2FSPROGS_FAKE_TIME), a uuid and directory hash seed derived from
+// a hash of the staged tree, files whose times are set to 2000-01-01, and
+// debugfs then sets the ctimes and atimes mkfs copied (no system call sets
+// a ctime). What can still change the root filesystem's bytes, and so the
+// id, for the same inputs: another e2fsprogs version, and — for the foreign
+// architecture — whether qemu-user is installed to list busybox's applets
+// (see listApplets). The manifest records the inputs (kernel .deb sha256,
+// guest sha256, busybox version) either way.
 package image
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -25,7 +46,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Sentinel errors callers branch on.
@@ -36,7 +58,8 @@ var (
 
 // File names inside an image directory.
 const (
-	KernelFile   = "kernel"
+	VmlinuxFile  = "vmlinux" // amd64 kernel
+	ImageFile    = "Image"   // arm64 kernel
 	InitrdFile   = "initrd.cpio"
 	RootfsFile   = "rootfs.ext4"
 	manifestFile = "manifest.json"
@@ -59,24 +82,48 @@ type KernelInfo struct {
 
 // Manifest describes an image.
 type Manifest struct {
-	Schema         int                 `json:"schema"`
-	Kind           string              `json:"kind"`
-	Arch           string              `json:"arch"`
-	Kernel         KernelInfo          `json:"kernel"`
-	Modules        []string            `json:"modules"` // in load order
-	GuestSHA256    string              `json:"guest_sha256"`
-	BusyboxVersion string              `json:"busybox_version,omitempty"`
-	Cmdline        string              `json:"cmdline"` // recommended kernel parameters
-	Created        string              `json:"created,omitempty"`
-	Files          map[string]FileInfo `json:"files"`
+	Schema                int                 `json:"schema"`
+	Kind                  string              `json:"kind"`
+	Arch                  string              `json:"arch"`
+	Kernel                KernelInfo          `json:"kernel"`
+	Modules               []string            `json:"modules"` // in load order
+	GuestSHA256           string              `json:"guest_sha256"`
+	BusyboxPackageVersion string              `json:"busybox_package_version,omitempty"`
+	Cmdline               string              `json:"cmdline"` // recommended kernel parameters
+	Created               string              `json:"created,omitempty"`
+	Files                 map[string]FileInfo `json:"files"`
 }
 
-// ID is the content address of the manifest.
+// ID is the content address of the manifest: the first 16 hex digits of
+// the sha256 of its canonical JSON.
 func (m Manifest) ID() string {
-	m.Created = ""
-	b, _ := json.Marshal(m) // map keys are sorted: canonical
+	b, _ := json.Marshal(m)
+	id, _ := manifestID(b)
+	return id
+}
+
+// manifestID computes the id of a manifest from its JSON, whatever its
+// layout: the canonical form drops "created", sorts the keys of every
+// object and has no insignificant space. Computed from the document rather
+// than from the Manifest type, an id stays valid when the type gains or
+// renames fields.
+func manifestID(raw []byte) (string, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // numbers keep their exact text
+	var doc map[string]any
+	if err := dec.Decode(&doc); err != nil {
+		return "", err
+	}
+	if dec.More() {
+		return "", errors.New("trailing data after the manifest")
+	}
+	delete(doc, "created")
+	b, err := json.Marshal(doc) // encoding/json sorts map keys
+	if err != nil {
+		return "", err
+	}
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])[:16]
+	return hex.EncodeToString(sum[:])[:16], nil
 }
 
 // Image is one image in the store.
@@ -86,9 +133,29 @@ type Image struct {
 	Manifest Manifest `json:"manifest"`
 }
 
-// Kernel, Initrd and Rootfs are the paths of the image's files.
-func (im *Image) Kernel() string { return filepath.Join(im.Dir, KernelFile) }
+// kernelFileName is what the kernel is called in an image for arch.
+func kernelFileName(arch string) string {
+	if arch == "arm64" {
+		return ImageFile
+	}
+	return VmlinuxFile
+}
+
+// Kernel is the path of the image's kernel: an ELF vmlinux (amd64) or an
+// arm64 Image.
+func (im *Image) Kernel() string {
+	for _, n := range []string{VmlinuxFile, ImageFile, "kernel"} { // "kernel": images built before the split
+		if _, ok := im.Manifest.Files[n]; ok {
+			return filepath.Join(im.Dir, n)
+		}
+	}
+	return filepath.Join(im.Dir, kernelFileName(im.Manifest.Arch))
+}
+
+// Initrd is the path of the image's initramfs (uncompressed newc cpio).
 func (im *Image) Initrd() string { return filepath.Join(im.Dir, InitrdFile) }
+
+// Rootfs is the path of the image's root filesystem (ext4, read-only).
 func (im *Image) Rootfs() string { return filepath.Join(im.Dir, RootfsFile) }
 
 // Store is a directory of images.
@@ -141,8 +208,8 @@ func (s *Store) Resolve(ref string) (*Image, error) {
 			return nil, fmt.Errorf("image id prefix %q is ambiguous: %s", ref, strings.Join(match, ", "))
 		}
 	}
-	hint := ""
-	if kind, arch, ok := strings.Cut(ref, "-"); ok {
+	hint := ": `tandem image list` shows the images there are"
+	if kind, arch, ok := strings.Cut(ref, "-"); ok && refRE.MatchString(ref) {
 		hint = fmt.Sprintf(": build it with `tandem image build --kind %s --arch %s`", kind, arch)
 	}
 	return nil, fmt.Errorf("%w: %q in %s%s", ErrNotFound, ref, s.root, hint)
@@ -164,8 +231,8 @@ func (s *Store) load(id string) (*Image, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: image %s: manifest: %v", ErrCorrupt, id, err)
 	}
-	if m.ID() != id {
-		return nil, fmt.Errorf("%w: image %s: manifest does not match its id (it names %s)", ErrCorrupt, id, m.ID())
+	if got, err := manifestID(b); err != nil || got != id {
+		return nil, fmt.Errorf("%w: image %s: manifest does not match its id (it hashes to %s)", ErrCorrupt, id, got)
 	}
 	return &Image{ID: id, Dir: dir, Manifest: m}, nil
 }
@@ -200,19 +267,44 @@ func (s *Store) List() ([]*Image, error) {
 	return out, nil
 }
 
-// Remove deletes an image and any ref naming it.
+// Remove deletes an image (by its full id) and every ref naming it. An id
+// not in the store is ErrNotFound.
 func (s *Store) Remove(id string) error {
 	if !idRE.MatchString(id) || len(id) != 16 {
-		return fmt.Errorf("invalid image id %q", id)
+		return fmt.Errorf("invalid image id %q (want 16 hex digits)", id)
+	}
+	unlock, err := lockFile(context.Background(), filepath.Join(s.root, ".lock"), nil)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir := filepath.Join(s.root, "blobs", id)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: no image %s in %s", ErrNotFound, id, s.root)
 	}
 	refs, _ := os.ReadDir(filepath.Join(s.root, "refs"))
 	for _, r := range refs {
 		p := filepath.Join(s.root, "refs", r.Name())
 		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == id {
-			os.Remove(p)
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("remove image %s: %w", id, err)
+			}
 		}
 	}
-	return os.RemoveAll(filepath.Join(s.root, "blobs", id))
+	// Out of blobs/ in one step first, so no reader sees a half-deleted
+	// image; then delete.
+	trash, err := os.MkdirTemp(s.root, ".build-rm-")
+	if err != nil {
+		return fmt.Errorf("remove image %s: %w", id, err)
+	}
+	if err := os.Rename(dir, filepath.Join(trash, id)); err != nil {
+		os.Remove(trash)
+		return fmt.Errorf("remove image %s: %w", id, err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		return fmt.Errorf("remove image %s: %w", id, err)
+	}
+	return nil
 }
 
 // verifiedStamp is what .verified remembers of a file that hashed right.
@@ -224,15 +316,32 @@ type verifiedStamp struct {
 	SHA   string `json:"sha256"`
 }
 
-// Verify checks every file of the image against the manifest: presence, size
-// and sha256. A mismatch is ErrCorrupt naming the file.
+func statStamp(path string) (verifiedStamp, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return verifiedStamp{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return verifiedStamp{
+		Size:  st.Size,
+		Mtime: st.Mtim.Nano(),
+		Ctime: st.Ctim.Nano(),
+		Ino:   st.Ino,
+	}, nil
+}
+
+// Verify checks every file of the image against the manifest: presence,
+// size and sha256. A mismatch is ErrCorrupt naming the file.
 //
-// Hashing a root filesystem on every boot would cost more than the boot, so
-// a successful check is remembered in .verified with each file's size, mtime,
-// ctime and inode; a file is re-hashed when any of them changes. Any write
-// through the file system changes ctime, so this catches every modification
-// made through the kernel; it does not catch bit rot underneath it, which
-// `tandem image verify` (a full re-hash) is for.
+// Hashing the files (a 256 MiB root filesystem among them) on every boot
+// would cost more than a KVM boot does, so a successful check is remembered
+// in <Dir>/.verified with each file's size, mtime, ctime and inode number,
+// and a file is hashed again only when one of them changes. The trade-off:
+// any change made through the file system moves ctime (which no system call
+// can set back), and a replaced file has another inode, so every such
+// change is caught; what is not caught is damage beneath the file system
+// (bit rot, writes to the raw block device) or a forged stamp by someone who
+// can write the store anyway. VerifyFull, `tandem image verify`, hashes
+// every byte regardless.
 func (im *Image) Verify() error { return im.verify(false) }
 
 // VerifyFull re-hashes every file regardless of the remembered stamps.
@@ -254,24 +363,25 @@ func (im *Image) verify(full bool) error {
 		return fmt.Errorf("%w: image %s lists no files", ErrCorrupt, im.ID)
 	}
 	fresh := map[string]verifiedStamp{}
-	changed := false
+	changed := full
 	for _, n := range names {
 		want := im.Manifest.Files[n]
 		p := filepath.Join(im.Dir, n)
-		fi, err := os.Stat(p)
-		if err != nil {
+		if n != filepath.Base(n) || n == "." || n == ".." {
+			return fmt.Errorf("%w: image %s: manifest names file %q", ErrCorrupt, im.ID, n)
+		}
+		stamp, err := statStamp(p)
+		if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("%w: image %s: %s is missing", ErrCorrupt, im.ID, n)
 		}
-		st, _ := fi.Sys().(*syscall.Stat_t)
-		if fi.Size() != want.Size {
-			return fmt.Errorf("%w: image %s: %s is %d bytes, want %d", ErrCorrupt, im.ID, n, fi.Size(), want.Size)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", im.ID, err)
 		}
-		stamp := verifiedStamp{Size: fi.Size(), Mtime: fi.ModTime().UnixNano(), SHA: want.SHA256}
-		if st != nil {
-			stamp.Ctime = st.Ctim.Sec*1e9 + st.Ctim.Nsec
-			stamp.Ino = st.Ino
+		if stamp.Size != want.Size {
+			return fmt.Errorf("%w: image %s: %s is %d bytes, manifest says %d", ErrCorrupt, im.ID, n, stamp.Size, want.Size)
 		}
-		if old, ok := stamps[n]; ok && old == stamp && st != nil {
+		stamp.SHA = want.SHA256
+		if old, ok := stamps[n]; ok && old == stamp {
 			fresh[n] = stamp
 			continue
 		}
@@ -280,26 +390,30 @@ func (im *Image) verify(full bool) error {
 			return fmt.Errorf("image %s: %s: %w", im.ID, n, err)
 		}
 		if sum != want.SHA256 {
-			return fmt.Errorf("%w: image %s: %s has sha256 %s, manifest says %s", ErrCorrupt, im.ID, n, sum[:16], want.SHA256[:16])
+			return fmt.Errorf("%w: image %s: %s has sha256 %.16s…, manifest says %.16s…", ErrCorrupt, im.ID, n, sum, want.SHA256)
 		}
 		fresh[n] = stamp
 		changed = true
 	}
 	if changed {
-		b, _ := json.Marshal(fresh)
-		// Best effort: a read-only store still verifies, only slower.
-		tmp, err := os.CreateTemp(im.Dir, ".verified-*")
-		if err == nil {
-			_, werr := tmp.Write(b)
-			cerr := tmp.Close()
-			if werr == nil && cerr == nil {
-				os.Rename(tmp.Name(), filepath.Join(im.Dir, verifiedFile))
-			} else {
-				os.Remove(tmp.Name())
-			}
-		}
+		im.saveStamps(fresh)
 	}
 	return nil
+}
+
+// saveStamps replaces .verified. Best effort: a read-only store still
+// verifies, only slower.
+func (im *Image) saveStamps(stamps map[string]verifiedStamp) {
+	b, _ := json.Marshal(stamps)
+	tmp, err := os.CreateTemp(im.Dir, ".verified-*")
+	if err != nil {
+		return
+	}
+	_, werr := tmp.Write(b)
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil || os.Rename(tmp.Name(), filepath.Join(im.Dir, verifiedFile)) != nil {
+		os.Remove(tmp.Name())
+	}
 }
 
 func fileSHA256(p string) (string, error) {
