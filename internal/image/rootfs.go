@@ -132,7 +132,7 @@ func stageTestRootfs(root string, bbBin, guestBin []byte, bbVersion string, appl
 		}
 	}
 	osRelease := fmt.Sprintf("NAME=\"Tandem test image\"\nID=tandem-test\nVERSION_ID=1\n"+
-		"PRETTY_NAME=\"Tandem test image (busybox %s)\"\nHOME_URL=\"https://github.com/tandem-ci/tandem\"\n", bbVersion)
+		"PRETTY_NAME=\"Tandem test image (busybox %s)\"\n", bbVersion)
 	files := map[string]struct {
 		data []byte
 		mode os.FileMode
