@@ -312,3 +312,49 @@ func TestRunNeedsRoot(t *testing.T) {
 		t.Errorf("as nobody: %v: %s", err, out)
 	}
 }
+
+func TestImageCommands(t *testing.T) {
+	testenv.RequireVM(t)
+	shared := testimages.DataDir(t)
+	data := testenv.ShortTempDir(t)
+	if out, err := exec.Command("cp", "-a", filepath.Join(shared, "images"), data).CombinedOutput(); err != nil {
+		t.Fatalf("copy images: %v %s", err, out)
+	}
+	e := &env{t: t, data: data}
+	r := e.run("image", "list", "--json")
+	var ims []struct {
+		ID       string `json:"id"`
+		Manifest struct {
+			Arch string `json:"arch"`
+		} `json:"manifest"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &ims); err != nil || len(ims) != 2 {
+		t.Fatalf("image list --json: %v, %d images: %s", err, len(ims), r.stdout)
+	}
+	if r := e.run("image", "verify", "test-amd64", "test-arm64"); r.code != 0 || strings.Count(r.stdout, " ok ") != 2 {
+		t.Errorf("verify: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	st, err := image.Open(filepath.Join(data, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := st.Resolve("test-arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(im.Initrd(), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0xff}, 100)
+	f.Close()
+	if r := e.run("image", "verify", "test-arm64"); r.code == 0 || !strings.Contains(r.stderr, "corrupt") || !strings.Contains(r.stderr, "initrd") {
+		t.Errorf("verify of a corrupt image: exit %d: %s", r.code, r.stderr)
+	}
+	if r := e.run("image", "rm", "test-arm64"); r.code != 0 || !strings.Contains(r.stdout, "removed "+im.ID) {
+		t.Errorf("rm: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := e.run("run", "--arch", "arm64", "--", "true"); r.code != exitTandem || !strings.Contains(r.stderr, "tandem image build --kind test --arch arm64") {
+		t.Errorf("run after rm: exit %d: %s", r.code, r.stderr)
+	}
+}
