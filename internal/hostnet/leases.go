@@ -11,7 +11,7 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/tandem-ci/tandem/internal/fsutil"
 )
 
 const (
@@ -55,33 +55,11 @@ func (s *leaseStore) withLock(ctx context.Context, exclusive bool, fn func() err
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(s.dir, lockFileName), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+	unlock, err := fsutil.Lock(ctx, filepath.Join(s.dir, lockFileName), exclusive, nil)
 	if err != nil {
 		return fmt.Errorf("lease lock: %w", err)
 	}
-	defer f.Close() // closing releases the flock
-	how := unix.LOCK_SH
-	if exclusive {
-		how = unix.LOCK_EX
-	}
-	wait := time.Millisecond
-	for {
-		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("lease lock: %w", err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("lease lock: %w", ctx.Err())
-		case <-t.C:
-		}
-		wait = min(2*wait, 20*time.Millisecond)
-	}
+	defer unlock()
 	return fn()
 }
 
@@ -141,40 +119,8 @@ func (s *leaseStore) save(st *leaseState) error {
 		return fmt.Errorf("encode leases: %w", err)
 	}
 	b = append(b, '\n')
-	tmp, err := os.CreateTemp(s.dir, leaseFileName+".tmp-*")
-	if err != nil {
+	if err := fsutil.WriteFileAtomic(s.path(), b, 0o644); err != nil {
 		return fmt.Errorf("write leases: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("write leases: %w", err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		return fmt.Errorf("write leases: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write leases: sync: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write leases: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), s.path()); err != nil {
-		return fmt.Errorf("write leases: %w", err)
-	}
-	done = true
-	d, err := os.Open(s.dir)
-	if err != nil {
-		return fmt.Errorf("write leases: sync dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("write leases: sync dir: %w", err)
 	}
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/tandem-ci/tandem/internal/fsutil"
 )
 
 // BuildOptions say what to build.
@@ -73,7 +73,7 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 		return nil, err
 	}
-	unlock, err := lockFile(ctx, filepath.Join(s.root, ".lock"), func() { p.step("waiting for another build in %s", s.root) })
+	unlock, err := fsutil.Lock(ctx, filepath.Join(s.root, ".lock"), true, func() { p.step("waiting for another build in %s", s.root) })
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +175,7 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := s.commit(p, out, m, id, stamps); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(s.root, "refs", o.Kind+"-"+o.Arch), []byte(id+"\n")); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(s.root, "refs", o.Kind+"-"+o.Arch), []byte(id+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("image ref: %w", err)
 	}
 	im, err := s.load(id)
@@ -252,7 +252,7 @@ func (s *Store) commit(p *progress, dir string, m Manifest, id string, stamps ma
 	if err := writeFileSync(filepath.Join(dir, manifestFile), append(b, '\n')); err != nil {
 		return err
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(dest); err != nil {
@@ -261,7 +261,7 @@ func (s *Store) commit(p *progress, dir string, m Manifest, id string, stamps ma
 	if err := os.Rename(dir, dest); err != nil {
 		return fmt.Errorf("store image: %w", err)
 	}
-	if err := syncDir(filepath.Dir(dest)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(dest)); err != nil {
 		return err
 	}
 	// Hashed just now: remember that, so the first boot does not hash the
@@ -335,52 +335,4 @@ func syncFile(path string) error {
 		return fmt.Errorf("sync %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error { return syncFile(dir) }
-
-// writeAtomic replaces path with b: readers see the old or the new
-// content, never a mix. Callers hold the store's lock.
-func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	os.Remove(tmp) // read-only from an earlier crash
-	if err := writeFileSync(tmp, b); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// lockFile takes an exclusive flock and returns its release. If another
-// process holds the lock, it calls waiting once and waits (until ctx ends).
-func lockFile(ctx context.Context, path string, waiting func()) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for told := false; ; {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if !told && waiting != nil {
-			waiting()
-			told = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/tandem-ci/tandem/internal/fsutil"
 )
 
 // debFile is a Debian package: what apt says of it and, once fetched, where
@@ -144,7 +146,7 @@ func debFileName(d debFile) string {
 // replaced. The cache directory is locked while this runs, so that stores
 // sharing a cache do not download into one file at once.
 func fetchDeb(ctx context.Context, p *progress, d debFile, cacheDir string) (debFile, error) {
-	unlock, err := lockFile(ctx, filepath.Join(cacheDir, ".lock"), func() { p.step("waiting for another download into %s", cacheDir) })
+	unlock, err := fsutil.Lock(ctx, filepath.Join(cacheDir, ".lock"), true, func() { p.step("waiting for another download into %s", cacheDir) })
 	if err != nil {
 		return debFile{}, err
 	}

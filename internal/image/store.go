@@ -48,6 +48,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ci/tandem/internal/fsutil"
 )
 
 // Sentinel errors callers branch on.
@@ -273,7 +275,7 @@ func (s *Store) Remove(id string) error {
 	if !idRE.MatchString(id) || len(id) != 16 {
 		return fmt.Errorf("invalid image id %q (want 16 hex digits)", id)
 	}
-	unlock, err := lockFile(context.Background(), filepath.Join(s.root, ".lock"), nil)
+	unlock, err := fsutil.Lock(context.Background(), filepath.Join(s.root, ".lock"), true, nil)
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 // further VMs as still wanted (an agent keeps the VMs of its assignments). It
 // returns the ids of the VMs and network leftovers it reclaimed.
 func (h *Host) Collect(ctx context.Context, keep func(vm.Info) bool) ([]string, error) {
-	unlock, err := h.hostLock(true)
+	unlock, err := h.hostLock(ctx, true)
 	if err != nil {
 		return nil, err
 	}

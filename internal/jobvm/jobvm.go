@@ -153,7 +153,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		res.Timings.Teardown = ms(time.Since(tt))
 		res.Timings.Total = ms(time.Since(t0))
 	}()
-	unlock, err := h.hostLock(false)
+	unlock, err := h.hostLock(ctx, false)
 	if err != nil {
 		return res, err
 	}

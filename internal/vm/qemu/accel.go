@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -83,7 +84,7 @@ func (d *Driver) probeKVM(ctx context.Context, arch vm.Arch, kernel, initrd stri
 	ok, why := d.probeBoot(ctx, arch, kernel, initrd)
 	if ctx.Err() == nil { // an interrupted probe proves nothing
 		b, _ := json.Marshal(probeVerdict{Key: key, OK: ok, Reason: why, At: time.Now().UTC()})
-		if err := writeFileAtomic(cache, b); err != nil {
+		if err := fsutil.WriteFileAtomic(cache, b, 0o600); err != nil {
 			d.log.Warn("cannot cache the kvm probe", "err", err)
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -89,7 +90,7 @@ func (d *Driver) writeRecord(id string, r record) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(d.vmDir(id), "vm.json"), b)
+	return fsutil.WriteFileAtomic(filepath.Join(d.vmDir(id), "vm.json"), b, 0o600)
 }
 
 func (d *Driver) readRecord(id string) (record, error) {
@@ -317,24 +318,4 @@ func (d *Driver) ids() ([]string, error) {
 	}
 	sort.Strings(ids)
 	return ids, nil
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
