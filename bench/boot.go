@@ -236,16 +236,8 @@ func waitHello(ctx context.Context, sock string) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	gc := guest.NewConn(conn)
-	for {
-		t, _, err := gc.ReadFrame()
-		if err != nil {
-			return fmt.Errorf("waiting for hello: %w", err)
-		}
-		if t == guest.FrameHello {
-			return nil
-		}
-	}
+	_, err := guest.NewConn(conn).ReadHello()
+	return err
 }
 
 // rssMiB reads a process's resident memory.

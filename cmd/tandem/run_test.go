@@ -268,34 +268,48 @@ func TestRunKVMRefusedWhereItCannotRun(t *testing.T) {
 	}
 }
 
-func TestRunCorruptImage(t *testing.T) {
+// privateImages is an env whose image store is a private copy of the
+// shared test images, which the test may damage.
+func privateImages(t *testing.T) (*env, *image.Store) {
+	t.Helper()
 	testenv.RequireVM(t)
 	shared := testimages.DataDir(t)
 	data := testenv.ShortTempDir(t)
-	// A private copy of the image store, with one byte of the kernel flipped.
 	if out, err := exec.Command("cp", "-a", filepath.Join(shared, "images"), data).CombinedOutput(); err != nil {
 		t.Fatalf("copy images: %v %s", err, out)
 	}
-	e := &env{t: t, data: data}
 	st, err := image.Open(filepath.Join(data, "images"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &env{t: t, data: data}, st
+}
+
+// flipByte inverts the byte at off in the file at path.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0) // root writes the read-only image files
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunCorruptImage(t *testing.T) {
+	e, st := privateImages(t)
 	im, err := st.Resolve("test-amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
-	kernel := im.Kernel()
-	os.Chmod(kernel, 0o644) // image files are read-only
-	f, err := os.OpenFile(kernel, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 1)
-	f.ReadAt(b, 4096)
-	b[0] ^= 0xff
-	f.WriteAt(b, 4096)
-	f.Close()
+	flipByte(t, im.Kernel(), 4096)
 	r := e.run("run", "--", "true")
 	if r.code != exitTandem || !strings.Contains(r.stderr, "corrupt") {
 		t.Errorf("corrupt image: exit %d, stderr %q", r.code, r.stderr)
@@ -314,13 +328,7 @@ func TestRunNeedsRoot(t *testing.T) {
 }
 
 func TestImageCommands(t *testing.T) {
-	testenv.RequireVM(t)
-	shared := testimages.DataDir(t)
-	data := testenv.ShortTempDir(t)
-	if out, err := exec.Command("cp", "-a", filepath.Join(shared, "images"), data).CombinedOutput(); err != nil {
-		t.Fatalf("copy images: %v %s", err, out)
-	}
-	e := &env{t: t, data: data}
+	e, st := privateImages(t)
 	r := e.run("image", "list", "--json")
 	var ims []struct {
 		ID       string `json:"id"`
@@ -334,20 +342,11 @@ func TestImageCommands(t *testing.T) {
 	if r := e.run("image", "verify", "test-amd64", "test-arm64"); r.code != 0 || strings.Count(r.stdout, " ok ") != 2 {
 		t.Errorf("verify: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
-	st, err := image.Open(filepath.Join(data, "images"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	im, err := st.Resolve("test-arm64")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(im.Initrd(), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteAt([]byte{0xff}, 100)
-	f.Close()
+	flipByte(t, im.Initrd(), 100)
 	if r := e.run("image", "verify", "test-arm64"); r.code == 0 || !strings.Contains(r.stderr, "corrupt") || !strings.Contains(r.stderr, "initrd") {
 		t.Errorf("verify of a corrupt image: exit %d: %s", r.code, r.stderr)
 	}

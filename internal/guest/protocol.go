@@ -172,6 +172,22 @@ func Decode(t FrameType, p []byte, v any) error {
 	return nil
 }
 
+// ReadHello reads frames until the guest's Hello (skipping what a guest may
+// send before it, such as log lines) and decodes it.
+func (c *Conn) ReadHello() (Hello, error) {
+	for {
+		t, p, err := c.ReadFrame()
+		if err != nil {
+			return Hello{}, fmt.Errorf("waiting for hello: %w", err)
+		}
+		if t != FrameHello {
+			continue
+		}
+		var h Hello
+		return h, Decode(t, p, &h)
+	}
+}
+
 // StreamWriter turns writes into output frames of one type, chunked under
 // MaxPayload. It lets a job's stdout or stderr be wired straight to the channel.
 type StreamWriter struct {

@@ -186,3 +186,17 @@ func TestFrameTypeString(t *testing.T) {
 		t.Fatal(FrameCancel.String(), FrameType(99).String())
 	}
 }
+
+func TestReadHelloSkipsEarlierFrames(t *testing.T) {
+	var buf bytes.Buffer
+	c := NewConn(&buf)
+	c.WriteFrame(FrameLog, []byte("early"))
+	c.WriteJSON(FrameHello, Hello{Version: Version, Arch: "arm64"})
+	h, err := c.ReadHello()
+	if err != nil || h.Arch != "arm64" || h.Version != Version {
+		t.Fatalf("ReadHello = %+v, %v", h, err)
+	}
+	if _, err := c.ReadHello(); err == nil {
+		t.Error("ReadHello on an ended stream succeeded")
+	}
+}

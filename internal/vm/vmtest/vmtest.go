@@ -83,23 +83,14 @@ func (s *suite) boot(t *testing.T, d vm.Driver) (vm.Instance, *guest.Conn) {
 	c := guest.NewConn(rw)
 	stop := context.AfterFunc(ctx, func() { rw.Close() })
 	t.Cleanup(func() { stop() })
-	for {
-		ft, p, err := c.ReadFrame()
-		if err != nil {
-			t.Fatalf("waiting for hello: %v\nconsole:\n%s", err, tail(in))
-		}
-		if ft != guest.FrameHello {
-			continue
-		}
-		var h guest.Hello
-		if err := guest.Decode(ft, p, &h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Arch != string(s.c.Arch) {
-			t.Fatalf("guest agent arch %q, want %q", h.Arch, s.c.Arch)
-		}
-		return in, c
+	h, err := c.ReadHello()
+	if err != nil {
+		t.Fatalf("%v\nconsole:\n%s", err, tail(in))
 	}
+	if h.Arch != string(s.c.Arch) {
+		t.Fatalf("guest agent arch %q, want %q", h.Arch, s.c.Arch)
+	}
+	return in, c
 }
 
 // job sends a job and collects its output until Exit.
