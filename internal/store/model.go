@@ -1,0 +1,276 @@
+package store
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/labels"
+)
+
+// JobState is where a GitHub job stands from Tandem's point of view.
+type JobState string
+
+const (
+	// JobQueued: GitHub queued it and it needs a VM; none is placed for it.
+	JobQueued JobState = "queued"
+	// JobScheduled: a host was chosen and a runner (VM) allocated for it.
+	JobScheduled JobState = "scheduled"
+	// JobLaunching: the VM is booting and its JIT runner config was fetched.
+	JobLaunching JobState = "launching"
+	// JobRunning: an in_progress webhook (or GitHub's API) named the runner
+	// that took it.
+	JobRunning JobState = "running"
+	// Terminal states.
+	JobCompleted     JobState = "completed"     // GitHub completed it (any conclusion but cancelled)
+	JobCancelled     JobState = "cancelled"     // GitHub completed it as cancelled
+	JobFailed        JobState = "failed"        // Tandem gave up on it (launch retries exhausted, ...)
+	JobUnschedulable JobState = "unschedulable" // no host could ever hold it
+	JobLost          JobState = "lost"          // its runner vanished and GitHub never reported an end
+)
+
+// JobStates lists every state, in lifecycle order.
+var JobStates = []JobState{JobQueued, JobScheduled, JobLaunching, JobRunning,
+	JobCompleted, JobCancelled, JobFailed, JobUnschedulable, JobLost}
+
+// Terminal reports whether no transition leaves s.
+func (s JobState) Terminal() bool {
+	switch s {
+	case JobCompleted, JobCancelled, JobFailed, JobUnschedulable, JobLost:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is a known state.
+func (s JobState) Valid() bool { return slices.Contains(JobStates, s) }
+
+// Active reports whether a job in state s holds (or is about to hold) a VM.
+func (s JobState) Active() bool {
+	return s == JobScheduled || s == JobLaunching || s == JobRunning
+}
+
+// transitions is the job state machine. A state may also "transition" to
+// itself: that records an event (a runner swap, a retry count) without
+// changing the state.
+var transitions = map[JobState][]JobState{
+	// A queued job may start running on a runner that was made for another
+	// job of the same labels, before its own VM was even placed.
+	JobQueued:    {JobScheduled, JobRunning, JobCompleted, JobCancelled, JobFailed, JobUnschedulable},
+	JobScheduled: {JobQueued, JobLaunching, JobRunning, JobCompleted, JobCancelled, JobFailed, JobLost},
+	JobLaunching: {JobQueued, JobScheduled, JobRunning, JobCompleted, JobCancelled, JobFailed, JobLost},
+	JobRunning:   {JobCompleted, JobCancelled, JobFailed, JobLost},
+}
+
+// CanTransition reports whether the state machine allows from → to.
+func CanTransition(from, to JobState) bool {
+	if from == to {
+		return from.Valid() && !from.Terminal()
+	}
+	return slices.Contains(transitions[from], to)
+}
+
+// Job is one GitHub Actions job that asked for Tandem.
+type Job struct {
+	ID           int64 // GitHub's workflow job id
+	RunID        int64
+	RunAttempt   int
+	Installation int64
+	Org          string // repository owner
+	Repo         string // owner/name
+	Name         string
+	Workflow     string
+	Labels       []string // runs-on labels as GitHub sent them
+	LabelKey     string   // see LabelKey
+	// The request parsed from Labels; zero when the labels are malformed
+	// (the job is then unschedulable).
+	Arch      labels.Arch
+	VCPUs     float64
+	MemoryMiB int
+
+	State      JobState
+	Reason     string // why it is in State, for humans
+	RunnerName string // runner bound to it: ours while scheduled/launching, whoever took it once running
+	HostID     string // host of RunnerName when the runner is ours
+	Attempts   int    // launches tried
+	AvoidHosts []string
+	Conclusion string // GitHub's, once completed
+
+	CreatedAt   time.Time // when GitHub created it
+	QueuedAt    time.Time // when Tandem first learnt of it
+	UpdatedAt   time.Time // last transition
+	StartedAt   time.Time // running
+	CompletedAt time.Time // terminal
+}
+
+// LabelKey is the canonical key of a set of runs-on labels: lower-cased,
+// de-duplicated, sorted, joined by ','. GitHub matches labels
+// case-insensitively, and a runner registered with a job's labels can take
+// any job whose labels are the same set: jobs with one key are one pool.
+func LabelKey(ls []string) string {
+	out := make([]string, 0, len(ls))
+	for _, l := range ls {
+		out = append(out, strings.ToLower(strings.TrimSpace(l)))
+	}
+	sort.Strings(out)
+	return strings.Join(slices.Compact(out), ",")
+}
+
+// RunnerState is where one of Tandem's runners (one VM) stands.
+type RunnerState string
+
+const (
+	RunnerAssigned RunnerState = "assigned" // placed on a host; the host has not started it yet
+	RunnerBooting  RunnerState = "booting"  // the host is booting its VM
+	RunnerIdle     RunnerState = "idle"     // the runner process runs and waits for a job
+	RunnerBusy     RunnerState = "busy"     // it took a job
+	RunnerEnded    RunnerState = "ended"    // the VM is gone (terminal)
+)
+
+// RunnerStates lists every runner state, in lifecycle order.
+var RunnerStates = []RunnerState{RunnerAssigned, RunnerBooting, RunnerIdle, RunnerBusy, RunnerEnded}
+
+// Valid reports whether s is a known runner state.
+func (s RunnerState) Valid() bool { return slices.Contains(RunnerStates, s) }
+
+// Runner is one ephemeral GitHub runner that Tandem made, and the VM it
+// lives in: one VM per runner, one runner per VM.
+type Runner struct {
+	Name         string // GitHub runner name, unique: also names the VM's assignment
+	HostID       string
+	JobID        int64 // the job it is bound to (made for, swapped to, or running); 0: none
+	Installation int64
+	Org          string
+	Repo         string // the repository it is registered to; "" for an organisation runner
+	Labels       []string
+	LabelKey     string
+	Arch         labels.Arch // the concrete architecture of its VM
+	Emulated     bool
+	VCPUs        float64
+	MemoryMiB    int
+
+	State    RunnerState
+	Reason   string // why it ended, for humans ("" for a clean end)
+	GitHubID int64  // runner id GitHub gave with the JIT config; 0 until then
+	VMID     string
+	ExitCode int
+
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	StartedAt time.Time // runner process started in the VM
+	BusyAt    time.Time
+	EndedAt   time.Time
+}
+
+// HostState is a host's standing in the fleet.
+type HostState string
+
+const (
+	HostOnline   HostState = "online"
+	HostDraining HostState = "draining" // no new VMs; running ones finish
+	HostCordoned HostState = "cordoned" // no new VMs, by an operator
+	HostOffline  HostState = "offline"  // missed heartbeats
+)
+
+// ArchSupport is an architecture a host can run VMs of.
+type ArchSupport struct {
+	Arch     labels.Arch `json:"arch"`
+	Emulated bool        `json:"emulated"`
+}
+
+// Host is one machine running an agent.
+type Host struct {
+	ID        string
+	Arches    []ArchSupport
+	VCPUs     float64 // allocatable to VMs
+	MemoryMiB int
+	State     HostState
+	Reason    string
+	Version   string
+	LastSeen  time.Time
+	CreatedAt time.Time
+}
+
+// Delivery is one received webhook, kept as received until processed and
+// for a while after, so that a duplicate delivery is recognised.
+type Delivery struct {
+	Seq         int64  // assigned by the store, increasing
+	GUID        string // X-GitHub-Delivery
+	Event       string // X-GitHub-Event
+	Payload     []byte
+	ReceivedAt  time.Time
+	ProcessedAt time.Time // zero until processed
+	Error       string    // set when processing failed for good
+}
+
+// JobEvent records one transition of a job.
+type JobEvent struct {
+	Seq    int64
+	JobID  int64
+	At     time.Time
+	From   JobState // "" for the event that created the job
+	To     JobState
+	Source string // who moved it: "webhook", "scheduler", "agent", "reconciler/missed-webhook", ...
+	Reason string
+	Runner string
+	Host   string
+}
+
+// Repo is a repository Tandem has seen jobs from, for the reconciler that
+// looks for jobs whose webhooks were lost.
+type Repo struct {
+	FullName     string
+	Installation int64
+	LastActive   time.Time
+}
+
+// Event is what a caller says about one change of a job.
+type Event struct {
+	Source string
+	Reason string
+}
+
+func (e Event) String() string { return fmt.Sprintf("%s: %s", e.Source, e.Reason) }
+
+// Validate checks what every store requires of a job.
+func (j Job) Validate() error {
+	switch {
+	case j.ID <= 0:
+		return fmt.Errorf("%w: job id %d", ErrInvalid, j.ID)
+	case !j.State.Valid():
+		return fmt.Errorf("%w: job %d: state %q", ErrInvalid, j.ID, j.State)
+	case j.Repo == "" || !strings.Contains(j.Repo, "/"):
+		return fmt.Errorf("%w: job %d: repository %q", ErrInvalid, j.ID, j.Repo)
+	case j.UpdatedAt.IsZero():
+		return fmt.Errorf("%w: job %d: no update time", ErrInvalid, j.ID)
+	}
+	return nil
+}
+
+// Validate checks what every store requires of a runner.
+func (r Runner) Validate() error {
+	switch {
+	case r.Name == "":
+		return fmt.Errorf("%w: runner without a name", ErrInvalid)
+	case !r.State.Valid():
+		return fmt.Errorf("%w: runner %s: state %q", ErrInvalid, r.Name, r.State)
+	case r.HostID == "":
+		return fmt.Errorf("%w: runner %s: no host", ErrInvalid, r.Name)
+	}
+	return nil
+}
+
+// Validate checks what every store requires of a host.
+func (h Host) Validate() error {
+	switch h.State {
+	case HostOnline, HostDraining, HostCordoned, HostOffline:
+	default:
+		return fmt.Errorf("%w: host %s: state %q", ErrInvalid, h.ID, h.State)
+	}
+	if h.ID == "" {
+		return fmt.Errorf("%w: host without an id", ErrInvalid)
+	}
+	return nil
+}

@@ -1,0 +1,289 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// insertReq is one InsertDelivery call waiting for the batcher.
+type insertReq struct {
+	ctx  context.Context
+	d    store.Delivery
+	resp chan insertResp // capacity 1: the batcher never blocks on it
+}
+
+type insertResp struct {
+	inserted bool
+	err      error
+}
+
+const insertDeliverySQL = `INSERT INTO deliveries (guid, event, payload, received_at)
+VALUES (?, ?, ?, ?) ON CONFLICT (guid) DO NOTHING`
+
+// validateDelivery checks what the store requires of a delivery.
+func validateDelivery(d store.Delivery) error {
+	switch {
+	case d.GUID == "":
+		return fmt.Errorf("%w: delivery without a guid", store.ErrInvalid)
+	case d.Event == "":
+		return fmt.Errorf("%w: delivery %s: no event", store.ErrInvalid, d.GUID)
+	case d.ReceivedAt.IsZero():
+		return fmt.Errorf("%w: delivery %s: no receive time", store.ErrInvalid, d.GUID)
+	}
+	return nil
+}
+
+// InsertDelivery implements store.Store. It returns after the transaction
+// holding the delivery has committed; concurrent calls share a commit.
+// d.Seq, d.ProcessedAt and d.Error are ignored: the store assigns Seq and a
+// new delivery is pending. A delivery needs a GUID, an event and a receive
+// time (store.ErrInvalid otherwise).
+//
+// If ctx ends after the call was handed to the batcher, InsertDelivery
+// returns ctx's error but the delivery may still be committed; a caller that
+// did not acknowledge it will see the redelivery as a duplicate.
+func (s *Store) InsertDelivery(ctx context.Context, d store.Delivery) (bool, error) {
+	if err := validateDelivery(d); err != nil {
+		return false, err
+	}
+	if err := s.enter(); err != nil {
+		return false, err
+	}
+	defer s.inflight.Done()
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	req := &insertReq{ctx: ctx, d: d, resp: make(chan insertResp, 1)}
+	select {
+	case s.inserts <- req:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-s.quit:
+		return false, store.ErrClosed
+	}
+	select {
+	case r := <-req.resp:
+		return r.inserted, r.err
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-s.batcherDone:
+		select {
+		case r := <-req.resp:
+			return r.inserted, r.err
+		default:
+			return false, store.ErrClosed
+		}
+	}
+}
+
+// runBatcher commits queued inserts, many per transaction, until Close.
+func (s *Store) runBatcher() {
+	defer close(s.batcherDone)
+	batch := make([]*insertReq, 0, s.maxBatch)
+	for {
+		select {
+		case <-s.quit:
+			s.rejectQueued()
+			return
+		case r := <-s.inserts:
+			batch = s.commitBatch(append(batch[:0], r))
+		}
+	}
+}
+
+// rejectQueued fails every insert still queued at Close.
+func (s *Store) rejectQueued() {
+	for {
+		select {
+		case r := <-s.inserts:
+			r.resp <- insertResp{err: store.ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+// commitBatch takes the writer, adds whatever else is queued by then (up to
+// maxBatch), inserts it all in one transaction and answers every caller
+// after the commit. It returns batch for reuse.
+func (s *Store) commitBatch(batch []*insertReq) []*insertReq {
+	ctx := context.Background() // the batch serves many callers; none may cancel it
+	var inserted []bool
+	err := retryBusy(ctx, s.log, func() (bool, error) {
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return isBusy(err), fmt.Errorf("insert deliveries: begin: %w", err)
+		}
+		defer tx.Rollback() //nolint:errcheck // no-op after Commit
+		// Everything that queued up while the previous commit was
+		// syncing, or while an Update held the writer, joins this one.
+	drain:
+		for len(batch) < s.maxBatch {
+			select {
+			case r := <-s.inserts:
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		inserted, err = insertBatch(ctx, tx, batch)
+		if err != nil {
+			return false, err
+		}
+		if err := tx.Commit(); err != nil {
+			return isBusy(err), fmt.Errorf("insert deliveries: commit: %w", err)
+		}
+		return false, nil
+	})
+	if err != nil {
+		s.log.Error("store: delivery batch failed", "deliveries", len(batch), "err", err)
+	} else {
+		s.batches.Add(1)
+		s.batched.Add(int64(len(batch)))
+	}
+	for i, r := range batch {
+		switch {
+		case err != nil:
+			r.resp <- insertResp{err: err}
+		case inserted[i] || r.ctx.Err() == nil:
+			r.resp <- insertResp{inserted: inserted[i]}
+		default:
+			r.resp <- insertResp{err: r.ctx.Err()}
+		}
+		batch[i] = nil
+	}
+	return batch[:0]
+}
+
+// insertBatch inserts the deliveries of batch whose callers still wait and
+// reports, for each, whether it was new. A caller that gave up before the
+// batch started is skipped: nothing is written for it.
+func insertBatch(ctx context.Context, tx *sql.Tx, batch []*insertReq) ([]bool, error) {
+	stmt, err := tx.PrepareContext(ctx, insertDeliverySQL)
+	if err != nil {
+		return nil, fmt.Errorf("insert deliveries: prepare: %w", err)
+	}
+	defer stmt.Close()
+	inserted := make([]bool, len(batch))
+	for i, r := range batch {
+		if r.ctx.Err() != nil {
+			continue
+		}
+		payload := r.d.Payload
+		if payload == nil {
+			payload = []byte{}
+		}
+		res, err := stmt.ExecContext(ctx, r.d.GUID, r.d.Event, payload, msOf(r.d.ReceivedAt))
+		if err != nil {
+			return nil, fmt.Errorf("insert delivery %s: %w", r.d.GUID, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, fmt.Errorf("insert delivery %s: %w", r.d.GUID, err)
+		}
+		inserted[i] = n == 1
+	}
+	return inserted, nil
+}
+
+const deliveryCols = "seq, guid, event, payload, received_at, processed_at, error"
+
+func scanDelivery(sc scanner) (store.Delivery, error) {
+	var (
+		d                   store.Delivery
+		received, processed int64
+	)
+	if err := sc.Scan(&d.Seq, &d.GUID, &d.Event, &d.Payload, &received, &processed, &d.Error); err != nil {
+		return store.Delivery{}, err
+	}
+	if len(d.Payload) == 0 {
+		d.Payload = nil
+	}
+	d.ReceivedAt, d.ProcessedAt = timeOf(received), timeOf(processed)
+	return d, nil
+}
+
+// PendingDeliveries implements store.Store. limit must be positive
+// (store.ErrInvalid otherwise).
+func (s *Store) PendingDeliveries(ctx context.Context, after int64, limit int) ([]store.Delivery, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("%w: pending deliveries: limit %d", store.ErrInvalid, limit)
+	}
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.inflight.Done()
+	rows, err := s.r.QueryContext(ctx, "SELECT "+deliveryCols+
+		" FROM deliveries WHERE processed_at = 0 AND seq > ? ORDER BY seq LIMIT ?", after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pending deliveries: %w", err)
+	}
+	ds, err := collect(rows, scanDelivery)
+	if err != nil {
+		return nil, fmt.Errorf("pending deliveries: %w", err)
+	}
+	return ds, nil
+}
+
+// pruneChunk bounds how many rows one Prune transaction deletes, so that
+// webhook ingest never waits long for the writer.
+const pruneChunk = 2000
+
+// Prune implements store.Store. It deletes in chunks, one transaction each:
+// if ctx ends half-way, the chunks already deleted stay deleted (Prune is
+// idempotent) and the count so far comes back with the error. An ended
+// runner's age is its EndedAt.
+func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
+	if err := s.enter(); err != nil {
+		return 0, err
+	}
+	defer s.inflight.Done()
+	cut := msOf(before)
+	queries := []struct{ what, sql string }{
+		{"deliveries", `DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
+			WHERE processed_at <> 0 AND received_at < ? LIMIT ?)`},
+		{"job events", `DELETE FROM job_events WHERE seq IN (SELECT seq FROM job_events
+			WHERE at < ? LIMIT ?)`},
+		{"runners", `DELETE FROM runners WHERE name IN (SELECT name FROM runners
+			WHERE state = 'ended' AND ended_at < ? LIMIT ?)`},
+	}
+	var total int64
+	for _, q := range queries {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			var n int64
+			err := retryBusy(ctx, s.log, func() (bool, error) {
+				tx, err := s.w.BeginTx(ctx, nil)
+				if err != nil {
+					return isBusy(err), fmt.Errorf("begin: %w", err)
+				}
+				defer tx.Rollback() //nolint:errcheck // no-op after Commit
+				res, err := tx.ExecContext(ctx, q.sql, cut, pruneChunk)
+				if err != nil {
+					return false, err
+				}
+				if n, err = res.RowsAffected(); err != nil {
+					return false, err
+				}
+				if err := tx.Commit(); err != nil {
+					return isBusy(err), fmt.Errorf("commit: %w", err)
+				}
+				return false, nil
+			})
+			if err != nil {
+				return total, fmt.Errorf("prune %s: %w", q.what, err)
+			}
+			total += n
+			if n < pruneChunk {
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -1,0 +1,128 @@
+// Package store keeps the control plane's state: received webhooks, jobs and
+// their state machine, runners (one per VM), hosts, and counters.
+//
+// Every change happens inside Update, in one transaction: a job transition
+// and the event that records it, the delivery that caused it and the runner
+// it moved commit together or not at all. Implementations (store/sqlite, and
+// a PostgreSQL one for several control-plane replicas) pass the conformance
+// suite in store/storetest, which also pins down the semantics documented
+// here.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Implementations wrap them.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrExists        = errors.New("already exists")
+	ErrBadTransition = errors.New("job state transition not allowed")
+	ErrInvalid       = errors.New("invalid record")
+	ErrClosed        = errors.New("store closed")
+)
+
+// Store is the control plane's database.
+type Store interface {
+	// InsertDelivery stores a received webhook durably and reports whether
+	// it was new: false when a delivery with the same GUID is already kept
+	// (a duplicate). When it returns, the delivery survives a crash of the
+	// process. Concurrent calls may be committed together (group commit).
+	InsertDelivery(ctx context.Context, d Delivery) (inserted bool, err error)
+
+	// PendingDeliveries returns up to limit unprocessed deliveries with
+	// Seq > after, in Seq order.
+	PendingDeliveries(ctx context.Context, after int64, limit int) ([]Delivery, error)
+
+	// PruneDeliveries forgets processed deliveries received before t and
+	// job events and ended runners older than t, and returns how many rows
+	// went. Jobs are kept.
+	Prune(ctx context.Context, before time.Time) (int64, error)
+
+	// Update runs fn in a read-write transaction, committing if fn returns
+	// nil and rolling back otherwise. fn may run more than once (a
+	// serialisation retry), so it must have no side effects outside tx.
+	Update(ctx context.Context, fn func(Tx) error) error
+
+	// View runs fn in a read-only transaction with a consistent snapshot.
+	View(ctx context.Context, fn func(ReadTx) error) error
+
+	Close() error
+}
+
+// ReadTx reads within a transaction. Slices come back in a defined order:
+// jobs by ID, runners by Name, hosts by ID, events by Seq, unless a filter
+// says otherwise.
+type ReadTx interface {
+	Job(id int64) (Job, error) // ErrNotFound
+	Jobs(f JobFilter) ([]Job, error)
+	// CountJobs returns how many jobs are in each state (states with none
+	// are absent).
+	CountJobs() (map[JobState]int, error)
+	JobEvents(jobID int64) ([]JobEvent, error)
+	Runner(name string) (Runner, error) // ErrNotFound
+	Runners(f RunnerFilter) ([]Runner, error)
+	Host(id string) (Host, error) // ErrNotFound
+	Hosts() ([]Host, error)
+	// Repos returns repositories active at or after since.
+	Repos(since time.Time) ([]Repo, error)
+	Counters() (map[string]int64, error)
+	Delivery(guid string) (Delivery, error) // ErrNotFound
+}
+
+// Tx reads and writes within a transaction.
+type Tx interface {
+	ReadTx
+
+	// CreateJob adds a job (ErrExists if its ID is known) and records an
+	// event from "" to its state, at j.UpdatedAt.
+	CreateJob(j Job, ev Event) error
+	// UpdateJob replaces a job. Its state may change only along the state
+	// machine (CanTransition; ErrBadTransition otherwise, nothing written);
+	// every call records a JobEvent from the stored state to j.State at
+	// j.UpdatedAt, with ev's source and reason and j's runner and host.
+	UpdateJob(j Job, ev Event) error
+
+	// PutRunner creates or replaces a runner. An ended runner cannot come
+	// back (ErrBadTransition).
+	PutRunner(r Runner) error
+	// PutHost creates or replaces a host.
+	PutHost(h Host) error
+
+	// TouchRepo records that repo had activity at t (keeping the latest).
+	TouchRepo(fullName string, installation int64, t time.Time) error
+	// AddCounter adds delta to a named counter, creating it at 0.
+	AddCounter(name string, delta int64) error
+	// MarkDelivery records that a delivery was processed at t, with errText
+	// when processing failed for good. ErrNotFound for an unknown GUID.
+	MarkDelivery(guid string, t time.Time, errText string) error
+}
+
+// JobFilter selects jobs. Zero fields do not filter.
+type JobFilter struct {
+	IDs        []int64
+	States     []JobState
+	Org        string
+	Repo       string
+	RunnerName string
+	LabelKey   string
+	// Newest orders by QueuedAt descending (then ID descending) instead of
+	// ID ascending, for listings.
+	Newest bool
+	Limit  int // 0: all
+}
+
+// RunnerFilter selects runners. Zero fields do not filter.
+type RunnerFilter struct {
+	Names    []string
+	States   []RunnerState
+	HostID   string
+	JobID    int64
+	LabelKey string
+	// Live selects runners that have not ended (overrides nothing: it is
+	// combined with States).
+	Live  bool
+	Limit int
+}
