@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/github/ghfake/runnerapi"
+)
+
+// newJIT starts a ghfake, queues a job running script, and returns the
+// server and a JIT config for a runner that can take it.
+func newJIT(t *testing.T, script string) (*ghfake.Server, int64, string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := ghfake.New(ghfake.Config{AppID: 1, AppPublicKey: &key.PublicKey})
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { ts.Close(); srv.Close() })
+	inst := srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	jobID, _ := srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"x"}, Script: script})
+
+	appJWT, err := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+		"iat": time.Now().Unix(), "exp": time.Now().Add(5 * time.Minute).Unix(), "iss": "1",
+	}).SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct{ Token string }
+	post(t, fmt.Sprintf("%s/app/installations/%d/access_tokens", ts.URL, inst), "Bearer "+appJWT, nil, &tok)
+	var jit struct {
+		EncodedJITConfig string `json:"encoded_jit_config"`
+	}
+	post(t, ts.URL+"/orgs/acme/actions/runners/generate-jitconfig", "token "+tok.Token,
+		map[string]any{"name": "vm", "runner_group_id": 1, "labels": []string{"x"}}, &jit)
+	return srv, jobID, jit.EncodedJITConfig
+}
+
+func post(t *testing.T, url, auth string, body, out any) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequest("POST", url, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", auth)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST %s: %d", url, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunFromEnvironment(t *testing.T) {
+	srv, jobID, jit := newJIT(t, `echo "jit=[${ACTIONS_RUNNER_INPUT_JITCONFIG-unset}]"; exit 1`)
+	t.Setenv(runnerapi.EnvJITConfig, jit)
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--idle-timeout=10s"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if _, set := os.LookupEnv(runnerapi.EnvJITConfig); set {
+		t.Error("the JIT config is still in the environment")
+	}
+	if got := stdout.String(); got != "jit=[unset]\n" {
+		t.Errorf("the job saw %q", got)
+	}
+	if strings.Contains(stderr.String(), jit) {
+		t.Error("the JIT config was logged")
+	}
+	j, _ := srv.Job(jobID)
+	if j.Status != ghfake.StatusCompleted || j.Conclusion != ghfake.ConclusionFailure || j.ExitCode != 1 {
+		t.Errorf("job = %+v", j)
+	}
+}
+
+func TestRunFromFlag(t *testing.T) {
+	srv, jobID, jit := newJIT(t, "echo hi")
+	t.Setenv(runnerapi.EnvJITConfig, "ignored")
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--jitconfig", jit}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if os.Getenv(runnerapi.EnvJITConfig) != "" {
+		t.Error("the environment variable was not removed")
+	}
+	if j, _ := srv.Job(jobID); j.Conclusion != ghfake.ConclusionSuccess || stdout.String() != "hi\n" {
+		t.Errorf("job = %+v, stdout %q", j, stdout.String())
+	}
+	// The config is single use.
+	stderr.Reset()
+	if code := run(context.Background(), []string{"--jitconfig", jit}, &stdout, &stderr); code != exitError ||
+		!strings.Contains(stderr.String(), "already used") {
+		t.Errorf("reuse: exit %d: %s", code, stderr.String())
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	t.Setenv(runnerapi.EnvJITConfig, "")
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{nil, exitUsage, "no JIT config"},
+		{[]string{"--bogus"}, exitUsage, "flag provided but not defined"},
+		{[]string{"--jitconfig", "x", "extra"}, exitUsage, "unexpected arguments"},
+		{[]string{"--jitconfig", "not-base64!"}, exitError, "invalid jit config"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), tc.args, &stdout, &stderr); code != tc.code || !strings.Contains(stderr.String(), tc.msg) {
+			t.Errorf("run(%q) = %d, %q; want %d, %q", tc.args, code, stderr.String(), tc.code, tc.msg)
+		}
+	}
+}
+
+func TestRunNoJob(t *testing.T) {
+	srv, jobID, jit := newJIT(t, "true")
+	if err := srv.CancelJob(jobID); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--jitconfig", jit, "--idle-timeout", "200ms"}, &stdout, &stderr); code != exitNoJob {
+		t.Errorf("exit %d: %s", code, stderr.String())
+	}
+}

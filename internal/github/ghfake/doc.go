@@ -1,0 +1,71 @@
+// Package ghfake is a stateful emulator of the parts of GitHub that Tandem
+// uses: a GitHub App's REST API (JWT and installation-token auth, installation
+// tokens, just-in-time runners, self-hosted runners, workflow runs and jobs,
+// webhook deliveries), its workflow_job webhooks, and the runners that take
+// jobs. Every Tandem control-plane test talks to it, because GitHub cannot be
+// reached from our machines.
+//
+// It speaks GitHub's documented HTTP API (any client, go-github included,
+// works against Server.Handler mounted at the API root, as
+// https://api.github.com/), and reproduces the awkward parts on purpose:
+//
+//   - A queued job goes to ANY idle online runner whose labels include all of
+//     the job's labels (case-insensitively) and whose scope covers the
+//     repository, chosen at random; not to the runner created for it.
+//   - Webhooks are delivered asynchronously, one goroutine each, so they may
+//     arrive out of order even without faults; there are no automatic retries;
+//     Faults can lose, fail, duplicate, reorder and delay them.
+//   - Installation tokens expire; a token only sees its installation's
+//     repositories (others answer 404, not 403); rate limits can be switched
+//     on for the next n requests.
+//   - Ephemeral (JIT) runners take one job and are then removed; a busy
+//     runner cannot be deleted (422).
+//   - A queued job's started_at is already set (to its creation time), as in
+//     GitHub's payloads.
+//   - Job, run and delivery ids exceed 2^31, as GitHub's do.
+//   - An in-progress job that is cancelled completes only when its runner
+//     learns of it (at a heartbeat) and reports; a runner that never does
+//     leaves the job in progress.
+//
+// # Runners
+//
+// generate-jitconfig answers with encoded_jit_config, which for GitHub is an
+// opaque blob only the official runner understands. Here it is the base64 of a
+// runnerapi.JITConfig (url, runner_id, runner_name, a random single-use token,
+// labels, scope). The official runner then speaks an undocumented broker
+// protocol; the fake runner (package fakerunner, command tandem-fakerunner)
+// speaks Tandem's own small protocol under /_runner/ instead, described in
+// package runnerapi.
+//
+// # Test control
+//
+// Tests drive the emulator through Go methods (AddInstallation, QueueJob,
+// QueueRun, CancelJob, Job, Jobs, Runners, Deliveries, Redeliver, SetFaults,
+// RateLimit, Quiesce, Flush) or, when it runs as a standalone process
+// (tandem dev ghfake), through the unauthenticated HTTP control API under
+// /_ghfake/. All state sits behind one mutex; Close ends long polls and
+// waits for every webhook sender.
+//
+// # Guesses
+//
+// Where GitHub's documentation is silent ghfake guesses, and these guesses
+// are the first suspects if real GitHub behaves differently:
+//
+//   - JIT runners get exactly the requested labels, all of type "custom";
+//     runner_group_id is required (422 without it) and any positive id is
+//     accepted (1 is "Default").
+//   - The wording of error messages, and of a failed delivery's status
+//     ("failed to connect to host", "timed out", "Invalid HTTP Response: 503";
+//     status_code 0 when no HTTP answer was received).
+//   - Duplicated webhooks appear twice in the deliveries log, both with
+//     redelivery false; redeliveries (POST .../attempts) are never subject to
+//     Faults.
+//   - Rate limits are counted globally, not per token or per app; the JWT
+//     rules (iss as string or number, exp at most 10 minutes after iat, 60 s
+//     of clock skew) follow the documentation.
+//   - Jobs in repositories where no installation exists are queued and can
+//     run, but no webhook is sent for them (the App is not installed there).
+//   - Only workflow_job webhooks are sent (no workflow_run, check_run, ...).
+//   - Token requests cannot narrow repositories or permissions (the body is
+//     ignored).
+package ghfake
