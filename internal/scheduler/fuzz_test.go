@@ -1,0 +1,56 @@
+package scheduler
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/tandem-ci/tandem/internal/labels"
+)
+
+// FuzzSchedule checks that Schedule never panics and always returns a valid
+// plan, with arbitrary values spliced into an otherwise random input.
+func FuzzSchedule(f *testing.F) {
+	f.Add(uint64(1), uint8(5), uint8(20), 2.0, 4096, 0.5, 100, "amd64", "h1", 1.0, 3)
+	f.Add(uint64(2), uint8(0), uint8(3), math.NaN(), -1, math.Inf(1), -5, "any", "", -1.0, -1)
+	f.Add(uint64(3), uint8(40), uint8(200), 1e300, math.MaxInt, -0.0, math.MinInt, "arm64", "h0", math.NaN(), 0)
+	f.Add(uint64(4), uint8(1), uint8(1), 0.1, 1, 0.3, 1, "", "h0", 0.25, 1)
+	f.Fuzz(func(t *testing.T, seed uint64, nHosts, nJobs uint8, cpu float64, mem int, used float64, usedMem int,
+		arch string, hostID string, limitCPU float64, limitVMs int) {
+		r := rand.New(rand.NewPCG(seed, seed>>1))
+		in := randomInput(r, int(nHosts%64), int(nJobs), 1+int(seed%5))
+		in.Hosts = append(in.Hosts, Host{
+			ID: hostID, Arches: []ArchSupport{{Arch: labels.Arch(arch)}, {Arch: labels.AMD64, Emulated: true}},
+			VCPUs: cpu, MemoryMiB: mem, UsedVCPUs: used, UsedMemoryMiB: usedMem, Schedulable: true,
+		})
+		in.Queue = append(in.Queue, Job{
+			ID: int64(seed % 300), Org: "org0", Repo: "org0/r0", Arch: labels.Arch(arch),
+			VCPUs: cpu, MemoryMiB: mem, AvoidHosts: []string{hostID},
+		})
+		in.Limits.Default = OrgLimit{MaxVMs: limitVMs, MaxVCPUs: limitCPU}
+		in.OrgUsage["org1"] = Usage{VMs: usedMem, VCPUs: used}
+		p := Schedule(in)
+		checkFuzzPlan(t, in, p)
+	})
+}
+
+// checkFuzzPlan is checkPlan after normalising the garbage Schedule is
+// documented to ignore: invalid hosts and negative usage.
+func checkFuzzPlan(t *testing.T, in Input, p Plan) {
+	t.Helper()
+	for i := range in.Hosts {
+		h := &in.Hosts[i]
+		if !validHost(h) {
+			h.Schedulable = false // Schedule must not have used it; checkPlan now rejects any placement on it
+		}
+	}
+	// Negative usage counts as none.
+	for org, u := range in.OrgUsage {
+		u.VMs = max(u.VMs, 0)
+		if u.VCPUs < 0 {
+			u.VCPUs = 0
+		}
+		in.OrgUsage[org] = u
+	}
+	checkPlan(t, in, p)
+}

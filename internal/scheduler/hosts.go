@@ -1,0 +1,407 @@
+package scheduler
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/tandem-ci/tandem/internal/labels"
+)
+
+// vCPUs are accounted in quarters (labels only allow multiples of 0.25).
+const (
+	quartersPerVCPU = 4
+	// quarterEps absorbs float noise such as 0.1+0.2 before rounding.
+	quarterEps = 1e-6
+	// maxQuarters caps conversions so absurd inputs cannot overflow int64.
+	maxQuarters = int64(1) << 40
+)
+
+// quartersCeil converts a request or usage to quarter vCPUs, rounding up.
+// Negative and non-finite values give 0; callers validate first where it matters.
+func quartersCeil(v float64) int64 {
+	if !(v > 0) {
+		return 0
+	}
+	q := math.Ceil(v*quartersPerVCPU - quarterEps)
+	if q >= float64(maxQuarters) {
+		return maxQuarters
+	}
+	return int64(q)
+}
+
+// quartersFloor converts a capacity or limit to quarter vCPUs, rounding down.
+func quartersFloor(v float64) int64 {
+	if !(v > 0) {
+		return 0
+	}
+	q := math.Floor(v*quartersPerVCPU + quarterEps)
+	if q >= float64(maxQuarters) {
+		return maxQuarters
+	}
+	return int64(q)
+}
+
+func finiteNonNeg(v float64) bool { return v >= 0 && !math.IsInf(v, 1) }
+
+// archIdx maps the two concrete architectures to 0 and 1.
+func archIdx(a labels.Arch) (int, bool) {
+	switch a {
+	case labels.AMD64:
+		return 0, true
+	case labels.ARM64:
+		return 1, true
+	}
+	return 0, false
+}
+
+var concreteArches = [2]labels.Arch{labels.AMD64, labels.ARM64}
+
+type host struct {
+	id          string
+	ord         int // position in ID order; the tie-breaker
+	schedulable bool
+	totalCPU    int64 // quarters
+	totalMem    int64 // MiB
+	freeCPU     int64
+	freeMem     int64
+	src         *Host
+	classes     []*class // schedulable hosts only
+}
+
+// class is every schedulable host that runs one architecture, natively or
+// emulated, indexed by free capacity.
+type class struct {
+	arch     labels.Arch
+	emulated bool
+	all      []*host // schedulable members in ID order
+	// free holds the members with some room left, sorted by (freeCPU,
+	// freeMem, ord). The first entry with enough of both is the best fit.
+	free []*host
+	// full holds request sizes known not to fit any member; only minimal
+	// ones are kept. Within one call room only shrinks, so a size that did
+	// not fit, or anything at least as large, never will.
+	full []size
+}
+
+type size struct{ cpu, mem int64 }
+
+func freeLess(a, b *host) bool {
+	if a.freeCPU != b.freeCPU {
+		return a.freeCPU < b.freeCPU
+	}
+	if a.freeMem != b.freeMem {
+		return a.freeMem < b.freeMem
+	}
+	return a.ord < b.ord
+}
+
+func (c *class) knownFull(cpu, mem int64) bool {
+	for _, f := range c.full {
+		if cpu >= f.cpu && mem >= f.mem {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *class) markFull(cpu, mem int64) {
+	c.full = slices.DeleteFunc(c.full, func(f size) bool { return f.cpu >= cpu && f.mem >= mem })
+	c.full = append(c.full, size{cpu, mem})
+}
+
+func (c *class) insert(h *host) {
+	i := sort.Search(len(c.free), func(i int) bool { return !freeLess(c.free[i], h) })
+	c.free = slices.Insert(c.free, i, h)
+}
+
+func (c *class) remove(h *host) {
+	i := sort.Search(len(c.free), func(i int) bool { return !freeLess(c.free[i], h) })
+	if i < len(c.free) && c.free[i] == h {
+		c.free = slices.Delete(c.free, i, i+1)
+	}
+}
+
+// find returns the best-fitting member not in avoid or excluded, and the
+// best-fitting member in avoid (not excluded) as a fallback. sawExcluded
+// reports whether an excluded member would have fit.
+func (c *class) find(cpu, mem int64, avoid []int, excluded *host) (best, fallback *host, sawExcluded bool) {
+	if len(c.free) == 0 || c.knownFull(cpu, mem) {
+		return nil, nil, false
+	}
+	i := sort.Search(len(c.free), func(i int) bool { return c.free[i].freeCPU >= cpu })
+	for ; i < len(c.free); i++ {
+		h := c.free[i]
+		if h.freeMem < mem {
+			continue
+		}
+		switch {
+		case h == excluded:
+			sawExcluded = true
+		case slices.Contains(avoid, h.ord):
+			if fallback == nil {
+				fallback = h
+			}
+		default:
+			return h, fallback, sawExcluded
+		}
+	}
+	if fallback == nil && !sawExcluded {
+		c.markFull(cpu, mem)
+	}
+	return nil, fallback, sawExcluded
+}
+
+// roomiest returns the member with the most free vCPUs, then memory.
+func (c *class) roomiest() *host {
+	if len(c.free) == 0 {
+		return nil
+	}
+	return c.free[len(c.free)-1]
+}
+
+// capacity summarises the hosts that support one architecture.
+type capacity struct {
+	all, sched []size // Pareto-maximal totals: of every host, of schedulable ones
+	largest    *host  // most total vCPUs, then memory, then lowest ID
+	count      int
+	unsched    int // hosts that are not schedulable
+}
+
+// holds reports whether some size in sizes has at least cpu and mem.
+func holds(sizes []size, cpu, mem int64) bool {
+	for _, s := range sizes {
+		if s.cpu >= cpu && s.mem >= mem {
+			return true
+		}
+	}
+	return false
+}
+
+// pareto reduces sizes to those no other size dominates.
+func pareto(sizes []size) []size {
+	slices.SortFunc(sizes, func(a, b size) int {
+		if a.cpu != b.cpu {
+			return cmp.Compare(b.cpu, a.cpu)
+		}
+		return cmp.Compare(b.mem, a.mem)
+	})
+	out := sizes[:0]
+	maxMem := int64(-1)
+	for _, s := range sizes {
+		if s.mem > maxMem {
+			out = append(out, s)
+			maxMem = s.mem
+		}
+	}
+	return out
+}
+
+// state is the scheduler's working copy of the fleet for one call.
+type state struct {
+	hosts   []*host // valid hosts in ID order
+	byID    map[string]*host
+	ignored int // hosts dropped as invalid or duplicate
+	// classes[archIdx][0] is native, [1] emulated.
+	classes [2][2]*class
+	caps    [2]capacity
+}
+
+func newState(in Input) *state {
+	s := &state{byID: make(map[string]*host, len(in.Hosts))}
+	for a, arch := range concreteArches {
+		s.classes[a][0] = &class{arch: arch}
+		s.classes[a][1] = &class{arch: arch, emulated: true}
+	}
+	for i := range in.Hosts {
+		h := &in.Hosts[i]
+		if _, dup := s.byID[h.ID]; dup || !validHost(h) {
+			s.ignored++
+			continue
+		}
+		nh := &host{
+			id:          h.ID,
+			src:         h,
+			schedulable: h.Schedulable,
+			totalCPU:    quartersFloor(h.VCPUs),
+			totalMem:    int64(h.MemoryMiB),
+		}
+		nh.freeCPU = max(nh.totalCPU-quartersCeil(h.UsedVCPUs), 0)
+		nh.freeMem = max(nh.totalMem-int64(h.UsedMemoryMiB), 0)
+		s.byID[h.ID] = nh
+		s.hosts = append(s.hosts, nh)
+	}
+	slices.SortFunc(s.hosts, func(a, b *host) int { return strings.Compare(a.id, b.id) })
+
+	var all, sched [2][]size
+	for ord, nh := range s.hosts {
+		nh.ord = ord
+		var native, emulated [2]bool
+		for _, as := range nh.src.Arches {
+			a, ok := archIdx(as.Arch)
+			if !ok {
+				continue
+			}
+			if as.Emulated {
+				emulated[a] = true
+			} else {
+				native[a] = true
+			}
+		}
+		for a := range concreteArches {
+			if !native[a] && !emulated[a] {
+				continue
+			}
+			c := &s.caps[a]
+			c.count++
+			all[a] = append(all[a], size{nh.totalCPU, nh.totalMem})
+			if l := c.largest; l == nil || nh.totalCPU > l.totalCPU ||
+				(nh.totalCPU == l.totalCPU && nh.totalMem > l.totalMem) {
+				c.largest = nh
+			}
+			if !nh.schedulable {
+				c.unsched++
+				continue
+			}
+			sched[a] = append(sched[a], size{nh.totalCPU, nh.totalMem})
+			cl := s.classes[a][0]
+			if !native[a] {
+				cl = s.classes[a][1]
+			}
+			cl.all = append(cl.all, nh)
+			nh.classes = append(nh.classes, cl)
+			if nh.freeCPU > 0 && nh.freeMem > 0 {
+				cl.free = append(cl.free, nh)
+			}
+		}
+	}
+	for a := range concreteArches {
+		s.caps[a].all = pareto(all[a])
+		s.caps[a].sched = pareto(sched[a])
+		for _, cl := range s.classes[a] {
+			slices.SortFunc(cl.free, func(x, y *host) int {
+				if freeLess(x, y) {
+					return -1
+				}
+				return 1
+			})
+		}
+	}
+	return s
+}
+
+func validHost(h *Host) bool {
+	return h.ID != "" && finiteNonNeg(h.VCPUs) && finiteNonNeg(h.UsedVCPUs) &&
+		h.MemoryMiB >= 0 && h.UsedMemoryMiB >= 0
+}
+
+func (s *state) resolveAvoid(ids []string) []int {
+	var out []int
+	for _, id := range ids {
+		if h, ok := s.byID[id]; ok && !slices.Contains(out, h.ord) {
+			out = append(out, h.ord)
+		}
+	}
+	return out
+}
+
+// archesOf returns the archIdx values a job accepts.
+func archesOf(a labels.Arch) []int {
+	switch a {
+	case labels.AMD64:
+		return []int{0}
+	case labels.ARM64:
+		return []int{1}
+	case labels.Any:
+		return []int{0, 1}
+	}
+	return nil
+}
+
+// place finds a host for j, honouring r's reservation, and commits it.
+// Without a host it returns why and may reserve a host for j.
+func (s *state) place(j *job, r *repoQ) (Placement, string, bool) {
+	arches := archesOf(j.src.Arch)
+	var fallback [2]*host // per tier: native, emulated
+	var fallbackCls [2]*class
+	sawExcluded := false
+	for tier := range 2 {
+		var best *host
+		var bestCls *class
+		for _, a := range arches {
+			cl := s.classes[a][tier]
+			b, fb, se := cl.find(j.cpu, j.mem, j.avoid, r.reserved)
+			sawExcluded = sawExcluded || se
+			if b != nil && (best == nil || freeLess(b, best)) {
+				best, bestCls = b, cl
+			}
+			if fb != nil && (fallback[tier] == nil || freeLess(fb, fallback[tier])) {
+				fallback[tier], fallbackCls[tier] = fb, cl
+			}
+		}
+		if best != nil {
+			return s.commit(j, best, bestCls), "", true
+		}
+	}
+	for tier := range 2 {
+		if fallback[tier] != nil {
+			return s.commit(j, fallback[tier], fallbackCls[tier]), "", true
+		}
+	}
+	if sawExcluded {
+		return Placement{}, "held back for older job " + itoa(r.reservedFor) + " of " + r.name +
+			", which has " + r.reserved.id + " reserved", false
+	}
+	reason := s.noRoomReason(j, arches)
+	if r.reserved == nil {
+		if h := s.reservation(j, arches); h != nil {
+			r.reserved, r.reservedFor = h, j.src.ID
+		}
+	}
+	return Placement{}, reason, false
+}
+
+func (s *state) commit(j *job, h *host, cl *class) Placement {
+	for _, c := range h.classes {
+		c.remove(h)
+	}
+	h.freeCPU -= j.cpu
+	h.freeMem -= j.mem
+	if h.freeCPU > 0 && h.freeMem > 0 {
+		for _, c := range h.classes {
+			c.insert(h)
+		}
+	}
+	return Placement{JobID: j.src.ID, HostID: h.id, Arch: cl.arch, Emulated: cl.emulated}
+}
+
+// reservation picks the host that j should drain towards: a schedulable host
+// whose total holds j, closest to fitting it now.
+func (s *state) reservation(j *job, arches []int) *host {
+	for tier := range 2 {
+		var best *host
+		bestScore, bestAvoided := math.Inf(1), true
+		for _, a := range arches {
+			for _, h := range s.classes[a][tier].all {
+				if h.totalCPU < j.cpu || h.totalMem < j.mem {
+					continue
+				}
+				avoided := slices.Contains(j.avoid, h.ord)
+				score := float64(max(j.cpu-h.freeCPU, 0))/float64(j.cpu) +
+					float64(max(j.mem-h.freeMem, 0))/float64(j.mem)
+				better := best == nil ||
+					(!avoided && bestAvoided) ||
+					(avoided == bestAvoided && (score < bestScore || (score == bestScore && h.ord < best.ord)))
+				if better {
+					best, bestScore, bestAvoided = h, score, avoided
+				}
+			}
+		}
+		if best != nil {
+			return best
+		}
+	}
+	return nil
+}
