@@ -9,5 +9,7 @@ go build -ldflags "-X main.version=$ver" -o bin/tandem ./cmd/tandem
 for arch in amd64 arm64; do
   CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -ldflags "-s -w -X main.version=$ver" \
     -o bin/tandem-guest-$arch ./cmd/tandem-guest
+  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -ldflags "-s -w" \
+    -o bin/tandem-fakerunner-$arch ./cmd/tandem-fakerunner
 done
-echo "build.sh: bin/tandem bin/tandem-guest-amd64 bin/tandem-guest-arm64"
+echo "build.sh: bin/tandem bin/tandem-guest-{amd64,arm64} bin/tandem-fakerunner-{amd64,arm64}"

@@ -100,51 +100,10 @@ func (e *env) run(args ...string) result {
 	return result{o.String(), er.String(), code}
 }
 
-// assertNoLeaks checks that nothing of any VM remains: no QEMU process, VM
-// directory, TAP device, address lease or cgroup.
+// assertNoLeaks checks that nothing of any VM remains (testenv.AssertNoLeaks).
 func (e *env) assertNoLeaks(ids []string) {
-	t := e.t
-	t.Helper()
-	if pids := qemuPIDs(e.data); len(pids) > 0 {
-		t.Errorf("qemu processes left: %v", pids)
-	}
-	vms, _ := os.ReadDir(filepath.Join(e.data, "state", "vms"))
-	for _, v := range vms {
-		t.Errorf("vm state left: %s", v.Name())
-		ids = append(ids, v.Name())
-	}
-	out, err := exec.Command("ip", "-o", "link", "show").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip link: %v", err)
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, ": tdm-") {
-			t.Errorf("TAP device left: %s", l)
-		}
-	}
-	if b, err := os.ReadFile(filepath.Join(e.data, "state", "net", "leases.json")); err == nil && strings.Contains(string(b), "vm-") {
-		t.Errorf("address leases left: %s", b)
-	}
-	for _, id := range ids {
-		for _, root := range []string{"/sys/fs/cgroup/tandem", "/sys/fs/cgroup/cpu/tandem"} {
-			if m, _ := filepath.Glob(filepath.Join(root, "*", id)); len(m) > 0 {
-				t.Errorf("cgroup left: %v", m)
-			}
-		}
-	}
-}
-
-// qemuPIDs lists QEMU processes whose command line mentions dir.
-func qemuPIDs(dir string) []string {
-	var pids []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.HasPrefix(b, []byte("qemu-system")) && bytes.Contains(b, []byte(dir)) {
-			pids = append(pids, e.Name())
-		}
-	}
-	return pids
+	e.t.Helper()
+	testenv.AssertNoLeaks(e.t, e.data, ids)
 }
 
 func TestRunPrintsGuestKernel(t *testing.T) {

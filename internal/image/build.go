@@ -23,9 +23,13 @@ type BuildOptions struct {
 	Kind        string // "test": busybox + tandem-guest
 	Arch        string // "amd64" or "arm64"
 	GuestBinary string // tandem-guest, static, for Arch
-	KernelDeb   string // optional: a linux-image .deb to use instead of Debian's cloud kernel
-	CacheDir    string // where fetched .debs are kept; "" = <store>/cache
-	Progress    io.Writer
+	// FakeRunnerBinary, if set, is tandem-fakerunner (static, for Arch),
+	// installed as /usr/bin/tandem-fakerunner: the stand-in for GitHub's
+	// runner that the control plane's tests start against ghfake.
+	FakeRunnerBinary string
+	KernelDeb        string // optional: a linux-image .deb to use instead of Debian's cloud kernel
+	CacheDir         string // where fetched .debs are kept; "" = <store>/cache
+	Progress         io.Writer
 	// RootfsSizeMiB is the root filesystem's size (sparse); 0 = 256.
 	RootfsSizeMiB int
 }
@@ -69,6 +73,15 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	}
 	if err := checkStaticELF(o.GuestBinary, o.Arch); err != nil {
 		return nil, fmt.Errorf("tandem-guest binary %s: %w", o.GuestBinary, err)
+	}
+	var fakeRunner []byte
+	if o.FakeRunnerBinary != "" {
+		if fakeRunner, err = os.ReadFile(o.FakeRunnerBinary); err != nil {
+			return nil, fmt.Errorf("tandem-fakerunner binary: %w", err)
+		}
+		if err := checkStaticELF(o.FakeRunnerBinary, o.Arch); err != nil {
+			return nil, fmt.Errorf("tandem-fakerunner binary %s: %w", o.FakeRunnerBinary, err)
+		}
 	}
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 		return nil, err
@@ -117,7 +130,7 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rootErr = buildTestRootfs(rctx, p, work, bb, guestBin, o, filepath.Join(out, RootfsFile))
+		rootErr = buildTestRootfs(rctx, p, work, bb, guestBin, fakeRunner, o, filepath.Join(out, RootfsFile))
 	}()
 	kernelName, kernel, kver, initrd, modOrder, kerr := buildBoot(ctx, p, work, kdeb, guestBin, o.Arch)
 	if kerr != nil {
@@ -134,6 +147,7 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		Kernel:                KernelInfo{Package: kdeb.Package, PackageVersion: kdeb.Version, Version: kver, DebSHA256: kdeb.SHA256},
 		Modules:               modOrder,
 		GuestSHA256:           sha256hex(guestBin),
+		FakeRunnerSHA256:      optSHA256(fakeRunner),
 		BusyboxPackageVersion: bb.Version,
 		Cmdline:               recommendedCmdline(o.Arch),
 		Created:               time.Now().UTC().Format(time.RFC3339),
@@ -335,4 +349,11 @@ func syncFile(path string) error {
 		return fmt.Errorf("sync %s: %w", path, err)
 	}
 	return nil
+}
+
+func optSHA256(b []byte) string {
+	if b == nil {
+		return ""
+	}
+	return sha256hex(b)
 }

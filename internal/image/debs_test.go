@@ -117,7 +117,7 @@ func TestStageRootfsDeterministic(t *testing.T) {
 	var hashes []string
 	for range 2 {
 		root := filepath.Join(t.TempDir(), "rootfs")
-		if err := stageTestRootfs(root, []byte("busybox"), []byte("guest"), "1:1.35", applets); err != nil {
+		if err := stageTestRootfs(root, []byte("busybox"), []byte("guest"), nil, "1:1.35", applets); err != nil {
 			t.Fatal(err)
 		}
 		h, err := treeHash(root)

@@ -69,7 +69,7 @@ func (r rootfsResult) String() string {
 
 // buildTestRootfs makes the test image's root filesystem: busybox and
 // tandem-guest on ext4.
-func buildTestRootfs(ctx context.Context, p *progress, work string, bb debFile, guestBin []byte, o BuildOptions, dest string) error {
+func buildTestRootfs(ctx context.Context, p *progress, work string, bb debFile, guestBin, fakeRunner []byte, o BuildOptions, dest string) error {
 	res := rootfsResult{sizeMiB: o.RootfsSizeMiB}
 	bbDir := filepath.Join(work, "busybox-pkg")
 	if err := dpkgExtract(ctx, bb.Path, bbDir); err != nil {
@@ -87,7 +87,7 @@ func buildTestRootfs(ctx context.Context, p *progress, work string, bb debFile, 
 	res.applets, res.appletsVia = len(applets), via
 
 	root := filepath.Join(work, "rootfs")
-	if err := stageTestRootfs(root, bbBin, guestBin, bb.Version, applets); err != nil {
+	if err := stageTestRootfs(root, bbBin, guestBin, fakeRunner, bb.Version, applets); err != nil {
 		return fmt.Errorf("root filesystem: %w", err)
 	}
 	// Everything mkfs takes from the tree is fixed now: the file system's
@@ -113,13 +113,17 @@ func buildTestRootfs(ctx context.Context, p *progress, work string, bb debFile, 
 	if err := fixInodeTimes(ctx, work, root, dest); err != nil {
 		return err
 	}
-	p.step("root filesystem: busybox %s, tandem-guest; %s", bb.Version, res)
+	what := "tandem-guest"
+	if fakeRunner != nil {
+		what += ", tandem-fakerunner"
+	}
+	p.step("root filesystem: busybox %s, %s; %s", bb.Version, what, res)
 	return nil
 }
 
 // stageTestRootfs lays the test image's tree out under root, with fixed
 // modes and times (mkfs copies both).
-func stageTestRootfs(root string, bbBin, guestBin []byte, bbVersion string, applets []string) error {
+func stageTestRootfs(root string, bbBin, guestBin, fakeRunner []byte, bbVersion string, applets []string) error {
 	dirs := map[string]os.FileMode{
 		"": 0o755, "bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755,
 		"usr/local": 0o755, "usr/local/bin": 0o755, "etc": 0o755, "etc/tandem": 0o755,
@@ -144,6 +148,12 @@ func stageTestRootfs(root string, bbBin, guestBin []byte, bbVersion string, appl
 		"etc/hostname":         {[]byte("tandem\n"), 0o644},
 		"etc/hosts":            {[]byte("127.0.0.1 localhost\n::1 localhost\n"), 0o644},
 		"etc/os-release":       {[]byte(osRelease), 0o644},
+	}
+	if fakeRunner != nil {
+		files["usr/bin/tandem-fakerunner"] = struct {
+			data []byte
+			mode os.FileMode
+		}{fakeRunner, 0o755}
 	}
 	for name, f := range files {
 		p := filepath.Join(root, name)

@@ -90,6 +90,7 @@ type Manifest struct {
 	Kernel                KernelInfo          `json:"kernel"`
 	Modules               []string            `json:"modules"` // in load order
 	GuestSHA256           string              `json:"guest_sha256"`
+	FakeRunnerSHA256      string              `json:"fakerunner_sha256,omitempty"`
 	BusyboxPackageVersion string              `json:"busybox_package_version,omitempty"`
 	Cmdline               string              `json:"cmdline"` // recommended kernel parameters
 	Created               string              `json:"created,omitempty"`

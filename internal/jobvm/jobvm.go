@@ -62,6 +62,13 @@ type Request struct {
 	// OnReady, if set, is called once the guest agent is ready, before the
 	// job is sent (benchmarks read QEMU's memory there; tests freeze the guest).
 	OnReady func(vm.Instance)
+	// Await, if set, is called once the guest agent is ready, after
+	// OnReady, and the job is sent only when it returns: the agent boots a
+	// runner's VM while the control plane is still fetching the runner's
+	// config. The variables it returns are added to Env (secrets go this
+	// way: they never touch the host's disk or logs). An error ends the run
+	// with Failure "cancelled" and the error as Detail.
+	Await func(context.Context) (map[string]string, error)
 }
 
 // Failure kinds: why a job did not run to its own end.
@@ -195,6 +202,15 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	if r.OnReady != nil {
 		r.OnReady(inst)
 	}
+	if r.Await != nil {
+		env, err := r.Await(ctx)
+		if err != nil {
+			s.closer.Close()
+			res.Failure, res.Detail = FailCancelled, err.Error()
+			return res, &FailureError{Kind: FailCancelled, Detail: err.Error()}
+		}
+		s.r.Env = mergeEnv(r.Env, env)
+	}
 
 	tr := time.Now()
 	reported = s.run(ctx)
@@ -228,6 +244,21 @@ func (h *Host) teardown(inst vm.Instance, id string, attached, reported bool) er
 		return fmt.Errorf("teardown of %s: %w", id, errors.Join(errs...))
 	}
 	return nil
+}
+
+// mergeEnv returns base with extra's variables set, leaving base untouched.
+func mergeEnv(base, extra map[string]string) map[string]string {
+	if len(extra) == 0 {
+		return base
+	}
+	env := make(map[string]string, len(base)+len(extra))
+	for k, v := range base {
+		env[k] = v
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }

@@ -4,63 +4,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
-	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/vm"
-	"github.com/tandem-ci/tandem/internal/vm/qemu"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 
-func newHost(t *testing.T) *jobvm.Host {
-	t.Helper()
-	testenv.RequireVM(t)
-	images := testimages.Store(t)
-	state := testenv.ShortTempDir(t)
-	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := hostnet.New(hostnet.Config{Bridge: "tandem0", Subnet: netip.MustParsePrefix("172.30.0.0/24"),
-		StateDir: filepath.Join(state, "net"), NAT: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Ensure(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	h := &jobvm.Host{Driver: drv, Images: images, Net: n, Log: slog.Default(), StateDir: state}
-	t.Cleanup(func() { assertEmpty(t, h) })
-	return h
-}
-
-func assertEmpty(t *testing.T, h *jobvm.Host) {
-	t.Helper()
-	infos, err := h.Driver.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, i := range infos {
-		t.Errorf("vm left behind: %s (%s)", i.ID, i.State)
-	}
-	leases, err := h.Net.Leases()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range leases {
-		t.Errorf("lease left behind: %s %s", l.VMID, l.Addr)
-	}
-}
+func newHost(t *testing.T) *jobvm.Host { return testhost.New(t) }
 
 func req() jobvm.Request {
 	return jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto, Owner: vm.ProcessOwner(), DieWithOwner: true}

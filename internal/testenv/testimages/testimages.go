@@ -58,16 +58,19 @@ func prepare() (string, error) {
 		if _, err := st.Resolve("test-" + arch); err == nil && os.Getenv("TANDEM_TEST_DATA") != "" {
 			continue // built by scripts/test.sh for this run
 		}
-		guest := filepath.Join(dir, "tandem-guest-"+arch)
-		build := exec.Command("go", "build", "-trimpath", "-o", guest, "./cmd/tandem-guest")
-		build.Dir = moduleRoot()
-		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
-		if out, err := build.CombinedOutput(); err != nil {
-			return "", &buildError{arch, err, out}
+		bins := map[string]string{}
+		for _, prog := range []string{"tandem-guest", "tandem-fakerunner"} {
+			bins[prog] = filepath.Join(dir, prog+"-"+arch)
+			build := exec.Command("go", "build", "-trimpath", "-o", bins[prog], "./cmd/"+prog)
+			build.Dir = moduleRoot()
+			build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+			if out, err := build.CombinedOutput(); err != nil {
+				return "", &buildError{prog, arch, err, out}
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		_, err := st.Build(ctx, image.BuildOptions{Kind: "test", Arch: arch, GuestBinary: guest,
-			CacheDir: filepath.Join(dir, "cache")})
+		_, err := st.Build(ctx, image.BuildOptions{Kind: "test", Arch: arch, GuestBinary: bins["tandem-guest"],
+			FakeRunnerBinary: bins["tandem-fakerunner"], CacheDir: filepath.Join(dir, "cache")})
 		cancel()
 		if err != nil {
 			return "", err
@@ -77,13 +80,14 @@ func prepare() (string, error) {
 }
 
 type buildError struct {
+	prog string
 	arch string
 	err  error
 	out  []byte
 }
 
 func (e *buildError) Error() string {
-	return "build tandem-guest for " + e.arch + ": " + e.err.Error() + ": " + string(e.out)
+	return "build " + e.prog + " for " + e.arch + ": " + e.err.Error() + ": " + string(e.out)
 }
 
 func moduleRoot() string {

@@ -1,0 +1,64 @@
+// Package testhost gives tests a real VM host: QEMU, the shared test images
+// and a bridge network in the test's network namespace, checked on cleanup
+// for anything a test left behind.
+package testhost
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/tandem-ci/tandem/internal/hostnet"
+	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/testenv"
+	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+	"github.com/tandem-ci/tandem/internal/vm"
+	"github.com/tandem-ci/tandem/internal/vm/qemu"
+)
+
+// New returns a host whose VMs get 2 vCPUs and 4 GiB at most, on bridge
+// tandem0 (172.30.0.0/24). The test must run in a private network
+// namespace (testenv.RunInNetns). On cleanup it fails the test if any VM or
+// address lease remains.
+func New(t *testing.T) *jobvm.Host {
+	t.Helper()
+	testenv.RequireVM(t)
+	images := testimages.Store(t)
+	state := testenv.ShortTempDir(t)
+	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := hostnet.New(hostnet.Config{Bridge: "tandem0", Subnet: netip.MustParsePrefix("172.30.0.0/24"),
+		StateDir: filepath.Join(state, "net"), NAT: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h := &jobvm.Host{Driver: drv, Images: images, Net: n, Log: slog.Default(), StateDir: state}
+	t.Cleanup(func() { AssertEmpty(t, h) })
+	return h
+}
+
+// AssertEmpty fails t for every VM or address lease h still holds.
+func AssertEmpty(t testing.TB, h *jobvm.Host) {
+	t.Helper()
+	infos, err := h.Driver.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range infos {
+		t.Errorf("vm left behind: %s (%s)", i.ID, i.State)
+	}
+	leases, err := h.Net.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		t.Errorf("lease left behind: %s %s", l.VMID, l.Addr)
+	}
+}
