@@ -20,7 +20,7 @@ func imageCmd(g *globals) *cobra.Command {
 }
 
 func imageBuildCmd(g *globals) *cobra.Command {
-	var kind, arch, guestBin, kernelDeb string
+	var kind, arch, guestBin, fakeRunner, kernelDeb string
 	cmd := &cobra.Command{
 		Use:   "build --kind test --arch amd64|arm64",
 		Short: "Build an image: a Debian kernel, an initramfs and a root filesystem",
@@ -37,8 +37,14 @@ func imageBuildCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if guestBin == "" {
-				if guestBin, err = findGuestBinary(a); err != nil {
+				if guestBin, err = findBinary("tandem-guest", a); err != nil {
 					return err
+				}
+			}
+			if fakeRunner == "" {
+				if fakeRunner, err = findBinary("tandem-fakerunner", a); err != nil {
+					fmt.Fprintf(os.Stderr, "note: building without tandem-fakerunner (the control plane's test runner): %v\n", err)
+					fakeRunner = ""
 				}
 			}
 			st, err := image.Open(filepath.Join(g.dataDir, "images"))
@@ -46,7 +52,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 				return err
 			}
 			im, err := st.Build(cmd.Context(), image.BuildOptions{
-				Kind: kind, Arch: string(a), GuestBinary: guestBin, KernelDeb: kernelDeb,
+				Kind: kind, Arch: string(a), GuestBinary: guestBin, FakeRunnerBinary: fakeRunner, KernelDeb: kernelDeb,
 				CacheDir: filepath.Join(g.dataDir, "cache"), Progress: os.Stderr,
 			})
 			if err != nil {
@@ -60,13 +66,15 @@ func imageBuildCmd(g *globals) *cobra.Command {
 	f.StringVar(&kind, "kind", "test", "image kind: test (busybox + tandem-guest)")
 	f.StringVar(&arch, "arch", string(vm.HostArch()), "amd64 or arm64")
 	f.StringVar(&guestBin, "guest", "", "tandem-guest binary for the arch (default: tandem-guest-<arch> beside this binary)")
+	f.StringVar(&fakeRunner, "fakerunner", "", "tandem-fakerunner binary for the arch (default: tandem-fakerunner-<arch> beside this binary, if there)")
 	f.StringVar(&kernelDeb, "kernel-deb", "", "use this linux-image .deb instead of fetching Debian's cloud kernel")
 	return cmd
 }
 
-// findGuestBinary looks for tandem-guest-<arch> where installs put it.
-func findGuestBinary(a vm.Arch) (string, error) {
-	name := "tandem-guest-" + string(a)
+// findBinary looks for <prog>-<arch> (tandem-guest, tandem-fakerunner)
+// where installs put it.
+func findBinary(prog string, a vm.Arch) (string, error) {
+	name := prog + "-" + string(a)
 	var dirs []string
 	if d := os.Getenv("TANDEM_GUEST_DIR"); d != "" {
 		dirs = append(dirs, d)
@@ -81,7 +89,7 @@ func findGuestBinary(a vm.Arch) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("%s not found in %v: build it (scripts/build.sh) or pass --guest", name, dirs)
+	return "", fmt.Errorf("%s not found in %v: build it (scripts/build.sh) or pass its path", name, dirs)
 }
 
 func imageListCmd(g *globals) *cobra.Command {

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/config"
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/sqlite"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+func serverCmd(g *globals) *cobra.Command {
+	var cfgPath string
+	cmd := &cobra.Command{
+		Use:   "server --config FILE",
+		Short: "Run the control plane: webhooks, job queue, placement, reconcilers, API",
+		Long: "Run the control plane alone. Hosts join it as agents; for one machine,\n" +
+			"`tandem up` runs the control plane and this host's agent together.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return serve(cmd.Context(), g, cfgPath, false)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "/etc/tandem/config.yaml", "configuration file")
+	return cmd
+}
+
+func upCmd(g *globals) *cobra.Command {
+	var cfgPath string
+	cmd := &cobra.Command{
+		Use:   "up --config FILE",
+		Short: "Run everything on this machine: control plane, SQLite, and this host's agent",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireRoot("tandem up"); err != nil {
+				return err
+			}
+			return serve(cmd.Context(), g, cfgPath, true)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "/etc/tandem/config.yaml", "configuration file")
+	return cmd
+}
+
+// serve runs the control plane, and with withAgent this host's agent, until
+// SIGINT or SIGTERM.
+func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) error {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return err
+	}
+	dataDir := cfg.DataDir
+	if dataDir == "" {
+		dataDir = g.dataDir
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	st, err := sqlite.Open(ctx, cfg.DatabasePath(dataDir), sqlite.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	gh, err := github.New(github.Config{BaseURL: cfg.GitHub.APIURL, AppID: cfg.GitHub.AppID,
+		PrivateKey: cfg.AppKey, Logger: g.log, UserAgent: "tandem/" + version})
+	if err != nil {
+		return err
+	}
+	parser, err := cfg.ParserFor()
+	if err != nil {
+		return err
+	}
+	cp, err := controlplane.New(controlplane.Config{
+		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
+		Runner: controlplane.RunnerSpec{
+			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, NamePrefix: cfg.Runner.NamePrefix,
+			Images:  map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64},
+			Command: cfg.Runner.Command, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
+			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
+		},
+		Limits:      schedulerLimits(cfg),
+		MaxAttempts: cfg.Scheduler.MaxLaunchAttempts,
+		Reconcile: controlplane.Intervals{
+			MissedWebhooks: cfg.Reconcile.MissedWebhooks.D(), FailedDeliveries: cfg.Reconcile.FailedDeliveries.D(),
+			Orphans: cfg.Reconcile.Orphans.D(), ActiveRepoWindow: cfg.Reconcile.ActiveRepoWindow.D(),
+			LostAfter: cfg.Reconcile.LostAfter.D(),
+		},
+		Logger: g.log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	cpCtx, cpCancel := context.WithCancel(context.Background())
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- cp.Run(cpCtx) }()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(ln) }()
+
+	var ag *agent.Agent
+	if withAgent {
+		if ag, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
+			cpCancel()
+			<-cpDone
+			srv.Close()
+			return err
+		}
+	}
+	g.log.Info("tandem is up", "listen", ln.Addr().String(), "agent", withAgent, "data_dir", dataDir)
+	fmt.Fprintf(os.Stderr, "tandem: listening on %s (webhook: POST /webhook, API: /api/v1/jobs)\n", ln.Addr())
+
+	select {
+	case <-ctx.Done():
+	case err = <-httpDone:
+		err = fmt.Errorf("http server: %w", err)
+	}
+	// Shut down: stop taking webhooks, end this host's VMs while the
+	// control plane still records their ends, then stop the control plane.
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	srv.Shutdown(sctx)
+	if ag != nil {
+		ag.Close()
+		cp.FlushEvents(sctx)
+	}
+	cpCancel()
+	<-cpDone
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func schedulerLimits(cfg *config.Config) scheduler.Limits {
+	l := scheduler.Limits{Default: scheduler.OrgLimit{MaxVMs: cfg.Scheduler.Default.MaxVMs, MaxVCPUs: cfg.Scheduler.Default.MaxVCPUs},
+		Org: map[string]scheduler.OrgLimit{}}
+	for org, ol := range cfg.Scheduler.Orgs {
+		l.Org[org] = scheduler.OrgLimit{MaxVMs: ol.MaxVMs, MaxVCPUs: ol.MaxVCPUs}
+	}
+	return l
+}
+
+// startLocalAgent runs this host's agent in process and attaches it.
+func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (*agent.Agent, error) {
+	gg := *g
+	gg.dataDir = dataDir
+	h, err := newHost(ctx, &gg, &netFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet})
+	if err != nil {
+		return nil, err
+	}
+	// What a killed predecessor left behind goes first.
+	if ids, err := h.Collect(ctx, nil); err != nil {
+		return nil, fmt.Errorf("reclaiming leftovers: %w", err)
+	} else if len(ids) > 0 {
+		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
+	}
+	hostID := cfg.Agent.HostID
+	if hostID == "" {
+		if hostID, err = os.Hostname(); err != nil {
+			return nil, err
+		}
+	}
+	limits, err := hostLimits()
+	if err != nil {
+		return nil, err
+	}
+	rec := store.Host{ID: hostID, Version: version,
+		VCPUs: float64(limits.VCPUs), MemoryMiB: limits.MemoryMiB - 1024}
+	if cfg.Agent.VCPUs > 0 {
+		rec.VCPUs = cfg.Agent.VCPUs
+	}
+	if cfg.Agent.Memory > 0 {
+		rec.MemoryMiB = int(cfg.Agent.Memory)
+	}
+	if rec.MemoryMiB < 256 {
+		return nil, fmt.Errorf("agent: only %d MiB of memory for VMs", rec.MemoryMiB)
+	}
+	native := labels.Arch(vm.HostArch())
+	rec.Arches = []store.ArchSupport{{Arch: native}}
+	for _, a := range cfg.Agent.Emulate {
+		if labels.Arch(a) != native {
+			rec.Arches = append(rec.Arches, store.ArchSupport{Arch: labels.Arch(a), Emulated: true})
+		}
+	}
+	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
+		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
+	if err != nil {
+		return nil, err
+	}
+	if err := cp.AttachHost(ctx, rec, ag, ag.Runners()); err != nil {
+		ag.Close()
+		return nil, err
+	}
+	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
+		"arches", rec.Arches, "cpus", runtime.NumCPU())
+	return ag, nil
+}

@@ -1,0 +1,307 @@
+// Package agent is the host daemon's core: it runs the VMs the control plane
+// assigns to this host, one runner per VM, and reports what becomes of each.
+//
+// An assignment arrives before the runner's JIT config does: the agent boots
+// the VM at once and hands the guest its runner command only when Configure
+// delivers the config (the control plane fetches it from GitHub while the VM
+// boots). Every VM ends in a report (Event kind "ended") and leaves nothing on
+// the host: jobvm tears it down on every path.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// Sentinel errors.
+var (
+	ErrDuplicate = errors.New("runner already assigned to this host")
+	ErrUnknown   = errors.New("no such runner on this host")
+	ErrClosed    = errors.New("agent closed")
+)
+
+// Assignment is one runner VM the control plane wants on this host.
+type Assignment struct {
+	Runner    string // runner name; names the assignment
+	Arch      vm.Arch
+	VCPUs     float64
+	MemoryMiB int
+	Image     string   // image ref; "" for the default of the arch
+	Command   []string // the runner program in the guest
+	Env       map[string]string
+	// Timeout bounds the runner's whole life in the VM (0: none).
+	Timeout time.Duration
+	// ConfigTimeout bounds how long a booted VM waits for Configure.
+	ConfigTimeout time.Duration
+}
+
+// EventKind says what happened to a runner's VM.
+type EventKind string
+
+const (
+	EventBooting EventKind = "booting" // the VM exists and is booting
+	EventStarted EventKind = "started" // the runner process was started in the guest
+	EventEnded   EventKind = "ended"   // the VM is gone; nothing of it remains
+)
+
+// Event reports a change of one runner's VM.
+type Event struct {
+	Host     string
+	Runner   string
+	Kind     EventKind
+	At       time.Time
+	VMID     string
+	Accel    vm.Accel
+	Emulated bool
+	// For EventEnded: the runner's exit code, and Failure/Detail when the
+	// VM did not end by the runner's own exit (jobvm failure kinds, or
+	// "launch-failed" when no VM could be made).
+	ExitCode int
+	Failure  string
+	Detail   string
+}
+
+// FailLaunch is the Failure of a runner whose VM could not be made at all.
+const FailLaunch = "launch-failed"
+
+// Config wires an Agent.
+type Config struct {
+	HostID string
+	Host   *jobvm.Host
+	// Sink receives every event, from the agent's goroutines, in order per
+	// runner. It must not block for long.
+	Sink func(Event)
+	// LogDir, if set, receives each runner's output as <runner>.log, capped
+	// at LogLimit bytes (default 8 MiB).
+	LogDir   string
+	LogLimit int64
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Agent runs runner VMs on one host.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	runs   map[string]*run
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type run struct {
+	asg    Assignment
+	cancel context.CancelCauseFunc
+	config chan map[string]string // receives the secret env once
+	once   sync.Once
+}
+
+// New returns an agent; it runs nothing until Launch.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Host == nil || cfg.Sink == nil || cfg.HostID == "" {
+		return nil, errors.New("agent: Host, HostID and Sink are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.LogLimit == 0 {
+		cfg.LogLimit = 8 << 20
+	}
+	if cfg.LogDir != "" {
+		if err := os.MkdirAll(cfg.LogDir, 0o700); err != nil {
+			return nil, fmt.Errorf("agent: log dir: %w", err)
+		}
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), runs: map[string]*run{}}, nil
+}
+
+// Launch starts a runner's VM and returns at once; its progress arrives as
+// events.
+func (a *Agent) Launch(asg Assignment) error {
+	if asg.Runner == "" || len(asg.Command) == 0 {
+		return errors.New("agent: assignment without runner name or command")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	if _, ok := a.runs[asg.Runner]; ok {
+		return fmt.Errorf("%w: %s", ErrDuplicate, asg.Runner)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1)}
+	a.runs[asg.Runner] = r
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.execute(ctx, r)
+		a.mu.Lock()
+		delete(a.runs, asg.Runner)
+		a.mu.Unlock()
+		cancel(nil)
+	}()
+	return nil
+}
+
+// Configure delivers a runner's secret environment (its JIT config); the
+// guest gets its command once both this and the VM are ready.
+func (a *Agent) Configure(runner string, env map[string]string) error {
+	a.mu.Lock()
+	r, ok := a.runs[runner]
+	a.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknown, runner)
+	}
+	sent := false
+	r.once.Do(func() {
+		r.config <- maps.Clone(env)
+		sent = true
+	})
+	if !sent {
+		return fmt.Errorf("agent: runner %s already configured", runner)
+	}
+	return nil
+}
+
+// Stop ends a runner's VM; its "ended" event follows. Stopping a runner
+// that has already gone is not an error.
+func (a *Agent) Stop(runner, reason string) error {
+	a.mu.Lock()
+	r, ok := a.runs[runner]
+	a.mu.Unlock()
+	if ok {
+		r.cancel(errors.New(reason))
+	}
+	return nil
+}
+
+// Runners lists the runners this agent is running.
+func (a *Agent) Runners() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	names := slices.Collect(maps.Keys(a.runs))
+	slices.Sort(names)
+	return names
+}
+
+// Close stops every VM and waits until all are gone.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	a.closed = true
+	for _, r := range a.runs {
+		r.cancel(errors.New("agent shutting down"))
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+}
+
+func (a *Agent) emit(e Event) {
+	e.Host = a.cfg.HostID
+	if e.At.IsZero() {
+		e.At = a.cfg.Now()
+	}
+	a.cfg.Sink(e)
+}
+
+func (a *Agent) execute(ctx context.Context, r *run) {
+	asg := r.asg
+	log := a.log.With("runner", asg.Runner)
+	out, closeOut := a.output(asg.Runner)
+	defer closeOut()
+	var vmID string
+	req := jobvm.Request{
+		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
+		Argv: asg.Command, Env: asg.Env, Timeout: asg.Timeout,
+		Stdout: out, Stderr: out,
+		Owner: vm.ProcessOwner(), DieWithOwner: true,
+		OnCreate: func(inst vm.Instance) {
+			vmID = inst.Info().ID
+			log.Info("runner VM booting", "vm", vmID)
+			a.emit(Event{Runner: asg.Runner, Kind: EventBooting, VMID: vmID})
+		},
+		Await: func(ctx context.Context) (map[string]string, error) {
+			timeout := asg.ConfigTimeout
+			if timeout == 0 {
+				timeout = 2 * time.Minute
+			}
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			select {
+			case env := <-r.config:
+				a.emit(Event{Runner: asg.Runner, Kind: EventStarted, VMID: vmID})
+				return env, nil
+			case <-t.C:
+				return nil, fmt.Errorf("no runner config within %s", timeout)
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		},
+	}
+	res, err := a.cfg.Host.Run(ctx, req)
+	ev := Event{Runner: asg.Runner, Kind: EventEnded, VMID: res.VMID, Accel: res.Accel,
+		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail}
+	var fe *jobvm.FailureError
+	switch {
+	case ctx.Err() != nil && (err != nil || ev.Failure == jobvm.FailCancelled):
+		// Stopped: whatever broke off, the reason is the stop's.
+		ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+	case err != nil && !errors.As(err, &fe):
+		ev.Failure, ev.Detail = FailLaunch, err.Error()
+	}
+	log.Info("runner VM ended", "vm", res.VMID, "exit_code", ev.ExitCode, "failure", ev.Failure,
+		"boot_ms", res.Timings.Boot, "run_ms", res.Timings.Run, "total_ms", res.Timings.Total)
+	a.emit(ev)
+}
+
+// output opens the runner's log file, or discards output without a LogDir.
+func (a *Agent) output(runner string) (io.Writer, func()) {
+	if a.cfg.LogDir == "" {
+		return io.Discard, func() {}
+	}
+	f, err := os.OpenFile(filepath.Join(a.cfg.LogDir, runner+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		a.log.Warn("runner log", "err", err)
+		return io.Discard, func() {}
+	}
+	return &capped{w: f, left: a.cfg.LogLimit}, func() { f.Close() }
+}
+
+// capped writes up to left bytes and silently drops the rest.
+type capped struct {
+	mu   sync.Mutex
+	w    io.Writer
+	left int64
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(p)
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	if len(p) > 0 {
+		if _, err := c.w.Write(p); err != nil {
+			return n, nil // a full disk must not kill the runner's output stream
+		}
+		c.left -= int64(len(p))
+	}
+	return n, nil
+}

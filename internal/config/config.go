@@ -1,0 +1,375 @@
+// Package config is Tandem's configuration file: typed, strictly decoded
+// (an unknown or misspelt key is an error, not a silent default), defaulted
+// and validated in one place. Secrets are never in the file itself: it names
+// files that hold them, read by Load and kept out of every String and log.
+package config
+
+import (
+	"bytes"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/labels"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Listen is the control plane's HTTP address: webhook, API, metrics.
+	Listen string `yaml:"listen"`
+	// DataDir holds the database, images and VM state; "" means the
+	// command's --data-dir.
+	DataDir string `yaml:"data_dir"`
+	// Database is the SQLite file; "" means <data_dir>/tandem.db.
+	Database  string    `yaml:"database"`
+	GitHub    GitHub    `yaml:"github"`
+	Labels    Labels    `yaml:"labels"`
+	Runner    Runner    `yaml:"runner"`
+	Scheduler Scheduler `yaml:"scheduler"`
+	Reconcile Reconcile `yaml:"reconcile"`
+	Agent     Agent     `yaml:"agent"`
+
+	// Secrets read from the files named above.
+	AppKey        *rsa.PrivateKey `yaml:"-"`
+	WebhookSecret Secret          `yaml:"-"`
+}
+
+// GitHub is the GitHub App Tandem acts as.
+type GitHub struct {
+	// APIURL is the REST API root: https://api.github.com/ or, for GitHub
+	// Enterprise Server, https://HOST/api/v3/.
+	APIURL            string `yaml:"api_url"`
+	AppID             int64  `yaml:"app_id"`
+	PrivateKeyFile    string `yaml:"private_key_file"`
+	WebhookSecretFile string `yaml:"webhook_secret_file"`
+}
+
+// Labels configure which runs-on labels are Tandem's.
+type Labels struct {
+	Prefix        string  `yaml:"prefix"`
+	DefaultVCPUs  float64 `yaml:"default_vcpus"`
+	DefaultMemory Size    `yaml:"default_memory"`
+}
+
+// Runner configures the runners Tandem registers and the VMs they run in.
+type Runner struct {
+	// Scope registers each runner to the job's repository ("repo") or to
+	// its organisation ("org").
+	Scope string `yaml:"scope"`
+	// GroupID is the runner group runners join (default 1, "Default").
+	GroupID       int64    `yaml:"group_id"`
+	NamePrefix    string   `yaml:"name_prefix"`
+	ImageAMD64    string   `yaml:"image_amd64"`
+	ImageARM64    string   `yaml:"image_arm64"`
+	Command       []string `yaml:"command"`
+	WorkFolder    string   `yaml:"work_folder"`
+	MaxJobTime    Duration `yaml:"max_job_duration"`
+	IdleTimeout   Duration `yaml:"idle_timeout"`
+	ConfigTimeout Duration `yaml:"config_timeout"`
+}
+
+// Scheduler configures placement.
+type Scheduler struct {
+	MaxLaunchAttempts int                 `yaml:"max_launch_attempts"`
+	Default           OrgLimit            `yaml:"default_limit"`
+	Orgs              map[string]OrgLimit `yaml:"org_limits"`
+}
+
+// OrgLimit caps what one organisation may run at once; 0 is unlimited.
+type OrgLimit struct {
+	MaxVMs   int     `yaml:"max_vms"`
+	MaxVCPUs float64 `yaml:"max_vcpus"`
+}
+
+// Reconcile sets how often each reconciler runs; 0 takes the default and a
+// negative value turns it off.
+type Reconcile struct {
+	MissedWebhooks   Duration `yaml:"missed_webhooks"`
+	FailedDeliveries Duration `yaml:"failed_deliveries"`
+	Orphans          Duration `yaml:"orphans"`
+	// ActiveRepoWindow is how long after its last job a repository is
+	// still polled for queued jobs whose webhook was lost.
+	ActiveRepoWindow Duration `yaml:"active_repo_window"`
+	// LostAfter is how long a running job whose VM ended may wait for
+	// GitHub to report its end before it is marked lost.
+	LostAfter Duration `yaml:"lost_after"`
+}
+
+// Agent configures the local agent of `tandem up`.
+type Agent struct {
+	HostID string `yaml:"host_id"`
+	// VCPUs and Memory are what VMs may use in all; 0 means the whole host
+	// (memory less 1 GiB for the host itself).
+	VCPUs  float64 `yaml:"vcpus"`
+	Memory Size    `yaml:"memory"`
+	// Emulate lists foreign architectures this host offers under TCG.
+	Emulate []string `yaml:"emulate"`
+	Bridge  string   `yaml:"bridge"`
+	Subnet  string   `yaml:"subnet"`
+}
+
+// Secret is a byte string that never prints.
+type Secret []byte
+
+func (Secret) String() string   { return "[redacted]" }
+func (Secret) GoString() string { return "[redacted]" }
+
+// Size is an amount of memory in MiB, written as 4096, "512MiB", "8GiB"
+// (also MB/GB/M/G, all binary).
+type Size int
+
+// UnmarshalYAML parses a size.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*s = v
+	return nil
+}
+
+// ParseSize parses a memory size into MiB.
+func ParseSize(s string) (Size, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := 1.0
+	for _, u := range []struct {
+		suffix string
+		mult   float64
+	}{{"gib", 1024}, {"gb", 1024}, {"g", 1024}, {"mib", 1}, {"mb", 1}, {"m", 1}} {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*mult > 1<<30 {
+		return 0, fmt.Errorf("bad size %q (want e.g. 512MiB or 8GiB)", s)
+	}
+	mib := f * mult
+	if mib != float64(int(mib)) {
+		return 0, fmt.Errorf("size %q is not a whole number of MiB", s)
+	}
+	return Size(mib), nil
+}
+
+// Duration is a time.Duration written as "90s", "5m", "6h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a duration.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(strings.TrimSpace(n.Value))
+	if err != nil {
+		return fmt.Errorf("line %d: bad duration %q (want e.g. 90s, 5m, 6h)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Defaults.
+const (
+	DefaultListen      = "127.0.0.1:8080"
+	DefaultAPIURL      = "https://api.github.com/"
+	DefaultMaxAttempts = 3
+)
+
+// Parse decodes a config strictly and applies defaults. It neither reads
+// secret files nor validates: Load does both.
+func Parse(b []byte) (*Config, error) {
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file is all defaults
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+func (c *Config) applyDefaults() {
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&c.Listen, DefaultListen)
+	def(&c.GitHub.APIURL, DefaultAPIURL)
+	def(&c.Labels.Prefix, labels.DefaultPrefix)
+	if c.Labels.DefaultVCPUs == 0 {
+		c.Labels.DefaultVCPUs = labels.DefaultVCPUs
+	}
+	if c.Labels.DefaultMemory == 0 {
+		c.Labels.DefaultMemory = labels.DefaultMemoryMiB
+	}
+	def(&c.Runner.Scope, "repo")
+	if c.Runner.GroupID == 0 {
+		c.Runner.GroupID = 1 // GitHub's "Default" runner group
+	}
+	def(&c.Runner.NamePrefix, "tandem")
+	def(&c.Runner.ImageAMD64, "test-amd64")
+	def(&c.Runner.ImageARM64, "test-arm64")
+	if len(c.Runner.Command) == 0 {
+		c.Runner.Command = []string{"/usr/bin/tandem-fakerunner"}
+	}
+	defDur := func(p *Duration, v time.Duration) {
+		if *p == 0 {
+			*p = Duration(v)
+		}
+	}
+	defDur(&c.Runner.MaxJobTime, 6*time.Hour)
+	defDur(&c.Runner.IdleTimeout, 10*time.Minute)
+	defDur(&c.Runner.ConfigTimeout, 2*time.Minute)
+	if c.Scheduler.MaxLaunchAttempts == 0 {
+		c.Scheduler.MaxLaunchAttempts = DefaultMaxAttempts
+	}
+	defDur(&c.Reconcile.MissedWebhooks, time.Minute)
+	defDur(&c.Reconcile.FailedDeliveries, 5*time.Minute)
+	defDur(&c.Reconcile.Orphans, 2*time.Minute)
+	defDur(&c.Reconcile.ActiveRepoWindow, 24*time.Hour)
+	defDur(&c.Reconcile.LostAfter, 2*time.Minute)
+	def(&c.Agent.Bridge, "tandem0")
+	def(&c.Agent.Subnet, "172.30.0.0/24")
+}
+
+// DatabasePath is the SQLite file, given the data directory in use.
+func (c *Config) DatabasePath(dataDir string) string {
+	if c.Database != "" {
+		return c.Database
+	}
+	return filepath.Join(dataDir, "tandem.db")
+}
+
+// Load reads, decodes, validates a config file and reads the secrets it
+// names. Relative secret paths are taken from the config file's directory.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if err := c.readSecrets(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) readSecrets(dir string) error {
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	key, err := os.ReadFile(abs(c.GitHub.PrivateKeyFile))
+	if err != nil {
+		return fmt.Errorf("config: github.private_key_file: %w", err)
+	}
+	if c.AppKey, err = github.ParsePrivateKey(key); err != nil {
+		return fmt.Errorf("config: github.private_key_file %s: %w", c.GitHub.PrivateKeyFile, err)
+	}
+	sec, err := os.ReadFile(abs(c.GitHub.WebhookSecretFile))
+	if err != nil {
+		return fmt.Errorf("config: github.webhook_secret_file: %w", err)
+	}
+	sec = bytes.TrimRight(sec, "\r\n")
+	if len(sec) < 16 {
+		return fmt.Errorf("config: github.webhook_secret_file %s: the secret is shorter than 16 bytes", c.GitHub.WebhookSecretFile)
+	}
+	c.WebhookSecret = Secret(sec)
+	return nil
+}
+
+// Validate checks every field and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen %q: %v", c.Listen, err)
+	}
+	if u, err := url.Parse(c.GitHub.APIURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		bad("github.api_url %q: want an http(s) URL", c.GitHub.APIURL)
+	}
+	if c.GitHub.AppID <= 0 {
+		bad("github.app_id: required")
+	}
+	if c.GitHub.PrivateKeyFile == "" {
+		bad("github.private_key_file: required")
+	}
+	if c.GitHub.WebhookSecretFile == "" {
+		bad("github.webhook_secret_file: required")
+	}
+	if _, err := labels.NewParser(c.Labels.Prefix, c.Labels.DefaultVCPUs, int(c.Labels.DefaultMemory)); err != nil {
+		bad("labels: %v", err)
+	}
+	if c.Runner.Scope != "repo" && c.Runner.Scope != "org" {
+		bad("runner.scope %q: want repo or org", c.Runner.Scope)
+	}
+	if c.Runner.GroupID < 1 {
+		bad("runner.group_id: want a runner group id (1 is GitHub's Default group)")
+	}
+	if !validName(c.Runner.NamePrefix) {
+		bad("runner.name_prefix %q: want [a-z0-9-]", c.Runner.NamePrefix)
+	}
+	if c.Runner.MaxJobTime < 0 || c.Runner.IdleTimeout < 0 || c.Runner.ConfigTimeout < 0 {
+		bad("runner: durations must not be negative")
+	}
+	if c.Scheduler.MaxLaunchAttempts < 1 || c.Scheduler.MaxLaunchAttempts > 100 {
+		bad("scheduler.max_launch_attempts %d: want 1 to 100", c.Scheduler.MaxLaunchAttempts)
+	}
+	for org, l := range c.Scheduler.Orgs {
+		if l.MaxVMs < 0 || l.MaxVCPUs < 0 {
+			bad("scheduler.org_limits.%s: limits must not be negative", org)
+		}
+	}
+	if c.Scheduler.Default.MaxVMs < 0 || c.Scheduler.Default.MaxVCPUs < 0 {
+		bad("scheduler.default_limit: limits must not be negative")
+	}
+	for _, a := range c.Agent.Emulate {
+		if a != string(labels.AMD64) && a != string(labels.ARM64) {
+			bad("agent.emulate: %q is not amd64 or arm64", a)
+		}
+	}
+	if c.Agent.VCPUs < 0 {
+		bad("agent.vcpus: must not be negative")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 40 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ParserFor returns the label parser the config describes.
+func (c *Config) ParserFor() (*labels.Parser, error) {
+	return labels.NewParser(c.Labels.Prefix, c.Labels.DefaultVCPUs, int(c.Labels.DefaultMemory))
+}

@@ -1,0 +1,170 @@
+package config
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeSecrets(t *testing.T, dir string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	if err := os.WriteFile(filepath.Join(dir, "app.pem"), pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("a-webhook-secret-of-some-length\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const minimal = `
+github:
+  app_id: 7
+  private_key_file: app.pem
+  webhook_secret_file: secret
+`
+
+func load(t *testing.T, body string) (*Config, error) {
+	t.Helper()
+	dir := t.TempDir()
+	writeSecrets(t, dir)
+	p := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return Load(p)
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := load(t, minimal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != DefaultListen || c.GitHub.APIURL != DefaultAPIURL || c.Labels.Prefix != "tandem" ||
+		c.Labels.DefaultMemory != 4096 || c.Runner.Scope != "repo" || c.Runner.GroupID != 1 ||
+		c.Runner.IdleTimeout.D() != 10*time.Minute || c.Scheduler.MaxLaunchAttempts != DefaultMaxAttempts {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+	if c.AppKey == nil {
+		t.Error("app key not read")
+	}
+	if string(c.WebhookSecret) != "a-webhook-secret-of-some-length" {
+		t.Error("webhook secret not read, or its newline kept")
+	}
+	if got := c.DatabasePath("/d"); got != "/d/tandem.db" {
+		t.Errorf("database path %q", got)
+	}
+}
+
+func TestLoadFull(t *testing.T) {
+	c, err := load(t, minimal+`
+listen: 0.0.0.0:9090
+labels: {prefix: ci, default_vcpus: 0.5, default_memory: 1.5GiB}
+runner: {scope: org, group_id: 3, idle_timeout: 90s, command: [/home/runner/run.sh]}
+scheduler:
+  max_launch_attempts: 5
+  default_limit: {max_vms: 10}
+  org_limits: {etcd-io: {max_vms: 4, max_vcpus: 16}}
+agent: {vcpus: 8, memory: 16GiB, emulate: [arm64]}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Labels.DefaultMemory != 1536 || c.Labels.DefaultVCPUs != 0.5 || c.Runner.Scope != "org" ||
+		c.Runner.IdleTimeout.D() != 90*time.Second || c.Scheduler.Orgs["etcd-io"].MaxVCPUs != 16 ||
+		c.Agent.Memory != 16384 || c.Runner.Command[0] != "/home/runner/run.sh" {
+		t.Errorf("values not decoded: %+v", c)
+	}
+	p, err := c.ParserFor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok, err := p.Parse([]string{"ci-arm64"}); err != nil || !ok || r.VCPUs != 0.5 || r.MemoryMiB != 1536 {
+		t.Errorf("parser from config: %+v %v %v", r, ok, err)
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	for name, tc := range map[string]struct{ body, want string }{
+		"unknown key":   {minimal + "listne: x\n", "listne"},
+		"nested typo":   {minimal + "runner: {scoep: repo}\n", "scoep"},
+		"bad duration":  {minimal + "runner: {idle_timeout: soon}\n", "bad duration"},
+		"bad size":      {minimal + "agent: {memory: lots}\n", "bad size"},
+		"no app id":     {"github: {private_key_file: app.pem, webhook_secret_file: secret}\n", "app_id"},
+		"bad scope":     {minimal + "runner: {scope: team}\n", "runner.scope"},
+		"bad prefix":    {minimal + "labels: {prefix: Tandem_CI}\n", "prefix"},
+		"bad listen":    {minimal + "listen: nowhere\n", "listen"},
+		"bad emulate":   {minimal + "agent: {emulate: [riscv64]}\n", "riscv64"},
+		"bad api url":   {"github: {api_url: 'ftp://x', app_id: 1, private_key_file: app.pem, webhook_secret_file: secret}\n", "api_url"},
+		"repeated key":  {minimal + "github: {app_id: 2}\n", "already defined"},
+		"neg limit":     {minimal + "scheduler: {org_limits: {x: {max_vms: -1}}}\n", "negative"},
+		"not yaml":      {"{{{", "config"},
+		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
+		"two documents": {minimal + "---\nlisten: x\n", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := load(t, tc.body)
+			if tc.want == "" {
+				return // accepted or refused: only must not panic
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSecretsNeverPrint(t *testing.T) {
+	c, err := load(t, minimal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{fmt.Sprint(c.WebhookSecret), fmt.Sprintf("%v", c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c.WebhookSecret)} {
+		if strings.Contains(s, "a-webhook-secret") {
+			t.Errorf("secret printed: %s", s)
+		}
+	}
+}
+
+func TestSecretFileProblems(t *testing.T) {
+	dir := t.TempDir()
+	writeSecrets(t, dir)
+	os.WriteFile(filepath.Join(dir, "secret"), []byte("short\n"), 0o600)
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte(minimal), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "shorter than 16") {
+		t.Errorf("short secret: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "app.pem"), []byte("not a key"), 0o600)
+	os.WriteFile(filepath.Join(dir, "secret"), []byte("long-enough-secret-here"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "private_key_file") {
+		t.Errorf("bad key: %v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil {
+		t.Error("missing file loaded")
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"4096": 4096, "512MiB": 512, "8GiB": 8192, "1.5gb": 1536, "2G": 2048, "64m": 64} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1G", "1.3M", "x", "1e20G"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}

@@ -1,0 +1,282 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// Handler serves the control plane's HTTP surface:
+//
+//	POST /webhook                 GitHub's webhooks
+//	GET  /healthz                 200 when the store answers
+//	GET  /metrics                 Prometheus
+//	GET  /api/v1/jobs             ?state=queued,running&org=&repo=&limit=
+//	GET  /api/v1/jobs/{id}        a job and its transitions
+//	GET  /api/v1/hosts            hosts, capacity, use, state
+//	GET  /api/v1/runners          ?live=1&host=
+//	GET  /api/v1/reconcilers      reconciler and dispatcher counters
+//
+// The read API is unauthenticated in this version: bind it to loopback or
+// a private network (authentication comes with the fleet's API tokens).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/webhook", s.handleWebhook)
+	mux.HandleFunc("GET /healthz", s.handleHealth)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	mux.HandleFunc("GET /api/v1/jobs", s.handleJobs)
+	mux.HandleFunc("GET /api/v1/jobs/{id}", s.handleJob)
+	mux.HandleFunc("GET /api/v1/hosts", s.handleHosts)
+	mux.HandleFunc("GET /api/v1/runners", s.handleRunners)
+	mux.HandleFunc("GET /api/v1/reconcilers", s.handleCounters)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func httpError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.st.View(ctx, func(tx store.ReadTx) error { _, err := tx.CountJobs(); return err }); err != nil {
+		httpError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// JobView is a job as the API shows it.
+type JobView struct {
+	ID          int64       `json:"id"`
+	RunID       int64       `json:"run_id"`
+	Repo        string      `json:"repo"`
+	Org         string      `json:"org"`
+	Name        string      `json:"name,omitempty"`
+	Workflow    string      `json:"workflow,omitempty"`
+	Labels      []string    `json:"labels"`
+	Arch        string      `json:"arch,omitempty"`
+	VCPUs       float64     `json:"vcpus,omitempty"`
+	MemoryMiB   int         `json:"memory_mib,omitempty"`
+	State       string      `json:"state"`
+	Reason      string      `json:"reason,omitempty"`
+	Runner      string      `json:"runner,omitempty"`
+	Host        string      `json:"host,omitempty"`
+	Attempts    int         `json:"attempts"`
+	Conclusion  string      `json:"conclusion,omitempty"`
+	QueuedAt    time.Time   `json:"queued_at"`
+	UpdatedAt   time.Time   `json:"updated_at"`
+	StartedAt   *time.Time  `json:"started_at,omitempty"`
+	CompletedAt *time.Time  `json:"completed_at,omitempty"`
+	Events      []EventView `json:"events,omitempty"`
+}
+
+// EventView is one transition of a job.
+type EventView struct {
+	At     time.Time `json:"at"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Source string    `json:"source"`
+	Reason string    `json:"reason,omitempty"`
+	Runner string    `json:"runner,omitempty"`
+	Host   string    `json:"host,omitempty"`
+}
+
+func optTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func jobView(j store.Job) JobView {
+	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
+		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,
+		State: string(j.State), Reason: j.Reason, Runner: j.RunnerName, Host: j.HostID,
+		Attempts: j.Attempts, Conclusion: j.Conclusion, QueuedAt: j.QueuedAt, UpdatedAt: j.UpdatedAt,
+		StartedAt: optTime(j.StartedAt), CompletedAt: optTime(j.CompletedAt)}
+}
+
+func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.JobFilter{Org: q.Get("org"), Repo: q.Get("repo"), Newest: true, Limit: 500}
+	if v := q.Get("state"); v != "" {
+		for _, st := range strings.Split(v, ",") {
+			js := store.JobState(st)
+			if !js.Valid() {
+				httpError(w, http.StatusBadRequest, "unknown state "+strconv.Quote(st))
+				return
+			}
+			f.States = append(f.States, js)
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			httpError(w, http.StatusBadRequest, "limit: want 1 to 10000")
+			return
+		}
+		f.Limit = n
+	}
+	var jobs []store.Job
+	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		jobs, err = tx.Jobs(f)
+		return err
+	}); err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := make([]JobView, 0, len(jobs))
+	for _, j := range jobs {
+		out = append(out, jobView(j))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
+}
+
+func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		httpError(w, http.StatusBadRequest, "job id: want a positive integer")
+		return
+	}
+	var j store.Job
+	var evs []store.JobEvent
+	err = s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		if j, err = tx.Job(id); err != nil {
+			return err
+		}
+		evs, err = tx.JobEvents(id)
+		return err
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		httpError(w, http.StatusNotFound, "no such job")
+		return
+	}
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	v := jobView(j)
+	for _, e := range evs {
+		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),
+			Source: e.Source, Reason: e.Reason, Runner: e.Runner, Host: e.Host})
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// HostView is a host as the API shows it.
+type HostView struct {
+	ID            string              `json:"id"`
+	State         string              `json:"state"`
+	Reason        string              `json:"reason,omitempty"`
+	Connected     bool                `json:"connected"`
+	Arches        []store.ArchSupport `json:"arches"`
+	VCPUs         float64             `json:"vcpus"`
+	MemoryMiB     int                 `json:"memory_mib"`
+	UsedVCPUs     float64             `json:"used_vcpus"`
+	UsedMemoryMiB int                 `json:"used_memory_mib"`
+	Runners       int                 `json:"runners"`
+	LastSeen      time.Time           `json:"last_seen"`
+}
+
+func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
+	var hosts []store.Host
+	var live []store.Runner
+	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		if hosts, err = tx.Hosts(); err != nil {
+			return err
+		}
+		live, err = tx.Runners(store.RunnerFilter{Live: true})
+		return err
+	}); err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	conn := s.connectedHosts()
+	out := make([]HostView, 0, len(hosts))
+	for _, h := range hosts {
+		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],
+			Arches: h.Arches, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, LastSeen: h.LastSeen}
+		for _, r := range live {
+			if r.HostID == h.ID {
+				v.UsedVCPUs += r.VCPUs
+				v.UsedMemoryMiB += r.MemoryMiB
+				v.Runners++
+			}
+		}
+		out = append(out, v)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
+}
+
+// RunnerView is a runner as the API shows it.
+type RunnerView struct {
+	Name      string     `json:"name"`
+	Host      string     `json:"host"`
+	Job       int64      `json:"job,omitempty"`
+	Repo      string     `json:"repo,omitempty"`
+	Org       string     `json:"org"`
+	Labels    []string   `json:"labels"`
+	Arch      string     `json:"arch"`
+	Emulated  bool       `json:"emulated"`
+	VCPUs     float64    `json:"vcpus"`
+	MemoryMiB int        `json:"memory_mib"`
+	State     string     `json:"state"`
+	Reason    string     `json:"reason,omitempty"`
+	VMID      string     `json:"vm_id,omitempty"`
+	ExitCode  int        `json:"exit_code"`
+	CreatedAt time.Time  `json:"created_at"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+}
+
+func (s *Server) handleRunners(w http.ResponseWriter, r *http.Request) {
+	f := store.RunnerFilter{HostID: r.URL.Query().Get("host"), Live: r.URL.Query().Get("live") == "1", Limit: 1000}
+	var rs []store.Runner
+	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		rs, err = tx.Runners(f)
+		return err
+	}); err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := make([]RunnerView, 0, len(rs))
+	for _, x := range rs {
+		out = append(out, RunnerView{Name: x.Name, Host: x.HostID, Job: x.JobID, Repo: x.Repo, Org: x.Org,
+			Labels: x.Labels, Arch: string(x.Arch), Emulated: x.Emulated, VCPUs: x.VCPUs, MemoryMiB: x.MemoryMiB,
+			State: string(x.State), Reason: x.Reason, VMID: x.VMID, ExitCode: x.ExitCode, CreatedAt: x.CreatedAt,
+			StartedAt: optTime(x.StartedAt), EndedAt: optTime(x.EndedAt)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"runners": out})
+}
+
+func (s *Server) handleCounters(w http.ResponseWriter, r *http.Request) {
+	var c map[string]int64
+	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		c, err = tx.Counters()
+		return err
+	}); err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"counters": c})
+}

@@ -1,0 +1,323 @@
+// Package controlplane turns GitHub's workflow_job webhooks into runner VMs.
+//
+// The flow, and who owns each step:
+//
+//   - ingest (ingest.go): POST /webhook verifies the signature before it
+//     parses anything, stores the delivery durably and answers 202; a
+//     duplicate delivery is answered and dropped.
+//   - apply (apply.go): one goroutine applies stored deliveries to the job
+//     state machine in the store, in batches, one transaction each. GitHub
+//     gives a queued job to ANY idle runner with matching labels, so runners
+//     are accounted by demand: one runner VM per queued job of a label set,
+//     and the in_progress webhook's runner_name ties a job to the runner that
+//     actually took it (swapping bindings when a runner took another job).
+//   - dispatch (dispatch.go): one goroutine places queued jobs on hosts
+//     (internal/scheduler), launches their VMs through the hosts' agents,
+//     fetches each runner's JIT config while its VM boots, and turns agent
+//     events into runner and job transitions.
+//   - reconcile (reconcile.go): periodic passes make lost webhooks, failed
+//     deliveries, orphaned runners and stuck jobs harmless; each action is
+//     counted in the store and logged.
+//   - api (api.go): health, Prometheus metrics, and a JSON API of jobs,
+//     hosts, runners and reconciler counters.
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// HostAgent is the control plane's handle on one host's agent: in-process
+// for `tandem up`, a remote connection for a fleet. Calls must not block for
+// long; outcomes come back through Server.HostEvent.
+type HostAgent interface {
+	Launch(agent.Assignment) error
+	Configure(runner string, env map[string]string) error
+	Stop(runner, reason string) error
+}
+
+// RunnerSpec says what to run in each VM.
+type RunnerSpec struct {
+	Scope         string // "repo" or "org"
+	GroupID       int64
+	NamePrefix    string
+	Images        map[labels.Arch]string
+	Command       []string
+	WorkFolder    string
+	MaxJobTime    time.Duration
+	IdleTimeout   time.Duration
+	ConfigTimeout time.Duration
+}
+
+// Intervals of the reconcilers; a negative one is off.
+type Intervals struct {
+	MissedWebhooks   time.Duration
+	FailedDeliveries time.Duration
+	Orphans          time.Duration
+	ActiveRepoWindow time.Duration
+	LostAfter        time.Duration
+}
+
+// Config wires a Server.
+type Config struct {
+	Store         store.Store
+	GitHub        github.API
+	WebhookSecret []byte
+	Labels        *labels.Parser
+	Runner        RunnerSpec
+	Limits        scheduler.Limits
+	MaxAttempts   int
+	Reconcile     Intervals
+	// MaxBody caps a webhook's body; GitHub's own cap is 25 MB, workflow_job
+	// payloads are a few KiB. Default 1 MiB.
+	MaxBody int64
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Server is the control plane.
+type Server struct {
+	cfg     Config
+	st      store.Store
+	gh      github.API
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+
+	applyKick    chan struct{}
+	dispatchKick chan struct{}
+
+	mu         sync.Mutex
+	hosts      map[string]HostAgent // connected agents
+	events     []agent.Event        // from agents, not yet applied
+	stopping   map[string]bool      // runners being retired or told to stop, not yet ended
+	configured map[string]bool      // runners handed their JIT config
+	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
+	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
+
+	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
+	verifyKick chan struct{}
+
+	eventKick chan struct{}
+	evMu      sync.Mutex // one drainer of events at a time, in order
+	wg        sync.WaitGroup
+}
+
+// New checks cfg and returns a Server; Run starts its loops.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.GitHub == nil || cfg.Labels == nil {
+		return nil, errors.New("controlplane: Store, GitHub and Labels are required")
+	}
+	if len(cfg.WebhookSecret) == 0 {
+		return nil, errors.New("controlplane: no webhook secret")
+	}
+	if len(cfg.Runner.Command) == 0 {
+		return nil, errors.New("controlplane: no runner command")
+	}
+	if cfg.Runner.Scope == "" {
+		cfg.Runner.Scope = "repo"
+	}
+	if cfg.Runner.NamePrefix == "" {
+		cfg.Runner.NamePrefix = "tandem"
+	}
+	if cfg.Runner.IdleTimeout == 0 {
+		cfg.Runner.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.Reconcile.MissedWebhooks, time.Minute)
+	def(&cfg.Reconcile.FailedDeliveries, 5*time.Minute)
+	def(&cfg.Reconcile.Orphans, 2*time.Minute)
+	def(&cfg.Reconcile.ActiveRepoWindow, 24*time.Hour)
+	def(&cfg.Reconcile.LostAfter, 2*time.Minute)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{
+		cfg: cfg, st: cfg.Store, gh: cfg.GitHub, log: cfg.Logger, now: cfg.Now,
+		applyKick:    make(chan struct{}, 1),
+		dispatchKick: make(chan struct{}, 1),
+		eventKick:    make(chan struct{}, 1),
+		verifyKick:   make(chan struct{}, 1),
+		toVerify:     map[int64]bool{},
+		hosts:        map[string]HostAgent{},
+		stopping:     map[string]bool{},
+		configured:   map[string]bool{},
+		busyHold:     map[string]time.Time{},
+		redone:       map[string]time.Time{},
+	}
+	s.metrics = newMetrics(s)
+	return s, nil
+}
+
+// Run runs the control plane's loops until ctx ends, then waits for them.
+func (s *Server) Run(ctx context.Context) error {
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.verifyLoop}
+	for _, r := range s.reconcilers() {
+		if r.every > 0 {
+			loops = append(loops, func(ctx context.Context) { s.reconcileLoop(ctx, r) })
+		}
+	}
+	for _, l := range loops {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			l(ctx)
+		}()
+	}
+	kick(s.applyKick)
+	kick(s.dispatchKick)
+	<-ctx.Done()
+	s.wg.Wait()
+	return nil
+}
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// AttachHost records a host as online with its capacity and connects its
+// agent. running lists the runners the agent still runs: every live runner
+// the store places on this host and the agent does not run has ended, and
+// every runner the agent runs that the store does not want is stopped.
+func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, running []string) error {
+	now := s.now().UTC()
+	h.State, h.LastSeen, h.Reason = store.HostOnline, now, ""
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	runningSet := map[string]bool{}
+	for _, r := range running {
+		runningSet[r] = true
+	}
+	var gone []store.Runner
+	var unwanted []string
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		gone, unwanted = nil, nil
+		old, err := tx.Host(h.ID)
+		if err == nil {
+			h.CreatedAt = old.CreatedAt
+			if old.State == store.HostDraining || old.State == store.HostCordoned {
+				h.State = old.State // an operator's decision outlives a reconnect
+			}
+		} else if errors.Is(err, store.ErrNotFound) {
+			h.CreatedAt = now
+		} else {
+			return err
+		}
+		if err := tx.PutHost(h); err != nil {
+			return err
+		}
+		live, err := tx.Runners(store.RunnerFilter{HostID: h.ID, Live: true})
+		if err != nil {
+			return err
+		}
+		known := map[string]bool{}
+		for _, r := range live {
+			known[r.Name] = true
+			if !runningSet[r.Name] {
+				gone = append(gone, r)
+			}
+		}
+		for name := range runningSet {
+			if !known[name] {
+				unwanted = append(unwanted, name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("attach host %s: %w", h.ID, err)
+	}
+	s.mu.Lock()
+	s.hosts[h.ID] = a
+	s.mu.Unlock()
+	for _, r := range gone {
+		s.HostEvent(agent.Event{Host: h.ID, Runner: r.Name, Kind: agent.EventEnded, At: now,
+			Failure: "vm-gone", Detail: "the host's agent no longer runs this VM (agent or control plane restarted)"})
+	}
+	for _, name := range unwanted {
+		a.Stop(name, "the control plane does not know this runner")
+	}
+	s.log.Info("host attached", "host", h.ID, "vcpus", h.VCPUs, "memory_mib", h.MemoryMiB,
+		"arches", h.Arches, "ended", len(gone), "stopped", len(unwanted))
+	kick(s.dispatchKick)
+	return nil
+}
+
+// DetachHost disconnects a host's agent; it stays in the store, offline.
+func (s *Server) DetachHost(ctx context.Context, id, reason string) error {
+	s.mu.Lock()
+	delete(s.hosts, id)
+	s.mu.Unlock()
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		h, err := tx.Host(id)
+		if err != nil {
+			return err
+		}
+		h.State, h.Reason = store.HostOffline, reason
+		return tx.PutHost(h)
+	})
+}
+
+func (s *Server) hostAgent(id string) (HostAgent, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.hosts[id]
+	return a, ok
+}
+
+// newRunnerName returns "<prefix>-<12 hex>": unique, and recognisably
+// Tandem's, so the orphan reconciler can tell our runners from others.
+func (s *Server) newRunnerName() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return s.cfg.Runner.NamePrefix + "-" + hex.EncodeToString(b[:])
+}
+
+// isOurRunnerName reports whether a GitHub runner name is one Tandem makes.
+func (s *Server) isOurRunnerName(name string) bool {
+	p := s.cfg.Runner.NamePrefix + "-"
+	if len(name) != len(p)+12 || name[:len(p)] != p {
+		return false
+	}
+	_, err := hex.DecodeString(name[len(p):])
+	return err == nil
+}
+
+// count adds n to a named counter inside tx (the API shows them).
+func (s *Server) count(tx store.Tx, name string, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return tx.AddCounter(name, n)
+}

@@ -1,0 +1,634 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
+	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/sqlite"
+)
+
+// goHost is a HostAgent whose "VMs" are goroutines running the real fake
+// runner against ghfake: the control plane's logic under test at full
+// speed, with the race detector. The e2e suite does the same with real VMs.
+type goHost struct {
+	id       string
+	cp       *controlplane.Server
+	fail     error // Launch refuses with it, when set
+	idleOnly bool  // runners start but never take a job
+
+	mu      sync.Mutex
+	runs    map[string]*goRun
+	wg      sync.WaitGroup
+	started int
+}
+
+type goRun struct {
+	cancel context.CancelCauseFunc
+	config chan string
+}
+
+func newGoHost(id string) *goHost { return &goHost{id: id, runs: map[string]*goRun{}} }
+
+func (h *goHost) set(fail error, idleOnly bool) {
+	h.mu.Lock()
+	h.fail, h.idleOnly = fail, idleOnly
+	h.mu.Unlock()
+}
+
+func (h *goHost) Launch(a agent.Assignment) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fail != nil {
+		return h.fail
+	}
+	idleOnly := h.idleOnly
+	if _, ok := h.runs[a.Runner]; ok {
+		return agent.ErrDuplicate
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	r := &goRun{cancel: cancel, config: make(chan string, 1)}
+	h.runs[a.Runner] = r
+	h.started++
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer cancel(nil)
+		ev := agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventEnded}
+		h.cp.HostEvent(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventBooting, VMID: "vm-" + a.Runner})
+		select {
+		case jit := <-r.config:
+			h.cp.HostEvent(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventStarted})
+			if idleOnly {
+				<-ctx.Done()
+				ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+			} else if err := fakerunner.Run(ctx, jit, fakerunner.Options{IdleTimeout: 20 * time.Second,
+				HeartbeatInterval: 100 * time.Millisecond}); err != nil {
+				ev.ExitCode = 1
+				if ctx.Err() != nil {
+					ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+				}
+			}
+		case <-ctx.Done():
+			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+		}
+		h.mu.Lock()
+		delete(h.runs, a.Runner)
+		h.mu.Unlock()
+		h.cp.HostEvent(ev)
+	}()
+	return nil
+}
+
+func (h *goHost) Configure(name string, env map[string]string) error {
+	h.mu.Lock()
+	r, ok := h.runs[name]
+	h.mu.Unlock()
+	if !ok {
+		return agent.ErrUnknown
+	}
+	r.config <- env["ACTIONS_RUNNER_INPUT_JITCONFIG"]
+	return nil
+}
+
+func (h *goHost) Stop(name, reason string) error {
+	h.mu.Lock()
+	r, ok := h.runs[name]
+	h.mu.Unlock()
+	if ok {
+		r.cancel(errors.New(reason))
+	}
+	return nil
+}
+
+func (h *goHost) live() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.runs)
+}
+
+type rig struct {
+	t      *testing.T
+	gh     *ghfake.Server
+	cp     *controlplane.Server
+	st     store.Store
+	web    *httptest.Server
+	client *github.Client
+	secret []byte
+	hosts  []*goHost
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type rigOptions struct {
+	hosts       int
+	vcpus       float64 // per host
+	faults      ghfake.Faults
+	maxAttempts int
+	idle        time.Duration
+	limits      scheduler.Limits
+	noReconcile bool
+}
+
+func newRig(t *testing.T, o rigOptions) *rig {
+	t.Helper()
+	if o.hosts == 0 {
+		o.hosts = 1
+	}
+	if o.vcpus == 0 {
+		o.vcpus = 8
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("controlplane-test-secret")
+	r := &rig{t: t, secret: secret, done: make(chan struct{})}
+	// The control plane's HTTP server must exist before ghfake, which
+	// sends webhooks to it; its handler is filled in below.
+	var handler http.Handler = http.NotFoundHandler()
+	var hmu sync.RWMutex
+	r.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		hmu.RLock()
+		h := handler
+		hmu.RUnlock()
+		h.ServeHTTP(w, req)
+	}))
+	r.gh = ghfake.New(ghfake.Config{AppID: 11, AppPublicKey: &key.PublicKey, WebhookURL: r.web.URL + "/webhook",
+		WebhookSecret: secret, Seed: time.Now().UnixNano()})
+	ghSrv := httptest.NewServer(r.gh.Handler())
+	r.gh.SetFaults(o.faults)
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"), sqlite.Options{Synchronous: sqlite.SyncNormal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.st = st
+	client, err := github.New(github.Config{BaseURL: ghSrv.URL + "/", AppID: 11, PrivateKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.client = client
+	parser, _ := labels.NewParser("tandem", 1, 256)
+	iv := controlplane.Intervals{MissedWebhooks: 300 * time.Millisecond, FailedDeliveries: 300 * time.Millisecond,
+		Orphans: 500 * time.Millisecond, LostAfter: time.Second}
+	if o.noReconcile {
+		iv = controlplane.Intervals{MissedWebhooks: -1, FailedDeliveries: -1, Orphans: -1, LostAfter: time.Second}
+	}
+	if o.idle == 0 {
+		o.idle = time.Minute
+	}
+	cp, err := controlplane.New(controlplane.Config{
+		Store: st, GitHub: client, WebhookSecret: secret, Labels: parser,
+		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: o.idle},
+		Limits: o.limits, MaxAttempts: o.maxAttempts, Reconcile: iv,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cp = cp
+	hmu.Lock()
+	handler = cp.Handler()
+	hmu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		cp.Run(ctx)
+		close(r.done)
+	}()
+	for i := 0; i < o.hosts; i++ {
+		h := newGoHost(fmt.Sprintf("h%d", i+1))
+		h.cp = cp
+		r.hosts = append(r.hosts, h)
+		err := cp.AttachHost(ctx, store.Host{ID: h.id, VCPUs: o.vcpus, MemoryMiB: 64 << 10,
+			Arches: []store.ArchSupport{{Arch: labels.AMD64}, {Arch: labels.ARM64, Emulated: true}}}, h, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, h := range r.hosts {
+			h.mu.Lock()
+			for _, run := range h.runs {
+				run.cancel(errors.New("test over"))
+			}
+			h.mu.Unlock()
+			h.wg.Wait()
+		}
+		cancel()
+		<-r.done
+		r.gh.Close()
+		ghSrv.Close()
+		r.web.Close()
+		st.Close()
+	})
+	return r
+}
+
+func (r *rig) job(id int64) (store.Job, bool) {
+	var j store.Job
+	err := r.st.View(context.Background(), func(tx store.ReadTx) error {
+		var err error
+		j, err = tx.Job(id)
+		return err
+	})
+	return j, err == nil
+}
+
+func (r *rig) waitFor(what string, timeout time.Duration, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) waitStates(ids []int64, timeout time.Duration, states ...store.JobState) {
+	r.t.Helper()
+	defer func() {
+		if !r.t.Failed() {
+			return
+		}
+		for _, id := range ids {
+			j, ok := r.job(id)
+			gj, _ := r.gh.Job(id)
+			if !ok || !slices.Contains(states, j.State) {
+				r.t.Logf("job %d: known %v, %s (%s) runner %s; GitHub: %s %s runner %s claims %d",
+					id, ok, j.State, j.Reason, j.RunnerName, gj.Status, gj.Conclusion, gj.RunnerName, gj.Claims)
+			}
+		}
+		for _, x := range r.liveRunners() {
+			r.t.Logf("live runner %s: %s job %d host %s reason %q", x.Name, x.State, x.JobID, x.HostID, x.Reason)
+		}
+	}()
+	r.waitFor(fmt.Sprintf("%d jobs in %v", len(ids), states), timeout, func() bool {
+		for _, id := range ids {
+			j, ok := r.job(id)
+			if !ok {
+				return false
+			}
+			found := false
+			for _, s := range states {
+				found = found || j.State == s
+			}
+			if !found {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func (r *rig) liveRunners() []store.Runner {
+	var rs []store.Runner
+	r.st.View(context.Background(), func(tx store.ReadTx) error {
+		var err error
+		rs, err = tx.Runners(store.RunnerFilter{Live: true})
+		return err
+	})
+	return rs
+}
+
+func (r *rig) post(event, guid string, body []byte, sig string, ctype string) *http.Response {
+	req, _ := http.NewRequest("POST", r.web.URL+"/webhook", bytes.NewReader(body))
+	req.Header.Set("Content-Type", ctype)
+	req.Header.Set("X-GitHub-Event", event)
+	req.Header.Set("X-GitHub-Delivery", guid)
+	if sig != "" {
+		req.Header.Set("X-Hub-Signature-256", sig)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+func (r *rig) sign(body []byte) string {
+	m := hmac.New(sha256.New, r.secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+func (r *rig) queue(repo string, lbl string, script string) int64 {
+	id, _ := r.gh.QueueJob(ghfake.JobSpec{Repo: repo, Labels: []string{lbl}, Script: script})
+	return id
+}
+
+func TestJobRunsOnce(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	id := r.queue("acme/app", "tandem-2cpu-1gb", "echo hi")
+	r.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(id)
+	gj, _ := r.gh.Job(id)
+	if gj.Claims != 1 || gj.Conclusion != "success" || j.RunnerName != gj.RunnerName || j.HostID != "h1" ||
+		j.VCPUs != 2 || j.MemoryMiB != 1024 || j.Conclusion != "success" {
+		t.Errorf("job %+v; GitHub %+v", j, gj)
+	}
+	r.waitFor("runner to end", 10*time.Second, func() bool { return len(r.liveRunners()) == 0 })
+}
+
+// GitHub hands jobs to whichever matching runner asks first: with many
+// jobs of one label set, runners regularly take jobs they were not made
+// for. Every job still runs exactly once, and no more VMs are started than
+// jobs were queued.
+func TestAnyRunnerTakesAnyJob(t *testing.T) {
+	r := newRig(t, rigOptions{noReconcile: true})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	var ids []int64
+	for i := 0; i < 20; i++ {
+		ids = append(ids, r.queue("acme/app", "tandem", fmt.Sprintf("echo %d", i)))
+	}
+	r.waitStates(ids, 60*time.Second, store.JobCompleted)
+	swapped := 0
+	for _, id := range ids {
+		gj, _ := r.gh.Job(id)
+		if gj.Claims != 1 {
+			t.Errorf("job %d claimed %d times", id, gj.Claims)
+		}
+		var evs []store.JobEvent
+		r.st.View(context.Background(), func(tx store.ReadTx) error {
+			var err error
+			evs, err = tx.JobEvents(id)
+			return err
+		})
+		scheduled := ""
+		for _, e := range evs {
+			if e.To == store.JobScheduled && scheduled == "" {
+				scheduled = e.Runner
+			}
+		}
+		if scheduled != gj.RunnerName {
+			swapped++
+		}
+	}
+	t.Logf("%d of %d jobs ran on a runner made for another job", swapped, len(ids))
+	r.waitFor("runners to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 })
+	if n := r.hosts[0].started; n > len(ids) {
+		t.Errorf("%d VMs started for %d jobs", n, len(ids))
+	}
+}
+
+// A fifth of the webhooks lost, failed, duplicated or reordered: the
+// reconcilers bring every job to its true end, each run once.
+func TestUnreliableWebhooks(t *testing.T) {
+	r := newRig(t, rigOptions{hosts: 2, faults: ghfake.Faults{Lose: 0.05, Fail: 0.05, Duplicate: 0.05, Reorder: 0.05,
+		MaxDelay: 50 * time.Millisecond}})
+	orgs := []string{"a", "b", "c"}
+	for _, o := range orgs {
+		r.gh.AddInstallation(o, ghfake.AccountOrganization, o+"/x", o+"/y")
+	}
+	var ids []int64
+	for i := 0; i < 60; i++ {
+		o := orgs[i%3]
+		ids = append(ids, r.queue(o+"/"+[]string{"x", "y"}[i%2], "tandem-1cpu-1gb", "true"))
+	}
+	r.waitFor("GitHub to complete every job", 90*time.Second, func() bool {
+		for _, id := range ids {
+			if j, _ := r.gh.Job(id); j.Status != "completed" {
+				return false
+			}
+		}
+		return true
+	})
+	// A webhook held back to be reordered goes out once another is sent;
+	// after the last job nothing else is sent: release it, as GitHub would
+	// deliver it late rather than never.
+	r.gh.Flush()
+	r.waitStates(ids, 30*time.Second, store.JobCompleted)
+	for _, id := range ids {
+		if gj, _ := r.gh.Job(id); gj.Claims != 1 {
+			t.Errorf("job %d claimed %d times", id, gj.Claims)
+		}
+	}
+	r.waitFor("runners to end", 30*time.Second, func() bool { return len(r.liveRunners()) == 0 })
+	c := r.counters()
+	t.Logf("counters: %v", c)
+	if c["reconciler/missed-webhooks/jobs-found"]+c["reconciler/failed-deliveries/redelivered"]+c["reconciler/missed-webhooks/jobs-moved"] == 0 {
+		t.Error("no reconciler action counted, though webhooks were lost")
+	}
+}
+
+func TestWebhookValidation(t *testing.T) {
+	r := newRig(t, rigOptions{noReconcile: true})
+	body := []byte(`{"action":"queued","workflow_job":{"id":77,"run_id":1,"labels":["tandem-64cpu-1gb"],"status":"queued"},` +
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},"installation":{"id":1}}`)
+	good := r.sign(body)
+	for name, tc := range map[string]struct {
+		event, sig, ctype string
+		body              []byte
+		want              int
+	}{
+		"bad signature":  {"workflow_job", "sha256=" + strings.Repeat("0", 64), "application/json", body, 401},
+		"no signature":   {"workflow_job", "", "application/json", body, 401},
+		"malformed":      {"workflow_job", r.sign([]byte("{")), "application/json", []byte("{"), 400},
+		"missing fields": {"workflow_job", r.sign([]byte(`{"action":"queued"}`)), "application/json", []byte(`{"action":"queued"}`), 400},
+		"form encoded":   {"workflow_job", good, "application/x-www-form-urlencoded", body, 415},
+		"too large":      {"workflow_job", r.sign(bytes.Repeat([]byte("x"), 2<<20)), "application/json", bytes.Repeat([]byte("x"), 2<<20), 413},
+		"ping":           {"ping", r.sign([]byte(`{"zen":"x"}`)), "application/json", []byte(`{"zen":"x"}`), 200},
+		"other event":    {"push", r.sign([]byte(`{}`)), "application/json", []byte(`{}`), 200},
+	} {
+		if resp := r.post(tc.event, "g-"+name, tc.body, tc.sig, tc.ctype); resp.StatusCode != tc.want {
+			t.Errorf("%s: %s, want %d", name, resp.Status, tc.want)
+		}
+	}
+	resp, _ := http.Get(r.web.URL + "/webhook")
+	if resp.StatusCode != 405 {
+		t.Errorf("GET /webhook: %s", resp.Status)
+	}
+	resp.Body.Close()
+	if _, ok := r.job(77); ok {
+		t.Fatal("a refused webhook created a job")
+	}
+	if resp := r.post("workflow_job", "g-good", body, good, "application/json"); resp.StatusCode != 202 {
+		t.Errorf("good webhook: %s", resp.Status)
+	}
+	if resp := r.post("workflow_job", "g-good", body, good, "application/json"); resp.StatusCode != 200 {
+		t.Errorf("duplicate: %s", resp.Status)
+	}
+	r.waitStates([]int64{77}, 5*time.Second, store.JobUnschedulable)
+	j, _ := r.job(77)
+	if !strings.Contains(j.Reason, "64") {
+		t.Errorf("unschedulable reason %q", j.Reason)
+	}
+	// API views
+	var out struct{ Jobs []controlplane.JobView }
+	getJSON(t, r.web.URL+"/api/v1/jobs?state=unschedulable", &out)
+	if len(out.Jobs) != 1 || out.Jobs[0].ID != 77 || out.Jobs[0].Reason == "" {
+		t.Errorf("API jobs: %+v", out.Jobs)
+	}
+	resp, _ = http.Get(r.web.URL + "/api/v1/jobs?state=bogus")
+	if resp.StatusCode != 400 {
+		t.Errorf("bad state filter: %s", resp.Status)
+	}
+	resp.Body.Close()
+	m, _ := http.Get(r.web.URL + "/metrics")
+	mb, _ := io.ReadAll(m.Body)
+	m.Body.Close()
+	for _, want := range []string{`tandem_webhooks_total{result="bad-signature"} 2`, `tandem_jobs{state="unschedulable"} 1`} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A host that cannot launch is avoided; a job that cannot be launched
+// anywhere fails after the configured attempts, with the reason.
+func TestLaunchRetriesElsewhereThenGivesUp(t *testing.T) {
+	r := newRig(t, rigOptions{hosts: 2, maxAttempts: 3, noReconcile: true})
+	r.hosts[0].set(errors.New("disk full"), false)
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	id := r.queue("acme/app", "tandem", "true")
+	r.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(id)
+	if j.HostID != "h2" && j.Attempts > 1 {
+		// placed on h1 first only if best-fit chose it; then avoided
+		if len(j.AvoidHosts) == 0 || j.AvoidHosts[0] != "h1" {
+			t.Errorf("job after a failed launch on h1: %+v", j)
+		}
+	}
+	r.hosts[1].set(errors.New("no space left on device"), false)
+	id2 := r.queue("acme/app", "tandem", "true")
+	r.waitStates([]int64{id2}, 20*time.Second, store.JobFailed)
+	j2, _ := r.job(id2)
+	if j2.Attempts != 3 || !strings.Contains(j2.Reason, "gave up after 3") {
+		t.Errorf("failed job %+v", j2)
+	}
+}
+
+// A job cancelled while its VM boots frees the VM (reconciler d); a
+// running job cancelled ends as cancelled.
+func TestCancelFreesTheVM(t *testing.T) {
+	r := newRig(t, rigOptions{noReconcile: true})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	run := r.queue("acme/app", "tandem", "sleep 30")
+	r.waitStates([]int64{run}, 10*time.Second, store.JobRunning)
+	// A job for a label set no runner serves yet; cancel it at once.
+	pending := r.queue("acme/app", "tandem-arm64", "true")
+	r.gh.CancelJob(pending)
+	r.gh.CancelJob(run)
+	r.waitStates([]int64{run, pending}, 20*time.Second, store.JobCancelled)
+	r.waitFor("VMs to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 && r.hosts[0].live() == 0 })
+}
+
+// Fair share: one org's burst does not starve another's single job.
+func TestFairShareAcrossOrgs(t *testing.T) {
+	r := newRig(t, rigOptions{vcpus: 2, noReconcile: true})
+	r.gh.AddInstallation("big", ghfake.AccountOrganization, "big/x")
+	r.gh.AddInstallation("small", ghfake.AccountOrganization, "small/y")
+	var bigIDs []int64
+	for i := 0; i < 12; i++ {
+		bigIDs = append(bigIDs, r.queue("big/x", "tandem", "sleep 0.3"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	small := r.queue("small/y", "tandem", "true")
+	r.waitStates([]int64{small}, 20*time.Second, store.JobCompleted)
+	done := 0
+	for _, id := range bigIDs {
+		if j, _ := r.job(id); j.State == store.JobCompleted {
+			done++
+		}
+	}
+	if done > 6 {
+		t.Errorf("the small org's job waited for %d of the big org's 12 jobs", done)
+	}
+	r.waitStates(bigIDs, 60*time.Second, store.JobCompleted)
+}
+
+// Orphans: a Tandem-named GitHub runner with no VM is deleted; a runner
+// that takes no job within the idle timeout is stopped, and its job is
+// tried again until its attempts run out.
+func TestOrphanReconciler(t *testing.T) {
+	r := newRig(t, rigOptions{idle: 500 * time.Millisecond, maxAttempts: 2})
+	inst := r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	id := r.queue("acme/app", "tandem", "true")
+	r.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	// A runner registered under Tandem's naming whose VM never existed.
+	scope := github.Scope{Owner: "acme", Repo: "app"}
+	if _, err := r.client.GenerateJITConfig(context.Background(), inst, scope, github.JITRequest{
+		Name: "tandem-0123456789ab", RunnerGroupID: 1, Labels: []string{"tandem"}}); err != nil {
+		t.Fatal(err)
+	}
+	// And one that is someone else's: left alone.
+	if _, err := r.client.GenerateJITConfig(context.Background(), inst, scope, github.JITRequest{
+		Name: "build-box-7", RunnerGroupID: 1, Labels: []string{"tandem"}}); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("the orphan to be deleted", 10*time.Second, func() bool {
+		for _, x := range r.gh.Runners() {
+			if x.Name == "tandem-0123456789ab" {
+				return false
+			}
+		}
+		return true
+	})
+	if rs := r.gh.Runners(); len(rs) != 1 || rs[0].Name != "build-box-7" {
+		t.Errorf("runners left on GitHub: %+v", rs)
+	}
+	// Idle runners: the host's runners come up but never take a job.
+	r.hosts[0].set(nil, true)
+	id2 := r.queue("acme/app", "tandem-arm64", "true")
+	r.waitStates([]int64{id2}, 20*time.Second, store.JobFailed)
+	j, _ := r.job(id2)
+	if !strings.Contains(j.Reason, "took no job") || j.Attempts != 2 {
+		t.Errorf("idle job: %+v", j)
+	}
+	c := r.counters()
+	if c["reconciler/orphans/idle-vms-stopped"] < 2 || c["reconciler/orphans/github-runners-deleted"] < 1 {
+		t.Errorf("counters %v", c)
+	}
+}
+
+func (r *rig) counters() map[string]int64 {
+	var c map[string]int64
+	r.st.View(context.Background(), func(tx store.ReadTx) error {
+		var err error
+		c, err = tx.Counters()
+		return err
+	})
+	return c
+}

@@ -1,0 +1,635 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// jitEnv is the variable that hands the runner its JIT config. The official
+// runner reads every command-line input from ACTIONS_RUNNER_INPUT_<NAME>, so
+// the config never appears in a process list; the guest passes it to the
+// runner only.
+const jitEnv = "ACTIONS_RUNNER_INPUT_JITCONFIG"
+
+// dispatchLoop runs a placement pass whenever something changed, and every
+// few seconds regardless.
+func (s *Server) dispatchLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if err := s.dispatch(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("placement pass", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.dispatchKick:
+		case <-t.C:
+		}
+	}
+}
+
+// launch is one runner to start after the pass's transaction commits.
+type launch struct {
+	runner store.Runner
+	job    store.Job
+}
+
+// dispatch is one placement pass: spare runners first go to queued jobs of
+// their label set, the rest are stopped; then the scheduler places the
+// remaining queued jobs, and their runners are launched.
+func (s *Server) dispatch(ctx context.Context) error {
+	start := time.Now()
+	now := s.now().UTC()
+	connected := s.connectedHosts()
+	var launches []launch
+	var stops []store.Runner
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		launches, stops = nil, nil
+		queued, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobQueued}})
+		if err != nil {
+			return err
+		}
+		live, err := tx.Runners(store.RunnerFilter{Live: true})
+		if err != nil {
+			return err
+		}
+		queued, stops, err = s.rebalance(tx, queued, live, now)
+		if err != nil {
+			return err
+		}
+		hosts, err := tx.Hosts()
+		if err != nil {
+			return err
+		}
+		in := s.schedulerInput(hosts, connected, live, queued)
+		plan := scheduler.Schedule(in)
+		byID := map[int64]store.Job{}
+		for _, j := range queued {
+			byID[j.ID] = j
+		}
+		for _, p := range plan.Placements {
+			j := byID[p.JobID]
+			r := s.newRunner(j, p, now)
+			if err := tx.PutRunner(r); err != nil {
+				return err
+			}
+			j.State, j.RunnerName, j.HostID, j.UpdatedAt = store.JobScheduled, r.Name, r.HostID, now
+			j.Attempts++
+			j.Reason = fmt.Sprintf("placed on %s (attempt %d)", p.HostID, j.Attempts)
+			if p.Emulated {
+				j.Reason += ", emulated " + string(p.Arch)
+			}
+			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason}); err != nil {
+				return err
+			}
+			launches = append(launches, launch{runner: r, job: j})
+		}
+		for _, d := range plan.Unschedulable {
+			j := byID[d.JobID]
+			j.State, j.Reason, j.UpdatedAt, j.CompletedAt = store.JobUnschedulable, d.Reason, now, now
+			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: d.Reason}); err != nil {
+				return err
+			}
+		}
+		for _, d := range plan.Waiting {
+			j := byID[d.JobID]
+			if j.Reason == d.Reason {
+				continue
+			}
+			j.Reason, j.UpdatedAt = d.Reason, now
+			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: d.Reason}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.metrics.placement(time.Since(start), len(launches))
+	for _, r := range stops {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.retire(ctx, r, "spare: no queued job needs it", "dispatch/spare-runners-stopped")
+		}()
+	}
+	for _, l := range launches {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.launch(ctx, l)
+		}()
+	}
+	return nil
+}
+
+// rebalance binds each spare runner (live, bound to no job, not stopping)
+// to the oldest queued job it could serve, and returns the jobs still
+// queued and the runners to stop because no job needs them.
+func (s *Server) rebalance(tx store.Tx, queued []store.Job, live []store.Runner, now time.Time) ([]store.Job, []store.Runner, error) {
+	var stops []store.Runner
+	taken := map[int64]bool{}
+	for _, r := range live {
+		if r.JobID != 0 || r.State == store.RunnerBusy || s.isStopping(r.Name) || s.isHeld(r.Name, now) {
+			continue
+		}
+		var pick *store.Job
+		for i := range queued {
+			j := &queued[i]
+			if taken[j.ID] || j.LabelKey != r.LabelKey || !s.runnerServes(r, *j) {
+				continue
+			}
+			if pick == nil || j.QueuedAt.Before(pick.QueuedAt) {
+				pick = j
+			}
+		}
+		if pick == nil {
+			stops = append(stops, r)
+			continue
+		}
+		taken[pick.ID] = true
+		r.JobID, r.UpdatedAt = pick.ID, now
+		if err := tx.PutRunner(r); err != nil {
+			return nil, nil, err
+		}
+		j := *pick
+		j.State, j.RunnerName, j.HostID, j.UpdatedAt = jobStateFor(r), r.Name, r.HostID, now
+		j.Reason = "given spare runner " + r.Name
+		if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason}); err != nil {
+			return nil, nil, err
+		}
+		if err := s.count(tx, "dispatch/spare-runners-reused", 1); err != nil {
+			return nil, nil, err
+		}
+	}
+	rest := queued[:0:0]
+	for _, j := range queued {
+		if !taken[j.ID] {
+			rest = append(rest, j)
+		}
+	}
+	return rest, stops, nil
+}
+
+// runnerServes reports whether GitHub would give job j to runner r: same
+// repository for a repository runner, same owner for an organisation one.
+func (s *Server) runnerServes(r store.Runner, j store.Job) bool {
+	if r.Repo != "" {
+		return strings.EqualFold(r.Repo, j.Repo)
+	}
+	return strings.EqualFold(r.Org, j.Org) && r.Installation == j.Installation
+}
+
+func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Input {
+	used := map[string]*scheduler.Host{}
+	in := scheduler.Input{
+		OrgUsage: map[string]scheduler.Usage{}, RepoUsage: map[string]scheduler.Usage{},
+		Limits: s.cfg.Limits,
+	}
+	for _, h := range hosts {
+		sh := scheduler.Host{ID: h.ID, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB,
+			Schedulable: h.State == store.HostOnline && connected[h.ID]}
+		for _, a := range h.Arches {
+			sh.Arches = append(sh.Arches, scheduler.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
+		}
+		in.Hosts = append(in.Hosts, sh)
+		used[h.ID] = &in.Hosts[len(in.Hosts)-1]
+	}
+	for _, r := range live {
+		if h := used[r.HostID]; h != nil {
+			h.UsedVCPUs += r.VCPUs
+			h.UsedMemoryMiB += r.MemoryMiB
+		}
+		ou := in.OrgUsage[r.Org]
+		ou.VMs++
+		ou.VCPUs += r.VCPUs
+		in.OrgUsage[r.Org] = ou
+		if r.Repo != "" {
+			ru := in.RepoUsage[r.Repo]
+			ru.VMs++
+			ru.VCPUs += r.VCPUs
+			in.RepoUsage[r.Repo] = ru
+		}
+	}
+	for _, j := range queued {
+		in.Queue = append(in.Queue, scheduler.Job{ID: j.ID, Org: j.Org, Repo: j.Repo,
+			Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, Queued: j.QueuedAt, AvoidHosts: j.AvoidHosts})
+	}
+	return in
+}
+
+func (s *Server) newRunner(j store.Job, p scheduler.Placement, now time.Time) store.Runner {
+	r := store.Runner{
+		Name: s.newRunnerName(), HostID: p.HostID, JobID: j.ID, Installation: j.Installation,
+		Org: j.Org, Labels: j.Labels, LabelKey: j.LabelKey, Arch: p.Arch, Emulated: p.Emulated,
+		VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, State: store.RunnerAssigned,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if s.cfg.Runner.Scope == "repo" {
+		r.Repo = j.Repo
+	}
+	return r
+}
+
+func (s *Server) scope(r store.Runner) github.Scope {
+	if r.Repo != "" {
+		owner, name, _ := strings.Cut(r.Repo, "/")
+		return github.Scope{Owner: owner, Repo: name}
+	}
+	return github.Scope{Owner: r.Org}
+}
+
+// launch starts a placed runner: the host boots its VM while the JIT config
+// is fetched from GitHub, and the config follows as soon as it arrives.
+func (s *Server) launch(ctx context.Context, l launch) {
+	r := l.runner
+	log := s.log.With("runner", r.Name, "job", l.job.ID, "host", r.HostID)
+	a, ok := s.hostAgent(r.HostID)
+	if !ok {
+		s.HostEvent(agent.Event{Host: r.HostID, Runner: r.Name, Kind: agent.EventEnded,
+			Failure: agent.FailLaunch, Detail: "host disconnected before the launch"})
+		return
+	}
+	img := s.cfg.Runner.Images[r.Arch]
+	asg := agent.Assignment{
+		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
+		Command: s.cfg.Runner.Command, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
+		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name},
+	}
+	if err := a.Launch(asg); err != nil {
+		s.HostEvent(agent.Event{Host: r.HostID, Runner: r.Name, Kind: agent.EventEnded,
+			Failure: agent.FailLaunch, Detail: err.Error()})
+		return
+	}
+	jctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, s.scope(r), github.JITRequest{
+		Name: r.Name, RunnerGroupID: s.cfg.Runner.GroupID, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
+	})
+	if err != nil {
+		log.Warn("runner config from GitHub failed; stopping its VM", "err", err)
+		s.noteRunner(ctx, r.Name, "runner config from GitHub failed: "+err.Error(), 0)
+		s.stopRunner(r.HostID, r.Name, "no runner config")
+		return
+	}
+	if err := s.noteRunner(ctx, r.Name, "", jit.RunnerID); err != nil {
+		log.Warn("recording runner id", "err", err)
+	}
+	// A runner being retired must not get its config: it could take a job
+	// just before its VM is stopped.
+	s.mu.Lock()
+	retiring := s.stopping[r.Name]
+	if !retiring {
+		s.configured[r.Name] = true
+	}
+	s.mu.Unlock()
+	if retiring {
+		if err := s.gh.DeleteRunner(jctx, r.Installation, s.scope(r), jit.RunnerID); err != nil && !errors.Is(err, github.ErrNotFound) {
+			log.Warn("deleting a retired runner's registration (the orphan reconciler will retry)", "err", err)
+		}
+		return
+	}
+	if err := a.Configure(r.Name, map[string]string{jitEnv: jit.EncodedConfig}); err != nil {
+		log.Warn("handing the runner its config", "err", err)
+	}
+}
+
+// noteRunner records a runner's GitHub id (moving its job to launching) or,
+// with a reason, why it is being stopped.
+func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID int64) error {
+	now := s.now().UTC()
+	return s.st.Update(ctx, func(tx store.Tx) error {
+		r, err := tx.Runner(name)
+		if err != nil {
+			return err
+		}
+		if r.State == store.RunnerEnded {
+			return nil
+		}
+		if reason != "" {
+			r.Reason = reason
+		}
+		if githubID != 0 {
+			r.GitHubID = githubID
+		}
+		r.UpdatedAt = now
+		if err := tx.PutRunner(r); err != nil {
+			return err
+		}
+		if githubID == 0 || r.JobID == 0 {
+			return nil
+		}
+		j, err := tx.Job(r.JobID)
+		if err != nil {
+			return err
+		}
+		if j.State != store.JobScheduled || j.RunnerName != name {
+			return nil
+		}
+		j.State, j.UpdatedAt = store.JobLaunching, now
+		j.Reason = fmt.Sprintf("VM booting on %s; runner %s registered with GitHub", r.HostID, name)
+		return tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason})
+	})
+}
+
+func (s *Server) connectedHosts() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]bool{}
+	for id := range s.hosts {
+		m[id] = true
+	}
+	return m
+}
+
+func (s *Server) isStopping(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping[name]
+}
+
+func (s *Server) isHeld(name string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return now.Before(s.busyHold[name])
+}
+
+// busyRecheck is how long a runner GitHub reports busy is left alone before
+// it may be retired again (its in_progress webhook is on the way).
+const busyRecheck = 10 * time.Second
+
+// retire stops a runner that should take no job. A runner that has its JIT
+// config may already have taken one whose in_progress webhook has not
+// arrived: its GitHub registration is deleted first, which GitHub refuses
+// (422) for a busy runner, and then it is left running. Only a runner that
+// can no longer take a job is stopped. count names the counter to add to.
+func (s *Server) retire(ctx context.Context, r store.Runner, reason, count string) bool {
+	s.mu.Lock()
+	if s.stopping[r.Name] {
+		s.mu.Unlock()
+		return false
+	}
+	s.stopping[r.Name] = true
+	configured := s.configured[r.Name]
+	s.mu.Unlock()
+	if configured {
+		cur, err := s.runnerRecord(ctx, r.Name)
+		if err == nil && cur.GitHubID != 0 {
+			err = s.gh.DeleteRunner(ctx, cur.Installation, s.scope(cur), cur.GitHubID)
+			if errors.Is(err, github.ErrNotFound) {
+				err = nil // gone already: it ran its job, or never registered
+			}
+		}
+		if err != nil {
+			s.mu.Lock()
+			delete(s.stopping, r.Name)
+			s.busyHold[r.Name] = s.now().Add(busyRecheck)
+			s.mu.Unlock()
+			if errors.Is(err, github.ErrUnprocessable) {
+				s.log.Info("not retiring a runner GitHub reports busy", "runner", r.Name, "why", reason)
+				verifyRunnerJob := r.JobID
+				if verifyRunnerJob != 0 {
+					s.verify(verifyRunnerJob)
+				}
+			} else {
+				s.log.Warn("retiring runner: deleting its GitHub registration", "runner", r.Name, "err", err)
+			}
+			return false
+		}
+	}
+	if err := s.noteRunner(ctx, r.Name, reason, 0); err != nil {
+		s.log.Warn("retiring runner", "runner", r.Name, "err", err)
+	}
+	if count != "" {
+		if err := s.st.Update(ctx, func(tx store.Tx) error { return s.count(tx, count, 1) }); err != nil {
+			s.log.Warn("counting", "counter", count, "err", err)
+		}
+	}
+	s.stopRunner(r.HostID, r.Name, reason)
+	return true
+}
+
+func (s *Server) runnerRecord(ctx context.Context, name string) (store.Runner, error) {
+	var r store.Runner
+	err := s.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		r, err = tx.Runner(name)
+		return err
+	})
+	return r, err
+}
+
+// stopRunner asks a runner's host to end its VM. The runner is bound to no
+// job from now on; its "ended" event finishes the story.
+func (s *Server) stopRunner(hostID, name, reason string) {
+	s.mu.Lock()
+	s.stopping[name] = true
+	a, ok := s.hosts[hostID]
+	s.mu.Unlock()
+	if !ok {
+		return // a disconnected host's runners end when it reattaches
+	}
+	if err := a.Stop(name, reason); err != nil {
+		s.log.Warn("stopping runner", "runner", name, "host", hostID, "err", err)
+	}
+}
+
+// HostEvent takes a report from an agent. It never blocks: events are
+// applied in order by eventLoop.
+func (s *Server) HostEvent(e agent.Event) {
+	if e.At.IsZero() {
+		e.At = s.now()
+	}
+	s.mu.Lock()
+	s.events = append(s.events, e)
+	s.mu.Unlock()
+	kick(s.eventKick)
+}
+
+func (s *Server) eventLoop(ctx context.Context) {
+	for {
+		n, err := s.drainEvents(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
+				return
+			}
+			s.log.Error("applying host event", "err", err)
+			time.Sleep(100 * time.Millisecond) // the rest were put back: retry
+			kick(s.eventKick)
+		}
+		if n > 0 {
+			kick(s.dispatchKick)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.eventKick:
+		}
+	}
+}
+
+// drainEvents applies the queued host events in order. On an error the
+// unapplied ones go back to the head of the queue.
+func (s *Server) drainEvents(ctx context.Context) (int, error) {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	s.mu.Lock()
+	evs := s.events
+	s.events = nil
+	s.mu.Unlock()
+	for i, e := range evs {
+		if err := s.applyHostEvent(ctx, e); err != nil {
+			s.mu.Lock()
+			s.events = append(evs[i:len(evs):len(evs)], s.events...)
+			s.mu.Unlock()
+			return i, fmt.Errorf("runner %s, %s: %w", e.Runner, e.Kind, err)
+		}
+	}
+	return len(evs), nil
+}
+
+// FlushEvents applies every host event reported so far (a shutting-down
+// `tandem up` calls it after its agent has stopped every VM).
+func (s *Server) FlushEvents(ctx context.Context) error {
+	for {
+		n, err := s.drainEvents(ctx)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+}
+
+// applyHostEvent moves a runner, and the job bound to it, as its host reports.
+func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
+	now := e.At.UTC()
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		r, err := tx.Runner(e.Runner)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // not ours (or pruned): nothing to record
+		}
+		if err != nil {
+			return err
+		}
+		if r.State == store.RunnerEnded {
+			return nil
+		}
+		r.UpdatedAt = now
+		if e.VMID != "" {
+			r.VMID = e.VMID
+		}
+		switch e.Kind {
+		case agent.EventBooting:
+			if r.State == store.RunnerAssigned {
+				r.State = store.RunnerBooting
+			}
+			return tx.PutRunner(r)
+		case agent.EventStarted:
+			if r.State == store.RunnerAssigned || r.State == store.RunnerBooting {
+				r.State = store.RunnerIdle
+			}
+			r.StartedAt = now
+			if r.JobID != 0 {
+				if j, err := tx.Job(r.JobID); err == nil && !j.QueuedAt.IsZero() {
+					s.metrics.runnerStarted(now.Sub(j.QueuedAt))
+				}
+			}
+			return tx.PutRunner(r)
+		case agent.EventEnded:
+			return s.runnerEnded(tx, r, e, now)
+		}
+		return fmt.Errorf("unknown host event kind %q", e.Kind)
+	})
+	if err == nil && e.Kind == agent.EventEnded {
+		s.mu.Lock()
+		delete(s.stopping, e.Runner)
+		delete(s.configured, e.Runner)
+		delete(s.busyHold, e.Runner)
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// runnerEnded records a runner's end. A job still waiting for it goes back
+// to the queue (another host is preferred) until its attempts run out.
+func (s *Server) runnerEnded(tx store.Tx, r store.Runner, e agent.Event, now time.Time) error {
+	r.State, r.EndedAt, r.ExitCode = store.RunnerEnded, now, e.ExitCode
+	why := r.Reason
+	if e.Failure != "" {
+		why = strings.TrimSpace(e.Failure + ": " + firstLine(e.Detail))
+		if r.Reason != "" {
+			why = r.Reason + " (" + why + ")"
+		}
+	}
+	r.Reason = why
+	if err := tx.PutRunner(r); err != nil {
+		return err
+	}
+	if r.JobID == 0 {
+		return nil
+	}
+	j, err := tx.Job(r.JobID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if j.RunnerName != r.Name || j.State.Terminal() || j.State == store.JobRunning {
+		// A running job's end comes from GitHub (webhook or reconciler).
+		return nil
+	}
+	j.RunnerName, j.HostID, j.UpdatedAt = "", "", now
+	if e.Failure == "" && e.ExitCode == 0 && why == "" {
+		// An ephemeral runner exits cleanly after running one job: this one
+		// took another job of the same labels whose in_progress webhook has
+		// not arrived. Not a failed launch: the job needs a VM again, and
+		// GitHub is asked what became of it (verify).
+		j.Attempts--
+		j.State = store.JobQueued
+		j.Reason = fmt.Sprintf("runner %s ran another job; waiting for a new one", r.Name)
+		s.verify(j.ID)
+		return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
+	}
+	if why == "" {
+		why = fmt.Sprintf("runner exited (code %d) without taking the job", e.ExitCode)
+	}
+	if e.Failure != "" && e.Failure != "vm-gone" {
+		j.AvoidHosts = appendUnique(j.AvoidHosts, r.HostID)
+	}
+	if j.Attempts >= s.cfg.MaxAttempts {
+		j.State, j.CompletedAt = store.JobFailed, now
+		j.Reason = fmt.Sprintf("gave up after %d launches; last on %s: %s", j.Attempts, r.HostID, why)
+	} else {
+		j.State = store.JobQueued
+		j.Reason = fmt.Sprintf("launch %d on %s failed: %s", j.Attempts, r.HostID, why)
+	}
+	return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
+}
+
+func appendUnique(xs []string, x string) []string {
+	for _, y := range xs {
+		if y == x {
+			return xs
+		}
+	}
+	return append(xs, x)
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	if len(line) > 300 {
+		line = line[:300] + "…"
+	}
+	return line
+}

@@ -1,0 +1,458 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// A reconciler makes one kind of GitHub misbehaviour harmless. Its actions
+// are counted in the store under "reconciler/<name>/<action>" and logged.
+type reconciler struct {
+	name  string
+	every time.Duration
+	run   func(ctx context.Context) error
+}
+
+// Names of the reconcilers.
+const (
+	RecMissedWebhooks   = "missed-webhooks"
+	RecFailedDeliveries = "failed-deliveries"
+	RecOrphans          = "orphans"
+	RecPrune            = "prune"
+)
+
+// Retention of processed deliveries, job events and ended runners. GitHub
+// offers redelivery for three days, so a week of delivery GUIDs recognises
+// every duplicate.
+const retention = 7 * 24 * time.Hour
+
+// staleBatch bounds the GitHub calls one pass makes for stale jobs.
+const staleBatch = 50
+
+func (s *Server) reconcilers() []reconciler {
+	iv := s.cfg.Reconcile
+	return []reconciler{
+		{RecMissedWebhooks, iv.MissedWebhooks, s.reconcileMissedWebhooks},
+		{RecFailedDeliveries, iv.FailedDeliveries, s.reconcileFailedDeliveries},
+		{RecOrphans, iv.Orphans, s.reconcileOrphans},
+		{RecPrune, time.Hour, s.prune},
+	}
+}
+
+// Reconcile runs one reconciler now (tests and operators use it).
+func (s *Server) Reconcile(ctx context.Context, name string) error {
+	for _, r := range s.reconcilers() {
+		if r.name == name {
+			return r.run(ctx)
+		}
+	}
+	return fmt.Errorf("no reconciler %q", name)
+}
+
+func (s *Server) reconcileLoop(ctx context.Context, r reconciler) {
+	t := time.NewTicker(r.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.run(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("reconciler failed", "reconciler", r.name, "err", err)
+			s.metrics.reconcileError(r.name)
+		}
+	}
+}
+
+// record applies a reconciler's finding in its own transaction and counts it.
+func (s *Server) record(ctx context.Context, rec, action string, fn func(tx store.Tx, now time.Time) (bool, error)) error {
+	did := false
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		var err error
+		if did, err = fn(tx, s.now().UTC()); err != nil || !did {
+			return err
+		}
+		return s.count(tx, "reconciler/"+rec+"/"+action, 1)
+	})
+	if err == nil && did {
+		s.metrics.reconciled(rec, action)
+		kick(s.dispatchKick)
+	}
+	return err
+}
+
+// reconcileMissedWebhooks finds what lost webhooks did not tell: queued
+// jobs Tandem never heard of (in every recently active repository), and
+// the present state of jobs that have not moved for a while.
+func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
+	now := s.now().UTC()
+	var repos []store.Repo
+	var stale []store.Job
+	err := s.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		if repos, err = tx.Repos(now.Add(-s.cfg.Reconcile.ActiveRepoWindow)); err != nil {
+			return err
+		}
+		jobs, err := tx.Jobs(store.JobFilter{States: []store.JobState{
+			store.JobQueued, store.JobScheduled, store.JobLaunching, store.JobRunning}})
+		if err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			if now.Sub(j.UpdatedAt) >= s.cfg.Reconcile.LostAfter {
+				stale = append(stale, j)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, repo := range repos {
+		jobs, err := s.gh.ListQueuedJobs(ctx, repo.Installation, repo.FullName)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", repo.FullName, err))
+			continue
+		}
+		for _, gj := range jobs {
+			if err := s.learn(ctx, repo.Installation, gj, "found queued on GitHub"); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	sort.Slice(stale, func(a, b int) bool { return stale[a].UpdatedAt.Before(stale[b].UpdatedAt) })
+	if len(stale) > staleBatch {
+		stale = stale[:staleBatch]
+	}
+	for _, j := range stale {
+		if err := s.refreshJob(ctx, j); err != nil {
+			errs = append(errs, fmt.Errorf("job %d: %w", j.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// learn applies a job's state as GitHub's API reports it, as a webhook
+// would have. Nothing happens if Tandem already knows as much.
+func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, why string) error {
+	action := gj.Status
+	switch gj.Status {
+	case "queued", "in_progress", "completed", "waiting":
+	case "pending", "requested":
+		action = "queued"
+	default:
+		return nil
+	}
+	owner, _, _ := strings.Cut(gj.Repo, "/")
+	ev := github.WorkflowJobEvent{Action: action, Job: gj, InstallationID: installation,
+		Repo: github.Repository{FullName: gj.Repo, Owner: owner}}
+	var res applied
+	src := "reconciler/" + RecMissedWebhooks
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		before, err := tx.Job(gj.ID)
+		known := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if res, err = s.applyEvent(tx, ev, src, s.now().UTC()); err != nil {
+			return err
+		}
+		if known && res.changed {
+			after, err := tx.Job(gj.ID)
+			if err != nil {
+				return err
+			}
+			if after.State != before.State {
+				return s.count(tx, src+"/jobs-moved", 1)
+			}
+		}
+		return nil
+	})
+	if err == nil && res.changed {
+		s.log.Info("reconciler: applied GitHub's view of a job", "reconciler", RecMissedWebhooks,
+			"job", gj.ID, "repo", gj.Repo, "status", gj.Status, "why", why, "outcome", res.outcome)
+		kick(s.dispatchKick)
+	}
+	return err
+}
+
+// refreshJob asks GitHub about a job that has not moved for a while. A
+// running job whose runner VM has ended and that GitHub still reports in
+// progress after LostAfter is lost.
+func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
+	gj, err := s.gh.GetJob(ctx, j.Installation, j.Repo, j.ID)
+	if err != nil {
+		return err
+	}
+	if gj.Repo == "" {
+		gj.Repo = j.Repo
+	}
+	if gj.Status != "in_progress" || j.State != store.JobRunning || gj.RunnerName != j.RunnerName {
+		if gj.Status == "queued" && j.State == store.JobQueued {
+			return nil
+		}
+		return s.learn(ctx, j.Installation, gj, "job had not moved for "+s.cfg.Reconcile.LostAfter.String())
+	}
+	// Running on GitHub and here: is its runner still alive?
+	return s.record(ctx, RecMissedWebhooks, "jobs-lost", func(tx store.Tx, now time.Time) (bool, error) {
+		r, err := tx.Runner(j.RunnerName)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, nil // a runner not ours: GitHub will end it
+		}
+		if err != nil || r.State != store.RunnerEnded || now.Sub(r.EndedAt) < s.cfg.Reconcile.LostAfter {
+			return false, err
+		}
+		cur, err := tx.Job(j.ID)
+		if err != nil || cur.State != store.JobRunning || cur.RunnerName != r.Name {
+			return false, err
+		}
+		cur.State, cur.UpdatedAt, cur.CompletedAt = store.JobLost, now, now
+		cur.Reason = fmt.Sprintf("runner %s's VM ended %s ago (%s) and GitHub still reports the job in progress",
+			r.Name, now.Sub(r.EndedAt).Round(time.Second), orText(r.Reason, "exited"))
+		s.log.Warn("job lost", "job", cur.ID, "reason", cur.Reason)
+		return true, tx.UpdateJob(cur, store.Event{Source: "reconciler/" + RecMissedWebhooks, Reason: cur.Reason})
+	})
+}
+
+// verify asks verifyLoop to fetch a job's state from GitHub soon. Safe to
+// call inside a transaction: it only records the wish.
+func (s *Server) verify(jobID int64) {
+	s.mu.Lock()
+	s.toVerify[jobID] = true
+	s.mu.Unlock()
+	kick(s.verifyKick)
+}
+
+// verifyLoop brings jobs whose fate Tandem could only guess up to date with
+// GitHub.
+func (s *Server) verifyLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.verifyKick:
+		}
+		s.mu.Lock()
+		ids := s.toVerify
+		s.toVerify = map[int64]bool{}
+		s.mu.Unlock()
+		for id := range ids {
+			var j store.Job
+			err := s.st.View(ctx, func(tx store.ReadTx) error {
+				var err error
+				j, err = tx.Job(id)
+				return err
+			})
+			if err == nil && !j.State.Terminal() {
+				err = s.refreshJob(ctx, j)
+			}
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("checking a job with GitHub", "job", id, "err", err)
+			}
+		}
+	}
+}
+
+func orText(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// reconcileFailedDeliveries asks GitHub to redeliver, once, each recent
+// workflow_job delivery that never reached Tandem.
+func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
+	since := s.now().Add(-72 * time.Hour)
+	ds, err := s.gh.ListDeliveries(ctx, since)
+	if err != nil {
+		return err
+	}
+	type attempts struct {
+		ok     bool
+		latest github.Delivery
+	}
+	byGUID := map[string]*attempts{}
+	for _, d := range ds {
+		if d.Event != "workflow_job" {
+			continue
+		}
+		a := byGUID[d.GUID]
+		if a == nil {
+			a = &attempts{latest: d}
+			byGUID[d.GUID] = a
+		}
+		if d.StatusCode >= 200 && d.StatusCode < 300 {
+			a.ok = true
+		}
+		if d.DeliveredAt.After(a.latest.DeliveredAt) {
+			a.latest = d
+		}
+	}
+	s.mu.Lock()
+	for g, t := range s.redone {
+		if t.Before(since) {
+			delete(s.redone, g)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for guid, a := range byGUID {
+		if a.ok || s.redelivered(guid) {
+			continue
+		}
+		have := false
+		if err := s.st.View(ctx, func(tx store.ReadTx) error {
+			_, err := tx.Delivery(guid)
+			have = err == nil
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		if have {
+			continue // it reached us after all (GitHub logged a slow reply)
+		}
+		if err := s.gh.Redeliver(ctx, a.latest.ID); err != nil {
+			errs = append(errs, fmt.Errorf("redeliver %s: %w", guid, err))
+			continue
+		}
+		s.mu.Lock()
+		s.redone[guid] = s.now()
+		s.mu.Unlock()
+		s.log.Info("reconciler: asked GitHub to redeliver a failed webhook", "reconciler", RecFailedDeliveries,
+			"delivery", guid, "action", a.latest.Action, "status", a.latest.Status)
+		if err := s.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, time.Time) (bool, error) {
+			return true, nil
+		}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) redelivered(guid string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.redone[guid]
+	return ok
+}
+
+// reconcileOrphans deletes Tandem's GitHub runners whose VM is gone, and
+// stops VMs whose runner took no job within the idle timeout (asking GitHub
+// what became of the job first, so demand is recomputed from the truth).
+func (s *Server) reconcileOrphans(ctx context.Context) error {
+	now := s.now().UTC()
+	var runners []store.Runner
+	if err := s.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		runners, err = tx.Runners(store.RunnerFilter{})
+		return err
+	}); err != nil {
+		return err
+	}
+	type scopeKey struct {
+		inst  int64
+		scope github.Scope
+	}
+	scopes := map[scopeKey]bool{}
+	byName := map[string]store.Runner{}
+	var errs []error
+	for _, r := range runners {
+		byName[r.Name] = r
+		if r.Installation != 0 && now.Sub(r.CreatedAt) < s.cfg.Reconcile.ActiveRepoWindow {
+			scopes[scopeKey{r.Installation, s.scope(r)}] = true
+		}
+		if r.State == store.RunnerIdle && now.Sub(r.StartedAt) >= s.cfg.Runner.IdleTimeout {
+			if err := s.stopIdle(ctx, r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		stuck := s.cfg.Runner.ConfigTimeout + 10*time.Minute
+		if (r.State == store.RunnerAssigned || r.State == store.RunnerBooting) && now.Sub(r.CreatedAt) >= stuck {
+			if s.retire(ctx, r, fmt.Sprintf("did not start within %s", stuck), "reconciler/"+RecOrphans+"/stuck-vms-stopped") {
+				s.metrics.reconciled(RecOrphans, "stuck-vms-stopped")
+			}
+		}
+	}
+	for k := range scopes {
+		ghRunners, err := s.gh.ListRunners(ctx, k.inst, k.scope)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list runners of %s: %w", scopeString(k.scope), err))
+			continue
+		}
+		for _, gr := range ghRunners {
+			if !s.isOurRunnerName(gr.Name) || gr.Busy {
+				continue
+			}
+			if r, ok := byName[gr.Name]; ok && r.State != store.RunnerEnded {
+				continue // its VM is alive
+			}
+			if err := s.gh.DeleteRunner(ctx, k.inst, k.scope, gr.ID); err != nil && !errors.Is(err, github.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("delete runner %s: %w", gr.Name, err))
+				continue
+			}
+			s.log.Info("reconciler: deleted a GitHub runner whose VM is gone", "reconciler", RecOrphans,
+				"runner", gr.Name, "scope", scopeString(k.scope))
+			if err := s.record(ctx, RecOrphans, "github-runners-deleted", func(store.Tx, time.Time) (bool, error) { return true, nil }); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stopIdle stops a runner that took no job within the idle timeout, after
+// bringing its job up to date from GitHub.
+func (s *Server) stopIdle(ctx context.Context, r store.Runner) error {
+	if r.JobID != 0 {
+		var j store.Job
+		err := s.st.View(ctx, func(tx store.ReadTx) error {
+			var err error
+			j, err = tx.Job(r.JobID)
+			return err
+		})
+		if err == nil {
+			if gj, err := s.gh.GetJob(ctx, j.Installation, j.Repo, j.ID); err == nil {
+				if gj.Repo == "" {
+					gj.Repo = j.Repo
+				}
+				if err := s.learn(ctx, j.Installation, gj, "its runner stayed idle"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	reason := fmt.Sprintf("took no job within %s", s.cfg.Runner.IdleTimeout)
+	if s.retire(ctx, r, reason, "reconciler/"+RecOrphans+"/idle-vms-stopped") {
+		s.log.Info("reconciler: stopped an idle runner VM", "reconciler", RecOrphans, "runner", r.Name, "reason", reason)
+		s.metrics.reconciled(RecOrphans, "idle-vms-stopped")
+	}
+	return nil
+}
+
+func scopeString(sc github.Scope) string {
+	if sc.Repo == "" {
+		return sc.Owner
+	}
+	return sc.Owner + "/" + sc.Repo
+}
+
+func (s *Server) prune(ctx context.Context) error {
+	n, err := s.st.Prune(ctx, s.now().Add(-retention))
+	if err == nil && n > 0 {
+		s.log.Info("pruned old records", "rows", n)
+	}
+	return err
+}
