@@ -103,7 +103,15 @@ func optTime(t time.Time) *time.Time {
 	return &t
 }
 
-func jobView(j store.Job) JobView {
+// jobView shows a job; a queued job's reason is the last placement pass's.
+func (s *Server) jobView(j store.Job) JobView {
+	if j.State == store.JobQueued {
+		s.mu.Lock()
+		if r, ok := s.waiting[j.ID]; ok {
+			j.Reason = r
+		}
+		s.mu.Unlock()
+	}
 	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
 		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,
 		State: string(j.State), Reason: j.Reason, Runner: j.RunnerName, Host: j.HostID,
@@ -143,7 +151,7 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]JobView, 0, len(jobs))
 	for _, j := range jobs {
-		out = append(out, jobView(j))
+		out = append(out, s.jobView(j))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
 }
@@ -172,7 +180,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	v := jobView(j)
+	v := s.jobView(j)
 	for _, e := range evs {
 		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),
 			Source: e.Source, Reason: e.Reason, Runner: e.Runner, Host: e.Host})

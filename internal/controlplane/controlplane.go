@@ -105,6 +105,7 @@ type Server struct {
 	stopping   map[string]bool      // runners being retired or told to stop, not yet ended
 	configured map[string]bool      // runners handed their JIT config
 	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
+	waiting    map[int64]string     // why each queued job waits, from the last placement pass
 	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)

@@ -21,13 +21,23 @@ import (
 const jitEnv = "ACTIONS_RUNNER_INPUT_JITCONFIG"
 
 // dispatchLoop runs a placement pass whenever something changed, and every
-// few seconds regardless.
+// few seconds regardless. A pass reads every queued job, so under a burst
+// of webhooks passes are spaced at least twice their own duration apart:
+// the dispatcher never takes more than about a third of the store's time.
 func (s *Server) dispatchLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
+		start := time.Now()
 		if err := s.dispatch(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("placement pass", "err", err)
+		}
+		if gap := 2 * time.Since(start); gap > time.Millisecond {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(gap):
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -53,6 +63,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 	connected := s.connectedHosts()
 	var launches []launch
 	var stops []store.Runner
+	var waiting map[int64]string
 	err := s.st.Update(ctx, func(tx store.Tx) error {
 		launches, stops = nil, nil
 		queued, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobQueued}})
@@ -101,21 +112,21 @@ func (s *Server) dispatch(ctx context.Context) error {
 				return err
 			}
 		}
+		// Why a job waits changes with every pass; it is shown by the API
+		// but not written to the store, which would cost a write per queued
+		// job per pass.
+		waiting = make(map[int64]string, len(plan.Waiting))
 		for _, d := range plan.Waiting {
-			j := byID[d.JobID]
-			if j.Reason == d.Reason {
-				continue
-			}
-			j.Reason, j.UpdatedAt = d.Reason, now
-			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: d.Reason}); err != nil {
-				return err
-			}
+			waiting[d.JobID] = d.Reason
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	s.waiting = waiting
+	s.mu.Unlock()
 	s.metrics.placement(time.Since(start), len(launches))
 	for _, r := range stops {
 		s.wg.Add(1)

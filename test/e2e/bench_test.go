@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/testenv"
+	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+)
+
+// BenchmarkQueueToRunnerStarted measures, with real VMs, the time from a
+// job being queued on GitHub (ghfake sends the webhook at once) to the
+// runner in a fresh VM claiming it, against a bare `tandem run` of the same
+// image and size in the same run (its prepare + boot: command start to the
+// guest agent ready). The two alternate so drift hits both alike. The queue
+// side's end point is the runner's claim, one HTTP round trip after its
+// process started, so the ratio slightly favours the bare side.
+//
+//	TANDEM_BIN=$PWD/bin go test -run x -bench QueueToRunner -benchtime 10x ./test/e2e/
+func BenchmarkQueueToRunnerStarted(b *testing.B) {
+	s := newSystem(b, options{vcpus: 2, memoryMiB: 1024})
+	s.install("acme", "app")
+	bare := bareEnv(b)
+	var queued, boots []time.Duration
+	for i := 0; i < b.N; i++ {
+		id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: "true"})
+		created := time.Now()
+		deadline := created.Add(2 * time.Minute)
+		var j ghfake.JobInfo
+		for {
+			j, _ = s.gh.Job(id)
+			if !j.StartedAt.IsZero() && j.Status != "queued" {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("job %d not claimed within 2 minutes", id)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		queued = append(queued, j.StartedAt.Sub(j.CreatedAt))
+		s.waitGitHubDone([]int64{id}, time.Minute)
+		// Let the runner VM go before the bare boot.
+		s.waitFor("the runner VM to end", time.Minute, func() bool {
+			var out struct{ Runners []struct{ Name string } }
+			s.getJSON("/api/v1/runners?live=1", &out)
+			return len(out.Runners) == 0
+		})
+		boots = append(boots, bare())
+	}
+	b.StopTimer()
+	qp50, qp95 := percentiles(queued)
+	bp50, bp95 := percentiles(boots)
+	b.ReportMetric(float64(qp50.Milliseconds()), "queue_p50_ms")
+	b.ReportMetric(float64(qp95.Milliseconds()), "queue_p95_ms")
+	b.ReportMetric(float64(bp50.Milliseconds()), "bare_p50_ms")
+	b.ReportMetric(float64(bp95.Milliseconds()), "bare_p95_ms")
+	b.ReportMetric(float64(qp50)/float64(bp50), "ratio_p50")
+	b.ReportMetric(0, "ns/op")
+}
+
+func percentiles(ds []time.Duration) (p50, p95 time.Duration) {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2], s[(len(s)*95)/100]
+}
+
+// bareEnv returns a function that boots the test image once with a bare
+// `tandem run --json -- true` (own data dir, default bridge) and returns
+// its prepare + boot time.
+func bareEnv(b *testing.B) func() time.Duration {
+	shared := testimages.DataDir(b)
+	data := testenv.ShortTempDir(b)
+	if err := os.Symlink(filepath.Join(shared, "images"), filepath.Join(data, "images")); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { testenv.AssertNoLeaks(b, data, nil) })
+	bin := binary(b)
+	return func() time.Duration {
+		out, err := exec.Command(bin, "--data-dir", data, "run", "--json", "--cpus", "1", "--memory", "256M", "--", "true").Output()
+		if err != nil {
+			b.Fatalf("tandem run: %v", err)
+		}
+		var res struct {
+			Timings struct{ Prepare, Boot int64 } `json:"timings_ms"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			b.Fatalf("tandem run --json: %v: %s", err, out)
+		}
+		return time.Duration(res.Timings.Prepare+res.Timings.Boot) * time.Millisecond
+	}
+}

@@ -1,0 +1,410 @@
+// Package e2e tests the whole system: the tandem binary (control plane,
+// SQLite and this host's agent, as `tandem up`), real microVMs running the
+// fake runner from the test image, and ghfake standing in for GitHub. Every
+// test runs inside a private network namespace with its own bridge.
+package e2e
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/testenv"
+	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
+
+var (
+	buildOnce sync.Once
+	tandemBin string
+	buildErr  error
+	netSeq    atomic.Int32
+)
+
+// binary builds bin/tandem once per test run (or takes $TANDEM_BIN/tandem).
+func binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if d := os.Getenv("TANDEM_BIN"); d != "" {
+			tandemBin = filepath.Join(d, "tandem")
+			if _, buildErr = os.Stat(tandemBin); buildErr == nil {
+				return
+			}
+		}
+		dir, err := os.MkdirTemp("", "tandem-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		tandemBin = filepath.Join(dir, "tandem")
+		cmd := exec.Command("go", "build", "-o", tandemBin, "./cmd/tandem")
+		cmd.Dir = filepath.Join("..", "..")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build tandem: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return tandemBin
+}
+
+// options shape one test's system.
+type options struct {
+	vcpus     float64 // the host's VM capacity
+	memoryMiB int
+	faults    ghfake.Faults
+	extra     string // appended to the config file
+}
+
+// system is one test's Tandem (a `tandem up` process) and its GitHub.
+type system struct {
+	t        testing.TB
+	gh       *ghfake.Server
+	ghSrv    *http.Server
+	data     string
+	cfgPath  string
+	apiURL   string
+	logPath  string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	secret   []byte
+	installs map[string]int64
+}
+
+// sign signs a webhook body as GitHub does, with the real secret.
+func (s *system) sign(body []byte) string {
+	m := hmac.New(sha256.New, s.secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func newSystem(t testing.TB, o options) *system {
+	t.Helper()
+	testenv.RequireVM(t)
+	shared := testimages.DataDir(t)
+	data := testenv.ShortTempDir(t)
+	if err := os.Symlink(filepath.Join(shared, "images"), filepath.Join(data, "images")); err != nil {
+		t.Fatal(err)
+	}
+	// The App's key, and the webhook secret, in files as an operator has them.
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(data, "app.pem")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	secret := []byte(fmt.Sprintf("e2e-webhook-secret-%d", time.Now().UnixNano()))
+	secretPath := filepath.Join(data, "webhook-secret")
+	for p, b := range map[string][]byte{keyPath: pemBytes, secretPath: secret} {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each test gets its own bridge and subnet: the VMs reach ghfake at the
+	// bridge's address.
+	n := netSeq.Add(1)
+	bridge := fmt.Sprintf("te2e%d", n)
+	gw := fmt.Sprintf("172.31.%d.1", n)
+	subnet := fmt.Sprintf("172.31.%d.0/24", n)
+
+	tandemPort := freePort(t)
+	ghLn, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghPort := ghLn.Addr().(*net.TCPAddr).Port
+	gh := ghfake.New(ghfake.Config{
+		AppID: 4242, AppPublicKey: &key.PublicKey,
+		WebhookURL:    fmt.Sprintf("http://127.0.0.1:%d/webhook", tandemPort),
+		WebhookSecret: secret,
+		RunnerURL:     fmt.Sprintf("http://%s:%d", gw, ghPort),
+		Seed:          time.Now().UnixNano(),
+	})
+	ghSrv := &http.Server{Handler: gh.Handler()}
+	go ghSrv.Serve(ghLn)
+	if o.vcpus == 0 {
+		o.vcpus = 4
+	}
+	if o.memoryMiB == 0 {
+		o.memoryMiB = 4096
+	}
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
+github:
+  api_url: http://127.0.0.1:%d/
+  app_id: 4242
+  private_key_file: app.pem
+  webhook_secret_file: webhook-secret
+labels:
+  default_vcpus: 1
+  default_memory: 256MiB
+runner:
+  idle_timeout: 60s
+  config_timeout: 60s
+  max_job_duration: 5m
+reconcile:
+  missed_webhooks: 2s
+  failed_deliveries: 2s
+  orphans: 5s
+  lost_after: 10s
+agent:
+  host_id: e2e-host
+  vcpus: %g
+  memory: %dMiB
+  emulate: [arm64]
+  bridge: %s
+  subnet: %s
+%s`, tandemPort, ghPort, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
+	cfgPath := filepath.Join(data, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &system{t: t, gh: gh, ghSrv: ghSrv, data: data, cfgPath: cfgPath,
+		apiURL: fmt.Sprintf("http://127.0.0.1:%d", tandemPort), logPath: filepath.Join(data, "tandem.log"),
+		secret: secret, installs: map[string]int64{}}
+	gh.SetFaults(o.faults)
+	t.Cleanup(func() {
+		s.stop()
+		gh.Close()
+		ghSrv.Close()
+		if t.Failed() {
+			if b, err := os.ReadFile(s.logPath); err == nil {
+				t.Logf("tandem log (tail):\n%s", tail(string(b), 12000))
+			}
+		}
+		testenv.AssertNoLeaks(t, data, nil)
+	})
+	s.start()
+	return s
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// start runs `tandem up` and waits until its API answers.
+func (s *system) start() {
+	t := s.t
+	t.Helper()
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary(t), "--data-dir", s.data, "--log-level", "info", "up", "--config", s.cfgPath)
+	cmd.Env = append(os.Environ(), "TANDEM_DATA_DIR=")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	s.cmd, s.done = cmd, make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(s.done)
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(s.apiURL + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		select {
+		case <-s.done:
+			b, _ := os.ReadFile(s.logPath)
+			t.Fatalf("tandem up exited at start:\n%s", tail(string(b), 4000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tandem up did not become healthy within a minute")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill SIGKILLs `tandem up`.
+func (s *system) kill() {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+	s.cmd = nil
+}
+
+// stop ends `tandem up` with SIGTERM, as an operator would.
+func (s *system) stop() {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(time.Minute):
+		s.t.Errorf("tandem up did not stop within a minute of SIGTERM")
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		<-s.done
+	}
+	s.cmd = nil
+}
+
+// install makes org an installation of the App with the given repositories.
+func (s *system) install(org string, repos ...string) {
+	full := make([]string, len(repos))
+	for i, r := range repos {
+		full[i] = org + "/" + r
+	}
+	s.installs[org] = s.gh.AddInstallation(org, ghfake.AccountOrganization, full...)
+}
+
+// jobs fetches the control plane's job list.
+func (s *system) jobs() []controlplane.JobView {
+	s.t.Helper()
+	var out struct{ Jobs []controlplane.JobView }
+	s.getJSON("/api/v1/jobs?limit=10000", &out)
+	return out.Jobs
+}
+
+func (s *system) job(id int64) (controlplane.JobView, bool) {
+	s.t.Helper()
+	resp, err := http.Get(fmt.Sprintf("%s/api/v1/jobs/%d", s.apiURL, id))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == 404 {
+		return controlplane.JobView{}, false
+	}
+	var v controlplane.JobView
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		s.t.Fatal(err)
+	}
+	return v, true
+}
+
+func (s *system) counters() map[string]int64 {
+	s.t.Helper()
+	var out struct{ Counters map[string]int64 }
+	s.getJSON("/api/v1/reconcilers", &out)
+	return out.Counters
+}
+
+func (s *system) getJSON(path string, v any) {
+	s.t.Helper()
+	resp, err := http.Get(s.apiURL + path)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		s.t.Fatalf("GET %s: %s %s", path, resp.Status, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		s.t.Fatalf("GET %s: %v", path, err)
+	}
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func (s *system) waitFor(what string, timeout time.Duration, cond func() bool) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitGitHubDone waits until GitHub (ghfake) reports every job completed.
+func (s *system) waitGitHubDone(ids []int64, timeout time.Duration) {
+	s.t.Helper()
+	s.waitFor(fmt.Sprintf("%d jobs to complete on GitHub", len(ids)), timeout, func() bool {
+		for _, id := range ids {
+			if j, ok := s.gh.Job(id); !ok || j.Status != "completed" {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitTandemState waits until Tandem shows every job in one of states.
+func (s *system) waitTandemState(ids []int64, timeout time.Duration, states ...string) {
+	s.t.Helper()
+	s.waitFor(fmt.Sprintf("Tandem to show %d jobs as %v", len(ids), states), timeout, func() bool {
+		for _, id := range ids {
+			j, ok := s.job(id)
+			if !ok || !contains(states, j.State) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// postWebhook sends a webhook as GitHub would, signed with secret (nil: unsigned).
+func (s *system) postWebhook(event, guid string, body []byte, signature string) *http.Response {
+	s.t.Helper()
+	req, _ := http.NewRequest("POST", s.apiURL+"/webhook", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-GitHub-Event", event)
+	req.Header.Set("X-GitHub-Delivery", guid)
+	if signature != "" {
+		req.Header.Set("X-Hub-Signature-256", signature)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
