@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The one-command demo on a fresh Debian 12 machine: install the packages,
-# build Tandem and its test images, and run a command in a fresh microVM.
+# The one-command demo on a fresh Debian 12 machine, as root: install the
+# packages, build Tandem and its test images, run a command in a microVM,
+# then bring up the whole system (`tandem up`: control plane, SQLite and
+# this host's agent) against ghfake, the GitHub emulator, and watch a
+# workflow job labelled tandem-arm64-1cpu-0.25gb get its own fresh VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -13,3 +16,57 @@ echo '$ tandem run -- sh -c "echo hello from \$(uname -n), kernel \$(uname -r) \
 bin/tandem run -- sh -c 'echo hello from $(uname -n), kernel $(uname -r) $(uname -m)'
 echo '$ tandem run --arch arm64 -- uname -m'
 bin/tandem run --arch arm64 -- uname -m
+
+# The all-in-one system. GitHub is ghfake here: it listens on the VM
+# bridge's address so that the fake runner inside each VM can reach it.
+demo=/var/tmp/tandem-demo
+rm -rf "$demo" && mkdir -p "$demo"
+bridge=tandem0 gw=172.30.0.1
+ip link show $bridge >/dev/null 2>&1 || ip link add $bridge type bridge
+ip addr replace $gw/24 dev $bridge && ip link set $bridge up
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+bin/tandem dev ghfake --listen $gw:9000 --app-id 1 --app-key "$demo/app.pem" \
+  --webhook-secret-file "$demo/webhook-secret" --webhook-url http://127.0.0.1:8080/webhook \
+  2>"$demo/ghfake.log" &
+pids+=($!)
+for _ in $(seq 50); do [ -s "$demo/webhook-secret" ] && break; sleep 0.1; done
+cat >"$demo/config.yaml" <<EOF
+listen: 127.0.0.1:8080
+database: $demo/tandem.db
+github:
+  api_url: http://$gw:9000/
+  app_id: 1
+  private_key_file: app.pem
+  webhook_secret_file: webhook-secret
+agent:
+  emulate: [arm64]
+EOF
+echo
+echo '$ tandem up --config /var/tmp/tandem-demo/config.yaml &'
+bin/tandem --log-level info up --config "$demo/config.yaml" 2>"$demo/tandem.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.1; done
+curl -sf http://127.0.0.1:8080/healthz >/dev/null || { cat "$demo/tandem.log"; exit 1; }
+
+echo '# GitHub (ghfake) queues a job with runs-on: tandem-arm64-1cpu-0.25gb and sends the webhook'
+curl -sf -X POST http://$gw:9000/_ghfake/installations \
+  -d '{"account":"acme","account_type":"Organization","repos":["acme/app"]}' >/dev/null
+job=$(curl -sf -X POST http://$gw:9000/_ghfake/jobs \
+  -d '{"repo":"acme/app","labels":["tandem-arm64-1cpu-0.25gb"],"script":"echo hello from a $(uname -m) runner VM, kernel $(uname -r)"}' |
+  jq -r '.job_ids[0]')
+for _ in $(seq 600); do
+  state=$(curl -sf http://127.0.0.1:8080/api/v1/jobs/$job | jq -r .state)
+  case $state in completed|failed|cancelled|unschedulable|lost) break ;; esac
+  sleep 0.1
+done
+echo "\$ curl -s localhost:8080/api/v1/jobs/$job   # Tandem's view: every transition, timestamped"
+curl -sf http://127.0.0.1:8080/api/v1/jobs/$job |
+  jq -r '"job \(.id) \(.state) on \(.host) (runner \(.runner))", (.events[] | "  \(.at)  \(.from) -> \(.to)  [\(.source)] \(.reason)")'
+echo '# the job'"'"'s output, as the runner in the VM reported it to GitHub:'
+curl -sf http://$gw:9000/_ghfake/jobs | jq -r ".[] | select(.id == $job) | .output"
+[ "$state" = completed ]
