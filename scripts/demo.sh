@@ -52,6 +52,8 @@ bin/tandem --log-level info up --config "$demo/config.yaml" 2>"$demo/tandem.log"
 pids+=($!)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:8080/healthz >/dev/null || { cat "$demo/tandem.log"; exit 1; }
+# tandem up keeps an admin API token in its data dir; the CLI finds it there.
+api() { curl -sf -H "Authorization: Bearer $(cat /var/lib/tandem/api-admin-token)" "http://127.0.0.1:8080$1"; }
 
 echo '# GitHub (ghfake) queues a job with runs-on: tandem-arm64-1cpu-0.25gb and sends the webhook'
 curl -sf -X POST http://$gw:9000/_ghfake/installations \
@@ -60,13 +62,14 @@ job=$(curl -sf -X POST http://$gw:9000/_ghfake/jobs \
   -d '{"repo":"acme/app","labels":["tandem-arm64-1cpu-0.25gb"],"script":"echo hello from a $(uname -m) runner VM, kernel $(uname -r)"}' |
   jq -r '.job_ids[0]')
 for _ in $(seq 600); do
-  state=$(curl -sf http://127.0.0.1:8080/api/v1/jobs/$job | jq -r .state)
+  state=$(api /api/v1/jobs/$job | jq -r .state)
   case $state in completed|failed|cancelled|unschedulable|lost) break ;; esac
   sleep 0.1
 done
-echo "\$ curl -s localhost:8080/api/v1/jobs/$job   # Tandem's view: every transition, timestamped"
-curl -sf http://127.0.0.1:8080/api/v1/jobs/$job |
-  jq -r '"job \(.id) \(.state) on \(.host) (runner \(.runner))", (.events[] | "  \(.at)  \(.from) -> \(.to)  [\(.source)] \(.reason)")'
+echo "\$ tandem job $job   # Tandem's view: every transition, timestamped"
+bin/tandem job "$job"
 echo '# the job'"'"'s output, as the runner in the VM reported it to GitHub:'
 curl -sf http://$gw:9000/_ghfake/jobs | jq -r ".[] | select(.id == $job) | .output"
+echo '$ tandem hosts'
+bin/tandem hosts
 [ "$state" = completed ]

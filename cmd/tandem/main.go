@@ -52,7 +52,8 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", defData, "where Tandem keeps images and VM state ($TANDEM_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
-	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), devCmd(g), versionCmd())
+	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), devCmd(g), versionCmd())
+	root.AddCommand(opsCommands(g)...)
 
 	err := root.Execute()
 	if err == nil {

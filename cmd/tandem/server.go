@@ -2,28 +2,31 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func serverCmd(g *globals) *cobra.Command {
@@ -90,6 +93,35 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	if err != nil {
 		return err
 	}
+	tokens := controlplane.APITokens{}
+	for _, t := range cfg.AdminTokens {
+		tokens.Admin = append(tokens.Admin, string(t))
+	}
+	for _, t := range cfg.ReadTokens {
+		tokens.Read = append(tokens.Read, string(t))
+	}
+	if withAgent && cfg.API.AdminTokenFile == "" {
+		// The one-machine experience: the local CLI finds this token by itself.
+		t, err := loadOrCreateToken(filepath.Join(dataDir, "api-admin-token"))
+		if err != nil {
+			return err
+		}
+		tokens.Admin = append(tokens.Admin, t)
+	}
+	var agentTLS *tls.Config
+	pin := ""
+	if cfg.Agents.Listen != "" {
+		certFile, keyFile := cfg.Agents.TLSCertFile, cfg.Agents.TLSKeyFile
+		if certFile == "" {
+			certFile, keyFile = filepath.Join(dataDir, "tls", "cert.pem"), filepath.Join(dataDir, "tls", "key.pem")
+		}
+		cert, err := agentapi.LoadOrCreateCert(certFile, keyFile, cfg.Agents.TLSHosts)
+		if err != nil {
+			return err
+		}
+		pin = agentapi.Fingerprint(cert.Certificate[0])
+		agentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	cp, err := controlplane.New(controlplane.Config{
 		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
 		Runner: controlplane.RunnerSpec{
@@ -105,9 +137,16 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			Orphans: cfg.Reconcile.Orphans.D(), ActiveRepoWindow: cfg.Reconcile.ActiveRepoWindow.D(),
 			LostAfter: cfg.Reconcile.LostAfter.D(),
 		},
-		Logger: g.log,
+		LogDir:           filepath.Join(dataDir, "logs", "runners"),
+		HeartbeatTimeout: cfg.Agents.HeartbeatTimeout.D(),
+		AgentPin:         pin,
+		APITokens:        tokens,
+		Logger:           g.log,
 	})
 	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(dataDir, "logs", "runners"), 0o700); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -121,6 +160,23 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	go func() { cpDone <- cp.Run(cpCtx) }()
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
+	if agentTLS != nil {
+		aln, err := net.Listen("tcp", cfg.Agents.Listen)
+		if err != nil {
+			cpCancel()
+			<-cpDone
+			srv.Close()
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/agent/", cp.AgentHandler())
+		mux.Handle("/", cp.Handler())
+		// No write timeout: agent streams stay open; each write has its own deadline.
+		asrv := &http.Server{Handler: mux, TLSConfig: agentTLS, ReadHeaderTimeout: 10 * time.Second}
+		go func() { httpDone <- asrv.ServeTLS(aln, "", "") }()
+		defer asrv.Close()
+		fmt.Fprintf(os.Stderr, "tandem: agents and API on https://%s (certificate sha256 %s)\n", aln.Addr(), pin)
+	}
 
 	var ag *agent.Agent
 	if withAgent {
@@ -185,28 +241,12 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 			return nil, err
 		}
 	}
-	limits, err := hostLimits()
+	capacity, err := localCapacity(cfg.Agent.VCPUs, int(cfg.Agent.Memory), cfg.Agent.Emulate)
 	if err != nil {
 		return nil, err
 	}
-	rec := store.Host{ID: hostID, Version: version,
-		VCPUs: float64(limits.VCPUs), MemoryMiB: limits.MemoryMiB - 1024}
-	if cfg.Agent.VCPUs > 0 {
-		rec.VCPUs = cfg.Agent.VCPUs
-	}
-	if cfg.Agent.Memory > 0 {
-		rec.MemoryMiB = int(cfg.Agent.Memory)
-	}
-	if rec.MemoryMiB < 256 {
-		return nil, fmt.Errorf("agent: only %d MiB of memory for VMs", rec.MemoryMiB)
-	}
-	native := labels.Arch(vm.HostArch())
-	rec.Arches = []store.ArchSupport{{Arch: native}}
-	for _, a := range cfg.Agent.Emulate {
-		if labels.Arch(a) != native {
-			rec.Arches = append(rec.Arches, store.ArchSupport{Arch: labels.Arch(a), Emulated: true})
-		}
-	}
+	c := capacity(dataDir)
+	rec := store.Host{ID: hostID, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, Arches: c.Arches}
 	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {
@@ -217,6 +257,20 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		return nil, err
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
-		"arches", rec.Arches, "cpus", runtime.NumCPU())
+		"arches", rec.Arches)
 	return ag, nil
+}
+
+// loadOrCreateToken returns the API token in path, creating it (0600) if absent.
+func loadOrCreateToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	t, _, err := agentapi.NewCredential()
+	if err != nil {
+		return "", err
+	}
+	return t, fsutil.WriteFileAtomic(path, []byte(t+"\n"), 0o600)
 }

@@ -34,17 +34,17 @@ var (
 
 // Assignment is one runner VM the control plane wants on this host.
 type Assignment struct {
-	Runner    string // runner name; names the assignment
-	Arch      vm.Arch
-	VCPUs     float64
-	MemoryMiB int
-	Image     string   // image ref; "" for the default of the arch
-	Command   []string // the runner program in the guest
-	Env       map[string]string
+	Runner    string            `json:"runner"` // runner name; names the assignment
+	Arch      vm.Arch           `json:"arch"`
+	VCPUs     float64           `json:"vcpus"`
+	MemoryMiB int               `json:"memory_mib"`
+	Image     string            `json:"image,omitempty"` // image ref; "" for the default of the arch
+	Command   []string          `json:"command"`         // the runner program in the guest
+	Env       map[string]string `json:"env,omitempty"`
 	// Timeout bounds the runner's whole life in the VM (0: none).
-	Timeout time.Duration
+	Timeout time.Duration `json:"timeout"`
 	// ConfigTimeout bounds how long a booted VM waits for Configure.
-	ConfigTimeout time.Duration
+	ConfigTimeout time.Duration `json:"config_timeout"`
 }
 
 // EventKind says what happened to a runner's VM.
@@ -58,19 +58,19 @@ const (
 
 // Event reports a change of one runner's VM.
 type Event struct {
-	Host     string
-	Runner   string
-	Kind     EventKind
-	At       time.Time
-	VMID     string
-	Accel    vm.Accel
-	Emulated bool
+	Host     string    `json:"host"`
+	Runner   string    `json:"runner"`
+	Kind     EventKind `json:"kind"`
+	At       time.Time `json:"at"`
+	VMID     string    `json:"vm_id,omitempty"`
+	Accel    vm.Accel  `json:"accel,omitempty"`
+	Emulated bool      `json:"emulated,omitempty"`
 	// For EventEnded: the runner's exit code, and Failure/Detail when the
 	// VM did not end by the runner's own exit (jobvm failure kinds, or
 	// "launch-failed" when no VM could be made).
-	ExitCode int
-	Failure  string
-	Detail   string
+	ExitCode int    `json:"exit_code"`
+	Failure  string `json:"failure,omitempty"`
+	Detail   string `json:"detail,omitempty"`
 }
 
 // FailLaunch is the Failure of a runner whose VM could not be made at all.
@@ -87,6 +87,9 @@ type Config struct {
 	// at LogLimit bytes (default 8 MiB).
 	LogDir   string
 	LogLimit int64
+	// LogSink, if set, also receives each runner's output as it comes (the
+	// fleet agent ships it to the control plane). It must not block.
+	LogSink func(runner string, p []byte)
 	Logger   *slog.Logger
 	Now      func() time.Time
 }
@@ -270,17 +273,35 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	a.emit(ev)
 }
 
-// output opens the runner's log file, or discards output without a LogDir.
+// output is where a runner's output goes: its log file (without a LogDir,
+// nowhere) and the LogSink, together capped at LogLimit bytes.
 func (a *Agent) output(runner string) (io.Writer, func()) {
-	if a.cfg.LogDir == "" {
-		return io.Discard, func() {}
+	var ws []io.Writer
+	closer := func() {}
+	if a.cfg.LogDir != "" {
+		f, err := os.OpenFile(filepath.Join(a.cfg.LogDir, runner+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			a.log.Warn("runner log", "err", err)
+		} else {
+			ws = append(ws, f)
+			closer = func() { f.Close() }
+		}
 	}
-	f, err := os.OpenFile(filepath.Join(a.cfg.LogDir, runner+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		a.log.Warn("runner log", "err", err)
-		return io.Discard, func() {}
+	if sink := a.cfg.LogSink; sink != nil {
+		ws = append(ws, sinkWriter(func(p []byte) { sink(runner, p) }))
 	}
-	return &capped{w: f, left: a.cfg.LogLimit}, func() { f.Close() }
+	if len(ws) == 0 {
+		return io.Discard, closer
+	}
+	return &capped{w: io.MultiWriter(ws...), left: a.cfg.LogLimit}, closer
+}
+
+// sinkWriter hands each write's bytes (copied) to a function.
+type sinkWriter func([]byte)
+
+func (f sinkWriter) Write(p []byte) (int, error) {
+	f(append([]byte(nil), p...))
+	return len(p), nil
 }
 
 // capped writes up to left bytes and silently drops the rest.

@@ -39,10 +39,36 @@ type Config struct {
 	Scheduler Scheduler `yaml:"scheduler"`
 	Reconcile Reconcile `yaml:"reconcile"`
 	Agent     Agent     `yaml:"agent"`
+	Agents    Agents    `yaml:"agents"`
+	API       API       `yaml:"api"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
 	WebhookSecret Secret          `yaml:"-"`
+	AdminTokens   []Secret        `yaml:"-"`
+	ReadTokens    []Secret        `yaml:"-"`
+}
+
+// Agents configures the TLS listener remote hosts' agents dial (and that
+// also serves the API). Empty Listen: no remote agents.
+type Agents struct {
+	Listen string `yaml:"listen"`
+	// TLSCertFile and TLSKeyFile default to <data_dir>/tls/{cert,key}.pem,
+	// made (self-signed, for TLSHosts) when absent. Agents pin the
+	// certificate's fingerprint, which enrolment tokens carry.
+	TLSCertFile string   `yaml:"tls_cert_file"`
+	TLSKeyFile  string   `yaml:"tls_key_file"`
+	TLSHosts    []string `yaml:"tls_hosts"`
+	// HeartbeatTimeout: a host silent this long is offline (default 15s).
+	HeartbeatTimeout Duration `yaml:"heartbeat_timeout"`
+}
+
+// API configures who may use the JSON API: files holding one token per
+// line. Admin tokens may change things; read tokens may only read. With
+// none, reads are open and writes refused.
+type API struct {
+	AdminTokenFile string `yaml:"admin_token_file"`
+	ReadTokenFile  string `yaml:"read_token_file"`
 }
 
 // GitHub is the GitHub App Tandem acts as.
@@ -286,6 +312,26 @@ func (c *Config) readSecrets(dir string) error {
 	if c.AppKey, err = github.ParsePrivateKey(key); err != nil {
 		return fmt.Errorf("config: github.private_key_file %s: %w", c.GitHub.PrivateKeyFile, err)
 	}
+	for _, f := range []struct {
+		path string
+		into *[]Secret
+	}{{c.API.AdminTokenFile, &c.AdminTokens}, {c.API.ReadTokenFile, &c.ReadTokens}} {
+		if f.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(abs(f.path))
+		if err != nil {
+			return fmt.Errorf("config: api token file: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if t := strings.TrimSpace(line); t != "" {
+				if len(t) < 16 {
+					return fmt.Errorf("config: api token file %s: a token shorter than 16 characters", f.path)
+				}
+				*f.into = append(*f.into, Secret(t))
+			}
+		}
+	}
 	sec, err := os.ReadFile(abs(c.GitHub.WebhookSecretFile))
 	if err != nil {
 		return fmt.Errorf("config: github.webhook_secret_file: %w", err)
@@ -347,6 +393,17 @@ func (c *Config) Validate() error {
 		if a != string(labels.AMD64) && a != string(labels.ARM64) {
 			bad("agent.emulate: %q is not amd64 or arm64", a)
 		}
+	}
+	if c.Agents.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Agents.Listen); err != nil {
+			bad("agents.listen %q: %v", c.Agents.Listen, err)
+		}
+	}
+	if (c.Agents.TLSCertFile == "") != (c.Agents.TLSKeyFile == "") {
+		bad("agents: give both tls_cert_file and tls_key_file, or neither")
+	}
+	if c.Agents.HeartbeatTimeout < 0 {
+		bad("agents.heartbeat_timeout: must not be negative")
 	}
 	if c.Agent.VCPUs < 0 {
 		bad("agent.vcpus: must not be negative")

@@ -168,3 +168,33 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentsAndAPITokens(t *testing.T) {
+	dir := t.TempDir()
+	writeSecrets(t, dir)
+	os.WriteFile(filepath.Join(dir, "admin"), []byte("admin-token-0123456789\n\nsecond-admin-token-xyz\n"), 0o600)
+	p := filepath.Join(dir, "c.yaml")
+	os.WriteFile(p, []byte(minimal+"agents: {listen: '0.0.0.0:8443', heartbeat_timeout: 20s}\napi: {admin_token_file: admin}\n"), 0o600)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.AdminTokens) != 2 || string(c.AdminTokens[1]) != "second-admin-token-xyz" || c.Agents.HeartbeatTimeout.D() != 20*time.Second {
+		t.Errorf("agents/api: %+v %d tokens", c.Agents, len(c.AdminTokens))
+	}
+	if strings.Contains(fmt.Sprintf("%v %+v", c, c), "admin-token-0123456789") {
+		t.Error("an API token printed")
+	}
+	os.WriteFile(filepath.Join(dir, "admin"), []byte("short\n"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "shorter than 16") {
+		t.Errorf("short API token: %v", err)
+	}
+	os.WriteFile(p, []byte(minimal+"agents: {listen: nowhere}\n"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "agents.listen") {
+		t.Errorf("bad agents.listen: %v", err)
+	}
+	os.WriteFile(p, []byte(minimal+"agents: {tls_cert_file: c.pem}\n"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "tls_key_file") {
+		t.Errorf("cert without key: %v", err)
+	}
+}

@@ -23,18 +23,19 @@ import (
 //	GET  /api/v1/runners          ?live=1&host=
 //	GET  /api/v1/reconcilers      reconciler and dispatcher counters
 //
-// The read API is unauthenticated in this version: bind it to loopback or
-// a private network (authentication comes with the fleet's API tokens).
+// and the operator endpoints of ops.go. API tokens (APITokens) guard
+// everything under /api/.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/webhook", s.handleWebhook)
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", s.metrics.handler())
-	mux.HandleFunc("GET /api/v1/jobs", s.handleJobs)
-	mux.HandleFunc("GET /api/v1/jobs/{id}", s.handleJob)
-	mux.HandleFunc("GET /api/v1/hosts", s.handleHosts)
-	mux.HandleFunc("GET /api/v1/runners", s.handleRunners)
-	mux.HandleFunc("GET /api/v1/reconcilers", s.handleCounters)
+	mux.HandleFunc("GET /api/v1/jobs", s.guard(false, s.handleJobs))
+	mux.HandleFunc("GET /api/v1/jobs/{id}", s.guard(false, s.handleJob))
+	mux.HandleFunc("GET /api/v1/hosts", s.guard(false, s.handleHosts))
+	mux.HandleFunc("GET /api/v1/runners", s.guard(false, s.handleRunners))
+	mux.HandleFunc("GET /api/v1/reconcilers", s.guard(false, s.handleCounters))
+	s.opsRoutes(mux)
 	return mux
 }
 

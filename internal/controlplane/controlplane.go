@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
@@ -80,6 +81,16 @@ type Config struct {
 	Limits        scheduler.Limits
 	MaxAttempts   int
 	Reconcile     Intervals
+	// LogDir keeps runner logs that remote agents ship ("" drops them).
+	LogDir string
+	// HeartbeatTimeout is how long a remote host may stay silent before it
+	// is offline (default 3 heartbeats).
+	HeartbeatTimeout time.Duration
+	// AgentPin is the fingerprint of the agent listener's TLS certificate,
+	// written into enrolment tokens.
+	AgentPin string
+	// APITokens guard the JSON API (see api.go).
+	APITokens APITokens
 	// MaxBody caps a webhook's body; GitHub's own cap is 25 MB, workflow_job
 	// payloads are a few KiB. Default 1 MiB.
 	MaxBody int64
@@ -106,6 +117,8 @@ type Server struct {
 	configured map[string]bool      // runners handed their JIT config
 	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
 	waiting    map[int64]string     // why each queued job waits, from the last placement pass
+	remotes    map[string]*remoteHost
+	lastSeen   map[string]time.Time // remote hosts' last heartbeat
 	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
@@ -139,6 +152,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 3 * agentapi.HeartbeatInterval
+	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 1 << 20
 	}
@@ -169,6 +185,8 @@ func New(cfg Config) (*Server, error) {
 		stopping:     map[string]bool{},
 		configured:   map[string]bool{},
 		busyHold:     map[string]time.Time{},
+		remotes:      map[string]*remoteHost{},
+		lastSeen:     map[string]time.Time{},
 		redone:       map[string]time.Time{},
 	}
 	s.metrics = newMetrics(s)
@@ -177,7 +195,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.verifyLoop}
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.verifyLoop, s.hostMonitor}
 	for _, r := range s.reconcilers() {
 		if r.every > 0 {
 			loops = append(loops, func(ctx context.Context) { s.reconcileLoop(ctx, r) })
@@ -259,6 +277,9 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 	}
 	s.mu.Lock()
 	s.hosts[h.ID] = a
+	if _, remote := a.(*remoteHost); !remote {
+		delete(s.lastSeen, h.ID) // an in-process agent sends no heartbeats
+	}
 	s.mu.Unlock()
 	for _, r := range gone {
 		s.HostEvent(agent.Event{Host: h.ID, Runner: r.Name, Kind: agent.EventEnded, At: now,

@@ -40,8 +40,9 @@ import (
 type goHost struct {
 	id       string
 	cp       *controlplane.Server
-	fail     error // Launch refuses with it, when set
-	idleOnly bool  // runners start but never take a job
+	sink     func(agent.Event) // default: cp.HostEvent (in process); a Daemon's Event for a remote agent
+	fail     error             // Launch refuses with it, when set
+	idleOnly bool              // runners start but never take a job
 
 	mu      sync.Mutex
 	runs    map[string]*goRun
@@ -81,10 +82,10 @@ func (h *goHost) Launch(a agent.Assignment) error {
 		defer h.wg.Done()
 		defer cancel(nil)
 		ev := agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventEnded}
-		h.cp.HostEvent(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventBooting, VMID: "vm-" + a.Runner})
+		h.emit(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventBooting, VMID: "vm-" + a.Runner})
 		select {
 		case jit := <-r.config:
-			h.cp.HostEvent(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventStarted})
+			h.emit(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventStarted})
 			if idleOnly {
 				<-ctx.Done()
 				ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
@@ -101,9 +102,40 @@ func (h *goHost) Launch(a agent.Assignment) error {
 		h.mu.Lock()
 		delete(h.runs, a.Runner)
 		h.mu.Unlock()
-		h.cp.HostEvent(ev)
+		h.emit(ev)
 	}()
 	return nil
+}
+
+func (h *goHost) emit(e agent.Event) {
+	e.At = time.Now()
+	if h.sink != nil {
+		h.sink(e)
+		return
+	}
+	h.cp.HostEvent(e)
+}
+
+// Runners lists the runs in progress (agentapi.Runner).
+func (h *goHost) Runners() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var names []string
+	for n := range h.runs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// stopAll ends every run and waits for them.
+func (h *goHost) stopAll() {
+	h.mu.Lock()
+	for _, run := range h.runs {
+		run.cancel(errors.New("test over"))
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
 }
 
 func (h *goHost) Configure(name string, env map[string]string) error {
@@ -133,6 +165,12 @@ func (h *goHost) live() int {
 	return len(h.runs)
 }
 
+// API tokens of every rig.
+const (
+	rigAdminToken = "rig-admin-token-0123456789"
+	rigReadToken  = "rig-read-token-0123456789"
+)
+
 type rig struct {
 	t      *testing.T
 	gh     *ghfake.Server
@@ -154,11 +192,14 @@ type rigOptions struct {
 	idle        time.Duration
 	limits      scheduler.Limits
 	noReconcile bool
+	noHosts     bool          // attach no in-process host
+	heartbeat   time.Duration // remote hosts' heartbeat timeout
+	agentPin    string
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
 	t.Helper()
-	if o.hosts == 0 {
+	if o.hosts == 0 && !o.noHosts {
 		o.hosts = 1
 	}
 	if o.vcpus == 0 {
@@ -207,7 +248,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		Store: st, GitHub: client, WebhookSecret: secret, Labels: parser,
 		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: o.idle},
 		Limits: o.limits, MaxAttempts: o.maxAttempts, Reconcile: iv,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HeartbeatTimeout: o.heartbeat, AgentPin: o.agentPin, LogDir: t.TempDir(),
+		APITokens: controlplane.APITokens{Admin: []string{rigAdminToken}, Read: []string{rigReadToken}},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -234,12 +277,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	t.Cleanup(func() {
 		for _, h := range r.hosts {
-			h.mu.Lock()
-			for _, run := range h.runs {
-				run.cancel(errors.New("test over"))
-			}
-			h.mu.Unlock()
-			h.wg.Wait()
+			h.stopAll()
 		}
 		cancel()
 		<-r.done
@@ -489,11 +527,12 @@ func TestWebhookValidation(t *testing.T) {
 	if len(out.Jobs) != 1 || out.Jobs[0].ID != 77 || out.Jobs[0].Reason == "" {
 		t.Errorf("API jobs: %+v", out.Jobs)
 	}
-	resp, _ = http.Get(r.web.URL + "/api/v1/jobs?state=bogus")
-	if resp.StatusCode != 400 {
-		t.Errorf("bad state filter: %s", resp.Status)
+	if code := r.call("GET", "/api/v1/jobs?state=bogus", rigReadToken, nil); code != 400 {
+		t.Errorf("bad state filter: %d", code)
 	}
-	resp.Body.Close()
+	if code := r.call("GET", "/api/v1/jobs", "", nil); code != 401 {
+		t.Errorf("jobs without a token: %d, want 401", code)
+	}
 	m, _ := http.Get(r.web.URL + "/metrics")
 	mb, _ := io.ReadAll(m.Body)
 	m.Body.Close()
@@ -504,9 +543,30 @@ func TestWebhookValidation(t *testing.T) {
 	}
 }
 
+// call makes an API request with token ("" for none), decodes a JSON
+// answer into out (if not nil) and returns the status code.
+func (r *rig) call(method, path, token string, out any) int {
+	r.t.Helper()
+	req, _ := http.NewRequest(method, r.web.URL+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+rigReadToken)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -535,6 +535,10 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 		if r.State == store.RunnerEnded {
 			return nil
 		}
+		if e.Host != "" && r.HostID != e.Host {
+			s.log.Warn("host reported on another host's runner; ignored", "host", e.Host, "runner", r.Name, "owner", r.HostID)
+			return nil
+		}
 		r.UpdatedAt = now
 		if e.VMID != "" {
 			r.VMID = e.VMID
@@ -596,9 +600,16 @@ func (s *Server) runnerEnded(tx store.Tx, r store.Runner, e agent.Event, now tim
 	if err != nil {
 		return err
 	}
-	if j.RunnerName != r.Name || j.State.Terminal() || j.State == store.JobRunning {
-		// A running job's end comes from GitHub (webhook or reconciler).
+	if j.RunnerName != r.Name || j.State.Terminal() {
 		return nil
+	}
+	if j.State == store.JobRunning {
+		if e.Failure != FailHostOffline && e.Failure != FailHostRevoked {
+			return nil // a running job's end comes from GitHub (webhook or reconciler)
+		}
+		j.State, j.UpdatedAt, j.CompletedAt = store.JobLost, now, now
+		j.Reason = fmt.Sprintf("its host %s left the fleet while it ran: %s", r.HostID, firstLine(e.Detail))
+		return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
 	}
 	j.RunnerName, j.HostID, j.UpdatedAt = "", "", now
 	if e.Failure == "" && e.ExitCode == 0 && why == "" {

@@ -274,3 +274,24 @@ func (h Host) Validate() error {
 	}
 	return nil
 }
+
+// EnrollToken is a one-time token an operator hands a new host (`tandem
+// enroll`): the agent exchanges it for its own credential. Only its hash is
+// kept.
+type EnrollToken struct {
+	Hash      string // hex sha256 of the token's secret part
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	UsedAt    time.Time // zero until used
+	UsedBy    string    // host id that used it
+	Comment   string
+}
+
+// AgentCredential is what a host's agent authenticates with: the hash of a
+// secret given to it at enrolment. A revoked credential is refused at once.
+type AgentCredential struct {
+	HostID    string
+	Hash      string // hex sha256 of the secret
+	CreatedAt time.Time
+	RevokedAt time.Time // zero unless revoked
+}

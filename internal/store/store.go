@@ -22,6 +22,7 @@ var (
 	ErrBadTransition = errors.New("job state transition not allowed")
 	ErrInvalid       = errors.New("invalid record")
 	ErrClosed        = errors.New("store closed")
+	ErrTokenSpent    = errors.New("enrolment token used or expired")
 )
 
 // Store is the control plane's database.
@@ -70,6 +71,10 @@ type ReadTx interface {
 	Repos(since time.Time) ([]Repo, error)
 	Counters() (map[string]int64, error)
 	Delivery(guid string) (Delivery, error) // ErrNotFound
+	// AgentCredential returns a host's credential (ErrNotFound if none).
+	AgentCredential(hostID string) (AgentCredential, error)
+	// EnrollTokens lists enrolment tokens, newest first.
+	EnrollTokens() ([]EnrollToken, error)
 }
 
 // Tx reads and writes within a transaction.
@@ -98,6 +103,19 @@ type Tx interface {
 	// MarkDelivery records that a delivery was processed at t, with errText
 	// when processing failed for good. ErrNotFound for an unknown GUID.
 	MarkDelivery(guid string, t time.Time, errText string) error
+
+	// CreateEnrollToken stores a new token (ErrExists for a known hash).
+	CreateEnrollToken(t EnrollToken) error
+	// UseEnrollToken marks the token with this hash used by hostID at now.
+	// It fails with ErrNotFound for an unknown hash and ErrTokenSpent for
+	// one already used or expired at now; nothing changes then.
+	UseEnrollToken(hash, hostID string, now time.Time) error
+	// PutAgentCredential creates or replaces a host's credential (a host
+	// enrolled again gets a new one; the old one stops working).
+	PutAgentCredential(c AgentCredential) error
+	// RevokeAgent marks a host's credential revoked at t (ErrNotFound if
+	// it has none). Revoking twice keeps the first time.
+	RevokeAgent(hostID string, t time.Time) error
 }
 
 // JobFilter selects jobs. Zero fields do not filter.

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -76,6 +77,10 @@ type options struct {
 	memoryMiB int
 	faults    ghfake.Faults
 	extra     string // appended to the config file
+	// fleet runs `tandem server` (no local agent) with its agent listener
+	// on the fleet network's gateway (see fleet_test.go); VMs reach ghfake
+	// there too.
+	fleet bool
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -91,6 +96,8 @@ type system struct {
 	done     chan struct{}
 	secret   []byte
 	installs map[string]int64
+	fleet    bool
+	agentURL string // the agent listener, in fleet mode
 }
 
 // sign signs a webhook body as GitHub does, with the real secret.
@@ -138,6 +145,9 @@ func newSystem(t testing.TB, o options) *system {
 	bridge := fmt.Sprintf("te2e%d", n)
 	gw := fmt.Sprintf("172.31.%d.1", n)
 	subnet := fmt.Sprintf("172.31.%d.0/24", n)
+	if o.fleet {
+		gw = fleetGateway
+	}
 
 	tandemPort := freePort(t)
 	ghLn, err := net.Listen("tcp", "0.0.0.0:0")
@@ -186,13 +196,23 @@ agent:
   bridge: %s
   subnet: %s
 %s`, tandemPort, ghPort, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
+	agentPort := 0
+	if o.fleet {
+		agentPort = freePort(t)
+		cfg += fmt.Sprintf("agents:\n  listen: %s:%d\n  tls_hosts: [%s]\n  heartbeat_timeout: 6s\napi:\n  admin_token_file: admin-token\n",
+			fleetGateway, agentPort, fleetGateway)
+		if err := os.WriteFile(filepath.Join(data, "admin-token"), []byte(fleetAdminToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfgPath := filepath.Join(data, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := &system{t: t, gh: gh, ghSrv: ghSrv, data: data, cfgPath: cfgPath,
 		apiURL: fmt.Sprintf("http://127.0.0.1:%d", tandemPort), logPath: filepath.Join(data, "tandem.log"),
-		secret: secret, installs: map[string]int64{}}
+		secret: secret, installs: map[string]int64{}, fleet: o.fleet,
+		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort)}
 	gh.SetFaults(o.faults)
 	t.Cleanup(func() {
 		s.stop()
@@ -224,7 +244,11 @@ func (s *system) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(binary(t), "--data-dir", s.data, "--log-level", "info", "up", "--config", s.cfgPath)
+	mode := "up"
+	if s.fleet {
+		mode = "server"
+	}
+	cmd := exec.Command(binary(t), "--data-dir", s.data, "--log-level", "info", mode, "--config", s.cfgPath)
 	cmd.Env = append(os.Environ(), "TANDEM_DATA_DIR=")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -304,7 +328,7 @@ func (s *system) jobs() []controlplane.JobView {
 
 func (s *system) job(id int64) (controlplane.JobView, bool) {
 	s.t.Helper()
-	resp, err := http.Get(fmt.Sprintf("%s/api/v1/jobs/%d", s.apiURL, id))
+	resp, err := s.get(fmt.Sprintf("/api/v1/jobs/%d", id))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -326,9 +350,28 @@ func (s *system) counters() map[string]int64 {
 	return out.Counters
 }
 
+// get reads the API with the admin token (tandem up writes one to
+// <data>/api-admin-token; fleet mode configures one).
+func (s *system) get(path string) (*http.Response, error) {
+	tok := fleetAdminToken
+	if !s.fleet {
+		b, err := os.ReadFile(filepath.Join(s.data, "api-admin-token"))
+		if err != nil {
+			return nil, err
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	req, err := http.NewRequest("GET", s.apiURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return http.DefaultClient.Do(req)
+}
+
 func (s *system) getJSON(path string, v any) {
 	s.t.Helper()
-	resp, err := http.Get(s.apiURL + path)
+	resp, err := s.get(path)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -70,6 +70,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"Prune", testPrune},
 		{"Closed", testClosed},
+		{"EnrollTokens", testEnrollTokens},
+		{"EnrollTokenRace", testEnrollTokenRace},
+		{"AgentCredentials", testAgentCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/config"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+func agentCmd(g *globals) *cobra.Command {
+	var server, token, tokenFile, hostID, memory string
+	var vcpus float64
+	var emulate []string
+	nf := &netFlags{}
+	cmd := &cobra.Command{
+		Use:   "agent --server https://HOST:8443 --enroll-token TOKEN",
+		Short: "Run this host's agent: dial the control plane, run the VMs it assigns",
+		Long: `Run this host's agent. It dials out to the control plane over TLS (the
+host needs no inbound port), pinning the control plane's certificate by the
+fingerprint in the enrolment token. The first run enrols with a one-time
+token (tandem enroll prints one) and keeps the credential it gets in
+<data-dir>/agent/credentials.json; later runs need no token.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireRoot("tandem agent"); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if tokenFile != "" {
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return err
+				}
+				token = strings.TrimSpace(string(b))
+			}
+			if hostID == "" {
+				h, err := os.Hostname()
+				if err != nil {
+					return err
+				}
+				hostID = strings.ToLower(h)
+			}
+			creds, err := agentCredentials(ctx, g.dataDir, server, token, hostID)
+			if err != nil {
+				return err
+			}
+			h, err := newHost(ctx, g, nf)
+			if err != nil {
+				return err
+			}
+			if ids, err := h.Collect(ctx, nil); err != nil {
+				return fmt.Errorf("reclaiming leftovers: %w", err)
+			} else if len(ids) > 0 {
+				g.log.Warn("reclaimed VMs a previous agent left behind", "vms", ids)
+			}
+			memMiB := 0
+			if memory != "" {
+				m, err := config.ParseSize(memory)
+				if err != nil {
+					return fmt.Errorf("--memory: %w", err)
+				}
+				memMiB = int(m)
+			}
+			capacity, err := localCapacity(vcpus, memMiB, emulate)
+			if err != nil {
+				return err
+			}
+			d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: version,
+				Capacity: func() agentapi.Capacity { return capacity(g.dataDir) }, Logger: g.log}
+			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h, Sink: d.Event, LogSink: d.Log,
+				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Logger: g.log})
+			if err != nil {
+				return err
+			}
+			d.Bind(ag)
+			dctx, dcancel := context.WithCancel(context.Background())
+			defer dcancel()
+			done := make(chan error, 1)
+			go func() { done <- d.Run(dctx) }()
+			fmt.Fprintf(os.Stderr, "tandem agent: %s\n", creds)
+			select {
+			case <-ctx.Done():
+			case err = <-done:
+				ag.Close()
+				return err
+			}
+			// Stop every VM while the daemon can still report their ends.
+			ag.Close()
+			dcancel()
+			<-done
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&server, "server", "", "the control plane's agent address, https://HOST:PORT (needed to enrol)")
+	f.StringVar(&token, "enroll-token", "", "one-time enrolment token (tandem enroll)")
+	f.StringVar(&tokenFile, "enroll-token-file", "", "read the enrolment token from this file")
+	f.StringVar(&hostID, "host-id", "", "this host's id (default: the hostname)")
+	f.Float64Var(&vcpus, "vcpus", 0, "vCPUs VMs may use in all (default: all CPUs)")
+	f.StringVar(&memory, "memory", "", "memory VMs may use in all, e.g. 64GiB (default: all but 1 GiB)")
+	f.StringSliceVar(&emulate, "emulate", nil, "foreign architectures to offer under emulation (arm64, amd64)")
+	nf.add(cmd)
+	return cmd
+}
+
+// agentCredentials loads this host's credentials, enrolling first if there
+// are none.
+func agentCredentials(ctx context.Context, dataDir, server, token, hostID string) (agentapi.Credentials, error) {
+	path := filepath.Join(dataDir, "agent", "credentials.json")
+	creds, err := agentapi.LoadCredentials(path)
+	switch {
+	case err == nil:
+		if server != "" && strings.TrimRight(server, "/") != creds.Server {
+			return creds, fmt.Errorf("this host is enrolled with %s, not %s: remove %s to enrol again", creds.Server, server, path)
+		}
+		return creds, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return creds, err
+	}
+	if server == "" || token == "" {
+		return creds, errors.New("this host is not enrolled: give --server and --enroll-token (tandem enroll prints one)")
+	}
+	if creds, err = agentapi.Enroll(ctx, server, token, hostID); err != nil {
+		return creds, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return creds, err
+	}
+	return creds, creds.Save(path)
+}
+
+// localCapacity returns what this host offers VMs: vcpus and memMiB, or
+// when zero the whole host (memory less 1 GiB), its native architecture and
+// the emulated ones asked for; the free disk of a directory is read at
+// each call.
+func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string) agentapi.Capacity, error) {
+	limits, err := hostLimits()
+	if err != nil {
+		return nil, err
+	}
+	c := agentapi.Capacity{VCPUs: float64(limits.VCPUs), MemoryMiB: limits.MemoryMiB - 1024}
+	if vcpus > 0 {
+		c.VCPUs = vcpus
+	}
+	if memMiB > 0 {
+		c.MemoryMiB = memMiB
+	}
+	if c.MemoryMiB < 256 {
+		return nil, fmt.Errorf("only %d MiB of memory for VMs", c.MemoryMiB)
+	}
+	native := labels.Arch(vm.HostArch())
+	c.Arches = []store.ArchSupport{{Arch: native}}
+	for _, a := range emulate {
+		if a != string(labels.AMD64) && a != string(labels.ARM64) {
+			return nil, fmt.Errorf("--emulate: %q is not amd64 or arm64", a)
+		}
+		if labels.Arch(a) != native {
+			c.Arches = append(c.Arches, store.ArchSupport{Arch: labels.Arch(a), Emulated: true})
+		}
+	}
+	return func(dir string) agentapi.Capacity {
+		out := c
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil {
+			out.DiskFreeMiB = int64(st.Bavail) * int64(st.Bsize) >> 20
+		}
+		return out
+	}, nil
+}

@@ -1,0 +1,228 @@
+package agentapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+)
+
+// Runner is what the daemon drives: *agent.Agent, or a fake in benchmarks.
+type Runner interface {
+	Launch(agent.Assignment) error
+	Configure(runner string, env map[string]string) error
+	Stop(runner, reason string) error
+	Runners() []string
+}
+
+// Daemon is the agent's side of the protocol: it keeps a stream open to
+// the control plane (reconnecting with backoff), carries out commands,
+// and sends heartbeats, events and runner logs. Events that cannot be sent
+// (the control plane is down or unreachable) are kept, in order, and sent
+// when it is back; the VMs go on meanwhile.
+type Daemon struct {
+	Client       *Client
+	AgentVersion string
+	Capacity     func() Capacity
+	Load         func() float64 // optional
+	Logger       *slog.Logger
+	// OnCommand, if set, sees every command as it arrives (benchmarks
+	// measure assignment latency with it).
+	OnCommand func(Command)
+	// HeartbeatInterval defaults to the protocol's HeartbeatInterval.
+	HeartbeatInterval time.Duration
+
+	run Runner
+
+	mu      sync.Mutex
+	events  []agent.Event
+	logs    map[string][]byte
+	kick    chan struct{}
+	dropped int   // events dropped since the last warning
+	shifted int64 // events ever dropped from the head of the queue
+}
+
+// maxQueued bounds the events kept while the control plane is away.
+const maxQueued = 100_000
+
+// Bind sets the runner the daemon drives (the agent is made with the
+// daemon's Event and Log as its sinks, so it comes after the daemon).
+func (d *Daemon) Bind(r Runner) {
+	d.run = r
+	d.kick = make(chan struct{}, 1)
+	d.logs = map[string][]byte{}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+}
+
+// Event queues an agent event for the control plane (an agent.Config.Sink).
+func (d *Daemon) Event(e agent.Event) {
+	d.mu.Lock()
+	if len(d.events) >= maxQueued {
+		d.events = d.events[1:]
+		d.dropped++
+		d.shifted++
+	}
+	d.events = append(d.events, e)
+	d.mu.Unlock()
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Log queues runner output for the control plane (an agent.Config.LogSink).
+// Per runner at most 1 MiB waits; beyond that the oldest output is dropped.
+func (d *Daemon) Log(runner string, p []byte) {
+	d.mu.Lock()
+	b := append(d.logs[runner], p...)
+	if len(b) > 1<<20 {
+		b = b[len(b)-1<<20:]
+	}
+	d.logs[runner] = b
+	d.mu.Unlock()
+}
+
+// Run serves until ctx ends or the control plane refuses the agent for
+// good (ErrRevoked, ErrVersion), which it returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.reportLoop(ctx, cancel) }()
+	go func() { defer wg.Done(); d.heartbeatLoop(ctx) }()
+	defer wg.Wait()
+	backoff := time.Second
+	for {
+		start := time.Now()
+		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Running: d.run.Runners()}
+		err := d.Client.Stream(ctx, hello, d.handle)
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if errors.Is(err, ErrRevoked) || errors.Is(err, ErrVersion) {
+			cancel(err)
+			return err
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = time.Second
+		}
+		d.Logger.Warn("connection to the control plane lost; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+func (d *Daemon) handle(c Command) {
+	if d.OnCommand != nil {
+		d.OnCommand(c)
+	}
+	var err error
+	switch c.Type {
+	case CmdLaunch:
+		if c.Assignment == nil {
+			return
+		}
+		err = d.run.Launch(*c.Assignment)
+		if err != nil && !errors.Is(err, agent.ErrDuplicate) {
+			// The control plane learns of the failure as the runner's end.
+			d.Event(agent.Event{Runner: c.Assignment.Runner, Kind: agent.EventEnded, At: time.Now(),
+				Failure: agent.FailLaunch, Detail: err.Error()})
+		}
+	case CmdConfigure:
+		err = d.run.Configure(c.Runner, c.Env)
+	case CmdStop:
+		err = d.run.Stop(c.Runner, c.Reason)
+	}
+	if err != nil {
+		d.Logger.Warn("command failed", "command", c.Type, "runner", c.Runner, "err", err)
+	}
+}
+
+// reportLoop sends queued events (and logs) as soon as they come, in order;
+// on failure it keeps them and retries.
+func (d *Daemon) reportLoop(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.flush(context.Background()) // best effort: the VMs' ends on shutdown
+			return
+		case <-d.kick:
+		case <-t.C:
+		}
+		if err := d.flush(ctx); errors.Is(err, ErrRevoked) {
+			cancel(err)
+			return
+		}
+	}
+}
+
+func (d *Daemon) flush(ctx context.Context) error {
+	d.mu.Lock()
+	evs := d.events
+	shifted := d.shifted
+	logs := d.logs
+	d.logs = map[string][]byte{}
+	dropped := d.dropped
+	d.dropped = 0
+	d.mu.Unlock()
+	if dropped > 0 {
+		d.Logger.Warn("events dropped while the control plane was away", "dropped", dropped)
+	}
+	for runner, b := range logs {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := d.Client.Log(cctx, runner, b)
+		cancel()
+		if err != nil {
+			d.Logger.Debug("shipping runner log", "runner", runner, "err", err)
+		}
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := d.Client.Report(cctx, Report{Events: evs})
+	cancel()
+	d.mu.Lock()
+	if n := len(evs) - int(d.shifted-shifted); err == nil && n > 0 {
+		d.events = d.events[n:] // the sent ones, less any dropped meanwhile
+	}
+	d.mu.Unlock()
+	return err
+}
+
+func (d *Daemon) heartbeatLoop(ctx context.Context) {
+	every := d.HeartbeatInterval
+	if every <= 0 {
+		every = HeartbeatInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		hb := &Heartbeat{Capacity: d.Capacity(), Running: d.run.Runners()}
+		if d.Load != nil {
+			hb.Load1 = d.Load()
+		}
+		cctx, cancel := context.WithTimeout(ctx, every)
+		if err := d.Client.Report(cctx, Report{Heartbeat: hb}); err != nil && ctx.Err() == nil {
+			d.Logger.Debug("heartbeat", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,119 @@
+// Package agentapi is the protocol between the control plane and the agent
+// on each host, and the agent's side of it.
+//
+// The agent dials out over TLS (hosts need no inbound port) and pins the
+// control plane's certificate by the fingerprint its enrolment token
+// carried. Endpoints, all under the control plane's agent listener:
+//
+//	POST /agent/v1/enroll   EnrollRequest → EnrollResponse (one-time token → credential)
+//	POST /agent/v1/stream   Hello → a stream of Commands, one JSON object per line,
+//	                        held open; a ping line every PingInterval
+//	POST /agent/v1/report   Report (heartbeat and VM events) → 204
+//	POST /agent/v1/logs     ?runner=NAME, body: the next chunk of its console/runner log
+//
+// Every request carries HeaderVersion; a control plane refuses a version it
+// does not speak with 426 and a message saying which it does. Requests after
+// enrolment carry HeaderHost and "Authorization: Bearer <credential>"; a
+// revoked or unknown credential gets 401, and a revoked host's open stream
+// is closed at once. Commands reach the agent as soon as they are made
+// (the stream), and events reach the control plane as soon as they happen
+// (a report per event batch); heartbeats go every HeartbeatInterval.
+package agentapi
+
+import (
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// Version is the protocol version this build speaks.
+const Version = 1
+
+// Headers and paths.
+const (
+	HeaderVersion = "Tandem-Agent-Protocol"
+	HeaderHost    = "Tandem-Host"
+
+	PathEnroll = "/agent/v1/enroll"
+	PathStream = "/agent/v1/stream"
+	PathReport = "/agent/v1/report"
+	PathLogs   = "/agent/v1/logs"
+)
+
+// Timing of the protocol.
+const (
+	HeartbeatInterval = 5 * time.Second
+	PingInterval      = 15 * time.Second
+	// StreamIdle is how long an agent waits for any line (a ping at
+	// least) before it reconnects.
+	StreamIdle = 3 * PingInterval
+)
+
+// EnrollRequest exchanges a one-time token for a credential.
+type EnrollRequest struct {
+	Token  string `json:"token"` // the secret part only
+	HostID string `json:"host_id"`
+}
+
+// EnrollResponse carries the agent's credential; the agent keeps it in its
+// data directory (0600).
+type EnrollResponse struct {
+	HostID     string `json:"host_id"`
+	Credential string `json:"credential"`
+}
+
+// Capacity is what a host offers.
+type Capacity struct {
+	Arches      []store.ArchSupport `json:"arches"`
+	VCPUs       float64             `json:"vcpus"`
+	MemoryMiB   int                 `json:"memory_mib"`
+	DiskFreeMiB int64               `json:"disk_free_mib"`
+	Labels      []string            `json:"labels,omitempty"`
+}
+
+// Hello opens a stream: who the agent is, what it offers, and which runner
+// VMs it still runs (after a restart or a lost connection).
+type Hello struct {
+	AgentVersion string   `json:"agent_version"`
+	Capacity     Capacity `json:"capacity"`
+	Running      []string `json:"running"`
+}
+
+// Heartbeat reports a host's state every HeartbeatInterval.
+type Heartbeat struct {
+	Capacity Capacity `json:"capacity"`
+	Running  []string `json:"running"`
+	Load1    float64  `json:"load1"`
+}
+
+// Report carries a heartbeat, events, or both.
+type Report struct {
+	Heartbeat *Heartbeat    `json:"heartbeat,omitempty"`
+	Events    []agent.Event `json:"events,omitempty"`
+}
+
+// Command types.
+const (
+	CmdLaunch    = "launch"
+	CmdConfigure = "configure"
+	CmdStop      = "stop"
+	CmdPing      = "ping"
+)
+
+// Command is one line of the stream.
+type Command struct {
+	Type       string            `json:"type"`
+	Assignment *agent.Assignment `json:"assignment,omitempty"`
+	Runner     string            `json:"runner,omitempty"`
+	Env        map[string]string `json:"env,omitempty"` // secret (the JIT config): never logged
+	Reason     string            `json:"reason,omitempty"`
+	// SentAt is when the control plane queued the command (assignment
+	// latency is measured against it).
+	SentAt time.Time `json:"sent_at"`
+}
+
+// ErrorBody is the JSON of every non-2xx answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+}

@@ -1,0 +1,395 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// Failures the control plane gives runners whose host went away.
+const (
+	FailHostOffline = "host-offline"
+	FailHostRevoked = "host-revoked"
+)
+
+// errDisconnected: the host's agent is not connected.
+var errDisconnected = errors.New("the host's agent is not connected")
+
+// remoteHost is a connected agent: commands go into its stream.
+type remoteHost struct {
+	id   string
+	cmds chan agentapi.Command
+	done chan struct{} // closed when the stream must end (replaced, revoked)
+	once sync.Once
+}
+
+func newRemoteHost(id string) *remoteHost {
+	return &remoteHost{id: id, cmds: make(chan agentapi.Command, 4096), done: make(chan struct{})}
+}
+
+func (h *remoteHost) close() { h.once.Do(func() { close(h.done) }) }
+
+func (h *remoteHost) send(c agentapi.Command) error {
+	c.SentAt = time.Now()
+	select {
+	case <-h.done:
+		return errDisconnected
+	default:
+	}
+	select {
+	case h.cmds <- c:
+		return nil
+	default:
+		return fmt.Errorf("agent %s: command queue full", h.id)
+	}
+}
+
+func (h *remoteHost) Launch(a agent.Assignment) error {
+	return h.send(agentapi.Command{Type: agentapi.CmdLaunch, Assignment: &a, Runner: a.Runner})
+}
+
+func (h *remoteHost) Configure(runner string, env map[string]string) error {
+	return h.send(agentapi.Command{Type: agentapi.CmdConfigure, Runner: runner, Env: env})
+}
+
+func (h *remoteHost) Stop(runner, reason string) error {
+	return h.send(agentapi.Command{Type: agentapi.CmdStop, Runner: runner, Reason: reason})
+}
+
+var hostIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
+
+// AgentHandler serves the agent protocol (package agentapi); mount it on
+// the TLS listener.
+func (s *Server) AgentHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+agentapi.PathEnroll, s.handleEnroll)
+	mux.HandleFunc("POST "+agentapi.PathStream, s.handleStream)
+	mux.HandleFunc("POST "+agentapi.PathReport, s.handleReport)
+	mux.HandleFunc("POST "+agentapi.PathLogs, s.handleAgentLog)
+	return mux
+}
+
+func (s *Server) agentVersionOK(w http.ResponseWriter, r *http.Request) bool {
+	if v := r.Header.Get(agentapi.HeaderVersion); v != strconv.Itoa(agentapi.Version) {
+		httpError(w, http.StatusUpgradeRequired, fmt.Sprintf(
+			"this control plane speaks agent protocol %d and the agent sent %q: run the same Tandem version on both", agentapi.Version, v))
+		return false
+	}
+	return true
+}
+
+// authAgent returns the host an agent request comes from, or answers 401.
+func (s *Server) authAgent(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if !s.agentVersionOK(w, r) {
+		return "", false
+	}
+	host := r.Header.Get(agentapi.HeaderHost)
+	secret, ok := bearer(r)
+	if !ok || !hostIDPattern.MatchString(host) {
+		httpError(w, http.StatusUnauthorized, "agent credentials required")
+		return "", false
+	}
+	var c store.AgentCredential
+	err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		c, err = tx.AgentCredential(host)
+		return err
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusUnauthorized, "unknown host: enrol it first")
+		return "", false
+	case err != nil:
+		httpError(w, http.StatusServiceUnavailable, "store unavailable")
+		return "", false
+	case !c.RevokedAt.IsZero():
+		httpError(w, http.StatusUnauthorized, "this host was revoked at "+c.RevokedAt.Format(time.RFC3339))
+		return "", false
+	case !agentapi.SameHash(agentapi.HashSecret(secret), c.Hash):
+		httpError(w, http.StatusUnauthorized, "wrong credential for this host")
+		return "", false
+	}
+	return host, true
+}
+
+func bearer(r *http.Request) (string, bool) {
+	const p = "Bearer "
+	h := r.Header.Get("Authorization")
+	if len(h) <= len(p) || h[:len(p)] != p {
+		return "", false
+	}
+	return h[len(p):], true
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) bool {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit)).Decode(v); err != nil {
+		httpError(w, http.StatusBadRequest, "bad request body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
+	if !s.agentVersionOK(w, r) {
+		return
+	}
+	var req agentapi.EnrollRequest
+	if !decodeBody(w, r, 64<<10, &req) {
+		return
+	}
+	if !hostIDPattern.MatchString(req.HostID) {
+		httpError(w, http.StatusBadRequest, "host id: want 1-63 of [a-z0-9.-], starting with a letter or digit")
+		return
+	}
+	secret, hash, err := agentapi.NewCredential()
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "no randomness")
+		return
+	}
+	now := s.now().UTC()
+	err = s.st.Update(r.Context(), func(tx store.Tx) error {
+		if err := tx.UseEnrollToken(agentapi.HashSecret(req.Token), req.HostID, now); err != nil {
+			return err
+		}
+		return tx.PutAgentCredential(store.AgentCredential{HostID: req.HostID, Hash: hash, CreatedAt: now})
+	})
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrTokenSpent) {
+		s.log.Warn("enrolment refused", "host", req.HostID, "remote", r.RemoteAddr)
+		httpError(w, http.StatusUnauthorized, "enrolment token unknown, already used or expired")
+		return
+	}
+	if err != nil {
+		httpError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		return
+	}
+	s.log.Info("host enrolled", "host", req.HostID, "remote", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, agentapi.EnrollResponse{HostID: req.HostID, Credential: secret})
+}
+
+// handleStream attaches the agent and streams its commands until it goes.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.authAgent(w, r)
+	if !ok {
+		return
+	}
+	var hello agentapi.Hello
+	if !decodeBody(w, r, 1<<20, &hello) {
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		httpError(w, http.StatusInternalServerError, "streaming unsupported")
+		return
+	}
+	rh := newRemoteHost(id)
+	s.mu.Lock()
+	if old := s.remotes[id]; old != nil {
+		old.close() // a reconnect replaces the old stream
+	}
+	s.remotes[id] = rh
+	s.lastSeen[id] = s.now()
+	s.mu.Unlock()
+	h := store.Host{ID: id, Arches: hello.Capacity.Arches, VCPUs: hello.Capacity.VCPUs,
+		MemoryMiB: hello.Capacity.MemoryMiB, Version: hello.AgentVersion}
+	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {
+		s.dropRemote(rh)
+		httpError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	defer s.dropRemote(rh)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	ping := time.NewTicker(agentapi.PingInterval)
+	defer ping.Stop()
+	write := func(c agentapi.Command) bool {
+		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if err := enc.Encode(c); err != nil {
+			return false
+		}
+		flusher.Flush()
+		return true
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-rh.done:
+			return
+		case c := <-rh.cmds:
+			if !write(c) {
+				return
+			}
+		case <-ping.C:
+			if !write(agentapi.Command{Type: agentapi.CmdPing, SentAt: time.Now()}) {
+				return
+			}
+		}
+	}
+}
+
+// dropRemote forgets a stream; the host stays as it is in the store until
+// it reconnects or misses its heartbeats.
+func (s *Server) dropRemote(rh *remoteHost) {
+	rh.close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.remotes[rh.id] == rh {
+		delete(s.remotes, rh.id)
+		if s.hosts[rh.id] == HostAgent(rh) {
+			delete(s.hosts, rh.id)
+		}
+	}
+}
+
+func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.authAgent(w, r)
+	if !ok {
+		return
+	}
+	var rep agentapi.Report
+	if !decodeBody(w, r, 8<<20, &rep) {
+		return
+	}
+	if rep.Heartbeat != nil {
+		s.mu.Lock()
+		if _, remote := s.remotes[id]; remote || s.lastSeen[id] != (time.Time{}) {
+			s.lastSeen[id] = s.now()
+		}
+		s.mu.Unlock()
+	}
+	for _, e := range rep.Events {
+		e.Host = id // an agent speaks for its own host only
+		s.HostEvent(e)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// maxRunnerLog caps one runner's log kept by the control plane.
+const maxRunnerLog = 16 << 20
+
+func (s *Server) handleAgentLog(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.authAgent(w, r)
+	if !ok {
+		return
+	}
+	name := r.URL.Query().Get("runner")
+	rec, err := s.runnerRecord(r.Context(), name)
+	if err != nil || rec.HostID != id {
+		httpError(w, http.StatusNotFound, "no such runner on this host")
+		return
+	}
+	if s.cfg.LogDir == "" {
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	p := filepath.Join(s.cfg.LogDir, name+".log")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "log file")
+		return
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	left := int64(maxRunnerLog)
+	if st != nil {
+		left -= st.Size()
+	}
+	if left > 0 {
+		io.Copy(f, io.LimitReader(http.MaxBytesReader(w, r.Body, 4<<20), left))
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// hostMonitor marks hosts offline whose agent missed its heartbeats: their
+// waiting jobs go elsewhere and their running jobs are reported lost.
+func (s *Server) hostMonitor(ctx context.Context) {
+	// Hosts that were remote before a restart get a timeout's grace to
+	// reconnect.
+	var hosts []store.Host
+	if err := s.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		hosts, err = tx.Hosts()
+		return err
+	}); err == nil {
+		s.mu.Lock()
+		for _, h := range hosts {
+			if _, attached := s.hosts[h.ID]; h.State != store.HostOffline && !attached {
+				s.lastSeen[h.ID] = s.now()
+			}
+		}
+		s.mu.Unlock()
+	}
+	t := time.NewTicker(s.cfg.HeartbeatTimeout / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		var late []string
+		s.mu.Lock()
+		for id, seen := range s.lastSeen {
+			if now.Sub(seen) > s.cfg.HeartbeatTimeout {
+				late = append(late, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range late {
+			reason := fmt.Sprintf("no heartbeat for %s", s.cfg.HeartbeatTimeout)
+			if err := s.hostGone(ctx, id, FailHostOffline, reason); err != nil && ctx.Err() == nil {
+				s.log.Error("marking host offline", "host", id, "err", err)
+			}
+		}
+	}
+}
+
+// hostGone takes a host out of the fleet: offline in the store, its stream
+// closed, its live runners ended with failure (their waiting jobs are placed
+// again; running jobs are lost).
+func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error {
+	s.mu.Lock()
+	delete(s.lastSeen, id)
+	if rh := s.remotes[id]; rh != nil {
+		rh.close()
+		delete(s.remotes, id)
+	}
+	delete(s.hosts, id)
+	s.mu.Unlock()
+	if err := s.DetachHost(ctx, id, reason); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	var live []store.Runner
+	if err := s.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		live, err = tx.Runners(store.RunnerFilter{HostID: id, Live: true})
+		return err
+	}); err != nil {
+		return err
+	}
+	s.log.Warn("host left the fleet", "host", id, "reason", reason, "runners", len(live))
+	for _, r := range live {
+		s.HostEvent(agent.Event{Host: id, Runner: r.Name, Kind: agent.EventEnded, Failure: failure,
+			Detail: "host " + id + ": " + reason})
+	}
+	kick(s.dispatchKick)
+	return nil
+}

@@ -1,0 +1,264 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// fleet is a rig whose hosts are remote agents: real TLS with a pinned
+// certificate, the agentapi protocol, and daemons driving in-process hosts
+// that run the real fake runner.
+type fleet struct {
+	*rig
+	tlsSrv *httptest.Server
+	pin    string
+}
+
+const fleetHeartbeat = 200 * time.Millisecond
+
+func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	dir := t.TempDir()
+	cert, err := agentapi.LoadOrCreateCert(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := agentapi.Fingerprint(cert.Certificate[0])
+	r := newRig(t, rigOptions{noHosts: true, heartbeat: 5 * fleetHeartbeat, agentPin: pin, noReconcile: true})
+	mux := http.NewServeMux()
+	mux.Handle("/agent/", r.cp.AgentHandler())
+	mux.Handle("/", r.cp.Handler())
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return &fleet{rig: r, tlsSrv: srv, pin: pin}
+}
+
+// enrollToken asks the API for a one-time token, as `tandem enroll` does.
+func (f *fleet) enrollToken() string {
+	f.t.Helper()
+	var out struct{ Token string }
+	if code := f.call("POST", "/api/v1/enroll-tokens", rigAdminToken, &out); code != 201 {
+		f.t.Fatalf("enroll-tokens: %d", code)
+	}
+	return out.Token
+}
+
+// remoteAgent is one enrolled host: its daemon and the host it drives.
+type remoteAgent struct {
+	id     string
+	host   *goHost
+	daemon *agentapi.Daemon
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (f *fleet) join(id string) *remoteAgent {
+	f.t.Helper()
+	creds, err := agentapi.Enroll(context.Background(), f.tlsSrv.URL, f.enrollToken(), id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return f.start(creds)
+}
+
+func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
+	h := newGoHost(creds.HostID)
+	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
+		Capacity: func() agentapi.Capacity {
+			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []store.ArchSupport{{Arch: labels.AMD64}}}
+		}}
+	h.sink = d.Event
+	d.Bind(h)
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &remoteAgent{id: creds.HostID, host: h, daemon: d, cancel: cancel, done: make(chan error, 1)}
+	go func() { a.done <- d.Run(ctx) }()
+	f.t.Cleanup(func() { a.stop(); h.stopAll() })
+	f.hosts = append(f.hosts, h)
+	f.waitHost(creds.HostID, "online", true)
+	return a
+}
+
+func (a *remoteAgent) stop() {
+	a.cancel()
+	<-a.done
+	a.done <- errors.New("stopped") // for a second stop
+}
+
+func (f *fleet) hostView(id string) (controlplane.HostView, bool) {
+	var out struct{ Hosts []controlplane.HostView }
+	f.call("GET", "/api/v1/hosts", rigReadToken, &out)
+	for _, h := range out.Hosts {
+		if h.ID == id {
+			return h, true
+		}
+	}
+	return controlplane.HostView{}, false
+}
+
+func (f *fleet) waitHost(id, state string, connected bool) {
+	f.t.Helper()
+	f.waitFor("host "+id+" "+state, 10*time.Second, func() bool {
+		h, ok := f.hostView(id)
+		return ok && h.State == state && h.Connected == connected
+	})
+}
+
+func TestRemoteAgentsRunJobs(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	f.join("a1")
+	f.join("a2")
+	var ids []int64
+	for i := 0; i < 6; i++ {
+		ids = append(ids, f.queue("acme/app", "tandem-2cpu-1gb", "echo remote"))
+	}
+	f.waitStates(ids, 20*time.Second, store.JobCompleted)
+	used := map[string]int{}
+	for _, id := range ids {
+		j, _ := f.job(id)
+		used[j.HostID]++
+		if gj, _ := f.gh.Job(id); gj.Claims != 1 {
+			t.Errorf("job %d claimed %d times", id, gj.Claims)
+		}
+	}
+	if len(used) != 2 {
+		t.Errorf("jobs per host %v: want both hosts used", used)
+	}
+}
+
+func TestEnrolmentRules(t *testing.T) {
+	f := newFleet(t)
+	tok := f.enrollToken()
+	if _, err := agentapi.Enroll(context.Background(), f.tlsSrv.URL, tok, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentapi.Enroll(context.Background(), f.tlsSrv.URL, tok, "b2"); err == nil {
+		t.Error("a token was used twice")
+	}
+	// A token carrying another certificate's fingerprint: the agent
+	// refuses the control plane (a man in the middle would look the same).
+	secret, _, _ := agentapi.ParseEnrollToken(f.enrollToken())
+	other := "tdm1." + secret + "." + strings.Repeat("ab", 32)
+	if _, err := agentapi.Enroll(context.Background(), f.tlsSrv.URL, other, "b3"); err == nil || !strings.Contains(err.Error(), "pinned") {
+		t.Errorf("enrol with a wrong pin: %v", err)
+	}
+	if _, err := agentapi.Enroll(context.Background(), f.tlsSrv.URL, "not-a-token", "b4"); !errors.Is(err, agentapi.ErrBadToken) {
+		t.Errorf("malformed token: %v", err)
+	}
+	// A token asked for without the admin token.
+	if code := f.call("POST", "/api/v1/enroll-tokens", rigReadToken, nil); code != 401 {
+		t.Errorf("enroll-tokens with a read token: %d, want 401", code)
+	}
+	if code := f.call("POST", "/api/v1/enroll-tokens", "", nil); code != 401 {
+		t.Errorf("enroll-tokens without a token: %d, want 401", code)
+	}
+	// An agent of another protocol version is told why.
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: agentapi.PinnedTLS(f.pin)}}
+	req, _ := http.NewRequest("POST", f.tlsSrv.URL+agentapi.PathStream, bytes.NewReader([]byte("{}")))
+	req.Header.Set(agentapi.HeaderVersion, "99")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUpgradeRequired {
+		t.Errorf("protocol 99: %s, want 426", resp.Status)
+	}
+}
+
+// Drain keeps new VMs off a host; cordon and uncordon; a revoked host's
+// agent is refused at once and its waiting job goes elsewhere.
+func TestHostLifecycle(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	a1 := f.join("a1")
+	f.join("a2")
+	if code := f.call("POST", "/api/v1/hosts/a1/drain", rigReadToken, nil); code != 401 {
+		t.Errorf("drain with a read token: %d", code)
+	}
+	if code := f.call("POST", "/api/v1/hosts/a1/drain", rigAdminToken, nil); code != 200 {
+		t.Fatalf("drain: %d", code)
+	}
+	var ids []int64
+	for i := 0; i < 4; i++ {
+		ids = append(ids, f.queue("acme/app", "tandem", "true"))
+	}
+	f.waitStates(ids, 20*time.Second, store.JobCompleted)
+	for _, id := range ids {
+		if j, _ := f.job(id); j.HostID != "a2" {
+			t.Errorf("job %d ran on %s while a1 drained", id, j.HostID)
+		}
+	}
+	if code := f.call("POST", "/api/v1/hosts/a1/uncordon", rigAdminToken, nil); code != 200 {
+		t.Fatal(code)
+	}
+	f.waitHost("a1", "online", true)
+	if code := f.call("POST", "/api/v1/hosts/a2/revoke", rigAdminToken, nil); code != 200 {
+		t.Fatal(code)
+	}
+	f.waitHost("a2", "offline", false)
+	id := f.queue("acme/app", "tandem", "true")
+	f.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	if j, _ := f.job(id); j.HostID != "a1" {
+		t.Errorf("job after revoking a2 ran on %s", j.HostID)
+	}
+	_ = a1
+	if code := f.call("POST", "/api/v1/hosts/nope/drain", rigAdminToken, nil); code != 404 {
+		t.Errorf("drain of an unknown host: %d", code)
+	}
+}
+
+// A revoked agent's daemon stops with ErrRevoked.
+func TestRevokedAgentStops(t *testing.T) {
+	f := newFleet(t)
+	a := f.join("r1")
+	f.call("POST", "/api/v1/hosts/r1/revoke", rigAdminToken, nil)
+	select {
+	case err := <-a.done:
+		if !errors.Is(err, agentapi.ErrRevoked) {
+			t.Errorf("daemon ended with %v, want ErrRevoked", err)
+		}
+		a.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked agent's daemon kept running")
+	}
+}
+
+// A host whose agent falls silent goes offline: its running job is lost,
+// with the reason, and new jobs go to the other host.
+func TestSilentHostGoesOffline(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	a1 := f.join("s1")
+	long := f.queue("acme/app", "tandem", "sleep 60")
+	f.waitStates([]int64{long}, 20*time.Second, store.JobRunning)
+	f.join("s2")
+	a1.stop() // the agent dies; its "VM" (a goroutine here) goes on
+	f.waitHost("s1", "offline", false)
+	f.waitStates([]int64{long}, 10*time.Second, store.JobLost)
+	if j, _ := f.job(long); !strings.Contains(j.Reason, "s1") {
+		t.Errorf("lost job's reason %q does not name the host", j.Reason)
+	}
+	id := f.queue("acme/app", "tandem", "true")
+	f.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	if j, _ := f.job(id); j.HostID != "s2" {
+		t.Errorf("new job ran on %s", j.HostID)
+	}
+	a1.host.stopAll()
+}

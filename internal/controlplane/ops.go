@@ -1,0 +1,192 @@
+package controlplane
+
+import (
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// APITokens guard the JSON API. Admin tokens may do everything; read tokens
+// may only read. With no token at all, reads are open (bind the listener to
+// loopback) and writes are refused: the API never takes an unauthenticated
+// write.
+type APITokens struct {
+	Admin []string
+	Read  []string
+}
+
+func anyToken(list []string, tok string) bool {
+	ok := false
+	for _, t := range list {
+		if subtle.ConstantTimeCompare([]byte(t), []byte(tok)) == 1 {
+			ok = true
+		}
+	}
+	return ok
+}
+
+// guard wraps an API handler: write says whether it changes anything.
+func (s *Server) guard(write bool, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, has := bearer(r)
+		admin := has && anyToken(s.cfg.APITokens.Admin, tok)
+		reader := admin || has && anyToken(s.cfg.APITokens.Read, tok)
+		open := len(s.cfg.APITokens.Admin)+len(s.cfg.APITokens.Read) == 0
+		switch {
+		case write && !admin && len(s.cfg.APITokens.Admin) == 0:
+			httpError(w, http.StatusForbidden, "no admin API token is configured: writes are disabled")
+		case write && !admin:
+			httpError(w, http.StatusUnauthorized, "an admin token is required")
+		case !write && !reader && !open:
+			httpError(w, http.StatusUnauthorized, "a read or admin token is required")
+		default:
+			h(w, r)
+		}
+	}
+}
+
+// opsRoutes adds the operator endpoints to mux:
+//
+//	POST /api/v1/hosts/{id}/drain     no new VMs; running ones finish
+//	POST /api/v1/hosts/{id}/cordon    no new VMs, until uncordoned
+//	POST /api/v1/hosts/{id}/uncordon  back to online
+//	POST /api/v1/hosts/{id}/revoke    refuse its agent from now on; its VMs' jobs are re-placed or lost
+//	POST /api/v1/enroll-tokens        {"ttl":"1h","comment":"..."} → {"token","expires_at"}
+//	GET  /api/v1/jobs/{id}/log        the job's runner output
+func (s *Server) opsRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/hosts/{id}/{action}", s.guard(true, s.handleHostAction))
+	mux.HandleFunc("POST /api/v1/enroll-tokens", s.guard(true, s.handleEnrollToken))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/log", s.guard(false, s.handleJobLog))
+}
+
+func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
+	id, action := r.PathValue("id"), r.PathValue("action")
+	now := s.now().UTC()
+	if action == "revoke" {
+		err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.RevokeAgent(id, now) })
+		if errors.Is(err, store.ErrNotFound) {
+			httpError(w, http.StatusNotFound, "no enrolled host "+strconv.Quote(id))
+			return
+		}
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		if err := s.hostGone(r.Context(), id, FailHostRevoked, "revoked by an operator"); err != nil {
+			httpError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		s.log.Warn("host revoked", "host", id, "by", r.RemoteAddr)
+		writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(store.HostOffline)})
+		return
+	}
+	to := map[string]store.HostState{"drain": store.HostDraining, "cordon": store.HostCordoned, "uncordon": store.HostOnline}[action]
+	if to == "" {
+		httpError(w, http.StatusNotFound, "unknown action "+strconv.Quote(action)+" (drain, cordon, uncordon, revoke)")
+		return
+	}
+	var h store.Host
+	err := s.st.Update(r.Context(), func(tx store.Tx) error {
+		var err error
+		if h, err = tx.Host(id); err != nil {
+			return err
+		}
+		if h.State == store.HostOffline {
+			return errOffline
+		}
+		h.State, h.Reason = to, action+" by an operator at "+now.Format(time.RFC3339)
+		if to == store.HostOnline {
+			h.Reason = ""
+		}
+		return tx.PutHost(h)
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusNotFound, "no host "+strconv.Quote(id))
+		return
+	case errors.Is(err, errOffline):
+		httpError(w, http.StatusConflict, "host "+id+" is offline")
+		return
+	case err != nil:
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.log.Info("host state changed by an operator", "host", id, "state", to)
+	kick(s.dispatchKick)
+	writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(to)})
+}
+
+var errOffline = errors.New("host offline")
+
+func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.AgentPin == "" {
+		httpError(w, http.StatusConflict, "this control plane has no agent listener (agents.listen)")
+		return
+	}
+	var req struct {
+		TTL     string `json:"ttl"`
+		Comment string `json:"comment"`
+	}
+	if r.ContentLength != 0 && !decodeBody(w, r, 64<<10, &req) {
+		return
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > 7*24*time.Hour {
+			httpError(w, http.StatusBadRequest, "ttl: want a duration up to 168h")
+			return
+		}
+		ttl = d
+	}
+	token, hash, err := agentapi.NewEnrollToken(s.cfg.AgentPin)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "no randomness")
+		return
+	}
+	now := s.now().UTC()
+	t := store.EnrollToken{Hash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl), Comment: req.Comment}
+	if err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.CreateEnrollToken(t) }); err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.log.Info("enrolment token issued", "expires", t.ExpiresAt, "comment", req.Comment)
+	writeJSON(w, http.StatusCreated, map[string]any{"token": token, "expires_at": t.ExpiresAt})
+}
+
+func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "job id: want an integer")
+		return
+	}
+	var j store.Job
+	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+		var err error
+		j, err = tx.Job(id)
+		return err
+	}); err != nil {
+		httpError(w, http.StatusNotFound, "no such job")
+		return
+	}
+	if j.RunnerName == "" || s.cfg.LogDir == "" {
+		httpError(w, http.StatusNotFound, "no runner log for this job")
+		return
+	}
+	f, err := os.Open(filepath.Join(s.cfg.LogDir, filepath.Base(j.RunnerName)+".log"))
+	if err != nil {
+		httpError(w, http.StatusNotFound, "no runner log for this job (runner "+j.RunnerName+")")
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.Copy(w, f)
+}

@@ -1,0 +1,286 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/testenv"
+	"github.com/tandem-ci/tandem/internal/testenv/testimages"
+)
+
+// The fleet network: a bridge in the test's namespace, and one network
+// namespace per host joined to it by a veth pair. Each host's agent runs in
+// its namespace with its own VM bridge and NAT; its VMs reach ghfake at the
+// fleet gateway through that NAT.
+const (
+	fleetBridge     = "tfleet0"
+	fleetGateway    = "10.77.0.1"
+	fleetAdminToken = "e2e-fleet-admin-token-0123456789"
+)
+
+func sh(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v: %s", args, err, out)
+	}
+}
+
+// fleetHost is one host: a network namespace, a data dir, an agent process.
+type fleetHost struct {
+	t       testing.TB
+	id, ns  string
+	data    string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+func setupFleetNet(t testing.TB) {
+	t.Helper()
+	sh(t, "ip", "link", "add", fleetBridge, "type", "bridge")
+	sh(t, "ip", "addr", "add", fleetGateway+"/24", "dev", fleetBridge)
+	sh(t, "ip", "link", "set", fleetBridge, "up")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", fleetBridge).Run() })
+}
+
+func newFleetHost(t testing.TB, i int) *fleetHost {
+	t.Helper()
+	h := &fleetHost{t: t, id: fmt.Sprintf("h%d", i), ns: fmt.Sprintf("tdm-e2e-%d-h%d", os.Getpid(), i)}
+	sh(t, "ip", "netns", "add", h.ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", h.ns).Run() })
+	veth := fmt.Sprintf("tfv%d", i)
+	sh(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
+	sh(t, "ip", "link", "set", veth, "master", fleetBridge, "up")
+	sh(t, "ip", "-n", h.ns, "addr", "add", fmt.Sprintf("10.77.0.%d/24", 10+i), "dev", "eth0")
+	sh(t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
+	sh(t, "ip", "-n", h.ns, "link", "set", "lo", "up")
+	sh(t, "ip", "-n", h.ns, "route", "add", "default", "via", fleetGateway)
+	h.data = testenv.ShortTempDir(t)
+	if err := os.Symlink(filepath.Join(testimages.DataDir(t), "images"), filepath.Join(h.data, "images")); err != nil {
+		t.Fatal(err)
+	}
+	h.logPath = filepath.Join(h.data, "agent.log")
+	t.Cleanup(func() {
+		h.stop()
+		if t.Failed() {
+			if b, err := os.ReadFile(h.logPath); err == nil {
+				t.Logf("agent %s log (tail):\n%s", h.id, tail(string(b), 6000))
+			}
+		}
+		testenv.AssertNoLeaks(t, h.data, nil)
+		if out, _ := exec.Command("ip", "-n", h.ns, "-o", "link", "show").CombinedOutput(); bytes.Contains(out, []byte(": tdm-")) {
+			t.Errorf("TAP devices left in %s: %s", h.ns, out)
+		}
+	})
+	return h
+}
+
+// start runs the agent in the host's namespace (nsenter keeps the test's
+// mount namespace, so the agent sees the same cgroups and files).
+func (h *fleetHost) start(server, token string) {
+	h.t.Helper()
+	logf, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	args := []string{"--net=/run/netns/" + h.ns, "--", binary(h.t), "--data-dir", h.data, "--log-level", "info",
+		"agent", "--host-id", h.id, "--vcpus", "2", "--memory", "1GiB", "--emulate", "arm64"}
+	if token != "" {
+		args = append(args, "--server", server, "--enroll-token", token)
+	}
+	cmd := exec.Command("nsenter", args...)
+	cmd.Env = append(os.Environ(), "TANDEM_DATA_DIR=")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	logf.Close()
+	h.cmd, h.done = cmd, make(chan struct{})
+	go func() { cmd.Wait(); close(h.done) }()
+}
+
+func (h *fleetHost) signal(sig syscall.Signal) {
+	if h.cmd == nil {
+		return
+	}
+	h.cmd.Process.Signal(sig)
+	select {
+	case <-h.done:
+	case <-time.After(time.Minute):
+		h.t.Errorf("agent %s did not end within a minute of %v", h.id, sig)
+		h.cmd.Process.Kill()
+		<-h.done
+	}
+	h.cmd = nil
+}
+
+func (h *fleetHost) stop() { h.signal(syscall.SIGTERM) }
+func (h *fleetHost) kill() { h.signal(syscall.SIGKILL) }
+
+// cut drops the host's link to the fleet; heal restores it.
+func (h *fleetHost) cut() { sh(h.t, "ip", "-n", h.ns, "link", "set", "eth0", "down") }
+func (h *fleetHost) heal() {
+	sh(h.t, "ip", "-n", h.ns, "link", "set", "eth0", "up")
+	sh(h.t, "ip", "-n", h.ns, "route", "replace", "default", "via", fleetGateway)
+}
+
+func (s *system) admin(method, path string, body any, out any) int {
+	s.t.Helper()
+	var b []byte
+	if body != nil {
+		b, _ = json.Marshal(body)
+	}
+	req, _ := http.NewRequest(method, s.apiURL+path, bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer "+fleetAdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+	return resp.StatusCode
+}
+
+func (s *system) enrollToken() string {
+	s.t.Helper()
+	var out struct{ Token string }
+	if code := s.admin("POST", "/api/v1/enroll-tokens", map[string]string{"ttl": "10m"}, &out); code != 201 {
+		s.t.Fatalf("enroll token: %d", code)
+	}
+	return out.Token
+}
+
+func (s *system) host(id string) controlplane.HostView {
+	var out struct{ Hosts []controlplane.HostView }
+	s.admin("GET", "/api/v1/hosts", nil, &out)
+	for _, h := range out.Hosts {
+		if h.ID == id {
+			return h
+		}
+	}
+	return controlplane.HostView{}
+}
+
+func (s *system) waitHost(id, state string, connected bool, timeout time.Duration) {
+	s.t.Helper()
+	s.waitFor(fmt.Sprintf("host %s %s (connected %v)", id, state, connected), timeout, func() bool {
+		h := s.host(id)
+		return h.State == state && h.Connected == connected
+	})
+}
+
+// Three hosts, one control plane: losing a host (SIGKILL, a cut link) or
+// the control plane, and draining a host, never runs a job twice; every job
+// completes or is reported lost with its reason, and nothing of any VM
+// remains on any host.
+func TestFleet(t *testing.T) {
+	testenv.RequireVM(t)
+	setupFleetNet(t)
+	s := newSystem(t, options{fleet: true})
+	s.install("acme", "app")
+	var hosts []*fleetHost
+	for i := 1; i <= 3; i++ {
+		h := newFleetHost(t, i)
+		h.start(s.agentURL, s.enrollToken())
+		hosts = append(hosts, h)
+	}
+	for _, h := range hosts {
+		s.waitHost(h.id, "online", true, time.Minute)
+	}
+	var all []int64
+	queue := func(n int, script string) []int64 {
+		var ids []int64
+		for i := 0; i < n; i++ {
+			id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: script})
+			ids = append(ids, id)
+		}
+		all = append(all, ids...)
+		return ids
+	}
+
+	// 1. Jobs spread over the fleet.
+	first := queue(6, "sleep 1; echo ok")
+	s.waitTandemState(first, 3*time.Minute, "completed")
+	onHost := map[string]bool{}
+	for _, id := range first {
+		v, _ := s.job(id)
+		onHost[v.Host] = true
+	}
+	if len(onHost) < 2 {
+		t.Errorf("6 jobs ran on %v: want the fleet used", onHost)
+	}
+
+	// 2. Drain h2 and h3: the next job goes to h1; then kill h1's agent with
+	// SIGKILL while that job runs. The host goes offline, the job is lost
+	// with the reason, and h1 rejoins on restart with nothing left over.
+	for _, id := range []string{"h2", "h3"} {
+		if code := s.admin("POST", "/api/v1/hosts/"+id+"/drain", nil, nil); code != 200 {
+			t.Fatalf("drain %s: %d", id, code)
+		}
+	}
+	long := queue(1, "sleep 300")
+	s.waitTandemState(long, 2*time.Minute, "running")
+	if v, _ := s.job(long[0]); v.Host != "h1" {
+		t.Fatalf("the job ran on %s with h2 and h3 drained", v.Host)
+	}
+	hosts[0].kill()
+	s.waitHost("h1", "offline", false, time.Minute)
+	s.waitTandemState(long, time.Minute, "lost")
+	hosts[0].start("", "") // enrolled already: no token
+	s.waitHost("h1", "online", true, time.Minute)
+	for _, id := range []string{"h2", "h3"} {
+		s.admin("POST", "/api/v1/hosts/"+id+"/uncordon", nil, nil)
+	}
+
+	// 3. Cut h2 off while it runs a job; heal it. Its VM, unwanted now, is
+	// destroyed when its agent reconnects.
+	s.admin("POST", "/api/v1/hosts/h1/drain", nil, nil)
+	s.admin("POST", "/api/v1/hosts/h3/drain", nil, nil)
+	cut := queue(1, "sleep 300")
+	s.waitTandemState(cut, 2*time.Minute, "running")
+	hosts[1].cut()
+	s.waitHost("h2", "offline", false, time.Minute)
+	s.waitTandemState(cut, time.Minute, "lost")
+	hosts[1].heal()
+	s.waitHost("h2", "online", true, 90*time.Second)
+	s.waitFor("h2's unwanted VM to go", time.Minute, func() bool {
+		return len(testenv.QEMUPIDs(hosts[1].data)) == 0
+	})
+	s.admin("POST", "/api/v1/hosts/h1/uncordon", nil, nil)
+	s.admin("POST", "/api/v1/hosts/h3/uncordon", nil, nil)
+
+	// 4. Restart the control plane with SIGKILL while jobs are queued.
+	later := queue(4, "sleep 1; echo ok")
+	s.kill()
+	s.start()
+	s.waitTandemState(later, 4*time.Minute, "completed")
+
+	// Every job: completed once, or lost with a reason; none twice.
+	for _, id := range all {
+		gj, _ := s.gh.Job(id)
+		v, _ := s.job(id)
+		if gj.Claims > 1 {
+			t.Errorf("job %d claimed %d times", id, gj.Claims)
+		}
+		if v.State != "completed" && !(v.State == "lost" && v.Reason != "") {
+			t.Errorf("job %d ended %s (%s)", id, v.State, v.Reason)
+		}
+	}
+	t.Logf("counters: %v", s.counters())
+	// Everything winds down: stop the agents (cleanup checks each host).
+	for _, h := range hosts {
+		h.stop()
+	}
+}
