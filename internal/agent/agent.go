@@ -90,8 +90,8 @@ type Config struct {
 	// LogSink, if set, also receives each runner's output as it comes (the
 	// fleet agent ships it to the control plane). It must not block.
 	LogSink func(runner string, p []byte)
-	Logger   *slog.Logger
-	Now      func() time.Time
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Agent runs runner VMs on one host.
