@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -221,6 +222,16 @@ func TestFleet(t *testing.T) {
 	if len(onHost) < 2 {
 		t.Errorf("6 jobs ran on %v: want the fleet used", onHost)
 	}
+	// The runner's output came back from its host (tandem logs JOB).
+	s.waitFor("the runner's log to reach the control plane", 30*time.Second, func() bool {
+		resp, err := s.get(fmt.Sprintf("/api/v1/jobs/%d/log", first[0]))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == 200 && bytes.Contains(b, []byte("ok"))
+	})
 
 	// 2. Drain h2 and h3: the next job goes to h1; then kill h1's agent with
 	// SIGKILL while that job runs. The host goes offline, the job is lost
