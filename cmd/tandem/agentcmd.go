@@ -82,7 +82,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 				return err
 			}
 			d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: version,
-				Capacity: func() agentapi.Capacity { return capacity(g.dataDir) }, Logger: g.log}
+				Capacity: func() agentapi.Capacity { return capacity(g.dataDir) }, Load: loadAvg, Logger: g.log}
 			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h, Sink: d.Event, LogSink: d.Log,
 				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Logger: g.log})
 			if err != nil {
@@ -182,4 +182,15 @@ func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string
 		}
 		return out
 	}, nil
+}
+
+// loadAvg is the host's one-minute load average (0 if unreadable).
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscanf(string(b), "%f", &l)
+	return l
 }
