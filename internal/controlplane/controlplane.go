@@ -98,6 +98,9 @@ type Config struct {
 	Now     func() time.Time
 }
 
+// maxGitHubConcurrency bounds JIT config requests in flight.
+const maxGitHubConcurrency = 16
+
 // Server is the control plane.
 type Server struct {
 	cfg     Config
@@ -122,6 +125,7 @@ type Server struct {
 	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
+	ghSlots    chan struct{}  // bounds concurrent JIT config requests
 	verifyKick chan struct{}
 
 	eventKick chan struct{}
@@ -181,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 		eventKick:    make(chan struct{}, 1),
 		verifyKick:   make(chan struct{}, 1),
 		toVerify:     map[int64]bool{},
+		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		hosts:        map[string]HostAgent{},
 		stopping:     map[string]bool{},
 		configured:   map[string]bool{},

@@ -285,9 +285,18 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	}
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// GitHub asks integrators not to send many requests at once (its
+	// secondary rate limits); a burst of placements queues here instead.
+	select {
+	case s.ghSlots <- struct{}{}:
+	case <-jctx.Done():
+		s.stopRunner(r.HostID, r.Name, "no runner config: "+jctx.Err().Error())
+		return
+	}
 	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, s.scope(r), github.JITRequest{
 		Name: r.Name, RunnerGroupID: s.cfg.Runner.GroupID, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
 	})
+	<-s.ghSlots
 	if err != nil {
 		log.Warn("runner config from GitHub failed; stopping its VM", "err", err)
 		s.noteRunner(ctx, r.Name, "runner config from GitHub failed: "+err.Error(), 0)
