@@ -477,7 +477,7 @@ func hostsCmd(g *globals) *cobra.Command {
 		}
 		now := time.Now()
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tCONNECTED\tARCHES\tVCPUS\tMEMORY\tRUNNERS\tLAST-SEEN\tREASON")
+		fmt.Fprintln(tw, "ID\tSTATE\tCONNECTED\tARCHES\tVCPUS\tMEMORY\tRUNNERS\tLOAD\tLAST-SEEN\tREASON")
 		for _, h := range res.Hosts {
 			arches := make([]string, 0, len(h.Arches))
 			for _, a := range h.Arches {
@@ -491,9 +491,13 @@ func hostsCmd(g *globals) *cobra.Command {
 			if h.Connected {
 				conn = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%g/%g\t%s/%s GiB\t%d\t%s\t%s\n", clean(h.ID), clean(h.State), conn,
+			load := "-"
+			if h.Load1 > 0 {
+				load = strconv.FormatFloat(h.Load1, 'f', 2, 64)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%g/%g\t%s/%s GiB\t%d\t%s\t%s\t%s\n", clean(h.ID), clean(h.State), conn,
 				orDash(strings.Join(arches, ",")), h.UsedVCPUs, h.VCPUs, gib(h.UsedMemoryMiB), gib(h.MemoryMiB),
-				h.Runners, ago(now, h.LastSeen), orDash(cut(clean(h.Reason), reasonWidth)))
+				h.Runners, load, ago(now, h.LastSeen), orDash(cut(clean(h.Reason), reasonWidth)))
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -266,7 +266,7 @@ func TestOpsHostsAndJobs(t *testing.T) {
 	ida, idb := itoa(a.ID), itoa(b.ID)
 
 	out := r.ok(r.as(opsRead, "hosts")).stdout
-	if h := table(out)[0]; strings.Join(h, " ") != "ID STATE CONNECTED ARCHES VCPUS MEMORY RUNNERS LAST-SEEN REASON" {
+	if h := table(out)[0]; strings.Join(h, " ") != "ID STATE CONNECTED ARCHES VCPUS MEMORY RUNNERS LOAD LAST-SEEN REASON" {
 		t.Errorf("hosts header %q", h)
 	}
 	row := rowOf(t, out, "h1")
@@ -363,7 +363,7 @@ func TestOpsDrainCordonUncordon(t *testing.T) {
 	state := func() []string {
 		t.Helper()
 		row := rowOf(t, r.ok(r.as(opsRead, "hosts")).stdout, "h1")
-		return []string{row[1], strings.Join(row[9:], " ")} // state, reason
+		return []string{row[1], strings.Join(row[10:], " ")} // state, reason
 	}
 	if s := state(); s[0] != "online" || s[1] != "-" {
 		t.Fatalf("before: %q", s)

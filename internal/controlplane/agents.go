@@ -271,6 +271,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		if _, remote := s.remotes[id]; remote || s.lastSeen[id] != (time.Time{}) {
 			s.lastSeen[id] = s.now()
 		}
+		s.beats[id] = *rep.Heartbeat
 		s.mu.Unlock()
 	}
 	for _, e := range rep.Events {
@@ -368,6 +369,7 @@ func (s *Server) hostMonitor(ctx context.Context) {
 func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error {
 	s.mu.Lock()
 	delete(s.lastSeen, id)
+	delete(s.beats, id)
 	if rh := s.remotes[id]; rh != nil {
 		rh.close()
 		delete(s.remotes, id)

@@ -202,6 +202,9 @@ type HostView struct {
 	UsedMemoryMiB int                 `json:"used_memory_mib"`
 	Runners       int                 `json:"runners"`
 	LastSeen      time.Time           `json:"last_seen"`
+	// From the last heartbeat of a remote host's agent.
+	Load1       float64 `json:"load1,omitempty"`
+	DiskFreeMiB int64   `json:"disk_free_mib,omitempty"`
 }
 
 func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
@@ -223,6 +226,14 @@ func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
 	for _, h := range hosts {
 		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],
 			Arches: h.Arches, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, LastSeen: h.LastSeen}
+		s.mu.Lock()
+		if seen := s.lastSeen[h.ID]; seen.After(v.LastSeen) {
+			v.LastSeen = seen
+		}
+		if hb, ok := s.beats[h.ID]; ok {
+			v.Load1, v.DiskFreeMiB = hb.Load1, hb.Capacity.DiskFreeMiB
+		}
+		s.mu.Unlock()
 		for _, r := range live {
 			if r.HostID == h.ID {
 				v.UsedVCPUs += r.VCPUs

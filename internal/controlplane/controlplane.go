@@ -122,6 +122,7 @@ type Server struct {
 	waiting    map[int64]string     // why each queued job waits, from the last placement pass
 	remotes    map[string]*remoteHost
 	lastSeen   map[string]time.Time // remote hosts' last heartbeat
+	beats      map[string]agentapi.Heartbeat
 	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
@@ -192,6 +193,7 @@ func New(cfg Config) (*Server, error) {
 		busyHold:     map[string]time.Time{},
 		remotes:      map[string]*remoteHost{},
 		lastSeen:     map[string]time.Time{},
+		beats:        map[string]agentapi.Heartbeat{},
 		redone:       map[string]time.Time{},
 	}
 	s.metrics = newMetrics(s)
