@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -26,11 +24,10 @@ import (
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
-	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
-	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
 // These tests run the operator commands in process against a real control
@@ -73,70 +70,17 @@ func newOpsRig(t *testing.T) *opsRig {
 	for _, k := range []string{"TANDEM_SERVER", "TANDEM_TOKEN", "TANDEM_PIN"} {
 		t.Setenv(k, "")
 	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("ops-test-webhook-secret")
 	r := &opsRig{t: t, logDir: t.TempDir(), data: t.TempDir()}
-	// ghfake needs the webhook URL before the control plane exists.
-	var mu sync.RWMutex
-	var handler http.Handler = http.NotFoundHandler()
-	r.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		mu.RLock()
-		h := handler
-		mu.RUnlock()
-		h.ServeHTTP(w, req)
-	}))
-	r.gh = ghfake.New(ghfake.Config{AppID: 7, AppPublicKey: &key.PublicKey, WebhookURL: r.web.URL + "/webhook",
-		WebhookSecret: secret, Seed: 1})
-	ghSrv := httptest.NewServer(r.gh.Handler())
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"), sqlite.Options{Synchronous: sqlite.SyncNormal})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.st = st
-	client, err := github.New(github.Config{BaseURL: ghSrv.URL + "/", AppID: 7, PrivateKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	parser, err := labels.NewParser("tandem", 1, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := controlplane.New(controlplane.Config{
-		Store: st, GitHub: client, WebhookSecret: secret, Labels: parser,
-		Runner:    controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}},
-		Reconcile: controlplane.Intervals{MissedWebhooks: -1, FailedDeliveries: -1, Orphans: -1},
-		LogDir:    r.logDir, AgentPin: opsPin,
-		APITokens: controlplane.APITokens{Admin: []string{opsAdmin}, Read: []string{opsRead}},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	sys := cptest.Start(t, 1, func(c *controlplane.Config) {
+		c.LogDir, c.AgentPin = r.logDir, opsPin
+		c.APITokens = controlplane.APITokens{Admin: []string{opsAdmin}, Read: []string{opsRead}}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cp = cp
-	mu.Lock()
-	handler = cp.Handler()
-	mu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		cp.Run(ctx)
-		close(done)
-	}()
+	r.gh, r.cp, r.st, r.web = sys.GH, sys.CP, sys.Store, sys.Web
+	cp, ctx := sys.CP, sys.Ctx
 	if err := cp.AttachHost(ctx, store.Host{ID: "h1", VCPUs: 8, MemoryMiB: 16 << 10,
 		Arches: []store.ArchSupport{{Arch: labels.AMD64}, {Arch: labels.ARM64, Emulated: true}}}, &opsHost{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		r.gh.Close()
-		ghSrv.Close()
-		r.web.Close()
-		st.Close()
-	})
 	return r
 }
 

@@ -4,18 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -24,6 +20,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
@@ -31,7 +28,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
-	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
 // goHost is a HostAgent whose "VMs" are goroutines running the real fake
@@ -180,8 +176,6 @@ type rig struct {
 	client *github.Client
 	secret []byte
 	hosts  []*goHost
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 type rigOptions struct {
@@ -205,37 +199,6 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if o.vcpus == 0 {
 		o.vcpus = 8
 	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := []byte("controlplane-test-secret")
-	r := &rig{t: t, secret: secret, done: make(chan struct{})}
-	// The control plane's HTTP server must exist before ghfake, which
-	// sends webhooks to it; its handler is filled in below.
-	var handler http.Handler = http.NotFoundHandler()
-	var hmu sync.RWMutex
-	r.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		hmu.RLock()
-		h := handler
-		hmu.RUnlock()
-		h.ServeHTTP(w, req)
-	}))
-	r.gh = ghfake.New(ghfake.Config{AppID: 11, AppPublicKey: &key.PublicKey, WebhookURL: r.web.URL + "/webhook",
-		WebhookSecret: secret, Seed: time.Now().UnixNano()})
-	ghSrv := httptest.NewServer(r.gh.Handler())
-	r.gh.SetFaults(o.faults)
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"), sqlite.Options{Synchronous: sqlite.SyncNormal})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.st = st
-	client, err := github.New(github.Config{BaseURL: ghSrv.URL + "/", AppID: 11, PrivateKey: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.client = client
-	parser, _ := labels.NewParser("tandem", 1, 256)
 	iv := controlplane.Intervals{MissedWebhooks: 300 * time.Millisecond, FailedDeliveries: 300 * time.Millisecond,
 		Orphans: 500 * time.Millisecond, LostAfter: time.Second}
 	if o.noReconcile {
@@ -244,27 +207,17 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	if o.idle == 0 {
 		o.idle = time.Minute
 	}
-	cp, err := controlplane.New(controlplane.Config{
-		Store: st, GitHub: client, WebhookSecret: secret, Labels: parser,
-		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: o.idle},
-		Limits: o.limits, MaxAttempts: o.maxAttempts, Reconcile: iv,
-		HeartbeatTimeout: o.heartbeat, AgentPin: o.agentPin, LogDir: t.TempDir(),
-		APITokens: controlplane.APITokens{Admin: []string{rigAdminToken}, Read: []string{rigReadToken}},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	sys := cptest.Start(t, time.Now().UnixNano(), func(c *controlplane.Config) {
+		c.Labels, _ = labels.NewParser("tandem", 1, 256)
+		c.Runner.IdleTimeout = o.idle
+		c.Limits, c.MaxAttempts, c.Reconcile = o.limits, o.maxAttempts, iv
+		c.HeartbeatTimeout, c.AgentPin, c.LogDir = o.heartbeat, o.agentPin, t.TempDir()
+		c.APITokens = controlplane.APITokens{Admin: []string{rigAdminToken}, Read: []string{rigReadToken}}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.cp = cp
-	hmu.Lock()
-	handler = cp.Handler()
-	hmu.Unlock()
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go func() {
-		cp.Run(ctx)
-		close(r.done)
-	}()
+	sys.GH.SetFaults(o.faults)
+	r := &rig{t: t, gh: sys.GH, cp: sys.CP, st: sys.Store, web: sys.Web, client: sys.Client, secret: sys.Secret}
+	ctx := sys.Ctx
+	cp := sys.CP
 	for i := 0; i < o.hosts; i++ {
 		h := newGoHost(fmt.Sprintf("h%d", i+1))
 		h.cp = cp
@@ -279,12 +232,6 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		for _, h := range r.hosts {
 			h.stopAll()
 		}
-		cancel()
-		<-r.done
-		r.gh.Close()
-		ghSrv.Close()
-		r.web.Close()
-		st.Close()
 	})
 	return r
 }
