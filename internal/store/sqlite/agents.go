@@ -9,16 +9,20 @@ import (
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
+// Enrolment tokens and agent credentials (migration 0002). Only hashes are
+// stored; errors name host ids but never a hash.
+
 func (t *readTx) AgentCredential(hostID string) (store.AgentCredential, error) {
 	c := store.AgentCredential{HostID: hostID}
 	var created, revoked int64
-	err := t.q.QueryRowContext(t.ctx, "SELECT hash, created_at, revoked_at FROM agent_credentials WHERE host_id = ?", hostID).
+	err := t.q.QueryRowContext(t.ctx,
+		"SELECT hash, created_at, revoked_at FROM agent_credentials WHERE host_id = ?", hostID).
 		Scan(&c.Hash, &created, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
-		return c, fmt.Errorf("credential of host %s: %w", hostID, store.ErrNotFound)
+		return store.AgentCredential{}, fmt.Errorf("credential of host %s: %w", hostID, store.ErrNotFound)
 	}
 	if err != nil {
-		return c, fmt.Errorf("credential of host %s: %w", hostID, err)
+		return store.AgentCredential{}, fmt.Errorf("credential of host %s: %w", hostID, err)
 	}
 	c.CreatedAt, c.RevokedAt = timeOf(created), timeOf(revoked)
 	return c, nil
@@ -30,86 +34,122 @@ func (t *readTx) EnrollTokens() ([]store.EnrollToken, error) {
 	if err != nil {
 		return nil, fmt.Errorf("enrolment tokens: %w", err)
 	}
-	defer rows.Close()
-	var out []store.EnrollToken
-	for rows.Next() {
-		var e store.EnrollToken
-		var created, expires, used int64
-		if err := rows.Scan(&e.Hash, &created, &expires, &used, &e.UsedBy, &e.Comment); err != nil {
-			return nil, fmt.Errorf("enrolment tokens: %w", err)
-		}
-		e.CreatedAt, e.ExpiresAt, e.UsedAt = timeOf(created), timeOf(expires), timeOf(used)
-		out = append(out, e)
+	ts, err := collect(rows, scanEnrollToken)
+	if err != nil {
+		return nil, fmt.Errorf("enrolment tokens: %w", err)
 	}
-	return out, rows.Err()
+	return ts, nil
+}
+
+func scanEnrollToken(sc scanner) (store.EnrollToken, error) {
+	var e store.EnrollToken
+	var created, expires, used int64
+	if err := sc.Scan(&e.Hash, &created, &expires, &used, &e.UsedBy, &e.Comment); err != nil {
+		return e, err
+	}
+	e.CreatedAt, e.ExpiresAt, e.UsedAt = timeOf(created), timeOf(expires), timeOf(used)
+	return e, nil
 }
 
 func (t *writeTx) CreateEnrollToken(e store.EnrollToken) error {
-	if e.Hash == "" || e.CreatedAt.IsZero() || e.ExpiresAt.Before(e.CreatedAt) {
-		return fmt.Errorf("%w: enrolment token (hash, created and expiry after creation required)", store.ErrInvalid)
+	switch {
+	case e.Hash == "":
+		return fmt.Errorf("%w: enrolment token without a hash", store.ErrInvalid)
+	case e.CreatedAt.IsZero():
+		return fmt.Errorf("%w: enrolment token without a creation time", store.ErrInvalid)
+	case e.ExpiresAt.Before(e.CreatedAt):
+		return fmt.Errorf("%w: enrolment token expires before its creation", store.ErrInvalid)
 	}
 	res, err := t.q.ExecContext(t.ctx, `INSERT INTO enroll_tokens (hash, created_at, expires_at, used_at, used_by, comment)
 		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
 		e.Hash, msOf(e.CreatedAt), msOf(e.ExpiresAt), msOf(e.UsedAt), e.UsedBy, e.Comment)
 	if err != nil {
-		return fmt.Errorf("enrolment token: %w", err)
+		return fmt.Errorf("create enrolment token: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("enrolment token: %w", err)
-	} else if n == 0 {
-		return fmt.Errorf("enrolment token: %w", store.ErrExists)
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("create enrolment token: %w", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("create enrolment token: %w", store.ErrExists)
 	}
 	return nil
 }
 
+// UseEnrollToken spends the token with one conditional UPDATE, so that of
+// concurrent uses exactly one matches a row whatever the isolation; only
+// when none matched does it look at the row to tell unknown from spent.
 func (t *writeTx) UseEnrollToken(hash, hostID string, now time.Time) error {
-	if hash == "" || hostID == "" || now.IsZero() {
-		return fmt.Errorf("%w: use enrolment token: hash, host and time required", store.ErrInvalid)
+	switch {
+	case hash == "":
+		return fmt.Errorf("%w: enrolment token without a hash", store.ErrInvalid)
+	case hostID == "":
+		return fmt.Errorf("%w: enrolment token used by no host", store.ErrInvalid)
+	case now.IsZero():
+		return fmt.Errorf("%w: enrolment token used at the zero time", store.ErrInvalid)
 	}
-	var expires, used int64
-	err := t.q.QueryRowContext(t.ctx, "SELECT expires_at, used_at FROM enroll_tokens WHERE hash = ?", hash).Scan(&expires, &used)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("enrolment token: %w", store.ErrNotFound)
-	}
+	res, err := t.q.ExecContext(t.ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ?
+		WHERE hash = ? AND used_at = 0 AND expires_at > ?`, msOf(now), hostID, hash, msOf(now))
 	if err != nil {
-		return fmt.Errorf("enrolment token: %w", err)
+		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
 	}
-	if used != 0 || !now.Before(timeOf(expires)) {
-		return fmt.Errorf("enrolment token: %w", store.ErrTokenSpent)
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
 	}
-	if _, err := t.q.ExecContext(t.ctx, "UPDATE enroll_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at = 0",
-		msOf(now), hostID, hash); err != nil {
-		return fmt.Errorf("enrolment token: %w", err)
+	if n == 1 {
+		return nil
 	}
-	return nil
+	var one int
+	err = t.q.QueryRowContext(t.ctx, "SELECT 1 FROM enroll_tokens WHERE hash = ?", hash).Scan(&one)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
+	}
+	return fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrTokenSpent)
 }
 
 func (t *writeTx) PutAgentCredential(c store.AgentCredential) error {
-	if c.HostID == "" || c.Hash == "" || c.CreatedAt.IsZero() {
-		return fmt.Errorf("%w: agent credential: host, hash and creation time required", store.ErrInvalid)
+	switch {
+	case c.HostID == "":
+		return fmt.Errorf("%w: agent credential without a host", store.ErrInvalid)
+	case c.Hash == "":
+		return fmt.Errorf("%w: agent credential of host %s without a hash", store.ErrInvalid, c.HostID)
+	case c.CreatedAt.IsZero():
+		return fmt.Errorf("%w: agent credential of host %s without a creation time", store.ErrInvalid, c.HostID)
 	}
-	_, err := t.q.ExecContext(t.ctx, `INSERT INTO agent_credentials (host_id, hash, created_at, revoked_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (host_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at, revoked_at = excluded.revoked_at`,
+	_, err := t.q.ExecContext(t.ctx, `INSERT INTO agent_credentials (host_id, hash, created_at, revoked_at)
+		VALUES (?, ?, ?, ?)
+		ON CONFLICT (host_id) DO UPDATE SET
+			hash = excluded.hash, created_at = excluded.created_at, revoked_at = excluded.revoked_at`,
 		c.HostID, c.Hash, msOf(c.CreatedAt), msOf(c.RevokedAt))
 	if err != nil {
-		return fmt.Errorf("agent credential of %s: %w", c.HostID, err)
+		return fmt.Errorf("put credential of host %s: %w", c.HostID, err)
 	}
 	return nil
 }
 
 func (t *writeTx) RevokeAgent(hostID string, at time.Time) error {
-	if at.IsZero() {
-		return fmt.Errorf("%w: revoke %s: no time", store.ErrInvalid, hostID)
+	switch {
+	case hostID == "":
+		return fmt.Errorf("%w: revoke a credential without a host", store.ErrInvalid)
+	case at.IsZero():
+		return fmt.Errorf("%w: revoke credential of host %s at the zero time", store.ErrInvalid, hostID)
 	}
-	res, err := t.q.ExecContext(t.ctx, `UPDATE agent_credentials SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END
+	res, err := t.q.ExecContext(t.ctx, `UPDATE agent_credentials
+		SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END
 		WHERE host_id = ?`, msOf(at), hostID)
 	if err != nil {
-		return fmt.Errorf("revoke %s: %w", hostID, err)
+		return fmt.Errorf("revoke credential of host %s: %w", hostID, err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("revoke %s: %w", hostID, err)
-	} else if n == 0 {
-		return fmt.Errorf("revoke %s: %w", hostID, store.ErrNotFound)
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("revoke credential of host %s: %w", hostID, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("revoke credential of host %s: %w", hostID, store.ErrNotFound)
 	}
 	return nil
 }

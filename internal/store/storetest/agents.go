@@ -1,133 +1,285 @@
 package storetest
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
-var at0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC) // whole milliseconds, as stores keep
-
-func testEnrollTokens(t *testing.T, s store.Store) {
-	tok := store.EnrollToken{Hash: "h1", CreatedAt: at0, ExpiresAt: at0.Add(time.Hour), Comment: "rack 4"}
-	update(t, s, func(tx store.Tx) error { return tx.CreateEnrollToken(tok) })
-	update(t, s, func(tx store.Tx) error {
-		return tx.CreateEnrollToken(store.EnrollToken{Hash: "h2", CreatedAt: at0.Add(time.Minute), ExpiresAt: at0.Add(2 * time.Minute)})
-	})
-	err := s.Update(context.Background(), func(tx store.Tx) error { return tx.CreateEnrollToken(tok) })
-	if !errors.Is(err, store.ErrExists) {
-		t.Errorf("duplicate token: %v, want ErrExists", err)
+// fullToken returns an unused enrolment token with every settable field set.
+func fullToken(hash string, created time.Time) store.EnrollToken {
+	return store.EnrollToken{
+		Hash:      hash,
+		CreatedAt: created,
+		ExpiresAt: created.Add(time.Hour + 1),
+		Comment:   "rack 4 — ünïcode, 'quotes'",
 	}
-	err = s.Update(context.Background(), func(tx store.Tx) error {
-		return tx.CreateEnrollToken(store.EnrollToken{Hash: "h3", CreatedAt: at0, ExpiresAt: at0.Add(-time.Second)})
-	})
-	if !errors.Is(err, store.ErrInvalid) {
-		t.Errorf("token expiring before creation: %v, want ErrInvalid", err)
-	}
-	use := func(hash, host string, at time.Time) error {
-		return s.Update(context.Background(), func(tx store.Tx) error { return tx.UseEnrollToken(hash, host, at) })
-	}
-	if err := use("h1", "host-a", at0.Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	if err := use("h1", "host-b", at0.Add(2*time.Minute)); !errors.Is(err, store.ErrTokenSpent) {
-		t.Errorf("second use: %v, want ErrTokenSpent", err)
-	}
-	if err := use("h2", "host-c", at0.Add(2*time.Minute)); !errors.Is(err, store.ErrTokenSpent) {
-		t.Errorf("expired token: %v, want ErrTokenSpent", err)
-	}
-	if err := use("nope", "host-c", at0); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("unknown token: %v, want ErrNotFound", err)
-	}
-	// A use inside a failing transaction leaves the token unused.
-	s.Update(context.Background(), func(tx store.Tx) error {
-		tx.CreateEnrollToken(store.EnrollToken{Hash: "h4", CreatedAt: at0, ExpiresAt: at0.Add(time.Hour)})
-		return errors.New("rolled back")
-	})
-	view(t, s, func(tx store.ReadTx) error {
-		ts, err := tx.EnrollTokens()
-		if err != nil {
-			return err
-		}
-		if len(ts) != 2 || ts[0].Hash != "h2" || ts[1].Hash != "h1" {
-			t.Errorf("tokens %+v: want h2, h1 (newest first)", ts)
-		}
-		if got := ts[1]; got.UsedBy != "host-a" || !got.UsedAt.Equal(at0.Add(time.Minute)) || got.Comment != "rack 4" ||
-			!got.ExpiresAt.Equal(at0.Add(time.Hour)) || !got.CreatedAt.Equal(at0) {
-			t.Errorf("used token %+v", got)
-		}
-		return nil
-	})
 }
 
-func testEnrollTokenRace(t *testing.T, s store.Store) {
-	update(t, s, func(tx store.Tx) error {
-		return tx.CreateEnrollToken(store.EnrollToken{Hash: "race", CreatedAt: at0, ExpiresAt: at0.Add(time.Hour)})
+func createToken(t *testing.T, s store.Store, e store.EnrollToken) {
+	t.Helper()
+	update(t, s, func(tx store.Tx) error { return tx.CreateEnrollToken(e) })
+}
+
+func tokens(t *testing.T, s store.Store) []store.EnrollToken {
+	t.Helper()
+	var ts []store.EnrollToken
+	view(t, s, func(tx store.ReadTx) error {
+		var err error
+		ts, err = tx.EnrollTokens()
+		return err
 	})
-	var ok atomic.Int32
+	return ts
+}
+
+// useToken spends a token in a transaction that commits even when the use
+// failed, so that a failed use that wrote something would show.
+func useToken(t *testing.T, s store.Store, hash, host string, now time.Time) error {
+	t.Helper()
+	var useErr error
+	update(t, s, func(tx store.Tx) error {
+		useErr = tx.UseEnrollToken(hash, host, now)
+		return nil
+	})
+	return useErr
+}
+
+func credential(t *testing.T, s store.Store, host string) (store.AgentCredential, error) {
+	t.Helper()
+	var c store.AgentCredential
+	err := s.View(testCtx(t), func(tx store.ReadTx) error {
+		var err error
+		c, err = tx.AgentCredential(host)
+		return err
+	})
+	return c, err
+}
+
+func testEnrollTokenRoundTrip(t *testing.T, s store.Store) {
+	tok := fullToken("aa11", t0)
+	createToken(t, s, tok)
+	ts := tokens(t, s)
+	if len(ts) != 1 {
+		t.Fatalf("tokens %+v, want 1", ts)
+	}
+	same(t, "new token", tok, ts[0])
+
+	noErr(t, "UseEnrollToken", useToken(t, s, tok.Hash, "host-a", at(time.Minute+1)))
+	tok.UsedAt, tok.UsedBy = at(time.Minute+1), "host-a"
+	ts = tokens(t, s)
+	if len(ts) != 1 {
+		t.Fatalf("tokens %+v, want 1", ts)
+	}
+	same(t, "used token", tok, ts[0])
+}
+
+func testEnrollTokenList(t *testing.T, s store.Store) {
+	if ts := tokens(t, s); len(ts) != 0 {
+		t.Errorf("tokens of an empty store: %+v", ts)
+	}
+	// Created out of order; two at the same time.
+	for _, e := range []store.EnrollToken{
+		fullToken("b", at(time.Second)),
+		fullToken("c", at(3*time.Second)),
+		fullToken("a", at(time.Second)),
+		fullToken("d", at(2*time.Second)),
+	} {
+		createToken(t, s, e)
+	}
+	var got []string
+	for _, e := range tokens(t, s) {
+		got = append(got, e.Hash)
+	}
+	if fmt.Sprint(got) != "[c d a b]" && fmt.Sprint(got) != "[c d b a]" {
+		t.Errorf("tokens %v, want newest first: c d, then a and b", got)
+	}
+
+	dup := fullToken("c", at(time.Hour))
+	dup.Comment = "other"
+	err := s.Update(testCtx(t), func(tx store.Tx) error { return tx.CreateEnrollToken(dup) })
+	wantErr(t, "CreateEnrollToken of a known hash", err, store.ErrExists)
+	if ts := tokens(t, s); len(ts) != 4 || ts[0].Hash != "c" || ts[0].Comment == "other" {
+		t.Errorf("a duplicate changed the tokens: %+v", ts)
+	}
+}
+
+func testEnrollTokenInvalid(t *testing.T, s store.Store) {
+	for name, e := range map[string]store.EnrollToken{
+		"no hash":                 {CreatedAt: t0, ExpiresAt: at(time.Hour)},
+		"no creation time":        {Hash: "x", ExpiresAt: at(time.Hour)},
+		"no expiry":               {Hash: "x", CreatedAt: t0},
+		"expiring before created": {Hash: "x", CreatedAt: t0, ExpiresAt: at(-time.Millisecond)},
+	} {
+		err := s.Update(testCtx(t), func(tx store.Tx) error { return tx.CreateEnrollToken(e) })
+		wantErr(t, "CreateEnrollToken, "+name, err, store.ErrInvalid)
+	}
+	if ts := tokens(t, s); len(ts) != 0 {
+		t.Errorf("invalid tokens stored: %+v", ts)
+	}
+
+	createToken(t, s, fullToken("x", t0))
+	wantErr(t, "UseEnrollToken without a hash", useToken(t, s, "", "host-a", t0), store.ErrInvalid)
+	wantErr(t, "UseEnrollToken without a host", useToken(t, s, "x", "", t0), store.ErrInvalid)
+	if ts := tokens(t, s); len(ts) != 1 || !ts[0].UsedAt.IsZero() || ts[0].UsedBy != "" {
+		t.Errorf("an invalid use changed the token: %+v", ts)
+	}
+}
+
+func testEnrollTokenUse(t *testing.T, s store.Store) {
+	tok := fullToken("once", t0)
+	createToken(t, s, tok)
+	noErr(t, "first use", useToken(t, s, "once", "host-a", at(time.Minute)))
+
+	err := useToken(t, s, "once", "host-b", at(2*time.Minute))
+	wantErr(t, "second use", err, store.ErrTokenSpent)
+	ts := tokens(t, s)
+	if len(ts) != 1 || ts[0].UsedBy != "host-a" || !ts[0].UsedAt.Equal(ms(at(time.Minute))) {
+		t.Errorf("after a second use: %+v, want used by host-a at %v", ts, ms(at(time.Minute)))
+	}
+
+	wantErr(t, "unknown token", useToken(t, s, "nope", "host-a", t0), store.ErrNotFound)
+}
+
+func testEnrollTokenExpiry(t *testing.T, s store.Store) {
+	// Whole milliseconds, so that "at expiry" is exact in every store.
+	created := ms(t0)
+	expires := created.Add(time.Hour)
+	createToken(t, s, store.EnrollToken{Hash: "late", CreatedAt: created, ExpiresAt: expires})
+	createToken(t, s, store.EnrollToken{Hash: "just", CreatedAt: created, ExpiresAt: expires})
+
+	wantErr(t, "use at expiry", useToken(t, s, "late", "host-a", expires), store.ErrTokenSpent)
+	wantErr(t, "use after expiry", useToken(t, s, "late", "host-a", expires.Add(time.Hour)), store.ErrTokenSpent)
+	noErr(t, "use just before expiry", useToken(t, s, "just", "host-b", expires.Add(-time.Millisecond)))
+
+	for _, e := range tokens(t, s) {
+		switch {
+		case e.Hash == "late" && (!e.UsedAt.IsZero() || e.UsedBy != ""):
+			t.Errorf("expired token changed: %+v", e)
+		case e.Hash == "just" && e.UsedBy != "host-b":
+			t.Errorf("token used before expiry: %+v", e)
+		}
+	}
+}
+
+// testEnrollTokenRace has 20 hosts race to use one token: exactly one wins,
+// and the token names it.
+func testEnrollTokenRace(t *testing.T, s store.Store) {
+	createToken(t, s, fullToken("race", t0))
+	const n = 20
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i := 0; i < 20; i++ {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := s.Update(context.Background(), func(tx store.Tx) error {
-				return tx.UseEnrollToken("race", fmt.Sprintf("host-%d", i), at0.Add(time.Second))
+			errs[i] = s.Update(testCtx(t), func(tx store.Tx) error {
+				return tx.UseEnrollToken("race", fmt.Sprintf("host-%d", i), at(time.Second))
 			})
-			if err == nil {
-				ok.Add(1)
-			} else if !errors.Is(err, store.ErrTokenSpent) {
-				t.Errorf("use: %v", err)
-			}
 		}()
 	}
 	wg.Wait()
-	if ok.Load() != 1 {
-		t.Errorf("%d uses of one token succeeded, want 1", ok.Load())
+	winner := ""
+	for i, err := range errs {
+		switch {
+		case err == nil && winner != "":
+			t.Errorf("host-%d used the token too (after %s)", i, winner)
+		case err == nil:
+			winner = fmt.Sprintf("host-%d", i)
+		case !errors.Is(err, store.ErrTokenSpent):
+			t.Errorf("host-%d: %v, want ErrTokenSpent", i, err)
+		}
+	}
+	if winner == "" {
+		t.Fatal("no use of the token succeeded")
+	}
+	if ts := tokens(t, s); len(ts) != 1 || ts[0].UsedBy != winner {
+		t.Errorf("token %+v, want used by %s", ts, winner)
 	}
 }
 
 func testAgentCredentials(t *testing.T, s store.Store) {
-	c := store.AgentCredential{HostID: "h1", Hash: "abc", CreatedAt: at0}
+	c := store.AgentCredential{HostID: "h1", Hash: "abc", CreatedAt: t0}
 	update(t, s, func(tx store.Tx) error { return tx.PutAgentCredential(c) })
-	get := func() store.AgentCredential {
-		var got store.AgentCredential
-		view(t, s, func(tx store.ReadTx) error {
-			var err error
-			got, err = tx.AgentCredential("h1")
-			return err
-		})
-		return got
-	}
-	if got := get(); got.Hash != "abc" || !got.CreatedAt.Equal(at0) || !got.RevokedAt.IsZero() {
-		t.Errorf("credential %+v", got)
-	}
-	update(t, s, func(tx store.Tx) error { return tx.RevokeAgent("h1", at0.Add(time.Hour)) })
-	update(t, s, func(tx store.Tx) error { return tx.RevokeAgent("h1", at0.Add(2*time.Hour)) })
-	if got := get(); !got.RevokedAt.Equal(at0.Add(time.Hour)) {
-		t.Errorf("revoked at %v, want the first revocation", got.RevokedAt)
-	}
+	got, err := credential(t, s, "h1")
+	noErr(t, "AgentCredential", err)
+	same(t, "credential", c, got)
+
+	// Revoking twice keeps the first time.
+	update(t, s, func(tx store.Tx) error { return tx.RevokeAgent("h1", at(time.Hour)) })
+	update(t, s, func(tx store.Tx) error { return tx.RevokeAgent("h1", at(2*time.Hour)) })
+	c.RevokedAt = at(time.Hour)
+	got, err = credential(t, s, "h1")
+	noErr(t, "AgentCredential", err)
+	same(t, "revoked credential", c, got)
+
 	// Enrolling again replaces the credential, revocation included.
-	update(t, s, func(tx store.Tx) error {
-		return tx.PutAgentCredential(store.AgentCredential{HostID: "h1", Hash: "def", CreatedAt: at0.Add(3 * time.Hour)})
+	c2 := store.AgentCredential{HostID: "h1", Hash: "def", CreatedAt: at(3 * time.Hour)}
+	update(t, s, func(tx store.Tx) error { return tx.PutAgentCredential(c2) })
+	got, err = credential(t, s, "h1")
+	noErr(t, "AgentCredential", err)
+	same(t, "replaced credential", c2, got)
+
+	// Every field round-trips, a revocation time included.
+	c3 := store.AgentCredential{HostID: "h-ü 2", Hash: "0123abcd", CreatedAt: at(-time.Hour), RevokedAt: at(time.Second + 1)}
+	update(t, s, func(tx store.Tx) error { return tx.PutAgentCredential(c3) })
+	got, err = credential(t, s, c3.HostID)
+	noErr(t, "AgentCredential", err)
+	same(t, "full credential", c3, got)
+	if got, err := credential(t, s, "h1"); err != nil || got.Hash != "def" {
+		t.Errorf("another host's credential changed: %+v (%v)", got, err)
+	}
+
+	err = s.Update(testCtx(t), func(tx store.Tx) error { return tx.RevokeAgent("nobody", t0) })
+	wantErr(t, "RevokeAgent of an unknown host", err, store.ErrNotFound)
+	_, err = credential(t, s, "nobody")
+	wantErr(t, "AgentCredential of an unknown host", err, store.ErrNotFound)
+}
+
+func testAgentCredentialInvalid(t *testing.T, s store.Store) {
+	for name, c := range map[string]store.AgentCredential{
+		"no host":          {Hash: "abc", CreatedAt: t0},
+		"no hash":          {HostID: "h", CreatedAt: t0},
+		"no creation time": {HostID: "h", Hash: "abc"},
+	} {
+		err := s.Update(testCtx(t), func(tx store.Tx) error { return tx.PutAgentCredential(c) })
+		wantErr(t, "PutAgentCredential, "+name, err, store.ErrInvalid)
+	}
+	if _, err := credential(t, s, "h"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("invalid credential stored (%v)", err)
+	}
+}
+
+// testAgentsRollback changes existing tokens and credentials in a
+// transaction that fails: none of it stays.
+func testAgentsRollback(t *testing.T, s store.Store) {
+	createToken(t, s, fullToken("t1", t0))
+	c := store.AgentCredential{HostID: "h1", Hash: "abc", CreatedAt: t0}
+	update(t, s, func(tx store.Tx) error { return tx.PutAgentCredential(c) })
+	before := tokens(t, s)
+
+	err := s.Update(testCtx(t), func(tx store.Tx) error {
+		for _, err := range []error{
+			tx.UseEnrollToken("t1", "host-a", at(time.Second)),
+			tx.CreateEnrollToken(fullToken("t2", t0)),
+			tx.RevokeAgent("h1", at(time.Second)),
+			tx.PutAgentCredential(store.AgentCredential{HostID: "h2", Hash: "x", CreatedAt: t0}),
+		} {
+			if err != nil {
+				t.Errorf("write inside the failing transaction: %v", err)
+			}
+		}
+		return errBoom
 	})
-	if got := get(); got.Hash != "def" || !got.RevokedAt.IsZero() {
-		t.Errorf("re-enrolled credential %+v", got)
-	}
-	if err := s.Update(context.Background(), func(tx store.Tx) error { return tx.RevokeAgent("nobody", at0) }); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("revoke unknown: %v", err)
-	}
-	if err := s.View(context.Background(), func(tx store.ReadTx) error { _, err := tx.AgentCredential("nobody"); return err }); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("unknown credential: %v", err)
-	}
-	if err := s.Update(context.Background(), func(tx store.Tx) error {
-		return tx.PutAgentCredential(store.AgentCredential{HostID: "h2", CreatedAt: at0})
-	}); !errors.Is(err, store.ErrInvalid) {
-		t.Errorf("credential without a hash: %v", err)
-	}
+	wantErr(t, "Update", err, errBoom)
+
+	same(t, "tokens after a rollback", before, tokens(t, s))
+	got, err := credential(t, s, "h1")
+	noErr(t, "AgentCredential", err)
+	same(t, "credential after a rollback", c, got)
+	_, err = credential(t, s, "h2")
+	wantErr(t, "credential put in a rolled-back transaction", err, store.ErrNotFound)
 }

@@ -16,7 +16,15 @@
 //     the newest one;
 //   - a runner that ended may be put again only as ended;
 //   - JobEvents of a job without events (or unknown) is empty, not an error;
-//   - a View sees one snapshot from its first read on.
+//   - a View sees one snapshot from its first read on;
+//   - an enrolment token needs a hash, a creation time and an expiry not
+//     before it; enrolment tokens created at the same time are listed in
+//     either order; a token is expired from its ExpiresAt on (using it at
+//     exactly ExpiresAt gives ErrTokenSpent);
+//   - UseEnrollToken needs a hash and a host id, an agent credential a host
+//     id, a hash and a creation time (store.ErrInvalid otherwise);
+//   - PutAgentCredential stores RevokedAt as given (a new credential has it
+//     zero).
 package storetest
 
 import (
@@ -70,9 +78,15 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"Prune", testPrune},
 		{"Closed", testClosed},
-		{"EnrollTokens", testEnrollTokens},
+		{"EnrollTokenRoundTrip", testEnrollTokenRoundTrip},
+		{"EnrollTokenList", testEnrollTokenList},
+		{"EnrollTokenInvalid", testEnrollTokenInvalid},
+		{"EnrollTokenUse", testEnrollTokenUse},
+		{"EnrollTokenExpiry", testEnrollTokenExpiry},
 		{"EnrollTokenRace", testEnrollTokenRace},
 		{"AgentCredentials", testAgentCredentials},
+		{"AgentCredentialInvalid", testAgentCredentialInvalid},
+		{"AgentsRollback", testAgentsRollback},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })

@@ -36,6 +36,21 @@ func writeEverything(tx store.Tx) error {
 	if err := tx.MarkDelivery("g", t0, ""); err != nil {
 		return err
 	}
+	if err := tx.CreateEnrollToken(store.EnrollToken{Hash: "tok", CreatedAt: t0, ExpiresAt: at(time.Hour)}); err != nil {
+		return err
+	}
+	if err := tx.UseEnrollToken("tok", "h", at(time.Second)); err != nil {
+		return err
+	}
+	if err := tx.PutAgentCredential(store.AgentCredential{HostID: "h", Hash: "cred", CreatedAt: t0}); err != nil {
+		return err
+	}
+	if err := tx.RevokeAgent("h", at(time.Minute)); err != nil {
+		return err
+	}
+	if c, err := tx.AgentCredential("h"); err != nil || c.RevokedAt.IsZero() {
+		return fmt.Errorf("own credential not visible: %+v %v", c, err)
+	}
 	if j, err := tx.Job(1); err != nil || j.State != store.JobScheduled {
 		return fmt.Errorf("own write not visible: %v %v", j.State, err)
 	}
@@ -70,6 +85,12 @@ func checkNothingWritten(t *testing.T, s store.Store, what string) {
 		}
 		if d, err := tx.Delivery("g"); err != nil || !d.ProcessedAt.IsZero() {
 			t.Errorf("%s: delivery g processed at %v (%v)", what, d.ProcessedAt, err)
+		}
+		if ts, err := tx.EnrollTokens(); err != nil || len(ts) != 0 {
+			t.Errorf("%s: enrolment tokens %v (%v)", what, ts, err)
+		}
+		if c, err := tx.AgentCredential("h"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s: credential %+v (%v)", what, c, err)
 		}
 		return nil
 	})

@@ -1,0 +1,110 @@
+package sqlite
+
+import (
+	"database/sql"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// TestUpgradeFromV1 opens a database left by a binary that knew only
+// migration 0001, with data in it: Open applies the rest, the data stays,
+// and the new tables work.
+func TestUpgradeFromV1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tandem.db")
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) < 2 || ms[1].name != "0002_agents.sql" {
+		t.Fatalf("migrations %v: want 0002_agents.sql second", ms)
+	}
+
+	// The old binary: schema 0001 and a few rows written with it.
+	old, err := sql.Open("sqlite", dsn(path, url.Values{"_pragma": {"journal_mode(WAL)"}, "_txlock": {"immediate"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrateTo(ctxT(t), old, ms[:1]); err != nil {
+		t.Fatalf("migrate to 0001: %v", err)
+	}
+	if v, n := schemaVersion(t, old); v != 1 || n != 1 {
+		t.Fatalf("old schema version %d in %d rows, want 1", v, n)
+	}
+	now := time.Now().UnixMilli()
+	for _, w := range []struct {
+		q    string
+		args []any
+	}{
+		{`INSERT INTO hosts (id, arches, vcpus, memory_mib, state, reason, version, last_seen, created_at)
+			VALUES ('host-a', '[]', 8, 16384, 'online', '', 'v0.1.0', ?, ?)`, []any{now, now}},
+		{`INSERT INTO counters (name, value) VALUES ('n', 41)`, nil},
+	} {
+		if _, err := old.ExecContext(ctxT(t), w.q, w.args...); err != nil {
+			t.Fatalf("write with the old schema: %v", err)
+		}
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The new binary.
+	s := openT(t, path, Options{})
+	if v, n := schemaVersion(t, s.w); v != len(ms) || n != len(ms) {
+		t.Errorf("schema version %d in %d rows, want %d", v, n, len(ms))
+	}
+	err = s.View(ctxT(t), func(tx store.ReadTx) error {
+		h, err := tx.Host("host-a")
+		if err != nil {
+			return err
+		}
+		if h.Version != "v0.1.0" || h.MemoryMiB != 16384 {
+			t.Errorf("host after upgrade: %+v", h)
+		}
+		c, err := tx.Counters()
+		if err != nil {
+			return err
+		}
+		if c["n"] != 41 {
+			t.Errorf("counters after upgrade: %v", c)
+		}
+		ts, err := tx.EnrollTokens()
+		if err != nil {
+			return err
+		}
+		if len(ts) != 0 {
+			t.Errorf("tokens after upgrade: %+v", ts)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("read after upgrade: %v", err)
+	}
+
+	at := time.Now()
+	err = s.Update(ctxT(t), func(tx store.Tx) error {
+		if err := tx.CreateEnrollToken(store.EnrollToken{Hash: "t", CreatedAt: at, ExpiresAt: at.Add(time.Hour)}); err != nil {
+			return err
+		}
+		if err := tx.UseEnrollToken("t", "host-a", at); err != nil {
+			return err
+		}
+		return tx.PutAgentCredential(store.AgentCredential{HostID: "host-a", Hash: "c", CreatedAt: at})
+	})
+	if err != nil {
+		t.Fatalf("enrol after upgrade: %v", err)
+	}
+	err = s.View(ctxT(t), func(tx store.ReadTx) error {
+		c, err := tx.AgentCredential("host-a")
+		if err == nil && c.Hash != "c" {
+			t.Errorf("credential after upgrade: %+v", c)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read credential after upgrade: %v", err)
+	}
+}
