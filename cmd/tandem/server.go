@@ -153,8 +153,12 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	if err != nil {
 		return err
 	}
+	// Webhook bursts arrive one connection each: take a bounded number at
+	// a time, and let idle keep-alive connections go soon so they hold no
+	// slot (see controlplane.LimitListener).
+	ln = controlplane.LimitListener(ln, 64)
 	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second}
 	cpCtx, cpCancel := context.WithCancel(context.Background())
 	cpDone := make(chan error, 1)
 	go func() { cpDone <- cp.Run(cpCtx) }()
