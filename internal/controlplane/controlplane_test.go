@@ -348,7 +348,9 @@ func TestJobRunsOnce(t *testing.T) {
 // GitHub hands jobs to whichever matching runner asks first: with many
 // jobs of one label set, runners regularly take jobs they were not made
 // for. Every job still runs exactly once, and no more VMs are started than
-// jobs were queued.
+// jobs were queued, except one for each job sent back to the queue because
+// its runner ended (having run another job) before that job's in_progress
+// webhook arrived: Tandem cannot tell that from a runner that took nothing.
 func TestAnyRunnerTakesAnyJob(t *testing.T) {
 	r := newRig(t, rigOptions{noReconcile: true})
 	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
@@ -357,7 +359,7 @@ func TestAnyRunnerTakesAnyJob(t *testing.T) {
 		ids = append(ids, r.queue("acme/app", "tandem", fmt.Sprintf("echo %d", i)))
 	}
 	r.waitStates(ids, 60*time.Second, store.JobCompleted)
-	swapped := 0
+	swapped, early := 0, 0
 	for _, id := range ids {
 		gj, _ := r.gh.Job(id)
 		if gj.Claims != 1 {
@@ -374,6 +376,9 @@ func TestAnyRunnerTakesAnyJob(t *testing.T) {
 			if e.To == store.JobScheduled && scheduled == "" {
 				scheduled = e.Runner
 			}
+			if strings.Contains(e.Reason, "ran another job") {
+				early++
+			}
 		}
 		if scheduled != gj.RunnerName {
 			swapped++
@@ -381,8 +386,11 @@ func TestAnyRunnerTakesAnyJob(t *testing.T) {
 	}
 	t.Logf("%d of %d jobs ran on a runner made for another job", swapped, len(ids))
 	r.waitFor("runners to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 })
-	if n := r.hosts[0].started; n > len(ids) {
-		t.Errorf("%d VMs started for %d jobs", n, len(ids))
+	r.hosts[0].mu.Lock()
+	started := r.hosts[0].started
+	r.hosts[0].mu.Unlock()
+	if started > len(ids)+early {
+		t.Errorf("%d VMs started for %d jobs (%d requeued after their runner ended early)", started, len(ids), early)
 	}
 }
 
