@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -64,7 +62,7 @@ Drive it over HTTP (unauthenticated: keep it on a private address):
 				seed = time.Now().UnixNano()
 			}
 			gh := ghfake.New(ghfake.Config{AppID: appID, AppPublicKey: &key.PublicKey,
-				WebhookURL: webhookURL, WebhookSecret: secret, RunnerURL: runnerURL, Seed: seed, Logger: g.log})
+				WebhookURL: webhookURL, WebhookSecret: []byte(secret), RunnerURL: runnerURL, Seed: seed, Logger: g.log})
 			defer gh.Close()
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
@@ -117,20 +115,4 @@ func loadOrCreateKey(path string) (*rsa.PrivateKey, error) {
 	}
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
 	return key, fsutil.WriteFileAtomic(path, pemBytes, 0o600)
-}
-
-func loadOrCreateSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		return bytes.TrimRight(b, "\r\n"), nil // as the control plane reads it
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	var r [24]byte
-	if _, err := rand.Read(r[:]); err != nil {
-		return nil, err
-	}
-	s := []byte(hex.EncodeToString(r[:]))
-	return s, fsutil.WriteFileAtomic(path, s, 0o600)
 }

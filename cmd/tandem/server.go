@@ -102,7 +102,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	}
 	if withAgent && cfg.API.AdminTokenFile == "" {
 		// The one-machine experience: the local CLI finds this token by itself.
-		t, err := loadOrCreateToken(filepath.Join(dataDir, "api-admin-token"))
+		t, err := loadOrCreateSecret(filepath.Join(dataDir, "api-admin-token"))
 		if err != nil {
 			return err
 		}
@@ -265,10 +265,12 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 	return ag, nil
 }
 
-// loadOrCreateToken returns the API token in path, creating it (0600) if absent.
-func loadOrCreateToken(path string) (string, error) {
+// loadOrCreateSecret returns the secret in path (its line ending trimmed,
+// as config files' secrets are read), creating a random one (0600) if the
+// file is absent: tandem up's API token, ghfake's webhook secret.
+func loadOrCreateSecret(path string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil {
-		return strings.TrimSpace(string(b)), nil
+		return strings.TrimRight(string(b), "\r\n"), nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
