@@ -101,16 +101,29 @@ func (a *agent) run() error {
 		if err := mountAPI(); err != nil {
 			return err
 		}
-		mountRuntime(con)
-		os.Setenv("PATH", jobPath)
-		os.Setenv("HOME", jobHome)
+		init, err := handOffInit()
+		if err != nil {
+			return err
+		}
+		if init == "" {
+			// systemd mounts these itself, as it likes them.
+			mountRuntime(con)
+		}
 		if err := setupNetwork(con, bp); err != nil {
 			return err
+		}
+		if bp.Mirror != "" {
+			configureDockerMirror(con, bp.Mirror)
 		}
 		if now := time.Now(); now.Year() < 2000 {
 			// x86 microvm with rtc=off under TCG has neither RTC nor kvm-clock.
 			con.logf("warning: clock unset (%s): no RTC or kvm-clock", now.UTC().Format(time.DateOnly))
 		}
+		if init != "" {
+			return a.execInit(init)
+		}
+		os.Setenv("PATH", jobPath)
+		os.Setenv("HOME", jobHome)
 	} else {
 		// systemd has mounted, loaded and configured everything.
 		setenvDefault("PATH", jobPath)

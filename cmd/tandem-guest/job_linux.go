@@ -59,7 +59,20 @@ func (jr *jobRunner) run(ctx context.Context, job guest.Job, stdout, stderr io.W
 	if len(job.Argv) == 0 || job.Argv[0] == "" {
 		return done(guest.Exit{Code: codeBadJob, Error: "job has no argv"})
 	}
-	env := mergeEnv(jr.baseEnv, job.Env)
+	base := jr.baseEnv
+	var cred *syscall.Credential
+	if job.User != "" {
+		acct, err := lookupAccount(job.User)
+		if err != nil {
+			return done(guest.Exit{Code: codeBadJob, Error: err.Error()})
+		}
+		cred = acct.credential()
+		base = mergeEnv(base, acct.env())
+		if job.Dir == "" {
+			job.Dir = acct.home
+		}
+	}
+	env := mergeEnv(base, job.Env)
 	path, err := lookPath(job.Argv[0], envValue(env, "PATH"), job.Dir)
 	if err != nil {
 		return done(guest.Exit{Code: startErrorCode(err), Error: err.Error()})
@@ -90,7 +103,7 @@ func (jr *jobRunner) run(ctx context.Context, job guest.Job, stdout, stderr io.W
 		Dir:   job.Dir,
 		Env:   env,
 		Files: []*os.File{stdin, outW, errW},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: cred},
 	}
 	p, waitCh, err := jr.reaper.start(path, job.Argv, attr)
 	outW.Close()

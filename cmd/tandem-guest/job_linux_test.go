@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/tandem-ci/tandem/internal/guest"
 )
 
 func TestExitStatus(t *testing.T) {
@@ -77,5 +79,44 @@ func TestLookPath(t *testing.T) {
 	}
 	if _, err := lookPath(filepath.Base(dir), filepath.Dir(dir), ""); err == nil {
 		t.Fatal("a directory was found as a program")
+	}
+}
+
+// A job with User runs as that account, with its groups, its login
+// variables and its home as the working directory.
+func TestJobRunsAsUser(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to change user")
+	}
+	dir := t.TempDir()
+	passwd := filepath.Join(dir, "passwd")
+	os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"), 0o644)
+	old := passwdFile
+	passwdFile = passwd
+	defer func() { passwdFile = old }()
+
+	home, err := os.MkdirTemp("", "tandem-home-") // t.TempDir's parent is private
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(home)
+	os.Chmod(home, 0o755)
+	jr := testRunner()
+	var out, errb strings.Builder
+	e := jr.run(t.Context(), guest.Job{
+		Argv: []string{"/bin/sh", "-c", `echo "$(id -u):$(id -g) $USER $LOGNAME $SHELL"; pwd`},
+		User: "nobody", Dir: home,
+	}, &out, &errb, nil)
+	if e.Code != 0 {
+		t.Fatalf("exit %+v, stderr %q", e, errb.String())
+	}
+	want := "65534:65534 nobody nobody /usr/sbin/nologin\n" + home + "\n"
+	if out.String() != want {
+		t.Fatalf("output %q, want %q", out.String(), want)
+	}
+
+	e = jr.run(t.Context(), guest.Job{Argv: []string{"true"}, User: "no-such-user"}, &out, &errb, nil)
+	if e.Code != codeBadJob || !strings.Contains(e.Error, "no-such-user") {
+		t.Fatalf("unknown user: %+v", e)
 	}
 }

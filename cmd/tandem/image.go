@@ -20,9 +20,11 @@ func imageCmd(g *globals) *cobra.Command {
 }
 
 func imageBuildCmd(g *globals) *cobra.Command {
-	var kind, arch, guestBin, fakeRunner, kernelDeb string
+	var kind, arch, guestBin, fakeRunner, kernelDeb, runnerTarball string
+	var mirrors []string
+	var rootfsMiB int
 	cmd := &cobra.Command{
-		Use:   "build --kind test --arch amd64|arm64",
+		Use:   "build --kind test|runner --arch amd64|arm64",
 		Short: "Build an image: a Debian kernel, an initramfs and a root filesystem",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -30,8 +32,11 @@ func imageBuildCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if kind != "test" {
-				return fmt.Errorf("unknown image kind %q (this version builds: test)", kind)
+			if kind != "test" && kind != "runner" {
+				return fmt.Errorf("unknown image kind %q (this version builds: test, runner)", kind)
+			}
+			if kind != "runner" && (runnerTarball != "" || len(mirrors) > 0) {
+				return fmt.Errorf("--runner-tarball and --mirror are for --kind runner")
 			}
 			if err := requireRoot("tandem image build"); err != nil {
 				return err
@@ -53,6 +58,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 			}
 			im, err := st.Build(cmd.Context(), image.BuildOptions{
 				Kind: kind, Arch: string(a), GuestBinary: guestBin, FakeRunnerBinary: fakeRunner, KernelDeb: kernelDeb,
+				RunnerTarball: runnerTarball, Mirrors: mirrors, RootfsSizeMiB: rootfsMiB,
 				CacheDir: filepath.Join(g.dataDir, "cache"), Progress: os.Stderr,
 			})
 			if err != nil {
@@ -63,11 +69,14 @@ func imageBuildCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&kind, "kind", "test", "image kind: test (busybox + tandem-guest)")
+	f.StringVar(&kind, "kind", "test", "image kind: test (busybox + tandem-guest, seconds to build) or runner (Debian 12, systemd, Docker, build tools, GitHub's runner)")
 	f.StringVar(&arch, "arch", string(vm.HostArch()), "amd64 or arm64")
 	f.StringVar(&guestBin, "guest", "", "tandem-guest binary for the arch (default: tandem-guest-<arch> beside this binary)")
 	f.StringVar(&fakeRunner, "fakerunner", "", "tandem-fakerunner binary for the arch (default: tandem-fakerunner-<arch> beside this binary, if there)")
 	f.StringVar(&kernelDeb, "kernel-deb", "", "use this linux-image .deb instead of fetching Debian's cloud kernel")
+	f.StringVar(&runnerTarball, "runner-tarball", "", "runner images: GitHub's runner, actions-runner-linux-<x64|arm64>-<version>.tar.gz (not downloaded by Tandem)")
+	f.StringArrayVar(&mirrors, "mirror", nil, "runner images: a Debian mirror URL, sources.list line or file for mmdebstrap (repeatable; default: mmdebstrap's)")
+	f.IntVar(&rootfsMiB, "rootfs-size", 0, "root filesystem size in MiB, sparse (default 256 for test, 10240 for runner)")
 	return cmd
 }
 

@@ -34,6 +34,7 @@ type runOptions struct {
 	arch, image, accel, memory string
 	cpus                       float64
 	timeout                    time.Duration
+	user                       string
 	jsonOut                    bool
 	env                        []string
 	workdir                    string
@@ -63,6 +64,7 @@ not run the job (bad input, missing image, the guest failed); 130 interrupted.`,
 	f.BoolVar(&o.jsonOut, "json", false, "print one JSON object with the result instead of streaming output")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "set an environment variable in the job, KEY=VALUE (repeatable)")
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory of the job inside the VM")
+	f.StringVarP(&o.user, "user", "u", "", "guest account to run the job as (e.g. runner in runner images; default root)")
 	o.net.add(cmd)
 	return cmd
 }
@@ -120,7 +122,7 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 
 	req := jobvm.Request{
 		Arch: arch, VCPUs: o.cpus, MemoryMiB: mem, Image: o.image, Accel: accel,
-		Argv: argv, Env: env, Dir: o.workdir, Timeout: o.timeout,
+		Argv: argv, User: o.user, Env: env, Dir: o.workdir, Timeout: o.timeout,
 		Owner: vm.ProcessOwner(), DieWithOwner: true,
 	}
 	var stdout, stderr capture

@@ -127,7 +127,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		Runner: controlplane.RunnerSpec{
 			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, NamePrefix: cfg.Runner.NamePrefix,
 			Images:  map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64},
-			Command: cfg.Runner.Command, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
+			Command: cfg.Runner.Command, User: cfg.Runner.User, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
 		},
 		Limits:      schedulerLimits(cfg),

@@ -34,13 +34,16 @@ var (
 
 // Assignment is one runner VM the control plane wants on this host.
 type Assignment struct {
-	Runner    string            `json:"runner"` // runner name; names the assignment
-	Arch      vm.Arch           `json:"arch"`
-	VCPUs     float64           `json:"vcpus"`
-	MemoryMiB int               `json:"memory_mib"`
-	Image     string            `json:"image,omitempty"` // image ref; "" for the default of the arch
-	Command   []string          `json:"command"`         // the runner program in the guest
-	Env       map[string]string `json:"env,omitempty"`
+	Runner    string  `json:"runner"` // runner name; names the assignment
+	Arch      vm.Arch `json:"arch"`
+	VCPUs     float64 `json:"vcpus"`
+	MemoryMiB int     `json:"memory_mib"`
+	Image     string  `json:"image,omitempty"` // image ref; "" for the default of the arch
+	// Command is the runner program in the guest, run as User; none: the
+	// image's own runner (its manifest's).
+	Command []string          `json:"command,omitempty"`
+	User    string            `json:"user,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
 	// Timeout bounds the runner's whole life in the VM (0: none).
 	Timeout time.Duration `json:"timeout"`
 	// ConfigTimeout bounds how long a booted VM waits for Configure.
@@ -137,8 +140,8 @@ func New(cfg Config) (*Agent, error) {
 // Launch starts a runner's VM and returns at once; its progress arrives as
 // events.
 func (a *Agent) Launch(asg Assignment) error {
-	if asg.Runner == "" || len(asg.Command) == 0 {
-		return errors.New("agent: assignment without runner name or command")
+	if asg.Runner == "" {
+		return errors.New("agent: assignment without runner name")
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -231,7 +234,7 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	var vmID string
 	req := jobvm.Request{
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
-		Argv: asg.Command, Env: asg.Env, Timeout: asg.Timeout,
+		Argv: asg.Command, User: asg.User, Env: asg.Env, Timeout: asg.Timeout,
 		Stdout: out, Stderr: out,
 		Owner: vm.ProcessOwner(), DieWithOwner: true,
 		OnCreate: func(inst vm.Instance) {

@@ -94,11 +94,16 @@ type Runner struct {
 	// its organisation ("org").
 	Scope string `yaml:"scope"`
 	// GroupID is the runner group runners join (default 1, "Default").
-	GroupID       int64    `yaml:"group_id"`
-	NamePrefix    string   `yaml:"name_prefix"`
-	ImageAMD64    string   `yaml:"image_amd64"`
-	ImageARM64    string   `yaml:"image_arm64"`
+	GroupID    int64  `yaml:"group_id"`
+	NamePrefix string `yaml:"name_prefix"`
+	ImageAMD64 string `yaml:"image_amd64"`
+	ImageARM64 string `yaml:"image_arm64"`
+	// Command is the runner program in the guest, run as User (""
+	// root). Empty (the default): the image's own runner, as its manifest
+	// names it (tandem-fakerunner in test images; GitHub's runner, or
+	// tandem-fakerunner, as the `runner` account in runner images).
 	Command       []string `yaml:"command"`
+	User          string   `yaml:"user"`
 	WorkFolder    string   `yaml:"work_folder"`
 	MaxJobTime    Duration `yaml:"max_job_duration"`
 	IdleTimeout   Duration `yaml:"idle_timeout"`
@@ -247,9 +252,6 @@ func (c *Config) applyDefaults() {
 	def(&c.Runner.NamePrefix, "tandem")
 	def(&c.Runner.ImageAMD64, "test-amd64")
 	def(&c.Runner.ImageARM64, "test-arm64")
-	if len(c.Runner.Command) == 0 {
-		c.Runner.Command = []string{"/usr/bin/tandem-fakerunner"}
-	}
 	defDur := func(p *Duration, v time.Duration) {
 		if *p == 0 {
 			*p = Duration(v)

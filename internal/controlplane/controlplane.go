@@ -55,7 +55,8 @@ type RunnerSpec struct {
 	GroupID       int64
 	NamePrefix    string
 	Images        map[labels.Arch]string
-	Command       []string
+	Command       []string // none: the image's runner
+	User          string
 	WorkFolder    string
 	MaxJobTime    time.Duration
 	IdleTimeout   time.Duration
@@ -141,9 +142,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if len(cfg.WebhookSecret) == 0 {
 		return nil, errors.New("controlplane: no webhook secret")
-	}
-	if len(cfg.Runner.Command) == 0 {
-		return nil, errors.New("controlplane: no runner command")
 	}
 	if cfg.Runner.Scope == "" {
 		cfg.Runner.Scope = "repo"

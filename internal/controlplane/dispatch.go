@@ -275,7 +275,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	img := s.cfg.Runner.Images[r.Arch]
 	asg := agent.Assignment{
 		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
-		Command: s.cfg.Runner.Command, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
+		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name},
 	}
 	if err := a.Launch(asg); err != nil {

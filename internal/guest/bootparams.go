@@ -3,6 +3,7 @@ package guest
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
 	"strings"
 )
 
@@ -18,7 +19,10 @@ type BootParams struct {
 	Gateway  netip.Addr
 	DNS      []netip.Addr
 	Hostname string
-	Probe    bool // print ProbeMarker and power off at once
+	// Mirror is the host's registry mirror (http://<bridge address>:<port>)
+	// the guest's Docker daemon pulls Docker Hub images through; "" for none.
+	Mirror string
+	Probe  bool // print ProbeMarker and power off at once
 }
 
 // Cmdline renders the parameters for the kernel command line.
@@ -42,6 +46,9 @@ func (p BootParams) Cmdline() string {
 	}
 	if p.Hostname != "" {
 		b = append(b, "tandem.hostname="+p.Hostname)
+	}
+	if p.Mirror != "" {
+		b = append(b, "tandem.mirror="+p.Mirror)
 	}
 	if p.Probe {
 		b = append(b, "tandem.probe=1")
@@ -73,6 +80,9 @@ func ParseBootParams(cmdline string) (BootParams, error) {
 			}
 		case "tandem.hostname":
 			p.Hostname = v
+		case "tandem.mirror":
+			err = checkMirror(v)
+			p.Mirror = v
 		case "tandem.probe":
 			p.Probe = v == "1"
 		}
@@ -81,4 +91,18 @@ func ParseBootParams(cmdline string) (BootParams, error) {
 		}
 	}
 	return p, nil
+}
+
+// checkMirror accepts what a registry mirror's address can be: an http or
+// https URL with a host and nothing after it but an optional "/".
+func checkMirror(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") ||
+		u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q: want http(s)://host[:port]", v)
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ func TestBootParamsRoundTrip(t *testing.T) {
 			Gateway:  netip.MustParseAddr("172.30.0.1"),
 			DNS:      []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("2606:4700::1111")},
 			Hostname: "tandem-job-42",
+			Mirror:   "http://172.30.0.1:5000",
 		},
 		{Addr: netip.MustParsePrefix("fd00::2/64"), Gateway: netip.MustParseAddr("fd00::1")},
 	} {
@@ -50,6 +51,11 @@ func TestBootParamsBad(t *testing.T) {
 		"tandem.gw=gateway",
 		"tandem.dns=1.1.1.1,nope",
 		"tandem.dns=",
+		"tandem.mirror=172.30.0.1:5000", // no scheme
+		"tandem.mirror=ftp://172.30.0.1",
+		"tandem.mirror=http://172.30.0.1:5000/v2/",
+		"tandem.mirror=http://user:pw@172.30.0.1:5000",
+		"tandem.mirror=",
 	} {
 		_, err := ParseBootParams("console=ttyS0 " + line)
 		if err == nil {

@@ -97,6 +97,9 @@ type Job struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Dir       string            `json:"dir,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"` // 0: no guest-side limit
+	// User, if set, is the guest account the job runs as (with its groups,
+	// HOME, USER, LOGNAME and SHELL; Dir defaults to its home); "": root.
+	User string `json:"user,omitempty"`
 }
 
 // Exit reports how the job ended.

@@ -20,7 +20,10 @@ import (
 
 // BuildOptions say what to build.
 type BuildOptions struct {
-	Kind        string // "test": busybox + tandem-guest
+	// Kind is "test" (busybox and tandem-guest on a small disk; builds in
+	// seconds) or "runner" (Debian with systemd, Docker, build tools and
+	// GitHub's runner; see runner.go).
+	Kind        string
 	Arch        string // "amd64" or "arm64"
 	GuestBinary string // tandem-guest, static, for Arch
 	// FakeRunnerBinary, if set, is tandem-fakerunner (static, for Arch),
@@ -30,8 +33,15 @@ type BuildOptions struct {
 	KernelDeb        string // optional: a linux-image .deb to use instead of Debian's cloud kernel
 	CacheDir         string // where fetched .debs are kept; "" = <store>/cache
 	Progress         io.Writer
-	// RootfsSizeMiB is the root filesystem's size (sparse); 0 = 256.
+	// RootfsSizeMiB is the root filesystem's size (sparse); 0 = 256 for
+	// the test image, 10240 for the runner image.
 	RootfsSizeMiB int
+	// RunnerTarball is GitHub's runner (actions-runner-linux-<arch>-<v>.tar.gz)
+	// for a runner image; "" builds one without (see BuildOptions.Kind).
+	RunnerTarball string
+	// Mirrors are Debian mirrors (or sources.list lines or files) for a
+	// runner image, as mmdebstrap takes them; none: mmdebstrap's default.
+	Mirrors []string
 }
 
 // guestModules are what tandem-guest needs from the kernel: the virtio-mmio
@@ -48,17 +58,23 @@ var guestModules = []string{"virtio_mmio", "virtio_blk", "virtio_console", "virt
 // what a crashed one left.
 func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	start := time.Now()
-	if o.Kind != "test" {
-		return nil, fmt.Errorf("unknown image kind %q (want test)", o.Kind)
+	if o.Kind != "test" && o.Kind != "runner" {
+		return nil, fmt.Errorf("unknown image kind %q (want test or runner)", o.Kind)
 	}
 	if o.Arch != "amd64" && o.Arch != "arm64" {
 		return nil, fmt.Errorf("unknown architecture %q (want amd64 or arm64)", o.Arch)
+	}
+	if o.Kind != "runner" && (o.RunnerTarball != "" || len(o.Mirrors) > 0) {
+		return nil, fmt.Errorf("a runner tarball and Debian mirrors are for runner images, not %s images", o.Kind)
 	}
 	if o.CacheDir == "" {
 		o.CacheDir = filepath.Join(s.root, "cache")
 	}
 	if o.RootfsSizeMiB == 0 {
 		o.RootfsSizeMiB = 256
+		if o.Kind == "runner" {
+			o.RootfsSizeMiB = runnerRootfsMiB
+		}
 	}
 	if o.RootfsSizeMiB < 16 {
 		return nil, fmt.Errorf("root filesystem size %d MiB: want at least 16", o.RootfsSizeMiB)
@@ -81,6 +97,16 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		}
 		if err := checkStaticELF(o.FakeRunnerBinary, o.Arch); err != nil {
 			return nil, fmt.Errorf("tandem-fakerunner binary %s: %w", o.FakeRunnerBinary, err)
+		}
+	}
+	if o.Kind == "runner" {
+		if err := checkRunnerTools(o.Arch); err != nil {
+			return nil, err
+		}
+		if o.RunnerTarball != "" {
+			if _, err := os.Stat(o.RunnerTarball); err != nil {
+				return nil, fmt.Errorf("runner tarball: %w", err)
+			}
 		}
 	}
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
@@ -117,8 +143,10 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	} else if kdeb, err = fetchDeb(ctx, p, kdeb, o.CacheDir); err != nil {
 		return nil, err
 	}
-	if bb, err = fetchDeb(ctx, p, bb, o.CacheDir); err != nil {
-		return nil, err
+	if o.Kind == "test" {
+		if bb, err = fetchDeb(ctx, p, bb, o.CacheDir); err != nil {
+			return nil, err
+		}
 	}
 
 	// 2. The root filesystem is independent of the kernel: build it while
@@ -127,18 +155,32 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	defer cancel()
 	var wg sync.WaitGroup
 	var rootErr error
+	var tree *runnerTree
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if o.Kind == "runner" {
+			tree, rootErr = bootstrapRunner(rctx, p, work, o, guestBin, fakeRunner)
+			return
+		}
 		rootErr = buildTestRootfs(rctx, p, work, bb, guestBin, fakeRunner, o, filepath.Join(out, RootfsFile))
 	}()
 	kernelName, kernel, kver, initrd, modOrder, kerr := buildBoot(ctx, p, work, kdeb, guestBin, o.Arch)
+	if kerr == nil && o.Kind == "runner" {
+		kerr = checkKernelConfig(filepath.Join(work, "kernel-pkg"), kver)
+	}
 	if kerr != nil {
 		cancel()
 	}
 	wg.Wait()
 	if err := errors.Join(kerr, rootErr); err != nil {
 		return nil, err
+	}
+	var contents []byte
+	if tree != nil {
+		if contents, err = finishRunnerRootfs(ctx, p, work, tree, kver, o.RootfsSizeMiB, filepath.Join(out, RootfsFile)); err != nil {
+			return nil, err
+		}
 	}
 
 	// 3. The files, the manifest, and into the store.
@@ -150,11 +192,20 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		FakeRunnerSHA256:      optSHA256(fakeRunner),
 		BusyboxPackageVersion: bb.Version,
 		Cmdline:               recommendedCmdline(o.Arch),
+		Runner:                testRunnerInfo(fakeRunner),
 		Created:               time.Now().UTC().Format(time.RFC3339),
 		Files:                 map[string]FileInfo{},
 	}
+	names := []string{kernelName, InitrdFile, RootfsFile}
+	written := map[string][]byte{kernelName: kernel, InitrdFile: initrd}
+	if tree != nil {
+		m.BusyboxPackageVersion = ""
+		m.Runner, m.Packages = tree.runner, tree.packages
+		written[ContentsFile] = contents
+		names = append(names, ContentsFile)
+	}
 	stamps := map[string]verifiedStamp{}
-	for name, data := range map[string][]byte{kernelName: kernel, InitrdFile: initrd} {
+	for name, data := range written {
 		if err := writeFileSync(filepath.Join(out, name), data); err != nil {
 			return nil, err
 		}
@@ -165,19 +216,16 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := syncFile(filepath.Join(out, RootfsFile)); err != nil {
 		return nil, err
 	}
-	for _, n := range []string{kernelName, InitrdFile, RootfsFile} {
+	for _, n := range names {
 		// Stat before hashing: if the file changed after the stat, the
 		// stamp will not match and the next Verify re-hashes it.
 		st, err := statStamp(filepath.Join(out, n))
 		if err != nil {
 			return nil, err
 		}
-		switch n {
-		case kernelName:
-			st.SHA = sha256hex(kernel)
-		case InitrdFile:
-			st.SHA = sha256hex(initrd)
-		default:
+		if data, ok := written[n]; ok {
+			st.SHA = sha256hex(data)
+		} else {
 			if st.SHA, err = fileSHA256(filepath.Join(out, n)); err != nil {
 				return nil, err
 			}
@@ -356,4 +404,13 @@ func optSHA256(b []byte) string {
 		return ""
 	}
 	return sha256hex(b)
+}
+
+// testRunnerInfo is how a test image starts its runner: tandem-fakerunner
+// as root, when the image has it.
+func testRunnerInfo(fakeRunner []byte) *RunnerInfo {
+	if fakeRunner == nil {
+		return nil
+	}
+	return &RunnerInfo{Command: []string{fakeRunnerPath}}
 }

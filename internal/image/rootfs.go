@@ -96,21 +96,7 @@ func buildTestRootfs(ctx context.Context, p *progress, work string, bb debFile, 
 	if err != nil {
 		return fmt.Errorf("root filesystem: %w", err)
 	}
-	uuid := uuidFrom(sha256hex([]byte("uuid\x00" + tree)))
-	seed := uuidFrom(sha256hex([]byte("hash_seed\x00" + tree)))
-	conf := filepath.Join(work, "mke2fs.conf")
-	if err := os.WriteFile(conf, []byte(mke2fsConf), 0o644); err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-T", "tandem", "-L", "tandem-root",
-		"-U", uuid, "-E", "root_owner=0:0,hash_seed="+seed, "-d", root, dest, fmt.Sprintf("%dM", o.RootfsSizeMiB))
-	cmd.Env = append(os.Environ(), fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch), "MKE2FS_CONFIG="+conf)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("mkfs.ext4 (from e2fsprogs): %v: %s", err, out)
-	}
-	// mkfs copies each file's ctime, which no system call can set, and its
-	// atime, which reading the tree (treeHash) moved: set them in the image.
-	if err := fixInodeTimes(ctx, work, root, dest); err != nil {
+	if err := makeExt4(ctx, work, root, dest, tree, o.RootfsSizeMiB, 0); err != nil {
 		return err
 	}
 	what := "tandem-guest"
@@ -331,7 +317,9 @@ func fixInodeTimes(ctx context.Context, work, root, img string) error {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
-		if strings.ContainsAny(rel, "\"\n\\ ") {
+		// debugfs takes a quoted name literally, spaces and backslashes
+		// (systemd's escaped unit names) included, up to the next quote.
+		if strings.ContainsAny(rel, "\"\n") {
 			return fmt.Errorf("unexpected file name %q in the root filesystem", rel)
 		}
 		for _, field := range []string{"ctime", "atime"} {
@@ -353,4 +341,30 @@ func fixInodeTimes(ctx context.Context, work, root, img string) error {
 		return fmt.Errorf("debugfs (from e2fsprogs): %v: %.500s", err, out)
 	}
 	return nil
+}
+
+// makeExt4 makes dest, an ext4 file system of sizeMiB holding the tree at
+// root, the same bytes for the same tree: its uuid and directory hash seed
+// derive from tree (a hash of the tree), its times are epoch. inodeRatio
+// (bytes per inode) 0 takes the configuration's.
+func makeExt4(ctx context.Context, work, root, dest, tree string, sizeMiB, inodeRatio int) error {
+	uuid := uuidFrom(sha256hex([]byte("uuid\x00" + tree)))
+	seed := uuidFrom(sha256hex([]byte("hash_seed\x00" + tree)))
+	conf := filepath.Join(work, "mke2fs.conf")
+	if err := os.WriteFile(conf, []byte(mke2fsConf), 0o644); err != nil {
+		return err
+	}
+	args := []string{"-q", "-F", "-T", "tandem", "-L", "tandem-root", "-U", uuid, "-E", "root_owner=0:0,hash_seed=" + seed}
+	if inodeRatio > 0 {
+		args = append(args, "-i", fmt.Sprint(inodeRatio))
+	}
+	args = append(args, "-d", root, dest, fmt.Sprintf("%dM", sizeMiB))
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", args...)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("E2FSPROGS_FAKE_TIME=%d", epoch), "MKE2FS_CONFIG="+conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4 (from e2fsprogs): %v: %s", err, out)
+	}
+	// mkfs copies each file's ctime, which no system call can set, and its
+	// atime, which reading the tree (treeHash) moved: set them in the image.
+	return fixInodeTimes(ctx, work, root, dest)
 }

@@ -93,6 +93,11 @@ type Manifest struct {
 	FakeRunnerSHA256      string              `json:"fakerunner_sha256,omitempty"`
 	BusyboxPackageVersion string              `json:"busybox_package_version,omitempty"`
 	Cmdline               string              `json:"cmdline"` // recommended kernel parameters
+	// Runner says how VMs of the image start their runner; nil: the image
+	// has none (VMs run only what they are given, as `tandem run` does).
+	Runner *RunnerInfo `json:"runner,omitempty"`
+	// Packages are the Debian packages of a runner image's root filesystem.
+	Packages []Package `json:"packages,omitempty"`
 	Created               string              `json:"created,omitempty"`
 	Files                 map[string]FileInfo `json:"files"`
 }

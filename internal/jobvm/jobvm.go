@@ -30,6 +30,10 @@ type Host struct {
 	// StateDir holds the host lock that orders Collect against Run across
 	// processes; "" disables it (one process only).
 	StateDir string
+	// Mirror, if set, is the host's registry mirror as the VMs reach it
+	// (http://<bridge address>:<port>): runner images configure their
+	// Docker daemon to pull Docker Hub images through it.
+	Mirror string
 }
 
 // Request describes one job.
@@ -40,7 +44,10 @@ type Request struct {
 	Image     string // image ref; "" means "test-<arch>"
 	Accel     vm.Accel
 
+	// Argv is the job's program and arguments, run as User ("" root).
+	// No Argv: the image's runner (its manifest's Runner), as its user.
 	Argv    []string
+	User    string
 	Env     map[string]string
 	Dir     string
 	Timeout time.Duration // 0: none
@@ -113,9 +120,6 @@ var ErrBadRequest = errors.New("bad request")
 // Failure set. Either way nothing is left on the host.
 func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	t0 := time.Now()
-	if len(r.Argv) == 0 {
-		return res, fmt.Errorf("%w: no command given", ErrBadRequest)
-	}
 	if r.Arch != vm.AMD64 && r.Arch != vm.ARM64 {
 		return res, fmt.Errorf("%w: %w %q", ErrBadRequest, vm.ErrUnknownArch, r.Arch)
 	}
@@ -133,6 +137,13 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	if im.Manifest.Arch != string(r.Arch) {
 		return res, fmt.Errorf("%w: image %s is for %s, not %s", ErrBadRequest, r.Image, im.Manifest.Arch, r.Arch)
 	}
+	if len(r.Argv) == 0 {
+		ri := im.Manifest.Runner
+		if ri == nil || len(ri.Command) == 0 {
+			return res, fmt.Errorf("%w: no command given, and image %s (%s) has no runner of its own", ErrBadRequest, r.Image, im.ID)
+		}
+		r.Argv, r.User = ri.Command, ri.User
+	}
 	if err := im.Verify(); err != nil {
 		return res, err
 	}
@@ -147,7 +158,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	}
 	res = Result{VMID: spec.ID, Arch: r.Arch, Accel: choice.Accel, AccelReason: choice.Reason,
 		Emulated: choice.Emulated, Image: im.ID}
-	boot := guest.BootParams{Root: qemu.RootDevice, Hostname: spec.ID}
+	boot := guest.BootParams{Root: qemu.RootDevice, Hostname: spec.ID, Mirror: h.Mirror}
 
 	// From here on, every path ends in teardown.
 	var inst vm.Instance

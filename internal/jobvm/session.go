@@ -165,7 +165,7 @@ func (s *session) read() {
 // whether the guest reported the job's exit.
 func (s *session) run(ctx context.Context) (reported bool) {
 	defer s.closer.Close()
-	job := guest.Job{Argv: s.r.Argv, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
+	job := guest.Job{Argv: s.r.Argv, User: s.r.User, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
 	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
 		s.fail(FailGuestCrash, "send job: "+err.Error())
 		return false
