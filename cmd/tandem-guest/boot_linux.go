@@ -120,6 +120,8 @@ func (a *agent) run() error {
 			con.logf("warning: clock unset (%s): no RTC or kvm-clock", now.UTC().Format(time.DateOnly))
 		}
 		if init != "" {
+			// systemd sets the hostname from /etc/hostname.
+			writeEtc(con, "/etc/hostname", hostnameOf(bp.Hostname)+"\n")
 			return a.execInit(init)
 		}
 		os.Setenv("PATH", jobPath)

@@ -52,6 +52,9 @@ var runnerPackages = []string{
 	"systemd", "systemd-sysv", "dbus", "kmod", "iproute2", "iptables", "procps", "netbase",
 	"docker.io", "containerd", "git", "curl", "ca-certificates", "build-essential", "sudo",
 	"openssh-client", "xz-utils", "zstd", "unzip", "jq",
+	// Debian's kernel enables AppArmor: Docker then needs apparmor_parser
+	// to load its containers' profile.
+	"apparmor",
 	// What GitHub's runner (.NET) needs, as its installdependencies.sh has it.
 	"libicu72", "libkrb5-3", "zlib1g", "libssl3", "liblttng-ust1",
 }
@@ -62,6 +65,8 @@ var maskedUnits = []string{
 	"apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
 	"e2scrub_reap.service", "fstrim.timer", "getty.target", "systemd-pstore.service",
 	"systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
+	// Loads every profile in /etc/apparmor.d at boot; Docker loads its own.
+	"apparmor.service",
 }
 
 // guestUnit runs tandem-guest once the base system is up (sockets, so

@@ -81,6 +81,11 @@ type options struct {
 	// on the fleet network's gateway (see fleet_test.go); VMs reach ghfake
 	// there too.
 	fleet bool
+	// runner is added to the config's runner section (indented lines).
+	runner string
+	// dataDir is the shared data dir whose images/ the system uses; "":
+	// testimages.DataDir (the test images).
+	dataDir string
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -98,6 +103,7 @@ type system struct {
 	installs map[string]int64
 	fleet    bool
 	agentURL string // the agent listener, in fleet mode
+	gateway  string // the VMs' gateway: this host as the VMs reach it
 }
 
 // sign signs a webhook body as GitHub does, with the real secret.
@@ -120,7 +126,10 @@ func freePort(t testing.TB) int {
 func newSystem(t testing.TB, o options) *system {
 	t.Helper()
 	testenv.RequireVM(t)
-	shared := testimages.DataDir(t)
+	shared := o.dataDir
+	if shared == "" {
+		shared = testimages.DataDir(t)
+	}
 	data := testenv.ShortTempDir(t)
 	if err := os.Symlink(filepath.Join(shared, "images"), filepath.Join(data, "images")); err != nil {
 		t.Fatal(err)
@@ -183,7 +192,7 @@ runner:
   idle_timeout: 60s
   config_timeout: 60s
   max_job_duration: 5m
-reconcile:
+%sreconcile:
   missed_webhooks: 2s
   failed_deliveries: 2s
   orphans: 5s
@@ -195,7 +204,7 @@ agent:
   emulate: [arm64]
   bridge: %s
   subnet: %s
-%s`, tandemPort, ghPort, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
+%s`, tandemPort, ghPort, o.runner, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
 	agentPort := 0
 	if o.fleet {
 		agentPort = freePort(t)
@@ -212,7 +221,7 @@ agent:
 	s := &system{t: t, gh: gh, ghSrv: ghSrv, data: data, cfgPath: cfgPath,
 		apiURL: fmt.Sprintf("http://127.0.0.1:%d", tandemPort), logPath: filepath.Join(data, "tandem.log"),
 		secret: secret, installs: map[string]int64{}, fleet: o.fleet,
-		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort)}
+		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw}
 	gh.SetFaults(o.faults)
 	t.Cleanup(func() {
 		s.stop()

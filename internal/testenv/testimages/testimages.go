@@ -55,28 +55,62 @@ func prepare() (string, error) {
 		return "", err
 	}
 	for _, arch := range []string{"amd64", "arm64"} {
-		if _, err := st.Resolve("test-" + arch); err == nil && os.Getenv("TANDEM_TEST_DATA") != "" {
-			continue // built by scripts/test.sh for this run
-		}
-		bins := map[string]string{}
-		for _, prog := range []string{"tandem-guest", "tandem-fakerunner"} {
-			bins[prog] = filepath.Join(dir, prog+"-"+arch)
-			build := exec.Command("go", "build", "-trimpath", "-o", bins[prog], "./cmd/"+prog)
-			build.Dir = moduleRoot()
-			build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
-			if out, err := build.CombinedOutput(); err != nil {
-				return "", &buildError{prog, arch, err, out}
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		_, err := st.Build(ctx, image.BuildOptions{Kind: "test", Arch: arch, GuestBinary: bins["tandem-guest"],
-			FakeRunnerBinary: bins["tandem-fakerunner"], CacheDir: filepath.Join(dir, "cache")})
-		cancel()
-		if err != nil {
+		if err := ensure(st, dir, "test", arch); err != nil {
 			return "", err
 		}
 	}
 	return dir, nil
+}
+
+var (
+	runnerMu   sync.Mutex
+	runnerErrs = map[string]error{}
+)
+
+// Runner returns the shared data dir (see DataDir) with runner-<arch>, the
+// runner image (Debian, systemd, Docker, tandem-fakerunner as its runner),
+// in its images/. scripts/test.sh builds it once per run; otherwise the
+// first test to want it builds it (a minute for amd64, a few for arm64).
+func Runner(t testing.TB, arch string) string {
+	t.Helper()
+	dir := DataDir(t)
+	runnerMu.Lock()
+	defer runnerMu.Unlock()
+	err, done := runnerErrs[arch]
+	if !done {
+		var st *image.Store
+		if st, err = image.Open(filepath.Join(dir, "images")); err == nil {
+			err = ensure(st, dir, "runner", arch)
+		}
+		runnerErrs[arch] = err
+	}
+	if err != nil {
+		t.Fatalf("runner image for %s: %v", arch, err)
+	}
+	return dir
+}
+
+// ensure builds <kind>-<arch> into st unless scripts/test.sh did for this
+// run; a build of the same inputs keeps the stored image.
+func ensure(st *image.Store, dir, kind, arch string) error {
+	if _, err := st.Resolve(kind + "-" + arch); err == nil && os.Getenv("TANDEM_TEST_DATA") != "" {
+		return nil // built by scripts/test.sh for this run
+	}
+	bins := map[string]string{}
+	for _, prog := range []string{"tandem-guest", "tandem-fakerunner"} {
+		bins[prog] = filepath.Join(dir, prog+"-"+arch)
+		build := exec.Command("go", "build", "-trimpath", "-o", bins[prog], "./cmd/"+prog)
+		build.Dir = moduleRoot()
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
+		if out, err := build.CombinedOutput(); err != nil {
+			return &buildError{prog, arch, err, out}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	_, err := st.Build(ctx, image.BuildOptions{Kind: kind, Arch: arch, GuestBinary: bins["tandem-guest"],
+		FakeRunnerBinary: bins["tandem-fakerunner"], CacheDir: filepath.Join(dir, "cache")})
+	return err
 }
 
 type buildError struct {
