@@ -11,7 +11,18 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
-  busybox-static e2fsprogs nftables iproute2 kmod ca-certificates git make >/dev/null
+  busybox-static e2fsprogs nftables iproute2 kmod ca-certificates git make \
+  mmdebstrap binfmt-support >/dev/null
+# Runner images for another architecture run that architecture's package
+# scripts through qemu-user, which the kernel finds through binfmt_misc.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+for emu in qemu-aarch64 qemu-x86_64; do
+  if [ "$emu" != "qemu-$(uname -m)" ] && [ ! -e /proc/sys/fs/binfmt_misc/$emu ]; then
+    update-binfmts --enable $emu
+  fi
+done
 if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
   echo "install-deps.sh: Go 1.26 is needed at /usr/local/go (or on PATH)" >&2
   exit 1

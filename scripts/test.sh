@@ -13,6 +13,11 @@ if [ "$(id -u)" = 0 ]; then
   for arch in amd64 arm64; do
     bin/tandem --data-dir "$TANDEM_TEST_DATA" image build --kind test --arch $arch
   done
+  # The runner images (Debian, systemd, Docker): a minute for amd64, a few
+  # for arm64 (its package scripts run under qemu-user).
+  for arch in amd64 arm64; do
+    bin/tandem --data-dir "$TANDEM_TEST_DATA" image build --kind runner --arch $arch
+  done
 fi
 unformatted="$(gofmt -l cmd internal bench)"
 [ -z "$unformatted" ] || { echo "gofmt needed on: $unformatted" >&2; exit 1; }

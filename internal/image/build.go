@@ -80,6 +80,16 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		return nil, fmt.Errorf("root filesystem size %d MiB: want at least 16", o.RootfsSizeMiB)
 	}
 	p := &progress{w: o.Progress, start: start}
+	if o.Kind == "runner" {
+		if o.RunnerTarball != "" {
+			if _, err := os.Stat(o.RunnerTarball); err != nil {
+				return nil, fmt.Errorf("runner tarball: %w", err)
+			}
+		}
+		if err := checkRunnerTools(o.Arch); err != nil {
+			return nil, err
+		}
+	}
 	if o.GuestBinary == "" {
 		return nil, errors.New("no tandem-guest binary given (BuildOptions.GuestBinary)")
 	}
@@ -97,16 +107,6 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		}
 		if err := checkStaticELF(o.FakeRunnerBinary, o.Arch); err != nil {
 			return nil, fmt.Errorf("tandem-fakerunner binary %s: %w", o.FakeRunnerBinary, err)
-		}
-	}
-	if o.Kind == "runner" {
-		if err := checkRunnerTools(o.Arch); err != nil {
-			return nil, err
-		}
-		if o.RunnerTarball != "" {
-			if _, err := os.Stat(o.RunnerTarball); err != nil {
-				return nil, fmt.Errorf("runner tarball: %w", err)
-			}
 		}
 	}
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
