@@ -16,7 +16,7 @@ import (
 
 func benchCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "bench", Short: "Benchmarks against baselines measured in the same run"}
-	cmd.AddCommand(benchBootCmd(g))
+	cmd.AddCommand(benchBootCmd(g), benchRunnerCmd(g))
 	return cmd
 }
 
@@ -98,4 +98,77 @@ func benchBootCmd(g *globals) *cobra.Command {
 	f.BoolVar(&jsonOut, "json", false, "print JSON")
 	nf.add(cmd)
 	return cmd
+}
+
+func benchRunnerCmd(g *globals) *cobra.Command {
+	var (
+		n                               int
+		arch, accel, memory, img, based string
+		cpus                            float64
+		jsonOut                         bool
+		nf                              netFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "runner",
+		Short: "Time a runner image's VMs to their runner's start against the test image's, in the same run",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := vm.ParseArch(arch)
+			if err != nil {
+				return err
+			}
+			ac, err := vm.ParseAccel(accel)
+			if err != nil {
+				return err
+			}
+			mem, err := parseMemory(memory)
+			if err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			if err := requireRoot("tandem bench runner"); err != nil {
+				return err
+			}
+			h, err := newHost(cmd.Context(), g, &nf)
+			if err != nil {
+				return err
+			}
+			if _, err := h.Collect(cmd.Context(), nil); err != nil {
+				g.log.Warn("reclaiming leftovers failed", "err", err)
+			}
+			rep, err := bench.RunnerStart(cmd.Context(), h, bench.StartOptions{N: n, Arch: a, Accel: ac, VCPUs: cpus,
+				MemoryMiB: mem, Image: img, BaselineImage: based})
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			fmt.Printf("VM start to the job's first output, %s guest, %s, n=%d each\n", rep.Arch, rep.Accel, rep.N)
+			fmt.Printf("%-28s %12s %12s %14s\n", "image", "started p50", "started p95", "agent ready p50")
+			fmt.Printf("%-28s %10.0fms %10.0fms %12.0fms\n", rep.Image+" (as "+orRoot(rep.ImageRunnerUser)+")", rep.StartedP50MS, rep.StartedP95MS, rep.ReadyP50MS)
+			fmt.Printf("%-28s %10.0fms %10.0fms %12.0fms\n", rep.BaselineImage+" (as root)", rep.BaseStartedP50, rep.BaseStartedP95, rep.BaseReadyP50MS)
+			fmt.Printf("ratio (started p50): %.2f\n", rep.Ratio)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&n, "n", 10, "VMs per image")
+	f.StringVar(&arch, "arch", string(vm.HostArch()), "guest architecture")
+	f.StringVar(&accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
+	f.Float64Var(&cpus, "cpus", 2, "vCPUs per VM")
+	f.StringVar(&memory, "memory", "2G", "memory per VM")
+	f.StringVar(&img, "image", "", "the image measured (default runner-<arch>)")
+	f.StringVar(&based, "baseline", "", "the image it is compared with (default test-<arch>)")
+	f.BoolVar(&jsonOut, "json", false, "print JSON")
+	nf.add(cmd)
+	return cmd
+}
+
+func orRoot(user string) string {
+	if user == "" {
+		return "root"
+	}
+	return user
 }

@@ -68,8 +68,9 @@ var (
 )
 
 // Runner returns the shared data dir (see DataDir) with runner-<arch>, the
-// runner image (Debian, systemd, Docker, tandem-fakerunner as its runner),
-// in its images/. scripts/test.sh builds it once per run; otherwise the
+// runner image (Debian, systemd, Docker; tandem-fakerunner as its runner,
+// laid out as GitHub's when scripts/build.sh made its tarball), in its
+// images/. scripts/test.sh builds it once per run; otherwise the
 // first test to want it builds it (a minute for amd64, a few for arm64).
 func Runner(t testing.TB, arch string) string {
 	t.Helper()
@@ -108,8 +109,17 @@ func ensure(st *image.Store, dir, kind, arch string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	_, err := st.Build(ctx, image.BuildOptions{Kind: kind, Arch: arch, GuestBinary: bins["tandem-guest"],
-		FakeRunnerBinary: bins["tandem-fakerunner"], CacheDir: filepath.Join(dir, "cache")})
+	o := image.BuildOptions{Kind: kind, Arch: arch, GuestBinary: bins["tandem-guest"],
+		FakeRunnerBinary: bins["tandem-fakerunner"], CacheDir: filepath.Join(dir, "cache")}
+	if kind == "runner" {
+		// scripts/build.sh's stand-in for GitHub's runner tarball, if there.
+		gh := map[string]string{"amd64": "x64", "arm64": "arm64"}[arch]
+		tb := filepath.Join(os.Getenv("TANDEM_BIN"), "fake-actions-runner-linux-"+gh+".tar.gz")
+		if _, err := os.Stat(tb); err == nil && os.Getenv("TANDEM_BIN") != "" {
+			o.RunnerTarball = tb
+		}
+	}
+	_, err := st.Build(ctx, o)
 	return err
 }
 
