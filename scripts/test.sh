@@ -16,10 +16,22 @@ if [ "$(id -u)" = 0 ]; then
   # The runner images (Debian, systemd, Docker): a minute for amd64, a few
   # for arm64 (its package scripts run under qemu-user). Their "GitHub
   # runner" is tandem-fakerunner in the official runner's layout.
-  bin/tandem --data-dir "$TANDEM_TEST_DATA" image build --kind runner --arch amd64 \
-    --runner-tarball bin/fake-actions-runner-linux-x64.tar.gz
-  bin/tandem --data-dir "$TANDEM_TEST_DATA" image build --kind runner --arch arm64 \
-    --runner-tarball bin/fake-actions-runner-linux-arm64.tar.gz
+  runner_image() {
+    bin/tandem --data-dir "$1" image build --kind runner --arch "$2" \
+      --runner-tarball bin/fake-actions-runner-linux-"$3".tar.gz | tee /dev/stderr | awk '{print $1}'
+  }
+  id_amd64="$(runner_image "$TANDEM_TEST_DATA" amd64 x64)"
+  runner_image "$TANDEM_TEST_DATA" arm64 arm64 >/dev/null
+  # The same inputs give the same image: build amd64 again into an empty
+  # store (the package cache shared) and compare.
+  again="$(mktemp -d /var/tmp/tandem-repro.XXXXXX)"
+  mkdir -p "$again/images" && ln -s "$TANDEM_TEST_DATA/cache" "$again/cache"
+  id_again="$(runner_image "$again" amd64 x64)"
+  rm -rf "$again"
+  if [ "$id_amd64" != "$id_again" ]; then
+    echo "runner image not reproducible: $id_amd64 then $id_again" >&2
+    exit 1
+  fi
 fi
 unformatted="$(gofmt -l cmd internal bench)"
 [ -z "$unformatted" ] || { echo "gofmt needed on: $unformatted" >&2; exit 1; }

@@ -67,6 +67,22 @@ var maskedUnits = []string{
 	"systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
 	// Loads every profile in /etc/apparmor.d at boot; Docker loads its own.
 	"apparmor.service",
+	// On the way to sysinit.target, which the runner waits for: a module
+	// loaded ahead (the static /dev nodes load loop, fuse and dm-mod when
+	// first opened), users made already at build, a journal kept only in
+	// memory (nothing to flush).
+	"modprobe@loop.service", "modprobe@fuse.service", "modprobe@dm_mod.service",
+	"modprobe@drm.service", "modprobe@efi_pstore.service", "modprobe@configfs.service",
+	"systemd-sysusers.service", "systemd-journal-flush.service",
+}
+
+// dropIns order units around tandem-guest: Docker starts once the runner
+// has, so that the two do not share the VM's CPUs on the runner's way up
+// (the Docker socket listens from the start: a job's first docker command
+// waits for the daemon, it does not fail).
+var dropIns = map[string]string{
+	"containerd.service": "[Unit]\nAfter=tandem-guest.service\n",
+	"docker.service":     "[Unit]\nAfter=tandem-guest.service\n",
 }
 
 // guestUnit runs tandem-guest once the base system is up (sockets, so
@@ -228,6 +244,15 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 	links := map[string]string{"/etc/systemd/system/multi-user.target.wants/tandem-guest.service": "/usr/lib/systemd/system/tandem-guest.service"}
 	for _, u := range maskedUnits {
 		links["/etc/systemd/system/"+u] = "/dev/null"
+	}
+	for unit, conf := range dropIns {
+		dst := filepath.Join(root, "etc/systemd/system", unit+".d", "tandem.conf")
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(dst, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	for link, target := range links {
 		dst := filepath.Join(root, link)
