@@ -9,6 +9,8 @@
 //	<root>/blobs/<id>/initrd.cpio     tandem-guest as /init, the virtio modules
 //	<root>/blobs/<id>/rootfs.ext4     the root filesystem, read-only base of every VM
 //	<root>/blobs/<id>/.verified       what Verify remembers (see there)
+//	<root>/blobs/<id>/.fetched        the image came by Fetch (transfer.go): Collect may remove it
+//	<root>/.fetch-*/                  a Fetch at work (never half an image in blobs/)
 //	<root>/refs/<kind>-<arch>         the id that name points at
 //	<root>/cache/                     downloaded .debs (unless BuildOptions.CacheDir)
 //
@@ -84,22 +86,22 @@ type KernelInfo struct {
 
 // Manifest describes an image.
 type Manifest struct {
-	Schema                int                 `json:"schema"`
-	Kind                  string              `json:"kind"`
-	Arch                  string              `json:"arch"`
-	Kernel                KernelInfo          `json:"kernel"`
-	Modules               []string            `json:"modules"` // in load order
-	GuestSHA256           string              `json:"guest_sha256"`
-	FakeRunnerSHA256      string              `json:"fakerunner_sha256,omitempty"`
-	BusyboxPackageVersion string              `json:"busybox_package_version,omitempty"`
-	Cmdline               string              `json:"cmdline"` // recommended kernel parameters
+	Schema                int        `json:"schema"`
+	Kind                  string     `json:"kind"`
+	Arch                  string     `json:"arch"`
+	Kernel                KernelInfo `json:"kernel"`
+	Modules               []string   `json:"modules"` // in load order
+	GuestSHA256           string     `json:"guest_sha256"`
+	FakeRunnerSHA256      string     `json:"fakerunner_sha256,omitempty"`
+	BusyboxPackageVersion string     `json:"busybox_package_version,omitempty"`
+	Cmdline               string     `json:"cmdline"` // recommended kernel parameters
 	// Runner says how VMs of the image start their runner; nil: the image
 	// has none (VMs run only what they are given, as `tandem run` does).
 	Runner *RunnerInfo `json:"runner,omitempty"`
 	// Packages are the Debian packages of a runner image's root filesystem.
-	Packages []Package `json:"packages,omitempty"`
-	Created               string              `json:"created,omitempty"`
-	Files                 map[string]FileInfo `json:"files"`
+	Packages []Package           `json:"packages,omitempty"`
+	Created  string              `json:"created,omitempty"`
+	Files    map[string]FileInfo `json:"files"`
 }
 
 // ID is the content address of the manifest: the first 16 hex digits of
@@ -167,7 +169,10 @@ func (im *Image) Initrd() string { return filepath.Join(im.Dir, InitrdFile) }
 func (im *Image) Rootfs() string { return filepath.Join(im.Dir, RootfsFile) }
 
 // Store is a directory of images.
-type Store struct{ root string }
+type Store struct {
+	root string
+	live liveState // fetches and pins of this process (transfer.go, gc.go)
+}
 
 // Open opens (creating if needed) the store at root.
 func Open(root string) (*Store, error) {

@@ -259,7 +259,7 @@ func TestListAndKernelNames(t *testing.T) {
 func TestBuildBadInput(t *testing.T) {
 	s, _ := Open(t.TempDir())
 	ctx := t.Context()
-	if _, err := s.Build(ctx, BuildOptions{Kind: "runner", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), "unknown image kind") {
+	if _, err := s.Build(ctx, BuildOptions{Kind: "vm", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), "unknown image kind") {
 		t.Errorf("kind: %v", err)
 	}
 	if _, err := s.Build(ctx, BuildOptions{Kind: "test", Arch: "mips"}); err == nil || !strings.Contains(err.Error(), "unknown architecture") {
