@@ -12,7 +12,13 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
   busybox-static e2fsprogs nftables iproute2 kmod ca-certificates git make \
-  mmdebstrap binfmt-support >/dev/null
+  mmdebstrap binfmt-support docker-registry >/dev/null
+# Each host's registry mirror is docker-registry run by the agent itself,
+# with a config of its own; the package's service would hold port 5000 on
+# every address.
+if [ -d /run/systemd/system ]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
 # Runner images for another architecture run that architecture's package
 # scripts through qemu-user, which the kernel finds through binfmt_misc.
 if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then

@@ -27,6 +27,7 @@ func agentCmd(g *globals) *cobra.Command {
 	var vcpus float64
 	var emulate []string
 	nf := &netFlags{}
+	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
 		Use:   "agent --server https://HOST:8443 --enroll-token TOKEN",
 		Short: "Run this host's agent: dial the control plane, run the VMs it assigns",
@@ -56,6 +57,10 @@ token (tandem enroll prints one) and keeps the credential it gets in
 				}
 				hostID = strings.ToLower(h)
 			}
+			mc, mpw, err := mf.config()
+			if err != nil {
+				return err
+			}
 			creds, err := agentCredentials(ctx, g.dataDir, server, token, hostID)
 			if err != nil {
 				return err
@@ -69,6 +74,11 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			} else if len(ids) > 0 {
 				g.log.Warn("reclaimed VMs a previous agent left behind", "vms", ids)
 			}
+			stopMirror, err := startMirror(ctx, g, h, mc, mpw, g.dataDir, true)
+			if err != nil {
+				return err
+			}
+			defer stopMirror() // after the VMs (ag.Close below)
 			memMiB := 0
 			if memory != "" {
 				m, err := config.ParseSize(memory)
@@ -81,10 +91,14 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			if err != nil {
 				return err
 			}
-			d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: version,
+			client := agentapi.NewClient(creds)
+			// The images the control plane names come from it, checked.
+			images := agent.NewImages(h.Images, client, g.log)
+			defer images.Close()
+			d := &agentapi.Daemon{Client: client, AgentVersion: version,
 				Capacity: func() agentapi.Capacity { return capacity(g.dataDir) }, Load: loadAvg, Logger: g.log}
 			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h, Sink: d.Event, LogSink: d.Log,
-				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Logger: g.log})
+				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
 			if err != nil {
 				return err
 			}
@@ -116,6 +130,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 	f.StringVar(&memory, "memory", "", "memory VMs may use in all, e.g. 64GiB (default: all but 1 GiB)")
 	f.StringSliceVar(&emulate, "emulate", nil, "foreign architectures to offer under emulation (arm64, amd64)")
 	nf.add(cmd)
+	mf.add(cmd, true)
 	return cmd
 }
 

@@ -39,6 +39,7 @@ type runOptions struct {
 	env                        []string
 	workdir                    string
 	net                        netFlags
+	mirror                     mirrorFlags
 }
 
 func runCmd(g *globals) *cobra.Command {
@@ -66,6 +67,7 @@ not run the job (bad input, missing image, the guest failed); 130 interrupted.`,
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory of the job inside the VM")
 	f.StringVarP(&o.user, "user", "u", "", "guest account to run the job as (e.g. runner in runner images; default root)")
 	o.net.add(cmd)
+	o.mirror.add(cmd, false)
 	return cmd
 }
 
@@ -105,6 +107,10 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 		}
 		env[k] = v
 	}
+	mc, mpw, err := o.mirror.config()
+	if err != nil {
+		return &exitError{exitTandem, err}
+	}
 	if err := requireRoot("tandem run"); err != nil {
 		return &exitError{exitTandem, err}
 	}
@@ -119,6 +125,11 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 	if _, err := h.Collect(ctx, nil); err != nil {
 		g.log.Warn("reclaiming leftovers failed", "err", err)
 	}
+	stopMirror, err := startMirror(ctx, g, h, mc, mpw, g.dataDir, false)
+	if err != nil {
+		return &exitError{exitTandem, err}
+	}
+	defer stopMirror()
 
 	req := jobvm.Request{
 		Arch: arch, VCPUs: o.cpus, MemoryMiB: mem, Image: o.image, Accel: accel,

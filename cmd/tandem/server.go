@@ -23,6 +23,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -122,6 +123,10 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		pin = agentapi.Fingerprint(cert.Certificate[0])
 		agentTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	images, err := image.Open(filepath.Join(dataDir, "images"))
+	if err != nil {
+		return err
+	}
 	cp, err := controlplane.New(controlplane.Config{
 		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
 		Runner: controlplane.RunnerSpec{
@@ -129,7 +134,9 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			Images:  map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64},
 			Command: cfg.Runner.Command, User: cfg.Runner.User, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
+			LabelImages: cfg.Runner.Images,
 		},
+		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers,
 		Limits:      schedulerLimits(cfg),
 		MaxAttempts: cfg.Scheduler.MaxLaunchAttempts,
 		Reconcile: controlplane.Intervals{
@@ -159,6 +166,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	ln = controlplane.LimitListener(ln, 64)
 	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second}
+	go reloadImagesOnHangup(ctx, g, cfgPath, cp, images, parser)
 	cpCtx, cpCancel := context.WithCancel(context.Background())
 	cpDone := make(chan error, 1)
 	go func() { cpDone <- cp.Run(cpCtx) }()
@@ -184,12 +192,14 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 
 	var ag *agent.Agent
 	if withAgent {
-		if ag, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
+		var stopMirror func()
+		if ag, stopMirror, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
 			cpCancel()
 			<-cpDone
 			srv.Close()
 			return err
 		}
+		defer stopMirror() // after the VMs (ag.Close below)
 	}
 	g.log.Info("tandem is up", "listen", ln.Addr().String(), "agent", withAgent, "data_dir", dataDir)
 	fmt.Fprintf(os.Stderr, "tandem: listening on %s (webhook: POST /webhook, API: /api/v1/jobs)\n", ln.Addr())
@@ -225,44 +235,54 @@ func schedulerLimits(cfg *config.Config) scheduler.Limits {
 	return l
 }
 
-// startLocalAgent runs this host's agent in process and attaches it.
-func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (*agent.Agent, error) {
+// startLocalAgent runs this host's agent in process and attaches it; the
+// function it returns stops the host's registry mirror.
+func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stopMirror func(), err error) {
 	gg := *g
 	gg.dataDir = dataDir
 	h, err := newHost(ctx, &gg, &netFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// What a killed predecessor left behind goes first.
 	if ids, err := h.Collect(ctx, nil); err != nil {
-		return nil, fmt.Errorf("reclaiming leftovers: %w", err)
+		return nil, nil, fmt.Errorf("reclaiming leftovers: %w", err)
 	} else if len(ids) > 0 {
 		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
 	}
+	stopMirror, err = startMirror(ctx, g, h, cfg.Agent.Mirror, cfg.MirrorPassword, dataDir, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			stopMirror()
+		}
+	}()
 	hostID := cfg.Agent.HostID
 	if hostID == "" {
 		if hostID, err = os.Hostname(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	capacity, err := localCapacity(cfg.Agent.VCPUs, int(cfg.Agent.Memory), cfg.Agent.Emulate)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := capacity(dataDir)
 	rec := store.Host{ID: hostID, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, Arches: c.Arches}
 	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := cp.AttachHost(ctx, rec, ag, ag.Runners()); err != nil {
 		ag.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
 		"arches", rec.Arches)
-	return ag, nil
+	return ag, stopMirror, nil
 }
 
 // loadOrCreateSecret returns the secret in path (its line ending trimmed,

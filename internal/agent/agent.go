@@ -38,7 +38,7 @@ type Assignment struct {
 	Arch      vm.Arch `json:"arch"`
 	VCPUs     float64 `json:"vcpus"`
 	MemoryMiB int     `json:"memory_mib"`
-	Image     string  `json:"image,omitempty"` // image ref; "" for the default of the arch
+	Image     string  `json:"image,omitempty"` // image id (or ref); "" for the default of the arch
 	// Command is the runner program in the guest, run as User; none: the
 	// image's own runner (its manifest's).
 	Command []string          `json:"command,omitempty"`
@@ -93,8 +93,12 @@ type Config struct {
 	// LogSink, if set, also receives each runner's output as it comes (the
 	// fleet agent ships it to the control plane). It must not block.
 	LogSink func(runner string, p []byte)
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// Images, if set, fetches an assignment's image (an id) from the
+	// control plane when the host lacks it, before the VM boots, and keeps
+	// it while the VM runs (see Images).
+	Images *Images
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Agent runs runner VMs on one host.
@@ -113,6 +117,8 @@ type run struct {
 	cancel context.CancelCauseFunc
 	config chan map[string]string // receives the secret env once
 	once   sync.Once
+	// release ends the run's hold on its image.
+	release func()
 }
 
 // New returns an agent; it runs nothing until Launch.
@@ -152,7 +158,8 @@ func (a *Agent) Launch(asg Assignment) error {
 		return fmt.Errorf("%w: %s", ErrDuplicate, asg.Runner)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1)}
+	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1),
+		release: a.cfg.Images.Acquire(asg.Image)}
 	a.runs[asg.Runner] = r
 	a.wg.Add(1)
 	go func() {
@@ -161,6 +168,7 @@ func (a *Agent) Launch(asg Assignment) error {
 		a.mu.Lock()
 		delete(a.runs, asg.Runner)
 		a.mu.Unlock()
+		r.release()
 		cancel(nil)
 	}()
 	return nil
@@ -198,6 +206,10 @@ func (a *Agent) Stop(runner, reason string) error {
 	return nil
 }
 
+// NameImages hands the image ids the control plane names to Config.Images
+// (agentapi.ImageNamer).
+func (a *Agent) NameImages(ids []string) { a.cfg.Images.SetNamed(ids) }
+
 // Runners lists the runners this agent is running.
 func (a *Agent) Runners() []string {
 	a.mu.Lock()
@@ -231,6 +243,16 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	log := a.log.With("runner", asg.Runner)
 	out, closeOut := a.output(asg.Runner)
 	defer closeOut()
+	if err := a.cfg.Images.Ensure(ctx, asg.Image); err != nil {
+		// Never booted: a missing or corrupt image is the launch's failure.
+		ev := Event{Runner: asg.Runner, Kind: EventEnded, Failure: FailLaunch, Detail: err.Error()}
+		if ctx.Err() != nil {
+			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+		}
+		log.Warn("runner VM not launched: no intact image", "image", asg.Image, "err", err)
+		a.emit(ev)
+		return
+	}
 	var vmID string
 	req := jobvm.Request{
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,

@@ -18,6 +18,12 @@ type Runner interface {
 	Runners() []string
 }
 
+// ImageNamer is a Runner that keeps its images in step with the ids the
+// control plane names (CmdImages): *agent.Agent.
+type ImageNamer interface {
+	NameImages(ids []string)
+}
+
 // Daemon is the agent's side of the protocol: it keeps a stream open to
 // the control plane (reconnecting with backoff), carries out commands,
 // and sends heartbeats, events and runner logs. Events that cannot be sent
@@ -142,6 +148,10 @@ func (d *Daemon) handle(c Command) {
 		err = d.run.Configure(c.Runner, c.Env)
 	case CmdStop:
 		err = d.run.Stop(c.Runner, c.Reason)
+	case CmdImages:
+		if n, ok := d.run.(ImageNamer); ok {
+			n.NameImages(c.Images)
+		}
 	}
 	if err != nil {
 		d.Logger.Warn("command failed", "command", c.Type, "runner", c.Runner, "err", err)

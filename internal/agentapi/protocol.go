@@ -10,6 +10,10 @@
 //	                        held open; a ping line every PingInterval
 //	POST /agent/v1/report   Report (heartbeat and VM events) → 204
 //	POST /agent/v1/logs     ?runner=NAME, body: the next chunk of its console/runner log
+//	GET  /agent/v1/images/ID/manifest       an image the control plane names: its manifest.json
+//	GET  /agent/v1/images/ID/files/NAME     ?offset=N, one of its files as a sparse stream
+//	                        (image.WriteSparse) from offset N on; 404 for an
+//	                        image it does not name, 503 when too many are being sent
 //
 // Every request carries HeaderVersion; a control plane refuses a version it
 // does not speak with 426 and a message saying which it does. Requests after
@@ -18,6 +22,13 @@
 // is closed at once. Commands reach the agent as soon as they are made
 // (the stream), and events reach the control plane as soon as they happen
 // (a report per event batch); heartbeats go every HeartbeatInterval.
+//
+// Versioning: within a Version, a control plane may add command types and
+// fields, and endpoints an agent may use when it finds them; an agent
+// ignores a command type it does not know, and an agent that meets a 404
+// on a newer endpoint reports the failure as any other. A change an older
+// peer would misread takes a new Version. (CmdImages and the images
+// endpoints came this way within version 1.)
 package agentapi
 
 import (
@@ -39,6 +50,7 @@ const (
 	PathStream = "/agent/v1/stream"
 	PathReport = "/agent/v1/report"
 	PathLogs   = "/agent/v1/logs"
+	PathImages = "/agent/v1/images/" // + ID/manifest, ID/files/NAME
 )
 
 // Timing of the protocol.
@@ -99,6 +111,11 @@ const (
 	CmdConfigure = "configure"
 	CmdStop      = "stop"
 	CmdPing      = "ping"
+	// CmdImages names the image ids the control plane launches VMs from
+	// (Command.Images), on every stream connect and whenever they change:
+	// the agent fetches the ones it lacks in the background and removes
+	// fetched images no longer named once no VM uses them.
+	CmdImages = "images"
 )
 
 // Command is one line of the stream.
@@ -108,6 +125,7 @@ type Command struct {
 	Runner     string            `json:"runner,omitempty"`
 	Env        map[string]string `json:"env,omitempty"` // secret (the JIT config): never logged
 	Reason     string            `json:"reason,omitempty"`
+	Images     []string          `json:"images,omitempty"` // CmdImages: the named image ids
 	// SentAt is when the control plane queued the command (assignment
 	// latency is measured against it).
 	SentAt time.Time `json:"sent_at"`

@@ -47,6 +47,8 @@ type Config struct {
 	WebhookSecret Secret          `yaml:"-"`
 	AdminTokens   []Secret        `yaml:"-"`
 	ReadTokens    []Secret        `yaml:"-"`
+	// MirrorPassword is agent.mirror.password_file's content.
+	MirrorPassword Secret `yaml:"-"`
 }
 
 // Agents configures the TLS listener remote hosts' agents dial (and that
@@ -61,6 +63,9 @@ type Agents struct {
 	TLSHosts    []string `yaml:"tls_hosts"`
 	// HeartbeatTimeout: a host silent this long is offline (default 15s).
 	HeartbeatTimeout Duration `yaml:"heartbeat_timeout"`
+	// MaxImageTransfers bounds the image files sent to agents at once
+	// (default 4); more wait, then are told to come back.
+	MaxImageTransfers int `yaml:"max_image_transfers"`
 }
 
 // API configures who may use the JSON API: files holding one token per
@@ -98,6 +103,11 @@ type Runner struct {
 	NamePrefix string `yaml:"name_prefix"`
 	ImageAMD64 string `yaml:"image_amd64"`
 	ImageARM64 string `yaml:"image_arm64"`
+	// Images names the image of some runs-on labels instead of their
+	// architecture's: label → image ref or id, for example
+	// tandem-arm64-4cpu-8gb: runner-arm64. The label must be one
+	// architecture's (not "any"), and the image of that architecture.
+	Images map[string]string `yaml:"images"`
 	// Command is the runner program in the guest, run as User (""
 	// root). Empty (the default): the image's own runner, as its manifest
 	// names it (tandem-fakerunner in test images; GitHub's runner, or
@@ -148,6 +158,8 @@ type Agent struct {
 	Emulate []string `yaml:"emulate"`
 	Bridge  string   `yaml:"bridge"`
 	Subnet  string   `yaml:"subnet"`
+	// Mirror is the Docker Hub pull-through cache the host's VMs use.
+	Mirror Mirror `yaml:"mirror"`
 }
 
 // Secret is a byte string that never prints.
@@ -270,6 +282,7 @@ func (c *Config) applyDefaults() {
 	defDur(&c.Reconcile.LostAfter, 2*time.Minute)
 	def(&c.Agent.Bridge, "tandem0")
 	def(&c.Agent.Subnet, "172.30.0.0/24")
+	c.Agent.Mirror.applyDefaults()
 }
 
 // DatabasePath is the SQLite file, given the data directory in use.
@@ -343,6 +356,9 @@ func (c *Config) readSecrets(dir string) error {
 		return fmt.Errorf("config: github.webhook_secret_file %s: the secret is shorter than 16 bytes", c.GitHub.WebhookSecretFile)
 	}
 	c.WebhookSecret = Secret(sec)
+	if c.MirrorPassword, err = c.Agent.Mirror.readPassword(dir, "agent.mirror"); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -404,12 +420,17 @@ func (c *Config) Validate() error {
 	if (c.Agents.TLSCertFile == "") != (c.Agents.TLSKeyFile == "") {
 		bad("agents: give both tls_cert_file and tls_key_file, or neither")
 	}
+	if c.Agents.MaxImageTransfers < 0 {
+		bad("agents.max_image_transfers: must not be negative")
+	}
 	if c.Agents.HeartbeatTimeout < 0 {
 		bad("agents.heartbeat_timeout: must not be negative")
 	}
 	if c.Agent.VCPUs < 0 {
 		bad("agent.vcpus: must not be negative")
 	}
+	errs = append(errs, c.Agent.Mirror.validate("agent.mirror")...)
+	errs = append(errs, c.validateImages()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -34,6 +35,8 @@ type remoteHost struct {
 	cmds chan agentapi.Command
 	done chan struct{} // closed when the stream must end (replaced, revoked)
 	once sync.Once
+
+	arches []labels.Arch // what it runs: it is told the images of these
 }
 
 func newRemoteHost(id string) *remoteHost {
@@ -79,6 +82,8 @@ func (s *Server) AgentHandler() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathStream, s.handleStream)
 	mux.HandleFunc("POST "+agentapi.PathReport, s.handleReport)
 	mux.HandleFunc("POST "+agentapi.PathLogs, s.handleAgentLog)
+	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/manifest", s.handleImageManifest)
+	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/files/{name}", s.handleImageFile)
 	return mux
 }
 
@@ -195,6 +200,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rh := newRemoteHost(id)
+	for _, a := range hello.Capacity.Arches {
+		rh.arches = append(rh.arches, a.Arch)
+	}
 	s.mu.Lock()
 	if old := s.remotes[id]; old != nil {
 		old.close() // a reconnect replaces the old stream
@@ -202,6 +210,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	s.remotes[id] = rh
 	s.lastSeen[id] = s.now()
 	s.mu.Unlock()
+	if s.cfg.Images != nil {
+		// First on the stream: the images it may be asked to boot.
+		s.imgMu.RLock()
+		rh.send(s.imagesCommand(rh.arches))
+		s.imgMu.RUnlock()
+	}
 	h := store.Host{ID: id, Arches: hello.Capacity.Arches, VCPUs: hello.Capacity.VCPUs,
 		MemoryMiB: hello.Capacity.MemoryMiB, Version: hello.AgentVersion}
 	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {

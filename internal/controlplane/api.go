@@ -22,6 +22,7 @@ import (
 //	GET  /api/v1/hosts            hosts, capacity, use, state
 //	GET  /api/v1/runners          ?live=1&host=
 //	GET  /api/v1/reconcilers      reconciler and dispatcher counters
+//	GET  /api/v1/images           the images the control plane names (images.go)
 //
 // and the operator endpoints of ops.go. API tokens (APITokens) guard
 // everything under /api/.
@@ -35,6 +36,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/hosts", s.guard(false, s.handleHosts))
 	mux.HandleFunc("GET /api/v1/runners", s.guard(false, s.handleRunners))
 	mux.HandleFunc("GET /api/v1/reconcilers", s.guard(false, s.handleCounters))
+	mux.HandleFunc("GET /api/v1/images", s.guard(false, s.handleImages))
 	s.opsRoutes(mux)
 	return mux
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -61,6 +62,10 @@ type RunnerSpec struct {
 	MaxJobTime    time.Duration
 	IdleTimeout   time.Duration
 	ConfigTimeout time.Duration
+
+	// LabelImages names other images for some runs-on labels (label →
+	// ref or id), e.g. tandem-arm64-4cpu-8gb: runner-arm64 (images.go).
+	LabelImages map[string]string
 }
 
 // Intervals of the reconcilers; a negative one is off.
@@ -87,6 +92,13 @@ type Config struct {
 	// HeartbeatTimeout is how long a remote host may stay silent before it
 	// is offline (default 3 heartbeats).
 	HeartbeatTimeout time.Duration
+	// Images is the control plane's own image store: the configured refs
+	// are resolved against it to ids, and agents fetch those from it (nil:
+	// assignments carry the refs, and hosts resolve them; images.go).
+	Images *image.Store
+	// MaxImageTransfers bounds the image files sent to agents at once
+	// (default 4).
+	MaxImageTransfers int
 	// AgentPin is the fingerprint of the agent listener's TLS certificate,
 	// written into enrolment tokens.
 	AgentPin string
@@ -133,6 +145,10 @@ type Server struct {
 	eventKick chan struct{}
 	evMu      sync.Mutex // one drainer of events at a time, in order
 	wg        sync.WaitGroup
+
+	imgMu    sync.RWMutex  // images; held (read) from choosing a launch's image to sending it
+	images   ImageSet      // what the control plane names (images.go)
+	imgSlots chan struct{} // bounds image files being sent
 }
 
 // New checks cfg and returns a Server; Run starts its loops.
@@ -195,6 +211,9 @@ func New(cfg Config) (*Server, error) {
 		redone:       map[string]time.Time{},
 	}
 	s.metrics = newMetrics(s)
+	if err := s.initImages(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -39,11 +39,13 @@ type goHost struct {
 	sink     func(agent.Event) // default: cp.HostEvent (in process); a Daemon's Event for a remote agent
 	fail     error             // Launch refuses with it, when set
 	idleOnly bool              // runners start but never take a job
+	images   *agent.Images     // if set, a run first fetches its image, as the real agent does
 
 	mu      sync.Mutex
 	runs    map[string]*goRun
 	wg      sync.WaitGroup
 	started int
+	booted  []string // the image of each run that got as far as "booting"
 }
 
 type goRun struct {
@@ -74,10 +76,23 @@ func (h *goHost) Launch(a agent.Assignment) error {
 	h.runs[a.Runner] = r
 	h.started++
 	h.wg.Add(1)
+	release := h.images.Acquire(a.Image)
 	go func() {
 		defer h.wg.Done()
 		defer cancel(nil)
+		defer release()
 		ev := agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventEnded}
+		if err := h.images.Ensure(ctx, a.Image); err != nil {
+			ev.Failure, ev.Detail = agent.FailLaunch, err.Error()
+			h.mu.Lock()
+			delete(h.runs, a.Runner)
+			h.mu.Unlock()
+			h.emit(ev)
+			return
+		}
+		h.mu.Lock()
+		h.booted = append(h.booted, a.Image)
+		h.mu.Unlock()
 		h.emit(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventBooting, VMID: "vm-" + a.Runner})
 		select {
 		case jit := <-r.config:
@@ -111,6 +126,9 @@ func (h *goHost) emit(e agent.Event) {
 	}
 	h.cp.HostEvent(e)
 }
+
+// NameImages hands the named images to the host's images (agentapi.ImageNamer).
+func (h *goHost) NameImages(ids []string) { h.images.SetNamed(ids) }
 
 // Runners lists the runs in progress (agentapi.Runner).
 func (h *goHost) Runners() []string {
@@ -189,6 +207,7 @@ type rigOptions struct {
 	noHosts     bool          // attach no in-process host
 	heartbeat   time.Duration // remote hosts' heartbeat timeout
 	agentPin    string
+	configure   func(*controlplane.Config) // last say on the control plane's config
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -213,6 +232,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		c.Limits, c.MaxAttempts, c.Reconcile = o.limits, o.maxAttempts, iv
 		c.HeartbeatTimeout, c.AgentPin, c.LogDir = o.heartbeat, o.agentPin, t.TempDir()
 		c.APITokens = controlplane.APITokens{Admin: []string{rigAdminToken}, Read: []string{rigReadToken}}
+		if o.configure != nil {
+			o.configure(c)
+		}
 	})
 	sys.GH.SetFaults(o.faults)
 	r := &rig{t: t, gh: sys.GH, cp: sys.CP, st: sys.Store, web: sys.Web, client: sys.Client, secret: sys.Secret}

@@ -272,13 +272,18 @@ func (s *Server) launch(ctx context.Context, l launch) {
 			Failure: agent.FailLaunch, Detail: "host disconnected before the launch"})
 		return
 	}
-	img := s.cfg.Runner.Images[r.Arch]
+	// The image is chosen and the launch queued under imgMu: a host hears
+	// of a newly named image only after the launches of the old one.
+	s.imgMu.RLock()
+	img := s.imageFor(r)
 	asg := agent.Assignment{
 		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name},
 	}
-	if err := a.Launch(asg); err != nil {
+	err := a.Launch(asg)
+	s.imgMu.RUnlock()
+	if err != nil {
 		s.HostEvent(agent.Event{Host: r.HostID, Runner: r.Name, Kind: agent.EventEnded,
 			Failure: agent.FailLaunch, Detail: err.Error()})
 		return
