@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/bench"
+	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -22,30 +23,16 @@ func benchCmd(g *globals) *cobra.Command {
 
 func benchBootCmd(g *globals) *cobra.Command {
 	var (
-		n                 int
-		conc, arch, accel string
-		memory            string
-		cpus              float64
-		jsonOut           bool
-		nf                netFlags
+		n       int
+		conc    string
+		jsonOut bool
+		vf      benchVMFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "boot",
 		Short: "Time VM boots through Tandem against bare QEMU with the same kernel, image and flags",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := vm.ParseArch(arch)
-			if err != nil {
-				return err
-			}
-			ac, err := vm.ParseAccel(accel)
-			if err != nil {
-				return err
-			}
-			mem, err := parseMemory(memory)
-			if err != nil {
-				return fmt.Errorf("--memory: %w", err)
-			}
 			var levels []int
 			for _, s := range strings.Split(conc, ",") {
 				c, err := strconv.Atoi(strings.TrimSpace(s))
@@ -54,15 +41,9 @@ func benchBootCmd(g *globals) *cobra.Command {
 				}
 				levels = append(levels, c)
 			}
-			if err := requireRoot("tandem bench boot"); err != nil {
-				return err
-			}
-			h, err := newHost(cmd.Context(), g, &nf)
+			a, ac, mem, h, err := vf.host(cmd, g, "tandem bench boot")
 			if err != nil {
 				return err
-			}
-			if _, err := h.Collect(cmd.Context(), nil); err != nil {
-				g.log.Warn("reclaiming leftovers failed", "err", err)
 			}
 			scratch := filepath.Join(g.dataDir, "state", "bench")
 			if err := os.MkdirAll(scratch, 0o700); err != nil {
@@ -70,7 +51,7 @@ func benchBootCmd(g *globals) *cobra.Command {
 			}
 			defer os.RemoveAll(scratch)
 			rep, err := bench.Boot(cmd.Context(), h, bench.BootOptions{N: n, Concurrency: levels, Arch: a, Accel: ac,
-				VCPUs: cpus, MemoryMiB: mem, ScratchDir: scratch})
+				VCPUs: vf.cpus, MemoryMiB: mem, ScratchDir: scratch})
 			if err != nil {
 				return err
 			}
@@ -91,51 +72,28 @@ func benchBootCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&n, "n", 10, "boots per side at each concurrency")
 	f.StringVar(&conc, "concurrency", "1", "comma-separated concurrency levels, e.g. 1,4,8")
-	f.StringVar(&arch, "arch", string(vm.HostArch()), "guest architecture")
-	f.StringVar(&accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
-	f.Float64Var(&cpus, "cpus", 1, "vCPUs per VM")
-	f.StringVar(&memory, "memory", "256M", "memory per VM")
 	f.BoolVar(&jsonOut, "json", false, "print JSON")
-	nf.add(cmd)
+	vf.add(cmd, 1, "256M")
 	return cmd
 }
 
 func benchRunnerCmd(g *globals) *cobra.Command {
 	var (
-		n                               int
-		arch, accel, memory, img, based string
-		cpus                            float64
-		jsonOut                         bool
-		nf                              netFlags
+		n          int
+		img, based string
+		jsonOut    bool
+		vf         benchVMFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
 		Short: "Time a runner image's VMs to their runner's start against the test image's, in the same run",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := vm.ParseArch(arch)
+			a, ac, mem, h, err := vf.host(cmd, g, "tandem bench runner")
 			if err != nil {
 				return err
 			}
-			ac, err := vm.ParseAccel(accel)
-			if err != nil {
-				return err
-			}
-			mem, err := parseMemory(memory)
-			if err != nil {
-				return fmt.Errorf("--memory: %w", err)
-			}
-			if err := requireRoot("tandem bench runner"); err != nil {
-				return err
-			}
-			h, err := newHost(cmd.Context(), g, &nf)
-			if err != nil {
-				return err
-			}
-			if _, err := h.Collect(cmd.Context(), nil); err != nil {
-				g.log.Warn("reclaiming leftovers failed", "err", err)
-			}
-			rep, err := bench.RunnerStart(cmd.Context(), h, bench.StartOptions{N: n, Arch: a, Accel: ac, VCPUs: cpus,
+			rep, err := bench.RunnerStart(cmd.Context(), h, bench.StartOptions{N: n, Arch: a, Accel: ac, VCPUs: vf.cpus,
 				MemoryMiB: mem, Image: img, BaselineImage: based})
 			if err != nil {
 				return err
@@ -155,14 +113,10 @@ func benchRunnerCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.IntVar(&n, "n", 10, "VMs per image")
-	f.StringVar(&arch, "arch", string(vm.HostArch()), "guest architecture")
-	f.StringVar(&accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
-	f.Float64Var(&cpus, "cpus", 2, "vCPUs per VM")
-	f.StringVar(&memory, "memory", "2G", "memory per VM")
 	f.StringVar(&img, "image", "", "the image measured (default runner-<arch>)")
 	f.StringVar(&based, "baseline", "", "the image it is compared with (default test-<arch>)")
 	f.BoolVar(&jsonOut, "json", false, "print JSON")
-	nf.add(cmd)
+	vf.add(cmd, 2, "2G")
 	return cmd
 }
 
@@ -171,4 +125,48 @@ func orRoot(user string) string {
 		return "root"
 	}
 	return user
+}
+
+// benchVMFlags are the VM and host flags the benchmarks share.
+type benchVMFlags struct {
+	arch, accel, memory string
+	cpus                float64
+	nf                  netFlags
+}
+
+func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {
+	f := cmd.Flags()
+	f.StringVar(&v.arch, "arch", string(vm.HostArch()), "guest architecture")
+	f.StringVar(&v.accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
+	f.Float64Var(&v.cpus, "cpus", cpus, "vCPUs per VM")
+	f.StringVar(&v.memory, "memory", memory, "memory per VM")
+	v.nf.add(cmd)
+}
+
+// host checks the flags and sets up this host for a benchmark, leftovers
+// of earlier runs reclaimed.
+func (v *benchVMFlags) host(cmd *cobra.Command, g *globals, what string) (vm.Arch, vm.Accel, int, *jobvm.Host, error) {
+	a, err := vm.ParseArch(v.arch)
+	if err != nil {
+		return "", "", 0, nil, err
+	}
+	ac, err := vm.ParseAccel(v.accel)
+	if err != nil {
+		return "", "", 0, nil, err
+	}
+	mem, err := parseMemory(v.memory)
+	if err != nil {
+		return "", "", 0, nil, fmt.Errorf("--memory: %w", err)
+	}
+	if err := requireRoot(what); err != nil {
+		return "", "", 0, nil, err
+	}
+	h, err := newHost(cmd.Context(), g, &v.nf)
+	if err != nil {
+		return "", "", 0, nil, err
+	}
+	if _, err := h.Collect(cmd.Context(), nil); err != nil {
+		g.log.Warn("reclaiming leftovers failed", "err", err)
+	}
+	return a, ac, mem, h, nil
 }
