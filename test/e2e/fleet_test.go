@@ -57,9 +57,15 @@ func setupFleetNet(t testing.TB) {
 func newFleetHost(t testing.TB, i int) *fleetHost {
 	t.Helper()
 	h := &fleetHost{t: t, id: fmt.Sprintf("h%d", i), ns: fmt.Sprintf("tdm-e2e-%d-h%d", os.Getpid(), i)}
-	sh(t, "ip", "netns", "add", h.ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", h.ns).Run() })
 	veth := fmt.Sprintf("tfv%d", i)
+	sh(t, "ip", "netns", "add", h.ns)
+	t.Cleanup(func() {
+		// The veth goes first, at once: a namespace is destroyed in the
+		// background, and its veth's peer with it, after `ip netns del`
+		// returns; the next test's host of the same number would find it.
+		exec.Command("ip", "link", "del", veth).Run()
+		exec.Command("ip", "netns", "del", h.ns).Run()
+	})
 	sh(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
 	sh(t, "ip", "link", "set", veth, "master", fleetBridge, "up")
 	sh(t, "ip", "-n", h.ns, "addr", "add", fmt.Sprintf("10.77.0.%d/24", 10+i), "dev", "eth0")
