@@ -18,8 +18,9 @@ if [ "$(id -u)" = 0 ]; then
   # runner" is tandem-fakerunner in the official runner's layout.
   runner_image() {
     bin/tandem --data-dir "$1" image build --kind runner --arch "$2" \
-      --runner-tarball bin/fake-actions-runner-linux-"$3".tar.gz | tee /dev/stderr | awk '{print $1}'
+      --runner-tarball bin/fake-actions-runner-linux-"$3".tar.gz | awk '{print $1}'
   }
+  # (The progress goes to stderr; stdout's one line starts with the id.)
   id_amd64="$(runner_image "$TANDEM_TEST_DATA" amd64 x64)"
   runner_image "$TANDEM_TEST_DATA" arm64 arm64 >/dev/null
   # The same inputs give the same image: build amd64 again into an empty
