@@ -123,7 +123,7 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	defer removeBuildDir(work)
 	out := filepath.Join(work, "image")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return nil, err
@@ -339,7 +339,7 @@ func (s *Store) commit(p *progress, dir string, m Manifest, id string, stamps ma
 func (s *Store) removeStale() {
 	stale, _ := filepath.Glob(filepath.Join(s.root, ".build-*"))
 	for _, d := range stale {
-		os.RemoveAll(d)
+		removeBuildDir(d)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -173,6 +175,9 @@ func checkRunnerTools(arch string) error {
 func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptions, guestBin, fakeRunner []byte) (*runnerTree, error) {
 	root := filepath.Join(work, "rootfs")
 	debs := filepath.Join(o.CacheDir, "runner-"+o.Arch)
+	if strings.ContainsAny(debs+root, " \t\n'\"\\") {
+		return nil, fmt.Errorf("runner images: the store and cache paths (%s, %s) must not contain spaces or quotes (mmdebstrap's hooks split on them)", root, debs)
+	}
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return nil, err
 	}
@@ -195,6 +200,10 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 	p.step("mmdebstrap %s %s: %d packages and their dependencies", runnerSuite, o.Arch, len(runnerPackages))
 	cmd := exec.CommandContext(ctx, "mmdebstrap", args...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", epoch), "LC_ALL=C.UTF-8", "DEBIAN_FRONTEND=noninteractive")
+	// Cancelled, mmdebstrap gets a SIGTERM and time to unmount what it
+	// mounted in the tree (removeBuildDir detaches anything left).
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
 	if err := runLogged(cmd, p, "mmdebstrap: "); err != nil {
 		return nil, fmt.Errorf("mmdebstrap: %w", err)
 	}

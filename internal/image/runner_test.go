@@ -210,3 +210,35 @@ func TestBuildRunnerOptions(t *testing.T) {
 		t.Fatalf("a missing runner tarball: %v", err)
 	}
 }
+
+// A build dir with file systems mounted in it (as a killed mmdebstrap
+// leaves it) is removed without touching what was mounted.
+func TestRemoveBuildDirUnmounts(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	outside := t.TempDir()
+	keep := filepath.Join(outside, "keep")
+	os.WriteFile(keep, []byte("the host's"), 0o644)
+	dir := filepath.Join(t.TempDir(), ".build-1")
+	mnt := filepath.Join(dir, "rootfs", "dev")
+	os.MkdirAll(mnt, 0o755)
+	if err := syscall.Mount(outside, mnt, "", syscall.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount: %v", err)
+	}
+	proc := filepath.Join(dir, "rootfs", "my proc")
+	os.MkdirAll(proc, 0o755)
+	if err := syscall.Mount("proc", proc, "proc", 0, ""); err != nil {
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+		t.Skipf("proc mount: %v", err)
+	}
+	if err := removeBuildDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("build dir still there: %v", err)
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "the host's" {
+		t.Fatalf("removing the build dir reached into a mount: %v %q", err, b)
+	}
+}
