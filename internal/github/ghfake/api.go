@@ -85,10 +85,7 @@ func (s *Server) listInstallations(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	slices.SortFunc(all, func(a, b apiInstallation) int { return cmp.Compare(a.ID, b.ID) })
-	p := pageOf(r)
-	lo, hi := p.bounds(len(all))
-	setLinks(w, r, p, len(all))
-	writeJSON(w, http.StatusOK, all[lo:hi])
+	writeJSON(w, http.StatusOK, paginate(w, r, all))
 }
 
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
@@ -119,11 +116,8 @@ func (s *Server) listRepos(w http.ResponseWriter, r *http.Request, inst *install
 		all = append(all, s.repos[key].api())
 	}
 	s.mu.Unlock()
-	p := pageOf(r)
-	lo, hi := p.bounds(len(all))
-	setLinks(w, r, p, len(all))
 	writeJSON(w, http.StatusOK, map[string]any{
-		"total_count": len(all), "repository_selection": "selected", "repositories": all[lo:hi],
+		"total_count": len(all), "repository_selection": "selected", "repositories": paginate(w, r, all),
 	})
 }
 
@@ -273,10 +267,7 @@ func (s *Server) listRunners(w http.ResponseWriter, r *http.Request, inst *insta
 		return
 	}
 	slices.SortFunc(all, func(a, b apiRunner) int { return cmp.Compare(a.ID, b.ID) })
-	p := pageOf(r)
-	lo, hi := p.bounds(len(all))
-	setLinks(w, r, p, len(all))
-	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "runners": nonNil(all[lo:hi])})
+	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "runners": nonNil(paginate(w, r, all))})
 }
 
 // runnerInScopeLocked finds runner {id} within the request's scope.
@@ -345,10 +336,7 @@ func (s *Server) listRuns(w http.ResponseWriter, r *http.Request, inst *installa
 		return
 	}
 	slices.SortFunc(all, func(a, b apiRun) int { return cmp.Compare(b.ID, a.ID) }) // newest first
-	p := pageOf(r)
-	lo, hi := p.bounds(len(all))
-	setLinks(w, r, p, len(all))
-	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "workflow_runs": nonNil(all[lo:hi])})
+	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "workflow_runs": nonNil(paginate(w, r, all))})
 }
 
 // runLocked finds run {run_id} of the request's repository.
@@ -387,10 +375,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, inst *installa
 		notFound(w)
 		return
 	}
-	p := pageOf(r)
-	lo, hi := p.bounds(len(all))
-	setLinks(w, r, p, len(all))
-	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": all[lo:hi]})
+	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": paginate(w, r, all)})
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request, inst *installation) {

@@ -240,6 +240,15 @@ func (s *Server) instHandler(h func(http.ResponseWriter, *http.Request, *install
 // page is a request's page/per_page, GitHub style.
 type page struct{ num, per int }
 
+// paginate returns the request's page of all (?page, ?per_page) and sets
+// the Link header GitHub's list endpoints send.
+func paginate[T any](w http.ResponseWriter, r *http.Request, all []T) []T {
+	p := pageOf(r)
+	lo, hi := p.bounds(len(all))
+	setLinks(w, r, p, len(all))
+	return all[lo:hi]
+}
+
 func pageOf(r *http.Request) page {
 	p := page{num: 1, per: defaultPage}
 	if v, err := strconv.Atoi(r.URL.Query().Get("page")); err == nil && v > 0 {
