@@ -63,12 +63,8 @@ func imagesCmd(g *globals) *cobra.Command {
 		var res struct {
 			Images []controlplane.NamedImage `json:"images"`
 		}
-		raw, err := c.callJSON(cmd.Context(), http.MethodGet, "/api/v1/images", nil, nil, &res)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/images", nil, nil, &res); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "FOR\tREF\tID\tKIND\tSIZE\tCREATED")

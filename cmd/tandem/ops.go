@@ -69,6 +69,16 @@ type apiOptions struct {
 	json                          bool
 }
 
+// call makes an API call, decoding the answer into v; with --json it
+// prints the answer as it came instead and says so (printed).
+func (o *apiOptions) call(cmd *cobra.Command, c *apiClient, method, path string, q url.Values, body, v any) (printed bool, err error) {
+	raw, err := c.callJSON(cmd.Context(), method, path, q, body, v)
+	if err != nil || !o.json {
+		return false, err
+	}
+	return true, printJSON(cmd.OutOrStdout(), raw)
+}
+
 // register adds the flags to cmd; jsonOut adds --json.
 func (o *apiOptions) register(cmd *cobra.Command, jsonOut bool) {
 	f := cmd.Flags()
@@ -392,18 +402,14 @@ func hostActionCmd(g *globals, a hostAction) *cobra.Command {
 			Host  string `json:"host"`
 			State string `json:"state"`
 		}
-		raw, err := c.callJSON(cmd.Context(), http.MethodPost, "/api/v1/hosts/"+url.PathEscape(args[0])+"/"+a.name, nil, nil, &res)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(args[0])+"/"+a.name, nil, nil, &res); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		state := clean(res.State)
 		if a.name == "revoke" {
 			state = "revoked (" + state + ")"
 		}
-		_, err = fmt.Fprintf(cmd.OutOrStdout(), "host %s is %s: %s\n", clean(res.Host), state, a.done)
+		_, err := fmt.Fprintf(cmd.OutOrStdout(), "host %s is %s: %s\n", clean(res.Host), state, a.done)
 		return err
 	})
 	o.register(cmd, true)
@@ -426,13 +432,9 @@ func enrollCmd(g *globals) *cobra.Command {
 			Token     string    `json:"token"`
 			ExpiresAt time.Time `json:"expires_at"`
 		}
-		raw, err := c.callJSON(cmd.Context(), http.MethodPost, "/api/v1/enroll-tokens", nil,
-			map[string]string{"ttl": ttl, "comment": comment}, &res)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodPost, "/api/v1/enroll-tokens", nil,
+			map[string]string{"ttl": ttl, "comment": comment}, &res); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		if _, _, err := agentapi.ParseEnrollToken(res.Token); err != nil {
 			return fmt.Errorf("the control plane answered with a malformed enrolment token: %w", err)
@@ -468,12 +470,8 @@ func hostsCmd(g *globals) *cobra.Command {
 		var res struct {
 			Hosts []controlplane.HostView `json:"hosts"`
 		}
-		raw, err := c.callJSON(cmd.Context(), http.MethodGet, "/api/v1/hosts", nil, nil, &res)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/hosts", nil, nil, &res); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		now := time.Now()
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
@@ -542,12 +540,8 @@ func jobsCmd(g *globals) *cobra.Command {
 		var res struct {
 			Jobs []controlplane.JobView `json:"jobs"`
 		}
-		raw, err := c.callJSON(cmd.Context(), http.MethodGet, "/api/v1/jobs", q, nil, &res)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/jobs", q, nil, &res); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		now := time.Now()
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
@@ -581,12 +575,8 @@ func jobCmd(g *globals) *cobra.Command {
 			return err
 		}
 		var j controlplane.JobView
-		raw, err := c.callJSON(cmd.Context(), http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10), nil, nil, &j)
-		if err != nil {
+		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10), nil, nil, &j); printed || err != nil {
 			return err
-		}
-		if o.json {
-			return printJSON(cmd.OutOrStdout(), raw)
 		}
 		return printJob(cmd.OutOrStdout(), j, time.Now())
 	})
