@@ -32,13 +32,20 @@ const fleetHeartbeat = 200 * time.Millisecond
 
 func newFleet(t *testing.T) *fleet {
 	t.Helper()
+	return newFleetWith(t, nil)
+}
+
+// newFleetWith is newFleet with configure (if set) applied to the control
+// plane's config.
+func newFleetWith(t *testing.T, configure func(*controlplane.Config)) *fleet {
+	t.Helper()
 	dir := t.TempDir()
 	cert, err := agentapi.LoadOrCreateCert(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), []string{"127.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pin := agentapi.Fingerprint(cert.Certificate[0])
-	r := newRig(t, rigOptions{noHosts: true, heartbeat: 5 * fleetHeartbeat, agentPin: pin, noReconcile: true})
+	r := newRig(t, rigOptions{noHosts: true, heartbeat: 5 * fleetHeartbeat, agentPin: pin, noReconcile: true, configure: configure})
 	mux := http.NewServeMux()
 	mux.Handle("/agent/", r.cp.AgentHandler())
 	mux.Handle("/", r.cp.Handler())

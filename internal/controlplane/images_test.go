@@ -2,12 +2,9 @@ package controlplane_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,28 +27,13 @@ import (
 // store cpImages (test-amd64 must be there).
 func newImageFleet(t *testing.T, cpImages *image.Store, configure func(*controlplane.Config)) *fleet {
 	t.Helper()
-	dir := t.TempDir()
-	cert, err := agentapi.LoadOrCreateCert(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), []string{"127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := agentapi.Fingerprint(cert.Certificate[0])
-	r := newRig(t, rigOptions{noHosts: true, heartbeat: 5 * fleetHeartbeat, agentPin: pin, noReconcile: true,
-		configure: func(c *controlplane.Config) {
-			c.Images = cpImages
-			c.Runner.Images = map[labels.Arch]string{labels.AMD64: "test-amd64", labels.ARM64: "test-arm64"}
-			if configure != nil {
-				configure(c)
-			}
-		}})
-	mux := http.NewServeMux()
-	mux.Handle("/agent/", r.cp.AgentHandler())
-	mux.Handle("/", r.cp.Handler())
-	srv := httptest.NewUnstartedServer(mux)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	return &fleet{rig: r, tlsSrv: srv, pin: pin}
+	return newFleetWith(t, func(c *controlplane.Config) {
+		c.Images = cpImages
+		c.Runner.Images = map[labels.Arch]string{labels.AMD64: "test-amd64", labels.ARM64: "test-arm64"}
+		if configure != nil {
+			configure(c)
+		}
+	})
 }
 
 // countingSource counts what an agent asks the control plane for.
