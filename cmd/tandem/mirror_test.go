@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/mirror"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
@@ -135,9 +134,8 @@ func TestStartMirrorOnBridge(t *testing.T) {
 	}
 	upAddr := ln.Addr().String()
 	ln.Close()
-	var logs strings.Builder
-	var mu sync.Mutex
-	g := &globals{dataDir: t.TempDir(), log: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))}
+	var logs syncbuf.Buffer
+	g := &globals{dataDir: t.TempDir(), log: slog.New(slog.NewTextHandler(&logs, nil))}
 	mc := config.Mirror{Port: 5000, Upstream: "http://" + upAddr}
 	ctx := context.Background()
 
@@ -178,7 +176,6 @@ func TestStartMirrorOnBridge(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			mu.Lock()
 			t.Fatalf("the mirror never came up:\n%s", logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -188,20 +185,7 @@ func TestStartMirrorOnBridge(t *testing.T) {
 		resp.Body.Close()
 		t.Error("the mirror answers after stop")
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	if !strings.Contains(logs.String(), "registry mirror did not start: retrying in the background") {
 		t.Errorf("no warning:\n%s", logs.String())
 	}
-}
-
-type lockedWriter struct {
-	w  io.Writer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

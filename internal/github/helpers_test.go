@@ -1,7 +1,8 @@
 package github
 
 import (
-	"bytes"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
+
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -87,24 +88,6 @@ func (s *sleepRecorder) Waits() []time.Duration {
 	return append([]time.Duration(nil), s.waits...)
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is a Client wired to an httptest server that serves installation
 // tokens and whatever handlers a test registers on mux.
 type harness struct {
@@ -113,7 +96,7 @@ type harness struct {
 	srv    *httptest.Server
 	clock  *fakeClock
 	sleeps *sleepRecorder
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	client *Client
 
 	tokenRequests atomic.Int64
@@ -130,7 +113,7 @@ func newHarness(t *testing.T, opts ...harnessOption) *harness {
 		t:      t,
 		mux:    http.NewServeMux(),
 		clock:  newFakeClock(),
-		logs:   &syncBuffer{},
+		logs:   &syncbuf.Buffer{},
 		tokens: make(map[string]int64),
 		jwts:   make(map[string]bool),
 	}

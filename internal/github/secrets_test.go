@@ -1,6 +1,8 @@
 package github
 
 import (
+	"github.com/tandem-ci/tandem/internal/syncbuf"
+
 	"context"
 	"crypto/x509"
 	"encoding/base64"
@@ -94,7 +96,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// Redaction of the value types themselves.
 	creds := AppCredentials{AppID: 1, PrivateKey: testKey(t)}
-	var sb syncBuffer
+	var sb syncbuf.Buffer
 	slog.New(slog.NewJSONHandler(&sb, nil)).Info("x", "jit", jit, "creds", creds)
 	formatted := fmt.Sprintf("%v %+v %#v %s %v %+v %#v", jit, jit, jit, jit, creds, creds, creds) + sb.String()
 	if strings.Contains(formatted, encoded) || strings.Contains(formatted, testKey(t).D.String()) {

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,7 +16,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -26,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tandem-ci/tandem/internal/ociimage"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
@@ -39,27 +38,9 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.RunInNetns(m))
 }
 
-// syncBuffer is a bytes.Buffer safe for a process's output and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testLogger returns a debug logger writing into a buffer.
-func testLogger() (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLogger() (*slog.Logger, *syncbuf.Buffer) {
+	buf := &syncbuf.Buffer{}
 	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
 }
 
@@ -81,8 +62,8 @@ type upstream struct {
 	ns       string
 	dir      string
 	cfg      string
-	access   *syncBuffer // the registry's access log (stdout)
-	errs     *syncBuffer // its own log (stderr)
+	access   *syncbuf.Buffer // the registry's access log (stdout)
+	errs     *syncbuf.Buffer // its own log (stderr)
 	cmd      *exec.Cmd
 	done     chan struct{}
 }
@@ -103,7 +84,7 @@ func sh(t testing.TB, args ...string) {
 func startUpstream(t testing.TB) *upstream {
 	t.Helper()
 	requireBinary(t)
-	u := &upstream{t: t, dir: t.TempDir(), access: &syncBuffer{}, errs: &syncBuffer{}}
+	u := &upstream{t: t, dir: t.TempDir(), access: &syncbuf.Buffer{}, errs: &syncbuf.Buffer{}}
 	listen := ""
 	if useNetns() {
 		n := nsSeq.Add(1)

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -127,7 +127,7 @@ func (d *Driver) probeBoot(ctx context.Context, arch vm.Arch, kernel, initrd str
 	p := Paths{Console: filepath.Join(dir, "console"), Guest: filepath.Join(dir, "guest.sock")}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	var stderr lockedBuffer // written by exec's copier, read while it runs
+	var stderr syncbuf.Buffer // written by exec's copier, read while it runs
 	cmd := exec.CommandContext(ctx, Binary(arch), Args(spec, p)...)
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -181,22 +181,4 @@ func firstLine(s, sub string) string {
 		}
 	}
 	return strings.TrimSpace(s)
-}
-
-// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
