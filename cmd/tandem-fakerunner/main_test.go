@@ -5,18 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"encoding/json"
-	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/github/ghfake/ghfaketest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/runnerapi"
 )
 
@@ -34,41 +29,8 @@ func newJIT(t *testing.T, script string) (*ghfake.Server, int64, string) {
 	inst := srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	jobID, _ := srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"x"}, Script: script})
 
-	appJWT, err := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"iat": time.Now().Unix(), "exp": time.Now().Add(5 * time.Minute).Unix(), "iss": "1",
-	}).SignedString(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tok struct{ Token string }
-	post(t, fmt.Sprintf("%s/app/installations/%d/access_tokens", ts.URL, inst), "Bearer "+appJWT, nil, &tok)
-	var jit struct {
-		EncodedJITConfig string `json:"encoded_jit_config"`
-	}
-	post(t, ts.URL+"/orgs/acme/actions/runners/generate-jitconfig", "token "+tok.Token,
-		map[string]any{"name": "vm", "runner_group_id": 1, "labels": []string{"x"}}, &jit)
-	return srv, jobID, jit.EncodedJITConfig
-}
-
-func post(t *testing.T, url, auth string, body, out any) {
-	t.Helper()
-	b, _ := json.Marshal(body)
-	req, err := http.NewRequest("POST", url, bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", auth)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("POST %s: %d", url, resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		t.Fatal(err)
-	}
+	jit := ghfaketest.RegisterRunner(t, ts.URL, key, 1, inst, "orgs/acme", "vm", "x")
+	return srv, jobID, jit
 }
 
 func TestRunFromEnvironment(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -19,10 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
+	"github.com/tandem-ci/tandem/internal/github/ghfake/ghfaketest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/runnerapi"
 )
 
@@ -48,7 +46,7 @@ func setup(t *testing.T, wrap func(http.Handler) http.Handler) (*ghfake.Server, 
 	ts := httptest.NewServer(h)
 	t.Cleanup(func() { ts.Close(); srv.Close() })
 	inst := srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
-	return srv, registerRunner(t, ts.URL, inst, "runner-1", "x")
+	return srv, ghfaketest.RegisterRunner(t, ts.URL, appKey(), appID, inst, "repos/acme/app", "runner-1", "x")
 }
 
 func queue(t *testing.T, srv *ghfake.Server, script string) int64 {
@@ -249,49 +247,4 @@ func TestContextCancelledDuringJob(t *testing.T) {
 	if j := job(t, srv, id); j.Status != ghfake.StatusCompleted || j.Conclusion != ghfake.ConclusionFailure {
 		t.Errorf("job = %+v", j)
 	}
-}
-
-// post sends an authorized JSON POST and decodes a 201 answer into out.
-func post(t *testing.T, url, auth string, body, out any) {
-	t.Helper()
-	b, _ := json.Marshal(body)
-	req, err := http.NewRequest("POST", url, bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", auth)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("POST %s: status %d", url, resp.StatusCode)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-}
-
-// registerRunner asks ghfake for a JIT config through its REST API, as
-// Tandem's control plane would.
-func registerRunner(t *testing.T, url string, inst int64, name string, labels ...string) string {
-	t.Helper()
-	now := time.Now()
-	appJWT, err := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"iat": now.Add(-time.Minute).Unix(), "exp": now.Add(5 * time.Minute).Unix(), "iss": appID,
-	}).SignedString(appKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tok struct {
-		Token string `json:"token"`
-	}
-	post(t, fmt.Sprintf("%s/app/installations/%d/access_tokens", url, inst), "Bearer "+appJWT, nil, &tok)
-	var out struct {
-		EncodedJITConfig string `json:"encoded_jit_config"`
-	}
-	post(t, url+"/repos/acme/app/actions/runners/generate-jitconfig", "token "+tok.Token,
-		map[string]any{"name": name, "runner_group_id": 1, "labels": labels}, &out)
-	return out.EncodedJITConfig
 }
