@@ -147,6 +147,8 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		if bb, err = fetchDeb(ctx, p, bb, o.CacheDir); err != nil {
 			return nil, err
 		}
+	} else {
+		bb = debFile{} // a runner image has Debian's userland, not busybox
 	}
 
 	// 2. The root filesystem is independent of the kernel: build it while
@@ -199,7 +201,6 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	names := []string{kernelName, InitrdFile, RootfsFile}
 	written := map[string][]byte{kernelName: kernel, InitrdFile: initrd}
 	if tree != nil {
-		m.BusyboxPackageVersion = ""
 		m.Runner, m.Packages = tree.runner, tree.packages
 		written[ContentsFile] = contents
 		names = append(names, ContentsFile)

@@ -219,11 +219,12 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 		"--user-group", "--groups", "docker,sudo", "--shell", "/bin/bash", runnerUser).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("useradd %s: %v: %s", runnerUser, err, out)
 	}
-	files := []struct {
+	type treeFile struct {
 		path string
 		mode os.FileMode
 		data []byte
-	}{
+	}
+	files := []treeFile{
 		{"/etc/sudoers.d/runner", 0o440, []byte(runnerUser + " ALL=(ALL) NOPASSWD:ALL\n")},
 		{guestPath, 0o755, guestBin},
 		{"/usr/lib/systemd/system/tandem-guest.service", 0o644, []byte(guestUnit)},
@@ -232,11 +233,7 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 		{runnerEntry, 0o755, []byte(runnerEntryScript)},
 	}
 	if fakeRunner != nil {
-		files = append(files, struct {
-			path string
-			mode os.FileMode
-			data []byte
-		}{fakeRunnerPath, 0o755, fakeRunner})
+		files = append(files, treeFile{fakeRunnerPath, 0o755, fakeRunner})
 	}
 	for _, f := range files {
 		dst := filepath.Join(root, f.path)
