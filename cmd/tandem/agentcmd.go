@@ -17,6 +17,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/config"
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -187,6 +188,12 @@ func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string
 		}
 		if labels.Arch(a) != native {
 			c.Arches = append(c.Arches, store.ArchSupport{Arch: labels.Arch(a), Emulated: true})
+		}
+	}
+	// A host offers only the architectures it can boot.
+	for _, a := range c.Arches {
+		if err := hostdeps.Check(hostdeps.QEMU(string(a.Arch))); err != nil {
+			return nil, fmt.Errorf("running %s VMs: %w", a.Arch, err)
 		}
 	}
 	return func(dir string) agentapi.Capacity {

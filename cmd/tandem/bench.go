@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/bench"
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -159,6 +160,9 @@ func (v *benchVMFlags) host(cmd *cobra.Command, g *globals, what string) (vm.Arc
 		return "", "", 0, nil, fmt.Errorf("--memory: %w", err)
 	}
 	if err := requireRoot(what); err != nil {
+		return "", "", 0, nil, err
+	}
+	if err := hostdeps.Check(hostdeps.QEMU(string(a))); err != nil {
 		return "", "", 0, nil, err
 	}
 	h, err := newHost(cmd.Context(), g, &v.nf)

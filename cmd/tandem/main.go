@@ -36,6 +36,7 @@ func main() {
 		Short:         "Tandem runs every CI job in its own fresh microVM",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
@@ -52,7 +53,7 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", defData, "where Tandem keeps images and VM state ($TANDEM_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
-	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), devCmd(g), versionCmd())
+	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), devCmd(g), depsCmd(), versionCmd())
 	root.AddCommand(opsCommands(g)...)
 
 	err := root.Execute()

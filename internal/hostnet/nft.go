@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 )
 
 // Policy is where VM isolation plugs in (for instance: a VM may not reach
@@ -137,7 +139,7 @@ func quote(s string) string { return `"` + s + `"` }
 
 // runNft feeds script to `nft -f -`.
 func runNft(ctx context.Context, script string) error {
-	bin, err := nftPath()
+	bin, err := hostdeps.Find("nft")
 	if err != nil {
 		return err
 	}
@@ -153,19 +155,6 @@ func runNft(ctx context.Context, script string) error {
 		return fmt.Errorf("nft: %w: %s", err, msg)
 	}
 	return nil
-}
-
-// nftPath finds nft, also where PATH lacks the sbin directories.
-func nftPath() (string, error) {
-	if p, err := exec.LookPath("nft"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/nft", "/sbin/nft", "/usr/local/sbin/nft"} {
-		if p, err := exec.LookPath(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("nft not found: install nftables")
 }
 
 // DeleteRules removes table "inet tandem" altogether (for uninstalling;

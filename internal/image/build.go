@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/fsutil"
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 )
 
 // BuildOptions say what to build.
@@ -80,15 +81,17 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		return nil, fmt.Errorf("root filesystem size %d MiB: want at least 16", o.RootfsSizeMiB)
 	}
 	p := &progress{w: o.Progress, start: start}
+	needs := hostdeps.TestImage(o.Arch)
 	if o.Kind == "runner" {
 		if o.RunnerTarball != "" {
 			if _, err := os.Stat(o.RunnerTarball); err != nil {
 				return nil, fmt.Errorf("runner tarball: %w", err)
 			}
 		}
-		if err := checkRunnerTools(o.Arch); err != nil {
-			return nil, err
-		}
+		needs = hostdeps.RunnerImage(o.Arch)
+	}
+	if err := hostdeps.Check(needs); err != nil {
+		return nil, fmt.Errorf("building a %s image for %s: %w", o.Kind, o.Arch, err)
 	}
 	if o.GuestBinary == "" {
 		return nil, errors.New("no tandem-guest binary given (BuildOptions.GuestBinary)")

@@ -143,31 +143,6 @@ type runnerTree struct {
 	packages []Package
 }
 
-// checkRunnerTools says what the host lacks to build a runner image.
-func checkRunnerTools(arch string) error {
-	for _, t := range []struct{ bin, pkg string }{{"mmdebstrap", "mmdebstrap"}, {"chroot", "coreutils"}, {"depmod", "kmod"}, {"debugfs", "e2fsprogs"}} {
-		if _, err := exec.LookPath(t.bin); err != nil {
-			return fmt.Errorf("building a runner image needs %s: apt-get install %s (scripts/install-deps.sh installs it)", t.bin, t.pkg)
-		}
-	}
-	if arch == hostDebArch() {
-		return nil
-	}
-	// A foreign tree's maintainer scripts run through qemu-user, which the
-	// kernel finds through binfmt_misc.
-	name := map[string]string{"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}[arch]
-	b, err := os.ReadFile("/proc/sys/fs/binfmt_misc/" + name)
-	if err != nil || !bytes.Contains(b, []byte("enabled")) {
-		return fmt.Errorf("building a %s runner image on %s runs %s's programs through qemu-user: register it with binfmt_misc "+
-			"(apt-get install qemu-user-static binfmt-support; mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable %s; scripts/install-deps.sh does this)",
-			arch, hostDebArch(), arch, name)
-	}
-	if !bytes.Contains(b, []byte("flags: ")) || !bytes.Contains(b[bytes.Index(b, []byte("flags: ")):], []byte("F")) {
-		return fmt.Errorf("binfmt_misc's %s entry lacks the F flag: programs in a chroot cannot find qemu-user (use the qemu-user-static package's entry)", name)
-	}
-	return nil
-}
-
 // bootstrapRunner stages a runner image's tree under work/rootfs: Debian
 // with runnerPackages, the runner account, tandem-guest as a service, the
 // runner. The kernel's modules are added later (addModules), once the

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/fsutil"
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -110,8 +111,8 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (vm.Instance, error) {
 	if err := s.Validate(d.limits); err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath(Binary(s.Arch)); err != nil {
-		return nil, fmt.Errorf("%s not found: install Debian's qemu-system-%s", Binary(s.Arch), map[vm.Arch]string{vm.AMD64: "x86", vm.ARM64: "arm"}[s.Arch])
+	if err := hostdeps.Check(hostdeps.QEMU(string(s.Arch))); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
 	for _, f := range []string{s.Kernel, s.Initrd, s.BaseDisk} {
 		if f == "" {

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ci/tandem/internal/hostdeps"
+)
+
+// depsTasks maps each task `tandem deps --for` knows to what it needs.
+var depsTasks = map[string]func(arch string) []hostdeps.Requirement{
+	"vm":           func(a string) []hostdeps.Requirement { return append(hostdeps.QEMU(a), hostdeps.Network()...) },
+	"image":        hostdeps.TestImage,
+	"runner-image": hostdeps.RunnerImage,
+	"mirror":       func(string) []hostdeps.Requirement { return hostdeps.Mirror() },
+	"test":         func(string) []hostdeps.Requirement { return hostdeps.Tests() },
+}
+
+func depsCmd() *cobra.Command {
+	var tasks, arches []string
+	cmd := &cobra.Command{
+		Use:   "deps",
+		Short: "Check that this host has every program Tandem runs, and say which Debian package has a missing one",
+		Long: `Check that this host has the programs Tandem runs for the given tasks, and
+the binfmt_misc registrations that let it build images of another
+architecture. Each missing one is named with the Debian package that
+installs it; the exit status is 1 if anything is missing.
+
+Tasks: vm (boot VMs: QEMU, nftables), image (build test images),
+runner-image (build runner images), mirror (a host's registry mirror),
+test (everything the test suite runs). The default is every task but test.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var reqs [][]hostdeps.Requirement
+			for _, t := range tasks {
+				f, ok := depsTasks[t]
+				if !ok {
+					known := make([]string, 0, len(depsTasks))
+					for k := range depsTasks {
+						known = append(known, k)
+					}
+					sort.Strings(known)
+					return fmt.Errorf("--for: unknown task %q (want %s)", t, strings.Join(known, ", "))
+				}
+				for _, a := range arches {
+					if a != "amd64" && a != "arm64" {
+						return fmt.Errorf("--arch: %q is not amd64 or arm64", a)
+					}
+					reqs = append(reqs, f(a))
+				}
+			}
+			st := hostdeps.Probe(reqs...)
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NEEDS\tPACKAGE\tFOUND\tFOR")
+			var missing []hostdeps.Status
+			for _, s := range st {
+				found := s.Path
+				if s.Err != nil {
+					found = "MISSING: " + s.Err.Error()
+					missing = append(missing, s)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Name, s.Package, found, s.Why)
+			}
+			w.Flush()
+			if len(missing) > 0 {
+				return &exitError{code: 1, err: &hostdeps.MissingError{Missing: missing}}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&tasks, "for", []string{"vm", "image", "runner-image", "mirror"}, "tasks to check: vm, image, runner-image, mirror, test")
+	cmd.Flags().StringSliceVar(&arches, "arch", []string{"amd64", "arm64"}, "guest architectures to check for")
+	return cmd
+}
