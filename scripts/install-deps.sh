@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs what Tandem needs on a Debian 12 host, from Debian's packages only.
-# Idempotent. Needs root.
+# Installs what Tandem, its build, its demo and its tests need on a Debian 12
+# host, from Debian's packages only, each named: with --no-install-recommends
+# a package that arrives only as another's Recommends would be missing on a
+# new machine. internal/hostdeps lists the programs Tandem runs and the
+# package of each; its tests fail if a package it names is missing here.
+# Idempotent. Needs root. `scripts/fresh-check.sh` runs this and the tests
+# in a clean Debian chroot, to find what a new machine lacks.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "install-deps.sh: run as root (sudo)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
@@ -8,11 +13,26 @@ export DEBIAN_FRONTEND=noninteractive
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   dpkg --add-architecture arm64
 fi
+packages=(
+  # VMs: QEMU for both architectures, overlay disks, the VM network
+  qemu-system-x86 qemu-system-arm qemu-utils nftables iproute2 kmod
+  # images: root filesystems, kernels and busybox from Debian's archive
+  busybox-static e2fsprogs ca-certificates
+  # runner images: mmdebstrap, and arch-test (only a Recommends of it) and
+  # qemu-user through binfmt_misc for a tree of the other architecture
+  mmdebstrap arch-test qemu-user-static binfmt-support
+  # each host's registry mirror
+  docker-registry
+  # building: git stamps the version; gcc and libc6-dev (only a Recommends
+  # of gcc) build the race detector's runtime for `go test -race`
+  git gcc libc6-dev
+  # tests: lz4 is the reference encoder the kernel decompressor is checked against
+  lz4
+  # the demo talks to the API and ghfake
+  curl jq
+)
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends \
-  qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static \
-  busybox-static e2fsprogs nftables iproute2 kmod ca-certificates git make \
-  mmdebstrap binfmt-support docker-registry >/dev/null
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # Each host's registry mirror is docker-registry run by the agent itself,
 # with a config of its own; the package's service would hold port 5000 on
 # every address.

@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
+command -v go >/dev/null || { echo "test.sh: Go 1.26 is needed at /usr/local/go or on PATH" >&2; exit 1; }
 scripts/build.sh
+# Everything the tests run, checked once, up front: a missing program is
+# named with its Debian package here rather than failing deep in a build.
+bin/tandem deps --for test >/dev/null
 # Images are built once per run and shared by every test package.
 export TANDEM_TEST_DATA="${TANDEM_TEST_DATA:-/var/tmp/tandem-test}"
 export TANDEM_BIN="$PWD/bin"
@@ -37,7 +41,12 @@ fi
 unformatted="$(gofmt -l cmd internal bench)"
 [ -z "$unformatted" ] || { echo "gofmt needed on: $unformatted" >&2; exit 1; }
 go vet ./...
-echo "== fast tests, arm64 under qemu-user"
-GOARCH=arm64 go test -short -count=1 -exec qemu-aarch64-static ./...
+# The other architecture's build of the fast tests, under qemu-user.
+case "$(go env GOHOSTARCH)" in
+  amd64) other=arm64 emu=qemu-aarch64-static ;;
+  *) other=amd64 emu=qemu-x86_64-static ;;
+esac
+echo "== fast tests, $other under qemu-user"
+GOARCH=$other go test -short -count=1 -exec $emu ./...
 echo "== all tests, amd64, race detector"
 go test -race -count=1 -timeout 40m ./...
