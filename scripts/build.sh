@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 mkdir -p bin
-ver="$(git describe --always --dirty 2>/dev/null || echo dev)"
+ver="$(scripts/version.sh)"
 go build -ldflags "-X main.version=$ver" -o bin/tandem ./cmd/tandem
 for arch in amd64 arm64; do
   CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -ldflags "-s -w -X main.version=$ver" \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the README's set-up as a new machine would: in a clean Debian 12
 # chroot (only the required and important packages, as a minimal install
-# has), `scripts/install-deps.sh && scripts/test.sh`, with this checkout
-# bind-mounted at /src and the Go toolchain at /usr/local/go. What
+# has), `scripts/install-deps.sh && scripts/test.sh` in a clone of this
+# checkout's HEAD at /src (what is committed, as CI sees it), with the Go
+# toolchain at /usr/local/go. What
 # install-deps.sh forgets to name fails here, though the development machine
 # has it from elsewhere. As root; about as long as the tests themselves,
 # plus a minute for the chroot.
@@ -24,15 +25,16 @@ if [ ! -x "$dir/usr/bin/apt-get" ]; then
   rm -rf "$dir"
   mmdebstrap --variant=important bookworm "$dir"
 fi
-cleanup() { umount -R "$dir/src" "$dir/usr/local/go" "$dir/run" "$dir/dev" "$dir/sys" "$dir/proc" 2>/dev/null || true; }
+cleanup() { umount -R "$dir/usr/local/go" "$dir/run" "$dir/dev" "$dir/sys" "$dir/proc" 2>/dev/null || true; }
 trap cleanup EXIT
-mkdir -p "$dir/src" "$dir/usr/local/go"
+mkdir -p "$dir/usr/local/go"
+rm -rf "$dir/src"
+git clone -q "$PWD" "$dir/src"
 mount -t proc proc "$dir/proc"
 mount --rbind /sys "$dir/sys" && mount --make-rslave "$dir/sys"
 mount --rbind /dev "$dir/dev" && mount --make-rslave "$dir/dev"
 mount -t tmpfs tmpfs "$dir/run"
 mount --bind /usr/local/go "$dir/usr/local/go" && mount -o remount,bind,ro "$dir/usr/local/go"
-mount --bind "$PWD" "$dir/src"
 # binfmt_misc is the kernel's, shared with the host: install-deps.sh
 # registers qemu-user there if it is not yet.
 cp /etc/resolv.conf "$dir/etc/resolv.conf"

@@ -37,8 +37,13 @@ if [ "$(id -u)" = 0 ]; then
     echo "runner image not reproducible: $id_amd64 then $id_again" >&2
     exit 1
   fi
+  # The Debian packages, each installed by apt with what it depends on into
+  # a clean Debian chroot; packaging's tests check them there, offline.
+  for arch in amd64 arm64; do
+    scripts/package-chroot.sh $arch "$TANDEM_TEST_DATA/pkg/$arch" >/dev/null
+  done
 fi
-unformatted="$(gofmt -l cmd internal bench)"
+unformatted="$(gofmt -l cmd internal bench packaging test)"
 [ -z "$unformatted" ] || { echo "gofmt needed on: $unformatted" >&2; exit 1; }
 go vet ./...
 # The other architecture's build of the fast tests, under qemu-user.
