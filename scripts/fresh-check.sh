@@ -25,11 +25,14 @@ if [ ! -x "$dir/usr/bin/apt-get" ]; then
   rm -rf "$dir"
   mmdebstrap --variant=important bookworm "$dir"
 fi
-cleanup() { umount -R "$dir/usr/local/go" "$dir/run" "$dir/dev" "$dir/sys" "$dir/proc" 2>/dev/null || true; }
+cleanup() { umount -R "$dir" 2>/dev/null || true; }
 trap cleanup EXIT
 mkdir -p "$dir/usr/local/go"
 rm -rf "$dir/src"
 git clone -q "$PWD" "$dir/src"
+# The tree's root is a mount point of its own, as a machine's / is (`ip
+# netns` makes / a slave mount, which needs one).
+mount --bind "$dir" "$dir" && mount --make-private "$dir"
 mount -t proc proc "$dir/proc"
 mount --rbind /sys "$dir/sys" && mount --make-rslave "$dir/sys"
 mount --rbind /dev "$dir/dev" && mount --make-rslave "$dir/dev"
