@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/jobvm"
@@ -185,7 +186,7 @@ func baselineBoot(ctx context.Context, h *jobvm.Host, o BootOptions, im *image.I
 		Kernel: im.Kernel(), Initrd: im.Initrd(), BaseDisk: im.Rootfs(), Accel: accel}
 	boot := guest.BootParams{Root: qemu.RootDevice, Hostname: spec.ID}
 	if h.Net != nil {
-		att, err := h.Net.Attach(ctx, spec.ID)
+		att, err := h.Net.Attach(ctx, spec.ID, egress.Policy{Mode: egress.Open})
 		defer h.Net.Detach(context.WithoutCancel(ctx), spec.ID)
 		if err != nil {
 			return 0, 0, err

@@ -17,48 +17,60 @@ bin/tandem run -- sh -c 'echo hello from $(uname -n), kernel $(uname -r) $(uname
 echo '$ tandem run --arch arm64 -- uname -m'
 bin/tandem run --arch arm64 -- uname -m
 
-# The all-in-one system. GitHub is ghfake here: it listens on the VM
-# bridge's address so that the fake runner inside each VM can reach it.
+# The all-in-one system. GitHub is ghfake, on a stand-in "internet": a
+# network namespace behind a veth, at 198.51.100.2 (TEST-NET-2). Tandem
+# reaches it directly; the fake runner in each VM only through the host's
+# NAT, as a runner reaches GitHub: a VM reaches nothing of its host but the
+# registry mirror and the DNS forwarder.
 demo=/var/tmp/tandem-demo
 rm -rf "$demo" && mkdir -p "$demo"
-bridge=tandem0 gw=172.30.0.1
-ip link show $bridge >/dev/null 2>&1 || ip link add $bridge type bridge
-ip addr replace $gw/24 dev $bridge && ip link set $bridge up
+inet=tandem-demo-inet host=198.51.100.1 gh=198.51.100.2
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  ip link del tdmdemo0 2>/dev/null || true
+  ip netns del $inet 2>/dev/null || true
 }
 trap cleanup EXIT
-bin/tandem dev ghfake --listen $gw:9000 --app-id 1 --app-key "$demo/app.pem" \
-  --webhook-secret-file "$demo/webhook-secret" --webhook-url http://127.0.0.1:8080/webhook \
+cleanup
+ip netns add $inet
+ip link add tdmdemo0 type veth peer name eth0 netns $inet
+ip addr add $host/24 dev tdmdemo0 && ip link set tdmdemo0 up
+ip -n $inet addr add $gh/24 dev eth0
+ip -n $inet link set eth0 up && ip -n $inet link set lo up
+ip -n $inet route add default via $host
+ip netns exec $inet bin/tandem dev ghfake --listen $gh:9000 --app-id 1 --app-key "$demo/app.pem" \
+  --webhook-secret-file "$demo/webhook-secret" --webhook-url http://$host:8080/webhook \
   2>"$demo/ghfake.log" &
 pids+=($!)
 for _ in $(seq 50); do [ -s "$demo/webhook-secret" ] && break; sleep 0.1; done
 cat >"$demo/config.yaml" <<EOF
-listen: 127.0.0.1:8080
+listen: $host:8080
 database: $demo/tandem.db
 github:
-  api_url: http://$gw:9000/
+  api_url: http://$gh:9000/
   app_id: 1
   private_key_file: app.pem
   webhook_secret_file: webhook-secret
 agent:
   emulate: [arm64]
 EOF
+# The operator commands find tandem there.
+export TANDEM_SERVER=http://$host:8080
 echo
 echo '$ tandem up --config /var/tmp/tandem-demo/config.yaml &'
 bin/tandem --log-level info up --config "$demo/config.yaml" 2>"$demo/tandem.log" &
 pids+=($!)
-for _ in $(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.1; done
-curl -sf http://127.0.0.1:8080/healthz >/dev/null || { cat "$demo/tandem.log"; exit 1; }
+for _ in $(seq 100); do curl -sf $TANDEM_SERVER/healthz >/dev/null && break; sleep 0.1; done
+curl -sf $TANDEM_SERVER/healthz >/dev/null || { cat "$demo/tandem.log"; exit 1; }
 # tandem up keeps an admin API token in its data dir; the CLI finds it there.
-api() { curl -sf -H "Authorization: Bearer $(cat /var/lib/tandem/api-admin-token)" "http://127.0.0.1:8080$1"; }
+api() { curl -sf -H "Authorization: Bearer $(cat /var/lib/tandem/api-admin-token)" "$TANDEM_SERVER$1"; }
 
 echo '# GitHub (ghfake) queues a job with runs-on: tandem-arm64-1cpu-0.25gb and sends the webhook'
-curl -sf -X POST http://$gw:9000/_ghfake/installations \
+curl -sf -X POST http://$gh:9000/_ghfake/installations \
   -d '{"account":"acme","account_type":"Organization","repos":["acme/app"]}' >/dev/null
-job=$(curl -sf -X POST http://$gw:9000/_ghfake/jobs \
+job=$(curl -sf -X POST http://$gh:9000/_ghfake/jobs \
   -d '{"repo":"acme/app","labels":["tandem-arm64-1cpu-0.25gb"],"script":"echo hello from a $(uname -m) runner VM, kernel $(uname -r)"}' |
   jq -r '.job_ids[0]')
 for _ in $(seq 600); do
@@ -69,7 +81,7 @@ done
 echo "\$ tandem job $job   # Tandem's view: every transition, timestamped"
 bin/tandem job "$job"
 echo '# the job'"'"'s output, as the runner in the VM reported it to GitHub:'
-curl -sf http://$gw:9000/_ghfake/jobs | jq -r ".[] | select(.id == $job) | .output"
+curl -sf http://$gh:9000/_ghfake/jobs | jq -r ".[] | select(.id == $job) | .output"
 echo '$ tandem hosts'
 bin/tandem hosts
 [ "$state" = completed ]

@@ -27,7 +27,7 @@ func agentCmd(g *globals) *cobra.Command {
 	var server, token, tokenFile, hostID, memory string
 	var vcpus float64
 	var emulate []string
-	nf := &netFlags{}
+	nf := &netFlags{own: true}
 	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
 		Use:   "agent --server https://HOST:8443 --enroll-token TOKEN",
@@ -66,10 +66,14 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			if err != nil {
 				return err
 			}
-			h, err := newHost(ctx, g, nf)
+			if mc.On() {
+				nf.mirrorPort = mc.Port
+			}
+			h, closeHost, err := newHost(ctx, g, nf)
 			if err != nil {
 				return err
 			}
+			defer closeHost()
 			if ids, err := h.Collect(ctx, nil); err != nil {
 				return fmt.Errorf("reclaiming leftovers: %w", err)
 			} else if len(ids) > 0 {
@@ -131,6 +135,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 	f.StringVar(&memory, "memory", "", "memory VMs may use in all, e.g. 64GiB (default: all but 1 GiB)")
 	f.StringSliceVar(&emulate, "emulate", nil, "foreign architectures to offer under emulation (arm64, amd64)")
 	nf.add(cmd)
+	nf.addPolicy(cmd)
 	mf.add(cmd, true)
 	return cmd
 }

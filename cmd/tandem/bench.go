@@ -165,7 +165,7 @@ func (v *benchVMFlags) host(cmd *cobra.Command, g *globals, what string) (vm.Arc
 	if err := hostdeps.Check(hostdeps.QEMU(string(a))); err != nil {
 		return "", "", 0, nil, err
 	}
-	h, err := newHost(cmd.Context(), g, &v.nf)
+	h, _, err := newHost(cmd.Context(), g, &v.nf) // (the process's exit closes it)
 	if err != nil {
 		return "", "", 0, nil, err
 	}

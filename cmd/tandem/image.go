@@ -203,10 +203,11 @@ func gcCmd(g *globals) *cobra.Command {
 			if err := requireRoot("tandem gc"); err != nil {
 				return err
 			}
-			h, err := newHost(cmd.Context(), g, &nf)
+			h, closeHost, err := newHost(cmd.Context(), g, &nf)
 			if err != nil {
 				return err
 			}
+			defer closeHost()
 			ids, err := h.Collect(cmd.Context(), nil)
 			for _, id := range ids {
 				fmt.Println("reclaimed", id)

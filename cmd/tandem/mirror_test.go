@@ -122,7 +122,7 @@ func TestStartMirrorOnBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		hostnet.DeleteRules(context.Background())
+		n.RemoveRules(context.Background())
 		exec.Command("ip", "link", "del", "tdmmirt0").Run()
 	})
 	if err := n.Ensure(context.Background()); err != nil {

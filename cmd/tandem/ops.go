@@ -322,7 +322,7 @@ func printJSON(w io.Writer, raw []byte) error {
 // opsCommands returns the operator commands: hosts, jobs, job, logs,
 // drain, cordon, uncordon, revoke, enroll.
 func opsCommands(g *globals) []*cobra.Command {
-	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g)}
+	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g)}
 	for _, a := range hostActions {
 		cmds = append(cmds, hostActionCmd(g, a))
 	}
@@ -564,6 +564,7 @@ func jobsCmd(g *globals) *cobra.Command {
 
 func jobCmd(g *globals) *cobra.Command {
 	o := &apiOptions{}
+	var showEgress bool
 	cmd := &cobra.Command{
 		Use:   "job ID",
 		Short: "Show a job and every transition it went through",
@@ -574,6 +575,13 @@ func jobCmd(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if showEgress {
+			var v controlplane.EgressView
+			if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/egress", nil, nil, &v); printed || err != nil {
+				return err
+			}
+			return printEgress(cmd.OutOrStdout(), v)
+		}
 		var j controlplane.JobView
 		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10), nil, nil, &j); printed || err != nil {
 			return err
@@ -581,6 +589,7 @@ func jobCmd(g *globals) *cobra.Command {
 		return printJob(cmd.OutOrStdout(), j, time.Now())
 	})
 	o.register(cmd, true)
+	cmd.Flags().BoolVar(&showEgress, "egress", false, "show the job's egress policy and the flows its VM opened (audit, allowlist)")
 	return cmd
 }
 

@@ -117,10 +117,14 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	h, err := newHost(ctx, g, &o.net)
+	if mc.On() {
+		o.net.mirrorPort = mc.Port
+	}
+	h, closeHost, err := newHost(ctx, g, &o.net)
 	if err != nil {
 		return &exitError{exitTandem, err}
 	}
+	defer closeHost()
 	// Whatever an earlier run left behind (killed with SIGKILL, say) goes first.
 	if _, err := h.Collect(ctx, nil); err != nil {
 		g.log.Warn("reclaiming leftovers failed", "err", err)

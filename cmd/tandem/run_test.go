@@ -167,25 +167,37 @@ func TestRunExitCodeAndJSON(t *testing.T) {
 	e.assertNoLeaks([]string{j.VMID})
 }
 
-func TestRunGuestReachesBridge(t *testing.T) {
+// TestRunGuestNetwork: a guest reaches the internet through NAT (the
+// server sees the host's address), and nothing of its host but the mirror
+// and DNS ports: a server on the bridge address is out of its reach.
+func TestRunGuestNetwork(t *testing.T) {
 	e := newEnv(t)
 	// Bring the network up first (the bridge address must exist to listen on it).
 	if r := e.run("run", "--", "true"); r.code != 0 {
 		t.Fatalf("first run: %d %s", r.code, r.stderr)
 	}
-	ln, err := net.Listen("tcp", "172.30.0.1:0")
+	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello guest %s", strings.Split(r.RemoteAddr, ":")[0])
+	})
+	inet := testenv.Internet(t).Listen(t, 0)
+	go http.Serve(inet, hello)
+	onHost, err := net.Listen("tcp", "172.30.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello guest %s", strings.Split(r.RemoteAddr, ":")[0])
-	}))
+	defer onHost.Close()
+	go http.Serve(onHost, hello)
 	// (Debian's static busybox 1.35 wget crashes with -q or -T: its progress
 	// goes to stderr, and tandem's --timeout bounds it instead.)
-	r := e.run("run", "--timeout", "60s", "--", "wget", "-O", "-", "http://"+ln.Addr().String()+"/")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "hello guest 172.30.0.") {
-		t.Errorf("guest → bridge server: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	script := fmt.Sprintf("wget -O - http://%s/; echo; if timeout 5 wget -O - http://%s/ 2>/dev/null; then echo HOST-REACHED; fi",
+		inet.Addr(), onHost.Addr())
+	r := e.run("run", "--timeout", "90s", "--", "sh", "-c", script)
+	want := "hello guest " + testenv.InternetGateway.String()
+	if r.code != 0 || !strings.HasPrefix(r.stdout, want) {
+		t.Errorf("guest → internet: exit %d, stdout %q (want %q first: the host's address, NAT), stderr %s", r.code, r.stdout, want, r.stderr)
+	}
+	if strings.Contains(r.stdout, "HOST-REACHED") || strings.Contains(r.stdout, "hello guest 172.30.0.") {
+		t.Errorf("the guest reached a server on its host's bridge address: %q", r.stdout)
 	}
 }
 

@@ -94,6 +94,10 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	if err != nil {
 		return err
 	}
+	egressPolicies, err := cfg.Egress.Compile()
+	if err != nil {
+		return err
+	}
 	tokens := controlplane.APITokens{}
 	for _, t := range cfg.AdminTokens {
 		tokens.Admin = append(tokens.Admin, string(t))
@@ -136,7 +140,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
 			LabelImages: cfg.Runner.Images,
 		},
-		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers,
+		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers, Egress: egressPolicies,
 		Limits:      schedulerLimits(cfg),
 		MaxAttempts: cfg.Scheduler.MaxLaunchAttempts,
 		Reconcile: controlplane.Intervals{
@@ -192,14 +196,14 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 
 	var ag *agent.Agent
 	if withAgent {
-		var stopMirror func()
-		if ag, stopMirror, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
+		var stopHost func()
+		if ag, stopHost, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
 			cpCancel()
 			<-cpDone
 			srv.Close()
 			return err
 		}
-		defer stopMirror() // after the VMs (ag.Close below)
+		defer stopHost() // the mirror and the DNS forwarder, after the VMs (ag.Close below)
 	}
 	g.log.Info("tandem is up", "listen", ln.Addr().String(), "agent", withAgent, "data_dir", dataDir)
 	fmt.Fprintf(os.Stderr, "tandem: listening on %s (webhook: POST /webhook, API: /api/v1/jobs)\n", ln.Addr())
@@ -236,24 +240,34 @@ func schedulerLimits(cfg *config.Config) scheduler.Limits {
 }
 
 // startLocalAgent runs this host's agent in process and attaches it; the
-// function it returns stops the host's registry mirror.
-func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stopMirror func(), err error) {
+// function it returns stops the host's registry mirror and DNS forwarder.
+func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stop func(), err error) {
 	gg := *g
 	gg.dataDir = dataDir
-	h, err := newHost(ctx, &gg, &netFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet})
+	nf := &netFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true}
+	if cfg.Agent.Mirror.On() {
+		nf.mirrorPort = cfg.Agent.Mirror.Port
+	}
+	h, closeHost, err := newHost(ctx, &gg, nf)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer func() {
+		if err != nil {
+			closeHost()
+		}
+	}()
 	// What a killed predecessor left behind goes first.
 	if ids, err := h.Collect(ctx, nil); err != nil {
 		return nil, nil, fmt.Errorf("reclaiming leftovers: %w", err)
 	} else if len(ids) > 0 {
 		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
 	}
-	stopMirror, err = startMirror(ctx, g, h, cfg.Agent.Mirror, cfg.MirrorPassword, dataDir, true)
+	stopMirror, err := startMirror(ctx, g, h, cfg.Agent.Mirror, cfg.MirrorPassword, dataDir, true)
 	if err != nil {
 		return nil, nil, err
 	}
+	stop = func() { stopMirror(); closeHost() }
 	defer func() {
 		if err != nil {
 			stopMirror()
@@ -282,7 +296,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
 		"arches", rec.Arches)
-	return ag, stopMirror, nil
+	return ag, stop, nil
 }
 
 // loadOrCreateSecret returns the secret in path (its line ending trimmed,

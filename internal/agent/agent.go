@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -48,6 +49,8 @@ type Assignment struct {
 	Timeout time.Duration `json:"timeout"`
 	// ConfigTimeout bounds how long a booted VM waits for Configure.
 	ConfigTimeout time.Duration `json:"config_timeout"`
+	// Egress is the job's egress policy (zero: open).
+	Egress egress.Policy `json:"egress"`
 }
 
 // EventKind says what happened to a runner's VM.
@@ -74,6 +77,9 @@ type Event struct {
 	ExitCode int    `json:"exit_code"`
 	Failure  string `json:"failure,omitempty"`
 	Detail   string `json:"detail,omitempty"`
+	// Egress, for EventEnded, is what the VM did under an auditing or
+	// allowlist policy.
+	Egress *egress.Record `json:"egress,omitempty"`
 }
 
 // FailLaunch is the Failure of a runner whose VM could not be made at all.
@@ -257,7 +263,7 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	req := jobvm.Request{
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
 		Argv: asg.Command, User: asg.User, Env: asg.Env, Timeout: asg.Timeout,
-		Stdout: out, Stderr: out,
+		Stdout: out, Stderr: out, Egress: asg.Egress,
 		Owner: vm.ProcessOwner(), DieWithOwner: true,
 		OnCreate: func(inst vm.Instance) {
 			vmID = inst.Info().ID
@@ -284,7 +290,7 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	}
 	res, err := a.cfg.Host.Run(ctx, req)
 	ev := Event{Runner: asg.Runner, Kind: EventEnded, VMID: res.VMID, Accel: res.Accel,
-		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail}
+		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail, Egress: res.Egress}
 	var fe *jobvm.FailureError
 	switch {
 	case ctx.Err() != nil && (err != nil || ev.Failure == jobvm.FailCancelled):

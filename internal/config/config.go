@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
 )
@@ -39,8 +40,11 @@ type Config struct {
 	Scheduler Scheduler `yaml:"scheduler"`
 	Reconcile Reconcile `yaml:"reconcile"`
 	Agent     Agent     `yaml:"agent"`
-	Agents    Agents    `yaml:"agents"`
-	API       API       `yaml:"api"`
+	// Egress is each job's egress policy: a default and overrides by
+	// organisation and repository (internal/egress).
+	Egress egress.Config `yaml:"egress"`
+	Agents Agents        `yaml:"agents"`
+	API    API           `yaml:"api"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
@@ -160,6 +164,8 @@ type Agent struct {
 	Subnet  string   `yaml:"subnet"`
 	// Mirror is the Docker Hub pull-through cache the host's VMs use.
 	Mirror Mirror `yaml:"mirror"`
+	// Network is what the host's VMs may reach beyond their isolation.
+	Network Network `yaml:"network"`
 }
 
 // Secret is a byte string that never prints.
@@ -406,6 +412,19 @@ func (c *Config) Validate() error {
 	}
 	if c.Scheduler.Default.MaxVMs < 0 || c.Scheduler.Default.MaxVCPUs < 0 {
 		bad("scheduler.default_limit: limits must not be negative")
+	}
+	if _, err := c.Agent.Network.Compile(); err != nil {
+		bad("agent.network: %v", err)
+	}
+	if _, err := c.Egress.Compile(); err != nil {
+		bad("%v", err)
+	}
+	if c.Runner.Scope == "org" {
+		for k := range c.Egress.Overrides {
+			if strings.Contains(k, "/") {
+				bad("egress.overrides.%s: a repository's own policy needs runner.scope: repo (an organisation's runner may take any of its repositories' jobs)", k)
+			}
+		}
 	}
 	for _, a := range c.Agent.Emulate {
 		if a != string(labels.AMD64) && a != string(labels.ARM64) {

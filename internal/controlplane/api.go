@@ -23,6 +23,8 @@ import (
 //	GET  /api/v1/runners          ?live=1&host=
 //	GET  /api/v1/reconcilers      reconciler and dispatcher counters
 //	GET  /api/v1/images           the images the control plane names (images.go)
+//	GET  /api/v1/jobs/{id}/egress the policy a job's VM ran under, what it did (egress.go)
+//	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //
 // and the operator endpoints of ops.go. API tokens (APITokens) guard
 // everything under /api/.
@@ -37,6 +39,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/runners", s.guard(false, s.handleRunners))
 	mux.HandleFunc("GET /api/v1/reconcilers", s.guard(false, s.handleCounters))
 	mux.HandleFunc("GET /api/v1/images", s.guard(false, s.handleImages))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", s.guard(false, s.handleJobEgress))
+	mux.HandleFunc("GET /api/v1/egress/suggest", s.guard(false, s.handleEgressSuggest))
 	s.opsRoutes(mux)
 	return mux
 }

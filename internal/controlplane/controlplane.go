@@ -39,6 +39,8 @@ import (
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 // HostAgent is the control plane's handle on one host's agent: in-process
@@ -104,6 +106,8 @@ type Config struct {
 	AgentPin string
 	// APITokens guard the JSON API (see api.go).
 	APITokens APITokens
+	// Egress gives each runner's VM its egress policy (nil: open).
+	Egress *egress.Policies
 	// MaxBody caps a webhook's body; GitHub's own cap is 25 MB, workflow_job
 	// payloads are a few KiB. Default 1 MiB.
 	MaxBody int64

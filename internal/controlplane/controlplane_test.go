@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
@@ -109,6 +111,11 @@ func (h *goHost) Launch(a agent.Assignment) error {
 			}
 		case <-ctx.Done():
 			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+		}
+		if a.Egress.Mode.Records() {
+			// What a real VM's egress rules would have recorded: one flow.
+			ev.Egress = &egress.Record{Mode: a.Egress.Mode, Flows: []egress.Flow{{Addr: netip.MustParseAddr("198.51.100.9"),
+				Proto: "tcp", Port: 443, Name: "registry.example.org", Allowed: true, Count: 1}}}
 		}
 		h.mu.Lock()
 		delete(h.runs, a.Runner)

@@ -250,6 +250,9 @@ func (s *Server) newRunner(j store.Job, p scheduler.Placement, now time.Time) st
 	if s.cfg.Runner.Scope == "repo" {
 		r.Repo = j.Repo
 	}
+	// The runner's policy: its repository's, for a repository runner; an
+	// organisation runner may take any of the org's jobs, so its org's.
+	r.Egress = s.cfg.Egress.For(r.Org, r.Repo)
 	return r
 }
 
@@ -279,7 +282,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	asg := agent.Assignment{
 		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
-		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name},
+		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress,
 	}
 	err := a.Launch(asg)
 	s.imgMu.RUnlock()
@@ -593,6 +596,9 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 // to the queue (another host is preferred) until its attempts run out.
 func (s *Server) runnerEnded(tx store.Tx, r store.Runner, e agent.Event, now time.Time) error {
 	r.State, r.EndedAt, r.ExitCode = store.RunnerEnded, now, e.ExitCode
+	if e.Egress != nil {
+		r.EgressRecord = e.Egress
+	}
 	why := r.Reason
 	if e.Failure != "" {
 		why = strings.TrimSpace(e.Failure + ": " + firstLine(e.Detail))

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 func TestNewDefaults(t *testing.T) {
@@ -114,53 +117,100 @@ func TestVMIDAndMAC(t *testing.T) {
 	}
 }
 
-type testPolicy struct{ env PolicyEnv }
-
-func (p *testPolicy) Rules(env PolicyEnv) (PolicyRules, error) {
-	p.env = env
-	r := PolicyRules{
-		Input:   []string{fmt.Sprintf("iifname %q ip daddr != %s drop", env.Bridge, env.Gateway)},
-		Forward: []string{fmt.Sprintf("iifname %q ip daddr @metadata drop", env.Bridge)},
-		Chains:  []string{"set metadata { type ipv4_addr; flags interval; elements = { 169.254.0.0/16 } }"},
-	}
-	for _, vm := range env.VMs {
-		r.Forward = append(r.Forward, fmt.Sprintf("iifname %q ip saddr != %s ip saddr %s counter", env.Bridge, vm.Addr, env.Subnet))
-	}
-	return r, nil
-}
-
-func TestRenderRules(t *testing.T) {
-	n := newNet(t, nil)
-	s, err := n.renderRules(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+func TestRenderBase(t *testing.T) {
+	n := newNet(t, func(c *Config) {
+		c.HostPorts = []HostPort{{"tcp", 5000}, {"udp", 53}}
+		c.Deny = []netip.Prefix{mustPrefix("203.0.113.0/24")}
+		c.Allow = []egress.Net{{Prefix: mustPrefix("10.1.2.3/32"), Port: 8080}, {Prefix: mustPrefix("10.9.0.0/16")}}
+	})
+	leases := []Lease{{VMID: "vm-0123456789", Addr: netip.MustParseAddr("172.30.0.7")}}
+	s := n.renderBase(leases, []netip.Addr{netip.MustParseAddr("192.0.2.10")}, []string{"00000000ff"}, false)
+	const T = "inet tandem_tandem0 "
 	for _, want := range []string{
-		"table inet tandem\ndelete table inet tandem\ntable inet tandem {",
-		`ip saddr 172.30.0.0/24 oifname != "tandem0" masquerade`,
-		`iifname "tandem0" accept`,
-		`oifname "tandem0" accept`,
+		"add rule " + T + `postrouting ip saddr 172.30.0.0/24 oifname != "tandem0" masquerade`,
+		"add element " + T + "host_ports { tcp . 5000, udp . 53 }",
+		"add rule " + T + "vm_to_host meta nfproto ipv4 ip daddr 172.30.0.1 meta l4proto . th dport @host_ports accept",
+		"10.0.0.0/8", "169.254.0.0/16", "203.0.113.0/24", "192.0.2.10/32",
+		"add element " + T + "holes_port { 10.1.2.3/32 . 8080 }", "add element " + T + "holes { 10.9.0.0/16 }",
+		"from_vms meta l4proto { tcp, udp } th dport { 53, 853 } counter drop",
+		"from_vms ip saddr != 172.30.0.0/24 counter drop",
+		"add rule bridge tandem_tandem0 prerouting ether type != { ip, arp } counter drop",
+		`prerouting iifname != "tdm-*" accept`,
+		"flush map " + T + "vms", "flush chain " + T + "from_vms",
+		"delete chain " + T + "vm_00000000ff",         // the orphan
+		T + "vms { 172.30.0.7 : goto vm_0123456789 }", // the lease
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("rules lack %q:\n%s", want, s)
 		}
 	}
+	if strings.Contains(s, "delete table") {
+		t.Errorf("an update in place deletes a table:\n%s", s)
+	}
+	// from_vms: replies, then the drops, then holes, then the denied
+	// ranges, then each VM's policy.
+	var from []string
+	for _, l := range strings.Split(s, "\n") {
+		if r, ok := strings.CutPrefix(l, "add rule "+T+"from_vms "); ok {
+			from = append(from, r)
+		}
+	}
+	var at []int
+	for _, r := range []string{"ct state established,related accept", "meta l4proto { tcp, udp } th dport { 53, 853 } counter drop",
+		"ip daddr @holes goto egress", "ip daddr @denied counter drop", "goto egress"} {
+		at = append(at, slices.Index(from, r))
+	}
+	if !slices.IsSorted(at) || at[0] < 0 {
+		t.Errorf("from_vms out of order (%v):\n%s", at, strings.Join(from, "\n"))
+	}
+	fresh := n.renderBase(nil, nil, nil, true)
+	if !strings.HasPrefix(fresh, "table inet tandem_tandem0\ndelete table inet tandem_tandem0\n") ||
+		!strings.Contains(fresh, "table bridge tandem_tandem0\ndelete table bridge tandem_tandem0\n") {
+		t.Errorf("a fresh render does not replace the tables:\n%s", fresh)
+	}
 	n = newNet(t, func(c *Config) { c.NAT = false })
-	if s, _ := n.renderRules(nil); strings.Contains(s, "masquerade") {
-		t.Errorf("NAT off, yet:\n%s", s)
+	if s := n.renderBase(nil, nil, nil, false); strings.Contains(s, "masquerade") || strings.Contains(s, "host_ports {  }") {
+		t.Errorf("NAT off, no host ports:\n%s", s)
 	}
+}
 
-	p := &testPolicy{}
-	n = newNet(t, func(c *Config) { c.Policy = p })
-	s, err = n.renderRules([]Lease{{VMID: "vm-0123456789", Addr: netip.MustParseAddr("172.30.0.2")}})
-	if err != nil {
-		t.Fatal(err)
+func TestRenderVM(t *testing.T) {
+	n := newNet(t, nil)
+	l := Lease{VMID: "vm-0123456789", Addr: netip.MustParseAddr("172.30.0.7")}
+	for mode, want := range map[egress.Mode][]string{
+		egress.Open:  {"add rule inet tandem_tandem0 vm_0123456789 accept"},
+		egress.Audit: {"update @flows_0123456789 { ip daddr . meta l4proto . th dport }", "add rule inet tandem_tandem0 vm_0123456789 accept"},
+		egress.Allowlist: {"ip daddr @names_0123456789 goto ok_0123456789", "update @blocked_0123456789", "vm_0123456789 counter drop",
+			"add element inet tandem_tandem0 nets_0123456789 { 198.51.100.0/24 }",
+			"add element inet tandem_tandem0 netports_0123456789 { 203.0.113.5/32 . 443 }"},
+	} {
+		l.Egress = egress.Policy{Mode: mode}
+		if mode == egress.Allowlist {
+			l.Egress.Nets = []egress.Net{{Prefix: mustPrefix("198.51.100.0/24")}, {Prefix: mustPrefix("203.0.113.5/32"), Port: 443}}
+		}
+		s := n.renderVM(l)
+		for _, w := range append(want,
+			`add element bridge tandem_tandem0 macs { "tdm-0123456789" . 02:01:23:45:67:89 }`,
+			`add element bridge tandem_tandem0 arps { "tdm-0123456789" . 02:01:23:45:67:89 . 172.30.0.7 }`,
+			"add element inet tandem_tandem0 vms { 172.30.0.7 : goto vm_0123456789 }") {
+			if !strings.Contains(s, w) {
+				t.Errorf("%s: rules lack %q:\n%s", mode, w, s)
+			}
+		}
+		// The map entry comes last: the VM's chain is complete before
+		// any packet can reach it.
+		if !strings.HasSuffix(strings.TrimSpace(s), "vms { 172.30.0.7 : goto vm_0123456789 }") {
+			t.Errorf("%s: vms entry not last:\n%s", mode, s)
+		}
 	}
-	if len(p.env.VMs) != 1 || p.env.VMs[0].TAP != "tdm-0123456789" || p.env.VMs[0].MAC != "02:01:23:45:67:89" {
-		t.Errorf("policy saw %+v", p.env)
+	rm := n.renderVMRemoval(l)
+	for _, w := range []string{"delete element inet tandem_tandem0 vms { 172.30.0.7 }", "delete chain inet tandem_tandem0 vm_0123456789",
+		"delete set inet tandem_tandem0 flows_0123456789", `delete element bridge tandem_tandem0 ips { "tdm-0123456789" . 172.30.0.7 }`} {
+		if !strings.Contains(rm, w) {
+			t.Errorf("removal lacks %q:\n%s", w, rm)
+		}
 	}
-	fwd := s[strings.Index(s, "chain forward"):]
-	if i, j := strings.Index(fwd, "@metadata drop"), strings.Index(fwd, `iifname "tandem0" accept`); i < 0 || j < 0 || i > j {
-		t.Errorf("policy forward rules not before the accepts:\n%s", s)
+	if i, j := strings.Index(rm, "delete element inet tandem_tandem0 vms"), strings.Index(rm, "delete chain inet tandem_tandem0 vm_"); i > j {
+		t.Errorf("removal deletes the chain before the map entry that jumps to it:\n%s", rm)
 	}
 }

@@ -1,11 +1,47 @@
-// Package hostnet gives Tandem's microVMs their network on one host: a Linux
-// bridge holding the gateway address, one persistent TAP per VM enslaved to
-// it, an nftables table "tandem" that masquerades the VM subnet on its way
-// out, and a small lease file that hands every VM its own address.
+// Package hostnet gives Tandem's microVMs their network on one host, and
+// isolates each VM in it: a Linux bridge holding the gateway address, one
+// persistent TAP per VM enslaved to it, a small lease file that hands every
+// VM its own address, and nftables tables of the bridge's own
+// (tandem_<bridge>, families inet and bridge) that NAT the VM subnet on its
+// way out and filter everything a VM sends or receives.
 //
-// Everything a VM uses is named after the VM (TAP "tdm-<id>", lease keyed by
-// VM id), so that Reclaim can find and remove what a crashed or killed
-// process left behind.
+// # Isolation (every VM, always; there is no switch to turn it off)
+//
+//   - To the host itself: only Config.HostPorts on the gateway address (the
+//     registry mirror, the DNS forwarder) and replies. Not SSH, not the
+//     API, not anything bound to 0.0.0.0 or to the host's other addresses.
+//   - Routed: never to DeniedRanges (private, CGNAT, loopback, link-local
+//     and metadata, multicast, reserved), the host's own addresses,
+//     Config.Deny, the VM subnet itself, or a resolver other than the
+//     host's (ports 53 and 853); Config.Allow punches CIDR[:port] holes.
+//     The rest goes out through NAT, as the VM's egress policy allows.
+//   - To VMs: replies only; nothing unsolicited from the LAN or from a host
+//     that routes the subnet.
+//   - Layer 2: every TAP is an isolated bridge port (no VM reaches another),
+//     and the bridge table pins each TAP's Ethernet source, ARP sender MAC
+//     and IP, and IPv4 source to its lease; anything but IPv4 and ARP is
+//     dropped (VMs have no IPv6). rp_filter is strict on the bridge.
+//   - A host firewall whose forward chain drops by default is detected:
+//     Ensure accepts the bridge's traffic there, marked, or refuses (see
+//     FirewallAdd).
+//
+// # Egress policy (per VM, internal/egress)
+//
+// Attach takes the VM's policy and gives it a chain of its own: open
+// accepts, audit records each new flow and accepts, allowlist accepts only
+// its CIDR[:port] entries, the operator's holes and the addresses its DNS
+// names resolved to (Pin, for the record's TTL), recording every flow.
+// Flows reads what was recorded.
+//
+// # Rules follow the VMs
+//
+// Ensure replaces the tables in one transaction and re-adds every leased
+// VM's objects; Attach adds one VM's objects, Detach and Reclaim remove
+// them, each in one transaction, under the lease lock, so the rules always
+// match the leases. Everything a VM uses is named after the VM (TAP
+// "tdm-<id>", lease keyed by VM id, chains and sets "<kind>_<id hex>"),
+// so that Reclaim can find and remove what a crashed or killed process
+// left behind.
 package hostnet
 
 import (
@@ -18,6 +54,10 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 // Defaults for Config.
@@ -25,7 +65,8 @@ const (
 	DefaultBridge = "tandem0"
 	// TAPPrefix starts the name of every TAP device Tandem creates.
 	TAPPrefix = "tdm-"
-	// TableName is the nftables table (family inet) Tandem owns.
+	// TableName starts the name of every nftables table Tandem owns:
+	// tandem_<bridge>, in the inet and bridge families.
 	TableName = "tandem"
 )
 
@@ -55,9 +96,17 @@ type Config struct {
 	NAT      bool         // install masquerade for the subnet (egress)
 	DNS      []netip.Addr // handed to guests, may be empty
 
-	// Policy, if set, adds isolation rules to the nftables table (see
-	// Policy). Nil: no isolation beyond what this package installs.
-	Policy Policy
+	// HostPorts are the ports on the gateway address VMs may reach (the
+	// registry mirror, the DNS forwarder). Nothing else on the host is.
+	HostPorts []HostPort
+	// Deny lists further IPv4 ranges no VM may reach, beside DeniedRanges
+	// and the host's own addresses.
+	Deny []netip.Prefix
+	// Allow punches CIDR[:port] holes through the denied ranges for every
+	// VM: an internal artifact cache, a package proxy.
+	Allow []egress.Net
+	// HostFirewall is FirewallAdd (the default, "") or FirewallRefuse.
+	HostFirewall string
 	// Logger, if set, receives a line per TAP reclaimed. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -70,6 +119,9 @@ type Network struct {
 	gateway netip.Addr
 	leases  *leaseStore
 	log     *slog.Logger
+	// makePort makes a VM's bridge port: ensureTAP (tests: a veth into a
+	// namespace that stands in for the VM).
+	makePort func(name string, mac net.HardwareAddr, br netlink.Link) (created bool, err error)
 }
 
 // Attachment is what a VM needs to use its network.
@@ -82,11 +134,12 @@ type Attachment struct {
 	DNS     []netip.Addr
 }
 
-// Lease is one address handed to one VM.
+// Lease is one address handed to one VM, with the VM's egress policy.
 type Lease struct {
-	VMID    string     `json:"vm_id"`
-	Addr    netip.Addr `json:"addr"`
-	Created time.Time  `json:"created"`
+	VMID    string        `json:"vm_id"`
+	Addr    netip.Addr    `json:"addr"`
+	Created time.Time     `json:"created"`
+	Egress  egress.Policy `json:"egress"`
 }
 
 var (
@@ -121,15 +174,38 @@ func New(cfg Config) (*Network, error) {
 		dns = append(dns, a.Unmap())
 	}
 	cfg.DNS = dns
+	for _, p := range cfg.HostPorts {
+		if (p.Proto != "tcp" && p.Proto != "udp") || p.Port == 0 {
+			return nil, fmt.Errorf("%w: host port %s: want tcp or udp and a port", ErrInvalidConfig, p)
+		}
+	}
+	for _, d := range cfg.Deny {
+		if !d.IsValid() || !d.Addr().Is4() {
+			return nil, fmt.Errorf("%w: deny %s: want an IPv4 CIDR", ErrInvalidConfig, d)
+		}
+	}
+	for _, h := range cfg.Allow {
+		if !h.Prefix.IsValid() || !h.Prefix.Addr().Is4() {
+			return nil, fmt.Errorf("%w: allow %s: want an IPv4 CIDR[:port]", ErrInvalidConfig, h)
+		}
+	}
+	switch cfg.HostFirewall {
+	case "":
+		cfg.HostFirewall = FirewallAdd
+	case FirewallAdd, FirewallRefuse:
+	default:
+		return nil, fmt.Errorf("%w: host firewall %q: want %s or %s", ErrInvalidConfig, cfg.HostFirewall, FirewallAdd, FirewallRefuse)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Network{
-		cfg:     cfg,
-		gateway: gw,
-		leases:  newLeaseStore(cfg.StateDir),
-		log:     log,
+		cfg:      cfg,
+		gateway:  gw,
+		leases:   newLeaseStore(cfg.StateDir),
+		log:      log,
+		makePort: ensureTAP,
 	}, nil
 }
 
@@ -159,8 +235,12 @@ func validSubnet(p netip.Prefix) (netip.Addr, error) {
 		a.As4()[0] == 0 || a.As4()[0] >= 240:
 		return netip.Addr{}, fmt.Errorf("%w: subnet %s is not a usable unicast range", ErrInvalidConfig, p)
 	}
-	return a.Next(), nil
+	return GatewayOf(p), nil
 }
+
+// GatewayOf returns the gateway address of a VM subnet: its first host
+// address, which the bridge holds.
+func GatewayOf(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Next() }
 
 // Bridge returns the bridge's name.
 func (n *Network) Bridge() string { return n.cfg.Bridge }
@@ -237,9 +317,12 @@ func tapMAC(vmID string) net.HardwareAddr {
 }
 
 // Ensure makes the host ready for VMs, and may run any number of times: the
-// bridge exists, is up and holds the gateway address; IPv4 forwarding is on;
-// nftables table "tandem" holds exactly the rules this Network wants,
-// replaced in one transaction.
+// bridge exists, is up, holds the gateway address and filters strictly on
+// reverse paths; IPv4 forwarding is on; a host firewall that drops
+// forwarded traffic is dealt with (HostFirewall); the network's nftables
+// tables hold exactly the rules this Network wants for its leases,
+// replaced in one transaction (a VM's DNS pins and recorded flows are lost:
+// call it when the host starts, not while VMs run).
 func (n *Network) Ensure(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -258,6 +341,9 @@ func (n *Network) Ensure(ctx context.Context) error {
 	if err := n.checkSubnetFree(brIndex); err != nil {
 		return err
 	}
+	if err := n.ensureFirewall(ctx); err != nil {
+		return err
+	}
 	if _, err := n.ensureBridge(); err != nil {
 		return err
 	}
@@ -267,22 +353,56 @@ func (n *Network) Ensure(ctx context.Context) error {
 	if err := enableIPForward(); err != nil {
 		return err
 	}
+	hostAddrs, err := hostAddrs()
+	if err != nil {
+		return err
+	}
 	return n.leases.withLock(ctx, true, func() error {
 		st, err := n.leases.load()
 		if err != nil {
 			return err
 		}
-		return n.applyRules(ctx, st.Leases)
+		if !n.hasTables(ctx) {
+			return runNft(ctx, n.renderBase(st.Leases, hostAddrs, nil, true))
+		}
+		orphans, err := n.orphans(ctx, st.Leases)
+		if err == nil {
+			if err = runNft(ctx, n.renderBase(st.Leases, hostAddrs, orphans, false)); err == nil {
+				return nil
+			}
+		}
+		// Tables an older version made, whose objects cannot be updated
+		// in place: made anew.
+		n.log.Warn("network rules could not be updated in place; replacing them", "bridge", n.cfg.Bridge, "err", err)
+		return runNft(ctx, n.renderBase(st.Leases, hostAddrs, nil, true))
 	})
 }
 
-// Attach gives vmID its network: it leases an address (the same one again
-// if vmID holds a lease already), creates the persistent TAP TAPName(vmID),
-// enslaves it to the bridge and sets it up. On failure it undoes what it
-// did (a lease or TAP that existed before stays).
-func (n *Network) Attach(ctx context.Context, vmID string) (att Attachment, err error) {
+// Join makes the host ready for VMs as Ensure does, unless the network's
+// tables exist already: then another process (the agent) set the network
+// up and its rules stand; Join only checks the bridge. Commands that share
+// the host with an agent (tandem run, gc, bench) join.
+func (n *Network) Join(ctx context.Context) error {
+	if !n.hasTables(ctx) {
+		return n.Ensure(ctx)
+	}
+	if _, err := n.bridge(); err != nil {
+		return n.Ensure(ctx)
+	}
+	return nil
+}
+
+// Attach gives vmID its network under policy pol: it leases an address
+// (the same one again if vmID holds a lease already), creates the
+// persistent TAP TAPName(vmID) as an isolated port of the bridge, sets it
+// up, and adds the VM's layer-2 pins and egress rules. On failure it undoes
+// what it did (a lease or TAP that existed before stays).
+func (n *Network) Attach(ctx context.Context, vmID string, pol egress.Policy) (att Attachment, err error) {
 	if err := checkVMID(vmID); err != nil {
 		return Attachment{}, err
+	}
+	if _, err := egress.ParseMode(string(pol.Mode)); err != nil {
+		return Attachment{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return Attachment{}, err
@@ -291,7 +411,7 @@ func (n *Network) Attach(ctx context.Context, vmID string) (att Attachment, err 
 	if err != nil {
 		return Attachment{}, err
 	}
-	lease, newLease, err := n.lease(ctx, vmID)
+	lease, newLease, err := n.lease(ctx, vmID, pol)
 	if err != nil {
 		return Attachment{}, err
 	}
@@ -316,14 +436,12 @@ func (n *Network) Attach(ctx context.Context, vmID string) (att Attachment, err 
 			err = errors.Join(append([]error{err}, errs...)...)
 		}
 	}()
-	newTAP, err = ensureTAP(tap, tapMAC(vmID), br)
+	newTAP, err = n.makePort(tap, tapMAC(vmID), br)
 	if err != nil {
 		return Attachment{}, fmt.Errorf("tap %s: %w", tap, err)
 	}
-	if n.cfg.Policy != nil {
-		if err := n.refreshRules(ctx); err != nil {
-			return Attachment{}, err
-		}
+	if err := n.leases.withLock(ctx, true, func() error { return runNft(ctx, n.renderVM(lease)) }); err != nil {
+		return Attachment{}, fmt.Errorf("rules for %s: %w", vmID, err)
 	}
 	return Attachment{
 		VMID:    vmID,
@@ -335,11 +453,12 @@ func (n *Network) Attach(ctx context.Context, vmID string) (att Attachment, err 
 	}, nil
 }
 
-// lease returns vmID's lease, making one if it has none (isNew).
-func (n *Network) lease(ctx context.Context, vmID string) (l Lease, isNew bool, err error) {
+// lease returns vmID's lease, with pol as its policy, making one if it has
+// none (isNew).
+func (n *Network) lease(ctx context.Context, vmID string, pol egress.Policy) (l Lease, isNew bool, err error) {
 	err = n.leases.withLock(ctx, true, func() error {
 		var err error
-		l, isNew, err = n.leases.acquire(n.cfg.Subnet, n.gateway, vmID, time.Now())
+		l, isNew, err = n.leases.acquire(n.cfg.Subnet, n.gateway, vmID, pol, time.Now())
 		return err
 	})
 	if err != nil {
@@ -364,18 +483,40 @@ func (n *Network) Detach(ctx context.Context, vmID string) error {
 	return nil
 }
 
-// release drops vmID's lease and, with a Policy, its rules.
+// release removes vmID's rules and drops its lease.
 func (n *Network) release(ctx context.Context, vmID string) error {
 	return n.leases.withLock(ctx, true, func() error {
-		st, changed, err := n.leases.release(vmID)
-		if err != nil {
-			return fmt.Errorf("release lease: %w", err)
-		}
-		if changed && n.cfg.Policy != nil {
-			return n.applyRules(ctx, st.Leases)
-		}
-		return nil
+		return n.dropLeases(ctx, func(l Lease) bool { return l.VMID == vmID })
 	})
+}
+
+// dropLeases removes the rules of the leases gone reports true for, then
+// the leases themselves. Call it with the exclusive lease lock held.
+func (n *Network) dropLeases(ctx context.Context, gone func(Lease) bool) error {
+	st, err := n.leases.load()
+	if err != nil {
+		return err
+	}
+	var script strings.Builder
+	ids := map[string]bool{}
+	for _, l := range st.Leases {
+		if gone(l) {
+			ids[l.VMID] = true
+			script.WriteString(n.renderVMRemoval(l))
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := runNft(ctx, script.String()); err != nil && n.hasTables(ctx) {
+		// (Without the tables, which only Ensure makes, there are no
+		// rules to remove.)
+		return fmt.Errorf("remove rules: %w", err)
+	}
+	if _, _, err := n.leases.drop(func(l Lease) bool { return ids[l.VMID] }); err != nil {
+		return fmt.Errorf("release lease: %w", err)
+	}
+	return nil
 }
 
 // Leases returns every lease, ordered by address.
@@ -424,18 +565,14 @@ func (n *Network) Reclaim(ctx context.Context, live func(vmID string) bool) (rec
 		return sortedKeys(seen), fmt.Errorf("reclaim: %w", errors.Join(errs...))
 	}
 	err = n.leases.withLock(ctx, true, func() error {
-		dropped, st, err := n.leases.drop(func(l Lease) bool { return !live(l.VMID) })
-		if err != nil {
-			return err
-		}
-		for _, l := range dropped {
+		return n.dropLeases(ctx, func(l Lease) bool {
+			if live(l.VMID) {
+				return false
+			}
 			n.log.Info("reclaimed leftover lease", "vm", l.VMID, "addr", l.Addr)
 			seen[l.VMID] = true
-		}
-		if len(dropped) > 0 && n.cfg.Policy != nil {
-			return n.applyRules(ctx, st.Leases)
-		}
-		return nil
+			return true
+		})
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("leases: %w", err))
@@ -446,13 +583,18 @@ func (n *Network) Reclaim(ctx context.Context, live func(vmID string) bool) (rec
 	return sortedKeys(seen), nil
 }
 
-// refreshRules re-renders the nftables table from the current leases.
-func (n *Network) refreshRules(ctx context.Context) error {
-	return n.leases.withLock(ctx, true, func() error {
-		st, err := n.leases.load()
-		if err != nil {
-			return err
+// LeaseOf returns the lease of addr: which VM holds it, under which egress
+// policy (the DNS forwarder asks, for each query's source).
+func (n *Network) LeaseOf(addr netip.Addr) (Lease, bool, error) {
+	leases, err := n.Leases()
+	if err != nil {
+		return Lease{}, false, err
+	}
+	addr = addr.Unmap()
+	for _, l := range leases {
+		if l.Addr == addr {
+			return l, true, nil
 		}
-		return n.applyRules(ctx, st.Leases)
-	})
+	}
+	return Lease{}, false, nil
 }

@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/fsutil"
 )
 
@@ -127,17 +129,23 @@ func (s *leaseStore) save(st *leaseState) error {
 
 // acquire returns vmID's lease, making one in subnet if it has none (then
 // isNew is true). Call it with the exclusive lock held.
-func (s *leaseStore) acquire(subnet netip.Prefix, gateway netip.Addr, vmID string, now time.Time) (l Lease, isNew bool, err error) {
+func (s *leaseStore) acquire(subnet netip.Prefix, gateway netip.Addr, vmID string, pol egress.Policy, now time.Time) (l Lease, isNew bool, err error) {
 	st, err := s.load()
 	if err != nil {
 		return Lease{}, false, err
 	}
-	for _, l := range st.Leases {
+	for i, l := range st.Leases {
 		if l.VMID == vmID {
 			if !subnet.Contains(l.Addr) {
 				return Lease{}, false, fmt.Errorf("vm %s holds %s, outside subnet %s: detach it first", vmID, l.Addr, subnet)
 			}
-			return l, false, nil
+			if !reflect.DeepEqual(l.Egress, pol) {
+				st.Leases[i].Egress = pol
+				if err := s.save(st); err != nil {
+					return Lease{}, false, err
+				}
+			}
+			return st.Leases[i], false, nil
 		}
 	}
 	if st.Subnet != subnet.String() {
@@ -150,7 +158,7 @@ func (s *leaseStore) acquire(subnet netip.Prefix, gateway netip.Addr, vmID strin
 	if !ok {
 		return Lease{}, false, fmt.Errorf("%w: %s (%d leases)", ErrNoAddress, subnet, len(st.Leases))
 	}
-	l = Lease{VMID: vmID, Addr: addr, Created: now.UTC().Truncate(time.Millisecond)}
+	l = Lease{VMID: vmID, Addr: addr, Created: now.UTC().Truncate(time.Millisecond), Egress: pol}
 	st.Leases = append(st.Leases, l)
 	st.Last = addr
 	if err := s.save(st); err != nil {
@@ -199,13 +207,6 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 	v |= host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
-// release drops vmID's lease if it has one. Call it with the exclusive
-// lock held.
-func (s *leaseStore) release(vmID string) (st *leaseState, changed bool, err error) {
-	dropped, st, err := s.drop(func(l Lease) bool { return l.VMID == vmID })
-	return st, len(dropped) > 0, err
 }
 
 // drop removes the leases gone reports true for and returns them. Call it

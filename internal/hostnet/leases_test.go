@@ -20,14 +20,14 @@ func vmID(i int) string { return fmt.Sprintf("vm-%010x", i) }
 func TestLeasePersistsAcrossNetworks(t *testing.T) {
 	ctx := context.Background()
 	n := newNet(t, nil)
-	l1, isNew, err := n.lease(ctx, vmID(1))
+	l1, isNew, err := n.lease(ctx, vmID(1), openPolicy)
 	if err != nil || !isNew {
 		t.Fatalf("lease: %v %v", isNew, err)
 	}
 	if l1.Addr != netip.MustParseAddr("172.30.0.2") {
 		t.Errorf("first lease %s, want 172.30.0.2", l1.Addr)
 	}
-	l2, _, err := n.lease(ctx, vmID(2))
+	l2, _, err := n.lease(ctx, vmID(2), openPolicy)
 	if err != nil || l2.Addr == l1.Addr {
 		t.Fatalf("second lease %v: %v", l2, err)
 	}
@@ -37,7 +37,7 @@ func TestLeasePersistsAcrossNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, isNew, err := m.lease(ctx, vmID(1))
+	again, isNew, err := m.lease(ctx, vmID(1), openPolicy)
 	if err != nil || isNew || again.Addr != l1.Addr || !again.Created.Equal(l1.Created) {
 		t.Errorf("lease again: %+v new=%v %v; want %+v", again, isNew, err, l1)
 	}
@@ -53,7 +53,7 @@ func TestLeasePersistsAcrossNetworks(t *testing.T) {
 	if err := m.release(ctx, vmID(1)); err != nil {
 		t.Errorf("second release: %v", err)
 	}
-	l3, _, err := m.lease(ctx, vmID(3))
+	l3, _, err := m.lease(ctx, vmID(3), openPolicy)
 	if err != nil || l3.Addr == l1.Addr || l3.Addr == l2.Addr {
 		t.Errorf("third lease %v: %v", l3, err)
 	}
@@ -75,7 +75,7 @@ func TestLeaseExhaustion(t *testing.T) {
 	n := newNet(t, func(c *Config) { c.Subnet = mustPrefix("10.9.8.0/29") })
 	got := map[netip.Addr]bool{}
 	for i := range 5 { // .2 to .6: .0 network, .1 gateway, .7 broadcast
-		l, _, err := n.lease(ctx, vmID(i))
+		l, _, err := n.lease(ctx, vmID(i), openPolicy)
 		if err != nil {
 			t.Fatalf("lease %d: %v", i, err)
 		}
@@ -86,19 +86,19 @@ func TestLeaseExhaustion(t *testing.T) {
 			t.Errorf("%s not leased; got %v", a, got)
 		}
 	}
-	_, _, err := n.lease(ctx, vmID(99))
+	_, _, err := n.lease(ctx, vmID(99), openPolicy)
 	if !errors.Is(err, ErrNoAddress) {
 		t.Fatalf("sixth lease: %v, want ErrNoAddress", err)
 	}
 	// An existing holder still gets its lease back, and a freed address
 	// can be leased again.
-	if _, _, err := n.lease(ctx, vmID(3)); err != nil {
+	if _, _, err := n.lease(ctx, vmID(3), openPolicy); err != nil {
 		t.Errorf("existing lease when full: %v", err)
 	}
 	if err := n.release(ctx, vmID(2)); err != nil {
 		t.Fatal(err)
 	}
-	if l, _, err := n.lease(ctx, vmID(99)); err != nil || l.Addr != netip.MustParseAddr("10.9.8.4") {
+	if l, _, err := n.lease(ctx, vmID(99), openPolicy); err != nil || l.Addr != netip.MustParseAddr("10.9.8.4") {
 		t.Errorf("lease after release: %v %v", l, err)
 	}
 }
@@ -119,7 +119,7 @@ func TestLeaseConcurrent(t *testing.T) {
 			if i%2 == 1 {
 				net = m
 			}
-			l, _, err := net.lease(ctx, vmID(i))
+			l, _, err := net.lease(ctx, vmID(i), openPolicy)
 			if err != nil {
 				t.Error(err)
 				return
@@ -166,7 +166,7 @@ func TestLeaseHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 25 {
-		l, _, err := n.lease(context.Background(), vmID(base+i))
+		l, _, err := n.lease(context.Background(), vmID(base+i), openPolicy)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +236,7 @@ func TestCorruptLeaseFile(t *testing.T) {
 			if _, err := n.Leases(); !errors.Is(err, ErrCorruptLeases) {
 				t.Errorf("Leases: %v, want ErrCorruptLeases", err)
 			}
-			if _, _, err := n.lease(ctx, vmID(5)); !errors.Is(err, ErrCorruptLeases) {
+			if _, _, err := n.lease(ctx, vmID(5), openPolicy); !errors.Is(err, ErrCorruptLeases) {
 				t.Errorf("lease: %v, want ErrCorruptLeases", err)
 			}
 			if err := n.release(ctx, vmID(1)); !errors.Is(err, ErrCorruptLeases) {
@@ -252,17 +252,17 @@ func TestCorruptLeaseFile(t *testing.T) {
 func TestLeaseSubnetChange(t *testing.T) {
 	ctx := context.Background()
 	n := newNet(t, nil)
-	if _, _, err := n.lease(ctx, vmID(1)); err != nil {
+	if _, _, err := n.lease(ctx, vmID(1), openPolicy); err != nil {
 		t.Fatal(err)
 	}
 	m := newNet(t, func(c *Config) { c.StateDir = n.cfg.StateDir; c.Subnet = mustPrefix("10.7.0.0/24") })
-	if _, _, err := m.lease(ctx, vmID(2)); err == nil || !strings.Contains(err.Error(), "subnet") {
+	if _, _, err := m.lease(ctx, vmID(2), openPolicy); err == nil || !strings.Contains(err.Error(), "subnet") {
 		t.Errorf("lease in another subnet: %v", err)
 	}
 	if err := m.release(ctx, vmID(1)); err != nil {
 		t.Fatal(err)
 	}
-	if l, _, err := m.lease(ctx, vmID(2)); err != nil || l.Addr != netip.MustParseAddr("10.7.0.2") {
+	if l, _, err := m.lease(ctx, vmID(2), openPolicy); err != nil || l.Addr != netip.MustParseAddr("10.7.0.2") {
 		t.Errorf("lease after the old ones are gone: %v %v", l, err)
 	}
 }

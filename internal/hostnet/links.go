@@ -85,6 +85,12 @@ func (n *Network) ensureBridge() (netlink.Link, error) {
 	if err := netlink.LinkSetUp(br); err != nil {
 		return nil, fmt.Errorf("bridge %s: set up: %w", name, err)
 	}
+	// Strict reverse-path filtering: a packet arriving on the bridge with a
+	// source not routed back through it is dropped (the bridge table pins
+	// each VM's source too).
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/rp_filter", []byte("1\n"), 0o644); err != nil {
+		return nil, fmt.Errorf("bridge %s: rp_filter: %w", name, err)
+	}
 	return br, nil
 }
 
@@ -162,15 +168,26 @@ func ensureTAP(name string, mac net.HardwareAddr, br netlink.Link) (created bool
 			return created, fmt.Errorf("set mac: %w", err)
 		}
 	}
+	return created, joinBridge(l, br)
+}
+
+// joinBridge enslaves l to br as an isolated port and sets it up.
+func joinBridge(l, br netlink.Link) error {
 	if l.Attrs().MasterIndex != br.Attrs().Index {
 		if err := netlink.LinkSetMaster(l, br); err != nil {
-			return created, fmt.Errorf("enslave to %s: %w", br.Attrs().Name, err)
+			return fmt.Errorf("enslave to %s: %w", br.Attrs().Name, err)
 		}
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		return created, fmt.Errorf("set up: %w", err)
+	// An isolated port forwards only to the bridge's non-isolated ports
+	// (the host): no VM reaches another at layer 2. Set before the port
+	// comes up.
+	if err := netlink.LinkSetIsolated(l, true); err != nil {
+		return fmt.Errorf("isolate port: %w", err)
 	}
-	return created, nil
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set up: %w", err)
+	}
+	return nil
 }
 
 // deleteTAP deletes the TAP name; a missing one is fine, a link of that
@@ -240,4 +257,26 @@ func enableIPForward() error {
 		return fmt.Errorf("ip forwarding: enable: %w", err)
 	}
 	return nil
+}
+
+// hostAddrs returns every IPv4 address of this host (this network
+// namespace), which no VM may reach by routing.
+func hostAddrs() ([]netip.Addr, error) {
+	var addrs []netlink.Addr
+	var err error
+	for range 5 {
+		if addrs, err = netlink.AddrList(nil, netlink.FAMILY_V4); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list host addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, ok := prefixOf(a.IPNet); ok && p.Addr().Is4() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out, nil
 }

@@ -58,7 +58,7 @@ func removeAll(t *testing.T, n *Network) {
 	if _, err := n.Reclaim(context.Background(), func(string) bool { return false }); err != nil {
 		t.Errorf("cleanup: %v", err)
 	}
-	if err := DeleteRules(context.Background()); err != nil {
+	if err := n.RemoveRules(context.Background()); err != nil {
 		t.Errorf("cleanup: %v", err)
 	}
 	if br, err := n.bridge(); err == nil {

@@ -11,17 +11,28 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
-func nftList(t *testing.T) string {
+// openPolicy is egress as it is by default.
+var openPolicy = egress.Policy{Mode: egress.Open}
+
+// nftList lists n's tables, inet then bridge.
+func nftList(t *testing.T, n *Network) string {
 	t.Helper()
-	out, err := exec.Command("nft", "list", "table", "inet", TableName).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nft list table inet %s: %v: %s", TableName, err, out)
+	var all string
+	for _, fam := range []string{"inet", "bridge"} {
+		out, err := exec.Command("nft", "list", "table", fam, tableName(n.cfg.Bridge)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list table %s %s: %v: %s", fam, tableName(n.cfg.Bridge), err, out)
+		}
+		all += string(out)
 	}
-	return string(out)
+	return all
 }
 
 func TestEnsureIdempotent(t *testing.T) {
@@ -47,11 +58,12 @@ func TestEnsureIdempotent(t *testing.T) {
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err != nil || strings.TrimSpace(string(b)) != "1" {
 		t.Errorf("ip_forward = %q, %v", b, err)
 	}
-	rules := nftList(t)
+	rules := nftList(t, n)
 	if !strings.Contains(rules, `ip saddr 172.30.0.0/24 oifname != "tandem0" masquerade`) {
 		t.Errorf("no masquerade rule:\n%s", rules)
 	}
-	for _, want := range []string{`iifname "tandem0" accept`, `oifname "tandem0" accept`, "hook forward", "hook postrouting"} {
+	for _, want := range []string{`iifname "tandem0" jump from_vms`, `oifname "tandem0" jump to_vms`, `iifname "tandem0" jump vm_to_host`,
+		"hook forward", "hook postrouting", "hook input", "hook prerouting"} {
 		if strings.Count(rules, want) != 1 {
 			t.Errorf("want %q once:\n%s", want, rules)
 		}
@@ -59,7 +71,7 @@ func TestEnsureIdempotent(t *testing.T) {
 
 	// Ensure replaces whatever else is in the table, and a bridge left
 	// with a stale gateway prefix gets the right one.
-	if out, err := exec.Command("nft", "add rule inet tandem forward ip daddr 10.66.0.0/16 drop").CombinedOutput(); err != nil {
+	if out, err := exec.Command("nft", "add rule inet tandem_tandem0 forward ip daddr 10.66.0.0/16 drop").CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if err := netlink.AddrDel(br, &addrs[0]); err != nil {
@@ -72,7 +84,7 @@ func TestEnsureIdempotent(t *testing.T) {
 	if err := n.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if rules := nftList(t); strings.Contains(rules, "10.66.0.0") {
+	if rules := nftList(t, n); strings.Contains(rules, "10.66.0.0") {
 		t.Errorf("stray rule survived Ensure:\n%s", rules)
 	}
 	addrs, _ = netlink.AddrList(br, netlink.FAMILY_V4)
@@ -82,8 +94,8 @@ func TestEnsureIdempotent(t *testing.T) {
 }
 
 func TestEnsureNoNAT(t *testing.T) {
-	ensured(t, func(c *Config) { c.NAT = false })
-	if rules := nftList(t); strings.Contains(rules, "masquerade") || !strings.Contains(rules, `iifname "tandem0" accept`) {
+	n := ensured(t, func(c *Config) { c.NAT = false })
+	if rules := nftList(t, n); strings.Contains(rules, "masquerade") || !strings.Contains(rules, `iifname "tandem0" jump from_vms`) {
 		t.Errorf("NAT off:\n%s", rules)
 	}
 }
@@ -126,7 +138,7 @@ func TestAttachDetach(t *testing.T) {
 	n := ensured(t, func(c *Config) { c.DNS = []netip.Addr{netip.MustParseAddr("9.9.9.9")} })
 	ctx := context.Background()
 	id := "vm-0123456789"
-	att, err := n.Attach(ctx, id)
+	att, err := n.Attach(ctx, id, openPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +169,7 @@ func TestAttachDetach(t *testing.T) {
 		t.Error("tap has the guest's MAC")
 	}
 
-	again, err := n.Attach(ctx, id)
+	again, err := n.Attach(ctx, id, openPolicy)
 	if err != nil || again.Addr != att.Addr || again.TAP != att.TAP {
 		t.Errorf("Attach again: %+v %v", again, err)
 	}
@@ -179,7 +191,7 @@ func TestAttachDetach(t *testing.T) {
 	}
 
 	for _, bad := range []string{"vm-XYZ", "../../x", "vm-0123456789ab", ""} {
-		if _, err := n.Attach(ctx, bad); !errors.Is(err, ErrInvalidVMID) {
+		if _, err := n.Attach(ctx, bad, openPolicy); !errors.Is(err, ErrInvalidVMID) {
 			t.Errorf("Attach(%q): %v", bad, err)
 		}
 		if err := n.Detach(ctx, bad); !errors.Is(err, ErrInvalidVMID) {
@@ -197,7 +209,7 @@ func TestAttachUndoesOnFailure(t *testing.T) {
 
 	// No bridge: nothing is leased.
 	n := newNet(t, nil)
-	if _, err := n.Attach(ctx, "vm-0000000001"); !errors.Is(err, ErrNoBridge) {
+	if _, err := n.Attach(ctx, "vm-0000000001", openPolicy); !errors.Is(err, ErrNoBridge) {
 		t.Errorf("Attach without Ensure: %v", err)
 	}
 	if leases, _ := n.Leases(); len(leases) != 0 {
@@ -205,10 +217,10 @@ func TestAttachUndoesOnFailure(t *testing.T) {
 	}
 
 	n = ensured(t, func(c *Config) { c.Subnet = mustPrefix("10.45.0.0/30") }) // one address
-	if _, err := n.Attach(ctx, "vm-0000000001"); err != nil {
+	if _, err := n.Attach(ctx, "vm-0000000001", openPolicy); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Attach(ctx, "vm-0000000002"); !errors.Is(err, ErrNoAddress) {
+	if _, err := n.Attach(ctx, "vm-0000000002", openPolicy); !errors.Is(err, ErrNoAddress) {
 		t.Errorf("Attach to a full subnet: %v", err)
 	}
 	if _, err := netlink.LinkByName(TAPName("vm-0000000002")); !isNotFound(err) {
@@ -221,7 +233,7 @@ func TestAttachUndoesOnFailure(t *testing.T) {
 	// The TAP cannot be made (a veth has its name): the
 	// lease is released and the other link left alone.
 	d := addVeth(t, TAPName("vm-0000000003"), "tdmtest-p0")
-	if _, err := n.Attach(ctx, "vm-0000000003"); err == nil || !strings.Contains(err.Error(), "not a tap") {
+	if _, err := n.Attach(ctx, "vm-0000000003", openPolicy); err == nil || !strings.Contains(err.Error(), "not a tap") {
 		t.Errorf("Attach over a veth: %v", err)
 	}
 	if leases, _ := n.Leases(); len(leases) != 0 {
@@ -237,13 +249,13 @@ func TestReclaim(t *testing.T) {
 	ctx := context.Background()
 	const dead1, live, dead2, dead3 = "vm-00000000d1", "vm-00000000a1", "vm-00000000d2", "vm-00000000d3"
 	for _, id := range []string{dead1, live} {
-		if _, err := n.Attach(ctx, id); err != nil {
+		if _, err := n.Attach(ctx, id, openPolicy); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Leftovers of a process killed half way: a lease without TAP, and a
 	// TAP never enslaved (and without lease).
-	if _, _, err := n.lease(ctx, dead2); err != nil {
+	if _, _, err := n.lease(ctx, dead2, openPolicy); err != nil {
 		t.Fatal(err)
 	}
 	addTAP(t, TAPName(dead3), "")
@@ -302,24 +314,56 @@ func addTAP(t *testing.T, name, master string) {
 	})
 }
 
-func TestPolicyRulesApplied(t *testing.T) {
-	n := ensured(t, func(c *Config) { c.Policy = &testPolicy{} })
+// TestVMRulesFollowLeases checks that a VM's objects come with Attach, go
+// with Detach and Reclaim, and come back with Ensure for a lease that
+// outlived its process.
+func TestVMRulesFollowLeases(t *testing.T) {
+	n := ensured(t, nil)
 	ctx := context.Background()
-	rules := nftList(t)
-	if !strings.Contains(rules, "169.254.0.0/16") || !strings.Contains(rules, `ip daddr != 172.30.0.1 drop`) {
-		t.Errorf("policy rules missing:\n%s", rules)
-	}
-	if _, err := n.Attach(ctx, "vm-0000000001"); err != nil {
+	const id = "vm-00000000b1"
+	att, err := n.Attach(ctx, id, egress.Policy{Mode: egress.Allowlist,
+		Nets: []egress.Net{{Prefix: mustPrefix("198.51.100.0/24"), Port: 443}}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if rules := nftList(t); !strings.Contains(rules, "ip saddr != 172.30.0.2") {
-		t.Errorf("per-VM policy rule missing after Attach:\n%s", rules)
+	present := func() []string {
+		rules := nftList(t, n)
+		var have []string
+		for _, want := range []string{"chain vm_00000000b1", "chain ok_00000000b1", "set flows_00000000b1", "set blocked_00000000b1",
+			"set names_00000000b1", "198.51.100.0/24 . 443", att.Addr.Addr().String() + " : goto vm_00000000b1",
+			`"tdm-00000000b1" . 02:00:00:00:00:b1`} {
+			if strings.Contains(rules, want) {
+				have = append(have, want)
+			}
+		}
+		return have
 	}
-	if err := n.Detach(ctx, "vm-0000000001"); err != nil {
+	if have := present(); len(have) != 8 {
+		t.Fatalf("after Attach, the VM's rules have only %q:\n%s", have, nftList(t, n))
+	}
+	if err := n.Ensure(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if rules := nftList(t); strings.Contains(rules, "ip saddr != 172.30.0.2") {
-		t.Errorf("per-VM policy rule left after Detach:\n%s", rules)
+	if have := present(); len(have) != 8 {
+		t.Errorf("after Ensure, the VM's rules have only %q", have)
+	}
+	if err := n.Detach(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if have := present(); len(have) != 0 {
+		t.Errorf("after Detach, left: %q", have)
+	}
+	if _, err := n.Attach(ctx, id, openPolicy); err != nil {
+		t.Fatal(err)
+	}
+	if rules := nftList(t, n); !strings.Contains(rules, "chain vm_00000000b1 {\n\t\taccept") || strings.Contains(rules, "198.51.100.0/24 . 443") {
+		t.Errorf("re-attached open, the rules are:\n%s", rules)
+	}
+	if _, err := n.Reclaim(ctx, func(string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if have := present(); len(have) != 0 {
+		t.Errorf("after Reclaim, left: %q", have)
 	}
 }
 
@@ -336,4 +380,43 @@ func addVeth(t *testing.T, name, peer string) netlink.Link {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestEnsureInPlace checks that Ensure keeps what a running VM's rules
+// hold (its pinned DNS answers), removes a VM's objects left without a
+// lease, and that Join leaves an agent's rules as they are.
+func TestEnsureInPlace(t *testing.T) {
+	n := ensured(t, func(c *Config) { c.HostPorts = []HostPort{{"tcp", 5000}} })
+	ctx := context.Background()
+	const id = "vm-00000000e1"
+	if _, err := n.Attach(ctx, id, egress.Policy{Mode: egress.Allowlist}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Detach(ctx, id) })
+	if err := n.Pin(ctx, id, []netip.Addr{netip.MustParseAddr("198.51.100.44")}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	// A leftover: a VM's chain and set without a lease.
+	if err := runNft(ctx, "add chain inet tandem_tandem0 vm_00000000ee\nadd set inet tandem_tandem0 names_00000000ee { type ipv4_addr; flags timeout; }\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rules := nftList(t, n)
+	if !strings.Contains(rules, "198.51.100.44") {
+		t.Errorf("Ensure lost a running VM's pinned address:\n%s", rules)
+	}
+	if strings.Contains(rules, "00000000ee") {
+		t.Errorf("Ensure kept a VM's objects without a lease:\n%s", rules)
+	}
+	// Another process (tandem run) joins with a config of its own: the
+	// agent's rules stand.
+	other := newNet(t, nil)
+	if err := other.Join(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rules := nftList(t, n); !strings.Contains(rules, "tcp . 5000") || !strings.Contains(rules, "198.51.100.44") {
+		t.Errorf("Join changed the rules:\n%s", rules)
+	}
 }

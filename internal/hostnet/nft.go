@@ -3,162 +3,224 @@ package hostnet
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"sort"
 	"strings"
+	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/hostdeps"
 )
 
-// Policy is where VM isolation plugs in (for instance: a VM may not reach
-// the host, other VMs, or metadata addresses such as 169.254.169.254). This
-// package implements none; with Config.Policy nil the table holds only NAT
-// and the forward accepts.
-//
-// The table is re-rendered as a whole and replaced in one nft transaction
-// whenever it may change: by Ensure, and — when a Policy is set — after
-// every Attach, Detach and Reclaim that changed the leases, so Rules sees
-// the VMs that hold leases at that moment.
-type Policy interface {
-	// Rules returns the policy's part of table "inet tandem". Every
-	// string is nft syntax as it would appear inside the table block of an
-	// `nft -f` script. Rules must be a pure function of env.
-	Rules(env PolicyEnv) (PolicyRules, error)
-}
-
-// PolicyEnv is what a Policy knows about the network.
-type PolicyEnv struct {
-	Table   string // "tandem" (family inet)
-	Bridge  string
-	Subnet  netip.Prefix
-	Gateway netip.Addr
-	DNS     []netip.Addr
-	VMs     []PolicyVM // every VM holding a lease, ordered by address
-}
-
-// PolicyVM is one VM as a Policy sees it.
-type PolicyVM struct {
-	VMID string
-	TAP  string
-	MAC  string // the guest's MAC, e.g. "02:01:23:45:67:89"
-	Addr netip.Addr
-}
-
-// PolicyRules is a Policy's contribution to the table.
-type PolicyRules struct {
-	// Input rules go into chain "input" (hook input, policy accept): traffic
-	// from VMs to the host itself, e.g. `iifname "tandem0" ip daddr != 172.30.0.1 drop`.
-	Input []string
-	// Forward rules go into chain "forward" (hook forward, policy accept)
-	// before its accepts: routed traffic to and from VMs, e.g.
-	// `iifname "tandem0" ip daddr 169.254.0.0/16 drop`.
-	Forward []string
-	// Chains are further complete blocks, `chain NAME { ... }` or
-	// `set NAME { ... }`, that the rules above may jump to or reference.
-	// (Traffic between VMs on the bridge is switched, not routed: stopping
-	// it takes bridge port isolation or a bridge-family table, which a
-	// Policy would add beside this one.)
-	Chains []string
-}
-
-// applyRules replaces table "inet tandem" with the rules for leases, in one
-// transaction. Call it with the lease lock held so that concurrent callers
-// apply in the order of the lease changes.
-func (n *Network) applyRules(ctx context.Context, leases []Lease) error {
-	script, err := n.renderRules(leases)
-	if err != nil {
-		return err
-	}
-	return runNft(ctx, script)
-}
-
-// renderRules returns the nft script for the table. It first creates the
-// table (a no-op if it exists) so that deleting it cannot fail, then
-// deletes and recreates it: nft runs the whole script as one transaction,
-// so the old rules are replaced at once and never partly.
-func (n *Network) renderRules(leases []Lease) (string, error) {
-	br := quote(n.cfg.Bridge)
-	var pr PolicyRules
-	if n.cfg.Policy != nil {
-		env := PolicyEnv{
-			Table:   TableName,
-			Bridge:  n.cfg.Bridge,
-			Subnet:  n.cfg.Subnet,
-			Gateway: n.gateway,
-			DNS:     append([]netip.Addr(nil), n.cfg.DNS...),
-		}
-		for _, l := range leases {
-			env.VMs = append(env.VMs, PolicyVM{VMID: l.VMID, TAP: TAPName(l.VMID), MAC: GuestMAC(l.VMID).String(), Addr: l.Addr})
-		}
-		var err error
-		if pr, err = n.cfg.Policy.Rules(env); err != nil {
-			return "", fmt.Errorf("isolation policy: %w", err)
-		}
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s\n", TableName)
-	fmt.Fprintf(&b, "delete table inet %s\n", TableName)
-	fmt.Fprintf(&b, "table inet %s {\n", TableName)
-	if n.cfg.NAT {
-		b.WriteString("\tchain postrouting {\n")
-		b.WriteString("\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
-		fmt.Fprintf(&b, "\t\tip saddr %s oifname != %s masquerade\n", n.cfg.Subnet, br)
-		b.WriteString("\t}\n")
-	}
-	b.WriteString("\tchain input {\n")
-	b.WriteString("\t\ttype filter hook input priority filter; policy accept;\n")
-	writeRules(&b, pr.Input)
-	b.WriteString("\t}\n")
-	b.WriteString("\tchain forward {\n")
-	b.WriteString("\t\ttype filter hook forward priority filter; policy accept;\n")
-	// Isolation comes first, so that it can drop what the accepts below
-	// would let through.
-	writeRules(&b, pr.Forward)
-	fmt.Fprintf(&b, "\t\tiifname %s accept\n", br)
-	fmt.Fprintf(&b, "\t\toifname %s accept\n", br)
-	b.WriteString("\t}\n")
-	for _, c := range pr.Chains {
-		b.WriteString("\t" + strings.TrimSpace(c) + "\n")
-	}
-	b.WriteString("}\n")
-	return b.String(), nil
-}
-
-func writeRules(b *strings.Builder, rules []string) {
-	for _, r := range rules {
-		if r = strings.TrimSpace(r); r != "" {
-			b.WriteString("\t\t" + r + "\n")
-		}
-	}
-}
-
 // quote makes s an nft string literal. Names reaching it were validated
-// (letters, digits, '_', '.', '-'), so there is nothing to escape.
+// (letters, digits, '_', '.', '-', and the '*' of a wildcard), so there is
+// nothing to escape.
 func quote(s string) string { return `"` + s + `"` }
 
-// runNft feeds script to `nft -f -`.
+// runNft feeds script to `nft -f -`: one transaction, applied whole or not
+// at all.
 func runNft(ctx context.Context, script string) error {
+	_, err := nft(ctx, script, "-f", "-")
+	return err
+}
+
+// nft runs nft with args (and stdin, if not empty) and returns its output.
+func nft(ctx context.Context, stdin string, args ...string) ([]byte, error) {
 	bin, err := hostdeps.Find("nft")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd := exec.CommandContext(ctx, bin, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(out.String())
+		msg := strings.TrimSpace(errb.String() + out.String())
 		if len(msg) > 2000 {
 			msg = msg[:2000] + "…"
 		}
-		return fmt.Errorf("nft: %w: %s", err, msg)
+		return nil, fmt.Errorf("nft: %w: %s", err, msg)
 	}
-	return nil
+	return out.Bytes(), nil
 }
 
-// DeleteRules removes table "inet tandem" altogether (for uninstalling;
-// Ensure puts it back). A missing table is not an error.
-func DeleteRules(ctx context.Context) error {
-	return runNft(ctx, fmt.Sprintf("table inet %s\ndelete table inet %s\n", TableName, TableName))
+// nftJSON is what `nft -j list …` prints: a list of objects keyed by kind.
+type nftJSON struct {
+	Nftables []map[string]json.RawMessage `json:"nftables"`
+}
+
+func listJSON(ctx context.Context, args ...string) ([]map[string]json.RawMessage, error) {
+	out, err := nft(ctx, "", append([]string{"-j", "list"}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	var j nftJSON
+	if err := json.Unmarshal(out, &j); err != nil {
+		return nil, fmt.Errorf("nft -j list %s: %w", strings.Join(args, " "), err)
+	}
+	return j.Nftables, nil
+}
+
+// hasTables reports whether the network's tables exist (Ensure made them).
+func (n *Network) hasTables(ctx context.Context) bool {
+	out, err := nft(ctx, "", "list", "tables")
+	t := tableName(n.cfg.Bridge)
+	return err == nil && bytes.Contains(out, []byte("table inet "+t+"\n")) && bytes.Contains(out, []byte("table bridge "+t+"\n"))
+}
+
+// orphans returns the keys of VMs whose chains exist but that hold no lease.
+func (n *Network) orphans(ctx context.Context, leases []Lease) ([]string, error) {
+	objs, err := listJSON(ctx, "chains", "inet")
+	if err != nil {
+		return nil, err
+	}
+	leased := map[string]bool{}
+	for _, l := range leases {
+		leased[vmKey(l.VMID)] = true
+	}
+	var out []string
+	for _, o := range objs {
+		raw, ok := o["chain"]
+		if !ok {
+			continue
+		}
+		var c struct{ Table, Name string }
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return nil, err
+		}
+		// (A VM's chain is vm_ and its key; vm_to_host is not one.)
+		if k, ok := strings.CutPrefix(c.Name, "vm_"); ok && ValidVMID("vm-"+k) && c.Table == tableName(n.cfg.Bridge) && !leased[k] {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// RemoveRules removes the network's tables and the rules Ensure added to
+// other tables' forward chains (for uninstalling; Ensure puts them back).
+// Missing ones are not an error.
+func (n *Network) RemoveRules(ctx context.Context) error {
+	t := tableName(n.cfg.Bridge)
+	script := fmt.Sprintf("table inet %s\ndelete table inet %s\ntable bridge %s\ndelete table bridge %s\n", t, t, t, t)
+	if err := runNft(ctx, script); err != nil {
+		return err
+	}
+	return n.removeFirewallRules(ctx)
+}
+
+// Flows returns what vmID's policy recorded since it was attached, allowed
+// flows first, each group by address, protocol and port. A VM whose policy
+// records nothing has no flows.
+func (n *Network) Flows(ctx context.Context, vmID string) ([]egress.Flow, error) {
+	if err := checkVMID(vmID); err != nil {
+		return nil, err
+	}
+	t := tableName(n.cfg.Bridge)
+	var flows []egress.Flow
+	for _, set := range []struct {
+		name    string
+		allowed bool
+	}{{"flows_", true}, {"blocked_", false}} {
+		objs, err := listJSON(ctx, "set", "inet", t, set.name+vmKey(vmID))
+		if err != nil {
+			return nil, fmt.Errorf("flows of %s: %w", vmID, err)
+		}
+		fs, err := parseFlowSet(objs, set.allowed)
+		if err != nil {
+			return nil, fmt.Errorf("flows of %s: %w", vmID, err)
+		}
+		flows = append(flows, fs...)
+	}
+	return flows, nil
+}
+
+// parseFlowSet reads a flow set's elements: {"elem": {"val": {"concat":
+// [addr, proto, port]}, "counter": {"packets": n, ...}}}.
+func parseFlowSet(objs []map[string]json.RawMessage, allowed bool) ([]egress.Flow, error) {
+	var out []egress.Flow
+	for _, o := range objs {
+		raw, ok := o["set"]
+		if !ok {
+			continue
+		}
+		var s struct {
+			Elem []struct {
+				Elem struct {
+					Val struct {
+						Concat []json.RawMessage `json:"concat"`
+					} `json:"val"`
+					Counter struct {
+						Packets int64 `json:"packets"`
+					} `json:"counter"`
+				} `json:"elem"`
+			} `json:"elem"`
+		}
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, err
+		}
+		for _, e := range s.Elem {
+			c := e.Elem.Val.Concat
+			if len(c) != 3 {
+				return nil, fmt.Errorf("flow element with %d fields", len(c))
+			}
+			var addr, proto string
+			var port uint16
+			if err := json.Unmarshal(c[0], &addr); err != nil {
+				return nil, fmt.Errorf("flow address: %w", err)
+			}
+			a, err := netip.ParseAddr(addr)
+			if err != nil {
+				return nil, fmt.Errorf("flow address: %w", err)
+			}
+			if err := json.Unmarshal(c[1], &proto); err != nil {
+				var num int
+				if json.Unmarshal(c[1], &num) != nil {
+					return nil, fmt.Errorf("flow protocol %s", c[1])
+				}
+				proto = map[int]string{6: "tcp", 17: "udp"}[num]
+			}
+			if err := json.Unmarshal(c[2], &port); err != nil {
+				return nil, fmt.Errorf("flow port %s: %w", c[2], err)
+			}
+			out = append(out, egress.Flow{Addr: a, Proto: proto, Port: port, Allowed: allowed, Count: e.Elem.Counter.Packets})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Addr.Compare(out[j].Addr); c != 0 {
+			return c < 0
+		}
+		if out[i].Proto != out[j].Proto {
+			return out[i].Proto < out[j].Proto
+		}
+		return out[i].Port < out[j].Port
+	})
+	return out, nil
+}
+
+// Pin lets vmID reach addrs for ttl: the answers to a DNS name its
+// allowlist allows, added before the forwarder answers. A VM not in
+// allowlist mode needs no pins; pinning for it is harmless.
+func (n *Network) Pin(ctx context.Context, vmID string, addrs []netip.Addr, ttl time.Duration) error {
+	if err := checkVMID(vmID); err != nil {
+		return err
+	}
+	var v4 []netip.Addr
+	for _, a := range addrs {
+		if a = a.Unmap(); a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	if len(v4) == 0 {
+		return nil
+	}
+	if err := runNft(ctx, n.renderPin(vmID, v4, ttl)); err != nil {
+		return fmt.Errorf("pin %v for %s: %w", v4, vmID, err)
+	}
+	return nil
 }

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -34,6 +36,16 @@ type Host struct {
 	// (http://<bridge address>:<port>): runner images configure their
 	// Docker daemon to pull Docker Hub images through it.
 	Mirror string
+	// DNS, if set, is the host's DNS forwarder, which knows what names the
+	// VMs resolved (internal/vmdns); recorded flows get their names from it.
+	DNS DNSNames
+}
+
+// DNSNames is what a DNS forwarder remembers of a VM.
+type DNSNames interface {
+	Names(vmID string) map[netip.Addr]string
+	Refused(vmID string) map[string]int
+	Forget(vmID string)
 }
 
 // Request describes one job.
@@ -53,6 +65,9 @@ type Request struct {
 	Timeout time.Duration // 0: none
 
 	Stdout, Stderr io.Writer
+
+	// Egress is the VM's egress policy (zero: open).
+	Egress egress.Policy
 
 	Owner        string
 	DieWithOwner bool
@@ -110,6 +125,9 @@ type Result struct {
 	Image       string   `json:"image"`
 	GuestKernel string   `json:"guest_kernel,omitempty"`
 	Timings     Timings  `json:"timings_ms"`
+	// Egress is what the VM did under an auditing or allowlist policy;
+	// nil for an open one.
+	Egress *egress.Record `json:"egress,omitempty"`
 }
 
 // ErrBadRequest marks errors in the request itself.
@@ -129,6 +147,9 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	}
 	if r.Image == "" {
 		r.Image = "test-" + string(r.Arch)
+	}
+	if r.Egress.Mode == "" {
+		r.Egress.Mode = egress.Open
 	}
 	im, err := h.Images.Resolve(r.Image)
 	if err != nil {
@@ -165,6 +186,12 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	var attached, reported bool
 	defer func() {
 		tt := time.Now()
+		if attached && r.Egress.Mode.Records() {
+			res.Egress = h.egressRecord(spec.ID, r.Egress.Mode)
+		}
+		if h.DNS != nil {
+			h.DNS.Forget(spec.ID)
+		}
 		if terr := h.teardown(inst, spec.ID, attached, reported); terr != nil {
 			err = errors.Join(err, terr)
 		}
@@ -181,7 +208,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		}
 	}()
 	if h.Net != nil {
-		att, err := h.Net.Attach(ctx, spec.ID)
+		att, err := h.Net.Attach(ctx, spec.ID, r.Egress)
 		attached = true // even a failed Attach may have leased: Detach is idempotent
 		if err != nil {
 			return res, fmt.Errorf("network: %w", err)
@@ -255,6 +282,32 @@ func (h *Host) teardown(inst vm.Instance, id string, attached, reported bool) er
 		return fmt.Errorf("teardown of %s: %w", id, errors.Join(errs...))
 	}
 	return nil
+}
+
+// egressRecord reads what the VM's policy recorded, with the names its DNS
+// answers gave, before the VM's rules go. A failure loses the record, not
+// the run: it is logged.
+func (h *Host) egressRecord(vmID string, mode egress.Mode) *egress.Record {
+	rec := &egress.Record{Mode: mode}
+	if h.Net == nil {
+		return rec
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	flows, err := h.Net.Flows(ctx, vmID)
+	if err != nil {
+		h.Log.Warn("reading the VM's egress flows failed", "vm", vmID, "err", err)
+	}
+	if h.DNS != nil {
+		names := h.DNS.Names(vmID)
+		for i := range flows {
+			flows[i].Name = names[flows[i].Addr]
+		}
+		rec.Refused = h.DNS.Refused(vmID)
+	}
+	rec.Flows = flows
+	rec.Bound()
+	return rec
 }
 
 // mergeEnv returns base with extra's variables set, leaving base untouched.

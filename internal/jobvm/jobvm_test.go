@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
@@ -85,7 +86,7 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 	ctx := context.Background()
 	// A VM whose owner is a process that no longer exists, with its network.
 	id := vm.NewID()
-	att, err := h.Net.Attach(ctx, id)
+	att, err := h.Net.Attach(ctx, id, egress.Policy{Mode: egress.Open})
 	if err != nil {
 		t.Fatal(err)
 	}

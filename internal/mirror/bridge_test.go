@@ -29,12 +29,12 @@ func TestReachableFromVMBridge(t *testing.T) {
 	}
 	const bridge = "tdmmirbr0"
 	n, err := hostnet.New(hostnet.Config{Bridge: bridge, Subnet: netip.MustParsePrefix("10.231.200.0/24"),
-		StateDir: t.TempDir(), NAT: true})
+		StateDir: t.TempDir(), NAT: true, HostPorts: []hostnet.HostPort{{Proto: "tcp", Port: 5000}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		hostnet.DeleteRules(context.Background())
+		n.RemoveRules(context.Background())
 		exec.Command("ip", "link", "del", bridge).Run()
 	})
 	if err := n.Ensure(context.Background()); err != nil {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/labels"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 // JobState is where a GitHub job stands from Tandem's point of view.
@@ -156,6 +158,11 @@ type Runner struct {
 	GitHubID int64  // runner id GitHub gave with the JIT config; 0 until then
 	VMID     string
 	ExitCode int
+
+	// Egress is the policy its VM ran under (zero: open), EgressRecord
+	// what the VM did under it, when the policy records (set at its end).
+	Egress       egress.Policy
+	EgressRecord *egress.Record
 
 	CreatedAt time.Time
 	UpdatedAt time.Time

@@ -78,8 +78,7 @@ type options struct {
 	faults    ghfake.Faults
 	extra     string // appended to the config file
 	// fleet runs `tandem server` (no local agent) with its agent listener
-	// on the fleet network's gateway (see fleet_test.go); VMs reach ghfake
-	// there too.
+	// on the fleet network's gateway (see fleet_test.go).
 	fleet bool
 	// runner is added to the config's runner section (indented lines).
 	runner string
@@ -103,7 +102,7 @@ type system struct {
 	installs map[string]int64
 	fleet    bool
 	agentURL string // the agent listener, in fleet mode
-	gateway  string // the VMs' gateway: this host as the VMs reach it
+	gateway  string // the VMs' gateway: this host as the VMs reach it (its mirror)
 }
 
 // sign signs a webhook body as GitHub does, with the real secret.
@@ -148,8 +147,7 @@ func newSystem(t testing.TB, o options) *system {
 			t.Fatal(err)
 		}
 	}
-	// Each test gets its own bridge and subnet: the VMs reach ghfake at the
-	// bridge's address.
+	// Each test gets its own bridge and subnet.
 	n := netSeq.Add(1)
 	bridge := fmt.Sprintf("te2e%d", n)
 	gw := fmt.Sprintf("172.31.%d.1", n)
@@ -159,16 +157,15 @@ func newSystem(t testing.TB, o options) *system {
 	}
 
 	tandemPort := freePort(t)
-	ghLn, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ghPort := ghLn.Addr().(*net.TCPAddr).Port
+	// GitHub is on the test's internet: tandem reaches it directly, the
+	// VMs' runners through their host's NAT, as they reach GitHub.
+	ghLn := testenv.Internet(t).Listen(t, 0)
+	ghAddr := ghLn.Addr().String()
 	gh := ghfake.New(ghfake.Config{
 		AppID: 4242, AppPublicKey: &key.PublicKey,
 		WebhookURL:    fmt.Sprintf("http://127.0.0.1:%d/webhook", tandemPort),
 		WebhookSecret: secret,
-		RunnerURL:     fmt.Sprintf("http://%s:%d", gw, ghPort),
+		RunnerURL:     "http://" + ghAddr,
 		Seed:          time.Now().UnixNano(),
 	})
 	ghSrv := &http.Server{Handler: gh.Handler()}
@@ -181,7 +178,7 @@ func newSystem(t testing.TB, o options) *system {
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 github:
-  api_url: http://127.0.0.1:%d/
+  api_url: http://%s/
   app_id: 4242
   private_key_file: app.pem
   webhook_secret_file: webhook-secret
@@ -204,7 +201,7 @@ agent:
   emulate: [arm64]
   bridge: %s
   subnet: %s
-%s`, tandemPort, ghPort, o.runner, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
+%s`, tandemPort, ghAddr, o.runner, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
 	agentPort := 0
 	if o.fleet {
 		agentPort = freePort(t)

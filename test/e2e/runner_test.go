@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,17 +14,15 @@ import (
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/ociimage"
+	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 )
 
-// serveToVMs serves files to the VMs from this host (the test's network
-// namespace) and returns host:port as the VMs reach it.
-func serveToVMs(t *testing.T, gateway string, files map[string][]byte) string {
+// serveToVMs serves files to the VMs from the test's internet (VMs reach
+// nothing of their host but its mirror and DNS) and returns host:port.
+func serveToVMs(t *testing.T, files map[string][]byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testenv.Internet(t).Listen(t, 0)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, ok := files[r.URL.Path]
 		if !ok {
@@ -36,7 +33,7 @@ func serveToVMs(t *testing.T, gateway string, files map[string][]byte) string {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return fmt.Sprintf("%s:%d", gateway, ln.Addr().(*net.TCPAddr).Port)
+	return ln.Addr().String()
 }
 
 // A job in the runner image runs as the runner account, with its own
@@ -70,7 +67,7 @@ func TestRunnerImageDocker(t *testing.T) {
 	}
 	s := newSystem(t, options{dataDir: dir, runner: "  image_amd64: runner-amd64\n",
 		extra: "  mirror:\n    upstream: " + up.url + "\n"})
-	hostport := serveToVMs(t, s.gateway, map[string][]byte{
+	hostport := serveToVMs(t, map[string][]byte{
 		"/busybox.tar": archive.Bytes(), "/hello": []byte("hello-from-the-host\n"),
 	})
 	s.install("acme", "app")
@@ -189,7 +186,7 @@ func TestRunnerImageArm64(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newSystem(t, options{dataDir: dir, runner: "  image_arm64: runner-arm64\n"})
-	hostport := serveToVMs(t, s.gateway, map[string][]byte{"/busybox.tar": archive.Bytes()})
+	hostport := serveToVMs(t, map[string][]byte{"/busybox.tar": archive.Bytes()})
 	s.install("acme", "app")
 	script := fmt.Sprintf(`set -eux
 echo "arch=$(uname -m) user=$(id -un)"

@@ -8,6 +8,8 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 // scanner is a *sql.Row or *sql.Rows.
@@ -138,7 +140,7 @@ func scanEvent(sc scanner) (store.JobEvent, error) {
 
 const runnerCols = `name, host_id, job_id, installation, org, repo, labels, label_key,
 	arch, emulated, vcpus, memory_mib, state, reason, github_id, vm_id, exit_code,
-	created_at, updated_at, started_at, busy_at, ended_at`
+	created_at, updated_at, started_at, busy_at, ended_at, egress, egress_record`
 
 // runnerArgs returns r's values in runnerCols order.
 func runnerArgs(r store.Runner) ([]any, error) {
@@ -146,25 +148,53 @@ func runnerArgs(r store.Runner) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("runner %s: labels: %w", r.Name, err)
 	}
+	pol, err := objectJSON(r.Egress, r.Egress.Mode == "")
+	if err != nil {
+		return nil, fmt.Errorf("runner %s: egress: %w", r.Name, err)
+	}
+	rec, err := objectJSON(r.EgressRecord, r.EgressRecord == nil)
+	if err != nil {
+		return nil, fmt.Errorf("runner %s: egress record: %w", r.Name, err)
+	}
 	return []any{r.Name, r.HostID, r.JobID, r.Installation, r.Org, r.Repo, ls, r.LabelKey,
 		string(r.Arch), r.Emulated, r.VCPUs, r.MemoryMiB, string(r.State), r.Reason, r.GitHubID, r.VMID, r.ExitCode,
-		msOf(r.CreatedAt), msOf(r.UpdatedAt), msOf(r.StartedAt), msOf(r.BusyAt), msOf(r.EndedAt)}, nil
+		msOf(r.CreatedAt), msOf(r.UpdatedAt), msOf(r.StartedAt), msOf(r.BusyAt), msOf(r.EndedAt), pol, rec}, nil
+}
+
+// objectJSON encodes v as a JSON column; empty: "".
+func objectJSON(v any, empty bool) (string, error) {
+	if empty {
+		return "", nil
+	}
+	b, err := json.Marshal(v)
+	return string(b), err
 }
 
 func scanRunner(sc scanner) (store.Runner, error) {
 	var (
 		r                                  store.Runner
-		ls, arch, state                    string
+		ls, arch, state, pol, rec          string
 		created, updated, started, busy, e int64
 	)
 	if err := sc.Scan(&r.Name, &r.HostID, &r.JobID, &r.Installation, &r.Org, &r.Repo, &ls, &r.LabelKey,
 		&arch, &r.Emulated, &r.VCPUs, &r.MemoryMiB, &state, &r.Reason, &r.GitHubID, &r.VMID, &r.ExitCode,
-		&created, &updated, &started, &busy, &e); err != nil {
+		&created, &updated, &started, &busy, &e, &pol, &rec); err != nil {
 		return store.Runner{}, err
 	}
 	var err error
 	if r.Labels, err = sliceOf[string](ls); err != nil {
 		return store.Runner{}, fmt.Errorf("runner %s: labels: %w", r.Name, err)
+	}
+	if pol != "" {
+		if err := json.Unmarshal([]byte(pol), &r.Egress); err != nil {
+			return store.Runner{}, fmt.Errorf("runner %s: egress: %w", r.Name, err)
+		}
+	}
+	if rec != "" {
+		r.EgressRecord = new(egress.Record)
+		if err := json.Unmarshal([]byte(rec), r.EgressRecord); err != nil {
+			return store.Runner{}, fmt.Errorf("runner %s: egress record: %w", r.Name, err)
+		}
 	}
 	r.Arch, r.State = labels.Arch(arch), store.RunnerState(state)
 	r.CreatedAt, r.UpdatedAt, r.StartedAt = timeOf(created), timeOf(updated), timeOf(started)

@@ -31,6 +31,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -38,6 +39,8 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
+
+	"github.com/tandem-ci/tandem/internal/egress"
 )
 
 // Run runs the conformance suite. open must return a new, empty store for
@@ -172,6 +175,11 @@ func compare(path string, want, got reflect.Value, diffs *[]string) {
 		case g.Location() != time.UTC:
 			*diffs = append(*diffs, fmt.Sprintf("%s: %v is not in UTC", path, g))
 		}
+	case want.Kind() == reflect.Struct && !exported(want.Type()):
+		// Another package's value type (netip.Addr): compared whole.
+		if !reflect.DeepEqual(want.Interface(), got.Interface()) {
+			*diffs = append(*diffs, fmt.Sprintf("%s: %v, want %v", path, got.Interface(), want.Interface()))
+		}
 	case want.Kind() == reflect.Struct:
 		for i := range want.NumField() {
 			compare(path+"."+want.Type().Field(i).Name, want.Field(i), got.Field(i), diffs)
@@ -190,6 +198,16 @@ func compare(path string, want, got reflect.Value, diffs *[]string) {
 			*diffs = append(*diffs, fmt.Sprintf("%s: %#v, want %#v", path, got.Interface(), want.Interface()))
 		}
 	}
+}
+
+// exported reports whether every field of struct type t is exported.
+func exported(t reflect.Type) bool {
+	for i := range t.NumField() {
+		if !t.Field(i).IsExported() {
+			return false
+		}
+	}
+	return true
 }
 
 // fullJob returns a job with every field set.
@@ -255,6 +273,10 @@ func fullRunner(name string, state store.RunnerState) store.Runner {
 		StartedAt:    at(2 * time.Second),
 		BusyAt:       at(3 * time.Second),
 		EndedAt:      at(4 * time.Second),
+		Egress: egress.Policy{Mode: egress.Allowlist, Names: []string{"*.example.org", "github.com"},
+			Nets: []egress.Net{{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Port: 443}}},
+		EgressRecord: &egress.Record{Mode: egress.Allowlist, Refused: map[string]int{"evil.example": 2},
+			Flows: []egress.Flow{{Addr: netip.MustParseAddr("198.51.100.7"), Proto: "tcp", Port: 443, Name: "a.example.org", Allowed: true, Count: 9}}},
 	}
 }
 

@@ -1,0 +1,165 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// The test's stand-in for the internet: addresses of TEST-NET-2 (RFC
+// 5737), which no VM isolation rule denies.
+var (
+	// InternetAddr is the internet's address: servers that VMs must reach
+	// as they reach GitHub (ghfake, file servers) listen there.
+	InternetAddr = netip.MustParseAddr("198.51.100.2")
+	// InternetGateway is this side of the link: the internet routes back
+	// through it.
+	InternetGateway = netip.MustParseAddr("198.51.100.1")
+)
+
+var (
+	internetOnce sync.Once
+	internetNS   netns.NsHandle
+	internetErr  error
+)
+
+// Internet returns the test's internet: a network namespace behind a veth
+// from the test's private namespace, at InternetAddr. The host reaches it
+// directly; VMs reach it only through their host's NAT, as they reach
+// GitHub; hosts of a test fleet (namespaces routed through this one) reach
+// it too. It is made once per test binary and goes with the test's
+// namespace.
+func Internet(t testing.TB) *InternetNS {
+	t.Helper()
+	RequireRoot(t)
+	if NetnsName() == "" {
+		t.Fatal("testenv.Internet needs the private network namespace of RunInNetns")
+	}
+	internetOnce.Do(func() { internetNS, internetErr = makeInternet() })
+	if internetErr != nil {
+		t.Fatalf("the test's internet: %v", internetErr)
+	}
+	return &InternetNS{ns: internetNS}
+}
+
+// InternetNS is the test's internet.
+type InternetNS struct{ ns netns.NsHandle }
+
+// Listen opens a TCP listener on InternetAddr (port 0: any), inside the
+// internet. It is closed when the test ends.
+func (i *InternetNS) Listen(t testing.TB, port int) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	err := inNS(i.ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(InternetAddr, uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on the internet: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func makeInternet() (netns.NsHandle, error) {
+	var ns netns.NsHandle
+	err := inNS(-1, func() error {
+		var err error
+		ns, err = netns.New() // this thread is in it now; inNS returns it
+		return err
+	})
+	if err != nil {
+		return -1, err
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tdminet0"}, PeerName: "tdminet1"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return -1, fmt.Errorf("veth: %w", err)
+	}
+	here, err := netlink.LinkByName("tdminet0")
+	if err != nil {
+		return -1, err
+	}
+	peer, err := netlink.LinkByName("tdminet1")
+	if err != nil {
+		return -1, err
+	}
+	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
+		return -1, err
+	}
+	a, _ := netlink.ParseAddr(InternetGateway.String() + "/24")
+	if err := netlink.AddrAdd(here, a); err != nil {
+		return -1, err
+	}
+	if err := netlink.LinkSetUp(here); err != nil {
+		return -1, err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return -1, err
+	}
+	defer h.Close()
+	for _, name := range []string{"tdminet1", "lo"} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return -1, err
+		}
+		if name != "lo" {
+			a, _ := netlink.ParseAddr(InternetAddr.String() + "/24")
+			if err := h.AddrAdd(l, a); err != nil {
+				return -1, err
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return -1, err
+		}
+		if name != "lo" {
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: InternetGateway.AsSlice()}); err != nil {
+				return -1, fmt.Errorf("default route: %w", err)
+			}
+		}
+	}
+	// The test's namespace routes between its fleet hosts and the internet.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644); err != nil {
+		return -1, err
+	}
+	return ns, nil
+}
+
+// inNS runs fn on a locked OS thread in ns (-1: where the thread is) and
+// then returns the thread to the namespace it started in; if that fails,
+// the thread is not unlocked, so it ends with its goroutine.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if ns != -1 {
+			if err := netns.Set(ns); err != nil {
+				errc <- err
+				return
+			}
+		}
+		err = fn()
+		if serr := netns.Set(orig); serr != nil {
+			errc <- fmt.Errorf("back to the test's namespace: %w (after %v)", serr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
