@@ -418,9 +418,10 @@ func hostActionCmd(g *globals, a hostAction) *cobra.Command {
 
 func enrollCmd(g *globals) *cobra.Command {
 	o := &apiOptions{}
-	var ttl, comment string
+	var ttl, comment, host string
+	var readmit bool
 	cmd := &cobra.Command{
-		Use:   "enroll [--ttl 1h] [--comment TEXT]",
+		Use:   "enroll [--ttl 1h] [--comment TEXT] [--host ID [--readmit]]",
 		Short: "Issue a one-time token with which a new host's agent joins",
 		Long: "Issue a one-time enrolment token. The token alone goes to stdout, for scripts;\n" +
 			"how to use it goes to stderr. It carries the control plane's certificate\n" +
@@ -433,7 +434,7 @@ func enrollCmd(g *globals) *cobra.Command {
 			ExpiresAt time.Time `json:"expires_at"`
 		}
 		if printed, err := o.call(cmd, c, http.MethodPost, "/api/v1/enroll-tokens", nil,
-			map[string]string{"ttl": ttl, "comment": comment}, &res); printed || err != nil {
+			map[string]any{"ttl": ttl, "comment": comment, "host": host, "readmit": readmit}, &res); printed || err != nil {
 			return err
 		}
 		if _, _, err := agentapi.ParseEnrollToken(res.Token); err != nil {
@@ -456,6 +457,8 @@ func enrollCmd(g *globals) *cobra.Command {
 	o.register(cmd, true)
 	cmd.Flags().StringVar(&ttl, "ttl", "1h", "how long the token stays usable (at most 168h)")
 	cmd.Flags().StringVar(&comment, "comment", "", "a note stored with the token (which host it is for, say)")
+	cmd.Flags().StringVar(&host, "host", "", "enrol only this host id: an enrolled host enrolling again (a token without it enrols only new hosts)")
+	cmd.Flags().BoolVar(&readmit, "readmit", false, "with --host: enrol that host though it was revoked, lifting the revocation")
 	return cmd
 }
 

@@ -73,7 +73,7 @@ func newOpsRig(t *testing.T) *opsRig {
 	r := &opsRig{t: t, logDir: t.TempDir(), data: t.TempDir()}
 	sys := cptest.Start(t, 1, func(c *controlplane.Config) {
 		c.LogDir, c.AgentPin = r.logDir, opsPin
-		c.APITokens = controlplane.APITokens{Admin: []string{opsAdmin}, Read: []string{opsRead}}
+		c.APITokens = controlplane.APITokens{{Secret: opsAdmin, Admin: true}, {Secret: opsRead}}
 	})
 	r.gh, r.cp, r.st, r.web = sys.GH, sys.CP, sys.Store, sys.Web
 	cp, ctx := sys.CP, sys.Ctx
@@ -377,12 +377,12 @@ func TestOpsAuthCLI(t *testing.T) {
 		t.Errorf("a refused drain changed the host: %q", row)
 	}
 	// No token at all: the server's message, and where a token comes from.
-	err := fails(t, r.run("hosts", "--server", r.web.URL), "a read or admin token is required")
+	err := fails(t, r.run("hosts", "--server", r.web.URL), "an API token is required")
 	var ae *apiError
 	if !strings.Contains(err.Error(), "--token") || !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 		t.Errorf("want a 401 apiError with a hint where a token comes from: %v", err)
 	}
-	fails(t, r.as("wrong-token", "hosts"), "a read or admin token is required")
+	fails(t, r.as("wrong-token", "hosts"), "an API token is required")
 
 	// `tandem up` leaves the admin token in the data dir; it is found there.
 	if err := os.WriteFile(filepath.Join(r.data, "api-admin-token"), []byte(opsAdmin+"\n"), 0o600); err != nil {

@@ -98,20 +98,19 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	if err != nil {
 		return err
 	}
-	tokens := controlplane.APITokens{}
-	for _, t := range cfg.AdminTokens {
-		tokens.Admin = append(tokens.Admin, string(t))
+	// Every API request needs a token. Without an admin token file, an
+	// admin token of the data dir's own serves the local CLI, which finds
+	// it there by itself.
+	var tokens controlplane.APITokens
+	for _, t := range cfg.APITokens {
+		tokens = append(tokens, controlplane.APIToken{Secret: string(t.Secret), Admin: t.Admin, Orgs: t.Orgs})
 	}
-	for _, t := range cfg.ReadTokens {
-		tokens.Read = append(tokens.Read, string(t))
-	}
-	if withAgent && cfg.API.AdminTokenFile == "" {
-		// The one-machine experience: the local CLI finds this token by itself.
+	if cfg.API.AdminTokenFile == "" {
 		t, err := loadOrCreateSecret(filepath.Join(dataDir, "api-admin-token"))
 		if err != nil {
 			return err
 		}
-		tokens.Admin = append(tokens.Admin, t)
+		tokens = append(tokens, controlplane.APIToken{Secret: t, Admin: true})
 	}
 	var agentTLS *tls.Config
 	pin := ""
@@ -165,9 +164,10 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		return err
 	}
 	// Webhook bursts arrive one connection each: take a bounded number at
-	// a time, and let idle keep-alive connections go soon so they hold no
-	// slot (see controlplane.LimitListener).
-	ln = controlplane.LimitListener(ln, 64)
+	// a time, at most 16 from one address, and let idle keep-alive
+	// connections go soon so they hold no slot (see
+	// controlplane.LimitListener).
+	ln = controlplane.LimitListener(ln, 64, 16)
 	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second}
 	go reloadImagesOnHangup(ctx, g, cfgPath, cp, images, parser)
@@ -184,14 +184,23 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			srv.Close()
 			return err
 		}
+		aln = controlplane.LimitListener(aln, 4096, cfg.Agents.MaxConnsPerSource)
 		mux := http.NewServeMux()
 		mux.Handle("/agent/", cp.AgentHandler())
-		mux.Handle("/", cp.Handler())
-		// No write timeout: agent streams stay open; each write has its own deadline.
+		if cfg.Agents.ServeAPI {
+			mux.Handle("/", cp.Handler())
+		}
+		// No server-wide read or write timeout: agent streams stay open;
+		// every other route has its own read deadline, and each write of a
+		// stream its own write deadline.
 		asrv := &http.Server{Handler: mux, TLSConfig: agentTLS, ReadHeaderTimeout: 10 * time.Second}
 		go func() { httpDone <- asrv.ServeTLS(aln, "", "") }()
 		defer asrv.Close()
-		fmt.Fprintf(os.Stderr, "tandem: agents and API on https://%s (certificate sha256 %s)\n", aln.Addr(), pin)
+		what := "agents"
+		if cfg.Agents.ServeAPI {
+			what = "agents and API"
+		}
+		fmt.Fprintf(os.Stderr, "tandem: %s on https://%s (certificate sha256 %s)\n", what, aln.Addr(), pin)
 	}
 
 	var ag *agent.Agent

@@ -49,8 +49,7 @@ type Config struct {
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
 	WebhookSecret Secret          `yaml:"-"`
-	AdminTokens   []Secret        `yaml:"-"`
-	ReadTokens    []Secret        `yaml:"-"`
+	APITokens     []APIToken      `yaml:"-"`
 	// MirrorPassword is agent.mirror.password_file's content.
 	MirrorPassword Secret `yaml:"-"`
 }
@@ -70,14 +69,31 @@ type Agents struct {
 	// MaxImageTransfers bounds the image files sent to agents at once
 	// (default 4); more wait, then are told to come back.
 	MaxImageTransfers int `yaml:"max_image_transfers"`
+	// ServeAPI also serves the JSON API (and webhooks) on this listener,
+	// for operators who reach the control plane only there. Off by
+	// default: the agent listener faces every host.
+	ServeAPI bool `yaml:"serve_api"`
+	// MaxConnsPerSource caps the connections from one address (default
+	// 64: an agent holds a few; raise it for many hosts behind one NAT).
+	MaxConnsPerSource int `yaml:"max_conns_per_source"`
 }
 
 // API configures who may use the JSON API: files holding one token per
-// line. Admin tokens may change things; read tokens may only read. With
-// none, reads are open and writes refused.
+// line (at least 16 characters; # starts a comment). Admin tokens may do
+// everything. A line of the read token file is a token and optionally its
+// scope: "read" (every organisation, the default) or "read:ORG[,ORG]" (only
+// those organisations' jobs, logs and egress records). Every request needs
+// a token.
 type API struct {
 	AdminTokenFile string `yaml:"admin_token_file"`
 	ReadTokenFile  string `yaml:"read_token_file"`
+}
+
+// APIToken is one API token and its scope.
+type APIToken struct {
+	Secret Secret
+	Admin  bool
+	Orgs   []string // a read token's organisations; nil: every one
 }
 
 // GitHub is the GitHub App Tandem acts as.
@@ -286,6 +302,9 @@ func (c *Config) applyDefaults() {
 	defDur(&c.Reconcile.Orphans, 2*time.Minute)
 	defDur(&c.Reconcile.ActiveRepoWindow, 24*time.Hour)
 	defDur(&c.Reconcile.LostAfter, 2*time.Minute)
+	if c.Agents.MaxConnsPerSource == 0 {
+		c.Agents.MaxConnsPerSource = 64
+	}
 	def(&c.Agent.Bridge, "tandem0")
 	def(&c.Agent.Subnet, "172.30.0.0/24")
 	c.Agent.Mirror.applyDefaults()
@@ -334,9 +353,9 @@ func (c *Config) readSecrets(dir string) error {
 		return fmt.Errorf("config: github.private_key_file %s: %w", c.GitHub.PrivateKeyFile, err)
 	}
 	for _, f := range []struct {
-		path string
-		into *[]Secret
-	}{{c.API.AdminTokenFile, &c.AdminTokens}, {c.API.ReadTokenFile, &c.ReadTokens}} {
+		path  string
+		admin bool
+	}{{c.API.AdminTokenFile, true}, {c.API.ReadTokenFile, false}} {
 		if f.path == "" {
 			continue
 		}
@@ -344,14 +363,11 @@ func (c *Config) readSecrets(dir string) error {
 		if err != nil {
 			return fmt.Errorf("config: api token file: %w", err)
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if t := strings.TrimSpace(line); t != "" {
-				if len(t) < 16 {
-					return fmt.Errorf("config: api token file %s: a token shorter than 16 characters", f.path)
-				}
-				*f.into = append(*f.into, Secret(t))
-			}
+		toks, err := parseTokens(b, f.admin)
+		if err != nil {
+			return fmt.Errorf("config: api token file %s: %w", f.path, err)
 		}
+		c.APITokens = append(c.APITokens, toks...)
 	}
 	sec, err := os.ReadFile(abs(c.GitHub.WebhookSecretFile))
 	if err != nil {
@@ -439,6 +455,9 @@ func (c *Config) Validate() error {
 	if (c.Agents.TLSCertFile == "") != (c.Agents.TLSKeyFile == "") {
 		bad("agents: give both tls_cert_file and tls_key_file, or neither")
 	}
+	if c.Agents.MaxConnsPerSource < 0 {
+		bad("agents.max_conns_per_source: must not be negative")
+	}
 	if c.Agents.MaxImageTransfers < 0 {
 		bad("agents.max_image_transfers: must not be negative")
 	}
@@ -471,4 +490,54 @@ func validName(s string) bool {
 // ParserFor returns the label parser the config describes.
 func (c *Config) ParserFor() (*labels.Parser, error) {
 	return labels.NewParser(c.Labels.Prefix, c.Labels.DefaultVCPUs, int(c.Labels.DefaultMemory))
+}
+
+// parseTokens reads a token file. Errors name the line, never the token.
+func parseTokens(b []byte, admin bool) ([]APIToken, error) {
+	var out []APIToken
+	for i, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		t := APIToken{Secret: Secret(f[0]), Admin: admin}
+		if len(f[0]) < 16 {
+			return nil, fmt.Errorf("line %d: a token shorter than 16 characters", i+1)
+		}
+		switch {
+		case len(f) > 2:
+			return nil, fmt.Errorf("line %d: want a token and at most its scope", i+1)
+		case len(f) == 2 && admin:
+			return nil, fmt.Errorf("line %d: admin tokens have no scope (read scopes go in read_token_file)", i+1)
+		case len(f) == 2 && f[1] == "read":
+		case len(f) == 2:
+			orgs, ok := strings.CutPrefix(f[1], "read:")
+			if !ok || orgs == "" {
+				return nil, fmt.Errorf("line %d: scope %q: want read or read:ORG[,ORG]", i+1, f[1])
+			}
+			for _, o := range strings.Split(orgs, ",") {
+				if !validOrgName(o) {
+					return nil, fmt.Errorf("line %d: scope %q: %q is not an organisation name", i+1, f[1], o)
+				}
+				t.Orgs = append(t.Orgs, o)
+			}
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// validOrgName accepts GitHub's account names: letters, digits and
+// single hyphens, at most 39 characters.
+func validOrgName(s string) bool {
+	if s == "" || len(s) > 39 || s[0] == '-' || s[len(s)-1] == '-' || strings.Contains(s, "--") {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -179,8 +179,34 @@ func TestAgentsAndAPITokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.AdminTokens) != 2 || string(c.AdminTokens[1]) != "second-admin-token-xyz" || c.Agents.HeartbeatTimeout.D() != 20*time.Second {
-		t.Errorf("agents/api: %+v %d tokens", c.Agents, len(c.AdminTokens))
+	if len(c.APITokens) != 2 || string(c.APITokens[1].Secret) != "second-admin-token-xyz" || !c.APITokens[1].Admin ||
+		c.Agents.HeartbeatTimeout.D() != 20*time.Second {
+		t.Errorf("agents/api: %+v %d tokens", c.Agents, len(c.APITokens))
+	}
+	os.WriteFile(filepath.Join(dir, "read"), []byte("# maintainers\nread-all-token-0123456789\nread-too-token-0123456789 read\nacme-only-token-0123456789 read:acme,Octo-Cat # two orgs\n"), 0o600)
+	os.WriteFile(p, []byte(minimal+"api: {admin_token_file: admin, read_token_file: read}\n"), 0o600)
+	if c, err = Load(p); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(len(c.APITokens), c.APITokens[2].Admin, c.APITokens[2].Orgs, c.APITokens[3].Orgs, c.APITokens[4].Orgs)
+	if got != "5 false [] [] [acme Octo-Cat]" {
+		t.Errorf("scoped tokens: %s", got)
+	}
+	for body, want := range map[string]string{
+		"tok-tok-tok-tok-tok read:":           "want read or read:ORG",
+		"tok-tok-tok-tok-tok write":           "want read or read:ORG",
+		"tok-tok-tok-tok-tok read:acme,-x":    "not an organisation name",
+		"tok-tok-tok-tok-tok read:acme extra": "at most its scope",
+	} {
+		os.WriteFile(filepath.Join(dir, "read"), []byte(body+"\n"), 0o600)
+		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "tok-tok") {
+			t.Errorf("read token file %q: %v (want %q, and no token in the message)", body, err, want)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "read"), nil, 0o600)
+	os.WriteFile(filepath.Join(dir, "admin"), []byte("admin-token-0123456789 read:acme\n"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "admin tokens have no scope") {
+		t.Errorf("a scoped admin token: %v", err)
 	}
 	if strings.Contains(fmt.Sprintf("%v %+v", c, c), "admin-token-0123456789") {
 		t.Error("an API token printed")

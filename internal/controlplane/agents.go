@@ -78,13 +78,23 @@ var hostIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
 // the TLS listener.
 func (s *Server) AgentHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+agentapi.PathEnroll, s.handleEnroll)
+	// The stream stays open; every other request must arrive whole within
+	// its deadline, so a slow sender holds nothing for long.
+	mux.HandleFunc("POST "+agentapi.PathEnroll, readWithin(30*time.Second, s.handleEnroll))
 	mux.HandleFunc("POST "+agentapi.PathStream, s.handleStream)
-	mux.HandleFunc("POST "+agentapi.PathReport, s.handleReport)
-	mux.HandleFunc("POST "+agentapi.PathLogs, s.handleAgentLog)
-	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/manifest", s.handleImageManifest)
-	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/files/{name}", s.handleImageFile)
+	mux.HandleFunc("POST "+agentapi.PathReport, readWithin(time.Minute, s.handleReport))
+	mux.HandleFunc("POST "+agentapi.PathLogs, readWithin(time.Minute, s.handleAgentLog))
+	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/manifest", readWithin(30*time.Second, s.handleImageManifest))
+	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/files/{name}", readWithin(30*time.Second, s.handleImageFile))
 	return mux
+}
+
+// readWithin gives a request d from now to arrive in full.
+func readWithin(d time.Duration, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+		h(w, r)
+	}
 }
 
 func (s *Server) agentVersionOK(w http.ResponseWriter, r *http.Request) bool {
@@ -164,16 +174,48 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, "no randomness")
 		return
 	}
+	// A token enrols a new host, or only the host it was issued for; it
+	// never takes over a connected host, and only a re-admitting token
+	// lifts a revocation. A refusal rolls back: the token stays unspent.
 	now := s.now().UTC()
+	var refusal *enrolRefusal
 	err = s.st.Update(r.Context(), func(tx store.Tx) error {
-		if err := tx.UseEnrollToken(agentapi.HashSecret(req.Token), req.HostID, now); err != nil {
+		refusal = nil
+		tok, err := tx.UseEnrollToken(agentapi.HashSecret(req.Token), req.HostID, now)
+		if err != nil {
 			return err
+		}
+		cur, err := tx.AgentCredential(req.HostID)
+		switch {
+		case errors.Is(err, store.ErrNotFound): // a new host
+		case err != nil:
+			return err
+		case !cur.RevokedAt.IsZero() && !tok.Readmit:
+			refusal = &enrolRefusal{http.StatusForbidden, fmt.Sprintf("host %s is revoked: only a token made with "+
+				"`tandem enroll --host %s --readmit` enrols it again", req.HostID, req.HostID)}
+		case cur.RevokedAt.IsZero() && tok.HostID != req.HostID:
+			refusal = &enrolRefusal{http.StatusConflict, fmt.Sprintf("host %s is enrolled already: a token for a new host "+
+				"cannot enrol it (`tandem enroll --host %s` makes one for it)", req.HostID, req.HostID)}
+		case cur.RevokedAt.IsZero() && s.connected(req.HostID):
+			refusal = &enrolRefusal{http.StatusConflict, fmt.Sprintf("host %s is connected: stop its agent before enrolling it again", req.HostID)}
+		}
+		if refusal != nil {
+			return refusal
 		}
 		return tx.PutAgentCredential(store.AgentCredential{HostID: req.HostID, Hash: hash, CreatedAt: now})
 	})
-	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrTokenSpent) {
-		s.log.Warn("enrolment refused", "host", req.HostID, "remote", r.RemoteAddr)
-		httpError(w, http.StatusUnauthorized, "enrolment token unknown, already used or expired")
+	if refusal != nil {
+		s.log.Warn("enrolment refused", "host", req.HostID, "remote", r.RemoteAddr, "why", refusal.msg)
+		httpError(w, refusal.code, refusal.msg)
+		return
+	}
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrTokenSpent) || errors.Is(err, store.ErrTokenHost) {
+		s.log.Warn("enrolment refused", "host", req.HostID, "remote", r.RemoteAddr, "err", err)
+		msg := "enrolment token unknown, already used or expired"
+		if errors.Is(err, store.ErrTokenHost) {
+			msg = "this enrolment token was issued for another host"
+		}
+		httpError(w, http.StatusUnauthorized, msg)
 		return
 	}
 	if err != nil {
@@ -182,6 +224,22 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("host enrolled", "host", req.HostID, "remote", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, agentapi.EnrollResponse{HostID: req.HostID, Credential: secret})
+}
+
+// enrolRefusal is why an enrolment with a valid token is refused.
+type enrolRefusal struct {
+	code int
+	msg  string
+}
+
+func (e *enrolRefusal) Error() string { return e.msg }
+
+// connected reports whether host's agent holds a stream now.
+func (s *Server) connected(host string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.remotes[host]
+	return ok
 }
 
 // handleStream attaches the agent and streams its commands until it goes.

@@ -169,8 +169,8 @@ func TestEnrolmentRules(t *testing.T) {
 		t.Errorf("malformed token: %v", err)
 	}
 	// A token asked for without the admin token.
-	if code := f.call("POST", "/api/v1/enroll-tokens", rigReadToken, nil); code != 401 {
-		t.Errorf("enroll-tokens with a read token: %d, want 401", code)
+	if code := f.call("POST", "/api/v1/enroll-tokens", rigReadToken, nil); code != 403 {
+		t.Errorf("enroll-tokens with a read token: %d, want 403", code)
 	}
 	if code := f.call("POST", "/api/v1/enroll-tokens", "", nil); code != 401 {
 		t.Errorf("enroll-tokens without a token: %d, want 401", code)
@@ -196,8 +196,8 @@ func TestHostLifecycle(t *testing.T) {
 	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	a1 := f.join("a1")
 	f.join("a2")
-	if code := f.call("POST", "/api/v1/hosts/a1/drain", rigReadToken, nil); code != 401 {
-		t.Errorf("drain with a read token: %d", code)
+	if code := f.call("POST", "/api/v1/hosts/a1/drain", rigReadToken, nil); code != 403 {
+		t.Errorf("drain with a read token: %d, want 403", code)
 	}
 	if code := f.call("POST", "/api/v1/hosts/a1/drain", rigAdminToken, nil); code != 200 {
 		t.Fatalf("drain: %d", code)

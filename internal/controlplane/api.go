@@ -57,11 +57,18 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
+// handleHealth says whether the store answers; why not, only to a caller
+// with an API token (an error's text may say more than a stranger should
+// learn).
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.st.View(ctx, func(tx store.ReadTx) error { _, err := tx.CountJobs(); return err }); err != nil {
-		httpError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		if _, ok := s.authenticate(r); ok {
+			httpError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		} else {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
+		}
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -128,7 +135,8 @@ func (s *Server) jobView(j store.Job) JobView {
 
 func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := store.JobFilter{Org: q.Get("org"), Repo: q.Get("repo"), Newest: true, Limit: 500}
+	p := who(r)
+	f := store.JobFilter{Org: q.Get("org"), Repo: q.Get("repo"), Orgs: p.scope(), Newest: true, Limit: 500}
 	if v := q.Get("state"); v != "" {
 		for _, st := range strings.Split(v, ",") {
 			js := store.JobState(st)
@@ -175,6 +183,9 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if j, err = tx.Job(id); err != nil {
 			return err
+		}
+		if !who(r).sees(j.Org) {
+			return store.ErrNotFound // another tenant's: not even its existence
 		}
 		evs, err = tx.JobEvents(id)
 		return err
@@ -285,7 +296,11 @@ func (s *Server) handleRunners(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := make([]RunnerView, 0, len(rs))
+	p := who(r)
 	for _, x := range rs {
+		if !p.sees(x.Org) {
+			continue
+		}
 		out = append(out, RunnerView{Name: x.Name, Host: x.HostID, Job: x.JobID, Repo: x.Repo, Org: x.Org,
 			Labels: x.Labels, Arch: string(x.Arch), Emulated: x.Emulated, VCPUs: x.VCPUs, MemoryMiB: x.MemoryMiB,
 			State: string(x.State), Reason: x.Reason, VMID: x.VMID, ExitCode: x.ExitCode, CreatedAt: x.CreatedAt,

@@ -238,7 +238,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		c.Runner.IdleTimeout = o.idle
 		c.Limits, c.MaxAttempts, c.Reconcile = o.limits, o.maxAttempts, iv
 		c.HeartbeatTimeout, c.AgentPin, c.LogDir = o.heartbeat, o.agentPin, t.TempDir()
-		c.APITokens = controlplane.APITokens{Admin: []string{rigAdminToken}, Read: []string{rigReadToken}}
+		c.APITokens = controlplane.APITokens{{Secret: rigAdminToken, Admin: true}, {Secret: rigReadToken}}
 		if o.configure != nil {
 			o.configure(c)
 		}

@@ -41,6 +41,9 @@ func (s *Server) handleJobEgress(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
+		if !who(r).sees(j.Org) {
+			return store.ErrNotFound
+		}
 		v = EgressView{Job: j.ID, Repo: j.Repo, Runner: j.RunnerName, Policy: egress.Policy{Mode: egress.Open}}
 		if j.RunnerName == "" {
 			return nil
@@ -74,8 +77,13 @@ func (s *Server) handleJobEgress(w http.ResponseWriter, r *http.Request) {
 // last N finished jobs through (egress.Suggest).
 func (s *Server) handleEgressSuggest(w http.ResponseWriter, r *http.Request) {
 	repo := r.URL.Query().Get("repo")
-	if o, n, ok := strings.Cut(repo, "/"); !ok || o == "" || n == "" || strings.Contains(n, "/") {
+	owner, name, ok := strings.Cut(repo, "/")
+	if !ok || owner == "" || name == "" || strings.Contains(name, "/") {
 		httpError(w, http.StatusBadRequest, "repo: want OWNER/NAME")
+		return
+	}
+	if !who(r).sees(owner) {
+		httpError(w, http.StatusForbidden, "this token may not read "+owner+"'s jobs")
 		return
 	}
 	last := 20

@@ -301,7 +301,7 @@ func (f *fleetRig) start(b *testing.B) {
 		http.Error(w, "starting", http.StatusServiceUnavailable)
 	}))
 	if f.hookConns > 0 {
-		web.Listener = controlplane.LimitListener(web.Listener, f.hookConns)
+		web.Listener = controlplane.LimitListener(web.Listener, f.hookConns, 0)
 	}
 	web.Start()
 	f.onClose(web.Close)
@@ -328,7 +328,7 @@ func (f *fleetRig) start(b *testing.B) {
 		Runner:    controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}},
 		Reconcile: controlplane.Intervals{MissedWebhooks: -1, FailedDeliveries: -1, Orphans: -1},
 		AgentPin:  f.pin,
-		APITokens: controlplane.APITokens{Admin: []string{fleetAdminToken}},
+		APITokens: controlplane.APITokens{{Secret: fleetAdminToken, Admin: true}},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)

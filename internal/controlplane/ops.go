@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"crypto/subtle"
 	"errors"
 	"io"
 	"net/http"
@@ -13,45 +12,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/store"
 )
-
-// APITokens guard the JSON API. Admin tokens may do everything; read tokens
-// may only read. With no token at all, reads are open (bind the listener to
-// loopback) and writes are refused: the API never takes an unauthenticated
-// write.
-type APITokens struct {
-	Admin []string
-	Read  []string
-}
-
-func anyToken(list []string, tok string) bool {
-	ok := false
-	for _, t := range list {
-		if subtle.ConstantTimeCompare([]byte(t), []byte(tok)) == 1 {
-			ok = true
-		}
-	}
-	return ok
-}
-
-// guard wraps an API handler: write says whether it changes anything.
-func (s *Server) guard(write bool, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, has := bearer(r)
-		admin := has && anyToken(s.cfg.APITokens.Admin, tok)
-		reader := admin || has && anyToken(s.cfg.APITokens.Read, tok)
-		open := len(s.cfg.APITokens.Admin)+len(s.cfg.APITokens.Read) == 0
-		switch {
-		case write && !admin && len(s.cfg.APITokens.Admin) == 0:
-			httpError(w, http.StatusForbidden, "no admin API token is configured: writes are disabled")
-		case write && !admin:
-			httpError(w, http.StatusUnauthorized, "an admin token is required")
-		case !write && !reader && !open:
-			httpError(w, http.StatusUnauthorized, "a read or admin token is required")
-		default:
-			h(w, r)
-		}
-	}
-}
 
 // opsRoutes adds the operator endpoints to mux:
 //
@@ -134,6 +94,8 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		TTL     string `json:"ttl"`
 		Comment string `json:"comment"`
+		Host    string `json:"host"`    // enrol only this host id (again)
+		Readmit bool   `json:"readmit"` // and though it was revoked
 	}
 	if r.ContentLength != 0 && !decodeBody(w, r, 64<<10, &req) {
 		return
@@ -147,18 +109,27 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = d
 	}
+	if req.Host != "" && !hostIDPattern.MatchString(req.Host) {
+		httpError(w, http.StatusBadRequest, "host: want 1-63 of [a-z0-9.-], starting with a letter or digit")
+		return
+	}
+	if req.Readmit && req.Host == "" {
+		httpError(w, http.StatusBadRequest, "readmit: name the host to re-admit (host)")
+		return
+	}
 	token, hash, err := agentapi.NewEnrollToken(s.cfg.AgentPin)
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "no randomness")
 		return
 	}
 	now := s.now().UTC()
-	t := store.EnrollToken{Hash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl), Comment: req.Comment}
+	t := store.EnrollToken{Hash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl), Comment: req.Comment,
+		HostID: req.Host, Readmit: req.Readmit}
 	if err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.CreateEnrollToken(t) }); err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	s.log.Info("enrolment token issued", "expires", t.ExpiresAt, "comment", req.Comment)
+	s.log.Info("enrolment token issued", "expires", t.ExpiresAt, "comment", req.Comment, "host", req.Host, "readmit", req.Readmit)
 	writeJSON(w, http.StatusCreated, map[string]any{"token": token, "expires_at": t.ExpiresAt})
 }
 
@@ -173,7 +144,7 @@ func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request) {
 		var err error
 		j, err = tx.Job(id)
 		return err
-	}); err != nil {
+	}); err != nil || !who(r).sees(j.Org) {
 		httpError(w, http.StatusNotFound, "no such job")
 		return
 	}

@@ -292,6 +292,11 @@ type EnrollToken struct {
 	UsedAt    time.Time // zero until used
 	UsedBy    string    // host id that used it
 	Comment   string
+	// HostID, if set, is the only host the token may enrol (again); ""
+	// enrols a new host. Readmit lets it enrol that host though it was
+	// revoked, lifting the revocation.
+	HostID  string
+	Readmit bool
 }
 
 // AgentCredential is what a host's agent authenticates with: the hash of a

@@ -23,6 +23,7 @@ var (
 	ErrInvalid       = errors.New("invalid record")
 	ErrClosed        = errors.New("store closed")
 	ErrTokenSpent    = errors.New("enrolment token used or expired")
+	ErrTokenHost     = errors.New("enrolment token issued for another host")
 )
 
 // Store is the control plane's database.
@@ -106,10 +107,11 @@ type Tx interface {
 
 	// CreateEnrollToken stores a new token (ErrExists for a known hash).
 	CreateEnrollToken(t EnrollToken) error
-	// UseEnrollToken marks the token with this hash used by hostID at now.
-	// It fails with ErrNotFound for an unknown hash and ErrTokenSpent for
-	// one already used or expired at now; nothing changes then.
-	UseEnrollToken(hash, hostID string, now time.Time) error
+	// UseEnrollToken marks the token with this hash used by hostID at now
+	// and returns it. It fails with ErrNotFound for an unknown hash,
+	// ErrTokenSpent for one already used or expired at now, and
+	// ErrTokenHost for one issued for another host; nothing changes then.
+	UseEnrollToken(hash, hostID string, now time.Time) (EnrollToken, error)
 	// PutAgentCredential creates or replaces a host's credential (a host
 	// enrolled again gets a new one; the old one stops working).
 	PutAgentCredential(c AgentCredential) error
@@ -120,9 +122,13 @@ type Tx interface {
 
 // JobFilter selects jobs. Zero fields do not filter.
 type JobFilter struct {
-	IDs        []int64
-	States     []JobState
+	IDs    []int64
+	States []JobState
+	// Org and Repo ("owner/name") compare without case, as GitHub's names
+	// do; so does Orgs, which selects the jobs of any of its organisations
+	// (an API token's scope).
 	Org        string
+	Orgs       []string
 	Repo       string
 	RunnerName string
 	LabelKey   string

@@ -29,7 +29,7 @@ func (t *readTx) AgentCredential(hostID string) (store.AgentCredential, error) {
 }
 
 func (t *readTx) EnrollTokens() ([]store.EnrollToken, error) {
-	rows, err := t.q.QueryContext(t.ctx, `SELECT hash, created_at, expires_at, used_at, used_by, comment
+	rows, err := t.q.QueryContext(t.ctx, `SELECT `+tokenCols+`
 		FROM enroll_tokens ORDER BY created_at DESC, hash`)
 	if err != nil {
 		return nil, fmt.Errorf("enrolment tokens: %w", err)
@@ -41,10 +41,12 @@ func (t *readTx) EnrollTokens() ([]store.EnrollToken, error) {
 	return ts, nil
 }
 
+const tokenCols = "hash, created_at, expires_at, used_at, used_by, comment, host_id, readmit"
+
 func scanEnrollToken(sc scanner) (store.EnrollToken, error) {
 	var e store.EnrollToken
 	var created, expires, used int64
-	if err := sc.Scan(&e.Hash, &created, &expires, &used, &e.UsedBy, &e.Comment); err != nil {
+	if err := sc.Scan(&e.Hash, &created, &expires, &used, &e.UsedBy, &e.Comment, &e.HostID, &e.Readmit); err != nil {
 		return e, err
 	}
 	e.CreatedAt, e.ExpiresAt, e.UsedAt = timeOf(created), timeOf(expires), timeOf(used)
@@ -60,9 +62,12 @@ func (t *writeTx) CreateEnrollToken(e store.EnrollToken) error {
 	case e.ExpiresAt.Before(e.CreatedAt):
 		return fmt.Errorf("%w: enrolment token expires before its creation", store.ErrInvalid)
 	}
-	res, err := t.q.ExecContext(t.ctx, `INSERT INTO enroll_tokens (hash, created_at, expires_at, used_at, used_by, comment)
-		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
-		e.Hash, msOf(e.CreatedAt), msOf(e.ExpiresAt), msOf(e.UsedAt), e.UsedBy, e.Comment)
+	if e.Readmit && e.HostID == "" {
+		return fmt.Errorf("%w: an enrolment token that re-admits names its host", store.ErrInvalid)
+	}
+	res, err := t.q.ExecContext(t.ctx, `INSERT INTO enroll_tokens (`+tokenCols+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
+		e.Hash, msOf(e.CreatedAt), msOf(e.ExpiresAt), msOf(e.UsedAt), e.UsedBy, e.Comment, e.HostID, e.Readmit)
 	if err != nil {
 		return fmt.Errorf("create enrolment token: %w", err)
 	}
@@ -79,36 +84,37 @@ func (t *writeTx) CreateEnrollToken(e store.EnrollToken) error {
 // UseEnrollToken spends the token with one conditional UPDATE, so that of
 // concurrent uses exactly one matches a row whatever the isolation; only
 // when none matched does it look at the row to tell unknown from spent.
-func (t *writeTx) UseEnrollToken(hash, hostID string, now time.Time) error {
+func (t *writeTx) UseEnrollToken(hash, hostID string, now time.Time) (store.EnrollToken, error) {
 	switch {
 	case hash == "":
-		return fmt.Errorf("%w: enrolment token without a hash", store.ErrInvalid)
+		return store.EnrollToken{}, fmt.Errorf("%w: enrolment token without a hash", store.ErrInvalid)
 	case hostID == "":
-		return fmt.Errorf("%w: enrolment token used by no host", store.ErrInvalid)
+		return store.EnrollToken{}, fmt.Errorf("%w: enrolment token used by no host", store.ErrInvalid)
 	case now.IsZero():
-		return fmt.Errorf("%w: enrolment token used at the zero time", store.ErrInvalid)
+		return store.EnrollToken{}, fmt.Errorf("%w: enrolment token used at the zero time", store.ErrInvalid)
 	}
 	res, err := t.q.ExecContext(t.ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ?
-		WHERE hash = ? AND used_at = 0 AND expires_at > ?`, msOf(now), hostID, hash, msOf(now))
+		WHERE hash = ? AND used_at = 0 AND expires_at > ? AND (host_id = '' OR host_id = ?)`,
+		msOf(now), hostID, hash, msOf(now), hostID)
 	if err != nil {
-		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
+		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
+		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, err)
 	}
-	if n == 1 {
-		return nil
-	}
-	var one int
-	err = t.q.QueryRowContext(t.ctx, "SELECT 1 FROM enroll_tokens WHERE hash = ?", hash).Scan(&one)
+	e, err := scanEnrollToken(t.q.QueryRowContext(t.ctx, "SELECT "+tokenCols+" FROM enroll_tokens WHERE hash = ?", hash))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrNotFound)
+		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrNotFound)
 	case err != nil:
-		return fmt.Errorf("use enrolment token for %s: %w", hostID, err)
+		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, err)
+	case n == 1:
+		return e, nil
+	case e.UsedAt.IsZero() && now.Before(e.ExpiresAt) && e.HostID != hostID:
+		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrTokenHost)
 	}
-	return fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrTokenSpent)
+	return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrTokenSpent)
 }
 
 func (t *writeTx) PutAgentCredential(c store.AgentCredential) error {

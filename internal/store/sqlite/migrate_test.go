@@ -89,7 +89,7 @@ func TestUpgradeFromV1(t *testing.T) {
 		if err := tx.CreateEnrollToken(store.EnrollToken{Hash: "t", CreatedAt: at, ExpiresAt: at.Add(time.Hour)}); err != nil {
 			return err
 		}
-		if err := tx.UseEnrollToken("t", "host-a", at); err != nil {
+		if _, err := tx.UseEnrollToken("t", "host-a", at); err != nil {
 			return err
 		}
 		return tx.PutAgentCredential(store.AgentCredential{HostID: "host-a", Hash: "c", CreatedAt: at})

@@ -84,8 +84,24 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 	for _, c := range []struct{ col, v string }{
 		{"org", f.Org}, {"repo", f.Repo}, {"runner_name", f.RunnerName}, {"label_key", f.LabelKey},
 	} {
-		if c.v != "" {
+		if c.v == "" {
+			continue
+		}
+		if c.col == "org" || c.col == "repo" {
+			w.add(c.col+" = ? COLLATE NOCASE", c.v)
+		} else {
 			w.add(c.col+" = ?", c.v)
+		}
+	}
+	if f.Orgs != nil {
+		lower := make([]string, len(f.Orgs))
+		for i, o := range f.Orgs {
+			lower[i] = strings.ToLower(o)
+		}
+		if len(lower) == 0 {
+			w.add("0")
+		} else if err := in(&w, "lower(org)", lower); err != nil {
+			return nil, fmt.Errorf("list jobs: %w", err)
 		}
 	}
 	q := "SELECT " + jobCols + " FROM jobs" + w.String()

@@ -42,7 +42,7 @@ func useToken(t *testing.T, s store.Store, hash, host string, now time.Time) err
 	t.Helper()
 	var useErr error
 	update(t, s, func(tx store.Tx) error {
-		useErr = tx.UseEnrollToken(hash, host, now)
+		_, useErr = tx.UseEnrollToken(hash, host, now)
 		return nil
 	})
 	return useErr
@@ -144,6 +144,29 @@ func testEnrollTokenUse(t *testing.T, s store.Store) {
 	wantErr(t, "unknown token", useToken(t, s, "nope", "host-a", t0), store.ErrNotFound)
 }
 
+// testEnrollTokenHost: a token issued for one host enrols that host and no
+// other, and says so; using it returns it whole.
+func testEnrollTokenHost(t *testing.T, s store.Store) {
+	tok := fullToken("bound", t0)
+	tok.HostID, tok.Readmit = "host-a", true
+	createToken(t, s, tok)
+	wantErr(t, "another host", useToken(t, s, "bound", "host-b", at(time.Minute)), store.ErrTokenHost)
+	var got store.EnrollToken
+	update(t, s, func(tx store.Tx) (err error) {
+		got, err = tx.UseEnrollToken("bound", "host-a", at(2*time.Minute))
+		return err
+	})
+	want := tok
+	want.UsedAt, want.UsedBy = at(2*time.Minute), "host-a"
+	same(t, "token used", want, got)
+	same(t, "token listed", want, tokens(t, s)[0])
+	wantErr(t, "its host again", useToken(t, s, "bound", "host-a", at(3*time.Minute)), store.ErrTokenSpent)
+	bad := fullToken("readmit-nobody", t0)
+	bad.Readmit = true
+	err := s.Update(testCtx(t), func(tx store.Tx) error { return tx.CreateEnrollToken(bad) })
+	wantErr(t, "a re-admitting token without a host", err, store.ErrInvalid)
+}
+
 func testEnrollTokenExpiry(t *testing.T, s store.Store) {
 	// Whole milliseconds, so that "at expiry" is exact in every store.
 	created := ms(t0)
@@ -177,7 +200,8 @@ func testEnrollTokenRace(t *testing.T, s store.Store) {
 		go func() {
 			defer wg.Done()
 			errs[i] = s.Update(testCtx(t), func(tx store.Tx) error {
-				return tx.UseEnrollToken("race", fmt.Sprintf("host-%d", i), at(time.Second))
+				_, err := tx.UseEnrollToken("race", fmt.Sprintf("host-%d", i), at(time.Second))
+				return err
 			})
 		}()
 	}
@@ -262,8 +286,9 @@ func testAgentsRollback(t *testing.T, s store.Store) {
 	before := tokens(t, s)
 
 	err := s.Update(testCtx(t), func(tx store.Tx) error {
+		_, useErr := tx.UseEnrollToken("t1", "host-a", at(time.Second))
 		for _, err := range []error{
-			tx.UseEnrollToken("t1", "host-a", at(time.Second)),
+			useErr,
 			tx.CreateEnrollToken(fullToken("t2", t0)),
 			tx.RevokeAgent("h1", at(time.Second)),
 			tx.PutAgentCredential(store.AgentCredential{HostID: "h2", Hash: "x", CreatedAt: t0}),

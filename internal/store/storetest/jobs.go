@@ -264,7 +264,8 @@ func filterJobs(js []store.Job, f store.JobFilter) []int64 {
 	for _, j := range js {
 		if (len(f.IDs) == 0 || slices.Contains(f.IDs, j.ID)) &&
 			(len(f.States) == 0 || slices.Contains(f.States, j.State)) &&
-			(f.Org == "" || j.Org == f.Org) && (f.Repo == "" || j.Repo == f.Repo) &&
+			(f.Org == "" || strings.EqualFold(j.Org, f.Org)) && (f.Repo == "" || strings.EqualFold(j.Repo, f.Repo)) &&
+			(f.Orgs == nil || slices.ContainsFunc(f.Orgs, func(o string) bool { return strings.EqualFold(o, j.Org) })) &&
 			(f.RunnerName == "" || j.RunnerName == f.RunnerName) &&
 			(f.LabelKey == "" || j.LabelKey == f.LabelKey) {
 			out = append(out, j)
@@ -336,6 +337,11 @@ func testJobFilters(t *testing.T, s store.Store) {
 		{Org: "acme", Newest: true, Limit: 3},
 		{Org: "nobody"},
 		{IDs: []int64{999_999}},
+		{Org: "ACME"},
+		{Repo: "Acme/Web"},
+		{Orgs: []string{"acme", "Initech"}},
+		{Orgs: []string{"GLOBEX"}, Newest: true, Limit: 4},
+		{Orgs: []string{}},
 	}
 	for _, f := range filters {
 		want := filterJobs(js, f)

@@ -85,6 +85,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"EnrollTokenList", testEnrollTokenList},
 		{"EnrollTokenInvalid", testEnrollTokenInvalid},
 		{"EnrollTokenUse", testEnrollTokenUse},
+		{"EnrollTokenHost", testEnrollTokenHost},
 		{"EnrollTokenExpiry", testEnrollTokenExpiry},
 		{"EnrollTokenRace", testEnrollTokenRace},
 		{"AgentCredentials", testAgentCredentials},

@@ -39,7 +39,7 @@ func writeEverything(tx store.Tx) error {
 	if err := tx.CreateEnrollToken(store.EnrollToken{Hash: "tok", CreatedAt: t0, ExpiresAt: at(time.Hour)}); err != nil {
 		return err
 	}
-	if err := tx.UseEnrollToken("tok", "h", at(time.Second)); err != nil {
+	if _, err := tx.UseEnrollToken("tok", "h", at(time.Second)); err != nil {
 		return err
 	}
 	if err := tx.PutAgentCredential(store.AgentCredential{HostID: "h", Hash: "cred", CreatedAt: t0}); err != nil {
