@@ -12,7 +12,11 @@ import (
 // in clock ticks since boot, which together with the PID names a process
 // uniquely (PIDs are reused; start times are not, within one boot).
 func ProcStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// The main thread's stat is the process's: its start time is the
+	// process's. Reading it through task/ also gets the kernel's own figure
+	// under qemu-user, which answers /proc/<own pid>/stat itself with each
+	// thread's start time rather than the process's.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, pid))
 	if err != nil {
 		return 0, err
 	}
