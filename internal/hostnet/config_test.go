@@ -135,7 +135,7 @@ func TestRenderBase(t *testing.T) {
 		"from_vms meta l4proto { tcp, udp } th dport { 53, 853 } counter drop",
 		"from_vms ip saddr != 172.30.0.0/24 counter drop",
 		"add rule bridge tandem_tandem0 prerouting ether type != { ip, arp } counter drop",
-		`prerouting iifname != "tdm-*" accept`,
+		`prerouting iifname != @ports accept`,
 		"flush map " + T + "vms", "flush chain " + T + "from_vms",
 		"delete chain " + T + "vm_00000000ff",         // the orphan
 		T + "vms { 172.30.0.7 : goto vm_0123456789 }", // the lease

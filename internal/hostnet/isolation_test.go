@@ -626,3 +626,25 @@ func TestHostFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNetworksOnTwoBridges: two networks on one machine (two hosts, or a
+// host and a test) each carry their own VMs: neither's layer-2 rules,
+// which the kernel runs for every bridge, drop the other's frames.
+func TestNetworksOnTwoBridges(t *testing.T) {
+	r := newIsolationRig(t, nil)
+	other := ensured(t, func(c *Config) {
+		c.Bridge = "tandem1"
+		c.Subnet = mustPrefix("172.30.1.0/24")
+		c.HostPorts = []HostPort{{"tcp", 53}}
+	})
+	c := attachVM(t, other, "vm-00000000c3", openPolicy)
+	listenIn(t, -1, fmt.Sprintf("%s:53", other.Gateway()))
+	for _, vm := range []*testVM{r.a, c} {
+		if saw := reach(t, vm.ns, "198.51.100.2:80"); saw != "198.51.100.1" {
+			t.Errorf("%s: the internet saw %s, want the host's 198.51.100.1 (NAT)", vm.id, saw)
+		}
+	}
+	if saw := reach(t, c.ns, fmt.Sprintf("%s:%d", other.Gateway(), 53)); saw != c.att.Addr.Addr().String() {
+		t.Errorf("%s: its DNS port on its own gateway saw %s", c.id, saw)
+	}
+}

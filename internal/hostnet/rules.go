@@ -129,12 +129,18 @@ func (n *Network) baseTables(hostAddrs []netip.Addr) (inet, bridge []setDef, ine
 	// address, IPv4 only from its own address; nothing but IPv4 and ARP.
 	// Bridge port isolation (on every TAP) keeps VMs from each other.
 	bridge = []setDef{
+		{"set", "ports", "type ifname;", nil},
 		{"set", "macs", "type ifname . ether_addr;", nil},
 		{"set", "arps", "type ifname . ether_addr . ipv4_addr;", nil},
 		{"set", "ips", "type ifname . ipv4_addr;", nil},
 	}
+	// A bridge-family hook sees the frames of every bridge on the host:
+	// this table judges only its own VMs' TAPs (ports), so that another
+	// network's (another host's, on one machine) are left to theirs. (Not
+	// "meta ibrname": kernels without nft_meta_bridge refuse it.) A TAP
+	// joins ports before its VM starts and leaves it after the TAP is gone.
 	bridgeChains = []chainDef{{"prerouting", "type filter hook prerouting priority -300; policy accept;", []string{
-		fmt.Sprintf("iifname != %s accept", quote(TAPPrefix+"*")),
+		"iifname != @ports accept",
 		"iifname . ether saddr != @macs counter drop",
 		"ether type arp iifname . arp saddr ether . arp saddr ip != @arps counter drop",
 		"ether type ip iifname . ip saddr != @ips counter drop",
@@ -205,6 +211,7 @@ func (n *Network) renderVM(l Lease) string {
 	mac := GuestMAC(l.VMID).String()
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	w("add element bridge %s ports { %s }", t, tap)
 	w("add element bridge %s macs { %s . %s }", t, tap, mac)
 	w("add element bridge %s arps { %s . %s . %s }", t, tap, mac, l.Addr)
 	w("add element bridge %s ips { %s . %s }", t, tap, l.Addr)
@@ -272,6 +279,7 @@ func (n *Network) renderVMRemoval(l Lease) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	for _, e := range []string{
+		fmt.Sprintf("ports { %s }", tap),
 		fmt.Sprintf("macs { %s . %s }", tap, mac),
 		fmt.Sprintf("arps { %s . %s . %s }", tap, mac, l.Addr),
 		fmt.Sprintf("ips { %s . %s }", tap, l.Addr),
