@@ -27,6 +27,8 @@ type mirrorFlags struct {
 	enabled                                    bool
 	port                                       int
 	upstream, username, passwordFile, cacheDir string
+	cacheMax                                   string
+	insecure                                   bool
 }
 
 func (f *mirrorFlags) add(cmd *cobra.Command, enabled bool) {
@@ -38,12 +40,22 @@ func (f *mirrorFlags) add(cmd *cobra.Command, enabled bool) {
 	fl.StringVar(&f.username, "mirror-username", "", "user name for the upstream registry (with --mirror-password-file)")
 	fl.StringVar(&f.passwordFile, "mirror-password-file", "", "file holding the upstream registry's password or access token")
 	fl.StringVar(&f.cacheDir, "mirror-cache-dir", "", "the mirror's cache (default <data-dir>/mirror)")
+	fl.StringVar(&f.cacheMax, "mirror-cache-max", "20GiB", "cap of the mirror's cache: past it the least recently used layers are evicted")
+	fl.BoolVar(&f.insecure, "mirror-insecure-upstream", false, "allow an http:// upstream (images and credentials travel unencrypted)")
 }
 
 // config checks the flags and returns them as agent.mirror would be.
 func (f *mirrorFlags) config() (config.Mirror, config.Secret, error) {
 	enabled := f.enabled
-	m := config.Mirror{Port: f.port, Upstream: f.upstream, Username: f.username, PasswordFile: f.passwordFile, CacheDir: f.cacheDir}
+	m := config.Mirror{Port: f.port, Upstream: f.upstream, Username: f.username, PasswordFile: f.passwordFile, CacheDir: f.cacheDir,
+		InsecureUpstream: f.insecure}
+	if f.cacheMax != "" {
+		size, err := config.ParseSize(f.cacheMax)
+		if err != nil || size <= 0 {
+			return m, nil, fmt.Errorf("--mirror-cache-max %q: want a size, e.g. 20GiB", f.cacheMax)
+		}
+		m.CacheMax = size
+	}
 	if !enabled || f.cmd != nil && f.cmd.Flags().Changed("mirror") {
 		m.Enabled = &enabled // set by the operator (or off): explicit
 	}
@@ -56,7 +68,7 @@ func (f *mirrorFlags) config() (config.Mirror, config.Secret, error) {
 	if f.port < 1 || f.port > 65535 {
 		return m, nil, fmt.Errorf("--mirror-port %d: want 1 to 65535", f.port)
 	}
-	if err := mirror.CheckUpstream(f.upstream); err != nil {
+	if err := mirror.CheckUpstream(f.upstream, f.insecure); err != nil {
 		return m, nil, fmt.Errorf("--mirror-upstream: %w", err)
 	}
 	if (f.username == "") != (f.passwordFile == "") {
@@ -110,8 +122,8 @@ func startMirror(ctx context.Context, g *globals, h *jobvm.Host, mc config.Mirro
 	}
 	cfg := mirror.Config{
 		Listen:   net.JoinHostPort(h.Net.Gateway().String(), strconv.Itoa(mc.Port)),
-		Upstream: mc.Upstream, Username: mc.Username, Password: string(password),
-		CacheDir: mc.CachePath(dataDir), Logger: g.log,
+		Upstream: mc.Upstream, InsecureUpstream: mc.InsecureUpstream, Username: mc.Username, Password: string(password),
+		CacheDir: mc.CachePath(dataDir), CacheMaxBytes: int64(mc.CacheMax) << 20, Logger: g.log,
 	}
 	m, err := mirror.Start(ctx, cfg)
 	switch {

@@ -136,7 +136,7 @@ func TestStartMirrorOnBridge(t *testing.T) {
 	ln.Close()
 	var logs syncbuf.Buffer
 	g := &globals{dataDir: t.TempDir(), log: slog.New(slog.NewTextHandler(&logs, nil))}
-	mc := config.Mirror{Port: 5000, Upstream: "http://" + upAddr}
+	mc := config.Mirror{Port: 5000, Upstream: "http://" + upAddr, InsecureUpstream: true}
 	ctx := context.Background()
 
 	// Explicitly enabled, no retry (tandem run --mirror): an error.

@@ -21,6 +21,9 @@ type Mirror struct {
 	// Upstream is the registry mirrored: for a Docker Hub cache, Docker
 	// Hub's registry API endpoint. No default: Tandem names no registry.
 	Upstream string `yaml:"upstream"`
+	// InsecureUpstream allows an http:// upstream (images and credentials
+	// then travel unencrypted); by default only https:// is taken.
+	InsecureUpstream bool `yaml:"insecure_upstream"`
 	// Username and PasswordFile, if set, authenticate to the upstream (for
 	// Docker Hub's higher pull limits). Every job on the host can then pull
 	// through the mirror what this account may pull.
@@ -28,7 +31,13 @@ type Mirror struct {
 	PasswordFile string `yaml:"password_file"`
 	// CacheDir holds the cache; "" means <data_dir>/mirror.
 	CacheDir string `yaml:"cache_dir"`
+	// CacheMax caps the cache (default 20GiB): past it the least recently
+	// used layers are evicted, and fetched again when asked for.
+	CacheMax Size `yaml:"cache_max"`
 }
+
+// DefaultMirrorCacheMax caps a mirror's cache unless configured.
+const DefaultMirrorCacheMax = Size(20 << 10)
 
 // On reports whether the mirror runs: an upstream is given and the mirror
 // is not turned off (or it is turned on, which then needs an upstream).
@@ -56,6 +65,9 @@ func (m *Mirror) applyDefaults() {
 	if m.Port == 0 {
 		m.Port = mirror.DefaultPort
 	}
+	if m.CacheMax == 0 {
+		m.CacheMax = DefaultMirrorCacheMax
+	}
 }
 
 // validate reports the section's problems (prefix names it in messages).
@@ -69,7 +81,7 @@ func (m *Mirror) validate(prefix string) []error {
 	case m.Upstream == "" && m.On():
 		bad(".upstream: required when the mirror is enabled (the registry to mirror, e.g. Docker Hub's registry API endpoint)")
 	case m.Upstream != "":
-		if err := mirror.CheckUpstream(m.Upstream); err != nil {
+		if err := mirror.CheckUpstream(m.Upstream, m.InsecureUpstream); err != nil {
 			bad(": %v", err)
 		}
 	}

@@ -16,7 +16,8 @@ func TestMirrorDefaults(t *testing.T) {
 	m := c.Agent.Mirror
 	// No upstream, no mirror: Tandem names no registry of its own.
 	if m.On() || m.Explicit() || m.Port != 5000 || m.Upstream != "" ||
-		m.Username != "" || m.CachePath("/d") != "/d/mirror" || c.MirrorPassword != nil {
+		m.Username != "" || m.CachePath("/d") != "/d/mirror" || c.MirrorPassword != nil ||
+		m.InsecureUpstream || m.CacheMax != DefaultMirrorCacheMax {
 		t.Errorf("mirror defaults: %+v", m)
 	}
 	c, err = load(t, minimal+"agent: {mirror: {upstream: 'https://registry.example'}}\n")
@@ -41,6 +42,7 @@ agent:
     username: ci-bot
     password_file: hub-token
     cache_dir: /var/cache/tandem-mirror
+    cache_max: 50GiB
 `), 0o600)
 	c, err := Load(p)
 	if err != nil {
@@ -48,7 +50,7 @@ agent:
 	}
 	m := c.Agent.Mirror
 	if !m.On() || !m.Explicit() || m.Port != 5001 || m.Upstream != "https://registry.example.com:8443/" ||
-		m.Username != "ci-bot" || m.CachePath("/d") != "/var/cache/tandem-mirror" {
+		m.Username != "ci-bot" || m.CachePath("/d") != "/var/cache/tandem-mirror" || m.CacheMax != 50<<10 {
 		t.Errorf("mirror: %+v", m)
 	}
 	if string(c.MirrorPassword) != "dckr_pat_abc" {
@@ -56,6 +58,10 @@ agent:
 	}
 	if s := fmt.Sprintf("%v %+v %#v", c.MirrorPassword, c, c.MirrorPassword); strings.Contains(s, "dckr_pat_abc") {
 		t.Error("the mirror password prints")
+	}
+
+	if c, err := load(t, minimal+"agent: {mirror: {upstream: 'http://10.0.0.9:5000', insecure_upstream: true}}\n"); err != nil || !c.Agent.Mirror.InsecureUpstream {
+		t.Errorf("insecure_upstream allows http: %v", err)
 	}
 
 	off, err := load(t, minimal+"agent: {mirror: {enabled: false, password_file: nowhere, username: u}}\n")
@@ -73,6 +79,7 @@ func TestMirrorInvalid(t *testing.T) {
 		{"agent: {mirror: {port: -1}}", "agent.mirror.port -1"},
 		{"agent: {mirror: {upstream: ftp://hub}}", "want an http or https URL"},
 		{"agent: {mirror: {upstream: registry.example}}", "want an http or https URL"},
+		{"agent: {mirror: {upstream: 'http://registry.example'}}", "use https, or allow it explicitly (insecure_upstream)"},
 		{"agent: {mirror: {enabled: true}}", "agent.mirror.upstream: required when the mirror is enabled"},
 		{"agent: {mirror: {upstream: 'https://u:p@hub'}}", "not in the URL"},
 		{"agent: {mirror: {upstream: 'https://hub/v2/x'}}", "no path or query"},

@@ -98,8 +98,15 @@ type Config struct {
 	// for a Docker Hub cache, Docker Hub's registry API endpoint. There is
 	// no default: the operator names the registry.
 	Upstream string
+	// InsecureUpstream allows an http:// upstream: images, and any
+	// credentials, then travel unencrypted. Off, only https:// is taken.
+	InsecureUpstream bool
 	// Username and Password, if set, authenticate to the upstream.
 	Username, Password string
+	// CacheMaxBytes caps the cache's blobs: past it the least recently
+	// used are evicted (the mirror fetches them again when asked). 0: no
+	// cap.
+	CacheMaxBytes int64
 	// CacheDir holds the cache and the registry's config file.
 	CacheDir string
 	// Binary is the registry executable (default: docker-registry on PATH).
@@ -130,7 +137,7 @@ type Mirror struct {
 
 // CheckUpstream reports whether s is usable as an upstream registry URL:
 // http or https, a host, no credentials, query or path.
-func CheckUpstream(s string) error {
+func CheckUpstream(s string, insecure bool) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return fmt.Errorf("upstream %q: %w", s, err)
@@ -138,6 +145,8 @@ func CheckUpstream(s string) error {
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return fmt.Errorf("upstream %q: want an http or https URL", s)
+	case u.Scheme == "http" && !insecure:
+		return fmt.Errorf("upstream %q: http sends images and credentials unencrypted: use https, or allow it explicitly (insecure_upstream)", s)
 	case u.Host == "" || u.Opaque != "":
 		return fmt.Errorf("upstream %q: no host", s)
 	case u.User != nil:
@@ -195,12 +204,15 @@ func (cfg *Config) validate() (addr string, err error) {
 	}
 	if cfg.Upstream == "" {
 		errs = append(errs, errors.New("no upstream registry given"))
-	} else if err := CheckUpstream(cfg.Upstream); err != nil {
+	} else if err := CheckUpstream(cfg.Upstream, cfg.InsecureUpstream); err != nil {
 		errs = append(errs, err)
 	}
 	cfg.Upstream = strings.TrimRight(cfg.Upstream, "/")
 	if (cfg.Username == "") != (cfg.Password == "") {
 		errs = append(errs, errors.New("give both username and password for the upstream, or neither"))
+	}
+	if cfg.CacheMaxBytes < 0 {
+		errs = append(errs, errors.New("cache cap must not be negative"))
 	}
 	if cfg.CacheDir == "" {
 		errs = append(errs, errors.New("no cache directory"))
@@ -252,8 +264,8 @@ type registryConfig struct {
 			Enabled bool `yaml:"enabled"`
 		} `yaml:"delete"`
 		Cache struct {
-			BlobDescriptor string `yaml:"blobdescriptor"`
-		} `yaml:"cache"`
+			BlobDescriptor string `yaml:"blobdescriptor,omitempty"`
+		} `yaml:"cache,omitempty"`
 	} `yaml:"storage"`
 	HTTP struct {
 		Addr         string              `yaml:"addr"`
@@ -295,7 +307,9 @@ func renderConfig(addr, root, upstream, user, password, instance string) ([]byte
 	c.Log.AccessLog.Disabled = true // the JSON log has a line per request
 	c.Storage.Filesystem.RootDirectory = root
 	c.Storage.Delete.Enabled = true // the proxy's expiry deletes through it
-	c.Storage.Cache.BlobDescriptor = "inmemory"
+	// No cache of blob descriptors: the evictor removes blobs under the
+	// registry, which then finds them gone and fetches them upstream again.
+	c.Storage.Cache.BlobDescriptor = ""
 	c.HTTP.Addr = addr
 	c.HTTP.Secret = hex.EncodeToString(secret) // one instance: any secret will do, but set one so it does not warn
 	c.HTTP.DrainTimeout = "5s"
@@ -364,6 +378,9 @@ func Start(ctx context.Context, cfg Config) (*Mirror, error) {
 		return nil, err
 	}
 	m.log.Info("registry mirror ready", "upstream", cfg.Upstream, "cache", cfg.CacheDir)
+	if cfg.CacheMaxBytes > 0 {
+		go m.evictLoop()
+	}
 	return m, nil
 }
 

@@ -17,7 +17,7 @@ import (
 func startMirror(t testing.TB, up *upstream, cacheDir string, mod func(*Config)) *Mirror {
 	t.Helper()
 	log, logBuf := testLogger()
-	cfg := Config{Listen: up.hostAddr + ":0", Upstream: up.url, CacheDir: cacheDir, Logger: log}
+	cfg := Config{Listen: up.hostAddr + ":0", Upstream: up.url, InsecureUpstream: true, CacheDir: cacheDir, Logger: log}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -146,7 +146,7 @@ func TestCacheSurvivesRestart(t *testing.T) {
 
 	// With the upstream down, a mirror cannot start, and says why.
 	log, _ := testLogger()
-	_, err := Start(ctx, Config{Listen: up.hostAddr + ":0", Upstream: up.url, CacheDir: cache, Logger: log})
+	_, err := Start(ctx, Config{Listen: up.hostAddr + ":0", Upstream: up.url, InsecureUpstream: true, CacheDir: cache, Logger: log})
 	if err == nil || !strings.Contains(err.Error(), "exited at start") || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("start with the upstream down: %v", err)
 	} else {

@@ -154,7 +154,7 @@ func fakeRegistryMain(mode string) {
 
 func TestStopKillsAStubbornRegistry(t *testing.T) {
 	setVar(t, &stopGrace, 300*time.Millisecond)
-	m, err := Start(context.Background(), Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1",
+	m, err := Start(context.Background(), Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", InsecureUpstream: true,
 		CacheDir: t.TempDir(), Binary: fakeRegistry(t, "stubborn")})
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +174,7 @@ func TestStartErrors(t *testing.T) {
 	ctx := context.Background()
 	t.Run("not answering", func(t *testing.T) {
 		setVar(t, &readyTimeout, 500*time.Millisecond)
-		_, err := Start(ctx, Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", CacheDir: t.TempDir(), Binary: fakeRegistry(t, "mute")})
+		_, err := Start(ctx, Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", InsecureUpstream: true, CacheDir: t.TempDir(), Binary: fakeRegistry(t, "mute")})
 		if err == nil || !strings.Contains(err.Error(), "did not answer GET /v2/ within 500ms") || !strings.Contains(err.Error(), "thinking") {
 			t.Errorf("got %v", err)
 		}
@@ -185,7 +185,7 @@ func TestStartErrors(t *testing.T) {
 	t.Run("cancelled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		time.AfterFunc(200*time.Millisecond, cancel)
-		_, err := Start(cctx, Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", CacheDir: t.TempDir(), Binary: fakeRegistry(t, "mute")})
+		_, err := Start(cctx, Config{Listen: "127.0.0.1:0", Upstream: "http://127.0.0.1:1", InsecureUpstream: true, CacheDir: t.TempDir(), Binary: fakeRegistry(t, "mute")})
 		if err == nil || !strings.Contains(err.Error(), "start cancelled") {
 			t.Errorf("got %v", err)
 		}
@@ -197,7 +197,7 @@ func TestStartErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		_, err = Start(ctx, Config{Listen: ln.Addr().String(), Upstream: up.url, CacheDir: t.TempDir()})
+		_, err = Start(ctx, Config{Listen: ln.Addr().String(), Upstream: up.url, InsecureUpstream: true, CacheDir: t.TempDir()})
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			t.Errorf("got %v", err)
 		}
@@ -217,6 +217,7 @@ func TestBadConfig(t *testing.T) {
 		{"all addresses", func(c *Config) { c.Listen = "0.0.0.0:5000" }, "not 0.0.0.0"},
 		{"port", func(c *Config) { c.Listen = "127.0.0.1:99999" }, `bad port "99999"`},
 		{"ftp", func(c *Config) { c.Upstream = "ftp://mirror.example" }, "want an http or https URL"},
+		{"http", func(c *Config) { c.Upstream = "http://registry.example" }, "use https, or allow it explicitly"},
 		{"no scheme", func(c *Config) { c.Upstream = "registry.example" }, "want an http or https URL"},
 		{"no upstream", func(c *Config) { c.Upstream = "" }, "no upstream registry given"},
 		{"creds in URL", func(c *Config) { c.Upstream = "https://u:p@registry.example" }, "not in the URL"},
@@ -372,7 +373,7 @@ func TestHelperMirror(t *testing.T) {
 			}
 		}()
 	}
-	m, err := Start(context.Background(), Config{Listen: os.Getenv("HELPER_LISTEN"), Upstream: os.Getenv("HELPER_UPSTREAM"),
+	m, err := Start(context.Background(), Config{Listen: os.Getenv("HELPER_LISTEN"), Upstream: os.Getenv("HELPER_UPSTREAM"), InsecureUpstream: true,
 		CacheDir: os.Getenv("HELPER_CACHE"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

@@ -66,7 +66,7 @@ func TestRunnerImageDocker(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newSystem(t, options{dataDir: dir, runner: "  image_amd64: runner-amd64\n",
-		extra: "  mirror:\n    upstream: " + up.url + "\n"})
+		extra: "  mirror:\n    upstream: " + up.url + "\n    insecure_upstream: true\n"})
 	hostport := serveToVMs(t, map[string][]byte{
 		"/busybox.tar": archive.Bytes(), "/hello": []byte("hello-from-the-host\n"),
 	})
