@@ -27,7 +27,7 @@ func agentCmd(g *globals) *cobra.Command {
 	var server, token, tokenFile, hostID, memory string
 	var vcpus float64
 	var emulate []string
-	nf := &netFlags{own: true}
+	nf := &hostFlags{own: true}
 	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
 		Use:   "agent --server https://HOST:8443 --enroll-token TOKEN",
@@ -206,9 +206,25 @@ func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string
 		var st unix.Statfs_t
 		if unix.Statfs(dir, &st) == nil {
 			out.DiskFreeMiB = int64(st.Bavail) * int64(st.Bsize) >> 20
+			out.DiskMiB = out.DiskFreeMiB + vmDisksMiB(filepath.Join(dir, "state", "vms"))
 		}
 		return out
 	}, nil
+}
+
+// vmDisksMiB is what the VMs' disks under vms hold now (their overlays'
+// allocated blocks): free space they already took, which placement counts
+// as theirs.
+func vmDisksMiB(vms string) int64 {
+	var n int64
+	files, _ := filepath.Glob(filepath.Join(vms, "vm-*", "run", "overlay.qcow2"))
+	for _, f := range files {
+		var st unix.Stat_t
+		if unix.Stat(f, &st) == nil {
+			n += st.Blocks * 512
+		}
+	}
+	return n >> 20
 }
 
 // loadAvg is the host's one-minute load average (0 if unreadable).

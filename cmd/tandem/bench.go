@@ -132,7 +132,7 @@ func orRoot(user string) string {
 type benchVMFlags struct {
 	arch, accel, memory string
 	cpus                float64
-	nf                  netFlags
+	nf                  hostFlags
 }
 
 func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {

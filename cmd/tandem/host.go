@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,17 +14,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/config"
-	"github.com/tandem-ci/tandem/internal/egress"
-	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 	"github.com/tandem-ci/tandem/internal/vm/qemu"
-	"github.com/tandem-ci/tandem/internal/vmdns"
 )
 
-// netFlags configure the host's VM network.
-type netFlags struct {
+// hostFlags configure the host's VM network.
+type hostFlags struct {
 	bridge    string
 	subnet    string
 	noNetwork bool
@@ -37,28 +33,37 @@ type netFlags struct {
 	// mirrorPort, if not 0, is the registry mirror's port on the bridge
 	// address, which VMs may reach.
 	mirrorPort int
+	// allowUncapped runs VMs that cgroups cannot cap; ioPerVCPU caps VMs'
+	// disk I/O.
+	allowUncapped bool
+	ioPerVCPU     config.IOPerVCPU
 }
 
-func (n *netFlags) add(cmd *cobra.Command) {
+func (n *hostFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&n.bridge, "bridge", "tandem0", "bridge the VMs' TAP devices join")
 	cmd.Flags().StringVar(&n.subnet, "subnet", "172.30.0.0/24", "IPv4 subnet for VM addresses; the bridge takes its first address")
 	cmd.Flags().BoolVar(&n.noNetwork, "no-network", false, "give VMs no network interface")
+	cmd.Flags().BoolVar(&n.allowUncapped, "allow-uncapped", false, "run VMs though cgroups cannot cap their memory and tasks here (unsafe: a VM may take the host's memory)")
 }
 
 // addPolicy adds the flags of what VMs may reach (for the agent; tandem up
 // reads agent.network).
-func (n *netFlags) addPolicy(cmd *cobra.Command) {
+func (n *hostFlags) addPolicy(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringArrayVar(&n.network.Allow, "allow-net", nil, "a CIDR[:port] every VM may reach though it is in a denied range (an internal cache); repeatable")
 	f.StringArrayVar(&n.network.Deny, "deny-net", nil, "a further IPv4 CIDR no VM may reach; repeatable")
 	f.StringVar(&n.network.HostFirewall, "host-firewall", "add", "a host firewall whose forward chain drops: add (accept the VM bridge's traffic there) or refuse (fail)")
 	f.StringArrayVar(&n.network.DNSUpstreams, "dns-upstream", nil, "a resolver for the VMs' DNS forwarder, ADDR[:PORT] (default: /etc/resolv.conf's); repeatable")
+	f.Int64Var(&n.ioPerVCPU.ReadMBps, "io-read-mbps", 0, "cap each VM's disk reads at this many MiB/s per vCPU (0: uncapped)")
+	f.Int64Var(&n.ioPerVCPU.WriteMBps, "io-write-mbps", 0, "cap each VM's disk writes at this many MiB/s per vCPU (0: uncapped)")
+	f.Int64Var(&n.ioPerVCPU.ReadIOPS, "io-read-iops", 0, "cap each VM's disk reads at this many operations/s per vCPU (0: uncapped)")
+	f.Int64Var(&n.ioPerVCPU.WriteIOPS, "io-write-iops", 0, "cap each VM's disk writes at this many operations/s per vCPU (0: uncapped)")
 }
 
 // newHost wires the parts one host needs to run jobs in VMs: the QEMU
 // driver, the image store, and unless turned off the VM network, isolated,
 // with the DNS forwarder VMs resolve through. close stops the forwarder.
-func newHost(ctx context.Context, g *globals, nf *netFlags) (h *jobvm.Host, close func(), err error) {
+func newHost(ctx context.Context, g *globals, nf *hostFlags) (h *jobvm.Host, close func(), err error) {
 	close = func() {}
 	state := filepath.Join(g.dataDir, "state")
 	if err := os.MkdirAll(state, 0o700); err != nil {
@@ -68,15 +73,26 @@ func newHost(ctx context.Context, g *globals, nf *netFlags) (h *jobvm.Host, clos
 	if err != nil {
 		return nil, close, err
 	}
-	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: limits, Logger: g.log})
+	allowUncapped := nf != nil && nf.allowUncapped
+	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: limits, Logger: g.log, AllowUncapped: allowUncapped})
 	if err != nil {
 		return nil, close, err
+	}
+	if why := drv.Capped(); why != "" {
+		if !allowUncapped {
+			return nil, close, fmt.Errorf("VMs cannot be capped here (%s): a VM could take the host's memory; "+
+				"fix the cgroups, or run them anyway with --allow-uncapped (tandem up: agent.allow_uncapped)", why)
+		}
+		g.log.Warn("VMS RUN UNCAPPED (--allow-uncapped): cgroups cannot cap their memory or tasks here", "why", why)
 	}
 	images, err := image.Open(filepath.Join(g.dataDir, "images"))
 	if err != nil {
 		return nil, close, err
 	}
 	h = &jobvm.Host{Driver: drv, Images: images, Log: g.log, StateDir: state}
+	if nf != nil {
+		h.IOPerVCPU = nf.ioPerVCPU.Limits()
+	}
 	if nf == nil || nf.noNetwork {
 		return h, close, nil
 	}
@@ -88,49 +104,11 @@ func newHost(ctx context.Context, g *globals, nf *netFlags) (h *jobvm.Host, clos
 	if err != nil {
 		return nil, close, err
 	}
-	// VMs resolve through the forwarder on the gateway address, and may
-	// reach it and the mirror there: nothing else of the host.
-	gw := hostnet.GatewayOf(subnet)
-	ports := []hostnet.HostPort{{Proto: "udp", Port: 53}, {Proto: "tcp", Port: 53}}
-	if nf.mirrorPort != 0 {
-		ports = append(ports, hostnet.HostPort{Proto: "tcp", Port: uint16(nf.mirrorPort)})
-	}
-	n, err := hostnet.New(hostnet.Config{Bridge: nf.bridge, Subnet: subnet, StateDir: filepath.Join(state, "net"), NAT: true,
-		DNS: []netip.Addr{gw}, HostPorts: ports, Allow: spec.Allow, Deny: spec.Deny, HostFirewall: spec.HostFirewall, Logger: g.log})
+	close, err = h.SetUpNetwork(ctx, jobvm.Network{Bridge: nf.bridge, Subnet: subnet, StateDir: filepath.Join(state, "net"),
+		Own: nf.own, MirrorPort: nf.mirrorPort, Allow: spec.Allow, Deny: spec.Deny, HostFirewall: spec.HostFirewall,
+		DNSUpstreams: spec.DNSUpstreams, Logger: g.log})
 	if err != nil {
-		return nil, close, err
-	}
-	setup := n.Join
-	if nf.own {
-		setup = n.Ensure
-	}
-	if err := setup(ctx); err != nil {
-		return nil, close, fmt.Errorf("network: %w", err)
-	}
-	h.Net = n
-	dns, err := vmdns.Start(vmdns.Config{
-		Listen:    netip.AddrPortFrom(gw, 53).String(),
-		Upstreams: spec.DNSUpstreams,
-		Logger:    g.log,
-		Lookup: func(a netip.Addr) (string, egress.Policy, bool) {
-			l, ok, err := n.LeaseOf(a)
-			if err != nil || !ok {
-				return "", egress.Policy{}, false
-			}
-			return l.VMID, l.Egress, true
-		},
-		Pin: n.Pin,
-	})
-	switch {
-	case errors.Is(err, vmdns.ErrInUse):
-		// Another Tandem process on this bridge (the agent) answers for
-		// every VM of it: it reads the same leases.
-		g.log.Debug("DNS for VMs is served by another process", "addr", gw)
-	case err != nil:
-		return nil, close, err
-	default:
-		h.DNS = dns
-		close = func() { dns.Close() }
+		return nil, func() {}, err
 	}
 	return h, close, nil
 }

@@ -194,7 +194,7 @@ func imageRemoveCmd(g *globals) *cobra.Command {
 }
 
 func gcCmd(g *globals) *cobra.Command {
-	var nf netFlags
+	var nf hostFlags
 	cmd := &cobra.Command{
 		Use:   "gc",
 		Short: "Reclaim VMs, TAP devices, disks and address leases left by dead processes",
@@ -203,6 +203,7 @@ func gcCmd(g *globals) *cobra.Command {
 			if err := requireRoot("tandem gc"); err != nil {
 				return err
 			}
+			nf.allowUncapped = true // gc starts no VM
 			h, closeHost, err := newHost(cmd.Context(), g, &nf)
 			if err != nil {
 				return err

@@ -38,7 +38,7 @@ type runOptions struct {
 	jsonOut                    bool
 	env                        []string
 	workdir                    string
-	net                        netFlags
+	net                        hostFlags
 	mirror                     mirrorFlags
 }
 

@@ -137,7 +137,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			Images:  map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64},
 			Command: cfg.Runner.Command, User: cfg.Runner.User, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
-			LabelImages: cfg.Runner.Images,
+			LabelImages: cfg.Runner.Images, DiskPerVCPU: int(cfg.Runner.DiskPerVCPU),
 		},
 		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers, Egress: egressPolicies,
 		Limits:      schedulerLimits(cfg),
@@ -253,7 +253,8 @@ func schedulerLimits(cfg *config.Config) scheduler.Limits {
 func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stop func(), err error) {
 	gg := *g
 	gg.dataDir = dataDir
-	nf := &netFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true}
+	nf := &hostFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true,
+		allowUncapped: cfg.Agent.AllowUncapped, ioPerVCPU: cfg.Agent.IOPerVCPU}
 	if cfg.Agent.Mirror.On() {
 		nf.mirrorPort = cfg.Agent.Mirror.Port
 	}
@@ -293,7 +294,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		return nil, nil, err
 	}
 	c := capacity(dataDir)
-	rec := store.Host{ID: hostID, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, Arches: c.Arches}
+	rec := store.Host{ID: hostID, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, DiskMiB: int(c.DiskMiB), Arches: c.Arches}
 	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {

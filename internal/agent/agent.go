@@ -51,6 +51,8 @@ type Assignment struct {
 	ConfigTimeout time.Duration `json:"config_timeout"`
 	// Egress is the job's egress policy (zero: open).
 	Egress egress.Policy `json:"egress"`
+	// DiskMiB caps what the job may write to its disk (0: the disk's size).
+	DiskMiB int `json:"disk_mib,omitempty"`
 }
 
 // EventKind says what happened to a runner's VM.
@@ -170,12 +172,15 @@ func (a *Agent) Launch(asg Assignment) error {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.execute(ctx, r)
+		end := a.execute(ctx, r)
 		a.mu.Lock()
 		delete(a.runs, asg.Runner)
 		a.mu.Unlock()
 		r.release()
 		cancel(nil)
+		// Only now is the runner gone from the agent too: whoever hears
+		// "ended" and asks finds nothing of it.
+		a.emit(end)
 	}()
 	return nil
 }
@@ -244,7 +249,8 @@ func (a *Agent) emit(e Event) {
 	a.cfg.Sink(e)
 }
 
-func (a *Agent) execute(ctx context.Context, r *run) {
+// execute runs one runner's VM to its end and returns the "ended" event.
+func (a *Agent) execute(ctx context.Context, r *run) Event {
 	asg := r.asg
 	log := a.log.With("runner", asg.Runner)
 	out, closeOut := a.output(asg.Runner)
@@ -256,14 +262,13 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
 		}
 		log.Warn("runner VM not launched: no intact image", "image", asg.Image, "err", err)
-		a.emit(ev)
-		return
+		return ev
 	}
 	var vmID string
 	req := jobvm.Request{
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
 		Argv: asg.Command, User: asg.User, Env: asg.Env, Timeout: asg.Timeout,
-		Stdout: out, Stderr: out, Egress: asg.Egress,
+		Stdout: out, Stderr: out, Egress: asg.Egress, DiskMiB: asg.DiskMiB,
 		Owner: vm.ProcessOwner(), DieWithOwner: true,
 		OnCreate: func(inst vm.Instance) {
 			vmID = inst.Info().ID
@@ -301,7 +306,7 @@ func (a *Agent) execute(ctx context.Context, r *run) {
 	}
 	log.Info("runner VM ended", "vm", res.VMID, "exit_code", ev.ExitCode, "failure", ev.Failure,
 		"boot_ms", res.Timings.Boot, "run_ms", res.Timings.Run, "total_ms", res.Timings.Total)
-	a.emit(ev)
+	return ev
 }
 
 // output is where a runner's output goes: its log file (without a LogDir,

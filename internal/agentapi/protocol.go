@@ -81,7 +81,10 @@ type Capacity struct {
 	VCPUs       float64             `json:"vcpus"`
 	MemoryMiB   int                 `json:"memory_mib"`
 	DiskFreeMiB int64               `json:"disk_free_mib"`
-	Labels      []string            `json:"labels,omitempty"`
+	// DiskMiB is what VMs' disks may hold in all: the data dir's free
+	// space and what its VMs' disks hold now.
+	DiskMiB int64    `json:"disk_mib"`
+	Labels  []string `json:"labels,omitempty"`
 }
 
 // Hello opens a stream: who the agent is, what it offers, and which runner

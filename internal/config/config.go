@@ -23,6 +23,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 // Config is the whole file.
@@ -138,6 +139,11 @@ type Runner struct {
 	MaxJobTime    Duration `yaml:"max_job_duration"`
 	IdleTimeout   Duration `yaml:"idle_timeout"`
 	ConfigTimeout Duration `yaml:"config_timeout"`
+	// DiskPerVCPU is what a VM may write to its disk per vCPU (a 4-vCPU
+	// label gets four times as much): past it the job fails with "disk-full"
+	// and the host is untouched; placement counts it against each host's
+	// disk. 0 (the default): a VM may fill its disk, the image's size.
+	DiskPerVCPU Size `yaml:"disk_per_vcpu"`
 }
 
 // Scheduler configures placement.
@@ -182,6 +188,25 @@ type Agent struct {
 	Mirror Mirror `yaml:"mirror"`
 	// Network is what the host's VMs may reach beyond their isolation.
 	Network Network `yaml:"network"`
+	// AllowUncapped runs VMs though cgroups cannot cap their memory or
+	// tasks here (no memory or pids controller): off, the agent refuses to.
+	AllowUncapped bool `yaml:"allow_uncapped"`
+	// IOPerVCPU caps each VM's disk I/O, per vCPU (a 4-vCPU VM gets four
+	// times as much); zero fields: uncapped.
+	IOPerVCPU IOPerVCPU `yaml:"io_per_vcpu"`
+}
+
+// IOPerVCPU is a VM's disk I/O cap per vCPU.
+type IOPerVCPU struct {
+	ReadMBps  int64 `yaml:"read_mbps"`
+	WriteMBps int64 `yaml:"write_mbps"`
+	ReadIOPS  int64 `yaml:"read_iops"`
+	WriteIOPS int64 `yaml:"write_iops"`
+}
+
+// Limits returns the cap in bytes and operations per second.
+func (l IOPerVCPU) Limits() vm.IOLimits {
+	return vm.IOLimits{ReadBPS: l.ReadMBps << 20, WriteBPS: l.WriteMBps << 20, ReadIOPS: l.ReadIOPS, WriteIOPS: l.WriteIOPS}
 }
 
 // Secret is a byte string that never prints.
@@ -428,6 +453,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Scheduler.Default.MaxVMs < 0 || c.Scheduler.Default.MaxVCPUs < 0 {
 		bad("scheduler.default_limit: limits must not be negative")
+	}
+	if l := c.Agent.IOPerVCPU; l.ReadMBps < 0 || l.WriteMBps < 0 || l.ReadIOPS < 0 || l.WriteIOPS < 0 {
+		bad("agent.io_per_vcpu: caps must not be negative")
 	}
 	if _, err := c.Agent.Network.Compile(); err != nil {
 		bad("agent.network: %v", err)

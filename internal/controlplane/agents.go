@@ -275,7 +275,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.imgMu.RUnlock()
 	}
 	h := store.Host{ID: id, Arches: hello.Capacity.Arches, VCPUs: hello.Capacity.VCPUs,
-		MemoryMiB: hello.Capacity.MemoryMiB, Version: hello.AgentVersion}
+		MemoryMiB: hello.Capacity.MemoryMiB, DiskMiB: int(hello.Capacity.DiskMiB), Version: hello.AgentVersion}
 	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {
 		s.dropRemote(rh)
 		httpError(w, http.StatusServiceUnavailable, err.Error())

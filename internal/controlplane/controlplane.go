@@ -68,6 +68,10 @@ type RunnerSpec struct {
 	// LabelImages names other images for some runs-on labels (label →
 	// ref or id), e.g. tandem-arm64-4cpu-8gb: runner-arm64 (images.go).
 	LabelImages map[string]string
+	// DiskPerVCPU (MiB) is what a VM may write to its disk per vCPU: the
+	// VM is stopped past it, and placement counts it against each host's
+	// disk. 0: neither (a VM may fill its disk, which is the image's size).
+	DiskPerVCPU int
 }
 
 // Intervals of the reconcilers; a negative one is off.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -211,6 +212,9 @@ func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, l
 	for _, h := range hosts {
 		sh := scheduler.Host{ID: h.ID, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB,
 			Schedulable: h.State == store.HostOnline && connected[h.ID]}
+		if s.cfg.Runner.DiskPerVCPU > 0 {
+			sh.DiskMiB = h.DiskMiB
+		}
 		for _, a := range h.Arches {
 			sh.Arches = append(sh.Arches, scheduler.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
 		}
@@ -221,6 +225,7 @@ func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, l
 		if h := used[r.HostID]; h != nil {
 			h.UsedVCPUs += r.VCPUs
 			h.UsedMemoryMiB += r.MemoryMiB
+			h.UsedDiskMiB += s.diskFor(r.VCPUs)
 		}
 		ou := in.OrgUsage[r.Org]
 		ou.VMs++
@@ -235,9 +240,19 @@ func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, l
 	}
 	for _, j := range queued {
 		in.Queue = append(in.Queue, scheduler.Job{ID: j.ID, Org: j.Org, Repo: j.Repo,
-			Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, Queued: j.QueuedAt, AvoidHosts: j.AvoidHosts})
+			Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, DiskMiB: s.diskFor(j.VCPUs),
+			Queued: j.QueuedAt, AvoidHosts: j.AvoidHosts})
 	}
 	return in
+}
+
+// diskFor is what a VM of vcpus may write to its disk (runner.disk_per_vcpu,
+// at least one vCPU's worth); 0 when not configured.
+func (s *Server) diskFor(vcpus float64) int {
+	if s.cfg.Runner.DiskPerVCPU <= 0 {
+		return 0
+	}
+	return int(math.Ceil(math.Max(vcpus, 1) * float64(s.cfg.Runner.DiskPerVCPU)))
 }
 
 func (s *Server) newRunner(j store.Job, p scheduler.Placement, now time.Time) store.Runner {
@@ -282,7 +297,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	asg := agent.Assignment{
 		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
-		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress,
+		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.diskFor(r.VCPUs),
 	}
 	err := a.Launch(asg)
 	s.imgMu.RUnlock()

@@ -39,6 +39,8 @@ type Host struct {
 	// DNS, if set, is the host's DNS forwarder, which knows what names the
 	// VMs resolved (internal/vmdns); recorded flows get their names from it.
 	DNS DNSNames
+	// IOPerVCPU caps each VM's disk I/O per vCPU (zero: uncapped).
+	IOPerVCPU vm.IOLimits
 }
 
 // DNSNames is what a DNS forwarder remembers of a VM.
@@ -68,6 +70,9 @@ type Request struct {
 
 	// Egress is the VM's egress policy (zero: open).
 	Egress egress.Policy
+	// DiskMiB caps what the job may write to its disk (0: the image's
+	// free space); past it the VM is stopped, Failure FailDiskFull.
+	DiskMiB int
 
 	Owner        string
 	DieWithOwner bool
@@ -101,6 +106,11 @@ const (
 	FailGuestHang   = "guest-hang"   // the guest stopped sending heartbeats
 	FailBootTimeout = "boot-timeout" // the guest agent never became ready
 	FailCancelled   = "cancelled"    // the caller gave up (Ctrl-C)
+	// FailConsoleLimit and FailDiskFull: the host stopped a VM that wrote
+	// more to its serial console than the host keeps, or to its disk
+	// than it may (vm.ExitConsoleLimit, vm.ExitDiskFull).
+	FailConsoleLimit = vm.ExitConsoleLimit
+	FailDiskFull     = vm.ExitDiskFull
 )
 
 // Timings are the phases of one run, in milliseconds.
@@ -176,6 +186,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		ID: vm.NewID(), Arch: r.Arch, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB,
 		Kernel: im.Kernel(), Initrd: im.Initrd(), BaseDisk: im.Rootfs(),
 		Accel: choice.Accel, Owner: r.Owner, DieWithOwner: r.DieWithOwner,
+		IO: h.IOPerVCPU.Scaled(r.VCPUs), DiskMiB: r.DiskMiB,
 	}
 	res = Result{VMID: spec.ID, Arch: r.Arch, Accel: choice.Accel, AccelReason: choice.Reason,
 		Emulated: choice.Emulated, Image: im.ID}
@@ -327,14 +338,20 @@ func mergeEnv(base, extra map[string]string) map[string]string {
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
 
-// consoleTail returns the last n bytes of a VM's console log.
+// consoleTail returns the last n bytes of a VM's console log, reading no
+// more of it than that.
 func consoleTail(inst vm.Instance, n int) string {
-	b, err := os.ReadFile(inst.ConsoleLog())
+	f, err := os.Open(inst.ConsoleLog())
 	if err != nil {
 		return ""
 	}
-	if len(b) > n {
-		b = b[len(b)-n:]
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
 	}
-	return string(b)
+	off := max(fi.Size()-int64(n), 0)
+	b := make([]byte, fi.Size()-off)
+	m, _ := f.ReadAt(b, off)
+	return string(b[:m])
 }

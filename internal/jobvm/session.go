@@ -95,7 +95,8 @@ func (s *session) bootFailed(ctx, bctx context.Context, timeout time.Duration, c
 	case ctx.Err() != nil:
 		return s.fail(FailCancelled, "cancelled while booting")
 	case isExited(s.exited):
-		return s.fail(s.crashKind(), "the VM stopped before its guest agent was ready")
+		kind := s.crashKind()
+		return s.fail(kind, s.why(kind, "the VM stopped before its guest agent was ready"))
 	case bctx.Err() != nil:
 		return s.fail(FailBootTimeout, fmt.Sprintf("guest agent not ready within %s", timeout))
 	}
@@ -123,10 +124,26 @@ type FailureError struct{ Kind, Detail string }
 func (e *FailureError) Error() string { return e.Kind + ": " + e.Detail }
 
 func (s *session) crashKind() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if st, err := s.inst.Wait(ctx); err == nil && (st.Reason == vm.ExitConsoleLimit || st.Reason == vm.ExitDiskFull) {
+		return st.Reason
+	}
 	if panicLine(consoleTail(s.inst, 64<<10)) != "" {
 		return FailGuestPanic
 	}
 	return FailGuestCrash
+}
+
+// why says why the VM ended, for a failure of kind; otherwise it is.
+func (s *session) why(kind, otherwise string) string {
+	switch kind {
+	case FailConsoleLimit:
+		return "the VM wrote more to its serial console than the host keeps: the host stopped it"
+	case FailDiskFull:
+		return fmt.Sprintf("the job wrote more than its %d MiB of disk: the host stopped the VM", s.r.DiskMiB)
+	}
+	return otherwise
 }
 
 // panicLine finds the kernel's "Kernel panic - not syncing: …" line, which
@@ -191,7 +208,8 @@ func (s *session) run(ctx context.Context) (reported bool) {
 				case <-s.exited:
 				case <-time.After(5 * time.Second):
 				}
-				s.fail(s.crashKind(), "the guest ended without reporting the job's exit")
+				kind := s.crashKind()
+				s.fail(kind, s.why(kind, "the guest ended without reporting the job's exit"))
 				return false
 			}
 			silence.Reset(hb)

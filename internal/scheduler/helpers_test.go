@@ -103,6 +103,7 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 	}
 	addCPU := map[string]float64{}
 	addMem := map[string]int{}
+	addDisk := map[string]int{}
 	orgVMs := map[string]int{}
 	orgCPU := map[string]float64{}
 	for _, pl := range p.Placements {
@@ -125,6 +126,7 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 		}
 		addCPU[h.ID] += j.VCPUs
 		addMem[h.ID] += j.MemoryMiB
+		addDisk[h.ID] += j.DiskMiB
 		orgVMs[j.Org]++
 		orgCPU[j.Org] += j.VCPUs
 	}
@@ -133,6 +135,9 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 		if h.UsedVCPUs+c > h.VCPUs+1e-9 || h.UsedMemoryMiB+addMem[id] > h.MemoryMiB {
 			t.Fatalf("host %s over capacity: %v+%v vCPUs of %v, %d+%d MiB of %d",
 				id, h.UsedVCPUs, c, h.VCPUs, h.UsedMemoryMiB, addMem[id], h.MemoryMiB)
+		}
+		if h.DiskMiB > 0 && h.UsedDiskMiB+addDisk[id] > h.DiskMiB {
+			t.Fatalf("host %s over its disk: %d+%d MiB of %d", id, h.UsedDiskMiB, addDisk[id], h.DiskMiB)
 		}
 	}
 	for org, n := range orgVMs {
@@ -168,6 +173,11 @@ func randomInput(r *rand.Rand, nHosts, nJobs, nOrgs int) Input {
 			h.UsedVCPUs = float64(r.IntN(int(h.VCPUs)*4+1)) / 4
 			h.UsedMemoryMiB = r.IntN(h.MemoryMiB + 1)
 		}
+		// Every other host counts disk: as much as its memory, some used.
+		// (Derived, not drawn: the seeded draws stay as they were.)
+		if i%2 == 1 {
+			h.DiskMiB, h.UsedDiskMiB = h.MemoryMiB, h.UsedMemoryMiB/2
+		}
 		in.Hosts = append(in.Hosts, h)
 	}
 	jobArchs := []labels.Arch{labels.AMD64, labels.AMD64, labels.ARM64, labels.Any}
@@ -186,6 +196,9 @@ func randomInput(r *rand.Rand, nHosts, nJobs, nOrgs int) Input {
 			VCPUs:     []float64{0.25, 0.5, 1, 2, 4, 8, 16}[r.IntN(7)],
 			MemoryMiB: []int{512, 1024, 2048, 4096, 8192, 16384, 32768}[r.IntN(7)],
 			Queued:    t0.Add(time.Duration(r.IntN(3600)) * time.Second),
+		}
+		if i%3 == 0 {
+			j.DiskMiB = j.MemoryMiB / 2
 		}
 		if nHosts > 0 && r.IntN(10) == 0 {
 			j.AvoidHosts = []string{"h" + strconv.Itoa(r.IntN(nHosts))}

@@ -65,8 +65,10 @@ type host struct {
 	schedulable bool
 	totalCPU    int64 // quarters
 	totalMem    int64 // MiB
+	totalDisk   int64 // MiB; noDiskLimit when the host does not count disk
 	freeCPU     int64
 	freeMem     int64
+	freeDisk    int64
 	src         *Host
 	classes     []*class // schedulable hosts only
 }
@@ -86,7 +88,15 @@ type class struct {
 	full []size
 }
 
-type size struct{ cpu, mem int64 }
+type size struct{ cpu, mem, disk int64 }
+
+// noDiskLimit is the disk of a host that does not count disk.
+const noDiskLimit = int64(1) << 50
+
+func (j *job) size() size { return size{j.cpu, j.mem, j.disk} }
+
+// fits reports whether a holds b.
+func (a size) fits(b size) bool { return a.cpu >= b.cpu && a.mem >= b.mem && a.disk >= b.disk }
 
 func freeLess(a, b *host) bool {
 	if a.freeCPU != b.freeCPU {
@@ -98,18 +108,18 @@ func freeLess(a, b *host) bool {
 	return a.ord < b.ord
 }
 
-func (c *class) knownFull(cpu, mem int64) bool {
+func (c *class) knownFull(z size) bool {
 	for _, f := range c.full {
-		if cpu >= f.cpu && mem >= f.mem {
+		if z.fits(f) {
 			return true
 		}
 	}
 	return false
 }
 
-func (c *class) markFull(cpu, mem int64) {
-	c.full = slices.DeleteFunc(c.full, func(f size) bool { return f.cpu >= cpu && f.mem >= mem })
-	c.full = append(c.full, size{cpu, mem})
+func (c *class) markFull(z size) {
+	c.full = slices.DeleteFunc(c.full, func(f size) bool { return f.fits(z) })
+	c.full = append(c.full, z)
 }
 
 func (c *class) insert(h *host) {
@@ -127,14 +137,14 @@ func (c *class) remove(h *host) {
 // find returns the best-fitting member not in avoid or excluded, and the
 // best-fitting member in avoid (not excluded) as a fallback. sawExcluded
 // reports whether an excluded member would have fit.
-func (c *class) find(cpu, mem int64, avoid []int, excluded *host) (best, fallback *host, sawExcluded bool) {
-	if len(c.free) == 0 || c.knownFull(cpu, mem) {
+func (c *class) find(z size, avoid []int, excluded *host) (best, fallback *host, sawExcluded bool) {
+	if len(c.free) == 0 || c.knownFull(z) {
 		return nil, nil, false
 	}
-	i := sort.Search(len(c.free), func(i int) bool { return c.free[i].freeCPU >= cpu })
+	i := sort.Search(len(c.free), func(i int) bool { return c.free[i].freeCPU >= z.cpu })
 	for ; i < len(c.free); i++ {
 		h := c.free[i]
-		if h.freeMem < mem {
+		if h.freeMem < z.mem || h.freeDisk < z.disk {
 			continue
 		}
 		switch {
@@ -149,7 +159,7 @@ func (c *class) find(cpu, mem int64, avoid []int, excluded *host) (best, fallbac
 		}
 	}
 	if fallback == nil && !sawExcluded {
-		c.markFull(cpu, mem)
+		c.markFull(z)
 	}
 	return nil, fallback, sawExcluded
 }
@@ -170,30 +180,32 @@ type capacity struct {
 	unsched    int // hosts that are not schedulable
 }
 
-// holds reports whether some size in sizes has at least cpu and mem.
-func holds(sizes []size, cpu, mem int64) bool {
+// holds reports whether some size in sizes holds z.
+func holds(sizes []size, z size) bool {
 	for _, s := range sizes {
-		if s.cpu >= cpu && s.mem >= mem {
+		if s.fits(z) {
 			return true
 		}
 	}
 	return false
 }
 
-// pareto reduces sizes to those no other size dominates.
+// pareto reduces sizes to those no other size dominates: largest vCPUs
+// first, each kept only if no size kept before holds it.
 func pareto(sizes []size) []size {
 	slices.SortFunc(sizes, func(a, b size) int {
 		if a.cpu != b.cpu {
 			return cmp.Compare(b.cpu, a.cpu)
 		}
-		return cmp.Compare(b.mem, a.mem)
+		if a.mem != b.mem {
+			return cmp.Compare(b.mem, a.mem)
+		}
+		return cmp.Compare(b.disk, a.disk)
 	})
 	out := sizes[:0]
-	maxMem := int64(-1)
 	for _, s := range sizes {
-		if s.mem > maxMem {
+		if !holds(out, s) {
 			out = append(out, s)
-			maxMem = s.mem
 		}
 	}
 	return out
@@ -227,9 +239,15 @@ func newState(in Input) *state {
 			schedulable: h.Schedulable,
 			totalCPU:    quartersFloor(h.VCPUs),
 			totalMem:    int64(h.MemoryMiB),
+			totalDisk:   noDiskLimit,
 		}
 		nh.freeCPU = max(nh.totalCPU-quartersCeil(h.UsedVCPUs), 0)
 		nh.freeMem = max(nh.totalMem-int64(h.UsedMemoryMiB), 0)
+		nh.freeDisk = noDiskLimit
+		if h.DiskMiB > 0 {
+			nh.totalDisk = int64(h.DiskMiB)
+			nh.freeDisk = max(nh.totalDisk-int64(h.UsedDiskMiB), 0)
+		}
 		s.byID[h.ID] = nh
 		s.hosts = append(s.hosts, nh)
 	}
@@ -256,7 +274,7 @@ func newState(in Input) *state {
 			}
 			c := &s.caps[a]
 			c.count++
-			all[a] = append(all[a], size{nh.totalCPU, nh.totalMem})
+			all[a] = append(all[a], size{nh.totalCPU, nh.totalMem, nh.totalDisk})
 			if l := c.largest; l == nil || nh.totalCPU > l.totalCPU ||
 				(nh.totalCPU == l.totalCPU && nh.totalMem > l.totalMem) {
 				c.largest = nh
@@ -265,14 +283,14 @@ func newState(in Input) *state {
 				c.unsched++
 				continue
 			}
-			sched[a] = append(sched[a], size{nh.totalCPU, nh.totalMem})
+			sched[a] = append(sched[a], size{nh.totalCPU, nh.totalMem, nh.totalDisk})
 			cl := s.classes[a][0]
 			if !native[a] {
 				cl = s.classes[a][1]
 			}
 			cl.all = append(cl.all, nh)
 			nh.classes = append(nh.classes, cl)
-			if nh.freeCPU > 0 && nh.freeMem > 0 {
+			if nh.freeCPU > 0 && nh.freeMem > 0 && nh.freeDisk > 0 {
 				cl.free = append(cl.free, nh)
 			}
 		}
@@ -294,7 +312,7 @@ func newState(in Input) *state {
 
 func validHost(h *Host) bool {
 	return h.ID != "" && finiteNonNeg(h.VCPUs) && finiteNonNeg(h.UsedVCPUs) &&
-		h.MemoryMiB >= 0 && h.UsedMemoryMiB >= 0
+		h.MemoryMiB >= 0 && h.UsedMemoryMiB >= 0 && h.DiskMiB >= 0 && h.UsedDiskMiB >= 0
 }
 
 func (s *state) resolveAvoid(ids []string) []int {
@@ -332,7 +350,7 @@ func (s *state) place(j *job, r *repoQ) (Placement, string, bool) {
 		var bestCls *class
 		for _, a := range arches {
 			cl := s.classes[a][tier]
-			b, fb, se := cl.find(j.cpu, j.mem, j.avoid, r.reserved)
+			b, fb, se := cl.find(j.size(), j.avoid, r.reserved)
 			sawExcluded = sawExcluded || se
 			if b != nil && (best == nil || freeLess(b, best)) {
 				best, bestCls = b, cl
@@ -369,7 +387,10 @@ func (s *state) commit(j *job, h *host, cl *class) Placement {
 	}
 	h.freeCPU -= j.cpu
 	h.freeMem -= j.mem
-	if h.freeCPU > 0 && h.freeMem > 0 {
+	if h.freeDisk < noDiskLimit {
+		h.freeDisk -= j.disk
+	}
+	if h.freeCPU > 0 && h.freeMem > 0 && h.freeDisk > 0 {
 		for _, c := range h.classes {
 			c.insert(h)
 		}
@@ -385,12 +406,15 @@ func (s *state) reservation(j *job, arches []int) *host {
 		bestScore, bestAvoided := math.Inf(1), true
 		for _, a := range arches {
 			for _, h := range s.classes[a][tier].all {
-				if h.totalCPU < j.cpu || h.totalMem < j.mem {
+				if !(size{h.totalCPU, h.totalMem, h.totalDisk}).fits(j.size()) {
 					continue
 				}
 				avoided := slices.Contains(j.avoid, h.ord)
 				score := float64(max(j.cpu-h.freeCPU, 0))/float64(j.cpu) +
 					float64(max(j.mem-h.freeMem, 0))/float64(j.mem)
+				if j.disk > 0 {
+					score += float64(max(j.disk-h.freeDisk, 0)) / float64(j.disk)
+				}
 				better := best == nil ||
 					(!avoided && bestAvoided) ||
 					(avoided == bestAvoided && (score < bestScore || (score == bestScore && h.ord < best.ord)))

@@ -27,8 +27,12 @@ func validate(j *job) (string, bool) {
 	if src.MemoryMiB <= 0 {
 		return "invalid request: memory must be positive (got " + strconv.Itoa(src.MemoryMiB) + " MiB)", false
 	}
+	if src.DiskMiB < 0 {
+		return "invalid request: disk must not be negative (got " + strconv.Itoa(src.DiskMiB) + " MiB)", false
+	}
 	j.cpu = quartersCeil(src.VCPUs)
 	j.mem = int64(src.MemoryMiB)
+	j.disk = int64(src.DiskMiB)
 	return "", true
 }
 
@@ -49,7 +53,7 @@ func (s *state) everFits(j *job) (string, bool) {
 			continue
 		}
 		supported = true
-		if holds(c.all, j.cpu, j.mem) {
+		if holds(c.all, j.size()) {
 			return "", true
 		}
 		if l := c.largest; largest == nil || l.totalCPU > largest.totalCPU ||
@@ -68,6 +72,9 @@ func (s *state) everFits(j *job) (string, bool) {
 	if j.src.Arch != labels.Any {
 		on, kind = " on "+string(j.src.Arch), string(j.src.Arch)+" host"
 	}
+	if holds(c2(s, j), size{j.cpu, j.mem, 0}) {
+		return "needs " + fmtDisk(j.disk) + " of disk" + on + "; no " + kind + " has that much for its VMs", false
+	}
 	return "needs " + fmtSize(j.cpu, j.mem) + on + "; the largest " + kind + " has " +
 		fmtSize(largest.totalCPU, largest.totalMem), false
 }
@@ -77,7 +84,7 @@ func (s *state) fitsSchedulable(j *job) (string, bool) {
 	sched, unsched := 0, 0
 	for _, a := range archesOf(j.src.Arch) {
 		c := &s.caps[a]
-		if holds(c.sched, j.cpu, j.mem) {
+		if holds(c.sched, j.size()) {
 			return "", true
 		}
 		sched += c.count - c.unsched
@@ -87,7 +94,7 @@ func (s *state) fitsSchedulable(j *job) (string, bool) {
 		return "no schedulable " + hostKind(j.src.Arch) + " (" +
 			plural(int64(unsched), "host") + " draining, cordoned or offline)", false
 	}
-	return "no schedulable " + hostKind(j.src.Arch) + " can hold " + fmtSize(j.cpu, j.mem) +
+	return "no schedulable " + hostKind(j.src.Arch) + " can hold " + j.fmt() +
 		"; only draining, cordoned or offline ones can", false
 }
 
@@ -108,11 +115,15 @@ func (s *state) noRoomReason(j *job, arches []int) string {
 			}
 		}
 	}
-	msg := "no " + hostKind(j.src.Arch) + " has " + fmtSize(j.cpu, j.mem) + " free"
+	msg := "no " + hostKind(j.src.Arch) + " has " + j.fmt() + " free"
 	if best == nil {
 		return msg + " (all are full)"
 	}
-	return msg + " (best: " + best.id + " with " + fmtSize(best.freeCPU, best.freeMem) + " free)"
+	free := fmtSize(best.freeCPU, best.freeMem)
+	if j.disk > 0 && best.freeDisk < noDiskLimit {
+		free += " / " + fmtDisk(best.freeDisk) + " of disk"
+	}
+	return msg + " (best: " + best.id + " with " + free + " free)"
 }
 
 func hostKind(a labels.Arch) string {
@@ -123,6 +134,27 @@ func hostKind(a labels.Arch) string {
 }
 
 func fmtSize(cpu, mem int64) string { return fmtCPU(cpu) + " / " + fmtMem(mem) }
+
+// fmt formats what j needs: vCPUs, memory, and disk when it counts.
+func (j *job) fmt() string {
+	if j.disk > 0 {
+		return fmtSize(j.cpu, j.mem) + " / " + fmtDisk(j.disk) + " of disk"
+	}
+	return fmtSize(j.cpu, j.mem)
+}
+
+func fmtDisk(mib int64) string { return fmtMem(mib) }
+
+// c2 returns the totals of every host of j's architectures, disk left out.
+func c2(s *state, j *job) []size {
+	var out []size
+	for _, a := range archesOf(j.src.Arch) {
+		for _, z := range s.caps[a].all {
+			out = append(out, size{z.cpu, z.mem, 0})
+		}
+	}
+	return out
+}
 
 // fmtQuarters formats quarter vCPUs as a plain number: 6 -> "1.5".
 func fmtQuarters(q int64) string {

@@ -9,7 +9,9 @@
 //
 // A job fits a host when the host is Schedulable, supports an architecture
 // the job accepts (labels.Any accepts amd64 and arm64), and has the job's
-// vCPUs and memory free. vCPUs are accounted in whole quarter-vCPU units,
+// vCPUs and memory free, and its disk when both count disk (a job's
+// DiskMiB is what its VM may write; a host's DiskMiB what its VMs may
+// write in all; zero on either side: not counted). vCPUs are accounted in whole quarter-vCPU units,
 // so float sums never drift: requests and usage round up to the next quarter,
 // host totals round down. A host that lists an architecture both natively and
 // under emulation counts as native for it.
@@ -105,8 +107,10 @@ type Host struct {
 	Arches        []ArchSupport
 	VCPUs         float64 // total allocatable
 	MemoryMiB     int     // total allocatable
+	DiskMiB       int     // total allocatable to VMs' disks; 0: not counted
 	UsedVCPUs     float64 // by VMs already placed (any state)
 	UsedMemoryMiB int
+	UsedDiskMiB   int
 	Schedulable   bool // online and neither draining nor cordoned
 }
 
@@ -118,6 +122,7 @@ type Job struct {
 	Arch       labels.Arch
 	VCPUs      float64
 	MemoryMiB  int
+	DiskMiB    int       // what its VM may write; 0: not counted
 	Queued     time.Time // FIFO order within a repo
 	AvoidHosts []string  // hosts where a launch of this job failed
 }
@@ -186,6 +191,7 @@ type job struct {
 	src   *Job
 	cpu   int64 // quarter vCPUs
 	mem   int64 // MiB
+	disk  int64 // MiB; 0: not counted
 	avoid []int // ords of avoided hosts
 	done  bool
 }

@@ -561,12 +561,17 @@ func checkMaximal(t *testing.T, in Input, p Plan) {
 	t.Helper()
 	freeCPU := map[string]float64{}
 	freeMem := map[string]int{}
+	freeDisk := map[string]int{}
 	for _, h := range in.Hosts {
 		if _, ok := freeCPU[h.ID]; ok || !validHost(&h) || !h.Schedulable {
 			continue
 		}
 		freeCPU[h.ID] = float64(quartersFloor(h.VCPUs)-quartersCeil(h.UsedVCPUs)) / 4
 		freeMem[h.ID] = h.MemoryMiB - h.UsedMemoryMiB
+		freeDisk[h.ID] = math.MaxInt
+		if h.DiskMiB > 0 {
+			freeDisk[h.ID] = h.DiskMiB - h.UsedDiskMiB
+		}
 	}
 	jobs := map[int64]Job{}
 	for _, j := range in.Queue {
@@ -577,6 +582,9 @@ func checkMaximal(t *testing.T, in Input, p Plan) {
 	for _, pl := range p.Placements {
 		freeCPU[pl.HostID] -= float64(quartersCeil(jobs[pl.JobID].VCPUs)) / 4
 		freeMem[pl.HostID] -= jobs[pl.JobID].MemoryMiB
+		if freeDisk[pl.HostID] != math.MaxInt {
+			freeDisk[pl.HostID] -= jobs[pl.JobID].DiskMiB
+		}
 	}
 	for _, d := range p.Waiting {
 		if !strings.HasPrefix(d.Reason, "no ") || !strings.Contains(d.Reason, " free") {
@@ -588,7 +596,8 @@ func checkMaximal(t *testing.T, in Input, p Plan) {
 			for _, a := range h.Arches {
 				ok = ok || j.Arch.Matches(a.Arch)
 			}
-			if ok && h.Schedulable && freeCPU[h.ID] >= float64(quartersCeil(j.VCPUs))/4 && freeMem[h.ID] >= j.MemoryMiB {
+			if ok && h.Schedulable && freeCPU[h.ID] >= float64(quartersCeil(j.VCPUs))/4 && freeMem[h.ID] >= j.MemoryMiB &&
+				freeDisk[h.ID] >= j.DiskMiB {
 				t.Fatalf("job %d waits (%q) but host %s has %v vCPUs / %d MiB free", j.ID, d.Reason, h.ID, freeCPU[h.ID], freeMem[h.ID])
 			}
 		}
@@ -610,5 +619,42 @@ func TestLargeFleetAllPlaced(t *testing.T) {
 	checkPlan(t, in, p)
 	if len(p.Placements) != 400 {
 		t.Fatalf("placed %d of 400", len(p.Placements))
+	}
+}
+
+// TestDisk: a job's disk counts on a host that counts disk, and not on
+// one that does not; a job whose disk no host has is unschedulable.
+func TestDisk(t *testing.T) {
+	counted := mkHost("a", labels.AMD64, 16, 64)
+	counted.DiskMiB = 10 << 10
+	free := mkHost("b", labels.AMD64, 16, 64)
+	job := func(id int64, disk int) Job {
+		j := mkJob(id, "o/r", 1, 1)
+		j.DiskMiB = disk
+		return j
+	}
+	// Two 6 GiB jobs on a host with 10 GiB: one, then none.
+	in := Input{Hosts: []Host{counted}, Queue: []Job{job(1, 6<<10), job(2, 6<<10)}}
+	p := Schedule(in)
+	checkPlan(t, in, p)
+	if len(p.Placements) != 1 || len(p.Waiting) != 1 || !strings.Contains(p.Waiting[0].Reason, "6 GiB of disk") {
+		t.Errorf("plan %+v", p)
+	}
+	// A host that does not count disk takes both.
+	in.Hosts = append(in.Hosts, free)
+	p = Schedule(in)
+	checkPlan(t, in, p)
+	if len(p.Placements) != 2 {
+		t.Errorf("with a host not counting disk: %+v", p)
+	}
+	// More disk than the counting host has in all, and only it: never.
+	in = Input{Hosts: []Host{counted}, Queue: []Job{job(3, 20<<10)}}
+	p = Schedule(in)
+	if len(p.Unschedulable) != 1 || !strings.Contains(p.Unschedulable[0].Reason, "20 GiB of disk") {
+		t.Errorf("20 GiB on a 10 GiB host: %+v", p)
+	}
+	in = Input{Hosts: []Host{counted}, Queue: []Job{job(4, -1)}}
+	if p = Schedule(in); len(p.Unschedulable) != 1 || !strings.Contains(p.Unschedulable[0].Reason, "disk must not be negative") {
+		t.Errorf("negative disk: %+v", p)
 	}
 }

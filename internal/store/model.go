@@ -193,6 +193,7 @@ type Host struct {
 	Arches    []ArchSupport
 	VCPUs     float64 // allocatable to VMs
 	MemoryMiB int
+	DiskMiB   int // what its VMs' disks may hold in all; 0: not counted
 	State     HostState
 	Reason    string
 	Version   string

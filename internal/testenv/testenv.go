@@ -103,15 +103,21 @@ func ShortTempDir(t testing.TB) string {
 }
 
 // remountCgroups runs in the test's namespace before the test binary: it
-// mounts cgroup2, or else cgroup v1's cpu controller, where the host has
-// them, and then execs the test binary ($0 with its arguments).
+// mounts cgroup2, or else each cgroup v1 hierarchy, as the host has them
+// (VMs are capped in tests as they are outside), and then execs the test
+// binary ($0 with its arguments).
 const remountCgroups = `
-if ! [ -e /sys/fs/cgroup/cgroup.controllers ] && ! [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+if ! [ -e /sys/fs/cgroup/cgroup.controllers ] && ! [ -e /sys/fs/cgroup/memory/cgroup.procs ]; then
   if awk '$5 == "/sys/fs/cgroup" && / - cgroup2 /' /proc/1/mountinfo | grep -q .; then
     mount -t cgroup2 none /sys/fs/cgroup
-  elif grep -q ' - cgroup .*cpu' /proc/1/mountinfo; then
-    mount -t tmpfs cgroup_root /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/cpu &&
-      { mount -t cgroup -o cpu none /sys/fs/cgroup/cpu || mount -t cgroup -o cpu,cpuacct none /sys/fs/cgroup/cpu; }
+  else
+    mount -t tmpfs cgroup_root /sys/fs/cgroup
+    # Each v1 hierarchy: its mount point and its controllers.
+    awk '/ - cgroup / && $5 ~ "^/sys/fs/cgroup/" { for (i = 7; i <= NF; i++) if ($i == "-") { print $5, $(i+3) } }' /proc/1/mountinfo |
+    while read -r dir opts; do
+      ctl=$(echo "$opts" | tr ',' '\n' | grep -Ev '^(rw|ro|relatime|noatime|nosuid|nodev|noexec)$' | paste -sd, -)
+      [ -n "$ctl" ] && mkdir -p "$dir" && mount -t cgroup -o "$ctl" none "$dir"
+    done
   fi
 fi 2>/dev/null
 exec "$0" "$@"`

@@ -105,6 +105,37 @@ type Spec struct {
 	// DieWithOwner kills the VM if the creating process dies (even by SIGKILL).
 	// `tandem run` sets it; an agent, whose VMs must outlive its restarts, does not.
 	DieWithOwner bool
+	// IO caps the VM's disk I/O (zero: uncapped).
+	IO IOLimits
+	// DiskMiB caps what the VM may write to its root disk's overlay (0:
+	// the disk's own size): past it, the VM is stopped (ExitDiskFull).
+	DiskMiB int
+}
+
+// Exit reasons of a VM the driver stopped for using too much.
+const (
+	// ExitConsoleLimit: the guest wrote more to its serial console than
+	// the driver keeps.
+	ExitConsoleLimit = "console-limit"
+	// ExitDiskFull: the guest wrote more to its disk than Spec.DiskMiB.
+	ExitDiskFull = "disk-full"
+)
+
+// IOLimits caps a VM's disk I/O, in bytes and operations per second (0:
+// no cap of that kind).
+type IOLimits struct {
+	ReadBPS   int64 `json:"read_bps,omitempty"`
+	WriteBPS  int64 `json:"write_bps,omitempty"`
+	ReadIOPS  int64 `json:"read_iops,omitempty"`
+	WriteIOPS int64 `json:"write_iops,omitempty"`
+}
+
+// Scaled returns l for a VM of vcpus vCPUs: l is per vCPU, and a VM gets at
+// least one vCPU's worth.
+func (l IOLimits) Scaled(vcpus float64) IOLimits {
+	f := math.Max(vcpus, 1)
+	sc := func(v int64) int64 { return int64(float64(v) * f) }
+	return IOLimits{ReadBPS: sc(l.ReadBPS), WriteBPS: sc(l.WriteBPS), ReadIOPS: sc(l.ReadIOPS), WriteIOPS: sc(l.WriteIOPS)}
 }
 
 var idRE = regexp.MustCompile(`^vm-[0-9a-f]{10}$`)

@@ -291,6 +291,7 @@ func fullHost(id string) store.Host {
 		},
 		VCPUs:     63.5,
 		MemoryMiB: 256 << 10,
+		DiskMiB:   900 << 10,
 		State:     store.HostDraining,
 		Reason:    "kernel upgrade",
 		Version:   "v1.2.3",

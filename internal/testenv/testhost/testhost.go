@@ -19,15 +19,19 @@ import (
 )
 
 // New returns a host whose VMs get 2 vCPUs and 4 GiB at most, on bridge
-// tandem0 (172.30.0.0/24). The test must run in a private network
-// namespace (testenv.RunInNetns). On cleanup it fails the test if any VM or
-// address lease remains.
-func New(t *testing.T) *jobvm.Host {
+// tandem0 (172.30.0.0/24); mods, if any, change its driver's config. The
+// test must run in a private network namespace (testenv.RunInNetns). On
+// cleanup it fails the test if any VM or address lease remains.
+func New(t *testing.T, mods ...func(*qemu.Config)) *jobvm.Host {
 	t.Helper()
 	testenv.RequireVM(t)
 	images := testimages.Store(t)
 	state := testenv.ShortTempDir(t)
-	drv, err := qemu.New(qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}})
+	cfg := qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	drv, err := qemu.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

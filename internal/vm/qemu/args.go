@@ -16,6 +16,9 @@ type Paths struct {
 	QMP     string // Unix socket of QMP; empty: none
 	Disk    string // qcow2 overlay; empty: the base disk with snapshot=on
 	PIDFile string // empty: none
+	// TAPFd, if not 0, is the fd QEMU finds the VM's TAP open on (the
+	// jail's); 0: QEMU opens Spec.NIC.TAP by name.
+	TAPFd int
 }
 
 // Binary is the QEMU system emulator for a guest architecture.
@@ -93,8 +96,12 @@ func Args(s vm.Spec, p Paths) []string {
 		a = append(a, "-drive", drive, "-device", "virtio-blk-device,drive=root")
 	}
 	if s.NIC != nil {
+		netdev := "tap,id=net0,ifname=" + s.NIC.TAP + ",script=no,downscript=no"
+		if p.TAPFd != 0 {
+			netdev = "tap,id=net0,fd=" + strconv.Itoa(p.TAPFd)
+		}
 		a = append(a,
-			"-netdev", "tap,id=net0,ifname="+s.NIC.TAP+",script=no,downscript=no",
+			"-netdev", netdev,
 			"-device", "virtio-net-device,netdev=net0,mac="+s.NIC.MAC.String(),
 		)
 	}

@@ -2,12 +2,14 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -23,10 +25,12 @@ type instance struct {
 	dir     string
 	paths   Paths
 	created time.Time
+	uid     int // QEMU's (jail.go)
 
 	mu      sync.Mutex
 	pid     int
 	started bool
+	stopWhy string // why the driver killed it (vm.ExitConsoleLimit, vm.ExitDiskFull); "" otherwise
 	qmp     *qmp
 	exit    vm.ExitStatus
 	done    chan struct{} // closed when the QEMU process has exited
@@ -61,21 +65,16 @@ func (in *instance) Start(ctx context.Context) error {
 	in.started = true
 	in.mu.Unlock()
 
-	logf, err := os.OpenFile(in.dir+"/qemu.log", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	cmd, start, err := in.command()
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", in.spec.ID, err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(Binary(in.spec.Arch), Args(in.spec, in.paths)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = in.dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if in.spec.DieWithOwner {
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	}
+	defer start.Close()
 	if err := cmd.Start(); err != nil {
+		closeFiles(cmd)
 		return fmt.Errorf("vm %s: start %s: %w", in.spec.ID, Binary(in.spec.Arch), err)
 	}
+	closeFiles(cmd) // the child has them
 	pid := cmd.Process.Pid
 	in.mu.Lock()
 	in.pid = pid
@@ -90,11 +89,25 @@ func (in *instance) Start(ctx context.Context) error {
 		in.finish(code, reason)
 	}()
 	st, _ := vm.ProcStartTime(pid)
-	if err := in.d.writeRecord(in.spec.ID, record{Spec: in.spec, Created: in.created, PID: pid, StartTime: st}); err != nil {
+	if err := in.d.writeRecord(in.spec.ID, record{Spec: in.spec, Created: in.created, UID: in.uid, PID: pid, StartTime: st}); err != nil {
 		in.kill()
 		return fmt.Errorf("vm %s: write record: %w", in.spec.ID, err)
 	}
-	in.d.cg.place(in.spec.ID, in.spec.VCPUs, pid)
+	// Into its cgroups before QEMU runs: the jail waits for this byte.
+	if err := in.d.cg.place(in.spec.ID, in.caps(), pid); err != nil {
+		if !in.d.allowUncapped {
+			in.kill()
+			<-in.done
+			return fmt.Errorf("vm %s: cannot cap the VM with cgroups (%w); the host runs uncapped VMs only when told to (--allow-uncapped)", in.spec.ID, err)
+		}
+		in.d.warnUncapped(err)
+	}
+	if _, err := start.Write([]byte{1}); err != nil {
+		in.kill()
+		<-in.done
+		return fmt.Errorf("vm %s: qemu did not start: %s", in.spec.ID, in.qemuLogTail())
+	}
+	start.Close()
 
 	// QEMU is up once its QMP socket answers; a QEMU that refuses its
 	// arguments exits first, and its log says why.
@@ -116,7 +129,138 @@ func (in *instance) Start(ctx context.Context) error {
 	in.mu.Lock()
 	in.qmp = q
 	in.mu.Unlock()
+	go in.watch()
 	return nil
+}
+
+// watch stops the VM when it writes more to its console than the driver
+// keeps, or more to its disk than its spec allows; it returns when the
+// VM stops. The console's file is read by size, never whole.
+func (in *instance) watch() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-in.done:
+			return
+		case <-t.C:
+		}
+		why := ""
+		if fi, err := os.Stat(in.paths.Console); err == nil && fi.Size() > in.d.consoleLimit {
+			why = vm.ExitConsoleLimit
+		}
+		if in.spec.DiskMiB > 0 && in.paths.Disk != "" {
+			if n, ok := allocated(in.paths.Disk); ok && n > int64(in.spec.DiskMiB)<<20 {
+				why = vm.ExitDiskFull
+			}
+		}
+		if why != "" {
+			in.mu.Lock()
+			if in.stopWhy == "" {
+				in.stopWhy = why
+			}
+			in.mu.Unlock()
+			in.d.log.Warn("stopping a VM that used too much", "vm", in.spec.ID, "why", why)
+			in.kill()
+			return
+		}
+	}
+}
+
+// allocated returns the bytes a file takes on disk (a sparse file's
+// holes not counted).
+func allocated(path string) (int64, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, false
+	}
+	return st.Blocks * 512, true
+}
+
+// command returns the jailed QEMU of the VM (jail.go), and the write end of
+// its start pipe.
+func (in *instance) command() (*exec.Cmd, *os.File, error) {
+	bin, err := exec.LookPath(Binary(in.spec.Arch))
+	if err != nil {
+		return nil, nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	var ro []string
+	for _, f := range []string{in.spec.Kernel, in.spec.Initrd, in.spec.BaseDisk} {
+		if f == "" {
+			continue
+		}
+		a, err := filepath.Abs(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		ro = append(ro, a)
+	}
+	run, err := filepath.Abs(filepath.Dir(in.paths.Console))
+	if err != nil {
+		return nil, nil, err
+	}
+	kvm := in.spec.Accel == vm.AccelKVM
+	js := jailSpec{Binary: bin, UID: in.uid, Groups: jailGroups(kvm), Root: filepath.Join(filepath.Dir(run), ".jail"),
+		StateDir: run, ReadOnly: ro, Pdeath: in.spec.DieWithOwner, ParentPID: os.Getpid()}
+	if kvm {
+		js.Devices = []string{"kvm"}
+	}
+	spec, err := json.Marshal(js)
+	if err != nil {
+		return nil, nil, err
+	}
+	logf, err := os.OpenFile(filepath.Join(in.dir, "qemu.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, nil, err
+	}
+	p := in.paths
+	extra := []*os.File{startR}
+	if in.spec.NIC != nil {
+		tap, err := openTAP(in.spec.NIC.TAP)
+		if err != nil {
+			logf.Close()
+			startR.Close()
+			startW.Close()
+			return nil, nil, err
+		}
+		extra = append(extra, tap)
+		p.TAPFd = jailTAPFd
+	}
+	cmd := &exec.Cmd{Path: self, Args: append([]string{jailArg0, string(spec)}, Args(in.spec, p)...),
+		Dir: in.dir, Stdout: logf, Stderr: logf, ExtraFiles: extra}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if in.spec.DieWithOwner {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	return cmd, startW, nil
+}
+
+// closeFiles closes what a started command's child holds now.
+func closeFiles(cmd *exec.Cmd) {
+	for _, f := range cmd.ExtraFiles {
+		f.Close()
+	}
+	if f, ok := cmd.Stdout.(*os.File); ok {
+		f.Close()
+	}
+}
+
+// caps is what the VM's cgroups allow.
+func (in *instance) caps() caps {
+	c := caps{vcpus: in.spec.VCPUs, memoryBytes: memoryCap(in.spec) << 20}
+	if l := in.spec.IO; l != (vm.IOLimits{}) {
+		c.io = &IOLimit{Device: in.d.ioDevice, ReadBPS: l.ReadBPS, WriteBPS: l.WriteBPS, ReadIOPS: l.ReadIOPS, WriteIOPS: l.WriteIOPS}
+	}
+	return c
 }
 
 // watchForeign watches a QEMU process this process did not start (recovery).
@@ -164,6 +308,9 @@ func (in *instance) finish(code int, reason string) {
 			reason = r
 		}
 		in.qmp.close()
+	}
+	if in.stopWhy != "" {
+		reason = in.stopWhy
 	}
 	if reason == "" {
 		reason = "unknown"

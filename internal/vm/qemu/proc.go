@@ -44,7 +44,8 @@ func scanQEMU(stateDir string) map[string]int {
 			continue
 		}
 		args := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
-		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "qemu-system-") {
+		// QEMU, or its jail before it becomes QEMU (jail.go).
+		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "qemu-system-") && !isJail(args[0]) {
 			continue
 		}
 		for i := 0; i+1 < len(args); i++ {

@@ -35,7 +35,17 @@ type Config struct {
 	StateDir string // required; VMs live under StateDir/vms
 	Limits   vm.Limits
 	Logger   *slog.Logger
+	// AllowUncapped starts VMs that cgroups cannot cap (no memory or pids
+	// controller, say), with a warning; without it such a VM fails to
+	// start, saying why.
+	AllowUncapped bool
+	// ConsoleLimit is how much of its serial console a VM may write
+	// (default 64 MiB); past it the VM is stopped (vm.ExitConsoleLimit).
+	ConsoleLimit int64
 }
+
+// DefaultConsoleLimit bounds a VM's console log.
+const DefaultConsoleLimit = 64 << 20
 
 // Driver implements vm.Driver with QEMU.
 type Driver struct {
@@ -43,6 +53,12 @@ type Driver struct {
 	limits   vm.Limits
 	log      *slog.Logger
 	cg       *cgroups
+	// allowUncapped: Config.AllowUncapped. ioDevice is the disk the state
+	// lives on, "MAJ:MIN" ("" if not a block device: no I/O caps).
+	allowUncapped bool
+	ioDevice      string
+	consoleLimit  int64
+	warned        sync.Once
 
 	mu   sync.Mutex
 	live map[string]*instance // handles this process holds
@@ -61,14 +77,35 @@ func New(cfg Config) (*Driver, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o700); err != nil {
 		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
-	return &Driver{
-		stateDir: cfg.StateDir,
-		limits:   cfg.Limits,
-		log:      cfg.Logger,
-		cg:       newCgroups(cfg.Logger, cfg.StateDir),
-		live:     map[string]*instance{},
-	}, nil
+	d := &Driver{
+		stateDir:      cfg.StateDir,
+		limits:        cfg.Limits,
+		log:           cfg.Logger,
+		cg:            newCgroups(cfg.StateDir),
+		allowUncapped: cfg.AllowUncapped,
+		consoleLimit:  cfg.ConsoleLimit,
+		live:          map[string]*instance{},
+	}
+	if d.consoleLimit <= 0 {
+		d.consoleLimit = DefaultConsoleLimit
+	}
+	if dev, err := diskOf(cfg.StateDir); err == nil {
+		d.ioDevice = dev
+	} else {
+		d.log.Debug("VM disk I/O cannot be capped", "err", err)
+	}
+	return d, nil
 }
+
+// warnUncapped says once that VMs run without (some of) their caps.
+func (d *Driver) warnUncapped(err error) {
+	d.warned.Do(func() {
+		d.log.Warn("VMS RUN UNCAPPED: cgroups cannot cap them, and --allow-uncapped lets them run anyway", "err", err)
+	})
+}
+
+// Capped reports why VMs could not be capped here, or "" when they can.
+func (d *Driver) Capped() string { return d.cg.missing }
 
 // Limits is what a VM may ask of this host.
 func (d *Driver) Limits() vm.Limits { return d.limits }
@@ -82,6 +119,7 @@ func (d *Driver) vmDir(id string) string { return filepath.Join(d.stateDir, "vms
 type record struct {
 	Spec      vm.Spec   `json:"spec"`
 	Created   time.Time `json:"created"`
+	UID       int       `json:"uid"` // QEMU's, the VM's own (jail.go)
 	PID       int       `json:"pid,omitempty"`
 	StartTime uint64    `json:"pid_start_time,omitempty"` // /proc/PID/stat field 22, against PID reuse
 }
@@ -136,8 +174,16 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (vm.Instance, error) {
 			in.Destroy(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := d.writeRecord(s.ID, record{Spec: s, Created: in.created}); err != nil {
+	d.mu.Lock()
+	in.uid = vmUID(s.ID, d.takenUIDs())
+	err := d.writeRecord(s.ID, record{Spec: s, Created: in.created, UID: in.uid})
+	d.mu.Unlock()
+	if err != nil {
 		return nil, fmt.Errorf("vm %s: write record: %w", s.ID, err)
+	}
+	run := filepath.Dir(in.paths.Console)
+	if err := os.Mkdir(run, 0o700); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
 	if s.BaseDisk != "" {
 		base, err := filepath.Abs(s.BaseDisk)
@@ -149,22 +195,32 @@ func (d *Driver) Create(ctx context.Context, s vm.Spec) (vm.Instance, error) {
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: create overlay: %v: %s", s.ID, err, out)
 		}
+		if err := os.Chown(in.paths.Disk, in.uid, in.uid); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+		}
+	}
+	if err := os.Chown(run, in.uid, in.uid); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
 	ok = true
 	d.track(in)
 	return in, nil
 }
 
+// newInstance lays out a VM's directory: the record and QEMU's log in it
+// (the driver's, root's), and in its run/ what QEMU writes (the overlay,
+// console, sockets), owned by the VM's own uid.
 func (d *Driver) newInstance(s vm.Spec, created time.Time) *instance {
 	dir := d.vmDir(s.ID)
+	run := filepath.Join(dir, "run")
 	p := Paths{
-		Console: filepath.Join(dir, "console.log"),
-		Guest:   filepath.Join(dir, "guest.sock"),
-		QMP:     filepath.Join(dir, "qmp.sock"),
-		PIDFile: filepath.Join(dir, "qemu.pid"),
+		Console: filepath.Join(run, "console.log"),
+		Guest:   filepath.Join(run, "guest.sock"),
+		QMP:     filepath.Join(run, "qmp.sock"),
+		PIDFile: filepath.Join(run, "qemu.pid"),
 	}
 	if s.BaseDisk != "" {
-		p.Disk = filepath.Join(dir, "overlay.qcow2")
+		p.Disk = filepath.Join(run, "overlay.qcow2")
 	}
 	return &instance{d: d, spec: s, dir: dir, paths: p, created: created, done: make(chan struct{})}
 }
@@ -212,6 +268,7 @@ func (d *Driver) attach(ctx context.Context, id string) (*instance, error) {
 	}
 	r.Spec.ID = id
 	in := d.newInstance(r.Spec, r.Created)
+	in.uid = r.UID
 	pid := r.PID
 	if pid == 0 || !sameProcess(pid, r.StartTime) {
 		pid = 0
