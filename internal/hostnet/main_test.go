@@ -15,7 +15,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 
 // requireNetns is for tests that change the network: they need root and the
 // private namespace RunInNetns made, which -short does without.
-func requireNetns(t *testing.T) {
+func requireNetns(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	if testing.Short() {
@@ -27,7 +27,7 @@ func requireNetns(t *testing.T) {
 }
 
 // newNet makes a Network in a fresh state dir.
-func newNet(t *testing.T, mod func(*Config)) *Network {
+func newNet(t testing.TB, mod func(*Config)) *Network {
 	t.Helper()
 	cfg := Config{StateDir: testenv.ShortTempDir(t), NAT: true, Logger: slog.New(slog.DiscardHandler)}
 	if mod != nil {
@@ -42,7 +42,7 @@ func newNet(t *testing.T, mod func(*Config)) *Network {
 
 // ensured is newNet plus Ensure; on cleanup it removes the bridge and table
 // so that tests do not see one another's.
-func ensured(t *testing.T, mod func(*Config)) *Network {
+func ensured(t testing.TB, mod func(*Config)) *Network {
 	t.Helper()
 	requireNetns(t)
 	n := newNet(t, mod)
@@ -53,7 +53,7 @@ func ensured(t *testing.T, mod func(*Config)) *Network {
 	return n
 }
 
-func removeAll(t *testing.T, n *Network) {
+func removeAll(t testing.TB, n *Network) {
 	t.Helper()
 	if _, err := n.Reclaim(context.Background(), func(string) bool { return false }); err != nil {
 		t.Errorf("cleanup: %v", err)
