@@ -93,7 +93,7 @@ type isoRig struct {
 	lanPeer           *testenv.Peer
 }
 
-func newIsoRig(t *testing.T) *isoRig {
+func newIsoRig(t testing.TB) *isoRig {
 	t.Helper()
 	testenv.RequireVM(t)
 	ctx := context.Background()

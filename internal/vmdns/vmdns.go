@@ -77,6 +77,10 @@ type Server struct {
 	names    map[string]map[netip.Addr]string // vm → address → name
 	refused  map[string]map[string]int        // vm → name → queries refused
 	inflight map[string]int                   // vm → queries in flight
+	// pinned is when each VM's pins run out, as this server set them:
+	// an answer whose addresses are pinned for at least half its TTL
+	// more costs no nftables transaction.
+	pinned map[string]map[netip.Addr]time.Time
 }
 
 // ErrInUse: another process serves DNS on the address already (another
@@ -104,7 +108,8 @@ func Start(cfg Config) (*Server, error) {
 		}
 		cfg.Upstreams = ups
 	}
-	s := &Server{cfg: cfg, names: map[string]map[netip.Addr]string{}, refused: map[string]map[string]int{}, inflight: map[string]int{}}
+	s := &Server{cfg: cfg, names: map[string]map[netip.Addr]string{}, refused: map[string]map[string]int{}, inflight: map[string]int{},
+		pinned: map[string]map[netip.Addr]time.Time{}}
 	pc, ln, err := listen(cfg.Listen)
 	if err != nil {
 		if errors.Is(err, errAddrInUse) {
@@ -184,6 +189,45 @@ func (s *Server) Forget(vmID string) {
 	defer s.mu.Unlock()
 	delete(s.names, vmID)
 	delete(s.refused, vmID)
+	delete(s.pinned, vmID)
+}
+
+// needsPin reports whether addrs must be pinned for vmID to reach them for
+// ttl: some are not pinned for at least ttl/2 more.
+func (s *Server) needsPin(vmID string, addrs []netip.Addr, ttl time.Duration, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range addrs {
+		if until, ok := s.pinned[vmID][a]; !ok || until.Sub(now) < ttl/2 {
+			return true
+		}
+	}
+	return false
+}
+
+// pinnedAt records that addrs were pinned for vmID at now for ttl.
+func (s *Server) pinnedAt(vmID string, addrs []netip.Addr, now time.Time, ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pinned[vmID] == nil {
+		s.pinned[vmID] = map[netip.Addr]time.Time{}
+	}
+	m := s.pinned[vmID]
+	if len(m) >= MaxNames {
+		// Bounded: forget what has run out, else everything (the next
+		// answers are pinned again, which is only slower).
+		for a, u := range m {
+			if u.Before(now) {
+				delete(m, a)
+			}
+		}
+		if len(m) >= MaxNames {
+			clear(m)
+		}
+	}
+	for _, a := range addrs {
+		m[a] = now.Add(ttl)
+	}
 }
 
 func (s *Server) serve(w dns.ResponseWriter, q *dns.Msg) {
@@ -239,11 +283,12 @@ func (s *Server) answer(w dns.ResponseWriter, q *dns.Msg) *dns.Msg {
 	}
 	addrs, ttl := answers(r)
 	if len(addrs) > 0 && pol.Mode.Records() {
-		if pol.Mode == egress.Allowlist {
+		if now := time.Now(); pol.Mode == egress.Allowlist && s.needsPin(vmID, addrs, ttl, now) {
 			if err := s.cfg.Pin(ctx, vmID, addrs, ttl); err != nil {
 				s.cfg.Logger.Warn("dns: pinning an allowed name's addresses failed; answering SERVFAIL", "vm", vmID, "name", name, "err", err)
 				return fail(q, dns.RcodeServerFailure)
 			}
+			s.pinnedAt(vmID, addrs, now, ttl)
 		}
 		s.remember(vmID, func() {
 			if s.names[vmID] == nil {

@@ -249,7 +249,17 @@ func TestAllowlist(t *testing.T) {
 		t.Errorf("refused %v", got)
 	}
 
+	// Asked again while its pin has more than half its TTL to run: no
+	// second pin (each is an nftables transaction).
+	r.ask(t, "udp", "127.0.0.1", "allowed.example")
+	r.mu.Lock()
+	if len(r.pins) != len(want) {
+		t.Errorf("a name still pinned was pinned again: %v", r.pins[len(want):])
+	}
+	r.mu.Unlock()
+
 	// A pin that fails: SERVFAIL, not an answer the VM could not use.
+	r.s.Forget("vm-00000000a1")
 	r.mu.Lock()
 	r.err = context.DeadlineExceeded
 	r.mu.Unlock()
