@@ -207,14 +207,11 @@ func (n *Network) renderBase(leases []Lease, hostAddrs []netip.Addr, orphans []s
 func (n *Network) renderVM(l Lease) string {
 	t := tableName(n.cfg.Bridge)
 	k := vmKey(l.VMID)
-	tap := quote(TAPName(l.VMID))
-	mac := GuestMAC(l.VMID).String()
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	w("add element bridge %s ports { %s }", t, tap)
-	w("add element bridge %s macs { %s . %s }", t, tap, mac)
-	w("add element bridge %s arps { %s . %s . %s }", t, tap, mac, l.Addr)
-	w("add element bridge %s ips { %s . %s }", t, tap, l.Addr)
+	for _, e := range layer2Elements(l) {
+		w("add element bridge %s %s", t, e)
+	}
 	w("add chain inet %s vm_%s", t, k)
 	w("flush chain inet %s vm_%s", t, k)
 	w("add chain inet %s ok_%s", t, k)
@@ -268,22 +265,28 @@ func (n *Network) renderVM(l Lease) string {
 	return b.String()
 }
 
+// layer2Elements are a leased VM's elements of the bridge table's sets:
+// its TAP among the ports judged, and what that TAP may send from.
+func layer2Elements(l Lease) []string {
+	tap := quote(TAPName(l.VMID))
+	mac := GuestMAC(l.VMID).String()
+	return []string{
+		fmt.Sprintf("ports { %s }", tap),
+		fmt.Sprintf("macs { %s . %s }", tap, mac),
+		fmt.Sprintf("arps { %s . %s . %s }", tap, mac, l.Addr),
+		fmt.Sprintf("ips { %s . %s }", tap, l.Addr),
+	}
+}
+
 // renderVMRemoval returns the nft commands that remove what renderVM
 // added. Each object is added first, so that removing works whether or not
 // it exists: a removal may run again after a partial failure.
 func (n *Network) renderVMRemoval(l Lease) string {
 	t := tableName(n.cfg.Bridge)
 	k := vmKey(l.VMID)
-	tap := quote(TAPName(l.VMID))
-	mac := GuestMAC(l.VMID).String()
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
-	for _, e := range []string{
-		fmt.Sprintf("ports { %s }", tap),
-		fmt.Sprintf("macs { %s . %s }", tap, mac),
-		fmt.Sprintf("arps { %s . %s . %s }", tap, mac, l.Addr),
-		fmt.Sprintf("ips { %s . %s }", tap, l.Addr),
-	} {
+	for _, e := range layer2Elements(l) {
 		w("add element bridge %s %s", t, e)
 		w("delete element bridge %s %s", t, e)
 	}

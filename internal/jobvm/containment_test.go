@@ -173,20 +173,7 @@ func TestConsoleFlood(t *testing.T) {
 	r.Timeout = 5 * time.Minute
 	var biggest atomic.Int64
 	stop := make(chan struct{})
-	r.OnCreate = func(in vm.Instance) {
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if fi, err := os.Stat(in.ConsoleLog()); err == nil && fi.Size() > biggest.Load() {
-					biggest.Store(fi.Size())
-				}
-			}
-		}()
-	}
+	r.OnCreate = func(in vm.Instance) { go largest(stop, in.ConsoleLog(), &biggest) }
 	before := vmHWM(t)
 	res, err := h.Run(context.Background(), r)
 	close(stop)
@@ -226,19 +213,7 @@ func TestDiskFull(t *testing.T) {
 	var overlay atomic.Int64
 	stop := make(chan struct{})
 	r.OnCreate = func(in vm.Instance) {
-		dir := filepath.Dir(in.ConsoleLog())
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if fi, err := os.Stat(filepath.Join(dir, "overlay.qcow2")); err == nil && fi.Size() > overlay.Load() {
-					overlay.Store(fi.Size())
-				}
-			}
-		}()
+		go largest(stop, filepath.Join(filepath.Dir(in.ConsoleLog()), "overlay.qcow2"), &overlay)
 	}
 	res, err := h.Run(context.Background(), r)
 	close(stop)
@@ -250,5 +225,20 @@ func TestDiskFull(t *testing.T) {
 	}
 	if o := overlay.Load(); o > 200<<20 {
 		t.Errorf("the overlay grew to %d MiB: the job wrote all it wanted", o>>20)
+	}
+}
+
+// largest keeps in peak the largest size file had, sampled every 100 ms
+// until stop closes.
+func largest(stop <-chan struct{}, file string, peak *atomic.Int64) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if fi, err := os.Stat(file); err == nil && fi.Size() > peak.Load() {
+			peak.Store(fi.Size())
+		}
 	}
 }
