@@ -278,7 +278,8 @@ func diskOf(path string) (string, error) {
 	return dev, nil
 }
 
-// usage returns the VM's peak memory in bytes, and whether it was read.
+// peakMemory returns the peak memory of the VM's cgroup in bytes (QEMU
+// and the guest's memory it touched), and whether it was read.
 func (c *cgroups) peakMemory(id string) (int64, bool) {
 	scope, ok := c.scopes["memory"]
 	if !ok {

@@ -426,6 +426,10 @@ func (in *instance) Destroy(ctx context.Context) error {
 		}
 	}
 	var errs []error
+	if peak, ok := in.d.cg.peakMemory(in.spec.ID); ok {
+		in.d.log.Debug("vm memory peak", "vm", in.spec.ID, "guest_mib", in.spec.MemoryMiB,
+			"peak_mib", peak>>20, "cap_mib", memoryCap(in.spec))
+	}
 	if err := in.d.cg.remove(in.spec.ID); err != nil {
 		errs = append(errs, err)
 	}
