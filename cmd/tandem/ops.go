@@ -127,7 +127,7 @@ func (o *apiOptions) client(cmd *cobra.Command, g *globals) (*apiClient, error) 
 			tr.TLSClientConfig = agentapi.PinnedTLS(pin)
 		}
 	} else if token != "" && !isLoopback(u.Hostname()) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "tandem: warning: the API token goes unencrypted to %s: prefer the https:// listener\n", u.Host)
+		fmt.Fprintf(cmd.ErrOrStderr(), "tandem: warning: the API token goes unencrypted to %s: prefer a loopback listen address, or https (agents.listen with serve_api: true)\n", u.Host)
 	}
 	return &apiClient{server: u.String(), base: u, token: token, hc: &http.Client{
 		Transport: tr,
