@@ -16,6 +16,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -463,6 +464,23 @@ func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error
 	for _, r := range live {
 		s.HostEvent(agent.Event{Host: id, Runner: r.Name, Kind: agent.EventEnded, Failure: failure,
 			Detail: "host " + id + ": " + reason})
+	}
+	// A runner of the gone host may still be alive out there (a revoked
+	// host is not a dead one) and would take whichever job GitHub offers
+	// it: its registration goes now, not when the orphan reconciler comes
+	// by. GitHub refuses (422) for a runner running a job, which that
+	// job's own end settles; the reconciler retries any other failure.
+	for _, r := range live {
+		if r.GitHubID == 0 {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		err := s.gh.DeleteRunner(dctx, r.Installation, s.scope(r), r.GitHubID)
+		cancel()
+		if err != nil && !errors.Is(err, github.ErrNotFound) {
+			s.log.Warn("deleting a gone host's runner registration (the orphan reconciler will retry)",
+				"host", id, "runner", r.Name, "err", err)
+		}
 	}
 	kick(s.dispatchKick)
 	return nil

@@ -231,6 +231,25 @@ func TestHostLifecycle(t *testing.T) {
 	}
 }
 
+// A revoked host is not a dead one: its idle runners may still be up, and
+// GitHub would give them the next job. Revoking deletes their
+// registrations at once, without waiting for the orphan reconciler (off
+// here).
+func TestRevokedHostsRunnersAreDeregistered(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	a := f.join("a1")
+	a.host.set(nil, true) // its runners register and wait, taking no job
+	f.queue("acme/app", "tandem", "true")
+	f.waitFor("a runner registered with GitHub", 20*time.Second, func() bool { return len(f.gh.Runners()) == 1 })
+	if code := f.call("POST", "/api/v1/hosts/a1/revoke", rigAdminToken, nil); code != 200 {
+		t.Fatalf("revoke: %d", code)
+	}
+	if rs := f.gh.Runners(); len(rs) != 0 {
+		t.Errorf("after revoking its host, GitHub still lists %+v", rs)
+	}
+}
+
 // A revoked agent's daemon stops with ErrRevoked.
 func TestRevokedAgentStops(t *testing.T) {
 	f := newFleet(t)
