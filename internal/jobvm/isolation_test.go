@@ -188,8 +188,8 @@ func newIsoRig(t testing.TB) *isoRig {
 // or bash (the runner image).
 const probeScript = `
 p() {
-  if command -v nc >/dev/null; then nc -w 3 "$2" "$3" </dev/null >/dev/null 2>&1
-  else timeout 4 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; fi
+  if command -v nc >/dev/null; then nc -w 2 "$2" "$3" </dev/null >/dev/null 2>&1
+  else timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; fi
   if [ $? = 0 ]; then echo "$1 reached"; else echo "$1 blocked"; fi
 }
 r() { # NAME: resolve through the VM's resolver
