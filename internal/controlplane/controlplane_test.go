@@ -595,6 +595,10 @@ func TestLaunchRetriesElsewhereThenGivesUp(t *testing.T) {
 			t.Errorf("job after a failed launch on h1: %+v", j)
 		}
 	}
+	// A spare runner of the first job's attempts would take the next job
+	// (GitHub gives a queued job to any idle runner): wait until none is
+	// left, so that the next job depends on new launches only.
+	r.waitFor("spare runners to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 })
 	r.hosts[1].set(errors.New("no space left on device"), false)
 	id2 := r.queue("acme/app", "tandem", "true")
 	r.waitStates([]int64{id2}, 20*time.Second, store.JobFailed)

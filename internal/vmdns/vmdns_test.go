@@ -53,11 +53,9 @@ func startUpstream(t *testing.T) *upstream {
 		}
 		w.WriteMsg(r)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	// UDP and TCP on one port, as the forwarder binds them (the port UDP
+	// got may be taken for TCP: listen tries again).
+	pc, ln, err := listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

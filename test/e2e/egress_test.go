@@ -20,6 +20,7 @@ import (
 // allowed GitHub's address, works), and the default org's job runs open,
 // with nothing recorded.
 func TestEgressPolicyPerOrg(t *testing.T) {
+	testenv.RequireVM(t)
 	target := netip.AddrPortFrom(testenv.InternetAddr2, 8089)
 	ln := testenv.Internet(t).ListenOn(t, target)
 	go func() {

@@ -44,6 +44,7 @@ func serveToVMs(t *testing.T, files map[string][]byte) string {
 // registry in this test's network namespace; a second VM pulls it again,
 // and no layer of it reaches the upstream a second time.
 func TestRunnerImageDocker(t *testing.T) {
+	testenv.RequireVM(t) // before the image, which -short would build for nothing
 	dir := testimages.Runner(t, "amd64")
 	bb, arch, err := ociimage.HostBusybox()
 	if err != nil {
@@ -176,6 +177,7 @@ func TestRunnerImageArm64(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow: an emulated arm64 VM with systemd and Docker")
 	}
+	testenv.RequireVM(t)
 	dir := testimages.Runner(t, "arm64")
 	im, err := ociimage.Busybox(busyboxFor(t, dir, "arm64"), "arm64", nil)
 	if err != nil {
