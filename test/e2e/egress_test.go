@@ -56,8 +56,14 @@ func TestEgressPolicyPerOrg(t *testing.T) {
 		if j.Conclusion != "success" || !strings.Contains(j.Output, "target "+want[org]) {
 			t.Errorf("%s's job: conclusion %q, output %q; want the target %s", org, j.Conclusion, j.Output, want[org])
 		}
+		// The record comes with the runner's end, which may follow the
+		// job's completion on GitHub.
 		var v controlplane.EgressView
-		s.getJSON(fmt.Sprintf("/api/v1/jobs/%d/egress", id), &v)
+		s.waitFor(org+"'s egress record", time.Minute, func() bool {
+			v = controlplane.EgressView{}
+			s.getJSON(fmt.Sprintf("/api/v1/jobs/%d/egress", id), &v)
+			return org == "plain" || v.Record != nil
+		})
 		var flows []string
 		if v.Record != nil {
 			for _, f := range v.Record.Flows {
