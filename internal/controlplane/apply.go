@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -16,7 +18,7 @@ type applied struct {
 }
 
 // applyDelivery applies one stored delivery inside tx and marks it processed.
-func (s *Server) applyDelivery(tx store.Tx, d store.Delivery) (applied, error) {
+func (s *Server) applyDelivery(tx store.Tx, fx *afterCommit, d store.Delivery) (applied, error) {
 	now := s.now().UTC()
 	ev, err := github.ParseWorkflowJobEvent(d.Payload)
 	if err != nil {
@@ -24,18 +26,34 @@ func (s *Server) applyDelivery(tx store.Tx, d store.Delivery) (applied, error) {
 		// binary might still fail. It can never succeed: record why.
 		return applied{outcome: "malformed"}, tx.MarkDelivery(d.GUID, now, err.Error())
 	}
-	res, err := s.applyEvent(tx, ev, "webhook", now)
+	res, err := s.applyEvent(tx, fx, ev, "webhook", now)
 	if err != nil {
 		return res, fmt.Errorf("delivery %s (%s job %d): %w", d.GUID, ev.Action, ev.Job.ID, err)
 	}
 	return res, tx.MarkDelivery(d.GUID, now, "")
 }
 
+// githubEvent is the lifecycle event of a workflow_job action.
+func githubEvent(ev github.WorkflowJobEvent) (lifecycle.Event, bool) {
+	switch ev.Action {
+	case "queued", "waiting":
+		return lifecycle.GHQueued, true
+	case "in_progress":
+		return lifecycle.GHRunning, true
+	case "completed":
+		if ev.Job.Conclusion == "cancelled" {
+			return lifecycle.GHCancelled, true
+		}
+		return lifecycle.GHCompleted, true
+	}
+	return "", false
+}
+
 // applyEvent moves a job as a workflow_job event says. The same code applies
 // webhooks and what reconcilers learn from GitHub's API (source says which).
-// Events may come late, twice or out of order: each is applied only if it
-// moves the job forward, so a stale event changes nothing.
-func (s *Server) applyEvent(tx store.Tx, ev github.WorkflowJobEvent, source string, now time.Time) (applied, error) {
+// Events may come late, twice or out of order: the lifecycle table keeps a
+// job where it is for an event that would move it back.
+func (s *Server) applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEvent, source string, now time.Time) (applied, error) {
 	req, ok, perr := s.cfg.Labels.Parse(ev.Job.Labels)
 	if !ok && perr == nil {
 		return applied{outcome: "ignored"}, nil // not a job for Tandem
@@ -49,173 +67,204 @@ func (s *Server) applyEvent(tx store.Tx, ev github.WorkflowJobEvent, source stri
 		return applied{}, err
 	}
 	if !known {
-		job = store.Job{
-			ID: ev.Job.ID, RunID: ev.Job.RunID, RunAttempt: ev.Job.RunAttempt,
-			Installation: ev.InstallationID, Org: ev.Repo.Owner, Repo: ev.Repo.FullName,
-			Name: ev.Job.Name, Workflow: ev.Job.WorkflowName,
-			Labels: ev.Job.Labels, LabelKey: store.LabelKey(ev.Job.Labels),
-			State: store.JobQueued, CreatedAt: ev.Job.CreatedAt.UTC(), QueuedAt: now, UpdatedAt: now,
-		}
-		if job.Org == "" {
-			job.Org = ev.Org
-		}
-		if perr != nil {
-			job.State, job.Reason, job.CompletedAt = store.JobUnschedulable, perr.Error(), now
-		} else {
-			job.Arch, job.VCPUs, job.MemoryMiB = req.Arch, req.VCPUs, req.MemoryMiB
-			job.Reason = "waiting for a host"
-		}
-		reason := "queued on GitHub"
-		if ev.Action != "queued" {
-			reason = fmt.Sprintf("first seen as %s (the queued event was missed)", ev.Action)
-		}
-		if err := tx.CreateJob(job, store.Event{Source: source, Reason: reason}); err != nil {
+		if job, err = s.createJob(tx, fx, ev, req, perr, source, now); err != nil {
 			return applied{}, err
 		}
-		if source != "webhook" {
-			if err := s.count(tx, source+"/jobs-found", 1); err != nil {
-				return applied{}, err
-			}
+		if job.State.Terminal() {
+			return applied{outcome: "unschedulable", changed: true}, nil
 		}
 	}
-	if job.State.Terminal() {
-		outcome := "stale"
-		if !known {
-			outcome = "unschedulable"
-		}
-		return applied{outcome: outcome, changed: !known}, nil
+	ghEv, ok := githubEvent(ev)
+	if !ok {
+		return applied{outcome: "ignored", changed: !known}, nil
 	}
-	switch ev.Action {
-	case "queued", "waiting":
-		if known {
-			return applied{outcome: "duplicate"}, nil
-		}
+	switch ghEv {
+	case lifecycle.GHRunning:
+		return s.bindRunning(tx, fx, job, ev.Job.RunnerName, source, now)
+	case lifecycle.GHCompleted, lifecycle.GHCancelled:
+		return s.complete(tx, fx, job, ghEv, ev.Job, source, now)
+	}
+	// Queued again: the table keeps every job where it is.
+	if _, err := s.move(fx, &job, jobStep{ev: ghEv}, now); err != nil {
+		return applied{}, err
+	}
+	switch {
+	case !known:
 		return applied{outcome: "created", changed: true}, nil
-	case "in_progress":
-		if job.State == store.JobRunning && job.RunnerName == ev.Job.RunnerName {
-			return applied{outcome: "duplicate"}, nil
-		}
-		if job.State == store.JobRunning && ev.Job.RunnerName == "" {
-			return applied{outcome: "stale"}, nil
-		}
-		if err := s.bindRunning(tx, job, ev.Job.RunnerName, source, now); err != nil {
-			return applied{}, err
-		}
-		return applied{outcome: "running", changed: true}, nil
-	case "completed":
-		if err := s.complete(tx, job, ev.Job, source, now); err != nil {
-			return applied{}, err
-		}
-		return applied{outcome: "completed", changed: true}, nil
+	case job.State.Terminal():
+		return applied{outcome: "stale"}, nil
 	}
-	return applied{outcome: "ignored"}, nil
+	return applied{outcome: "duplicate"}, nil
+}
+
+// createJob stores a job Tandem hears of for the first time, queued, or
+// unschedulable when its Tandem labels are malformed (perr).
+func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEvent, req labels.Request, perr error, source string, now time.Time) (store.Job, error) {
+	job := store.Job{
+		ID: ev.Job.ID, RunID: ev.Job.RunID, RunAttempt: ev.Job.RunAttempt,
+		Installation: ev.InstallationID, Org: ev.Repo.Owner, Repo: ev.Repo.FullName,
+		Name: ev.Job.Name, Workflow: ev.Job.WorkflowName,
+		Labels: ev.Job.Labels, LabelKey: store.LabelKey(ev.Job.Labels),
+		State: lifecycle.New, CreatedAt: ev.Job.CreatedAt.UTC(), QueuedAt: now,
+	}
+	if job.Org == "" {
+		job.Org = ev.Org
+	}
+	step := jobStep{ev: lifecycle.Seen}
+	if perr != nil {
+		step.ev = lifecycle.SeenInvalid
+	}
+	if _, err := s.move(fx, &job, step, now); err != nil {
+		return job, err
+	}
+	if perr != nil {
+		job.Reason = perr.Error()
+	} else {
+		job.Arch, job.VCPUs, job.MemoryMiB = req.Arch, req.VCPUs, req.MemoryMiB
+		job.Reason = "waiting for a host"
+	}
+	reason := "queued on GitHub"
+	if ev.Action != "queued" {
+		reason = fmt.Sprintf("first seen as %s (the queued event was missed)", ev.Action)
+	}
+	if err := tx.CreateJob(job, store.Event{Source: source, Reason: reason}); err != nil {
+		return job, err
+	}
+	if source != "webhook" {
+		if err := s.count(tx, source+"/jobs-found", 1); err != nil {
+			return job, err
+		}
+	}
+	return job, nil
 }
 
 // bindRunning records that runnerName took job. If that runner is ours and
-// was made for another job of the same labels, the two jobs swap runners:
+// was made for another job of the same labels, the two jobs trade runners:
 // the other job gets the runner this job was holding, so every queued job
-// still has one VM on its way.
-func (s *Server) bindRunning(tx store.Tx, job store.Job, runnerName, source string, now time.Time) error {
-	held := job.RunnerName // our runner this job was holding, if any
-	if held == runnerName {
-		held = ""
+// still has one VM on its way (lifecycle.BindTaker, lifecycle.FreeRunner).
+func (s *Server) bindRunning(tx store.Tx, fx *afterCommit, job store.Job, runnerName, source string, now time.Time) (applied, error) {
+	held := "" // our runner this waiting job held, if GitHub gave it another
+	if (job.State == store.JobScheduled || job.State == store.JobLaunching) && job.RunnerName != runnerName {
+		held = job.RunnerName
 	}
-	job.State, job.RunnerName, job.HostID, job.StartedAt, job.UpdatedAt = store.JobRunning, runnerName, "", now, now
+	rule, err := s.move(fx, &job, jobStep{ev: lifecycle.GHRunning, facts: lifecycle.Facts{
+		RunnerNamed: runnerName != "", SameRunner: runnerName == job.RunnerName}}, now)
+	if err != nil {
+		return applied{}, err
+	}
+	if rule.To == lifecycle.Unchanged {
+		if job.State.Terminal() || runnerName == "" {
+			return applied{outcome: "stale"}, nil
+		}
+		return applied{outcome: "duplicate"}, nil
+	}
+	job.RunnerName, job.HostID = runnerName, ""
 	job.Reason = "running on " + runnerName
 	if runnerName == "" {
 		job.Reason = "running (GitHub did not name the runner)"
 	}
-	var r store.Runner
-	ours := false
-	if runnerName != "" {
-		var err error
-		r, err = tx.Runner(runnerName)
-		switch {
-		case err == nil:
-			ours = true
-		case !errors.Is(err, store.ErrNotFound):
-			return err
+	if rule.Does(lifecycle.BindTaker) {
+		gave, err := s.bindTaker(tx, fx, &job, held, runnerName, now)
+		if err != nil {
+			return applied{}, err
 		}
-	}
-	if ours {
-		job.HostID = r.HostID
-		prev := r.JobID
-		r.JobID, r.UpdatedAt = job.ID, now
-		if r.State != store.RunnerEnded {
-			r.State, r.BusyAt = store.RunnerBusy, now
-		}
-		if err := tx.PutRunner(r); err != nil {
-			return err
-		}
-		if prev != 0 && prev != job.ID {
-			if err := s.handOver(tx, prev, held, runnerName, now); err != nil {
-				return err
-			}
+		if gave {
 			held = ""
 		}
-	} else if runnerName != "" {
-		job.Reason = "running on " + runnerName + ", a runner Tandem did not make"
 	}
 	if err := tx.UpdateJob(job, store.Event{Source: source, Reason: job.Reason}); err != nil {
-		return err
+		return applied{}, err
 	}
-	if held != "" {
-		return s.unbind(tx, held, job.ID, now)
+	if rule.Does(lifecycle.FreeRunner) && held != "" {
+		if err := s.unbind(tx, held, job.ID, now); err != nil {
+			return applied{}, err
+		}
 	}
-	return nil
+	return applied{outcome: "running", changed: true}, nil
 }
 
-// handOver gives job prevID, whose runner took another job, the runner
-// spare (or sends it back to the queue when there is none).
-func (s *Server) handOver(tx store.Tx, prevID int64, spare, taker string, now time.Time) error {
+// bindTaker makes runnerName, if it is ours, busy with job, and hands the
+// job it was made for the runner spare (reporting whether it took it).
+func (s *Server) bindTaker(tx store.Tx, fx *afterCommit, job *store.Job, spare, runnerName string, now time.Time) (bool, error) {
+	r, err := tx.Runner(runnerName)
+	if errors.Is(err, store.ErrNotFound) {
+		job.Reason = "running on " + runnerName + ", a runner Tandem did not make"
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	job.HostID = r.HostID
+	prev := r.JobID
+	if _, err := moveRunner(&r, lifecycle.TookJob); err != nil {
+		return false, err
+	}
+	if r.State == store.RunnerBusy && r.BusyAt.IsZero() {
+		r.BusyAt = now
+	}
+	r.JobID, r.UpdatedAt = job.ID, now
+	if err := tx.PutRunner(r); err != nil {
+		return false, err
+	}
+	if prev == 0 || prev == job.ID {
+		return false, nil
+	}
+	return true, s.handOver(tx, fx, prev, spare, runnerName, now)
+}
+
+// handOver tells job prevID that its runner taker took another job, and
+// gives it the runner spare when that can serve it (else spare is freed).
+func (s *Server) handOver(tx store.Tx, fx *afterCommit, prevID int64, spare, taker string, now time.Time) error {
 	prev, err := tx.Job(prevID)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil
+		return s.unbind(tx, spare, 0, now)
 	}
 	if err != nil {
 		return err
 	}
-	if prev.State.Terminal() || prev.State == store.JobRunning || prev.RunnerName != taker {
-		if spare != "" {
-			return s.unbind(tx, spare, 0, now)
-		}
-		return nil
-	}
+	var sp store.Runner
+	ok := false
 	if spare != "" {
-		r, err := tx.Runner(spare)
-		if err != nil {
+		if sp, err = tx.Runner(spare); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		if r.State != store.RunnerEnded && r.LabelKey == prev.LabelKey {
-			r.JobID, r.UpdatedAt = prev.ID, now
-			if err := tx.PutRunner(r); err != nil {
-				return err
-			}
-			prev.State, prev.RunnerName, prev.HostID = jobStateFor(r), r.Name, r.HostID
-			prev.Reason = fmt.Sprintf("its runner %s took another job; now waiting for %s", taker, r.Name)
-			prev.UpdatedAt = now
-			return tx.UpdateJob(prev, store.Event{Source: "webhook", Reason: prev.Reason})
+		ok = err == nil && sp.State != store.RunnerEnded && sp.LabelKey == prev.LabelKey
+	}
+	rule := lifecycle.Rule{To: lifecycle.Unchanged}
+	if prev.RunnerName == taker { // else it has moved on already
+		if rule, err = s.move(fx, &prev, jobStep{ev: lifecycle.RunnerTaken,
+			facts: lifecycle.Facts{Spare: ok, Registered: ok && registered(sp)}}, now); err != nil {
+			return err
 		}
+	}
+	if rule.To == lifecycle.Unchanged || !ok {
 		if err := s.unbind(tx, spare, 0, now); err != nil {
 			return err
 		}
 	}
-	prev.State, prev.RunnerName, prev.HostID, prev.UpdatedAt = store.JobQueued, "", "", now
-	prev.Reason = fmt.Sprintf("its runner %s took another job", taker)
-	return tx.UpdateJob(prev, store.Event{Source: "webhook", Reason: prev.Reason})
-}
-
-// jobStateFor is the state of a not-yet-running job waiting for runner r.
-func jobStateFor(r store.Runner) store.JobState {
-	if r.GitHubID != 0 && r.State != store.RunnerAssigned {
-		return store.JobLaunching
+	if rule.To == lifecycle.Unchanged {
+		return nil
 	}
-	return store.JobScheduled
+	if ok {
+		sp.JobID, sp.UpdatedAt = prev.ID, now
+		if err := tx.PutRunner(sp); err != nil {
+			return err
+		}
+		prev.RunnerName, prev.HostID = sp.Name, sp.HostID
+		prev.Reason = fmt.Sprintf("its runner %s took another job; now waiting for %s", taker, sp.Name)
+	} else {
+		prev.RunnerName, prev.HostID = "", ""
+		prev.Reason = fmt.Sprintf("its runner %s took another job", taker)
+	}
+	return tx.UpdateJob(prev, store.Event{Source: "webhook", Reason: prev.Reason})
 }
 
 // unbind detaches one of our runners from job jobID (0: from whatever it
 // holds) so the dispatcher re-assigns it to a queued job or stops it.
 func (s *Server) unbind(tx store.Tx, name string, jobID int64, now time.Time) error {
+	if name == "" {
+		return nil
+	}
 	r, err := tx.Runner(name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -230,45 +279,53 @@ func (s *Server) unbind(tx store.Tx, name string, jobID int64, now time.Time) er
 	return tx.PutRunner(r)
 }
 
-// complete ends a job as GitHub reports it. A job cancelled before any
-// runner took it frees the runner VM made for it.
-func (s *Server) complete(tx store.Tx, job store.Job, gj github.Job, source string, now time.Time) error {
+// complete ends a job as GitHub reports it (ev: lifecycle.GHCompleted or
+// GHCancelled). A job that ended before any runner took it frees the runner
+// VM made for it.
+func (s *Server) complete(tx store.Tx, fx *afterCommit, job store.Job, ev lifecycle.Event, gj github.Job, source string, now time.Time) (applied, error) {
+	if gj.RunnerName != "" && job.RunnerName != gj.RunnerName && !job.State.Terminal() && job.State != store.JobRunning {
+		// The in_progress event was missed: bind first, so runner
+		// accounting (and the trade) stays right.
+		if _, err := s.bindRunning(tx, fx, job, gj.RunnerName, source, now); err != nil {
+			return applied{}, err
+		}
+		var err error
+		if job, err = tx.Job(job.ID); err != nil {
+			return applied{}, err
+		}
+	}
 	held := ""
 	if job.State != store.JobRunning {
 		held = job.RunnerName
 	}
-	if gj.RunnerName != "" && job.RunnerName != gj.RunnerName {
-		if job.State != store.JobRunning {
-			// The in_progress event was missed: bind first, so runner
-			// accounting (and the swap) stays right.
-			if err := s.bindRunning(tx, job, gj.RunnerName, source, now); err != nil {
-				return err
-			}
-			var err error
-			if job, err = tx.Job(job.ID); err != nil {
-				return err
-			}
-			held = ""
-		}
+	rule, err := s.move(fx, &job, jobStep{ev: ev}, now)
+	if err != nil {
+		return applied{}, err
 	}
-	job.State, job.Conclusion, job.CompletedAt, job.UpdatedAt = store.JobCompleted, gj.Conclusion, now, now
-	job.Reason = "completed: " + gj.Conclusion
-	if gj.Conclusion == "cancelled" {
-		job.State, job.Reason = store.JobCancelled, "cancelled on GitHub"
+	if rule.To == lifecycle.Unchanged {
+		return applied{outcome: "stale"}, nil
 	}
-	if gj.Conclusion == "" {
+	job.Conclusion = gj.Conclusion
+	switch {
+	case job.State == store.JobCancelled:
+		job.Reason = "cancelled on GitHub"
+	case gj.Conclusion == "":
 		job.Reason = "completed"
+	default:
+		job.Reason = "completed: " + gj.Conclusion
 	}
 	if err := tx.UpdateJob(job, store.Event{Source: source, Reason: job.Reason}); err != nil {
-		return err
+		return applied{}, err
 	}
-	if held != "" {
+	if rule.Does(lifecycle.FreeRunner) && held != "" {
 		if err := s.unbind(tx, held, job.ID, now); err != nil {
-			return err
+			return applied{}, err
 		}
 		if job.State == store.JobCancelled {
-			return s.count(tx, "reconciler/cancelled-queued/vms-freed", 1)
+			if err := s.count(tx, "reconciler/cancelled-queued/vms-freed", 1); err != nil {
+				return applied{}, err
+			}
 		}
 	}
-	return nil
+	return applied{outcome: "completed", changed: true}, nil
 }

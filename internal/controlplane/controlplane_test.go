@@ -623,6 +623,36 @@ func TestCancelFreesTheVM(t *testing.T) {
 	r.waitFor("VMs to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 && r.hosts[0].live() == 0 })
 }
 
+// A registered runner whose job was cancelled serves the next queued job of
+// its labels, which goes straight to launching. (The store used to refuse
+// queued → launching, and every placement pass then failed until the
+// runner's idle timeout.)
+func TestRegisteredSpareServesQueuedJob(t *testing.T) {
+	r := newRig(t, rigOptions{vcpus: 1, noReconcile: true})
+	r.hosts[0].set(nil, true) // runners start and wait, and take no job
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	first := r.queue("acme/app", "tandem", "true")
+	r.waitStates([]int64{first}, 10*time.Second, store.JobLaunching)
+	r.waitFor("the runner to start", 10*time.Second, func() bool {
+		rs := r.liveRunners()
+		return len(rs) == 1 && rs[0].State == store.RunnerIdle
+	})
+	spare := r.liveRunners()[0].Name
+	// The host is full: the next job waits for a place.
+	next := r.queue("acme/app", "tandem", "true")
+	r.waitStates([]int64{next}, 10*time.Second, store.JobQueued)
+	r.gh.CancelJob(first)
+	r.waitStates([]int64{first}, 10*time.Second, store.JobCancelled)
+	r.waitStates([]int64{next}, 10*time.Second, store.JobLaunching)
+	j, _ := r.job(next)
+	if j.RunnerName != spare || j.HostID != "h1" || j.Attempts != 1 {
+		t.Errorf("queued job given the spare: %+v (spare %s)", j, spare)
+	}
+	if rs := r.liveRunners(); len(rs) != 1 || rs[0].JobID != next {
+		t.Errorf("live runners %+v", rs)
+	}
+}
+
 // Fair share: one org's burst does not starve another's single job.
 func TestFairShareAcrossOrgs(t *testing.T) {
 	r := newRig(t, rigOptions{vcpus: 2, noReconcile: true})

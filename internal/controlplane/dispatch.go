@@ -10,6 +10,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -62,11 +63,11 @@ func (s *Server) dispatch(ctx context.Context) error {
 	start := time.Now()
 	now := s.now().UTC()
 	connected := s.connectedHosts()
-	var launches []launch
 	var stops []store.Runner
 	var waiting map[int64]string
-	err := s.st.Update(ctx, func(tx store.Tx) error {
-		launches, stops = nil, nil
+	launched := 0
+	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
+		stops, launched = nil, 0
 		queued, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobQueued}})
 		if err != nil {
 			return err
@@ -75,7 +76,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		queued, stops, err = s.rebalance(tx, queued, live, now)
+		queued, stops, err = s.rebalance(tx, fx, queued, live, now)
 		if err != nil {
 			return err
 		}
@@ -95,8 +96,11 @@ func (s *Server) dispatch(ctx context.Context) error {
 			if err := tx.PutRunner(r); err != nil {
 				return err
 			}
-			j.State, j.RunnerName, j.HostID, j.UpdatedAt = store.JobScheduled, r.Name, r.HostID, now
-			j.Attempts++
+			j.RunnerName, j.HostID = r.Name, r.HostID
+			if _, err := s.move(fx, &j, jobStep{ev: lifecycle.Placed, run: r}, now); err != nil {
+				return err
+			}
+			launched++
 			j.Reason = fmt.Sprintf("placed on %s (attempt %d)", p.HostID, j.Attempts)
 			if p.Emulated {
 				j.Reason += ", emulated " + string(p.Arch)
@@ -104,11 +108,13 @@ func (s *Server) dispatch(ctx context.Context) error {
 			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason}); err != nil {
 				return err
 			}
-			launches = append(launches, launch{runner: r, job: j})
 		}
 		for _, d := range plan.Unschedulable {
 			j := byID[d.JobID]
-			j.State, j.Reason, j.UpdatedAt, j.CompletedAt = store.JobUnschedulable, d.Reason, now, now
+			if _, err := s.move(fx, &j, jobStep{ev: lifecycle.NoHostFits}, now); err != nil {
+				return err
+			}
+			j.Reason = d.Reason
 			if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: d.Reason}); err != nil {
 				return err
 			}
@@ -128,19 +134,12 @@ func (s *Server) dispatch(ctx context.Context) error {
 	s.mu.Lock()
 	s.waiting = waiting
 	s.mu.Unlock()
-	s.metrics.placement(time.Since(start), len(launches))
+	s.metrics.placement(time.Since(start), launched)
 	for _, r := range stops {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.retire(ctx, r, "spare: no queued job needs it", "dispatch/spare-runners-stopped")
-		}()
-	}
-	for _, l := range launches {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.launch(ctx, l)
 		}()
 	}
 	return nil
@@ -149,7 +148,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 // rebalance binds each spare runner (live, bound to no job, not stopping)
 // to the oldest queued job it could serve, and returns the jobs still
 // queued and the runners to stop because no job needs them.
-func (s *Server) rebalance(tx store.Tx, queued []store.Job, live []store.Runner, now time.Time) ([]store.Job, []store.Runner, error) {
+func (s *Server) rebalance(tx store.Tx, fx *afterCommit, queued []store.Job, live []store.Runner, now time.Time) ([]store.Job, []store.Runner, error) {
 	var stops []store.Runner
 	taken := map[int64]bool{}
 	for _, r := range live {
@@ -176,7 +175,10 @@ func (s *Server) rebalance(tx store.Tx, queued []store.Job, live []store.Runner,
 			return nil, nil, err
 		}
 		j := *pick
-		j.State, j.RunnerName, j.HostID, j.UpdatedAt = jobStateFor(r), r.Name, r.HostID, now
+		j.RunnerName, j.HostID = r.Name, r.HostID
+		if _, err := s.move(fx, &j, jobStep{ev: lifecycle.GivenSpare, facts: lifecycle.Facts{Registered: registered(r)}}, now); err != nil {
+			return nil, nil, err
+		}
 		j.Reason = "given spare runner " + r.Name
 		if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason}); err != nil {
 			return nil, nil, err
@@ -352,7 +354,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 // with a reason, why it is being stopped.
 func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID int64) error {
 	now := s.now().UTC()
-	return s.st.Update(ctx, func(tx store.Tx) error {
+	return s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		r, err := tx.Runner(name)
 		if err != nil {
 			return err
@@ -377,10 +379,13 @@ func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID i
 		if err != nil {
 			return err
 		}
-		if j.State != store.JobScheduled || j.RunnerName != name {
-			return nil
+		if j.RunnerName != name {
+			return nil // it has moved on to another runner
 		}
-		j.State, j.UpdatedAt = store.JobLaunching, now
+		rule, err := s.move(fx, &j, jobStep{ev: lifecycle.Registered}, now)
+		if err != nil || rule.To == lifecycle.Unchanged {
+			return err
+		}
 		j.Reason = fmt.Sprintf("VM booting on %s; runner %s registered with GitHub", r.HostID, name)
 		return tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason})
 	})
@@ -556,7 +561,7 @@ func (s *Server) FlushEvents(ctx context.Context) error {
 // applyHostEvent moves a runner, and the job bound to it, as its host reports.
 func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 	now := e.At.UTC()
-	err := s.st.Update(ctx, func(tx store.Tx) error {
+	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		r, err := tx.Runner(e.Runner)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // not ours (or pruned): nothing to record
@@ -568,7 +573,9 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 			return nil
 		}
 		if e.Host != "" && r.HostID != e.Host {
-			s.log.Warn("host reported on another host's runner; ignored", "host", e.Host, "runner", r.Name, "owner", r.HostID)
+			fx.do(func() {
+				s.log.Warn("host reported on another host's runner; ignored", "host", e.Host, "runner", r.Name, "owner", r.HostID)
+			})
 			return nil
 		}
 		r.UpdatedAt = now
@@ -577,23 +584,23 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 		}
 		switch e.Kind {
 		case agent.EventBooting:
-			if r.State == store.RunnerAssigned {
-				r.State = store.RunnerBooting
+			if _, err := moveRunner(&r, lifecycle.VMBooting); err != nil {
+				return err
 			}
 			return tx.PutRunner(r)
 		case agent.EventStarted:
-			if r.State == store.RunnerAssigned || r.State == store.RunnerBooting {
-				r.State = store.RunnerIdle
+			if _, err := moveRunner(&r, lifecycle.RunnerStarted); err != nil {
+				return err
 			}
 			r.StartedAt = now
 			if r.JobID != 0 {
 				if j, err := tx.Job(r.JobID); err == nil && !j.QueuedAt.IsZero() {
-					s.metrics.runnerStarted(now.Sub(j.QueuedAt))
+					fx.do(func() { s.metrics.runnerStarted(now.Sub(j.QueuedAt)) })
 				}
 			}
 			return tx.PutRunner(r)
 		case agent.EventEnded:
-			return s.runnerEnded(tx, r, e, now)
+			return s.runnerEnded(tx, fx, r, e, now)
 		}
 		return fmt.Errorf("unknown host event kind %q", e.Kind)
 	})
@@ -607,10 +614,14 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 	return err
 }
 
-// runnerEnded records a runner's end. A job still waiting for it goes back
-// to the queue (another host is preferred) until its attempts run out.
-func (s *Server) runnerEnded(tx store.Tx, r store.Runner, e agent.Event, now time.Time) error {
-	r.State, r.EndedAt, r.ExitCode = store.RunnerEnded, now, e.ExitCode
+// runnerEnded records a runner's end, and tells the job bound to it
+// (lifecycle.RunnerExited): a job still waiting for it goes back to the
+// queue (another host is preferred) until its launches are spent.
+func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e agent.Event, now time.Time) error {
+	if _, err := moveRunner(&r, lifecycle.VMEnded); err != nil {
+		return err
+	}
+	r.EndedAt, r.ExitCode = now, e.ExitCode
 	if e.Egress != nil {
 		r.EgressRecord = e.Egress
 	}
@@ -635,41 +646,35 @@ func (s *Server) runnerEnded(tx store.Tx, r store.Runner, e agent.Event, now tim
 	if err != nil {
 		return err
 	}
-	if j.RunnerName != r.Name || j.State.Terminal() {
-		return nil
+	if j.RunnerName != r.Name {
+		return nil // the job has moved on to another runner
 	}
-	if j.State == store.JobRunning {
-		if e.Failure != FailHostOffline && e.Failure != FailHostRevoked {
-			return nil // a running job's end comes from GitHub (webhook or reconciler)
-		}
-		j.State, j.UpdatedAt, j.CompletedAt = store.JobLost, now, now
-		j.Reason = fmt.Sprintf("its host %s left the fleet while it ran: %s", r.HostID, firstLine(e.Detail))
-		return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
-	}
-	j.RunnerName, j.HostID, j.UpdatedAt = "", "", now
-	if e.Failure == "" && e.ExitCode == 0 && why == "" {
-		// An ephemeral runner exits cleanly after running one job: this one
-		// took another job of the same labels whose in_progress webhook has
-		// not arrived. Not a failed launch: the job needs a VM again, and
-		// GitHub is asked what became of it (verify).
-		j.Attempts--
-		j.State = store.JobQueued
-		j.Reason = fmt.Sprintf("runner %s ran another job; waiting for a new one", r.Name)
-		s.verify(j.ID)
-		return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
+	hostLeft := e.Failure == FailHostOffline || e.Failure == FailHostRevoked
+	// An ephemeral runner exits cleanly after running one job: one that
+	// ends cleanly without its job took another job of the same labels
+	// whose in_progress webhook has not arrived (the table refunds the
+	// attempt and asks GitHub).
+	clean := e.Failure == "" && e.ExitCode == 0 && why == ""
+	rule, err := s.move(fx, &j, jobStep{ev: lifecycle.RunnerExited, host: r.HostID, facts: lifecycle.Facts{
+		Clean: clean, HostLeft: hostLeft, HostAtFault: e.Failure != "" && e.Failure != "vm-gone"}}, now)
+	if err != nil || rule.To == lifecycle.Unchanged {
+		return err
 	}
 	if why == "" {
 		why = fmt.Sprintf("runner exited (code %d) without taking the job", e.ExitCode)
 	}
-	if e.Failure != "" && e.Failure != "vm-gone" {
-		j.AvoidHosts = appendUnique(j.AvoidHosts, r.HostID)
-	}
-	if j.Attempts >= s.cfg.MaxAttempts {
-		j.State, j.CompletedAt = store.JobFailed, now
+	switch {
+	case j.State == store.JobLost:
+		j.Reason = fmt.Sprintf("its host %s left the fleet while it ran: %s", r.HostID, firstLine(e.Detail))
+	case j.State == store.JobFailed:
 		j.Reason = fmt.Sprintf("gave up after %d launches; last on %s: %s", j.Attempts, r.HostID, why)
-	} else {
-		j.State = store.JobQueued
+	case clean:
+		j.Reason = fmt.Sprintf("runner %s ran another job; waiting for a new one", r.Name)
+	default:
 		j.Reason = fmt.Sprintf("launch %d on %s failed: %s", j.Attempts, r.HostID, why)
+	}
+	if j.State != store.JobLost {
+		j.RunnerName, j.HostID = "", ""
 	}
 	return tx.UpdateJob(j, store.Event{Source: "agent", Reason: j.Reason})
 }

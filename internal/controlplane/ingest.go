@@ -130,10 +130,10 @@ func (s *Server) applyPending(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	var results []applied
-	err = s.st.Update(ctx, func(tx store.Tx) error {
+	err = s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		results = results[:0]
 		for _, d := range ds {
-			res, err := s.applyDelivery(tx, d)
+			res, err := s.applyDelivery(tx, fx, d)
 			if err != nil {
 				return err
 			}
@@ -153,9 +153,9 @@ func (s *Server) applyPending(ctx context.Context) (int, error) {
 func (s *Server) applyOneByOne(ctx context.Context, ds []store.Delivery) error {
 	for _, d := range ds {
 		var res applied
-		err := s.st.Update(ctx, func(tx store.Tx) error {
+		err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 			var err error
-			res, err = s.applyDelivery(tx, d)
+			res, err = s.applyDelivery(tx, fx, d)
 			return err
 		})
 		if err == nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github"
+	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -73,11 +74,11 @@ func (s *Server) reconcileLoop(ctx context.Context, r reconciler) {
 }
 
 // record applies a reconciler's finding in its own transaction and counts it.
-func (s *Server) record(ctx context.Context, rec, action string, fn func(tx store.Tx, now time.Time) (bool, error)) error {
+func (s *Server) record(ctx context.Context, rec, action string, fn func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error)) error {
 	did := false
-	err := s.st.Update(ctx, func(tx store.Tx) error {
+	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		var err error
-		if did, err = fn(tx, s.now().UTC()); err != nil || !did {
+		if did, err = fn(tx, fx, s.now().UTC()); err != nil || !did {
 			return err
 		}
 		return s.count(tx, "reconciler/"+rec+"/"+action, 1)
@@ -157,13 +158,13 @@ func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, w
 		Repo: github.Repository{FullName: gj.Repo, Owner: owner}}
 	var res applied
 	src := "reconciler/" + RecMissedWebhooks
-	err := s.st.Update(ctx, func(tx store.Tx) error {
+	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		before, err := tx.Job(gj.ID)
 		known := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		if res, err = s.applyEvent(tx, ev, src, s.now().UTC()); err != nil {
+		if res, err = s.applyEvent(tx, fx, ev, src, s.now().UTC()); err != nil {
 			return err
 		}
 		if known && res.changed {
@@ -203,7 +204,7 @@ func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
 		return s.learn(ctx, j.Installation, gj, "job had not moved for "+s.cfg.Reconcile.LostAfter.String())
 	}
 	// Running on GitHub and here: is its runner still alive?
-	return s.record(ctx, RecMissedWebhooks, "jobs-lost", func(tx store.Tx, now time.Time) (bool, error) {
+	return s.record(ctx, RecMissedWebhooks, "jobs-lost", func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error) {
 		r, err := tx.Runner(j.RunnerName)
 		if errors.Is(err, store.ErrNotFound) {
 			return false, nil // a runner not ours: GitHub will end it
@@ -212,13 +213,16 @@ func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
 			return false, err
 		}
 		cur, err := tx.Job(j.ID)
-		if err != nil || cur.State != store.JobRunning || cur.RunnerName != r.Name {
+		if err != nil || cur.RunnerName != r.Name {
 			return false, err
 		}
-		cur.State, cur.UpdatedAt, cur.CompletedAt = store.JobLost, now, now
+		rule, err := s.move(fx, &cur, jobStep{ev: lifecycle.RunnerVanished}, now)
+		if err != nil || rule.To == lifecycle.Unchanged {
+			return false, err
+		}
 		cur.Reason = fmt.Sprintf("runner %s's VM ended %s ago (%s) and GitHub still reports the job in progress",
 			r.Name, now.Sub(r.EndedAt).Round(time.Second), orText(r.Reason, "exited"))
-		s.log.Warn("job lost", "job", cur.ID, "reason", cur.Reason)
+		fx.do(func() { s.log.Warn("job lost", "job", cur.ID, "reason", cur.Reason) })
 		return true, tx.UpdateJob(cur, store.Event{Source: "reconciler/" + RecMissedWebhooks, Reason: cur.Reason})
 	})
 }
@@ -333,7 +337,7 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 		s.mu.Unlock()
 		s.log.Info("reconciler: asked GitHub to redeliver a failed webhook", "reconciler", RecFailedDeliveries,
 			"delivery", guid, "action", a.latest.Action, "status", a.latest.Status)
-		if err := s.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, time.Time) (bool, error) {
+		if err := s.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, *afterCommit, time.Time) (bool, error) {
 			return true, nil
 		}); err != nil {
 			errs = append(errs, err)
@@ -405,7 +409,7 @@ func (s *Server) reconcileOrphans(ctx context.Context) error {
 			}
 			s.log.Info("reconciler: deleted a GitHub runner whose VM is gone", "reconciler", RecOrphans,
 				"runner", gr.Name, "scope", scopeString(k.scope))
-			if err := s.record(ctx, RecOrphans, "github-runners-deleted", func(store.Tx, time.Time) (bool, error) { return true, nil }); err != nil {
+			if err := s.record(ctx, RecOrphans, "github-runners-deleted", func(store.Tx, *afterCommit, time.Time) (bool, error) { return true, nil }); err != nil {
 				errs = append(errs, err)
 			}
 		}

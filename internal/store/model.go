@@ -8,71 +8,35 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/lifecycle"
 
 	"github.com/tandem-ci/tandem/internal/egress"
 )
 
-// JobState is where a GitHub job stands from Tandem's point of view.
-type JobState string
+// JobState is where a GitHub job stands from Tandem's point of view. The
+// state machine, with every event that moves a job and what follows, is
+// internal/lifecycle's table; the store refuses a change the table does not
+// allow.
+type JobState = lifecycle.JobState
 
+// Job states.
 const (
-	// JobQueued: GitHub queued it and it needs a VM; none is placed for it.
-	JobQueued JobState = "queued"
-	// JobScheduled: a host was chosen and a runner (VM) allocated for it.
-	JobScheduled JobState = "scheduled"
-	// JobLaunching: the VM is booting and its JIT runner config was fetched.
-	JobLaunching JobState = "launching"
-	// JobRunning: an in_progress webhook (or GitHub's API) named the runner
-	// that took it.
-	JobRunning JobState = "running"
-	// Terminal states.
-	JobCompleted     JobState = "completed"     // GitHub completed it (any conclusion but cancelled)
-	JobCancelled     JobState = "cancelled"     // GitHub completed it as cancelled
-	JobFailed        JobState = "failed"        // Tandem gave up on it (launch retries exhausted, ...)
-	JobUnschedulable JobState = "unschedulable" // no host could ever hold it
-	JobLost          JobState = "lost"          // its runner vanished and GitHub never reported an end
+	JobQueued        = lifecycle.Queued
+	JobScheduled     = lifecycle.Scheduled
+	JobLaunching     = lifecycle.Launching
+	JobRunning       = lifecycle.Running
+	JobCompleted     = lifecycle.Completed
+	JobCancelled     = lifecycle.Cancelled
+	JobFailed        = lifecycle.Failed
+	JobUnschedulable = lifecycle.Unschedulable
+	JobLost          = lifecycle.Lost
 )
 
 // JobStates lists every state, in lifecycle order.
-var JobStates = []JobState{JobQueued, JobScheduled, JobLaunching, JobRunning,
-	JobCompleted, JobCancelled, JobFailed, JobUnschedulable, JobLost}
-
-// Terminal reports whether no transition leaves s.
-func (s JobState) Terminal() bool {
-	switch s {
-	case JobCompleted, JobCancelled, JobFailed, JobUnschedulable, JobLost:
-		return true
-	}
-	return false
-}
-
-// Valid reports whether s is a known state.
-func (s JobState) Valid() bool { return slices.Contains(JobStates, s) }
-
-// Active reports whether a job in state s holds (or is about to hold) a VM.
-func (s JobState) Active() bool {
-	return s == JobScheduled || s == JobLaunching || s == JobRunning
-}
-
-// transitions is the job state machine. A state may also "transition" to
-// itself: that records an event (a runner swap, a retry count) without
-// changing the state.
-var transitions = map[JobState][]JobState{
-	// A queued job may start running on a runner that was made for another
-	// job of the same labels, before its own VM was even placed.
-	JobQueued:    {JobScheduled, JobRunning, JobCompleted, JobCancelled, JobFailed, JobUnschedulable},
-	JobScheduled: {JobQueued, JobLaunching, JobRunning, JobCompleted, JobCancelled, JobFailed, JobLost},
-	JobLaunching: {JobQueued, JobScheduled, JobRunning, JobCompleted, JobCancelled, JobFailed, JobLost},
-	JobRunning:   {JobCompleted, JobCancelled, JobFailed, JobLost},
-}
+var JobStates = lifecycle.JobStates
 
 // CanTransition reports whether the state machine allows from → to.
-func CanTransition(from, to JobState) bool {
-	if from == to {
-		return from.Valid() && !from.Terminal()
-	}
-	return slices.Contains(transitions[from], to)
-}
+func CanTransition(from, to JobState) bool { return lifecycle.CanTransition(from, to) }
 
 // Job is one GitHub Actions job that asked for Tandem.
 type Job struct {
@@ -120,22 +84,21 @@ func LabelKey(ls []string) string {
 	return strings.Join(slices.Compact(out), ",")
 }
 
-// RunnerState is where one of Tandem's runners (one VM) stands.
-type RunnerState string
+// RunnerState is where one of Tandem's runners (one VM) stands
+// (internal/lifecycle's runner table).
+type RunnerState = lifecycle.RunnerState
 
+// Runner states.
 const (
-	RunnerAssigned RunnerState = "assigned" // placed on a host; the host has not started it yet
-	RunnerBooting  RunnerState = "booting"  // the host is booting its VM
-	RunnerIdle     RunnerState = "idle"     // the runner process runs and waits for a job
-	RunnerBusy     RunnerState = "busy"     // it took a job
-	RunnerEnded    RunnerState = "ended"    // the VM is gone (terminal)
+	RunnerAssigned = lifecycle.RunnerAssigned
+	RunnerBooting  = lifecycle.RunnerBooting
+	RunnerIdle     = lifecycle.RunnerIdle
+	RunnerBusy     = lifecycle.RunnerBusy
+	RunnerEnded    = lifecycle.RunnerEnded
 )
 
 // RunnerStates lists every runner state, in lifecycle order.
-var RunnerStates = []RunnerState{RunnerAssigned, RunnerBooting, RunnerIdle, RunnerBusy, RunnerEnded}
-
-// Valid reports whether s is a known runner state.
-func (s RunnerState) Valid() bool { return slices.Contains(RunnerStates, s) }
+var RunnerStates = lifecycle.RunnerStates
 
 // Runner is one ephemeral GitHub runner that Tandem made, and the VM it
 // lives in: one VM per runner, one runner per VM.
