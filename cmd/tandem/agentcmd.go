@@ -19,7 +19,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/hostdeps"
 	"github.com/tandem-ci/tandem/internal/labels"
-	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -186,13 +185,13 @@ func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string
 		return nil, fmt.Errorf("only %d MiB of memory for VMs", c.MemoryMiB)
 	}
 	native := labels.Arch(vm.HostArch())
-	c.Arches = []store.ArchSupport{{Arch: native}}
+	c.Arches = []agentapi.ArchSupport{{Arch: native}}
 	for _, a := range emulate {
 		if a != string(labels.AMD64) && a != string(labels.ARM64) {
 			return nil, fmt.Errorf("--emulate: %q is not amd64 or arm64", a)
 		}
 		if labels.Arch(a) != native {
-			c.Arches = append(c.Arches, store.ArchSupport{Arch: labels.Arch(a), Emulated: true})
+			c.Arches = append(c.Arches, agentapi.ArchSupport{Arch: labels.Arch(a), Emulated: true})
 		}
 	}
 	// A host offers only the architectures it can boot.

@@ -21,7 +21,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
@@ -46,7 +45,7 @@ type opsHost struct {
 	launched []string
 }
 
-func (h *opsHost) Launch(a agent.Assignment) error {
+func (h *opsHost) Launch(a agentapi.Assignment) error {
 	h.mu.Lock()
 	h.launched = append(h.launched, a.Runner)
 	h.mu.Unlock()

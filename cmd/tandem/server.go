@@ -26,7 +26,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
-	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
@@ -294,7 +293,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		return nil, nil, err
 	}
 	c := capacity(dataDir)
-	rec := store.Host{ID: hostID, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, DiskMiB: int(c.DiskMiB), Arches: c.Arches}
+	rec := controlplane.HostRecord(hostID, version, c)
 	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {

@@ -21,71 +21,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 // Sentinel errors.
 var (
-	ErrDuplicate = errors.New("runner already assigned to this host")
-	ErrUnknown   = errors.New("no such runner on this host")
-	ErrClosed    = errors.New("agent closed")
+	ErrUnknown = errors.New("no such runner on this host")
+	ErrClosed  = errors.New("agent closed")
 )
-
-// Assignment is one runner VM the control plane wants on this host.
-type Assignment struct {
-	Runner    string  `json:"runner"` // runner name; names the assignment
-	Arch      vm.Arch `json:"arch"`
-	VCPUs     float64 `json:"vcpus"`
-	MemoryMiB int     `json:"memory_mib"`
-	Image     string  `json:"image,omitempty"` // image id (or ref); "" for the default of the arch
-	// Command is the runner program in the guest, run as User; none: the
-	// image's own runner (its manifest's).
-	Command []string          `json:"command,omitempty"`
-	User    string            `json:"user,omitempty"`
-	Env     map[string]string `json:"env,omitempty"`
-	// Timeout bounds the runner's whole life in the VM (0: none).
-	Timeout time.Duration `json:"timeout"`
-	// ConfigTimeout bounds how long a booted VM waits for Configure.
-	ConfigTimeout time.Duration `json:"config_timeout"`
-	// Egress is the job's egress policy (zero: open).
-	Egress egress.Policy `json:"egress"`
-	// DiskMiB caps what the job may write to its disk (0: the disk's size).
-	DiskMiB int `json:"disk_mib,omitempty"`
-}
-
-// EventKind says what happened to a runner's VM.
-type EventKind string
-
-const (
-	EventBooting EventKind = "booting" // the VM exists and is booting
-	EventStarted EventKind = "started" // the runner process was started in the guest
-	EventEnded   EventKind = "ended"   // the VM is gone; nothing of it remains
-)
-
-// Event reports a change of one runner's VM.
-type Event struct {
-	Host     string    `json:"host"`
-	Runner   string    `json:"runner"`
-	Kind     EventKind `json:"kind"`
-	At       time.Time `json:"at"`
-	VMID     string    `json:"vm_id,omitempty"`
-	Accel    vm.Accel  `json:"accel,omitempty"`
-	Emulated bool      `json:"emulated,omitempty"`
-	// For EventEnded: the runner's exit code, and Failure/Detail when the
-	// VM did not end by the runner's own exit (jobvm failure kinds, or
-	// "launch-failed" when no VM could be made).
-	ExitCode int    `json:"exit_code"`
-	Failure  string `json:"failure,omitempty"`
-	Detail   string `json:"detail,omitempty"`
-	// Egress, for EventEnded, is what the VM did under an auditing or
-	// allowlist policy.
-	Egress *egress.Record `json:"egress,omitempty"`
-}
-
-// FailLaunch is the Failure of a runner whose VM could not be made at all.
-const FailLaunch = "launch-failed"
 
 // Config wires an Agent.
 type Config struct {
@@ -93,7 +38,7 @@ type Config struct {
 	Host   *jobvm.Host
 	// Sink receives every event, from the agent's goroutines, in order per
 	// runner. It must not block for long.
-	Sink func(Event)
+	Sink func(agentapi.Event)
 	// LogDir, if set, receives each runner's output as <runner>.log, capped
 	// at LogLimit bytes (default 8 MiB).
 	LogDir   string
@@ -121,7 +66,7 @@ type Agent struct {
 }
 
 type run struct {
-	asg    Assignment
+	asg    agentapi.Assignment
 	cancel context.CancelCauseFunc
 	config chan map[string]string // receives the secret env once
 	once   sync.Once
@@ -153,7 +98,7 @@ func New(cfg Config) (*Agent, error) {
 
 // Launch starts a runner's VM and returns at once; its progress arrives as
 // events.
-func (a *Agent) Launch(asg Assignment) error {
+func (a *Agent) Launch(asg agentapi.Assignment) error {
 	if asg.Runner == "" {
 		return errors.New("agent: assignment without runner name")
 	}
@@ -163,7 +108,7 @@ func (a *Agent) Launch(asg Assignment) error {
 		return ErrClosed
 	}
 	if _, ok := a.runs[asg.Runner]; ok {
-		return fmt.Errorf("%w: %s", ErrDuplicate, asg.Runner)
+		return fmt.Errorf("%w: %s", agentapi.ErrDuplicate, asg.Runner)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1),
@@ -241,7 +186,7 @@ func (a *Agent) Close() {
 	a.wg.Wait()
 }
 
-func (a *Agent) emit(e Event) {
+func (a *Agent) emit(e agentapi.Event) {
 	e.Host = a.cfg.HostID
 	if e.At.IsZero() {
 		e.At = a.cfg.Now()
@@ -250,14 +195,14 @@ func (a *Agent) emit(e Event) {
 }
 
 // execute runs one runner's VM to its end and returns the "ended" event.
-func (a *Agent) execute(ctx context.Context, r *run) Event {
+func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 	asg := r.asg
 	log := a.log.With("runner", asg.Runner)
 	out, closeOut := a.output(asg.Runner)
 	defer closeOut()
 	if err := a.cfg.Images.Ensure(ctx, asg.Image); err != nil {
 		// Never booted: a missing or corrupt image is the launch's failure.
-		ev := Event{Runner: asg.Runner, Kind: EventEnded, Failure: FailLaunch, Detail: err.Error()}
+		ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, Failure: agentapi.FailLaunch, Detail: err.Error()}
 		if ctx.Err() != nil {
 			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
 		}
@@ -273,7 +218,7 @@ func (a *Agent) execute(ctx context.Context, r *run) Event {
 		OnCreate: func(inst vm.Instance) {
 			vmID = inst.Info().ID
 			log.Info("runner VM booting", "vm", vmID)
-			a.emit(Event{Runner: asg.Runner, Kind: EventBooting, VMID: vmID})
+			a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventBooting, VMID: vmID})
 		},
 		Await: func(ctx context.Context) (map[string]string, error) {
 			timeout := asg.ConfigTimeout
@@ -284,7 +229,7 @@ func (a *Agent) execute(ctx context.Context, r *run) Event {
 			defer t.Stop()
 			select {
 			case env := <-r.config:
-				a.emit(Event{Runner: asg.Runner, Kind: EventStarted, VMID: vmID})
+				a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventStarted, VMID: vmID})
 				return env, nil
 			case <-t.C:
 				return nil, fmt.Errorf("no runner config within %s", timeout)
@@ -294,7 +239,7 @@ func (a *Agent) execute(ctx context.Context, r *run) Event {
 		},
 	}
 	res, err := a.cfg.Host.Run(ctx, req)
-	ev := Event{Runner: asg.Runner, Kind: EventEnded, VMID: res.VMID, Accel: res.Accel,
+	ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, VMID: res.VMID, Accel: res.Accel,
 		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail, Egress: res.Egress}
 	var fe *jobvm.FailureError
 	switch {
@@ -302,7 +247,7 @@ func (a *Agent) execute(ctx context.Context, r *run) Event {
 		// Stopped: whatever broke off, the reason is the stop's.
 		ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
 	case err != nil && !errors.As(err, &fe):
-		ev.Failure, ev.Detail = FailLaunch, err.Error()
+		ev.Failure, ev.Detail = agentapi.FailLaunch, err.Error()
 	}
 	log.Info("runner VM ended", "vm", res.VMID, "exit_code", ev.ExitCode, "failure", ev.Failure,
 		"boot_ms", res.Timings.Boot, "run_ms", res.Timings.Run, "total_ms", res.Timings.Total)

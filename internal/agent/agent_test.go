@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
@@ -21,20 +22,20 @@ func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 // recorder collects events and lets a test wait for one.
 type recorder struct {
 	mu  sync.Mutex
-	evs []agent.Event
-	ch  chan agent.Event
+	evs []agentapi.Event
+	ch  chan agentapi.Event
 }
 
-func newRecorder() *recorder { return &recorder{ch: make(chan agent.Event, 64)} }
+func newRecorder() *recorder { return &recorder{ch: make(chan agentapi.Event, 64)} }
 
-func (r *recorder) sink(e agent.Event) {
+func (r *recorder) sink(e agentapi.Event) {
 	r.mu.Lock()
 	r.evs = append(r.evs, e)
 	r.mu.Unlock()
 	r.ch <- e
 }
 
-func (r *recorder) wait(t *testing.T, runner string, kind agent.EventKind) agent.Event {
+func (r *recorder) wait(t *testing.T, runner string, kind agentapi.EventKind) agentapi.Event {
 	t.Helper()
 	timeout := time.After(3 * time.Minute)
 	for {
@@ -61,8 +62,8 @@ func newAgent(t *testing.T, rec *recorder) (*agent.Agent, string) {
 	return a, logs
 }
 
-func asg(name string, cmd ...string) agent.Assignment {
-	return agent.Assignment{Runner: name, Arch: vm.HostArch(), VCPUs: 1, MemoryMiB: 256, Command: cmd,
+func asg(name string, cmd ...string) agentapi.Assignment {
+	return agentapi.Assignment{Runner: name, Arch: vm.HostArch(), VCPUs: 1, MemoryMiB: 256, Command: cmd,
 		Env: map[string]string{"PLAIN": "visible"}, ConfigTimeout: time.Minute}
 }
 
@@ -75,10 +76,10 @@ func TestLaunchConfigureRun(t *testing.T) {
 	if err := a.Launch(asg("r1", "sh", "-c", `echo "plain=$PLAIN secret=$SECRET"; exit 3`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Launch(asg("r1", "true")); !errors.Is(err, agent.ErrDuplicate) {
+	if err := a.Launch(asg("r1", "true")); !errors.Is(err, agentapi.ErrDuplicate) {
 		t.Errorf("second launch of r1: %v, want ErrDuplicate", err)
 	}
-	boot := rec.wait(t, "r1", agent.EventBooting)
+	boot := rec.wait(t, "r1", agentapi.EventBooting)
 	if boot.VMID == "" || boot.Host != "h1" {
 		t.Errorf("booting event %+v: want a VM id and host h1", boot)
 	}
@@ -88,8 +89,8 @@ func TestLaunchConfigureRun(t *testing.T) {
 	if err := a.Configure("r1", map[string]string{"SECRET": "again"}); err == nil {
 		t.Error("a second Configure succeeded")
 	}
-	rec.wait(t, "r1", agent.EventStarted)
-	end := rec.wait(t, "r1", agent.EventEnded)
+	rec.wait(t, "r1", agentapi.EventStarted)
+	end := rec.wait(t, "r1", agentapi.EventEnded)
 	if end.ExitCode != 3 || end.Failure != "" || end.VMID != boot.VMID {
 		t.Errorf("ended %+v: want exit 3, no failure, vm %s", end, boot.VMID)
 	}
@@ -116,11 +117,11 @@ func TestStopBeforeConfig(t *testing.T) {
 	if err := a.Launch(asg("r2", "true")); err != nil {
 		t.Fatal(err)
 	}
-	rec.wait(t, "r2", agent.EventBooting)
+	rec.wait(t, "r2", agentapi.EventBooting)
 	if err := a.Stop("r2", "spare: no queued job needs it"); err != nil {
 		t.Fatal(err)
 	}
-	end := rec.wait(t, "r2", agent.EventEnded)
+	end := rec.wait(t, "r2", agentapi.EventEnded)
 	if end.Failure != jobvm.FailCancelled || !strings.Contains(end.Detail, "spare") {
 		t.Errorf("ended %+v: want cancelled with the stop reason", end)
 	}
@@ -137,7 +138,7 @@ func TestConfigTimeout(t *testing.T) {
 	if err := a.Launch(x); err != nil {
 		t.Fatal(err)
 	}
-	end := rec.wait(t, "r3", agent.EventEnded)
+	end := rec.wait(t, "r3", agentapi.EventEnded)
 	if end.Failure == "" || !strings.Contains(end.Detail, "no runner config") {
 		t.Errorf("ended %+v: want a failure naming the missing config", end)
 	}
@@ -152,8 +153,8 @@ func TestLaunchFailure(t *testing.T) {
 	if err := a.Launch(x); err != nil {
 		t.Fatal(err)
 	}
-	end := rec.wait(t, "r4", agent.EventEnded)
-	if end.Failure != agent.FailLaunch || !strings.Contains(end.Detail, "no-such-image") {
+	end := rec.wait(t, "r4", agentapi.EventEnded)
+	if end.Failure != agentapi.FailLaunch || !strings.Contains(end.Detail, "no-such-image") {
 		t.Errorf("ended %+v: want launch-failed naming the image", end)
 	}
 }
@@ -165,14 +166,14 @@ func TestCloseStopsEverything(t *testing.T) {
 		if err := a.Launch(asg(n, "sleep", "600")); err != nil {
 			t.Fatal(err)
 		}
-		rec.wait(t, n, agent.EventBooting)
+		rec.wait(t, n, agentapi.EventBooting)
 	}
 	a.Close()
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	ended := 0
 	for _, e := range rec.evs {
-		if e.Kind == agent.EventEnded {
+		if e.Kind == agentapi.EventEnded {
 			ended++
 		}
 	}

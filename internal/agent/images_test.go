@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
@@ -82,9 +83,9 @@ func TestLaunchFetchesImage(t *testing.T) {
 	if err := a.Launch(x); err != nil {
 		t.Fatal(err)
 	}
-	rec.wait(t, "f1", agent.EventBooting)
+	rec.wait(t, "f1", agentapi.EventBooting)
 	a.Configure("f1", nil)
-	end := rec.wait(t, "f1", agent.EventEnded)
+	end := rec.wait(t, "f1", agentapi.EventEnded)
 	if end.ExitCode != 7 || end.Failure != "" {
 		t.Errorf("ended %+v: want exit 7", end)
 	}
@@ -107,14 +108,14 @@ func TestCorruptImageNotBooted(t *testing.T) {
 	if err := a.Launch(x); err != nil {
 		t.Fatal(err)
 	}
-	end := rec.wait(t, "f2", agent.EventEnded)
-	if end.Failure != agent.FailLaunch || !strings.HasPrefix(end.Detail, "image "+id+": ") ||
+	end := rec.wait(t, "f2", agentapi.EventEnded)
+	if end.Failure != agentapi.FailLaunch || !strings.HasPrefix(end.Detail, "image "+id+": ") ||
 		!strings.Contains(end.Detail, "image corrupt") || !strings.Contains(end.Detail, image.InitrdFile) {
 		t.Errorf("ended %+v: want launch-failed naming the image, the file and the corruption", end)
 	}
 	rec.mu.Lock()
 	for _, e := range rec.evs {
-		if e.Kind == agent.EventBooting {
+		if e.Kind == agentapi.EventBooting {
 			t.Errorf("a VM booted: %+v", e)
 		}
 	}

@@ -6,13 +6,11 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	"github.com/tandem-ci/tandem/internal/agent"
 )
 
 // Runner is what the daemon drives: *agent.Agent, or a fake in benchmarks.
 type Runner interface {
-	Launch(agent.Assignment) error
+	Launch(Assignment) error
 	Configure(runner string, env map[string]string) error
 	Stop(runner, reason string) error
 	Runners() []string
@@ -44,7 +42,7 @@ type Daemon struct {
 	run Runner
 
 	mu      sync.Mutex
-	events  []agent.Event
+	events  []Event
 	logs    map[string][]byte
 	kick    chan struct{}
 	dropped int   // events dropped since the last warning
@@ -66,7 +64,7 @@ func (d *Daemon) Bind(r Runner) {
 }
 
 // Event queues an agent event for the control plane (an agent.Config.Sink).
-func (d *Daemon) Event(e agent.Event) {
+func (d *Daemon) Event(e Event) {
 	d.mu.Lock()
 	if len(d.events) >= maxQueued {
 		d.events = d.events[1:]
@@ -139,10 +137,10 @@ func (d *Daemon) handle(c Command) {
 			return
 		}
 		err = d.run.Launch(*c.Assignment)
-		if err != nil && !errors.Is(err, agent.ErrDuplicate) {
+		if err != nil && !errors.Is(err, ErrDuplicate) {
 			// The control plane learns of the failure as the runner's end.
-			d.Event(agent.Event{Runner: c.Assignment.Runner, Kind: agent.EventEnded, At: time.Now(),
-				Failure: agent.FailLaunch, Detail: err.Error()})
+			d.Event(Event{Runner: c.Assignment.Runner, Kind: EventEnded, At: time.Now(),
+				Failure: FailLaunch, Detail: err.Error()})
 		}
 	case CmdConfigure:
 		err = d.run.Configure(c.Runner, c.Env)

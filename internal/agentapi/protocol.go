@@ -33,9 +33,6 @@ package agentapi
 
 import (
 	"time"
-
-	"github.com/tandem-ci/tandem/internal/agent"
-	"github.com/tandem-ci/tandem/internal/store"
 )
 
 // Version is the protocol version this build speaks.
@@ -77,10 +74,10 @@ type EnrollResponse struct {
 
 // Capacity is what a host offers.
 type Capacity struct {
-	Arches      []store.ArchSupport `json:"arches"`
-	VCPUs       float64             `json:"vcpus"`
-	MemoryMiB   int                 `json:"memory_mib"`
-	DiskFreeMiB int64               `json:"disk_free_mib"`
+	Arches      []ArchSupport `json:"arches"`
+	VCPUs       float64       `json:"vcpus"`
+	MemoryMiB   int           `json:"memory_mib"`
+	DiskFreeMiB int64         `json:"disk_free_mib"`
 	// DiskMiB is what VMs' disks may hold in all: the data dir's free
 	// space and what its VMs' disks hold now.
 	DiskMiB int64    `json:"disk_mib"`
@@ -104,8 +101,8 @@ type Heartbeat struct {
 
 // Report carries a heartbeat, events, or both.
 type Report struct {
-	Heartbeat *Heartbeat    `json:"heartbeat,omitempty"`
-	Events    []agent.Event `json:"events,omitempty"`
+	Heartbeat *Heartbeat `json:"heartbeat,omitempty"`
+	Events    []Event    `json:"events,omitempty"`
 }
 
 // Command types.
@@ -124,7 +121,7 @@ const (
 // Command is one line of the stream.
 type Command struct {
 	Type       string            `json:"type"`
-	Assignment *agent.Assignment `json:"assignment,omitempty"`
+	Assignment *Assignment       `json:"assignment,omitempty"`
 	Runner     string            `json:"runner,omitempty"`
 	Env        map[string]string `json:"env,omitempty"` // secret (the JIT config): never logged
 	Reason     string            `json:"reason,omitempty"`

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
@@ -61,7 +60,7 @@ func (h *remoteHost) send(c agentapi.Command) error {
 	}
 }
 
-func (h *remoteHost) Launch(a agent.Assignment) error {
+func (h *remoteHost) Launch(a agentapi.Assignment) error {
 	return h.send(agentapi.Command{Type: agentapi.CmdLaunch, Assignment: &a, Runner: a.Runner})
 }
 
@@ -275,8 +274,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		rh.send(s.imagesCommand(rh.arches))
 		s.imgMu.RUnlock()
 	}
-	h := store.Host{ID: id, Arches: hello.Capacity.Arches, VCPUs: hello.Capacity.VCPUs,
-		MemoryMiB: hello.Capacity.MemoryMiB, DiskMiB: int(hello.Capacity.DiskMiB), Version: hello.AgentVersion}
+	h := HostRecord(id, hello.AgentVersion, hello.Capacity)
 	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {
 		s.dropRemote(rh)
 		httpError(w, http.StatusServiceUnavailable, err.Error())
@@ -462,7 +460,7 @@ func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error
 	}
 	s.log.Warn("host left the fleet", "host", id, "reason", reason, "runners", len(live))
 	for _, r := range live {
-		s.HostEvent(agent.Event{Host: id, Runner: r.Name, Kind: agent.EventEnded, Failure: failure,
+		s.HostEvent(agentapi.Event{Host: id, Runner: r.Name, Kind: agentapi.EventEnded, Failure: failure,
 			Detail: "host " + id + ": " + reason})
 	}
 	// A runner of the gone host may still be alive out there (a revoked
@@ -484,4 +482,14 @@ func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error
 	}
 	kick(s.dispatchKick)
 	return nil
+}
+
+// HostRecord is the store's record of a host that offers c (what AttachHost
+// takes).
+func HostRecord(id, version string, c agentapi.Capacity) store.Host {
+	h := store.Host{ID: id, Version: version, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB, DiskMiB: int(c.DiskMiB)}
+	for _, a := range c.Arches {
+		h.Arches = append(h.Arches, store.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
+	}
+	return h
 }

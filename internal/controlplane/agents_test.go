@@ -88,7 +88,7 @@ func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
 	h := newGoHost(creds.HostID)
 	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
 		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []store.ArchSupport{{Arch: labels.AMD64}}}
+			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
 		}}
 	h.sink = d.Event
 	d.Bind(h)

@@ -32,7 +32,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -47,7 +46,7 @@ import (
 // for `tandem up`, a remote connection for a fleet. Calls must not block for
 // long; outcomes come back through Server.HostEvent.
 type HostAgent interface {
-	Launch(agent.Assignment) error
+	Launch(agentapi.Assignment) error
 	Configure(runner string, env map[string]string) error
 	Stop(runner, reason string) error
 }
@@ -136,7 +135,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	hosts      map[string]HostAgent // connected agents
-	events     []agent.Event        // from agents, not yet applied
+	events     []agentapi.Event     // from agents, not yet applied
 	stopping   map[string]bool      // runners being retired or told to stop, not yet ended
 	configured map[string]bool      // runners handed their JIT config
 	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
@@ -314,7 +313,7 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 	}
 	s.mu.Unlock()
 	for _, r := range gone {
-		s.HostEvent(agent.Event{Host: h.ID, Runner: r.Name, Kind: agent.EventEnded, At: now,
+		s.HostEvent(agentapi.Event{Host: h.ID, Runner: r.Name, Kind: agentapi.EventEnded, At: now,
 			Failure: "vm-gone", Detail: "the host's agent no longer runs this VM (agent or control plane restarted)"})
 	}
 	for _, name := range unwanted {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/egress"
@@ -38,10 +39,10 @@ import (
 type goHost struct {
 	id       string
 	cp       *controlplane.Server
-	sink     func(agent.Event) // default: cp.HostEvent (in process); a Daemon's Event for a remote agent
-	fail     error             // Launch refuses with it, when set
-	idleOnly bool              // runners start but never take a job
-	images   *agent.Images     // if set, a run first fetches its image, as the real agent does
+	sink     func(agentapi.Event) // default: cp.HostEvent (in process); a Daemon's Event for a remote agent
+	fail     error                // Launch refuses with it, when set
+	idleOnly bool                 // runners start but never take a job
+	images   *agent.Images        // if set, a run first fetches its image, as the real agent does
 
 	mu      sync.Mutex
 	runs    map[string]*goRun
@@ -63,7 +64,7 @@ func (h *goHost) set(fail error, idleOnly bool) {
 	h.mu.Unlock()
 }
 
-func (h *goHost) Launch(a agent.Assignment) error {
+func (h *goHost) Launch(a agentapi.Assignment) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.fail != nil {
@@ -71,7 +72,7 @@ func (h *goHost) Launch(a agent.Assignment) error {
 	}
 	idleOnly := h.idleOnly
 	if _, ok := h.runs[a.Runner]; ok {
-		return agent.ErrDuplicate
+		return agentapi.ErrDuplicate
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &goRun{cancel: cancel, config: make(chan string, 1)}
@@ -83,9 +84,9 @@ func (h *goHost) Launch(a agent.Assignment) error {
 		defer h.wg.Done()
 		defer cancel(nil)
 		defer release()
-		ev := agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventEnded}
+		ev := agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventEnded}
 		if err := h.images.Ensure(ctx, a.Image); err != nil {
-			ev.Failure, ev.Detail = agent.FailLaunch, err.Error()
+			ev.Failure, ev.Detail = agentapi.FailLaunch, err.Error()
 			h.mu.Lock()
 			delete(h.runs, a.Runner)
 			h.mu.Unlock()
@@ -95,10 +96,10 @@ func (h *goHost) Launch(a agent.Assignment) error {
 		h.mu.Lock()
 		h.booted = append(h.booted, a.Image)
 		h.mu.Unlock()
-		h.emit(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventBooting, VMID: "vm-" + a.Runner})
+		h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventBooting, VMID: "vm-" + a.Runner})
 		select {
 		case jit := <-r.config:
-			h.emit(agent.Event{Host: h.id, Runner: a.Runner, Kind: agent.EventStarted})
+			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventStarted})
 			if idleOnly {
 				<-ctx.Done()
 				ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
@@ -125,7 +126,7 @@ func (h *goHost) Launch(a agent.Assignment) error {
 	return nil
 }
 
-func (h *goHost) emit(e agent.Event) {
+func (h *goHost) emit(e agentapi.Event) {
 	e.At = time.Now()
 	if h.sink != nil {
 		h.sink(e)

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/scheduler"
@@ -288,15 +288,15 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	log := s.log.With("runner", r.Name, "job", l.job.ID, "host", r.HostID)
 	a, ok := s.hostAgent(r.HostID)
 	if !ok {
-		s.HostEvent(agent.Event{Host: r.HostID, Runner: r.Name, Kind: agent.EventEnded,
-			Failure: agent.FailLaunch, Detail: "host disconnected before the launch"})
+		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
+			Failure: agentapi.FailLaunch, Detail: "host disconnected before the launch"})
 		return
 	}
 	// The image is chosen and the launch queued under imgMu: a host hears
 	// of a newly named image only after the launches of the old one.
 	s.imgMu.RLock()
 	img := s.imageFor(r)
-	asg := agent.Assignment{
+	asg := agentapi.Assignment{
 		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.diskFor(r.VCPUs),
@@ -304,8 +304,8 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	err := a.Launch(asg)
 	s.imgMu.RUnlock()
 	if err != nil {
-		s.HostEvent(agent.Event{Host: r.HostID, Runner: r.Name, Kind: agent.EventEnded,
-			Failure: agent.FailLaunch, Detail: err.Error()})
+		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
+			Failure: agentapi.FailLaunch, Detail: err.Error()})
 		return
 	}
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -495,7 +495,7 @@ func (s *Server) stopRunner(hostID, name, reason string) {
 
 // HostEvent takes a report from an agent. It never blocks: events are
 // applied in order by eventLoop.
-func (s *Server) HostEvent(e agent.Event) {
+func (s *Server) HostEvent(e agentapi.Event) {
 	if e.At.IsZero() {
 		e.At = s.now()
 	}
@@ -559,7 +559,7 @@ func (s *Server) FlushEvents(ctx context.Context) error {
 }
 
 // applyHostEvent moves a runner, and the job bound to it, as its host reports.
-func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
+func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 	now := e.At.UTC()
 	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		r, err := tx.Runner(e.Runner)
@@ -583,12 +583,12 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 			r.VMID = e.VMID
 		}
 		switch e.Kind {
-		case agent.EventBooting:
+		case agentapi.EventBooting:
 			if _, err := moveRunner(&r, lifecycle.VMBooting); err != nil {
 				return err
 			}
 			return tx.PutRunner(r)
-		case agent.EventStarted:
+		case agentapi.EventStarted:
 			if _, err := moveRunner(&r, lifecycle.RunnerStarted); err != nil {
 				return err
 			}
@@ -599,12 +599,12 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 				}
 			}
 			return tx.PutRunner(r)
-		case agent.EventEnded:
+		case agentapi.EventEnded:
 			return s.runnerEnded(tx, fx, r, e, now)
 		}
 		return fmt.Errorf("unknown host event kind %q", e.Kind)
 	})
-	if err == nil && e.Kind == agent.EventEnded {
+	if err == nil && e.Kind == agentapi.EventEnded {
 		s.mu.Lock()
 		delete(s.stopping, e.Runner)
 		delete(s.configured, e.Runner)
@@ -617,7 +617,7 @@ func (s *Server) applyHostEvent(ctx context.Context, e agent.Event) error {
 // runnerEnded records a runner's end, and tells the job bound to it
 // (lifecycle.RunnerExited): a job still waiting for it goes back to the
 // queue (another host is preferred) until its launches are spent.
-func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e agent.Event, now time.Time) error {
+func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e agentapi.Event, now time.Time) error {
 	if _, err := moveRunner(&r, lifecycle.VMEnded); err != nil {
 		return err
 	}

@@ -26,7 +26,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github"
@@ -191,20 +190,20 @@ type fleetRunner struct {
 	runs map[string]bool
 }
 
-func (r *fleetRunner) Launch(a agent.Assignment) error {
+func (r *fleetRunner) Launch(a agentapi.Assignment) error {
 	r.mu.Lock()
 	dup := r.runs[a.Runner]
 	r.runs[a.Runner] = true
 	r.mu.Unlock()
 	if dup {
-		return agent.ErrDuplicate
+		return agentapi.ErrDuplicate
 	}
-	r.d.Event(agent.Event{Runner: a.Runner, Kind: agent.EventBooting, At: time.Now()})
+	r.d.Event(agentapi.Event{Runner: a.Runner, Kind: agentapi.EventBooting, At: time.Now()})
 	return nil
 }
 
 func (r *fleetRunner) Configure(name string, _ map[string]string) error {
-	r.d.Event(agent.Event{Runner: name, Kind: agent.EventStarted, At: time.Now()})
+	r.d.Event(agentapi.Event{Runner: name, Kind: agentapi.EventStarted, At: time.Now()})
 	return nil
 }
 
@@ -212,7 +211,7 @@ func (r *fleetRunner) Stop(name, reason string) error {
 	r.mu.Lock()
 	delete(r.runs, name)
 	r.mu.Unlock()
-	r.d.Event(agent.Event{Runner: name, Kind: agent.EventEnded, At: time.Now(), Failure: jobvm.FailCancelled, Detail: reason})
+	r.d.Event(agentapi.Event{Runner: name, Kind: agentapi.EventEnded, At: time.Now(), Failure: jobvm.FailCancelled, Detail: reason})
 	return nil
 }
 
@@ -229,7 +228,7 @@ func (r *fleetRunner) Runners() []string {
 // fleetCapacity is every agent's host: 16 vCPU, 32 GiB, amd64.
 func fleetCapacity() agentapi.Capacity {
 	return agentapi.Capacity{VCPUs: 16, MemoryMiB: 32 << 10, DiskFreeMiB: 200 << 10,
-		Arches: []store.ArchSupport{{Arch: labels.AMD64}}}
+		Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
 }
 
 type launchRec struct {

@@ -77,7 +77,7 @@ func (f *fleet) joinFetching(id string) *fetchingAgent {
 	h.images = images
 	d := &agentapi.Daemon{Client: client, AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
 		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []store.ArchSupport{{Arch: labels.AMD64}}}
+			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
 		}}
 	h.sink = d.Event
 	d.Bind(h)
