@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -154,7 +155,7 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 			out.Error = err.Error()
 		}
 		if err == nil && res.Failure != "" {
-			out.Error = res.Failure + ": " + res.Detail
+			out.Error = string(res.Failure) + ": " + res.Detail
 		}
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -184,9 +185,9 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 func exitCode(res jobvm.Result, err error) int {
 	var fe *jobvm.FailureError
 	switch {
-	case res.Failure == jobvm.FailCancelled:
+	case res.Failure == failure.Cancelled:
 		return exitCancelled
-	case res.Failure == jobvm.FailTimeout:
+	case res.Failure == failure.Timeout:
 		return exitTimeout
 	case err != nil || errors.As(err, &fe) || res.Failure != "":
 		return exitTandem

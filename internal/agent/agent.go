@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -202,9 +203,9 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 	defer closeOut()
 	if err := a.cfg.Images.Ensure(ctx, asg.Image); err != nil {
 		// Never booted: a missing or corrupt image is the launch's failure.
-		ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, Failure: agentapi.FailLaunch, Detail: err.Error()}
+		ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, Failure: failure.Launch, Detail: err.Error()}
 		if ctx.Err() != nil {
-			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+			ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 		}
 		log.Warn("runner VM not launched: no intact image", "image", asg.Image, "err", err)
 		return ev
@@ -243,11 +244,11 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail, Egress: res.Egress}
 	var fe *jobvm.FailureError
 	switch {
-	case ctx.Err() != nil && (err != nil || ev.Failure == jobvm.FailCancelled):
+	case ctx.Err() != nil && (err != nil || ev.Failure == failure.Cancelled):
 		// Stopped: whatever broke off, the reason is the stop's.
-		ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+		ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 	case err != nil && !errors.As(err, &fe):
-		ev.Failure, ev.Detail = agentapi.FailLaunch, err.Error()
+		ev.Failure, ev.Detail = failure.Launch, err.Error()
 	}
 	log.Info("runner VM ended", "vm", res.VMID, "exit_code", ev.ExitCode, "failure", ev.Failure,
 		"boot_ms", res.Timings.Boot, "run_ms", res.Timings.Run, "total_ms", res.Timings.Total)

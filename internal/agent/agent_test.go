@@ -11,7 +11,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
-	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -122,7 +122,7 @@ func TestStopBeforeConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := rec.wait(t, "r2", agentapi.EventEnded)
-	if end.Failure != jobvm.FailCancelled || !strings.Contains(end.Detail, "spare") {
+	if end.Failure != failure.Cancelled || !strings.Contains(end.Detail, "spare") {
 		t.Errorf("ended %+v: want cancelled with the stop reason", end)
 	}
 	if err := a.Stop("r2", "again"); err != nil {
@@ -154,7 +154,7 @@ func TestLaunchFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := rec.wait(t, "r4", agentapi.EventEnded)
-	if end.Failure != agentapi.FailLaunch || !strings.Contains(end.Detail, "no-such-image") {
+	if end.Failure != failure.Launch || !strings.Contains(end.Detail, "no-such-image") {
 		t.Errorf("ended %+v: want launch-failed naming the image", end)
 	}
 }

@@ -29,7 +29,7 @@ type Images struct {
 	log   *slog.Logger
 
 	mu     sync.Mutex
-	failed map[string]failure // recent failed fetches, by id
+	failed map[string]fetchFailure // recent failed fetches, by id
 	named  map[string]bool
 	known  bool // the control plane has named its images: until then nothing is collected
 	kick   chan struct{}
@@ -44,7 +44,7 @@ func NewImages(store *image.Store, src image.Source, log *slog.Logger) *Images {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Images{store: store, src: src, log: log, failed: map[string]failure{},
+	c := &Images{store: store, src: src, log: log, failed: map[string]fetchFailure{},
 		kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go c.loop(ctx)
 	return c
@@ -78,8 +78,8 @@ func (c *Images) Acquire(ref string) (release func()) {
 // downloaded again for every launch and every VM's end).
 const retryCorrupt = time.Minute
 
-// failure is a fetch that failed.
-type failure struct {
+// fetchFailure is a fetch that failed.
+type fetchFailure struct {
 	err error
 	at  time.Time
 }
@@ -102,14 +102,14 @@ func (c *Images) fetch(ctx context.Context, id string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		c.failed[id] = failure{err, time.Now()}
+		c.failed[id] = fetchFailure{err, time.Now()}
 	} else if err == nil {
 		delete(c.failed, id)
 	}
 	return err
 }
 
-func (c *Images) recentFailure(id string) (failure, bool) {
+func (c *Images) recentFailure(id string) (fetchFailure, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f, ok := c.failed[id]

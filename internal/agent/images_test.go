@@ -9,6 +9,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
@@ -109,7 +110,7 @@ func TestCorruptImageNotBooted(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := rec.wait(t, "f2", agentapi.EventEnded)
-	if end.Failure != agentapi.FailLaunch || !strings.HasPrefix(end.Detail, "image "+id+": ") ||
+	if end.Failure != failure.Launch || !strings.HasPrefix(end.Detail, "image "+id+": ") ||
 		!strings.Contains(end.Detail, "image corrupt") || !strings.Contains(end.Detail, image.InitrdFile) {
 		t.Errorf("ended %+v: want launch-failed naming the image, the file and the corruption", end)
 	}

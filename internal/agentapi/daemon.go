@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/failure"
 )
 
 // Runner is what the daemon drives: *agent.Agent, or a fake in benchmarks.
@@ -140,7 +142,7 @@ func (d *Daemon) handle(c Command) {
 		if err != nil && !errors.Is(err, ErrDuplicate) {
 			// The control plane learns of the failure as the runner's end.
 			d.Event(Event{Runner: c.Assignment.Runner, Kind: EventEnded, At: time.Now(),
-				Failure: FailLaunch, Detail: err.Error()})
+				Failure: failure.Launch, Detail: err.Error()})
 		}
 	case CmdConfigure:
 		err = d.run.Configure(c.Runner, c.Env)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -61,16 +62,13 @@ type Event struct {
 	// For EventEnded: the runner's exit code, and Failure/Detail when the
 	// VM did not end by the runner's own exit (jobvm failure kinds, or
 	// "launch-failed" when no VM could be made).
-	ExitCode int    `json:"exit_code"`
-	Failure  string `json:"failure,omitempty"`
-	Detail   string `json:"detail,omitempty"`
+	ExitCode int          `json:"exit_code"`
+	Failure  failure.Kind `json:"failure,omitempty"`
+	Detail   string       `json:"detail,omitempty"`
 	// Egress, for EventEnded, is what the VM did under an auditing or
 	// allowlist policy.
 	Egress *egress.Record `json:"egress,omitempty"`
 }
-
-// FailLaunch is the Failure of a runner whose VM could not be made at all.
-const FailLaunch = "launch-failed"
 
 // ArchSupport is an architecture a host can run VMs of.
 type ArchSupport struct {

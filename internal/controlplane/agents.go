@@ -15,15 +15,10 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
-)
-
-// Failures the control plane gives runners whose host went away.
-const (
-	FailHostOffline = "host-offline"
-	FailHostRevoked = "host-revoked"
 )
 
 // errDisconnected: the host's agent is not connected.
@@ -427,7 +422,7 @@ func (s *Server) hostMonitor(ctx context.Context) {
 		s.mu.Unlock()
 		for _, id := range late {
 			reason := fmt.Sprintf("no heartbeat for %s", s.cfg.HeartbeatTimeout)
-			if err := s.hostGone(ctx, id, FailHostOffline, reason); err != nil && ctx.Err() == nil {
+			if err := s.hostGone(ctx, id, failure.HostOffline, reason); err != nil && ctx.Err() == nil {
 				s.log.Error("marking host offline", "host", id, "err", err)
 			}
 		}
@@ -437,7 +432,7 @@ func (s *Server) hostMonitor(ctx context.Context) {
 // hostGone takes a host out of the fleet: offline in the store, its stream
 // closed, its live runners ended with failure (their waiting jobs are placed
 // again; running jobs are lost).
-func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error {
+func (s *Server) hostGone(ctx context.Context, id string, kind failure.Kind, reason string) error {
 	s.mu.Lock()
 	delete(s.lastSeen, id)
 	delete(s.beats, id)
@@ -460,7 +455,7 @@ func (s *Server) hostGone(ctx context.Context, id, failure, reason string) error
 	}
 	s.log.Warn("host left the fleet", "host", id, "reason", reason, "runners", len(live))
 	for _, r := range live {
-		s.HostEvent(agentapi.Event{Host: id, Runner: r.Name, Kind: agentapi.EventEnded, Failure: failure,
+		s.HostEvent(agentapi.Event{Host: id, Runner: r.Name, Kind: agentapi.EventEnded, Failure: kind,
 			Detail: "host " + id + ": " + reason})
 	}
 	// A runner of the gone host may still be alive out there (a revoked

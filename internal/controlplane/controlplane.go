@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
@@ -314,7 +315,7 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 	s.mu.Unlock()
 	for _, r := range gone {
 		s.HostEvent(agentapi.Event{Host: h.ID, Runner: r.Name, Kind: agentapi.EventEnded, At: now,
-			Failure: "vm-gone", Detail: "the host's agent no longer runs this VM (agent or control plane restarted)"})
+			Failure: failure.VMGone, Detail: "the host's agent no longer runs this VM (agent or control plane restarted)"})
 	}
 	for _, name := range unwanted {
 		a.Stop(name, "the control plane does not know this runner")

@@ -24,10 +24,10 @@ import (
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
-	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -86,7 +86,7 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 		defer release()
 		ev := agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventEnded}
 		if err := h.images.Ensure(ctx, a.Image); err != nil {
-			ev.Failure, ev.Detail = agentapi.FailLaunch, err.Error()
+			ev.Failure, ev.Detail = failure.Launch, err.Error()
 			h.mu.Lock()
 			delete(h.runs, a.Runner)
 			h.mu.Unlock()
@@ -102,16 +102,16 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventStarted})
 			if idleOnly {
 				<-ctx.Done()
-				ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+				ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 			} else if err := fakerunner.Run(ctx, jit, fakerunner.Options{IdleTimeout: 20 * time.Second,
 				HeartbeatInterval: 100 * time.Millisecond}); err != nil {
 				ev.ExitCode = 1
 				if ctx.Err() != nil {
-					ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+					ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 				}
 			}
 		case <-ctx.Done():
-			ev.Failure, ev.Detail = jobvm.FailCancelled, context.Cause(ctx).Error()
+			ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 		}
 		if a.Egress.Mode.Records() {
 			// What a real VM's egress rules would have recorded: one flow.

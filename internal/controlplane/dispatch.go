@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/scheduler"
@@ -289,7 +290,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	a, ok := s.hostAgent(r.HostID)
 	if !ok {
 		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
-			Failure: agentapi.FailLaunch, Detail: "host disconnected before the launch"})
+			Failure: failure.Launch, Detail: "host disconnected before the launch"})
 		return
 	}
 	// The image is chosen and the launch queued under imgMu: a host hears
@@ -305,7 +306,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	s.imgMu.RUnlock()
 	if err != nil {
 		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
-			Failure: agentapi.FailLaunch, Detail: err.Error()})
+			Failure: failure.Launch, Detail: err.Error()})
 		return
 	}
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -627,7 +628,7 @@ func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e age
 	}
 	why := r.Reason
 	if e.Failure != "" {
-		why = strings.TrimSpace(e.Failure + ": " + firstLine(e.Detail))
+		why = strings.TrimSpace(string(e.Failure) + ": " + firstLine(e.Detail))
 		if r.Reason != "" {
 			why = r.Reason + " (" + why + ")"
 		}
@@ -649,14 +650,13 @@ func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e age
 	if j.RunnerName != r.Name {
 		return nil // the job has moved on to another runner
 	}
-	hostLeft := e.Failure == FailHostOffline || e.Failure == FailHostRevoked
 	// An ephemeral runner exits cleanly after running one job: one that
 	// ends cleanly without its job took another job of the same labels
 	// whose in_progress webhook has not arrived (the table refunds the
 	// attempt and asks GitHub).
-	clean := e.Failure == "" && e.ExitCode == 0 && why == ""
+	clean := e.Failure == failure.None && e.ExitCode == 0 && why == ""
 	rule, err := s.move(fx, &j, jobStep{ev: lifecycle.RunnerExited, host: r.HostID, facts: lifecycle.Facts{
-		Clean: clean, HostLeft: hostLeft, HostAtFault: e.Failure != "" && e.Failure != "vm-gone"}}, now)
+		Clean: clean, HostLeft: e.Failure.HostLeft(), HostAtFault: e.Failure.HostAtFault()}}, now)
 	if err != nil || rule.To == lifecycle.Unchanged {
 		return err
 	}

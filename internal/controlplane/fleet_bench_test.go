@@ -28,9 +28,9 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
-	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
@@ -211,7 +211,7 @@ func (r *fleetRunner) Stop(name, reason string) error {
 	r.mu.Lock()
 	delete(r.runs, name)
 	r.mu.Unlock()
-	r.d.Event(agentapi.Event{Runner: name, Kind: agentapi.EventEnded, At: time.Now(), Failure: jobvm.FailCancelled, Detail: reason})
+	r.d.Event(agentapi.Event{Runner: name, Kind: agentapi.EventEnded, At: time.Now(), Failure: failure.Cancelled, Detail: reason})
 	return nil
 }
 

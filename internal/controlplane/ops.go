@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -40,7 +41,7 @@ func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
-		if err := s.hostGone(r.Context(), id, FailHostRevoked, "revoked by an operator"); err != nil {
+		if err := s.hostGone(r.Context(), id, failure.HostRevoked, "revoked by an operator"); err != nil {
 			httpError(w, http.StatusInternalServerError, err.Error())
 			return
 		}

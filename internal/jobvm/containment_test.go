@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/vm"
 	"github.com/tandem-ci/tandem/internal/vm/qemu"
@@ -177,8 +177,8 @@ func TestConsoleFlood(t *testing.T) {
 	before := vmHWM(t)
 	res, err := h.Run(context.Background(), r)
 	close(stop)
-	if res.Failure != jobvm.FailConsoleLimit {
-		t.Fatalf("failure %q (%s, err %v), want %q", res.Failure, res.Detail, err, jobvm.FailConsoleLimit)
+	if res.Failure != failure.ConsoleLimit {
+		t.Fatalf("failure %q (%s, err %v), want %q", res.Failure, res.Detail, err, failure.ConsoleLimit)
 	}
 	if b := biggest.Load(); b < limit || b > limit+32<<20 {
 		t.Errorf("the console grew to %d bytes; want past the %d limit and little more", b, limit)
@@ -217,8 +217,8 @@ func TestDiskFull(t *testing.T) {
 	}
 	res, err := h.Run(context.Background(), r)
 	close(stop)
-	if res.Failure != jobvm.FailDiskFull {
-		t.Fatalf("failure %q (%s, err %v), want %q", res.Failure, res.Detail, err, jobvm.FailDiskFull)
+	if res.Failure != failure.DiskFull {
+		t.Fatalf("failure %q (%s, err %v), want %q", res.Failure, res.Detail, err, failure.DiskFull)
 	}
 	if !strings.Contains(res.Detail, "32 MiB") {
 		t.Errorf("detail %q does not say the allowance", res.Detail)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -71,7 +72,7 @@ type Request struct {
 	// Egress is the VM's egress policy (zero: open).
 	Egress egress.Policy
 	// DiskMiB caps what the job may write to its disk (0: the image's
-	// free space); past it the VM is stopped, Failure FailDiskFull.
+	// free space); past it the VM is stopped, Failure failure.DiskFull.
 	DiskMiB int
 
 	Owner        string
@@ -98,21 +99,6 @@ type Request struct {
 	Await func(context.Context) (map[string]string, error)
 }
 
-// Failure kinds: why a job did not run to its own end.
-const (
-	FailTimeout     = "timeout"      // the job outlived Request.Timeout
-	FailGuestPanic  = "guest-panic"  // the guest kernel panicked
-	FailGuestCrash  = "guest-crash"  // the VM ended without reporting the job's exit
-	FailGuestHang   = "guest-hang"   // the guest stopped sending heartbeats
-	FailBootTimeout = "boot-timeout" // the guest agent never became ready
-	FailCancelled   = "cancelled"    // the caller gave up (Ctrl-C)
-	// FailConsoleLimit and FailDiskFull: the host stopped a VM that wrote
-	// more to its serial console than the host keeps, or to its disk
-	// than it may (vm.ExitConsoleLimit, vm.ExitDiskFull).
-	FailConsoleLimit = vm.ExitConsoleLimit
-	FailDiskFull     = vm.ExitDiskFull
-)
-
 // Timings are the phases of one run, in milliseconds.
 type Timings struct {
 	Prepare  int64 `json:"prepare"`  // image, accelerator, network, disk
@@ -124,17 +110,17 @@ type Timings struct {
 
 // Result is the outcome of a run that got as far as a VM.
 type Result struct {
-	ExitCode    int      `json:"exit_code"` // the job's; meaningful when Failure is "" or "timeout"
-	Failure     string   `json:"failure,omitempty"`
-	Detail      string   `json:"detail,omitempty"` // what went wrong, for humans
-	VMID        string   `json:"vm_id"`
-	Arch        vm.Arch  `json:"arch"`
-	Accel       vm.Accel `json:"accel"`
-	AccelReason string   `json:"accel_reason"`
-	Emulated    bool     `json:"emulated"`
-	Image       string   `json:"image"`
-	GuestKernel string   `json:"guest_kernel,omitempty"`
-	Timings     Timings  `json:"timings_ms"`
+	ExitCode    int          `json:"exit_code"` // the job's; meaningful when Failure is "" or "timeout"
+	Failure     failure.Kind `json:"failure,omitempty"`
+	Detail      string       `json:"detail,omitempty"` // what went wrong, for humans
+	VMID        string       `json:"vm_id"`
+	Arch        vm.Arch      `json:"arch"`
+	Accel       vm.Accel     `json:"accel"`
+	AccelReason string       `json:"accel_reason"`
+	Emulated    bool         `json:"emulated"`
+	Image       string       `json:"image"`
+	GuestKernel string       `json:"guest_kernel,omitempty"`
+	Timings     Timings      `json:"timings_ms"`
 	// Egress is what the VM did under an auditing or allowlist policy;
 	// nil for an open one.
 	Egress *egress.Record `json:"egress,omitempty"`
@@ -255,8 +241,8 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		env, err := r.Await(ctx)
 		if err != nil {
 			s.closer.Close()
-			res.Failure, res.Detail = FailCancelled, err.Error()
-			return res, &FailureError{Kind: FailCancelled, Detail: err.Error()}
+			res.Failure, res.Detail = failure.Cancelled, err.Error()
+			return res, &FailureError{Kind: failure.Cancelled, Detail: err.Error()}
 		}
 		s.r.Env = mergeEnv(r.Env, env)
 	}

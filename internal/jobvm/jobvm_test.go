@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
@@ -64,8 +65,8 @@ func TestHungGuestIsDetected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Failure != jobvm.FailGuestHang {
-		t.Errorf("failure %q (%s), want %q", res.Failure, res.Detail, jobvm.FailGuestHang)
+	if res.Failure != failure.GuestHang {
+		t.Errorf("failure %q (%s), want %q", res.Failure, res.Detail, failure.GuestHang)
 	}
 }
 
@@ -76,8 +77,8 @@ func TestBootTimeout(t *testing.T) {
 	r.BootTimeout = 50 * time.Millisecond
 	res, err := h.Run(context.Background(), r)
 	var fe *jobvm.FailureError
-	if !errors.As(err, &fe) || res.Failure != jobvm.FailBootTimeout {
-		t.Errorf("err %v, failure %q; want %s", err, res.Failure, jobvm.FailBootTimeout)
+	if !errors.As(err, &fe) || res.Failure != failure.BootTimeout {
+		t.Errorf("err %v, failure %q; want %s", err, res.Failure, failure.BootTimeout)
 	}
 }
 

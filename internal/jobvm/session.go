@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -75,10 +76,10 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 			}
 			var h guest.Hello
 			if err := guest.Decode(f.t, f.p, &h); err != nil {
-				return s.fail(FailGuestCrash, err.Error())
+				return s.fail(failure.GuestCrash, err.Error())
 			}
 			if h.Version != guest.Version {
-				return s.fail(FailGuestCrash, fmt.Sprintf("guest speaks protocol %d, host %d: rebuild the image", h.Version, guest.Version))
+				return s.fail(failure.GuestCrash, fmt.Sprintf("guest speaks protocol %d, host %d: rebuild the image", h.Version, guest.Version))
 			}
 			s.res.GuestKernel = h.Kernel
 			return nil
@@ -93,20 +94,20 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 func (s *session) bootFailed(ctx, bctx context.Context, timeout time.Duration, cause error) error {
 	switch {
 	case ctx.Err() != nil:
-		return s.fail(FailCancelled, "cancelled while booting")
+		return s.fail(failure.Cancelled, "cancelled while booting")
 	case isExited(s.exited):
 		kind := s.crashKind()
 		return s.fail(kind, s.why(kind, "the VM stopped before its guest agent was ready"))
 	case bctx.Err() != nil:
-		return s.fail(FailBootTimeout, fmt.Sprintf("guest agent not ready within %s", timeout))
+		return s.fail(failure.BootTimeout, fmt.Sprintf("guest agent not ready within %s", timeout))
 	}
-	return s.fail(FailGuestCrash, cause.Error())
+	return s.fail(failure.GuestCrash, cause.Error())
 }
 
 // fail records a failure with the console's last lines and returns it as an error.
-func (s *session) fail(kind, detail string) error {
+func (s *session) fail(kind failure.Kind, detail string) error {
 	s.res.Failure, s.res.Detail = kind, detail
-	if kind == FailGuestPanic {
+	if kind == failure.GuestPanic {
 		s.res.Detail += ": " + panicLine(consoleTail(s.inst, 64<<10))
 	}
 	if tail := strings.TrimSpace(consoleTail(s.inst, 1500)); tail != "" {
@@ -119,28 +120,33 @@ func (s *session) fail(kind, detail string) error {
 }
 
 // FailureError is returned by Run when the VM failed before the job ran.
-type FailureError struct{ Kind, Detail string }
+type FailureError struct {
+	Kind   failure.Kind
+	Detail string
+}
 
-func (e *FailureError) Error() string { return e.Kind + ": " + e.Detail }
+func (e *FailureError) Error() string { return string(e.Kind) + ": " + e.Detail }
 
-func (s *session) crashKind() string {
+func (s *session) crashKind() failure.Kind {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if st, err := s.inst.Wait(ctx); err == nil && (st.Reason == vm.ExitConsoleLimit || st.Reason == vm.ExitDiskFull) {
-		return st.Reason
+	if st, err := s.inst.Wait(ctx); err == nil {
+		if k := failure.Kind(st.Reason); k == failure.ConsoleLimit || k == failure.DiskFull {
+			return k
+		}
 	}
 	if panicLine(consoleTail(s.inst, 64<<10)) != "" {
-		return FailGuestPanic
+		return failure.GuestPanic
 	}
-	return FailGuestCrash
+	return failure.GuestCrash
 }
 
 // why says why the VM ended, for a failure of kind; otherwise it is.
-func (s *session) why(kind, otherwise string) string {
+func (s *session) why(kind failure.Kind, otherwise string) string {
 	switch kind {
-	case FailConsoleLimit:
+	case failure.ConsoleLimit:
 		return "the VM wrote more to its serial console than the host keeps: the host stopped it"
-	case FailDiskFull:
+	case failure.DiskFull:
 		return fmt.Sprintf("the job wrote more than its %d MiB of disk: the host stopped the VM", s.r.DiskMiB)
 	}
 	return otherwise
@@ -184,7 +190,7 @@ func (s *session) run(ctx context.Context) (reported bool) {
 	defer s.closer.Close()
 	job := guest.Job{Argv: s.r.Argv, User: s.r.User, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
 	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
-		s.fail(FailGuestCrash, "send job: "+err.Error())
+		s.fail(failure.GuestCrash, "send job: "+err.Error())
 		return false
 	}
 	hb := s.r.HeartbeatTimeout
@@ -221,28 +227,28 @@ func (s *session) run(ctx context.Context) (reported bool) {
 			case guest.FrameExit:
 				var e guest.Exit
 				if err := guest.Decode(f.t, f.p, &e); err != nil {
-					s.fail(FailGuestCrash, err.Error())
+					s.fail(failure.GuestCrash, err.Error())
 					return false
 				}
 				s.res.ExitCode = e.Code
 				if e.TimedOut {
-					s.res.Failure, s.res.Detail = FailTimeout, fmt.Sprintf("the job ran longer than %s and was killed", s.r.Timeout)
+					s.res.Failure, s.res.Detail = failure.Timeout, fmt.Sprintf("the job ran longer than %s and was killed", s.r.Timeout)
 				} else if e.Error != "" {
 					s.res.Detail = e.Error
 				}
 				return true
 			}
 		case <-silence.C:
-			s.fail(FailGuestHang, fmt.Sprintf("no word from the guest for %s", hb))
+			s.fail(failure.GuestHang, fmt.Sprintf("no word from the guest for %s", hb))
 			return false
 		case <-deadline:
 			s.res.ExitCode = 124
-			s.fail(FailTimeout, fmt.Sprintf("the job ran longer than %s and the guest did not stop it", s.r.Timeout))
+			s.fail(failure.Timeout, fmt.Sprintf("the job ran longer than %s and the guest did not stop it", s.r.Timeout))
 			return false
 		case <-ctx.Done():
 			// Ask the guest to stop the job; teardown kills the VM regardless.
 			s.conn.WriteFrame(guest.FrameCancel, nil)
-			s.fail(FailCancelled, "cancelled")
+			s.fail(failure.Cancelled, "cancelled")
 			return false
 		}
 	}

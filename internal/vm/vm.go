@@ -112,15 +112,6 @@ type Spec struct {
 	DiskMiB int
 }
 
-// Exit reasons of a VM the driver stopped for using too much.
-const (
-	// ExitConsoleLimit: the guest wrote more to its serial console than
-	// the driver keeps.
-	ExitConsoleLimit = "console-limit"
-	// ExitDiskFull: the guest wrote more to its disk than Spec.DiskMiB.
-	ExitDiskFull = "disk-full"
-)
-
 // IOLimits caps a VM's disk I/O, in bytes and operations per second (0:
 // no cap of that kind).
 type IOLimits struct {

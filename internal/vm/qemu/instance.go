@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -30,7 +31,7 @@ type instance struct {
 	mu      sync.Mutex
 	pid     int
 	started bool
-	stopWhy string // why the driver killed it (vm.ExitConsoleLimit, vm.ExitDiskFull); "" otherwise
+	stopWhy string // why the driver killed it (failure.ConsoleLimit, failure.DiskFull); "" otherwise
 	qmp     *qmp
 	exit    vm.ExitStatus
 	done    chan struct{} // closed when the QEMU process has exited
@@ -147,11 +148,11 @@ func (in *instance) watch() {
 		}
 		why := ""
 		if fi, err := os.Stat(in.paths.Console); err == nil && fi.Size() > in.d.consoleLimit {
-			why = vm.ExitConsoleLimit
+			why = string(failure.ConsoleLimit)
 		}
 		if in.spec.DiskMiB > 0 && in.paths.Disk != "" {
 			if n, ok := allocated(in.paths.Disk); ok && n > int64(in.spec.DiskMiB)<<20 {
-				why = vm.ExitDiskFull
+				why = string(failure.DiskFull)
 			}
 		}
 		if why != "" {

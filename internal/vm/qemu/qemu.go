@@ -40,7 +40,7 @@ type Config struct {
 	// start, saying why.
 	AllowUncapped bool
 	// ConsoleLimit is how much of its serial console a VM may write
-	// (default 64 MiB); past it the VM is stopped (vm.ExitConsoleLimit).
+	// (default 64 MiB); past it the VM is stopped (failure.ConsoleLimit).
 	ConsoleLimit int64
 }
 
