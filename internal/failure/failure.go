@@ -18,6 +18,7 @@ const (
 	GuestCrash   Kind = "guest-crash"   // the VM ended without reporting the job's exit
 	GuestHang    Kind = "guest-hang"    // the guest stopped sending heartbeats
 	BootTimeout  Kind = "boot-timeout"  // the guest agent never became ready
+	GuestClock   Kind = "guest-clock"   // the guest kernel lost its timer while booting (a host stall)
 	Cancelled    Kind = "cancelled"     // the caller gave up (Ctrl-C, a stop from the control plane)
 	ConsoleLimit Kind = "console-limit" // the guest wrote more to its console than the host keeps
 	DiskFull     Kind = "disk-full"     // the guest wrote more to its disk than it may
@@ -32,7 +33,7 @@ const (
 )
 
 // Kinds lists every failure kind.
-var Kinds = []Kind{Timeout, GuestPanic, GuestCrash, GuestHang, BootTimeout, Cancelled,
+var Kinds = []Kind{Timeout, GuestPanic, GuestCrash, GuestHang, BootTimeout, GuestClock, Cancelled,
 	ConsoleLimit, DiskFull, Launch, VMGone, HostOffline, HostRevoked}
 
 // HostLeft reports whether k means the runner's host left the fleet.

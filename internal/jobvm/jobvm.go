@@ -99,6 +99,10 @@ type Request struct {
 	Await func(context.Context) (map[string]string, error)
 }
 
+// maxBoots is how many times Run boots a VM whose guest kernel lost its
+// timer while booting (failure.GuestClock) before it gives up.
+const maxBoots = 3
+
 // Timings are the phases of one run, in milliseconds.
 type Timings struct {
 	Prepare  int64 `json:"prepare"`  // image, accelerator, network, disk
@@ -121,6 +125,9 @@ type Result struct {
 	Image       string       `json:"image"`
 	GuestKernel string       `json:"guest_kernel,omitempty"`
 	Timings     Timings      `json:"timings_ms"`
+	// BootRetries counts boots given up because the guest kernel lost its
+	// timer (failure.GuestClock) before one came up.
+	BootRetries int `json:"boot_retries,omitempty"`
 	// Egress is what the VM did under an auditing or allowlist policy;
 	// nil for an open one.
 	Egress *egress.Record `json:"egress,omitempty"`
@@ -214,23 +221,47 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		boot.Addr, boot.Gateway, boot.DNS = att.Addr, att.Gateway, att.DNS
 	}
 	spec.Cmdline = boot.Cmdline()
-	inst, err = h.Driver.Create(ctx, spec)
+	var s *session
+	var tb time.Time
+	for attempt := 1; ; attempt++ {
+		inst, err = h.Driver.Create(ctx, spec)
+		if err != nil {
+			return res, err
+		}
+		unlock()
+		unlock = nil
+		if attempt == 1 {
+			if r.OnCreate != nil {
+				r.OnCreate(inst)
+			}
+			res.Timings.Prepare = ms(time.Since(t0))
+			tb = time.Now()
+		}
+		if err := inst.Start(ctx); err != nil {
+			return res, err
+		}
+		s = &session{h: h, r: r, inst: inst, res: &res}
+		err = s.boot(ctx, choice.Accel)
+		var fe *FailureError
+		if err == nil || !errors.As(err, &fe) || fe.Kind != failure.GuestClock || attempt == maxBoots {
+			break
+		}
+		// The guest's kernel lost its only timer to a host stall (see
+		// timerLost): this boot can never finish, and the next very
+		// probably will. Same VM id, network and disk allowance.
+		h.Log.Warn("the guest kernel lost its timer while booting (the host stalled it); booting the VM again",
+			"vm", spec.ID, "attempt", attempt)
+		res.BootRetries++
+		res.Failure, res.Detail = "", ""
+		if err := inst.Destroy(ctx); err != nil {
+			return res, fmt.Errorf("destroying a VM to boot it again: %w", err)
+		}
+		inst = nil
+		if unlock, err = h.hostLock(ctx, false); err != nil {
+			return res, err
+		}
+	}
 	if err != nil {
-		return res, err
-	}
-	unlock()
-	unlock = nil
-	if r.OnCreate != nil {
-		r.OnCreate(inst)
-	}
-	res.Timings.Prepare = ms(time.Since(t0))
-
-	tb := time.Now()
-	if err := inst.Start(ctx); err != nil {
-		return res, err
-	}
-	s := &session{h: h, r: r, inst: inst, res: &res}
-	if err := s.boot(ctx, choice.Accel); err != nil {
 		return res, err
 	}
 	res.Timings.Boot = ms(time.Since(tb))

@@ -82,6 +82,43 @@ func TestBootTimeout(t *testing.T) {
 	}
 }
 
+// A guest kernel that says it turned off its timer (a host stall during
+// its calibration; it would never finish booting) is booted again. The
+// kernel's line is written into the first boot's console by the test, past
+// what the guest itself writes there before it is ready.
+func TestBootAgainWhenTheGuestLosesItsTimer(t *testing.T) {
+	h := newHost(t)
+	r := req()
+	r.Argv = []string{"sh", "-c", "exit 7"}
+	forged := make(chan error, 1)
+	r.OnCreate = func(in vm.Instance) {
+		go func() {
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				f, err := os.OpenFile(in.ConsoleLog(), os.O_WRONLY, 0)
+				if err == nil {
+					_, err = f.WriteAt([]byte("\n[    2.185603] APIC frequency too slow, disabling apic timer\n"), 16<<10)
+					f.Close()
+					forged <- err
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			forged <- errors.New("the VM's console never appeared")
+		}()
+	}
+	res, err := h.Run(context.Background(), r)
+	if err != nil {
+		t.Fatalf("%v (%+v)", err, res)
+	}
+	if ferr := <-forged; ferr != nil {
+		t.Fatal(ferr)
+	}
+	if res.BootRetries != 1 || res.ExitCode != 7 || res.Failure != "" || res.Detail != "" {
+		t.Errorf("result %+v, want the job run once after one more boot", res)
+	}
+}
+
 func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 	h := newHost(t)
 	ctx := context.Background()

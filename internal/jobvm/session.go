@@ -65,8 +65,15 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 	s.conn, s.closer = guest.NewConn(rw), rw
 	s.frames = make(chan frame, 64)
 	go s.read()
+	watch := time.NewTicker(250 * time.Millisecond)
+	defer watch.Stop()
 	for {
 		select {
+		case <-watch.C:
+			if line := timerLost(consoleTail(s.inst, 8<<10)); line != "" {
+				return s.fail(failure.GuestClock, "the guest kernel lost its timer while booting ("+line+
+					"): the host stalled the VM while the kernel calibrated its APIC timer")
+			}
 		case f, ok := <-s.frames:
 			if !ok {
 				return s.bootFailed(ctx, bctx, timeout, fmt.Errorf("guest channel closed before the guest was ready"))
@@ -89,6 +96,22 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 			return s.bootFailed(ctx, bctx, timeout, nil)
 		}
 	}
+}
+
+// timerLost returns the console line by which an x86 guest kernel says it
+// has turned off its local APIC timer, or "". A kernel times that timer
+// against its tick for 100 ms while it boots; when the host stops the VM's
+// vCPU thread for about that long in that window (a loaded host, under TCG),
+// the timer looks too slow and is turned off. On a microvm it is the only
+// timer, so the kernel's clock stops and the boot waits forever, silent
+// under quiet: the guest's command line keeps warnings on the console
+// (qemu.BaseCmdline) so that this line shows.
+func timerLost(console string) string {
+	const sign = "APIC frequency too slow, disabling apic timer"
+	if strings.Contains(console, sign) {
+		return sign
+	}
+	return ""
 }
 
 func (s *session) bootFailed(ctx, bctx context.Context, timeout time.Duration, cause error) error {

@@ -31,7 +31,10 @@ func Binary(a vm.Arch) string {
 
 // BaseCmdline is the kernel command line every Tandem guest gets, before its
 // boot parameters. Each item earned its place by measurement (docs/benchmarks.md):
-//   - quiet: every console byte is an emulated UART write;
+//   - quiet: every console byte is an emulated UART write; on x86,
+//     loglevel=5 after it still shows warnings (about 300 bytes in a boot),
+//     among them the one by which a kernel says it lost its timer to a host
+//     stall (jobvm boots such a VM again);
 //   - cryptomgr.notests: the crypto self-tests cost ~170 ms under TCG;
 //   - reboot=t, panic=-1 (with QEMU's -no-reboot): the guest ends the VM by
 //     rebooting, and a panicking guest does the same at once instead of hanging.
@@ -39,7 +42,7 @@ func BaseCmdline(a vm.Arch) string {
 	if a == vm.ARM64 {
 		return "console=ttyAMA0 panic=-1 quiet cryptomgr.notests"
 	}
-	return "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests"
+	return "console=ttyS0 reboot=t panic=-1 quiet loglevel=5 cryptomgr.notests"
 }
 
 // Args builds the QEMU command line for a spec. The benchmark's bare-QEMU

@@ -20,7 +20,7 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-nodefaults", "-no-user-config", "-no-reboot", "-sandbox on,",
 		"-M microvm,", "-accel tcg", "-smp 1", "-m 512M",
-		"-append console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests",
+		"-append console=ttyS0 reboot=t panic=-1 quiet loglevel=5 cryptomgr.notests",
 		" tandem.root=/dev/vda",
 		"file=/d/overlay.qcow2", "ifname=tdm-0123456789", "mac=02:00:00:00:00:01",
 		"path=/d/guest.sock,server=on,wait=off", "name=tandem.0", "-qmp unix:/d/qmp.sock,server=on,wait=off",
