@@ -11,6 +11,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -65,8 +66,11 @@ func newFetchingAgent(t *testing.T, rec *recorder, src image.Source) (*agent.Age
 	return a, st
 }
 
+// testImageID is the test image's id; the tests that use it boot a VM (or
+// want the image, which -short runs do not build).
 func testImageID(t *testing.T) string {
 	t.Helper()
+	testenv.RequireVM(t)
 	im, err := testimages.Store(t).Resolve("test-" + string(vm.HostArch()))
 	if err != nil {
 		t.Fatal(err)

@@ -25,8 +25,14 @@ var (
 // DataDir returns a data dir whose images/ holds test-amd64 and test-arm64.
 // It uses $TANDEM_TEST_DATA where scripts/test.sh built them; otherwise it
 // builds them there (default /var/tmp/tandem-test) from this source tree.
+//
+// -short runs build no image: a test that wants one checks RequireVM (or
+// skips under -short) first, and DataDir fails one that did not.
 func DataDir(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Fatal("test images asked for under -short: check testenv.RequireVM (or testing.Short) before asking")
+	}
 	testenv.RequireRoot(t)
 	once.Do(func() { dataDir, onceErr = prepare() })
 	if onceErr != nil {
