@@ -134,22 +134,15 @@ func hostLimits() (vm.Limits, error) {
 	return l, sc.Err()
 }
 
-// parseMemory reads a size in MiB: "512", "512M", "512MiB", "2G", "2GiB".
+// parseMemory reads a VM's memory size (config.ParseSize: "512", "512MiB",
+// "2GiB", ...), which must be more than nothing.
 func parseMemory(s string) (int, error) {
-	t := strings.ToUpper(strings.TrimSpace(s))
-	mult := 1
-	for _, suf := range []struct {
-		s string
-		m int
-	}{{"GIB", 1024}, {"GB", 1024}, {"G", 1024}, {"MIB", 1}, {"MB", 1}, {"M", 1}} {
-		if strings.HasSuffix(t, suf.s) {
-			t, mult = strings.TrimSuffix(t, suf.s), suf.m
-			break
-		}
+	m, err := config.ParseSize(s)
+	if err != nil {
+		return 0, err
 	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("invalid memory size %q (e.g. 512M or 2G)", s)
+	if m <= 0 {
+		return 0, fmt.Errorf("memory size %q is nothing (want e.g. 512MiB or 2GiB)", s)
 	}
-	return int(n * float64(mult)), nil
+	return int(m), nil
 }

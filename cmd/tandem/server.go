@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
@@ -170,17 +171,25 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	srv := &http.Server{Handler: cp.Handler(), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 5 * time.Second}
 	go reloadImagesOnHangup(ctx, g, cfgPath, cp, images, parser)
+	// Lifetimes: the listeners serve until ctx ends or one of them fails
+	// (servers); then webhooks stop, this host's VMs end while the control
+	// plane still records their ends, and the control plane stops last.
 	cpCtx, cpCancel := context.WithCancel(context.Background())
 	cpDone := make(chan error, 1)
 	go func() { cpDone <- cp.Run(cpCtx) }()
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
+	stopCP := func() error {
+		cpCancel()
+		return <-cpDone
+	}
+	servers, sctx := errgroup.WithContext(ctx)
+	servers.Go(func() error { return served("webhook and API listener", srv.Serve(ln)) })
+	var asrv *http.Server
 	if agentTLS != nil {
 		aln, err := net.Listen("tcp", cfg.Agents.Listen)
 		if err != nil {
-			cpCancel()
-			<-cpDone
 			srv.Close()
+			servers.Wait()
+			stopCP()
 			return err
 		}
 		aln = controlplane.LimitListener(aln, 4096, cfg.Agents.MaxConnsPerSource)
@@ -192,23 +201,28 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		// No server-wide read or write timeout: agent streams stay open;
 		// every other route has its own read deadline, and each write of a
 		// stream its own write deadline.
-		asrv := &http.Server{Handler: mux, TLSConfig: agentTLS, ReadHeaderTimeout: 10 * time.Second}
-		go func() { httpDone <- asrv.ServeTLS(aln, "", "") }()
-		defer asrv.Close()
+		asrv = &http.Server{Handler: mux, TLSConfig: agentTLS, ReadHeaderTimeout: 10 * time.Second}
+		servers.Go(func() error { return served("agent listener", asrv.ServeTLS(aln, "", "")) })
 		what := "agents"
 		if cfg.Agents.ServeAPI {
 			what = "agents and API"
 		}
 		fmt.Fprintf(os.Stderr, "tandem: %s on https://%s (certificate sha256 %s)\n", what, aln.Addr(), pin)
 	}
+	closeServers := func() error {
+		srv.Close()
+		if asrv != nil {
+			asrv.Close()
+		}
+		return servers.Wait()
+	}
 
 	var ag *agent.Agent
 	if withAgent {
 		var stopHost func()
 		if ag, stopHost, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
-			cpCancel()
-			<-cpDone
-			srv.Close()
+			closeServers()
+			stopCP()
 			return err
 		}
 		defer stopHost() // the mirror and the DNS forwarder, after the VMs (ag.Close below)
@@ -216,26 +230,28 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	g.log.Info("tandem is up", "listen", ln.Addr().String(), "agent", withAgent, "data_dir", dataDir)
 	fmt.Fprintf(os.Stderr, "tandem: listening on %s (webhook: POST /webhook, API: /api/v1/jobs)\n", ln.Addr())
 
-	select {
-	case <-ctx.Done():
-	case err = <-httpDone:
-		err = fmt.Errorf("http server: %w", err)
+	<-sctx.Done() // a signal, or a listener failed
+	shctx, shcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer shcancel()
+	srv.Shutdown(shctx) // webhooks in flight are answered
+	if asrv != nil {
+		asrv.Close() // agent streams never end by themselves
 	}
-	// Shut down: stop taking webhooks, end this host's VMs while the
-	// control plane still records their ends, then stop the control plane.
-	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer scancel()
-	srv.Shutdown(sctx)
+	err = servers.Wait()
 	if ag != nil {
 		ag.Close()
-		cp.FlushEvents(sctx)
+		cp.FlushEvents(shctx)
 	}
-	cpCancel()
-	<-cpDone
+	return errors.Join(err, stopCP())
+}
+
+// served turns a listener's end into Run's error: nil for a listener that
+// was shut down.
+func served(what string, err error) error {
 	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
+		return nil
 	}
-	return err
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func schedulerLimits(cfg *config.Config) scheduler.Limits {
