@@ -6,9 +6,10 @@ import (
 	"github.com/tandem-ci/tandem/internal/deptest"
 )
 
-// The control plane runs no VM: it must not link the VM runtime, so that a
-// `tandem server` machine needs none of it and the lifecycle cannot reach
-// past the agent protocol.
+// Dependencies point one way. The control plane runs no VM: it must not
+// link the VM runtime, so that a `tandem server` machine needs none of it
+// and the lifecycle cannot reach past the agent protocol. (The checks of
+// other packages live here too: one place lists the rules.)
 func TestDeps(t *testing.T) {
 	const m = "github.com/tandem-ci/tandem/internal/"
 	runtime := "the control plane talks to hosts through agentapi only"
@@ -23,6 +24,9 @@ func TestDeps(t *testing.T) {
 			m + "guest":   runtime,
 		})
 	}
+	deptest.Check(t, m+"jobvm", map[string]string{
+		m + "vm/qemu": "jobvm drives VMs through vm.Driver only; the hypervisor is chosen by its caller",
+	})
 	pure := "a pure core: no store, no network, no VM"
 	for _, pkg := range []string{m + "lifecycle", m + "scheduler"} {
 		deptest.Check(t, pkg, map[string]string{

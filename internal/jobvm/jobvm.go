@@ -21,12 +21,11 @@ import (
 	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/vm"
-	"github.com/tandem-ci/tandem/internal/vm/qemu"
 )
 
 // Host is what one machine needs to run jobs in VMs.
 type Host struct {
-	Driver *qemu.Driver
+	Driver vm.Driver
 	Images *image.Store
 	Net    *hostnet.Network // nil: VMs get no NIC
 	Log    *slog.Logger
@@ -145,7 +144,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		return res, fmt.Errorf("%w: %w %q", ErrBadRequest, vm.ErrUnknownArch, r.Arch)
 	}
 	// What the host can never hold fails before anything is probed or made.
-	if err := h.Driver.Limits().Check(r.VCPUs, r.MemoryMiB); err != nil {
+	if err := h.Driver.Capabilities().Limits.Check(r.VCPUs, r.MemoryMiB); err != nil {
 		return res, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	if r.Image == "" {
@@ -183,7 +182,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	}
 	res = Result{VMID: spec.ID, Arch: r.Arch, Accel: choice.Accel, AccelReason: choice.Reason,
 		Emulated: choice.Emulated, Image: im.ID}
-	boot := guest.BootParams{Root: qemu.RootDevice, Hostname: spec.ID, Mirror: h.Mirror}
+	boot := guest.BootParams{Root: h.Driver.Capabilities().RootDevice, Hostname: spec.ID, Mirror: h.Mirror}
 
 	// From here on, every path ends in teardown.
 	var inst vm.Instance

@@ -245,6 +245,29 @@ type Driver interface {
 	// Close lets go of the VMs without stopping them, as a process does
 	// when it exits: a later driver over the same state recovers them.
 	Close() error
+
+	// Capabilities says what VMs this driver can make on this host.
+	Capabilities() Capabilities
+	// ResolveAccel turns a requested accelerator into the one a VM of arch
+	// gets on this host (AccelAuto: KVM where a probe boot of kernel and
+	// initrd proves it works, else TCG, said loudly), and why.
+	ResolveAccel(ctx context.Context, want Accel, arch Arch, kernel, initrd string) (AccelChoice, error)
+}
+
+// Capabilities is what a driver can do on this host.
+type Capabilities struct {
+	// Limits bound a VM's size.
+	Limits Limits
+	// RootDevice is the guest's name for the disk of Spec.BaseDisk, e.g.
+	// /dev/vda.
+	RootDevice string
+}
+
+// AccelChoice is the accelerator a VM gets and why.
+type AccelChoice struct {
+	Accel    Accel  `json:"accel"`
+	Emulated bool   `json:"emulated"` // guest arch differs from the host's
+	Reason   string `json:"reason"`
 }
 
 // Instance is a handle on one VM.

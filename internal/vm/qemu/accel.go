@@ -17,13 +17,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
-// AccelChoice is the accelerator a VM gets and why.
-type AccelChoice struct {
-	Accel    vm.Accel `json:"accel"`
-	Emulated bool     `json:"emulated"` // guest arch differs from the host's
-	Reason   string   `json:"reason"`
-}
-
 // probeTimeout bounds the KVM probe boot. A working KVM boots the probe in
 // well under a second; a broken one fails at once or hangs.
 const probeTimeout = 20 * time.Second
@@ -36,25 +29,25 @@ const probeTimeout = 20 * time.Second
 //
 // The probe's verdict is cached in the state dir for this boot of the host,
 // this QEMU binary and this kernel.
-func (d *Driver) ResolveAccel(ctx context.Context, want vm.Accel, arch vm.Arch, kernel, initrd string) (AccelChoice, error) {
+func (d *Driver) ResolveAccel(ctx context.Context, want vm.Accel, arch vm.Arch, kernel, initrd string) (vm.AccelChoice, error) {
 	if arch != vm.HostArch() {
 		if want == vm.AccelKVM {
-			return AccelChoice{}, fmt.Errorf("%w: a %s guest on a %s host can only be emulated (use --accel tcg or auto)", vm.ErrKVMUnusable, arch, vm.HostArch())
+			return vm.AccelChoice{}, fmt.Errorf("%w: a %s guest on a %s host can only be emulated (use --accel tcg or auto)", vm.ErrKVMUnusable, arch, vm.HostArch())
 		}
-		return AccelChoice{Accel: vm.AccelTCG, Emulated: true, Reason: fmt.Sprintf("%s guest emulated on this %s host", arch, vm.HostArch())}, nil
+		return vm.AccelChoice{Accel: vm.AccelTCG, Emulated: true, Reason: fmt.Sprintf("%s guest emulated on this %s host", arch, vm.HostArch())}, nil
 	}
 	if want == vm.AccelTCG {
-		return AccelChoice{Accel: vm.AccelTCG, Reason: "tcg requested"}, nil
+		return vm.AccelChoice{Accel: vm.AccelTCG, Reason: "tcg requested"}, nil
 	}
 	ok, why := d.probeKVM(ctx, arch, kernel, initrd)
 	if ok {
-		return AccelChoice{Accel: vm.AccelKVM, Reason: why}, nil
+		return vm.AccelChoice{Accel: vm.AccelKVM, Reason: why}, nil
 	}
 	if want == vm.AccelKVM {
-		return AccelChoice{}, fmt.Errorf("%w: %s", vm.ErrKVMUnusable, why)
+		return vm.AccelChoice{}, fmt.Errorf("%w: %s", vm.ErrKVMUnusable, why)
 	}
 	d.log.Warn("KVM CANNOT RUN GUESTS ON THIS HOST: FALLING BACK TO TCG SOFTWARE EMULATION (10-50x slower)", "reason", why)
-	return AccelChoice{Accel: vm.AccelTCG, Reason: "kvm unusable: " + why}, nil
+	return vm.AccelChoice{Accel: vm.AccelTCG, Reason: "kvm unusable: " + why}, nil
 }
 
 type probeVerdict struct {

@@ -107,8 +107,10 @@ func (d *Driver) warnUncapped(err error) {
 // Capped reports why VMs could not be capped here, or "" when they can.
 func (d *Driver) Capped() string { return d.cg.missing }
 
-// Limits is what a VM may ask of this host.
-func (d *Driver) Limits() vm.Limits { return d.limits }
+// Capabilities implements vm.Driver.
+func (d *Driver) Capabilities() vm.Capabilities {
+	return vm.Capabilities{Limits: d.limits, RootDevice: RootDevice}
+}
 
 // Name implements vm.Driver.
 func (d *Driver) Name() string { return "qemu" }

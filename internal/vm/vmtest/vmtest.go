@@ -44,6 +44,27 @@ func Run(t *testing.T, c Config) {
 	t.Run("PauseStopsTheGuest", s.pause)
 	t.Run("GuestPanicEndsTheVM", s.panic)
 	t.Run("InvalidSpecLeavesNothing", s.invalidSpec)
+	t.Run("Capabilities", s.capabilities)
+}
+
+// capabilities: what the driver says of itself is what the suite boots by,
+// and an accelerator it resolves is one the suite can run.
+func (s *suite) capabilities(t *testing.T) {
+	d := s.c.NewDriver(t, s.c.StateDir)
+	c := d.Capabilities()
+	if c.RootDevice != s.c.RootDevice {
+		t.Errorf("root device %q, the suite boots %q", c.RootDevice, s.c.RootDevice)
+	}
+	if c.Limits.VCPUs < 1 || c.Limits.MemoryMiB < 256 {
+		t.Errorf("limits %+v: not even the suite's VMs fit", c.Limits)
+	}
+	if err := c.Limits.Check(1, 256); err != nil {
+		t.Errorf("limits refuse the suite's VM: %v", err)
+	}
+	choice, err := d.ResolveAccel(ctxT(t, time.Minute), vm.AccelTCG, s.c.Arch, s.c.Kernel, s.c.Initrd)
+	if err != nil || choice.Accel != vm.AccelTCG || choice.Reason == "" {
+		t.Errorf("asking for tcg: %+v, %v", choice, err)
+	}
 }
 
 type suite struct{ c Config }
