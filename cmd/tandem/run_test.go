@@ -210,7 +210,7 @@ func TestRunBadInput(t *testing.T) {
 		{[]string{"--arch", "riscv64"}, "unknown architecture"},
 		{[]string{"--cpus", "0"}, "--cpus must be more than 0"},
 		{[]string{"--cpus", "4096"}, "more than this host has"},
-		{[]string{"--memory", "100T"}, "invalid memory size"},
+		{[]string{"--memory", "100T"}, `--memory: bad size "100T"`},
 		{[]string{"--memory", "100000G"}, "more than this host has"},
 		{[]string{"--image", "no-such-image"}, "tandem image build"},
 		{[]string{"--accel", "warp"}, "unknown accelerator"},
