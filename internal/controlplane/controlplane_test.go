@@ -42,6 +42,7 @@ type goHost struct {
 	sink     func(agentapi.Event) // default: cp.HostEvent (in process); a Daemon's Event for a remote agent
 	fail     error                // Launch refuses with it, when set
 	idleOnly bool                 // runners start but never take a job
+	muted    bool                 // reports nothing: its agent died
 	images   *agent.Images        // if set, a run first fetches its image, as the real agent does
 
 	mu      sync.Mutex
@@ -127,6 +128,12 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 }
 
 func (h *goHost) emit(e agentapi.Event) {
+	h.mu.Lock()
+	muted := h.muted
+	h.mu.Unlock()
+	if muted {
+		return
+	}
 	e.At = time.Now()
 	if h.sink != nil {
 		h.sink(e)
@@ -148,6 +155,15 @@ func (h *goHost) Runners() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// crash ends every run without a word, as when a host's agent and its VMs
+// die together.
+func (h *goHost) crash() {
+	h.mu.Lock()
+	h.muted = true
+	h.mu.Unlock()
+	h.stopAll()
 }
 
 // stopAll ends every run and waits for them.
@@ -259,6 +275,11 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		}
 	}
 	t.Cleanup(func() {
+		// Refuse new launches first: a run that ends frees room, and the
+		// control plane, still running, would fill it again.
+		for _, h := range r.hosts {
+			h.set(errors.New("test over"), false)
+		}
 		for _, h := range r.hosts {
 			h.stopAll()
 		}
@@ -652,6 +673,51 @@ func TestRegisteredSpareServesQueuedJob(t *testing.T) {
 	if rs := r.liveRunners(); len(rs) != 1 || rs[0].JobID != next {
 		t.Errorf("live runners %+v", rs)
 	}
+}
+
+// No host gets more VMs than it has room for, whatever the number of hosts.
+// (Each pass used to see every host but the last as empty: the used
+// capacity was added through pointers into a slice that later appends had
+// moved.)
+func TestHostsNeverOverfilled(t *testing.T) {
+	r := newRig(t, rigOptions{hosts: 3, vcpus: 2, noReconcile: true})
+	for _, h := range r.hosts {
+		h.set(nil, true) // runners start and wait, and take no job
+	}
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	var ids []int64
+	for i := 0; i < 9; i++ { // one at a time: each placed by a pass of its own
+		ids = append(ids, r.queue("acme/app", "tandem", "true"))
+		if i < 6 {
+			r.waitStates(ids[i:], 10*time.Second, store.JobLaunching)
+		}
+	}
+	r.waitFor("a placement pass to find no room for the last three", 10*time.Second, func() bool {
+		for _, h := range r.hosts {
+			if h.live() > 2 {
+				return true // overfilled: reported below
+			}
+		}
+		for _, id := range ids[6:] {
+			var v controlplane.JobView
+			if r.call("GET", fmt.Sprintf("/api/v1/jobs/%d", id), rigReadToken, &v) != 200 || v.State != "queued" || v.Reason == "" || strings.HasPrefix(v.Reason, "queued") {
+				return false
+			}
+		}
+		return true
+	})
+	perHost := map[string]int{}
+	for _, x := range r.liveRunners() {
+		perHost[x.HostID]++
+	}
+	for _, h := range r.hosts {
+		if perHost[h.id] != 2 || h.live() != 2 {
+			t.Errorf("host %s (2 vCPUs, 1 per job): %d runners in the store, %d VMs; want 2", h.id, perHost[h.id], h.live())
+		}
+	}
+	var v controlplane.JobView
+	r.call("GET", fmt.Sprintf("/api/v1/jobs/%d", ids[8]), rigReadToken, &v)
+	t.Logf("a job that waits: %q", v.Reason)
 }
 
 // Fair share: one org's burst does not starve another's single job.

@@ -207,11 +207,15 @@ func (s *Server) runnerServes(r store.Runner, j store.Job) bool {
 }
 
 func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Input {
-	used := map[string]*scheduler.Host{}
 	in := scheduler.Input{
+		Hosts:    make([]scheduler.Host, 0, len(hosts)),
 		OrgUsage: map[string]scheduler.Usage{}, RepoUsage: map[string]scheduler.Usage{},
 		Limits: s.cfg.Limits,
 	}
+	// Indexes, not pointers: a pointer into in.Hosts taken before a later
+	// append may point into the array append left behind, and the host it
+	// stands for would be seen empty, and filled past its capacity.
+	at := make(map[string]int, len(hosts))
 	for _, h := range hosts {
 		sh := scheduler.Host{ID: h.ID, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB,
 			Schedulable: h.State == store.HostOnline && connected[h.ID]}
@@ -221,11 +225,12 @@ func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, l
 		for _, a := range h.Arches {
 			sh.Arches = append(sh.Arches, scheduler.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
 		}
+		at[h.ID] = len(in.Hosts)
 		in.Hosts = append(in.Hosts, sh)
-		used[h.ID] = &in.Hosts[len(in.Hosts)-1]
 	}
 	for _, r := range live {
-		if h := used[r.HostID]; h != nil {
+		if i, ok := at[r.HostID]; ok {
+			h := &in.Hosts[i]
 			h.UsedVCPUs += r.VCPUs
 			h.UsedMemoryMiB += r.MemoryMiB
 			h.UsedDiskMiB += s.diskFor(r.VCPUs)
