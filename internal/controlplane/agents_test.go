@@ -5,10 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,6 +77,7 @@ type remoteAgent struct {
 	daemon *agentapi.Daemon
 	cancel context.CancelFunc
 	done   chan error
+	creds  agentapi.Credentials
 }
 
 func (f *fleet) join(id string) *remoteAgent {
@@ -93,7 +98,7 @@ func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
 	h.sink = d.Event
 	d.Bind(h)
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &remoteAgent{id: creds.HostID, host: h, daemon: d, cancel: cancel, done: make(chan error, 1)}
+	a := &remoteAgent{id: creds.HostID, host: h, daemon: d, cancel: cancel, done: make(chan error, 1), creds: creds}
 	go func() { a.done <- d.Run(ctx) }()
 	f.t.Cleanup(func() { a.stop(); h.stopAll() })
 	f.hosts = append(f.hosts, h)
@@ -287,4 +292,177 @@ func TestSilentHostGoesOffline(t *testing.T) {
 		t.Errorf("new job ran on %s", j.HostID)
 	}
 	a1.host.stopAll()
+}
+
+// Chaos, as a property. Webhooks are lost, failed, duplicated, reordered and
+// late; one host's agent dies with its VMs and comes back empty; another
+// host is revoked while it runs jobs; runners take whichever job GitHub
+// offers. Every job GitHub queued runs at most once, and each either ran
+// and completed or ends in Tandem with a stated reason; no runner is left.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long chaos test: not in -short runs")
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed>>7))
+	f := newFleetWith(t, func(c *controlplane.Config) {
+		c.Reconcile = controlplane.Intervals{MissedWebhooks: 300 * time.Millisecond, FailedDeliveries: 300 * time.Millisecond,
+			Orphans: 500 * time.Millisecond, LostAfter: time.Second}
+	})
+	f.gh.SetFaults(ghfake.Faults{Lose: 0.05, Fail: 0.05, Duplicate: 0.05, Reorder: 0.05, MaxDelay: 50 * time.Millisecond})
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/x", "acme/y")
+	var agentsMu sync.Mutex
+	agents := map[string]*remoteAgent{}
+	for _, id := range []string{"a1", "a2", "a3"} {
+		agents[id] = f.join(id)
+	}
+	agentsNow := func() map[string]*remoteAgent {
+		agentsMu.Lock()
+		defer agentsMu.Unlock()
+		return maps.Clone(agents)
+	}
+	// busiest waits for a job to run and names the host running the most.
+	var ids []int64
+	busiest := func() string {
+		var host string
+		f.waitFor("a job to run", 20*time.Second, func() bool {
+			n := map[string]int{}
+			for _, id := range ids {
+				if j, ok := f.job(id); ok && j.State == store.JobRunning {
+					n[j.HostID]++
+					if n[j.HostID] > n[host] {
+						host = j.HostID
+					}
+				}
+			}
+			return host != ""
+		})
+		return host
+	}
+	// No host ever runs more than its capacity (4 vCPUs, 1 each), as the
+	// store counts it and as the host does.
+	var peakMu sync.Mutex
+	peak := map[string]int{}
+	sampling, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			n := map[string]int{}
+			for _, x := range f.liveRunners() {
+				n["store "+x.HostID]++
+			}
+			for id, a := range agentsNow() {
+				n["host "+id] = a.host.live()
+			}
+			peakMu.Lock()
+			for k, v := range n {
+				peak[k] = max(peak[k], v)
+			}
+			peakMu.Unlock()
+		}
+	}()
+	defer func() {
+		close(sampling)
+		<-sampled
+		t.Logf("peak runners: %v", peak)
+		for k, v := range peak {
+			if v > 4 {
+				t.Errorf("%s: %d runners at once; the host has room for 4", k, v)
+			}
+		}
+	}()
+	var crashed, revoked string
+	for i := 0; i < 36; i++ {
+		repo := []string{"acme/x", "acme/y"}[rng.IntN(2)]
+		ids = append(ids, f.queue(repo, "tandem", fmt.Sprintf("sleep %d.%d", 1+rng.IntN(3), rng.IntN(10))))
+		time.Sleep(time.Duration(rng.IntN(80)) * time.Millisecond)
+		switch i {
+		case 12: // an agent dies with its VMs, and comes back without them
+			crashed = busiest()
+			a := agentsNow()[crashed]
+			a.stop()
+			a.host.crash()
+			f.waitHost(crashed, "offline", false)
+			back := f.start(a.creds)
+			agentsMu.Lock()
+			agents[crashed] = back
+			agentsMu.Unlock()
+		case 24: // a host is revoked while it runs jobs
+			revoked = busiest()
+			if code := f.call("POST", "/api/v1/hosts/"+revoked+"/revoke", rigAdminToken, nil); code != 200 {
+				t.Fatalf("revoke: %d", code)
+			}
+		}
+	}
+	t.Logf("crashed %s at job 13, revoked %s at job 25", crashed, revoked)
+	ended := func(id int64) bool {
+		gj, _ := f.gh.Job(id)
+		j, ok := f.job(id)
+		return gj.Status == "completed" || (ok && j.State.Terminal())
+	}
+	f.waitFor("every job to end on GitHub or in Tandem", 120*time.Second, func() bool {
+		f.gh.Flush() // a held-back webhook is sent late rather than never
+		for _, id := range ids {
+			if !ended(id) {
+				return false
+			}
+		}
+		return true
+	})
+	f.waitFor("Tandem to learn every end", 30*time.Second, func() bool {
+		for _, id := range ids {
+			if j, ok := f.job(id); !ok || !j.State.Terminal() {
+				return false
+			}
+		}
+		return true
+	})
+	states, hosts := map[store.JobState]int{}, map[string]int{}
+	for _, id := range ids {
+		gj, _ := f.gh.Job(id)
+		j, _ := f.job(id)
+		states[j.State]++
+		hosts[j.HostID]++
+		if gj.Claims > 1 {
+			t.Errorf("job %d ran %d times", id, gj.Claims)
+		}
+		if j.Reason == "" {
+			t.Errorf("job %d ended %s without a reason", id, j.State)
+		}
+		switch {
+		case j.State == store.JobCompleted && (gj.Status != "completed" || gj.Claims != 1):
+			t.Errorf("job %d completed in Tandem; GitHub: %s, %d runs", id, gj.Status, gj.Claims)
+		case gj.Status == "completed" && gj.Claims == 1 && j.State != store.JobCompleted && j.State != store.JobLost:
+			t.Errorf("job %d ran and completed on GitHub; Tandem says %s (%s)", id, j.State, j.Reason)
+		}
+	}
+	ends := map[string]int{}
+	for _, h := range []string{"a1", "a2", "a3"} {
+		var rs []store.Runner
+		f.st.View(context.Background(), func(tx store.ReadTx) error {
+			var err error
+			rs, err = tx.Runners(store.RunnerFilter{HostID: h})
+			return err
+		})
+		for _, x := range rs {
+			if x.Reason != "" {
+				ends[h+": "+firstWords(x.Reason)]++
+			}
+		}
+	}
+	t.Logf("jobs by state: %v, by host %v; runners' ends %v; counters %v", states, hosts, ends, f.counters())
+	f.waitFor("runners to end", 30*time.Second, func() bool { return len(f.liveRunners()) == 0 })
+}
+
+func firstWords(s string) string {
+	if i := strings.IndexAny(s, ":("); i > 0 {
+		return s[:i]
+	}
+	return s
 }
