@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -39,7 +40,7 @@ import (
 type BootOptions struct {
 	N           int   // boots per side and concurrency level
 	Concurrency []int // e.g. 1, 4, 8
-	Arch        vm.Arch
+	Arch        arch.Arch
 	Accel       vm.Accel
 	VCPUs       float64
 	MemoryMiB   int
@@ -64,16 +65,16 @@ type Level struct {
 // BootReport is the whole result. The first level's figures are repeated at
 // the top for scripts.
 type BootReport struct {
-	Arch          vm.Arch  `json:"arch"`
-	Accel         vm.Accel `json:"accel"`
-	AccelReason   string   `json:"accel_reason"`
-	Image         string   `json:"image"`
-	TandemP50MS   float64  `json:"tandem_p50_ms"`
-	TandemP95MS   float64  `json:"tandem_p95_ms"`
-	BaselineP50MS float64  `json:"baseline_p50_ms"`
-	BaselineP95MS float64  `json:"baseline_p95_ms"`
-	Ratio         float64  `json:"ratio"`
-	Levels        []Level  `json:"levels"`
+	Arch          arch.Arch `json:"arch"`
+	Accel         vm.Accel  `json:"accel"`
+	AccelReason   string    `json:"accel_reason"`
+	Image         string    `json:"image"`
+	TandemP50MS   float64   `json:"tandem_p50_ms"`
+	TandemP95MS   float64   `json:"tandem_p95_ms"`
+	BaselineP50MS float64   `json:"baseline_p50_ms"`
+	BaselineP95MS float64   `json:"baseline_p95_ms"`
+	Ratio         float64   `json:"ratio"`
+	Levels        []Level   `json:"levels"`
 }
 
 // Boot runs the boot benchmark on h.

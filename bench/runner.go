@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -15,7 +16,7 @@ import (
 // in the same run, on the same accelerator.
 type StartOptions struct {
 	N             int // VMs per side
-	Arch          vm.Arch
+	Arch          arch.Arch
 	Accel         vm.Accel
 	VCPUs         float64
 	MemoryMiB     int
@@ -27,19 +28,19 @@ type StartOptions struct {
 // is the first byte of output from the job's process, which runs as the
 // image's runner account (root in the test image), as its runner would.
 type StartReport struct {
-	Arch            vm.Arch  `json:"arch"`
-	Accel           vm.Accel `json:"accel"`
-	Image           string   `json:"image"`
-	BaselineImage   string   `json:"baseline_image"`
-	N               int      `json:"n"`
-	StartedP50MS    float64  `json:"started_p50_ms"`
-	StartedP95MS    float64  `json:"started_p95_ms"`
-	ReadyP50MS      float64  `json:"ready_p50_ms"`
-	BaseStartedP50  float64  `json:"baseline_started_p50_ms"`
-	BaseStartedP95  float64  `json:"baseline_started_p95_ms"`
-	BaseReadyP50MS  float64  `json:"baseline_ready_p50_ms"`
-	Ratio           float64  `json:"ratio"` // started p50 / baseline started p50
-	ImageRunnerUser string   `json:"image_runner_user"`
+	Arch            arch.Arch `json:"arch"`
+	Accel           vm.Accel  `json:"accel"`
+	Image           string    `json:"image"`
+	BaselineImage   string    `json:"baseline_image"`
+	N               int       `json:"n"`
+	StartedP50MS    float64   `json:"started_p50_ms"`
+	StartedP95MS    float64   `json:"started_p95_ms"`
+	ReadyP50MS      float64   `json:"ready_p50_ms"`
+	BaseStartedP50  float64   `json:"baseline_started_p50_ms"`
+	BaseStartedP95  float64   `json:"baseline_started_p95_ms"`
+	BaseReadyP50MS  float64   `json:"baseline_ready_p50_ms"`
+	Ratio           float64   `json:"ratio"` // started p50 / baseline started p50
+	ImageRunnerUser string    `json:"image_runner_user"`
 }
 
 // RunnerStart runs the runner-start benchmark on h, alternating the sides

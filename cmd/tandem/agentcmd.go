@@ -16,10 +16,9 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/hostdeps"
-	"github.com/tandem-ci/tandem/internal/labels"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func agentCmd(g *globals) *cobra.Command {
@@ -184,14 +183,15 @@ func localCapacity(vcpus float64, memMiB int, emulate []string) (func(dir string
 	if c.MemoryMiB < 256 {
 		return nil, fmt.Errorf("only %d MiB of memory for VMs", c.MemoryMiB)
 	}
-	native := labels.Arch(vm.HostArch())
+	native := arch.Host()
 	c.Arches = []agentapi.ArchSupport{{Arch: native}}
-	for _, a := range emulate {
-		if a != string(labels.AMD64) && a != string(labels.ARM64) {
-			return nil, fmt.Errorf("--emulate: %q is not amd64 or arm64", a)
+	for _, name := range emulate {
+		a := arch.Arch(name)
+		if !a.IsMachine() {
+			return nil, fmt.Errorf("--emulate: %q is not amd64 or arm64", name)
 		}
-		if labels.Arch(a) != native {
-			c.Arches = append(c.Arches, agentapi.ArchSupport{Arch: labels.Arch(a), Emulated: true})
+		if a != native {
+			c.Arches = append(c.Arches, agentapi.ArchSupport{Arch: a, Emulated: true})
 		}
 	}
 	// A host offers only the architectures it can boot.

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/bench"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/hostdeps"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -137,7 +138,7 @@ type benchVMFlags struct {
 
 func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {
 	f := cmd.Flags()
-	f.StringVar(&v.arch, "arch", string(vm.HostArch()), "guest architecture")
+	f.StringVar(&v.arch, "arch", string(arch.Host()), "guest architecture")
 	f.StringVar(&v.accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
 	f.Float64Var(&v.cpus, "cpus", cpus, "vCPUs per VM")
 	f.StringVar(&v.memory, "memory", memory, "memory per VM")
@@ -146,8 +147,8 @@ func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {
 
 // host checks the flags and sets up this host for a benchmark, leftovers
 // of earlier runs reclaimed.
-func (v *benchVMFlags) host(cmd *cobra.Command, g *globals, what string) (vm.Arch, vm.Accel, int, *jobvm.Host, error) {
-	a, err := vm.ParseArch(v.arch)
+func (v *benchVMFlags) host(cmd *cobra.Command, g *globals, what string) (arch.Arch, vm.Accel, int, *jobvm.Host, error) {
+	a, err := arch.Parse(v.arch)
 	if err != nil {
 		return "", "", 0, nil, err
 	}

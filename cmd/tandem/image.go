@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/image"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -20,7 +20,7 @@ func imageCmd(g *globals) *cobra.Command {
 }
 
 func imageBuildCmd(g *globals) *cobra.Command {
-	var kind, arch, guestBin, fakeRunner, kernelDeb, runnerTarball string
+	var kind, archFlag, guestBin, fakeRunner, kernelDeb, runnerTarball string
 	var mirrors []string
 	var rootfsMiB int
 	cmd := &cobra.Command{
@@ -28,7 +28,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 		Short: "Build an image: a Debian kernel, an initramfs and a root filesystem",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := vm.ParseArch(arch)
+			a, err := arch.Parse(archFlag)
 			if err != nil {
 				return err
 			}
@@ -70,7 +70,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&kind, "kind", "test", "image kind: test (busybox + tandem-guest, seconds to build) or runner (Debian 12, systemd, Docker, build tools, GitHub's runner)")
-	f.StringVar(&arch, "arch", string(vm.HostArch()), "amd64 or arm64")
+	f.StringVar(&archFlag, "arch", string(arch.Host()), "amd64 or arm64")
 	f.StringVar(&guestBin, "guest", "", "tandem-guest binary for the arch (default: tandem-guest-<arch> beside this binary)")
 	f.StringVar(&fakeRunner, "fakerunner", "", "tandem-fakerunner binary for the arch (default: tandem-fakerunner-<arch> beside this binary, if there)")
 	f.StringVar(&kernelDeb, "kernel-deb", "", "use this linux-image .deb instead of fetching Debian's cloud kernel")
@@ -82,7 +82,7 @@ func imageBuildCmd(g *globals) *cobra.Command {
 
 // findBinary looks for <prog>-<arch> (tandem-guest, tandem-fakerunner)
 // where installs put it.
-func findBinary(prog string, a vm.Arch) (string, error) {
+func findBinary(prog string, a arch.Arch) (string, error) {
 	name := prog + "-" + string(a)
 	var dirs []string
 	if d := os.Getenv("TANDEM_GUEST_DIR"); d != "" {

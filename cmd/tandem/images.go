@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -39,7 +40,7 @@ func reloadImagesOnHangup(ctx context.Context, g *globals, cfgPath string, cp *c
 			continue
 		}
 		set, err := controlplane.ResolveImages(st, parser,
-			map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64}, cfg.Runner.Images)
+			map[arch.Arch]string{arch.AMD64: cfg.Runner.ImageAMD64, arch.ARM64: cfg.Runner.ImageARM64}, cfg.Runner.Images)
 		if err != nil {
 			g.log.Error("SIGHUP: images not reloaded; they stay as they are", "err", err)
 			continue

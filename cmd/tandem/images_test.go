@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/image/imagetest"
@@ -21,7 +22,7 @@ func TestOpsImages(t *testing.T) {
 	amd := imagetest.Add(t, st, imagetest.Options{Seed: 1, Ref: "test-amd64"})
 	arm := imagetest.Add(t, st, imagetest.Options{Seed: 2, Arch: "arm64", Kind: "runner", Ref: "runner-arm64"})
 	parser, _ := labels.NewParser("tandem", 2, 4096)
-	set, err := controlplane.ResolveImages(st, parser, map[labels.Arch]string{labels.AMD64: "test-amd64", labels.ARM64: "test-arm64"},
+	set, err := controlplane.ResolveImages(st, parser, map[arch.Arch]string{arch.AMD64: "test-amd64", arch.ARM64: "test-arm64"},
 		map[string]string{"tandem-arm64-4cpu-8gb": "runner-arm64"})
 	if err != nil {
 		t.Fatal(err)

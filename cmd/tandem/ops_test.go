@@ -22,10 +22,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
-	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -77,7 +77,7 @@ func newOpsRig(t *testing.T) *opsRig {
 	r.gh, r.cp, r.st, r.web = sys.GH, sys.CP, sys.Store, sys.Web
 	cp, ctx := sys.CP, sys.Ctx
 	if err := cp.AttachHost(ctx, store.Host{ID: "h1", VCPUs: 8, MemoryMiB: 16 << 10,
-		Arches: []store.ArchSupport{{Arch: labels.AMD64}, {Arch: labels.ARM64, Emulated: true}}}, &opsHost{}, nil); err != nil {
+		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, &opsHost{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	return r

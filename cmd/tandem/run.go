@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -57,7 +58,7 @@ not run the job (bad input, missing image, the guest failed); 130 interrupted.`,
 		RunE: func(cmd *cobra.Command, args []string) error { return runRun(cmd.Context(), g, o, args) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.arch, "arch", string(vm.HostArch()), "guest architecture: amd64 or arm64 (another arch than the host's is emulated)")
+	f.StringVar(&o.arch, "arch", string(arch.Host()), "guest architecture: amd64 or arm64 (another arch than the host's is emulated)")
 	f.Float64Var(&o.cpus, "cpus", 1, "vCPUs; fractions such as 0.5 are capped by a CPU quota")
 	f.StringVar(&o.memory, "memory", "512M", "guest memory, e.g. 512M or 2G")
 	f.StringVar(&o.image, "image", "", "image ref or id (default test-<arch>)")
@@ -82,7 +83,7 @@ type runJSON struct {
 }
 
 func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error {
-	arch, err := vm.ParseArch(o.arch)
+	guestArch, err := arch.Parse(o.arch)
 	if err != nil {
 		return &exitError{exitTandem, err}
 	}
@@ -137,7 +138,7 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 	defer stopMirror()
 
 	req := jobvm.Request{
-		Arch: arch, VCPUs: o.cpus, MemoryMiB: mem, Image: o.image, Accel: accel,
+		Arch: guestArch, VCPUs: o.cpus, MemoryMiB: mem, Image: o.image, Accel: accel,
 		Argv: argv, User: o.user, Env: env, Dir: o.workdir, Timeout: o.timeout,
 		Owner: vm.ProcessOwner(), DieWithOwner: true,
 	}

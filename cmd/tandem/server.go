@@ -20,12 +20,12 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
-	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
@@ -134,7 +134,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
 		Runner: controlplane.RunnerSpec{
 			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, NamePrefix: cfg.Runner.NamePrefix,
-			Images:  map[labels.Arch]string{labels.AMD64: cfg.Runner.ImageAMD64, labels.ARM64: cfg.Runner.ImageARM64},
+			Images:  map[arch.Arch]string{arch.AMD64: cfg.Runner.ImageAMD64, arch.ARM64: cfg.Runner.ImageARM64},
 			Command: cfg.Runner.Command, User: cfg.Runner.User, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
 			LabelImages: cfg.Runner.Images, DiskPerVCPU: int(cfg.Runner.DiskPerVCPU),

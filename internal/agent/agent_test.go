@@ -11,10 +11,10 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
@@ -63,7 +63,7 @@ func newAgent(t *testing.T, rec *recorder) (*agent.Agent, string) {
 }
 
 func asg(name string, cmd ...string) agentapi.Assignment {
-	return agentapi.Assignment{Runner: name, Arch: vm.HostArch(), VCPUs: 1, MemoryMiB: 256, Command: cmd,
+	return agentapi.Assignment{Runner: name, Arch: arch.Host(), VCPUs: 1, MemoryMiB: 256, Command: cmd,
 		Env: map[string]string{"PLAIN": "visible"}, ConfigTimeout: time.Minute}
 }
 

@@ -9,12 +9,12 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 // flipSource serves another store's images with one byte of one file's
@@ -71,7 +71,7 @@ func newFetchingAgent(t *testing.T, rec *recorder, src image.Source) (*agent.Age
 func testImageID(t *testing.T) string {
 	t.Helper()
 	testenv.RequireVM(t)
-	im, err := testimages.Store(t).Resolve("test-" + string(vm.HostArch()))
+	im, err := testimages.Store(t).Resolve("test-" + string(arch.Host()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,9 +4,9 @@ import (
 	"errors"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/failure"
-	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -21,11 +21,11 @@ var ErrDuplicate = errors.New("runner already assigned to this host")
 
 // Assignment is one runner VM the control plane wants on this host.
 type Assignment struct {
-	Runner    string  `json:"runner"` // runner name; names the assignment
-	Arch      vm.Arch `json:"arch"`
-	VCPUs     float64 `json:"vcpus"`
-	MemoryMiB int     `json:"memory_mib"`
-	Image     string  `json:"image,omitempty"` // image id (or ref); "" for the default of the arch
+	Runner    string    `json:"runner"` // runner name; names the assignment
+	Arch      arch.Arch `json:"arch"`
+	VCPUs     float64   `json:"vcpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	Image     string    `json:"image,omitempty"` // image id (or ref); "" for the default of the arch
 	// Command is the runner program in the guest, run as User; none: the
 	// image's own runner (its manifest's).
 	Command []string          `json:"command,omitempty"`
@@ -72,6 +72,6 @@ type Event struct {
 
 // ArchSupport is an architecture a host can run VMs of.
 type ArchSupport struct {
-	Arch     labels.Arch `json:"arch"`
-	Emulated bool        `json:"emulated"`
+	Arch     arch.Arch `json:"arch"`
+	Emulated bool      `json:"emulated"`
 }

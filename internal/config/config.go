@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
@@ -471,7 +472,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, a := range c.Agent.Emulate {
-		if a != string(labels.AMD64) && a != string(labels.ARM64) {
+		if a != string(arch.AMD64) && a != string(arch.ARM64) {
 			bad("agent.emulate: %q is not amd64 or arm64", a)
 		}
 	}

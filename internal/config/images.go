@@ -5,7 +5,7 @@ import (
 	"regexp"
 	"sort"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // imageNameRE is what an image ref or id may look like (image.Store.Resolve).
@@ -42,7 +42,7 @@ func (c *Config) validateImages() []error {
 		case !ok:
 			errs = append(errs, fmt.Errorf("runner.images: %q is not a %s label", label, p.Prefix))
 			continue
-		case req.Arch == labels.Any:
+		case req.Arch == arch.Any:
 			errs = append(errs, fmt.Errorf("runner.images: %q may run on either architecture and an image is for one: name one per architecture", label))
 			continue
 		}

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
-	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -31,7 +31,7 @@ type remoteHost struct {
 	done chan struct{} // closed when the stream must end (replaced, revoked)
 	once sync.Once
 
-	arches []labels.Arch // what it runs: it is told the images of these
+	arches []arch.Arch // what it runs: it is told the images of these
 }
 
 func newRemoteHost(id string) *remoteHost {

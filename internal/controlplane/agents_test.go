@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
-	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -93,7 +93,7 @@ func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
 	h := newGoHost(creds.HostID)
 	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
 		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
+			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}}
 		}}
 	h.sink = d.Event
 	d.Bind(h)

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -57,7 +58,7 @@ type RunnerSpec struct {
 	Scope         string // "repo" or "org"
 	GroupID       int64
 	NamePrefix    string
-	Images        map[labels.Arch]string
+	Images        map[arch.Arch]string
 	Command       []string // none: the image's runner
 	User          string
 	WorkFolder    string

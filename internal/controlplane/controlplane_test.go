@@ -21,6 +21,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/egress"
@@ -269,7 +270,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		h.cp = cp
 		r.hosts = append(r.hosts, h)
 		err := cp.AttachHost(ctx, store.Host{ID: h.id, VCPUs: o.vcpus, MemoryMiB: 64 << 10,
-			Arches: []store.ArchSupport{{Arch: labels.AMD64}, {Arch: labels.ARM64, Emulated: true}}}, h, nil)
+			Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

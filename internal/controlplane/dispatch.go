@@ -14,7 +14,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
-	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 // jitEnv is the variable that hands the runner its JIT config. The official
@@ -303,7 +302,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	s.imgMu.RLock()
 	img := s.imageFor(r)
 	asg := agentapi.Assignment{
-		Runner: r.Name, Arch: vm.Arch(r.Arch), VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
+		Runner: r.Name, Arch: r.Arch, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.diskFor(r.VCPUs),
 	}

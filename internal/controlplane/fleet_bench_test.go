@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
@@ -228,7 +229,7 @@ func (r *fleetRunner) Runners() []string {
 // fleetCapacity is every agent's host: 16 vCPU, 32 GiB, amd64.
 func fleetCapacity() agentapi.Capacity {
 	return agentapi.Capacity{VCPUs: 16, MemoryMiB: 32 << 10, DiskFreeMiB: 200 << 10,
-		Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
+		Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}}
 }
 
 type launchRec struct {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -27,13 +28,13 @@ import (
 // NamedImage is an image the control plane names: an architecture's
 // default, or a runs-on label's own.
 type NamedImage struct {
-	Label   string      `json:"label,omitempty"` // canonical runs-on label; "" for an architecture's default
-	Arch    labels.Arch `json:"arch"`
-	Ref     string      `json:"ref"`          // as configured
-	ID      string      `json:"id,omitempty"` // "": not resolved (an optional default not built; agents resolve Ref)
-	Kind    string      `json:"kind,omitempty"`
-	Created string      `json:"created,omitempty"`
-	Size    int64       `json:"size,omitempty"` // bytes of its files, holes included
+	Label   string    `json:"label,omitempty"` // canonical runs-on label; "" for an architecture's default
+	Arch    arch.Arch `json:"arch"`
+	Ref     string    `json:"ref"`          // as configured
+	ID      string    `json:"id,omitempty"` // "": not resolved (an optional default not built; agents resolve Ref)
+	Kind    string    `json:"kind,omitempty"`
+	Created string    `json:"created,omitempty"`
+	Size    int64     `json:"size,omitempty"` // bytes of its files, holes included
 }
 
 // name is what an assignment carries: the id, or the ref left to the host.
@@ -46,14 +47,14 @@ func (n NamedImage) name() string {
 
 // ImageSet is every image the control plane names.
 type ImageSet struct {
-	Arch   map[labels.Arch]NamedImage
+	Arch   map[arch.Arch]NamedImage
 	Labels map[string]NamedImage // by canonical runs-on label
 }
 
 // List returns the set's images, architecture defaults first.
 func (set ImageSet) List() []NamedImage {
 	var out []NamedImage
-	for _, a := range []labels.Arch{labels.AMD64, labels.ARM64} {
+	for _, a := range []arch.Arch{arch.AMD64, arch.ARM64} {
 		if n, ok := set.Arch[a]; ok {
 			out = append(out, n)
 		}
@@ -68,7 +69,7 @@ func (set ImageSet) List() []NamedImage {
 
 // IDs returns the resolved ids of the images for the given architectures
 // (all when arches is nil), sorted and without duplicates.
-func (set ImageSet) IDs(arches []labels.Arch) []string {
+func (set ImageSet) IDs(arches []arch.Arch) []string {
 	var ids []string
 	for _, n := range set.List() {
 		if n.ID != "" && (arches == nil || slices.Contains(arches, n.Arch)) {
@@ -87,8 +88,8 @@ func (set ImageSet) IDs(arches []labels.Arch) []string {
 // ref themselves, as before images were named). A label must be one of
 // parser's for one architecture, not "any". With st nil nothing is
 // resolved: assignments carry the refs.
-func ResolveImages(st *image.Store, parser *labels.Parser, archRefs map[labels.Arch]string, labelRefs map[string]string) (ImageSet, error) {
-	set := ImageSet{Arch: map[labels.Arch]NamedImage{}, Labels: map[string]NamedImage{}}
+func ResolveImages(st *image.Store, parser *labels.Parser, archRefs map[arch.Arch]string, labelRefs map[string]string) (ImageSet, error) {
+	set := ImageSet{Arch: map[arch.Arch]NamedImage{}, Labels: map[string]NamedImage{}}
 	var errs []error
 	resolve := func(n NamedImage, optional bool) (NamedImage, error) {
 		if st == nil {
@@ -113,7 +114,7 @@ func ResolveImages(st *image.Store, parser *labels.Parser, archRefs map[labels.A
 		}
 		return n, nil
 	}
-	for _, a := range []labels.Arch{labels.AMD64, labels.ARM64} {
+	for _, a := range []arch.Arch{arch.AMD64, arch.ARM64} {
 		ref := archRefs[a]
 		if ref == "" {
 			continue
@@ -140,7 +141,7 @@ func ResolveImages(st *image.Store, parser *labels.Parser, archRefs map[labels.A
 		case !ok:
 			errs = append(errs, fmt.Errorf("runner.images: %q is not a %s label", label, parser.Prefix))
 			continue
-		case req.Arch == labels.Any:
+		case req.Arch == arch.Any:
 			errs = append(errs, fmt.Errorf("runner.images: %q may run on either architecture, and an image is for one: name the image per architecture (%s-amd64…, %s-arm64…)",
 				label, req.Prefix, req.Prefix))
 			continue
@@ -224,7 +225,7 @@ func (s *Server) SetImages(set ImageSet) {
 
 // imagesCommand tells an agent the ids it may be asked to boot: those of
 // its architectures. Called with imgMu held.
-func (s *Server) imagesCommand(arches []labels.Arch) agentapi.Command {
+func (s *Server) imagesCommand(arches []arch.Arch) agentapi.Command {
 	ids := s.images.IDs(arches)
 	if ids == nil {
 		ids = []string{}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -29,7 +30,7 @@ func newImageFleet(t *testing.T, cpImages *image.Store, configure func(*controlp
 	t.Helper()
 	return newFleetWith(t, func(c *controlplane.Config) {
 		c.Images = cpImages
-		c.Runner.Images = map[labels.Arch]string{labels.AMD64: "test-amd64", labels.ARM64: "test-arm64"}
+		c.Runner.Images = map[arch.Arch]string{arch.AMD64: "test-amd64", arch.ARM64: "test-arm64"}
 		if configure != nil {
 			configure(c)
 		}
@@ -77,7 +78,7 @@ func (f *fleet) joinFetching(id string) *fetchingAgent {
 	h.images = images
 	d := &agentapi.Daemon{Client: client, AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
 		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: labels.AMD64}}}
+			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}}
 		}}
 	h.sink = d.Event
 	d.Bind(h)
@@ -128,8 +129,8 @@ func TestAgentFetchesNamedImages(t *testing.T) {
 	f := newImageFleet(t, cpImages, nil)
 	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	named := f.namedImages()
-	if len(named) != 2 || named[0].ID != v1.ID || named[0].Arch != labels.AMD64 || named[0].Size < 64<<20 || named[0].Kind != "test" ||
-		named[1].Arch != labels.ARM64 || named[1].ID != "" || named[1].Ref != "test-arm64" {
+	if len(named) != 2 || named[0].ID != v1.ID || named[0].Arch != arch.AMD64 || named[0].Size < 64<<20 || named[0].Kind != "test" ||
+		named[1].Arch != arch.ARM64 || named[1].ID != "" || named[1].Ref != "test-arm64" {
 		t.Fatalf("named images %+v: want test-amd64 → %s, and test-arm64 unresolved (not built: optional)", named, v1.ID)
 	}
 	j1 := f.queue("acme/app", "tandem", "true")
@@ -156,7 +157,7 @@ func TestAgentFetchesNamedImages(t *testing.T) {
 	f.waitStates([]int64{j2}, 20*time.Second, store.JobRunning)
 	v2 := imagetest.Add(t, cpImages, imagetest.Options{Seed: 2, Ref: "test-amd64"})
 	parser, _ := labels.NewParser("tandem", 1, 256)
-	set, err := controlplane.ResolveImages(cpImages, parser, map[labels.Arch]string{labels.AMD64: "test-amd64"}, nil)
+	set, err := controlplane.ResolveImages(cpImages, parser, map[arch.Arch]string{arch.AMD64: "test-amd64"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,26 +292,26 @@ func TestResolveImages(t *testing.T) {
 	amd := imagetest.Add(t, st, imagetest.Options{Seed: 6, Ref: "test-amd64"})
 	arm := imagetest.Add(t, st, imagetest.Options{Seed: 7, Arch: "arm64", Kind: "runner", Ref: "runner-arm64"})
 	parser, _ := labels.NewParser("tandem", 2, 4096)
-	arches := func(amd64, arm64 string) map[labels.Arch]string {
-		return map[labels.Arch]string{labels.AMD64: amd64, labels.ARM64: arm64}
+	arches := func(amd64, arm64 string) map[arch.Arch]string {
+		return map[arch.Arch]string{arch.AMD64: amd64, arch.ARM64: arm64}
 	}
 	set, err := controlplane.ResolveImages(st, parser, arches("test-amd64", "test-arm64"),
 		map[string]string{"tandem-aarch64-4cpu-8gb": "runner-arm64", "tandem-2cpu-4gb": amd.ID[:10]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if set.Arch[labels.AMD64].ID != amd.ID || set.Arch[labels.ARM64].ID != "" || set.Labels["tandem-arm64-4cpu-8gb"].ID != arm.ID ||
+	if set.Arch[arch.AMD64].ID != amd.ID || set.Arch[arch.ARM64].ID != "" || set.Labels["tandem-arm64-4cpu-8gb"].ID != arm.ID ||
 		set.Labels["tandem-amd64-2cpu-4gb"].ID != amd.ID {
 		t.Errorf("resolved %+v", set)
 	}
 	if ids := set.IDs(nil); !slices.Equal(ids, sorted(amd.ID, arm.ID)) {
 		t.Errorf("ids %v", ids)
 	}
-	if ids := set.IDs([]labels.Arch{labels.AMD64}); !slices.Equal(ids, []string{amd.ID}) {
+	if ids := set.IDs([]arch.Arch{arch.AMD64}); !slices.Equal(ids, []string{amd.ID}) {
 		t.Errorf("amd64 ids %v", ids)
 	}
 	for name, c := range map[string]struct {
-		arch   map[labels.Arch]string
+		arch   map[arch.Arch]string
 		labels map[string]string
 		want   string
 	}{

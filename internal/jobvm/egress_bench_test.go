@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
@@ -82,7 +83,7 @@ wget -q -O /dev/null http://allowed.test:9002/bulk`, conns)
 			accepts = nil
 			mu.Unlock()
 			var out bytes.Buffer
-			res, err := r.h.Run(context.Background(), jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto,
+			res, err := r.h.Run(context.Background(), jobvm.Request{Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto,
 				Owner: vm.ProcessOwner(), DieWithOwner: true, Egress: pol, Timeout: 5 * time.Minute,
 				Argv: []string{"sh", "-c", script}, Stdout: &out, Stderr: &out})
 			if err != nil || res.Failure != "" || res.ExitCode != 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
@@ -203,7 +204,7 @@ r() { # NAME: resolve through the VM's resolver
 func (r *isoRig) runProbes(t *testing.T, image string, pol egress.Policy, script string) (map[string]string, jobvm.Result) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	req := jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 512, Image: image, Accel: vm.AccelAuto,
+	req := jobvm.Request{Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 512, Image: image, Accel: vm.AccelAuto,
 		Owner: vm.ProcessOwner(), DieWithOwner: true, Egress: pol, Timeout: 4 * time.Minute,
 		Argv: []string{"sh", "-c", probeScript + script}, Stdout: &out, Stderr: &errOut}
 	res, err := r.h.Run(context.Background(), req)
@@ -236,7 +237,7 @@ func TestIsolationInVMs(t *testing.T) {
 	bDone := make(chan jobvm.Result, 1)
 	bReady := make(chan struct{})
 	go func() {
-		res, _ := r.h.Run(ctx, jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto,
+		res, _ := r.h.Run(ctx, jobvm.Request{Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto,
 			Owner: vm.ProcessOwner(), DieWithOwner: true,
 			Argv:    []string{"sh", "-c", fmt.Sprintf("while :; do echo b | nc -l -p %d; done", isoVMPort)},
 			OnReady: func(vm.Instance) { close(bReady) }})

@@ -15,6 +15,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/guest"
@@ -52,7 +53,7 @@ type DNSNames interface {
 
 // Request describes one job.
 type Request struct {
-	Arch      vm.Arch
+	Arch      arch.Arch
 	VCPUs     float64
 	MemoryMiB int
 	Image     string // image ref; "" means "test-<arch>"
@@ -117,7 +118,7 @@ type Result struct {
 	Failure     failure.Kind `json:"failure,omitempty"`
 	Detail      string       `json:"detail,omitempty"` // what went wrong, for humans
 	VMID        string       `json:"vm_id"`
-	Arch        vm.Arch      `json:"arch"`
+	Arch        arch.Arch    `json:"arch"`
 	Accel       vm.Accel     `json:"accel"`
 	AccelReason string       `json:"accel_reason"`
 	Emulated    bool         `json:"emulated"`
@@ -140,8 +141,8 @@ var ErrBadRequest = errors.New("bad request")
 // Failure set. Either way nothing is left on the host.
 func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	t0 := time.Now()
-	if r.Arch != vm.AMD64 && r.Arch != vm.ARM64 {
-		return res, fmt.Errorf("%w: %w %q", ErrBadRequest, vm.ErrUnknownArch, r.Arch)
+	if !r.Arch.IsMachine() {
+		return res, fmt.Errorf("%w: %w %q", ErrBadRequest, arch.ErrUnknown, r.Arch)
 	}
 	// What the host can never hold fails before anything is probed or made.
 	if err := h.Driver.Capabilities().Limits.Check(r.VCPUs, r.MemoryMiB); err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 func newHost(t *testing.T) *jobvm.Host { return testhost.New(t) }
 
 func req() jobvm.Request {
-	return jobvm.Request{Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto, Owner: vm.ProcessOwner(), DieWithOwner: true}
+	return jobvm.Request{Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto, Owner: vm.ProcessOwner(), DieWithOwner: true}
 }
 
 func TestRunStreamsOutputAndExit(t *testing.T) {
@@ -132,7 +133,7 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := h.Driver.Create(ctx, vm.Spec{ID: id, Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
+	in, err := h.Driver.Create(ctx, vm.Spec{ID: id, Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
 		Initrd: im.Initrd(), BaseDisk: im.Rootfs(), Accel: vm.AccelTCG, Owner: "run:999999999:1",
 		NIC: &vm.NIC{TAP: att.TAP, MAC: att.MAC}})
 	if err != nil {
@@ -142,7 +143,7 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And one of a live owner, which must survive.
-	keep, err := h.Driver.Create(ctx, vm.Spec{ID: vm.NewID(), Arch: vm.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
+	keep, err := h.Driver.Create(ctx, vm.Spec{ID: vm.NewID(), Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 128, Kernel: im.Kernel(),
 		Initrd: im.Initrd(), Accel: vm.AccelTCG, Owner: vm.ProcessOwner()})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // Sentinel errors returned (wrapped) by Parse and NewParser.
@@ -49,37 +51,11 @@ const (
 	MaxMemoryMiB = 1 << 20 // 1 TiB
 )
 
-// Arch is the CPU architecture a job asks for.
-type Arch string
-
-const (
-	AMD64 Arch = "amd64"
-	ARM64 Arch = "arm64"
-	Any   Arch = "any" // either architecture will do
-)
-
-// Matches reports whether a host of architecture host satisfies a request for a.
-func (a Arch) Matches(host Arch) bool {
-	if host != AMD64 && host != ARM64 {
-		return false
-	}
-	return a == Any || a == host
-}
-
-var archAliases = map[string]Arch{
-	"amd64":   AMD64,
-	"x86_64":  AMD64,
-	"x64":     AMD64,
-	"arm64":   ARM64,
-	"aarch64": ARM64,
-	"any":     Any,
-}
-
 // Request is what a job asks of Tandem.
 type Request struct {
 	Label     string // the label that matched, as written in the job
 	Prefix    string // the (lower-case) prefix of the parser that matched it
-	Arch      Arch
+	Arch      arch.Arch
 	VCPUs     float64
 	MemoryMiB int
 }
@@ -226,12 +202,12 @@ func (p *Parser) Parse(labels []string) (Request, bool, error) {
 
 // parse parses rest, the lower-cased label after the prefix ("" or "-...").
 func (s settings) parse(label, rest string) (Request, error) {
-	r := Request{Label: label, Prefix: s.prefix, Arch: AMD64, VCPUs: s.vcpus, MemoryMiB: s.mem}
+	r := Request{Label: label, Prefix: s.prefix, Arch: arch.AMD64, VCPUs: s.vcpus, MemoryMiB: s.mem}
 	if rest == "" {
 		return r, nil
 	}
 	toks := strings.Split(rest[1:], "-")
-	if a, ok := archAliases[toks[0]]; ok {
+	if a, err := arch.ParseRequest(toks[0]); err == nil {
 		r.Arch = a
 		toks = toks[1:]
 	}

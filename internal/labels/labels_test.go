@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 func mustParser(t testing.TB, prefix string, vcpus float64, mem int) *Parser {
@@ -15,8 +17,8 @@ func mustParser(t testing.TB, prefix string, vcpus float64, mem int) *Parser {
 	return p
 }
 
-func req(label string, arch Arch, vcpus float64, mem int) Request {
-	return Request{Label: label, Prefix: "tandem", Arch: arch, VCPUs: vcpus, MemoryMiB: mem}
+func req(label string, a arch.Arch, vcpus float64, mem int) Request {
+	return Request{Label: label, Prefix: "tandem", Arch: a, VCPUs: vcpus, MemoryMiB: mem}
 }
 
 func TestParse(t *testing.T) {
@@ -39,36 +41,36 @@ func TestParse(t *testing.T) {
 		{"empty label", []string{""}, Request{}, false, nil},
 
 		// Full labels.
-		{"design example", []string{"tandem-arm64-4cpu-8gb"}, req("tandem-arm64-4cpu-8gb", ARM64, 4, 8192), true, nil},
-		{"no arch is amd64", []string{"tandem-4cpu-8gb"}, req("tandem-4cpu-8gb", AMD64, 4, 8192), true, nil},
-		{"any", []string{"tandem-any-2cpu-4gb"}, req("tandem-any-2cpu-4gb", Any, 2, 4096), true, nil},
-		{"x86_64", []string{"tandem-x86_64-1cpu-1gb"}, req("tandem-x86_64-1cpu-1gb", AMD64, 1, 1024), true, nil},
-		{"x64", []string{"tandem-x64-1cpu-1gb"}, req("tandem-x64-1cpu-1gb", AMD64, 1, 1024), true, nil},
-		{"amd64", []string{"tandem-amd64-1cpu-1gb"}, req("tandem-amd64-1cpu-1gb", AMD64, 1, 1024), true, nil},
-		{"aarch64", []string{"tandem-aarch64-1cpu-1gb"}, req("tandem-aarch64-1cpu-1gb", ARM64, 1, 1024), true, nil},
+		{"design example", []string{"tandem-arm64-4cpu-8gb"}, req("tandem-arm64-4cpu-8gb", arch.ARM64, 4, 8192), true, nil},
+		{"no arch is amd64", []string{"tandem-4cpu-8gb"}, req("tandem-4cpu-8gb", arch.AMD64, 4, 8192), true, nil},
+		{"any", []string{"tandem-any-2cpu-4gb"}, req("tandem-any-2cpu-4gb", arch.Any, 2, 4096), true, nil},
+		{"x86_64", []string{"tandem-x86_64-1cpu-1gb"}, req("tandem-x86_64-1cpu-1gb", arch.AMD64, 1, 1024), true, nil},
+		{"x64", []string{"tandem-x64-1cpu-1gb"}, req("tandem-x64-1cpu-1gb", arch.AMD64, 1, 1024), true, nil},
+		{"amd64", []string{"tandem-amd64-1cpu-1gb"}, req("tandem-amd64-1cpu-1gb", arch.AMD64, 1, 1024), true, nil},
+		{"aarch64", []string{"tandem-aarch64-1cpu-1gb"}, req("tandem-aarch64-1cpu-1gb", arch.ARM64, 1, 1024), true, nil},
 
 		// Case-insensitivity: Label keeps what was written.
-		{"upper case", []string{"TANDEM-ARM64-4CPU-8GB"}, req("TANDEM-ARM64-4CPU-8GB", ARM64, 4, 8192), true, nil},
-		{"mixed case", []string{"Tandem-AArch64-2Cpu-4Gb"}, req("Tandem-AArch64-2Cpu-4Gb", ARM64, 2, 4096), true, nil},
+		{"upper case", []string{"TANDEM-ARM64-4CPU-8GB"}, req("TANDEM-ARM64-4CPU-8GB", arch.ARM64, 4, 8192), true, nil},
+		{"mixed case", []string{"Tandem-AArch64-2Cpu-4Gb"}, req("Tandem-AArch64-2Cpu-4Gb", arch.ARM64, 2, 4096), true, nil},
 
 		// Fractional values and odd but valid spellings.
-		{"half cpu", []string{"tandem-arm64-0.5cpu-8gb"}, req("tandem-arm64-0.5cpu-8gb", ARM64, 0.5, 8192), true, nil},
-		{"quarter cpu", []string{"tandem-0.25cpu-0.125gb"}, req("tandem-0.25cpu-0.125gb", AMD64, 0.25, 128), true, nil},
-		{"fractional both", []string{"tandem-1.5cpu-1.5gb"}, req("tandem-1.5cpu-1.5gb", AMD64, 1.5, 1536), true, nil},
-		{"trailing zeros", []string{"tandem-2.50cpu-4.000gb"}, req("tandem-2.50cpu-4.000gb", AMD64, 2.5, 4096), true, nil},
-		{"leading zeros", []string{"tandem-02cpu-004gb"}, req("tandem-02cpu-004gb", AMD64, 2, 4096), true, nil},
-		{"one MiB granularity", []string{"tandem-1cpu-0.1259765625gb"}, req("tandem-1cpu-0.1259765625gb", AMD64, 1, 129), true, nil},
-		{"max", []string{"tandem-256cpu-1024gb"}, req("tandem-256cpu-1024gb", AMD64, 256, 1<<20), true, nil},
+		{"half cpu", []string{"tandem-arm64-0.5cpu-8gb"}, req("tandem-arm64-0.5cpu-8gb", arch.ARM64, 0.5, 8192), true, nil},
+		{"quarter cpu", []string{"tandem-0.25cpu-0.125gb"}, req("tandem-0.25cpu-0.125gb", arch.AMD64, 0.25, 128), true, nil},
+		{"fractional both", []string{"tandem-1.5cpu-1.5gb"}, req("tandem-1.5cpu-1.5gb", arch.AMD64, 1.5, 1536), true, nil},
+		{"trailing zeros", []string{"tandem-2.50cpu-4.000gb"}, req("tandem-2.50cpu-4.000gb", arch.AMD64, 2.5, 4096), true, nil},
+		{"leading zeros", []string{"tandem-02cpu-004gb"}, req("tandem-02cpu-004gb", arch.AMD64, 2, 4096), true, nil},
+		{"one MiB granularity", []string{"tandem-1cpu-0.1259765625gb"}, req("tandem-1cpu-0.1259765625gb", arch.AMD64, 1, 129), true, nil},
+		{"max", []string{"tandem-256cpu-1024gb"}, req("tandem-256cpu-1024gb", arch.AMD64, 256, 1<<20), true, nil},
 
 		// Defaults.
-		{"bare prefix", []string{"tandem"}, req("tandem", AMD64, 2, 4096), true, nil},
-		{"arch only", []string{"tandem-arm64"}, req("tandem-arm64", ARM64, 2, 4096), true, nil},
-		{"any only", []string{"TANDEM-ANY"}, req("TANDEM-ANY", Any, 2, 4096), true, nil},
+		{"bare prefix", []string{"tandem"}, req("tandem", arch.AMD64, 2, 4096), true, nil},
+		{"arch only", []string{"tandem-arm64"}, req("tandem-arm64", arch.ARM64, 2, 4096), true, nil},
+		{"any only", []string{"TANDEM-ANY"}, req("TANDEM-ANY", arch.Any, 2, 4096), true, nil},
 
 		// Companion labels are ignored.
-		{"self-hosted companions", []string{"self-hosted", "linux", "tandem-2cpu-4gb"}, req("tandem-2cpu-4gb", AMD64, 2, 4096), true, nil},
-		{"arch companions", []string{"x64", "tandem-arm64", "arm64", "ARM64", "ubuntu-latest"}, req("tandem-arm64", ARM64, 2, 4096), true, nil},
-		{"same label twice", []string{"tandem-arm64-4cpu-8gb", "TANDEM-arm64-4CPU-8gb"}, req("tandem-arm64-4cpu-8gb", ARM64, 4, 8192), true, nil},
+		{"self-hosted companions", []string{"self-hosted", "linux", "tandem-2cpu-4gb"}, req("tandem-2cpu-4gb", arch.AMD64, 2, 4096), true, nil},
+		{"arch companions", []string{"x64", "tandem-arm64", "arm64", "ARM64", "ubuntu-latest"}, req("tandem-arm64", arch.ARM64, 2, 4096), true, nil},
+		{"same label twice", []string{"tandem-arm64-4cpu-8gb", "TANDEM-arm64-4CPU-8gb"}, req("tandem-arm64-4cpu-8gb", arch.ARM64, 4, 8192), true, nil},
 
 		// Malformed.
 		{"trailing dash", []string{"tandem-"}, Request{}, false, ErrMalformed},
@@ -169,8 +171,8 @@ func TestErrorMessages(t *testing.T) {
 
 func TestPrefixConfiguration(t *testing.T) {
 	p := mustParser(t, "ci-vm", 1, 2048)
-	cr := func(label string, arch Arch, vcpus float64, mem int) Request {
-		return Request{Label: label, Prefix: "ci-vm", Arch: arch, VCPUs: vcpus, MemoryMiB: mem}
+	cr := func(label string, a arch.Arch, vcpus float64, mem int) Request {
+		return Request{Label: label, Prefix: "ci-vm", Arch: a, VCPUs: vcpus, MemoryMiB: mem}
 	}
 	tests := []struct {
 		labels []string
@@ -178,9 +180,9 @@ func TestPrefixConfiguration(t *testing.T) {
 		ok     bool
 		err    error
 	}{
-		{[]string{"ci-vm"}, cr("ci-vm", AMD64, 1, 2048), true, nil},
-		{[]string{"CI-VM-arm64"}, cr("CI-VM-arm64", ARM64, 1, 2048), true, nil},
-		{[]string{"ci-vm-any-8cpu-16gb"}, cr("ci-vm-any-8cpu-16gb", Any, 8, 16384), true, nil},
+		{[]string{"ci-vm"}, cr("ci-vm", arch.AMD64, 1, 2048), true, nil},
+		{[]string{"CI-VM-arm64"}, cr("CI-VM-arm64", arch.ARM64, 1, 2048), true, nil},
+		{[]string{"ci-vm-any-8cpu-16gb"}, cr("ci-vm-any-8cpu-16gb", arch.Any, 8, 16384), true, nil},
 		{[]string{"tandem-arm64-4cpu-8gb"}, Request{}, false, nil}, // the default prefix no longer applies
 		{[]string{"ci-vmx"}, Request{}, false, nil},
 		{[]string{"ci"}, Request{}, false, nil},
@@ -203,7 +205,7 @@ func TestPrefixConfiguration(t *testing.T) {
 	}
 	// The zero Parser uses the defaults.
 	got, ok, err := (&Parser{}).Parse([]string{"tandem"})
-	if err != nil || !ok || got != req("tandem", AMD64, DefaultVCPUs, DefaultMemoryMiB) {
+	if err != nil || !ok || got != req("tandem", arch.AMD64, DefaultVCPUs, DefaultMemoryMiB) {
 		t.Errorf("zero Parser: %+v, %v, %v", got, ok, err)
 	}
 	// A Parser misconfigured by hand reports it instead of guessing.
@@ -276,7 +278,7 @@ func TestCanonical(t *testing.T) {
 		t.Errorf("custom prefix Canonical = %q", c)
 	}
 	// A hand-built Request without Prefix uses the default prefix.
-	if c := (Request{Arch: ARM64, VCPUs: 4, MemoryMiB: 8192}).Canonical(); c != "tandem-arm64-4cpu-8gb" {
+	if c := (Request{Arch: arch.ARM64, VCPUs: 4, MemoryMiB: 8192}).Canonical(); c != "tandem-arm64-4cpu-8gb" {
 		t.Errorf("hand-built Canonical = %q", c)
 	}
 }
@@ -303,17 +305,17 @@ func checkRoundTrip(t testing.TB, p *Parser, r Request) {
 
 func TestCanonicalRoundTripAllSizes(t *testing.T) {
 	p := mustParser(t, "tandem", 0, 0)
-	for _, arch := range []Arch{AMD64, ARM64, Any} {
+	for _, a := range []arch.Arch{arch.AMD64, arch.ARM64, arch.Any} {
 		for q := 1; q <= 256*4; q += 7 {
 			for _, mem := range []int{128, 129, 1000, 1023, 1024, 1536, 4096, 8191, 1<<20 - 1, 1 << 20} {
-				checkRoundTrip(t, p, Request{Prefix: "tandem", Arch: arch, VCPUs: float64(q) / 4, MemoryMiB: mem})
+				checkRoundTrip(t, p, Request{Prefix: "tandem", Arch: a, VCPUs: float64(q) / 4, MemoryMiB: mem})
 			}
 		}
 	}
 }
 
 func TestFits(t *testing.T) {
-	r := req("tandem-arm64-2.5cpu-4gb", ARM64, 2.5, 4096)
+	r := req("tandem-arm64-2.5cpu-4gb", arch.ARM64, 2.5, 4096)
 	tests := []struct {
 		vcpus float64
 		mem   int
@@ -328,27 +330,6 @@ func TestFits(t *testing.T) {
 	for _, tt := range tests {
 		if got := r.Fits(tt.vcpus, tt.mem); got != tt.want {
 			t.Errorf("Fits(%v, %d) = %v, want %v", tt.vcpus, tt.mem, got, tt.want)
-		}
-	}
-}
-
-func TestArchMatches(t *testing.T) {
-	tests := []struct {
-		req, host Arch
-		want      bool
-	}{
-		{AMD64, AMD64, true},
-		{AMD64, ARM64, false},
-		{ARM64, ARM64, true},
-		{ARM64, AMD64, false},
-		{Any, AMD64, true},
-		{Any, ARM64, true},
-		{Any, Any, false}, // a host has a concrete architecture
-		{AMD64, "riscv64", false},
-	}
-	for _, tt := range tests {
-		if got := tt.req.Matches(tt.host); got != tt.want {
-			t.Errorf("%s.Matches(%s) = %v, want %v", tt.req, tt.host, got, tt.want)
 		}
 	}
 }
@@ -387,7 +368,7 @@ func FuzzParse(f *testing.F) {
 		if r.Label != a && r.Label != b {
 			t.Fatalf("Label %q is neither input", r.Label)
 		}
-		if r.Arch != AMD64 && r.Arch != ARM64 && r.Arch != Any {
+		if r.Arch != arch.AMD64 && r.Arch != arch.ARM64 && r.Arch != arch.Any {
 			t.Fatalf("bad arch %q", r.Arch)
 		}
 		if !(r.VCPUs > 0 && r.VCPUs <= MaxVCPUs) || r.VCPUs*4 != float64(int(r.VCPUs*4)) {

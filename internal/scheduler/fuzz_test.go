@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // FuzzSchedule checks that Schedule never panics and always returns a valid
@@ -16,15 +16,15 @@ func FuzzSchedule(f *testing.F) {
 	f.Add(uint64(3), uint8(40), uint8(200), 1e300, math.MaxInt, -0.0, math.MinInt, "arm64", "h0", math.NaN(), 0)
 	f.Add(uint64(4), uint8(1), uint8(1), 0.1, 1, 0.3, 1, "", "h0", 0.25, 1)
 	f.Fuzz(func(t *testing.T, seed uint64, nHosts, nJobs uint8, cpu float64, mem int, used float64, usedMem int,
-		arch string, hostID string, limitCPU float64, limitVMs int) {
+		archName string, hostID string, limitCPU float64, limitVMs int) {
 		r := rand.New(rand.NewPCG(seed, seed>>1))
 		in := randomInput(r, int(nHosts%64), int(nJobs), 1+int(seed%5))
 		in.Hosts = append(in.Hosts, Host{
-			ID: hostID, Arches: []ArchSupport{{Arch: labels.Arch(arch)}, {Arch: labels.AMD64, Emulated: true}},
+			ID: hostID, Arches: []ArchSupport{{Arch: arch.Arch(archName)}, {Arch: arch.AMD64, Emulated: true}},
 			VCPUs: cpu, MemoryMiB: mem, UsedVCPUs: used, UsedMemoryMiB: usedMem, Schedulable: true,
 		})
 		in.Queue = append(in.Queue, Job{
-			ID: int64(seed % 300), Org: "org0", Repo: "org0/r0", Arch: labels.Arch(arch),
+			ID: int64(seed % 300), Org: "org0", Repo: "org0/r0", Arch: arch.Arch(archName),
 			VCPUs: cpu, MemoryMiB: mem, AvoidHosts: []string{hostID},
 		})
 		in.Limits.Default = OrgLimit{MaxVMs: limitVMs, MaxVCPUs: limitCPU}

@@ -6,16 +6,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 var t0 = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // mkHost returns a schedulable host running arch natively.
-func mkHost(id string, arch labels.Arch, vcpus float64, memGiB int) Host {
+func mkHost(id string, a arch.Arch, vcpus float64, memGiB int) Host {
 	return Host{
 		ID:          id,
-		Arches:      []ArchSupport{{Arch: arch}},
+		Arches:      []ArchSupport{{Arch: a}},
 		VCPUs:       vcpus,
 		MemoryMiB:   memGiB * 1024,
 		Schedulable: true,
@@ -32,7 +32,7 @@ func mkJob(id int64, repo string, vcpus float64, memGiB int) Job {
 		}
 	}
 	return Job{
-		ID: id, Org: org, Repo: repo, Arch: labels.AMD64,
+		ID: id, Org: org, Repo: repo, Arch: arch.AMD64,
 		VCPUs: vcpus, MemoryMiB: memGiB * 1024,
 		Queued: t0.Add(time.Duration(id) * time.Second),
 	}
@@ -155,7 +155,7 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 // randomInput builds a varied input: mixed arches, emulation, sizes, usage,
 // unschedulable hosts, orgs, repos, limits and avoid lists.
 func randomInput(r *rand.Rand, nHosts, nJobs, nOrgs int) Input {
-	archs := []labels.Arch{labels.AMD64, labels.ARM64}
+	archs := []arch.Arch{arch.AMD64, arch.ARM64}
 	var in Input
 	for i := range nHosts {
 		a := archs[r.IntN(2)]
@@ -180,7 +180,7 @@ func randomInput(r *rand.Rand, nHosts, nJobs, nOrgs int) Input {
 		}
 		in.Hosts = append(in.Hosts, h)
 	}
-	jobArchs := []labels.Arch{labels.AMD64, labels.AMD64, labels.ARM64, labels.Any}
+	jobArchs := []arch.Arch{arch.AMD64, arch.AMD64, arch.ARM64, arch.Any}
 	in.OrgUsage = map[string]Usage{}
 	in.RepoUsage = map[string]Usage{}
 	in.Limits.Org = map[string]OrgLimit{}
@@ -220,7 +220,7 @@ func randomInput(r *rand.Rand, nHosts, nJobs, nOrgs int) Input {
 	return in
 }
 
-func archIdxMust(a labels.Arch) int {
+func archIdxMust(a arch.Arch) int {
 	i, _ := archIdx(a)
 	return i
 }

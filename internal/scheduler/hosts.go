@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // vCPUs are accounted in quarters (labels only allow multiples of 0.25).
@@ -47,17 +47,17 @@ func quartersFloor(v float64) int64 {
 func finiteNonNeg(v float64) bool { return v >= 0 && !math.IsInf(v, 1) }
 
 // archIdx maps the two concrete architectures to 0 and 1.
-func archIdx(a labels.Arch) (int, bool) {
+func archIdx(a arch.Arch) (int, bool) {
 	switch a {
-	case labels.AMD64:
+	case arch.AMD64:
 		return 0, true
-	case labels.ARM64:
+	case arch.ARM64:
 		return 1, true
 	}
 	return 0, false
 }
 
-var concreteArches = [2]labels.Arch{labels.AMD64, labels.ARM64}
+var concreteArches = [2]arch.Arch{arch.AMD64, arch.ARM64}
 
 type host struct {
 	id          string
@@ -76,7 +76,7 @@ type host struct {
 // class is every schedulable host that runs one architecture, natively or
 // emulated, indexed by free capacity.
 type class struct {
-	arch     labels.Arch
+	arch     arch.Arch
 	emulated bool
 	all      []*host // schedulable members in ID order
 	// free holds the members with some room left, sorted by (freeCPU,
@@ -223,9 +223,9 @@ type state struct {
 
 func newState(in Input) *state {
 	s := &state{byID: make(map[string]*host, len(in.Hosts))}
-	for a, arch := range concreteArches {
-		s.classes[a][0] = &class{arch: arch}
-		s.classes[a][1] = &class{arch: arch, emulated: true}
+	for a, m := range concreteArches {
+		s.classes[a][0] = &class{arch: m}
+		s.classes[a][1] = &class{arch: m, emulated: true}
 	}
 	for i := range in.Hosts {
 		h := &in.Hosts[i]
@@ -326,13 +326,13 @@ func (s *state) resolveAvoid(ids []string) []int {
 }
 
 // archesOf returns the archIdx values a job accepts.
-func archesOf(a labels.Arch) []int {
+func archesOf(a arch.Arch) []int {
 	switch a {
-	case labels.AMD64:
+	case arch.AMD64:
 		return []int{0}
-	case labels.ARM64:
+	case arch.ARM64:
 		return []int{1}
-	case labels.Any:
+	case arch.Any:
 		return []int{0, 1}
 	}
 	return nil

@@ -4,7 +4,7 @@ import (
 	"math"
 	"strconv"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // validate checks j's request and fills in its size. The reason is for a
@@ -63,13 +63,13 @@ func (s *state) everFits(j *job) (string, bool) {
 		}
 	}
 	if !supported {
-		if j.src.Arch == labels.Any {
+		if j.src.Arch == arch.Any {
 			return "no host supports amd64 or arm64", false
 		}
 		return "no host supports " + string(j.src.Arch), false
 	}
 	on, kind := "", "host"
-	if j.src.Arch != labels.Any {
+	if j.src.Arch != arch.Any {
 		on, kind = " on "+string(j.src.Arch), string(j.src.Arch)+" host"
 	}
 	if holds(c2(s, j), size{j.cpu, j.mem, 0}) {
@@ -126,8 +126,8 @@ func (s *state) noRoomReason(j *job, arches []int) string {
 	return msg + " (best: " + best.id + " with " + free + " free)"
 }
 
-func hostKind(a labels.Arch) string {
-	if a == labels.Any {
+func hostKind(a arch.Arch) string {
+	if a == arch.Any {
 		return "host"
 	}
 	return string(a) + " host"

@@ -8,7 +8,7 @@
 // # Matching
 //
 // A job fits a host when the host is Schedulable, supports an architecture
-// the job accepts (labels.Any accepts amd64 and arm64), and has the job's
+// the job accepts (arch.Any accepts amd64 and arm64), and has the job's
 // vCPUs and memory free, and its disk when both count disk (a job's
 // DiskMiB is what its VM may write; a host's DiskMiB what its VMs may
 // write in all; zero on either side: not counted). vCPUs are accounted in whole quarter-vCPU units,
@@ -27,7 +27,7 @@
 // it already failed to launch, and a one-host fleet still retries. Within a
 // tier it picks the best fit: the host left with the fewest free vCPUs, then
 // the least free memory, then the lowest host ID, so large hosts stay free for
-// large jobs. For labels.Any with the same host natively running both
+// large jobs. For arch.Any with the same host natively running both
 // architectures, amd64 is chosen.
 //
 // # Fair share
@@ -91,13 +91,13 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // ArchSupport is one architecture a host can run: its native architecture,
 // or another one under emulation.
 type ArchSupport struct {
-	Arch     labels.Arch
+	Arch     arch.Arch
 	Emulated bool
 }
 
@@ -119,7 +119,7 @@ type Job struct {
 	ID         int64
 	Org        string // owner of Repo
 	Repo       string // "owner/name"
-	Arch       labels.Arch
+	Arch       arch.Arch
 	VCPUs      float64
 	MemoryMiB  int
 	DiskMiB    int       // what its VM may write; 0: not counted
@@ -164,11 +164,11 @@ type Input struct {
 	Limits    Limits
 }
 
-// Placement puts a job on a host, running Arch (never labels.Any), emulated or not.
+// Placement puts a job on a host, running Arch (never arch.Any), emulated or not.
 type Placement struct {
 	JobID    int64
 	HostID   string
-	Arch     labels.Arch
+	Arch     arch.Arch
 	Emulated bool
 }
 

@@ -6,14 +6,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // benchInput builds a skewed fleet and queue: mixed arches and sizes, some
 // hosts emulating the other arch, nOrgs orgs of which org0 holds half the jobs.
 func benchInput(nHosts, nJobs, nOrgs int) Input {
 	r := rand.New(rand.NewPCG(42, 42))
-	archs := []labels.Arch{labels.AMD64, labels.ARM64}
+	archs := []arch.Arch{arch.AMD64, arch.ARM64}
 	in := Input{OrgUsage: map[string]Usage{}, RepoUsage: map[string]Usage{}}
 	for i := range nHosts {
 		a := archs[i%2]
@@ -31,7 +31,7 @@ func benchInput(nHosts, nJobs, nOrgs int) Input {
 		h.UsedMemoryMiB = int(h.UsedVCPUs) * 4 * 1024
 		in.Hosts = append(in.Hosts, h)
 	}
-	jobArchs := []labels.Arch{labels.AMD64, labels.AMD64, labels.ARM64, labels.Any}
+	jobArchs := []arch.Arch{arch.AMD64, arch.AMD64, arch.ARM64, arch.Any}
 	for i := range nJobs {
 		org := "org0"
 		if i%2 == 1 {
@@ -91,7 +91,7 @@ func TestBenchInputValid(t *testing.T) {
 func BenchmarkScheduleMemoryBound(b *testing.B) {
 	var in Input
 	for i := range 1000 {
-		h := mkHost("h"+strconv.Itoa(i), labels.AMD64, 64, 64)
+		h := mkHost("h"+strconv.Itoa(i), arch.AMD64, 64, 64)
 		if i%100 != 0 {
 			h.UsedMemoryMiB = h.MemoryMiB - 1024
 		}

@@ -8,11 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 func TestArchMatching(t *testing.T) {
-	emu := func(h Host, a labels.Arch) Host {
+	emu := func(h Host, a arch.Arch) Host {
 		h.Arches = append(h.Arches, ArchSupport{Arch: a, Emulated: true})
 		return h
 	}
@@ -20,29 +20,29 @@ func TestArchMatching(t *testing.T) {
 	tests := []struct {
 		name     string
 		hosts    []Host
-		arch     labels.Arch
+		arch     arch.Arch
 		wantHost string
-		wantArch labels.Arch
+		wantArch arch.Arch
 		wantEmu  bool
 	}{
-		{"native arch chosen over other arch", []Host{mkHost("a", labels.ARM64, 8, 16), mkHost("b", labels.AMD64, 64, 256)},
-			labels.AMD64, "b", labels.AMD64, false},
-		{"arm64 job on arm64 host", []Host{mkHost("a", labels.ARM64, 64, 256), mkHost("b", labels.AMD64, 8, 16)},
-			labels.ARM64, "a", labels.ARM64, false},
-		{"emulated when only emulation offered", []Host{emu(mkHost("a", labels.ARM64, 8, 16), labels.AMD64)},
-			labels.AMD64, "a", labels.AMD64, true},
-		{"native preferred over tighter emulated fit", []Host{mkHost("big", labels.AMD64, 64, 256), emu(mkHost("small", labels.ARM64, 4, 8), labels.AMD64)},
-			labels.AMD64, "big", labels.AMD64, false},
-		{"emulated when native hosts are full", []Host{full(mkHost("n", labels.AMD64, 8, 16)), emu(mkHost("e", labels.ARM64, 8, 16), labels.AMD64)},
-			labels.AMD64, "e", labels.AMD64, true},
-		{"any prefers native over emulated", []Host{emu(mkHost("a", labels.AMD64, 4, 8), labels.ARM64), mkHost("b", labels.ARM64, 64, 256)},
-			labels.Any, "a", labels.AMD64, false},
-		{"any best-fits across arches", []Host{mkHost("a", labels.AMD64, 64, 256), mkHost("b", labels.ARM64, 4, 8)},
-			labels.Any, "b", labels.ARM64, false},
-		{"native and emulated listed: native wins", []Host{emu(mkHost("a", labels.AMD64, 8, 16), labels.AMD64)},
-			labels.AMD64, "a", labels.AMD64, false},
-		{"unknown host arch ignored", []Host{{ID: "x", Arches: []ArchSupport{{Arch: "riscv64"}, {Arch: labels.Any}}, VCPUs: 64, MemoryMiB: 1 << 20, Schedulable: true}, mkHost("b", labels.AMD64, 8, 16)},
-			labels.AMD64, "b", labels.AMD64, false},
+		{"native arch chosen over other arch", []Host{mkHost("a", arch.ARM64, 8, 16), mkHost("b", arch.AMD64, 64, 256)},
+			arch.AMD64, "b", arch.AMD64, false},
+		{"arm64 job on arm64 host", []Host{mkHost("a", arch.ARM64, 64, 256), mkHost("b", arch.AMD64, 8, 16)},
+			arch.ARM64, "a", arch.ARM64, false},
+		{"emulated when only emulation offered", []Host{emu(mkHost("a", arch.ARM64, 8, 16), arch.AMD64)},
+			arch.AMD64, "a", arch.AMD64, true},
+		{"native preferred over tighter emulated fit", []Host{mkHost("big", arch.AMD64, 64, 256), emu(mkHost("small", arch.ARM64, 4, 8), arch.AMD64)},
+			arch.AMD64, "big", arch.AMD64, false},
+		{"emulated when native hosts are full", []Host{full(mkHost("n", arch.AMD64, 8, 16)), emu(mkHost("e", arch.ARM64, 8, 16), arch.AMD64)},
+			arch.AMD64, "e", arch.AMD64, true},
+		{"any prefers native over emulated", []Host{emu(mkHost("a", arch.AMD64, 4, 8), arch.ARM64), mkHost("b", arch.ARM64, 64, 256)},
+			arch.Any, "a", arch.AMD64, false},
+		{"any best-fits across arches", []Host{mkHost("a", arch.AMD64, 64, 256), mkHost("b", arch.ARM64, 4, 8)},
+			arch.Any, "b", arch.ARM64, false},
+		{"native and emulated listed: native wins", []Host{emu(mkHost("a", arch.AMD64, 8, 16), arch.AMD64)},
+			arch.AMD64, "a", arch.AMD64, false},
+		{"unknown host arch ignored", []Host{{ID: "x", Arches: []ArchSupport{{Arch: "riscv64"}, {Arch: arch.Any}}, VCPUs: 64, MemoryMiB: 1 << 20, Schedulable: true}, mkHost("b", arch.AMD64, 8, 16)},
+			arch.AMD64, "b", arch.AMD64, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,15 +60,15 @@ func TestArchMatching(t *testing.T) {
 }
 
 func TestArchUnsupported(t *testing.T) {
-	hosts := []Host{mkHost("a", labels.AMD64, 8, 16)}
+	hosts := []Host{mkHost("a", arch.AMD64, 8, 16)}
 	j := mkJob(1, "o/r", 2, 4)
-	j.Arch = labels.ARM64
+	j.Arch = arch.ARM64
 	p := Schedule(Input{Hosts: hosts, Queue: []Job{j}})
 	if got := reasons(p.Unschedulable)[1]; got != "no host supports arm64" {
 		t.Fatalf("reason %q; plan %+v", got, p)
 	}
 	// An emulating host makes it schedulable.
-	hosts[0].Arches = append(hosts[0].Arches, ArchSupport{Arch: labels.ARM64, Emulated: true})
+	hosts[0].Arches = append(hosts[0].Arches, ArchSupport{Arch: arch.ARM64, Emulated: true})
 	p = Schedule(Input{Hosts: hosts, Queue: []Job{j}})
 	if len(p.Placements) != 1 || !p.Placements[0].Emulated {
 		t.Fatalf("want an emulated placement, got %+v", p)
@@ -82,18 +82,18 @@ func TestBestFit(t *testing.T) {
 		jobs  []Job
 		want  map[int64]string
 	}{
-		{"least free vCPU left", []Host{mkHost("big", labels.AMD64, 64, 64), mkHost("mid", labels.AMD64, 16, 64), mkHost("small", labels.AMD64, 8, 64)},
+		{"least free vCPU left", []Host{mkHost("big", arch.AMD64, 64, 64), mkHost("mid", arch.AMD64, 16, 64), mkHost("small", arch.AMD64, 8, 64)},
 			[]Job{mkJob(1, "o/r", 4, 4)}, map[int64]string{1: "small"}},
-		{"then least free memory", []Host{mkHost("a", labels.AMD64, 8, 64), mkHost("b", labels.AMD64, 8, 16), mkHost("c", labels.AMD64, 8, 32)},
+		{"then least free memory", []Host{mkHost("a", arch.AMD64, 8, 64), mkHost("b", arch.AMD64, 8, 16), mkHost("c", arch.AMD64, 8, 32)},
 			[]Job{mkJob(1, "o/r", 4, 4)}, map[int64]string{1: "b"}},
-		{"then host ID", []Host{mkHost("c", labels.AMD64, 8, 16), mkHost("a", labels.AMD64, 8, 16), mkHost("b", labels.AMD64, 8, 16)},
+		{"then host ID", []Host{mkHost("c", arch.AMD64, 8, 16), mkHost("a", arch.AMD64, 8, 16), mkHost("b", arch.AMD64, 8, 16)},
 			[]Job{mkJob(1, "o/r", 4, 4)}, map[int64]string{1: "a"}},
-		{"skips hosts short of memory", []Host{mkHost("a", labels.AMD64, 8, 4), mkHost("b", labels.AMD64, 16, 64)},
+		{"skips hosts short of memory", []Host{mkHost("a", arch.AMD64, 8, 4), mkHost("b", arch.AMD64, 16, 64)},
 			[]Job{mkJob(1, "o/r", 4, 8)}, map[int64]string{1: "b"}},
-		{"usage updated within a call", []Host{mkHost("h8", labels.AMD64, 8, 64), mkHost("h16", labels.AMD64, 16, 64)},
+		{"usage updated within a call", []Host{mkHost("h8", arch.AMD64, 8, 64), mkHost("h16", arch.AMD64, 16, 64)},
 			[]Job{mkJob(1, "o/r", 6, 4), mkJob(2, "o/r", 6, 4), mkJob(3, "o/r", 6, 4)},
 			map[int64]string{1: "h8", 2: "h16", 3: "h16"}},
-		{"big host kept for big job", []Host{mkHost("big", labels.AMD64, 32, 64), mkHost("small", labels.AMD64, 8, 64)},
+		{"big host kept for big job", []Host{mkHost("big", arch.AMD64, 32, 64), mkHost("small", arch.AMD64, 8, 64)},
 			[]Job{mkJob(1, "o/r", 2, 4), mkJob(2, "o/r", 2, 4), mkJob(3, "o/r", 32, 32)},
 			map[int64]string{1: "small", 2: "small", 3: "big"}},
 	}
@@ -114,7 +114,7 @@ func TestBestFit(t *testing.T) {
 }
 
 func TestQuarterVCPUAccounting(t *testing.T) {
-	h := mkHost("h", labels.AMD64, 1, 64)
+	h := mkHost("h", arch.AMD64, 1, 64)
 	h.UsedVCPUs = 0.1 + 0.2 // 0.30000000000000004: rounds up to 0.5
 	var jobs []Job
 	for i := range 4 {
@@ -127,7 +127,7 @@ func TestQuarterVCPUAccounting(t *testing.T) {
 		t.Fatalf("want 2 quarter-vCPU jobs placed in the remaining 0.5 vCPU, got %+v", p)
 	}
 	// A total of 0.1*3 (0.30000000000000004) rounds down to a single quarter.
-	h = mkHost("h", labels.AMD64, 0.1*3, 64)
+	h = mkHost("h", arch.AMD64, 0.1*3, 64)
 	in = Input{Hosts: []Host{h}, Queue: []Job{mkJob(1, "o/r", 0.25, 1), mkJob(2, "o/r", 0.25, 1)}}
 	p = Schedule(in)
 	checkPlan(t, in, p)
@@ -142,7 +142,7 @@ func TestFairShareOrgs(t *testing.T) {
 		jobs = append(jobs, mkJob(int64(i+1), "a/big", 2, 4))
 	}
 	jobs = append(jobs, mkJob(1000, "b/one", 2, 4)) // queued last
-	in := Input{Hosts: []Host{mkHost("h", labels.AMD64, 6, 64)}, Queue: jobs}
+	in := Input{Hosts: []Host{mkHost("h", arch.AMD64, 6, 64)}, Queue: jobs}
 	p := Schedule(in)
 	checkPlan(t, in, p)
 	if len(p.Placements) != 3 {
@@ -189,7 +189,7 @@ func TestFairShareUsageAndTies(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := Input{
-				Hosts:    []Host{mkHost("h", labels.AMD64, tt.room, 64)},
+				Hosts:    []Host{mkHost("h", arch.AMD64, tt.room, 64)},
 				Queue:    tt.jobs,
 				OrgUsage: tt.orgUsage, RepoUsage: tt.repoUsage,
 			}
@@ -210,7 +210,7 @@ func TestNoRoomDoesNotBlock(t *testing.T) {
 	// Org a's oldest job is too big for the room left; a's smaller job of
 	// another repo, and org b, still get placed.
 	in := Input{
-		Hosts: []Host{mkHost("h", labels.AMD64, 16, 64)},
+		Hosts: []Host{mkHost("h", arch.AMD64, 16, 64)},
 		Queue: []Job{mkJob(1, "a/x", 16, 8), mkJob(2, "a/y", 2, 4), mkJob(3, "b/z", 2, 4)},
 	}
 	in.Hosts[0].UsedVCPUs = 8
@@ -233,9 +233,9 @@ func TestReservationWithinRepo(t *testing.T) {
 	// Repo a/x: a big job first, then small ones. h1 is the only host that
 	// can ever hold the big job; its own repo's small jobs must not refill it,
 	// but they may use h2, and another repo may use h1.
-	h1 := mkHost("h1", labels.AMD64, 8, 32)
+	h1 := mkHost("h1", arch.AMD64, 8, 32)
 	h1.UsedVCPUs = 4
-	h2 := mkHost("h2", labels.AMD64, 2, 32)
+	h2 := mkHost("h2", arch.AMD64, 2, 32)
 	in := Input{
 		Hosts: []Host{h1, h2},
 		Queue: []Job{mkJob(1, "a/x", 8, 8), mkJob(2, "a/x", 2, 4), mkJob(3, "a/x", 2, 4), mkJob(4, "b/y", 2, 4)},
@@ -268,9 +268,9 @@ func TestReservationWithinRepo(t *testing.T) {
 func TestReservationPicksClosestHost(t *testing.T) {
 	// Both hosts can hold the 8-vCPU job in total; h2 is closer to fitting,
 	// so the small job of the same repo goes to h1.
-	h1 := mkHost("h1", labels.AMD64, 8, 32)
+	h1 := mkHost("h1", arch.AMD64, 8, 32)
 	h1.UsedVCPUs = 6
-	h2 := mkHost("h2", labels.AMD64, 8, 32)
+	h2 := mkHost("h2", arch.AMD64, 8, 32)
 	h2.UsedVCPUs = 4
 	in := Input{Hosts: []Host{h1, h2}, Queue: []Job{mkJob(1, "a/x", 8, 8), mkJob(2, "a/x", 2, 4)}}
 	p := Schedule(in)
@@ -288,7 +288,7 @@ func TestLimits(t *testing.T) {
 		}
 		return js
 	}
-	big := []Host{mkHost("h", labels.AMD64, 256, 1024)}
+	big := []Host{mkHost("h", arch.AMD64, 256, 1024)}
 	tests := []struct {
 		name       string
 		queue      []Job
@@ -350,25 +350,25 @@ func TestLimits(t *testing.T) {
 
 func TestAvoidHosts(t *testing.T) {
 	avoid := func(j Job, hosts ...string) Job { j.AvoidHosts = hosts; return j }
-	emuArm := mkHost("e", labels.ARM64, 64, 256)
-	emuArm.Arches = append(emuArm.Arches, ArchSupport{Arch: labels.AMD64, Emulated: true})
+	emuArm := mkHost("e", arch.ARM64, 64, 256)
+	emuArm.Arches = append(emuArm.Arches, ArchSupport{Arch: arch.AMD64, Emulated: true})
 	tests := []struct {
 		name     string
 		hosts    []Host
 		job      Job
 		wantHost string
 	}{
-		{"skip avoided best fit", []Host{mkHost("a", labels.AMD64, 4, 8), mkHost("b", labels.AMD64, 64, 256)},
+		{"skip avoided best fit", []Host{mkHost("a", arch.AMD64, 4, 8), mkHost("b", arch.AMD64, 64, 256)},
 			avoid(mkJob(1, "o/r", 2, 4), "a"), "b"},
-		{"one-host fleet retries", []Host{mkHost("a", labels.AMD64, 4, 8)},
+		{"one-host fleet retries", []Host{mkHost("a", arch.AMD64, 4, 8)},
 			avoid(mkJob(1, "o/r", 2, 4), "a"), "a"},
-		{"only avoided hosts fit", []Host{mkHost("a", labels.AMD64, 4, 8), mkHost("b", labels.AMD64, 1, 8)},
+		{"only avoided hosts fit", []Host{mkHost("a", arch.AMD64, 4, 8), mkHost("b", arch.AMD64, 1, 8)},
 			avoid(mkJob(1, "o/r", 2, 4), "a"), "a"},
-		{"avoided hosts: best fit among them", []Host{mkHost("a", labels.AMD64, 64, 256), mkHost("b", labels.AMD64, 4, 8)},
+		{"avoided hosts: best fit among them", []Host{mkHost("a", arch.AMD64, 64, 256), mkHost("b", arch.AMD64, 4, 8)},
 			avoid(mkJob(1, "o/r", 2, 4), "a", "b"), "b"},
-		{"unknown avoided host ignored", []Host{mkHost("a", labels.AMD64, 4, 8)},
+		{"unknown avoided host ignored", []Host{mkHost("a", arch.AMD64, 4, 8)},
 			avoid(mkJob(1, "o/r", 2, 4), "zz"), "a"},
-		{"emulated elsewhere beats avoided native", []Host{mkHost("a", labels.AMD64, 4, 8), emuArm},
+		{"emulated elsewhere beats avoided native", []Host{mkHost("a", arch.AMD64, 4, 8), emuArm},
 			avoid(mkJob(1, "o/r", 2, 4), "a"), "e"},
 	}
 	for _, tt := range tests {
@@ -384,8 +384,8 @@ func TestAvoidHosts(t *testing.T) {
 }
 
 func TestUnschedulableVsWaiting(t *testing.T) {
-	arm := func(j Job) Job { j.Arch = labels.ARM64; return j }
-	anyArch := func(j Job) Job { j.Arch = labels.Any; return j }
+	arm := func(j Job) Job { j.Arch = arch.ARM64; return j }
+	anyArch := func(j Job) Job { j.Arch = arch.Any; return j }
 	down := func(h Host) Host { h.Schedulable = false; return h }
 	busy := func(h Host, cpu float64) Host { h.UsedVCPUs = cpu; return h }
 	tests := []struct {
@@ -396,21 +396,21 @@ func TestUnschedulableVsWaiting(t *testing.T) {
 		reason  string
 	}{
 		{"no hosts at all", nil, mkJob(1, "o/r", 2, 4), true, "no hosts"},
-		{"too big for any host", []Host{mkHost("a", labels.ARM64, 16, 64), mkHost("b", labels.ARM64, 8, 128), mkHost("c", labels.AMD64, 128, 512)},
+		{"too big for any host", []Host{mkHost("a", arch.ARM64, 16, 64), mkHost("b", arch.ARM64, 8, 128), mkHost("c", arch.AMD64, 128, 512)},
 			arm(mkJob(1, "o/r", 64, 8)), false, "needs 64 vCPUs / 8 GiB on arm64; the largest arm64 host has 16 vCPUs / 64 GiB"},
-		{"no single host has both", []Host{mkHost("a", labels.AMD64, 64, 16), mkHost("b", labels.AMD64, 8, 256)},
+		{"no single host has both", []Host{mkHost("a", arch.AMD64, 64, 16), mkHost("b", arch.AMD64, 8, 256)},
 			mkJob(1, "o/r", 32, 64), false, "needs 32 vCPUs / 64 GiB on amd64; the largest amd64 host has 64 vCPUs / 16 GiB"},
-		{"too big for any arch", []Host{mkHost("a", labels.AMD64, 4, 8), mkHost("b", labels.ARM64, 8, 8)},
+		{"too big for any arch", []Host{mkHost("a", arch.AMD64, 4, 8), mkHost("b", arch.ARM64, 8, 8)},
 			anyArch(mkJob(1, "o/r", 16, 4)), false, "needs 16 vCPUs / 4 GiB; the largest host has 8 vCPUs / 8 GiB"},
-		{"unschedulable hosts count for ever fitting", []Host{down(mkHost("a", labels.AMD64, 64, 256)), mkHost("b", labels.AMD64, 4, 8)},
+		{"unschedulable hosts count for ever fitting", []Host{down(mkHost("a", arch.AMD64, 64, 256)), mkHost("b", arch.AMD64, 4, 8)},
 			mkJob(1, "o/r", 32, 64), true, "no schedulable amd64 host can hold 32 vCPUs / 64 GiB; only draining, cordoned or offline ones can"},
-		{"no schedulable host", []Host{down(mkHost("a", labels.AMD64, 64, 256)), down(mkHost("b", labels.AMD64, 64, 256))},
+		{"no schedulable host", []Host{down(mkHost("a", arch.AMD64, 64, 256)), down(mkHost("b", arch.AMD64, 64, 256))},
 			mkJob(1, "o/r", 2, 4), true, "no schedulable amd64 host (2 hosts draining, cordoned or offline)"},
-		{"no room now", []Host{busy(mkHost("h1", labels.AMD64, 8, 64), 8), busy(mkHost("h2", labels.AMD64, 4, 16), 2)},
+		{"no room now", []Host{busy(mkHost("h1", arch.AMD64, 8, 64), 8), busy(mkHost("h2", arch.AMD64, 4, 16), 2)},
 			mkJob(1, "o/r", 4, 8), true, "no amd64 host has 4 vCPUs / 8 GiB free (best: h2 with 2 vCPUs / 16 GiB free)"},
-		{"all full", []Host{busy(mkHost("h1", labels.AMD64, 8, 64), 8)},
+		{"all full", []Host{busy(mkHost("h1", arch.AMD64, 8, 64), 8)},
 			mkJob(1, "o/r", 4, 8), true, "no amd64 host has 4 vCPUs / 8 GiB free (all are full)"},
-		{"invalid request beats host checks", []Host{mkHost("h1", labels.AMD64, 1, 1)},
+		{"invalid request beats host checks", []Host{mkHost("h1", arch.AMD64, 1, 1)},
 			mkJob(1, "o/r", 1.5, 0), false, "invalid request: memory must be positive (got 0 MiB)"},
 	}
 	for _, tt := range tests {
@@ -430,7 +430,7 @@ func TestUnschedulableVsWaiting(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	hosts := []Host{mkHost("h", labels.AMD64, 64, 256)}
+	hosts := []Host{mkHost("h", arch.AMD64, 64, 256)}
 	bad := func(mut func(*Job)) Job { j := mkJob(1, "o/r", 2, 4); mut(&j); return j }
 	tests := []struct {
 		name   string
@@ -476,7 +476,7 @@ func TestBadInputNoHosts(t *testing.T) {
 func TestDuplicatesAndOddHosts(t *testing.T) {
 	t.Run("duplicate job IDs: first occurrence only", func(t *testing.T) {
 		in := Input{
-			Hosts: []Host{mkHost("h", labels.AMD64, 4, 8)},
+			Hosts: []Host{mkHost("h", arch.AMD64, 4, 8)},
 			Queue: []Job{mkJob(1, "o/r", 2, 4), mkJob(1, "o/r", 64, 4), mkJob(2, "o/r", 2, 4)},
 		}
 		p := Schedule(in)
@@ -487,7 +487,7 @@ func TestDuplicatesAndOddHosts(t *testing.T) {
 	})
 	t.Run("duplicate host IDs: first occurrence only", func(t *testing.T) {
 		in := Input{
-			Hosts: []Host{mkHost("h", labels.AMD64, 2, 4), mkHost("h", labels.AMD64, 64, 256)},
+			Hosts: []Host{mkHost("h", arch.AMD64, 2, 4), mkHost("h", arch.AMD64, 64, 256)},
 			Queue: []Job{mkJob(1, "o/r", 2, 4), mkJob(2, "o/r", 2, 4)},
 		}
 		p := Schedule(in)
@@ -497,10 +497,10 @@ func TestDuplicatesAndOddHosts(t *testing.T) {
 		}
 	})
 	t.Run("invalid host ignored", func(t *testing.T) {
-		neg := mkHost("a", labels.AMD64, 64, 256)
+		neg := mkHost("a", arch.AMD64, 64, 256)
 		neg.UsedVCPUs = -64
-		nan := mkHost("b", labels.AMD64, math.NaN(), 256)
-		in := Input{Hosts: []Host{neg, nan, mkHost("c", labels.AMD64, 4, 8)}, Queue: []Job{mkJob(1, "o/r", 2, 4)}}
+		nan := mkHost("b", arch.AMD64, math.NaN(), 256)
+		in := Input{Hosts: []Host{neg, nan, mkHost("c", arch.AMD64, 4, 8)}, Queue: []Job{mkJob(1, "o/r", 2, 4)}}
 		p := Schedule(in)
 		checkPlan(t, in, p)
 		if len(p.Placements) != 1 || p.Placements[0].HostID != "c" {
@@ -508,7 +508,7 @@ func TestDuplicatesAndOddHosts(t *testing.T) {
 		}
 	})
 	t.Run("overcommitted host has no room", func(t *testing.T) {
-		h := mkHost("a", labels.AMD64, 4, 8)
+		h := mkHost("a", arch.AMD64, 4, 8)
 		h.UsedVCPUs, h.UsedMemoryMiB = 10, 100000
 		in := Input{Hosts: []Host{h}, Queue: []Job{mkJob(1, "o/r", 1, 1)}}
 		p := Schedule(in)
@@ -608,7 +608,7 @@ func TestLargeFleetAllPlaced(t *testing.T) {
 	// Plenty of room: everything valid is placed, nothing is left waiting.
 	var hosts []Host
 	for i := range 50 {
-		hosts = append(hosts, mkHost("h"+strconv.Itoa(i), labels.AMD64, 64, 256))
+		hosts = append(hosts, mkHost("h"+strconv.Itoa(i), arch.AMD64, 64, 256))
 	}
 	var jobs []Job
 	for i := range 400 {
@@ -625,9 +625,9 @@ func TestLargeFleetAllPlaced(t *testing.T) {
 // TestDisk: a job's disk counts on a host that counts disk, and not on
 // one that does not; a job whose disk no host has is unschedulable.
 func TestDisk(t *testing.T) {
-	counted := mkHost("a", labels.AMD64, 16, 64)
+	counted := mkHost("a", arch.AMD64, 16, 64)
 	counted.DiskMiB = 10 << 10
-	free := mkHost("b", labels.AMD64, 16, 64)
+	free := mkHost("b", arch.AMD64, 16, 64)
 	job := func(id int64, disk int) Job {
 		j := mkJob(id, "o/r", 1, 1)
 		j.DiskMiB = disk

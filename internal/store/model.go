@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 
 	"github.com/tandem-ci/tandem/internal/egress"
@@ -52,7 +52,7 @@ type Job struct {
 	LabelKey     string   // see LabelKey
 	// The request parsed from Labels; zero when the labels are malformed
 	// (the job is then unschedulable).
-	Arch      labels.Arch
+	Arch      arch.Arch
 	VCPUs     float64
 	MemoryMiB int
 
@@ -111,7 +111,7 @@ type Runner struct {
 	Repo         string // the repository it is registered to; "" for an organisation runner
 	Labels       []string
 	LabelKey     string
-	Arch         labels.Arch // the concrete architecture of its VM
+	Arch         arch.Arch // the concrete architecture of its VM
 	Emulated     bool
 	VCPUs        float64
 	MemoryMiB    int
@@ -146,8 +146,8 @@ const (
 
 // ArchSupport is an architecture a host can run VMs of.
 type ArchSupport struct {
-	Arch     labels.Arch `json:"arch"`
-	Emulated bool        `json:"emulated"`
+	Arch     arch.Arch `json:"arch"`
+	Emulated bool      `json:"emulated"`
 }
 
 // Host is one machine running an agent.

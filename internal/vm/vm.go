@@ -21,46 +21,11 @@ import (
 	"math"
 	"net"
 	"regexp"
-	"runtime"
 	"strings"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/arch"
 )
-
-// Arch is a guest CPU architecture, named as Go names it.
-type Arch string
-
-const (
-	AMD64 Arch = "amd64"
-	ARM64 Arch = "arm64"
-)
-
-// ErrUnknownArch is returned for an architecture Tandem cannot run.
-var ErrUnknownArch = errors.New("unknown architecture")
-
-// ParseArch accepts Go's and the kernel's names: amd64, x86_64, arm64, aarch64.
-func ParseArch(s string) (Arch, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "amd64", "x86_64", "x64":
-		return AMD64, nil
-	case "arm64", "aarch64":
-		return ARM64, nil
-	}
-	return "", fmt.Errorf("%w %q (want amd64 or arm64)", ErrUnknownArch, s)
-}
-
-// HostArch is the architecture of this host.
-func HostArch() Arch { return Arch(runtime.GOARCH) }
-
-// UnameMachine is the name `uname -m` prints inside a guest of this arch.
-func (a Arch) UnameMachine() string {
-	switch a {
-	case AMD64:
-		return "x86_64"
-	case ARM64:
-		return "aarch64"
-	}
-	return string(a)
-}
 
 // Accel is the accelerator a VM runs under.
 type Accel string
@@ -91,9 +56,9 @@ type NIC struct {
 
 // Spec is everything needed to create a VM.
 type Spec struct {
-	ID        string  // "vm-" + 10 hex digits; NewID makes one
-	Arch      Arch    // guest architecture
-	VCPUs     float64 // may be fractional: rounded up for the guest, capped by a CPU quota
+	ID        string    // "vm-" + 10 hex digits; NewID makes one
+	Arch      arch.Arch // guest architecture
+	VCPUs     float64   // may be fractional: rounded up for the guest, capped by a CPU quota
 	MemoryMiB int
 	Kernel    string // path to an uncompressed kernel (ELF vmlinux for amd64, Image for arm64)
 	Initrd    string // path to the initramfs
@@ -172,8 +137,8 @@ func (s Spec) Validate(l Limits) error {
 	if !ValidID(s.ID) {
 		return fmt.Errorf("invalid vm id %q", s.ID)
 	}
-	if s.Arch != AMD64 && s.Arch != ARM64 {
-		return fmt.Errorf("%w %q (want amd64 or arm64)", ErrUnknownArch, s.Arch)
+	if !s.Arch.IsMachine() {
+		return fmt.Errorf("%w %q (want amd64 or arm64)", arch.ErrUnknown, s.Arch)
 	}
 	if err := l.Check(s.VCPUs, s.MemoryMiB); err != nil {
 		return err
@@ -181,8 +146,8 @@ func (s Spec) Validate(l Limits) error {
 	if s.Accel != AccelKVM && s.Accel != AccelTCG {
 		return fmt.Errorf("accelerator must be resolved to kvm or tcg, got %q", s.Accel)
 	}
-	if s.Accel == AccelKVM && s.Arch != HostArch() {
-		return fmt.Errorf("%w: a %s guest cannot use kvm on a %s host", ErrKVMUnusable, s.Arch, HostArch())
+	if s.Accel == AccelKVM && s.Arch != arch.Host() {
+		return fmt.Errorf("%w: a %s guest cannot use kvm on a %s host", ErrKVMUnusable, s.Arch, arch.Host())
 	}
 	if s.Kernel == "" || s.Initrd == "" {
 		return errors.New("kernel and initrd are required")
@@ -194,7 +159,7 @@ func (s Spec) Validate(l Limits) error {
 func (s Spec) GuestCPUs() int { return int(math.Ceil(s.VCPUs)) }
 
 // Emulated reports whether the guest's architecture differs from the host's.
-func (s Spec) Emulated() bool { return s.Arch != HostArch() }
+func (s Spec) Emulated() bool { return s.Arch != arch.Host() }
 
 // State is where a VM is in its life.
 type State string
@@ -251,7 +216,7 @@ type Driver interface {
 	// ResolveAccel turns a requested accelerator into the one a VM of arch
 	// gets on this host (AccelAuto: KVM where a probe boot of kernel and
 	// initrd proves it works, else TCG, said loudly), and why.
-	ResolveAccel(ctx context.Context, want Accel, arch Arch, kernel, initrd string) (AccelChoice, error)
+	ResolveAccel(ctx context.Context, want Accel, a arch.Arch, kernel, initrd string) (AccelChoice, error)
 }
 
 // Capabilities is what a driver can do on this host.

@@ -1,21 +1,11 @@
 package vm
 
 import (
-	"errors"
 	"strings"
 	"testing"
-)
 
-func TestParseArch(t *testing.T) {
-	for in, want := range map[string]Arch{"amd64": AMD64, "x86_64": AMD64, "ARM64": ARM64, "aarch64": ARM64} {
-		if got, err := ParseArch(in); err != nil || got != want {
-			t.Errorf("ParseArch(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-	if _, err := ParseArch("riscv64"); !errors.Is(err, ErrUnknownArch) {
-		t.Errorf("ParseArch(riscv64): %v, want ErrUnknownArch", err)
-	}
-}
+	"github.com/tandem-ci/tandem/internal/arch"
+)
 
 func TestNewIDIsValidAndUnique(t *testing.T) {
 	seen := map[string]bool{}
@@ -34,7 +24,7 @@ func TestNewIDIsValidAndUnique(t *testing.T) {
 }
 
 func TestSpecValidate(t *testing.T) {
-	ok := Spec{ID: NewID(), Arch: HostArch(), VCPUs: 0.5, MemoryMiB: 256, Kernel: "k", Initrd: "i", Accel: AccelTCG}
+	ok := Spec{ID: NewID(), Arch: arch.Host(), VCPUs: 0.5, MemoryMiB: 256, Kernel: "k", Initrd: "i", Accel: AccelTCG}
 	lim := Limits{VCPUs: 2, MemoryMiB: 1024}
 	if err := ok.Validate(lim); err != nil {
 		t.Fatalf("valid spec refused: %v", err)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 
 	"github.com/tandem-ci/tandem/internal/egress"
@@ -101,11 +101,11 @@ func jobArgs(j store.Job) ([]any, error) {
 func scanJob(sc scanner) (store.Job, error) {
 	var (
 		j                                           store.Job
-		ls, avoid, arch, state                      string
+		ls, avoid, archName, state                  string
 		created, queued, updated, started, complete int64
 	)
 	if err := sc.Scan(&j.ID, &j.RunID, &j.RunAttempt, &j.Installation, &j.Org, &j.Repo, &j.Name, &j.Workflow,
-		&ls, &j.LabelKey, &arch, &j.VCPUs, &j.MemoryMiB, &state, &j.Reason, &j.RunnerName, &j.HostID,
+		&ls, &j.LabelKey, &archName, &j.VCPUs, &j.MemoryMiB, &state, &j.Reason, &j.RunnerName, &j.HostID,
 		&j.Attempts, &avoid, &j.Conclusion,
 		&created, &queued, &updated, &started, &complete); err != nil {
 		return store.Job{}, err
@@ -117,7 +117,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	if j.AvoidHosts, err = sliceOf[string](avoid); err != nil {
 		return store.Job{}, fmt.Errorf("job %d: avoid hosts: %w", j.ID, err)
 	}
-	j.Arch, j.State = labels.Arch(arch), store.JobState(state)
+	j.Arch, j.State = arch.Arch(archName), store.JobState(state)
 	j.CreatedAt, j.QueuedAt, j.UpdatedAt = timeOf(created), timeOf(queued), timeOf(updated)
 	j.StartedAt, j.CompletedAt = timeOf(started), timeOf(complete)
 	return j, nil
@@ -173,11 +173,11 @@ func objectJSON(v any, empty bool) (string, error) {
 func scanRunner(sc scanner) (store.Runner, error) {
 	var (
 		r                                  store.Runner
-		ls, arch, state, pol, rec          string
+		ls, archName, state, pol, rec      string
 		created, updated, started, busy, e int64
 	)
 	if err := sc.Scan(&r.Name, &r.HostID, &r.JobID, &r.Installation, &r.Org, &r.Repo, &ls, &r.LabelKey,
-		&arch, &r.Emulated, &r.VCPUs, &r.MemoryMiB, &state, &r.Reason, &r.GitHubID, &r.VMID, &r.ExitCode,
+		&archName, &r.Emulated, &r.VCPUs, &r.MemoryMiB, &state, &r.Reason, &r.GitHubID, &r.VMID, &r.ExitCode,
 		&created, &updated, &started, &busy, &e, &pol, &rec); err != nil {
 		return store.Runner{}, err
 	}
@@ -196,7 +196,7 @@ func scanRunner(sc scanner) (store.Runner, error) {
 			return store.Runner{}, fmt.Errorf("runner %s: egress record: %w", r.Name, err)
 		}
 	}
-	r.Arch, r.State = labels.Arch(arch), store.RunnerState(state)
+	r.Arch, r.State = arch.Arch(archName), store.RunnerState(state)
 	r.CreatedAt, r.UpdatedAt, r.StartedAt = timeOf(created), timeOf(updated), timeOf(started)
 	r.BusyAt, r.EndedAt = timeOf(busy), timeOf(e)
 	return r, nil

@@ -37,7 +37,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 
 	"github.com/tandem-ci/tandem/internal/egress"
@@ -225,7 +225,7 @@ func fullJob(id int64, state store.JobState) store.Job {
 		Workflow:     ".github/workflows/ci.yml",
 		Labels:       ls,
 		LabelKey:     store.LabelKey(ls),
-		Arch:         labels.ARM64,
+		Arch:         arch.ARM64,
 		VCPUs:        4.5,
 		MemoryMiB:    8192,
 		State:        state,
@@ -260,7 +260,7 @@ func fullRunner(name string, state store.RunnerState) store.Runner {
 		Repo:         "acme/widgets",
 		Labels:       ls,
 		LabelKey:     store.LabelKey(ls),
-		Arch:         labels.AMD64,
+		Arch:         arch.AMD64,
 		Emulated:     true,
 		VCPUs:        0.5,
 		MemoryMiB:    1024,
@@ -286,8 +286,8 @@ func fullHost(id string) store.Host {
 	return store.Host{
 		ID: id,
 		Arches: []store.ArchSupport{
-			{Arch: labels.AMD64},
-			{Arch: labels.ARM64, Emulated: true},
+			{Arch: arch.AMD64},
+			{Arch: arch.ARM64, Emulated: true},
 		},
 		VCPUs:     63.5,
 		MemoryMiB: 256 << 10,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/syncbuf"
@@ -29,17 +30,17 @@ const probeTimeout = 20 * time.Second
 //
 // The probe's verdict is cached in the state dir for this boot of the host,
 // this QEMU binary and this kernel.
-func (d *Driver) ResolveAccel(ctx context.Context, want vm.Accel, arch vm.Arch, kernel, initrd string) (vm.AccelChoice, error) {
-	if arch != vm.HostArch() {
+func (d *Driver) ResolveAccel(ctx context.Context, want vm.Accel, a arch.Arch, kernel, initrd string) (vm.AccelChoice, error) {
+	if a != arch.Host() {
 		if want == vm.AccelKVM {
-			return vm.AccelChoice{}, fmt.Errorf("%w: a %s guest on a %s host can only be emulated (use --accel tcg or auto)", vm.ErrKVMUnusable, arch, vm.HostArch())
+			return vm.AccelChoice{}, fmt.Errorf("%w: a %s guest on a %s host can only be emulated (use --accel tcg or auto)", vm.ErrKVMUnusable, a, arch.Host())
 		}
-		return vm.AccelChoice{Accel: vm.AccelTCG, Emulated: true, Reason: fmt.Sprintf("%s guest emulated on this %s host", arch, vm.HostArch())}, nil
+		return vm.AccelChoice{Accel: vm.AccelTCG, Emulated: true, Reason: fmt.Sprintf("%s guest emulated on this %s host", a, arch.Host())}, nil
 	}
 	if want == vm.AccelTCG {
 		return vm.AccelChoice{Accel: vm.AccelTCG, Reason: "tcg requested"}, nil
 	}
-	ok, why := d.probeKVM(ctx, arch, kernel, initrd)
+	ok, why := d.probeKVM(ctx, a, kernel, initrd)
 	if ok {
 		return vm.AccelChoice{Accel: vm.AccelKVM, Reason: why}, nil
 	}
@@ -57,24 +58,24 @@ type probeVerdict struct {
 	At     time.Time `json:"at"`
 }
 
-func (d *Driver) probeKVM(ctx context.Context, arch vm.Arch, kernel, initrd string) (bool, string) {
+func (d *Driver) probeKVM(ctx context.Context, a arch.Arch, kernel, initrd string) (bool, string) {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
 		return false, fmt.Sprintf("/dev/kvm: %v", err)
 	}
 	f.Close()
-	key, err := probeKey(arch, kernel)
+	key, err := probeKey(a, kernel)
 	if err != nil {
 		return false, err.Error()
 	}
-	cache := filepath.Join(d.stateDir, "accel-probe-"+string(arch)+".json")
+	cache := filepath.Join(d.stateDir, "accel-probe-"+string(a)+".json")
 	if b, err := os.ReadFile(cache); err == nil {
 		var v probeVerdict
 		if json.Unmarshal(b, &v) == nil && v.Key == key {
 			return v.OK, v.Reason + " (cached probe of " + v.At.Format(time.RFC3339) + ")"
 		}
 	}
-	ok, why := d.probeBoot(ctx, arch, kernel, initrd)
+	ok, why := d.probeBoot(ctx, a, kernel, initrd)
 	if ctx.Err() == nil { // an interrupted probe proves nothing
 		b, _ := json.Marshal(probeVerdict{Key: key, OK: ok, Reason: why, At: time.Now().UTC()})
 		if err := fsutil.WriteFileAtomic(cache, b, 0o600); err != nil {
@@ -86,12 +87,12 @@ func (d *Driver) probeKVM(ctx context.Context, arch vm.Arch, kernel, initrd stri
 
 // probeKey names what the verdict depends on: this boot of the host, the
 // QEMU binary and the kernel.
-func probeKey(arch vm.Arch, kernel string) (string, error) {
+func probeKey(a arch.Arch, kernel string) (string, error) {
 	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return "", err
 	}
-	bin, err := exec.LookPath(Binary(arch))
+	bin, err := exec.LookPath(Binary(a))
 	if err != nil {
 		return "", err
 	}
@@ -109,19 +110,19 @@ func probeKey(arch vm.Arch, kernel string) (string, error) {
 
 // probeBoot boots the kernel under KVM with tandem.probe=1: tandem-guest
 // prints guest.ProbeMarker and ends the VM at once.
-func (d *Driver) probeBoot(ctx context.Context, arch vm.Arch, kernel, initrd string) (bool, string) {
+func (d *Driver) probeBoot(ctx context.Context, a arch.Arch, kernel, initrd string) (bool, string) {
 	dir, err := os.MkdirTemp(d.stateDir, "kvm-probe-")
 	if err != nil {
 		return false, err.Error()
 	}
 	defer os.RemoveAll(dir)
-	spec := vm.Spec{ID: "vm-00000000ff", Arch: arch, VCPUs: 1, MemoryMiB: 128, Kernel: kernel, Initrd: initrd,
+	spec := vm.Spec{ID: "vm-00000000ff", Arch: a, VCPUs: 1, MemoryMiB: 128, Kernel: kernel, Initrd: initrd,
 		Cmdline: guest.BootParams{Probe: true}.Cmdline(), Accel: vm.AccelKVM}
 	p := Paths{Console: filepath.Join(dir, "console"), Guest: filepath.Join(dir, "guest.sock")}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	var stderr syncbuf.Buffer // written by exec's copier, read while it runs
-	cmd := exec.CommandContext(ctx, Binary(arch), Args(spec, p)...)
+	cmd := exec.CommandContext(ctx, Binary(a), Args(spec, p)...)
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
 	start := time.Now()

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -22,8 +23,8 @@ type Paths struct {
 }
 
 // Binary is the QEMU system emulator for a guest architecture.
-func Binary(a vm.Arch) string {
-	if a == vm.ARM64 {
+func Binary(a arch.Arch) string {
+	if a == arch.ARM64 {
 		return "qemu-system-aarch64"
 	}
 	return "qemu-system-x86_64"
@@ -38,8 +39,8 @@ func Binary(a vm.Arch) string {
 //   - cryptomgr.notests: the crypto self-tests cost ~170 ms under TCG;
 //   - reboot=t, panic=-1 (with QEMU's -no-reboot): the guest ends the VM by
 //     rebooting, and a panicking guest does the same at once instead of hanging.
-func BaseCmdline(a vm.Arch) string {
-	if a == vm.ARM64 {
+func BaseCmdline(a arch.Arch) string {
+	if a == arch.ARM64 {
 		return "console=ttyAMA0 panic=-1 quiet cryptomgr.notests"
 	}
 	return "console=ttyS0 reboot=t panic=-1 quiet loglevel=5 cryptomgr.notests"
@@ -57,7 +58,7 @@ func Args(s vm.Spec, p Paths) []string {
 	}
 	kvm := s.Accel == vm.AccelKVM
 	switch s.Arch {
-	case vm.ARM64:
+	case arch.ARM64:
 		if kvm {
 			a = append(a, "-M", "virt,gic-version=max", "-accel", "kvm", "-cpu", "host")
 		} else {
@@ -78,7 +79,7 @@ func Args(s vm.Spec, p Paths) []string {
 		}
 	}
 	cmdline := BaseCmdline(s.Arch)
-	if s.Arch == vm.AMD64 && !kvm {
+	if s.Arch == arch.AMD64 && !kvm {
 		if khz := hostTSCkHz(); khz > 0 {
 			cmdline += " tsc_early_khz=" + strconv.FormatUint(khz, 10)
 		}

@@ -7,12 +7,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func TestArgs(t *testing.T) {
 	mac, _ := net.ParseMAC("02:00:00:00:00:01")
-	s := vm.Spec{ID: "vm-0123456789", Arch: vm.AMD64, VCPUs: 0.5, MemoryMiB: 512, Kernel: "/k", Initrd: "/i",
+	s := vm.Spec{ID: "vm-0123456789", Arch: arch.AMD64, VCPUs: 0.5, MemoryMiB: 512, Kernel: "/k", Initrd: "/i",
 		BaseDisk: "/base.ext4", Accel: vm.AccelTCG, Cmdline: "tandem.root=/dev/vda",
 		NIC: &vm.NIC{TAP: "tdm-0123456789", MAC: mac}}
 	a := Args(s, Paths{Console: "/d/console.log", Guest: "/d/guest.sock", QMP: "/d/qmp.sock", Disk: "/d/overlay.qcow2"})
@@ -36,7 +37,7 @@ func TestArgs(t *testing.T) {
 		t.Errorf("-name must carry the VM id: %v", a)
 	}
 
-	s.Arch, s.Accel, s.VCPUs, s.NIC = vm.ARM64, vm.AccelTCG, 2, nil
+	s.Arch, s.Accel, s.VCPUs, s.NIC = arch.ARM64, vm.AccelTCG, 2, nil
 	joined = strings.Join(Args(s, Paths{Console: "c", Guest: "g"}), " ")
 	for _, want := range []string{"-M virt", "-cpu cortex-a72", "-smp 2", "console=ttyAMA0", "snapshot=on,file=/base.ext4"} {
 		if !strings.Contains(joined, want) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 	"github.com/tandem-ci/tandem/internal/vm"
@@ -25,9 +26,9 @@ func newDriver(t *testing.T, dir string) vm.Driver {
 func TestConformance(t *testing.T) {
 	testenv.RequireVM(t)
 	st := testimages.Store(t)
-	for _, arch := range []vm.Arch{vm.AMD64, vm.ARM64} {
-		t.Run(string(arch), func(t *testing.T) {
-			im, err := st.Resolve("test-" + string(arch))
+	for _, a := range arch.Machines {
+		t.Run(string(a), func(t *testing.T) {
+			im, err := st.Resolve("test-" + string(a))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,13 +37,13 @@ func TestConformance(t *testing.T) {
 			}
 			dir := testenv.ShortTempDir(t)
 			d := newDriver(t, dir).(*qemu.Driver)
-			choice, err := d.ResolveAccel(context.Background(), vm.AccelAuto, arch, im.Kernel(), im.Initrd())
+			choice, err := d.ResolveAccel(context.Background(), vm.AccelAuto, a, im.Kernel(), im.Initrd())
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("accelerator %s: %s", choice.Accel, choice.Reason)
 			vmtest.Run(t, vmtest.Config{
-				NewDriver: newDriver, StateDir: dir, Arch: arch, Accel: choice.Accel,
+				NewDriver: newDriver, StateDir: dir, Arch: a, Accel: choice.Accel,
 				Kernel: im.Kernel(), Initrd: im.Initrd(), Rootfs: im.Rootfs(), RootDevice: qemu.RootDevice,
 			})
 		})

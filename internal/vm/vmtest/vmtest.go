@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
@@ -24,7 +25,7 @@ type Config struct {
 	// with the same dir to play a process restart.
 	NewDriver func(t *testing.T, stateDir string) vm.Driver
 	StateDir  string
-	Arch      vm.Arch
+	Arch      arch.Arch
 	Accel     vm.Accel // resolved: kvm or tcg
 	Kernel    string
 	Initrd    string
