@@ -50,38 +50,15 @@ token (tandem enroll prints one) and keeps the credential it gets in
 				token = strings.TrimSpace(string(b))
 			}
 			if hostID == "" {
-				h, err := os.Hostname()
-				if err != nil {
+				var err error
+				if hostID, err = defaultHostID(); err != nil {
 					return err
 				}
-				hostID = strings.ToLower(h)
 			}
 			mc, mpw, err := mf.config()
 			if err != nil {
 				return err
 			}
-			creds, err := agentCredentials(ctx, g.dataDir, server, token, hostID)
-			if err != nil {
-				return err
-			}
-			if mc.On() {
-				nf.mirrorPort = mc.Port
-			}
-			h, closeHost, err := newHost(ctx, g, nf)
-			if err != nil {
-				return err
-			}
-			defer closeHost()
-			if ids, err := h.Collect(ctx, nil); err != nil {
-				return fmt.Errorf("reclaiming leftovers: %w", err)
-			} else if len(ids) > 0 {
-				g.log.Warn("reclaimed VMs a previous agent left behind", "vms", ids)
-			}
-			stopMirror, err := startMirror(ctx, g, h, mc, mpw, g.dataDir, true)
-			if err != nil {
-				return err
-			}
-			defer stopMirror() // after the VMs (ag.Close below)
 			memMiB := 0
 			if memory != "" {
 				m, err := config.ParseSize(memory)
@@ -90,17 +67,23 @@ token (tandem enroll prints one) and keeps the credential it gets in
 				}
 				memMiB = int(m)
 			}
-			capacity, err := localCapacity(vcpus, memMiB, emulate)
+			creds, err := agentCredentials(ctx, g.dataDir, server, token, hostID)
 			if err != nil {
 				return err
 			}
+			h, err := startHost(ctx, g, hostSetup{net: nf, mirror: mc, mirrorPassword: mpw,
+				vcpus: vcpus, memoryMiB: memMiB, emulate: emulate})
+			if err != nil {
+				return err
+			}
+			defer h.close() // after the VMs (ag.Close below)
 			client := agentapi.NewClient(creds)
 			// The images the control plane names come from it, checked.
-			images := agent.NewImages(h.Images, client, g.log)
+			images := agent.NewImages(h.Host.Images, client, g.log)
 			defer images.Close()
 			d := &agentapi.Daemon{Client: client, AgentVersion: version,
-				Capacity: func() agentapi.Capacity { return capacity(g.dataDir) }, Load: loadAvg, Logger: g.log}
-			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h, Sink: d.Event, LogSink: d.Log,
+				Capacity: h.capacity, Load: loadAvg, Logger: g.log}
+			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log,
 				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
 			if err != nil {
 				return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/jobvm"
@@ -145,4 +146,69 @@ func parseMemory(s string) (int, error) {
 		return 0, fmt.Errorf("memory size %q is nothing (want e.g. 512MiB or 2GiB)", s)
 	}
 	return int(m), nil
+}
+
+// hostSetup is what a host that runs jobs is told, by tandem agent's flags
+// or by tandem up's config.
+type hostSetup struct {
+	net            *hostFlags
+	mirror         config.Mirror
+	mirrorPassword config.Secret
+	vcpus          float64 // for VMs in all; 0: every CPU
+	memoryMiB      int     // for VMs in all; 0: all but 1 GiB
+	emulate        []string
+}
+
+// runningHost is a host that startHost brought up.
+type runningHost struct {
+	*jobvm.Host
+	// capacity is what the host offers now (its free disk changes).
+	capacity func() agentapi.Capacity
+	// close stops the mirror, then the host's network services; call it
+	// after the VMs are gone.
+	close func()
+}
+
+// startHost brings up what tandem agent and tandem up both run on a host:
+// the VM host (driver, images, isolated network) with whatever a killed
+// predecessor left behind reclaimed first, and the registry mirror. What
+// the host offers is checked before anything starts.
+func startHost(ctx context.Context, g *globals, s hostSetup) (_ *runningHost, err error) {
+	capacity, err := localCapacity(s.vcpus, s.memoryMiB, s.emulate)
+	if err != nil {
+		return nil, err
+	}
+	if s.mirror.On() {
+		s.net.mirrorPort = s.mirror.Port
+	}
+	h, closeHost, err := newHost(ctx, g, s.net)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			closeHost()
+		}
+	}()
+	if ids, err := h.Collect(ctx, nil); err != nil {
+		return nil, fmt.Errorf("reclaiming leftovers: %w", err)
+	} else if len(ids) > 0 {
+		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
+	}
+	stopMirror, err := startMirror(ctx, g, h, s.mirror, s.mirrorPassword, g.dataDir, true)
+	if err != nil {
+		return nil, err
+	}
+	return &runningHost{Host: h, capacity: func() agentapi.Capacity { return capacity(g.dataDir) },
+		close: func() { stopMirror(); closeHost() }}, nil
+}
+
+// defaultHostID is this host's id when none is given: its hostname, in
+// lower case as host ids are.
+func defaultHostID() (string, error) {
+	h, err := os.Hostname()
+	if err != nil {
+		return "", err
+	}
+	return strings.ToLower(h), nil
 }

@@ -268,60 +268,36 @@ func schedulerLimits(cfg *config.Config) scheduler.Limits {
 func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stop func(), err error) {
 	gg := *g
 	gg.dataDir = dataDir
-	nf := &hostFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true,
-		allowUncapped: cfg.Agent.AllowUncapped, ioPerVCPU: cfg.Agent.IOPerVCPU}
-	if cfg.Agent.Mirror.On() {
-		nf.mirrorPort = cfg.Agent.Mirror.Port
-	}
-	h, closeHost, err := newHost(ctx, &gg, nf)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer func() {
-		if err != nil {
-			closeHost()
-		}
-	}()
-	// What a killed predecessor left behind goes first.
-	if ids, err := h.Collect(ctx, nil); err != nil {
-		return nil, nil, fmt.Errorf("reclaiming leftovers: %w", err)
-	} else if len(ids) > 0 {
-		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
-	}
-	stopMirror, err := startMirror(ctx, g, h, cfg.Agent.Mirror, cfg.MirrorPassword, dataDir, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	stop = func() { stopMirror(); closeHost() }
-	defer func() {
-		if err != nil {
-			stopMirror()
-		}
-	}()
 	hostID := cfg.Agent.HostID
 	if hostID == "" {
-		if hostID, err = os.Hostname(); err != nil {
+		if hostID, err = defaultHostID(); err != nil {
 			return nil, nil, err
 		}
 	}
-	capacity, err := localCapacity(cfg.Agent.VCPUs, int(cfg.Agent.Memory), cfg.Agent.Emulate)
+	h, err := startHost(ctx, &gg, hostSetup{
+		net: &hostFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true,
+			allowUncapped: cfg.Agent.AllowUncapped, ioPerVCPU: cfg.Agent.IOPerVCPU},
+		mirror: cfg.Agent.Mirror, mirrorPassword: cfg.MirrorPassword,
+		vcpus: cfg.Agent.VCPUs, memoryMiB: int(cfg.Agent.Memory), emulate: cfg.Agent.Emulate,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	c := capacity(dataDir)
-	rec := controlplane.HostRecord(hostID, version, c)
-	ag, err := agent.New(agent.Config{HostID: hostID, Host: h, Sink: cp.HostEvent,
+	rec := controlplane.HostRecord(hostID, version, h.capacity())
+	ag, err := agent.New(agent.Config{HostID: hostID, Host: h.Host, Sink: cp.HostEvent,
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {
+		h.close()
 		return nil, nil, err
 	}
 	if err := cp.AttachHost(ctx, rec, ag, ag.Runners()); err != nil {
 		ag.Close()
+		h.close()
 		return nil, nil, err
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
 		"arches", rec.Arches)
-	return ag, stop, nil
+	return ag, h.close, nil
 }
 
 // loadOrCreateSecret returns the secret in path (its line ending trimmed,
