@@ -11,8 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/apiclient"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
 func egressCmd(g *globals) *cobra.Command {
@@ -44,7 +46,7 @@ name an allowlist refused. GitHub's own hosts (tandem egress base) are left
 out: every allowlist has them.`,
 		Args: cobra.NoArgs,
 	}
-	suggest.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	suggest.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		var v controlplane.SuggestView
 		q := url.Values{"repo": {repo}, "last": {strconv.Itoa(last)}}
 		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/egress/suggest", q, nil, &v); printed || err != nil {
@@ -61,12 +63,12 @@ out: every allowlist has them.`,
 }
 
 func printSuggestion(w io.Writer, v controlplane.SuggestView) error {
-	fmt.Fprintf(w, "# egress allowlist for %s, from its last %d jobs (%d recorded under audit or allowlist)\n", clean(v.Repo), v.Jobs, v.Recorded)
+	fmt.Fprintf(w, "# egress allowlist for %s, from its last %d jobs (%d recorded under audit or allowlist)\n", termtext.Clean(v.Repo), v.Jobs, v.Recorded)
 	if v.Recorded == 0 {
-		fmt.Fprintf(w, "# nothing recorded: run its jobs under mode audit first (egress.overrides.%s: {mode: audit})\n", clean(v.Repo))
+		fmt.Fprintf(w, "# nothing recorded: run its jobs under mode audit first (egress.overrides.%s: {mode: audit})\n", termtext.Clean(v.Repo))
 		return nil
 	}
-	fmt.Fprintf(w, "egress:\n  overrides:\n    %s:\n      mode: allowlist\n      allow:\n", clean(v.Repo))
+	fmt.Fprintf(w, "egress:\n  overrides:\n    %s:\n      mode: allowlist\n      allow:\n", termtext.Clean(v.Repo))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, s := range v.Suggestions {
 		note := fmt.Sprintf("# %d of %d jobs, %d connections", s.Jobs, v.Recorded, s.Connections)
@@ -76,7 +78,7 @@ func printSuggestion(w io.Writer, v controlplane.SuggestView) error {
 		if s.NoName {
 			note += ", no DNS name seen"
 		}
-		fmt.Fprintf(tw, "        - %q\t%s\n", clean(s.Entry), note)
+		fmt.Fprintf(tw, "        - %q\t%s\n", termtext.Clean(s.Entry), note)
 	}
 	return tw.Flush()
 }
@@ -94,16 +96,15 @@ func printEgress(w io.Writer, v controlplane.EgressView) error {
 		}
 		return nil
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DESTINATION\tPORT\tNAME\tCONNECTIONS\tVERDICT")
+	tb := termtext.NewTable(w, "DESTINATION", "PORT", "NAME", "CONNECTIONS", "VERDICT")
 	for _, f := range v.Record.Flows {
 		verdict := "allowed"
 		if !f.Allowed {
 			verdict = "BLOCKED"
 		}
-		fmt.Fprintf(tw, "%s\t%s/%d\t%s\t%d\t%s\n", f.Addr, f.Proto, f.Port, orDash(clean(f.Name)), f.Count, verdict)
+		tb.Row(f.Addr.String(), fmt.Sprintf("%s/%d", f.Proto, f.Port), f.Name, strconv.FormatInt(f.Count, 10), verdict)
 	}
-	if err := tw.Flush(); err != nil {
+	if err := tb.Flush(); err != nil {
 		return err
 	}
 	if len(v.Record.Refused) > 0 {
@@ -114,7 +115,7 @@ func printEgress(w io.Writer, v controlplane.EgressView) error {
 		sort.Strings(names)
 		fmt.Fprintln(w, "DNS names refused:")
 		for _, n := range names {
-			fmt.Fprintf(w, "  %s (%d)\n", clean(n), v.Record.Refused[n])
+			fmt.Fprintf(w, "  %s (%d)\n", termtext.Clean(n), v.Record.Refused[n])
 		}
 	}
 	if v.Record.Dropped > 0 {

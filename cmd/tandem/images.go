@@ -7,16 +7,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/apiclient"
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
 // reloadImagesOnHangup resolves the configured images again on SIGHUP
@@ -60,35 +61,34 @@ func imagesCmd(g *globals) *cobra.Command {
 			"when it started or last got SIGHUP. `tandem image list` shows a machine's own store.",
 		Args: cobra.NoArgs,
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		var res struct {
 			Images []controlplane.NamedImage `json:"images"`
 		}
 		if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/images", nil, nil, &res); printed || err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "FOR\tREF\tID\tKIND\tSIZE\tCREATED")
+		tb := termtext.NewTable(cmd.OutOrStdout(), "FOR", "REF", "ID", "KIND", "SIZE", "CREATED")
 		for _, n := range res.Images {
 			who := "arch " + string(n.Arch)
 			if n.Label != "" {
-				who = clean(n.Label)
+				who = n.Label
 			}
 			id := n.ID
 			if id == "" {
 				id = "(not in the store: hosts resolve the ref)"
 			}
-			size := "-"
+			size := ""
 			if n.Size > 0 {
 				size = fmt.Sprintf("%.1f GiB", float64(n.Size)/(1<<30))
 			}
-			created := "-"
+			created := ""
 			if t, err := time.Parse(time.RFC3339, n.Created); err == nil {
 				created = t.Local().Format("2006-01-02 15:04")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", who, clean(n.Ref), clean(id), orDash(clean(n.Kind)), size, created)
+			tb.Row(who, n.Ref, id, n.Kind, size, created)
 		}
-		return tw.Flush()
+		return tb.Flush()
 	})
 	o.register(cmd, true)
 	return cmd

@@ -18,50 +18,27 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/apiclient"
 	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
-const (
-	defaultServer = "http://127.0.0.1:8080"
-	// apiTimeout bounds one JSON call; a log download is bounded only
-	// until its first byte (it may be long).
-	apiTimeout  = 30 * time.Second
-	maxJSONBody = 64 << 20
-)
-
-// errUnreachable: the control plane did not answer at all.
-var errUnreachable = errors.New("cannot reach the control plane")
-
-// apiError is a non-2xx answer; its text is the server's message.
-type apiError struct {
-	Status int
-	Msg    string
-}
-
-func (e *apiError) Error() string { return e.Msg }
+const defaultServer = "http://127.0.0.1:8080"
 
 // apiOptions are the connection flags every operator command takes.
 type apiOptions struct {
@@ -71,8 +48,8 @@ type apiOptions struct {
 
 // call makes an API call, decoding the answer into v; with --json it
 // prints the answer as it came instead and says so (printed).
-func (o *apiOptions) call(cmd *cobra.Command, c *apiClient, method, path string, q url.Values, body, v any) (printed bool, err error) {
-	raw, err := c.callJSON(cmd.Context(), method, path, q, body, v)
+func (o *apiOptions) call(cmd *cobra.Command, c *apiclient.Client, method, path string, q url.Values, body, v any) (printed bool, err error) {
+	raw, err := c.Call(cmd.Context(), method, path, q, body, v)
 	if err != nil || !o.json {
 		return false, err
 	}
@@ -93,47 +70,26 @@ func (o *apiOptions) register(cmd *cobra.Command, jsonOut bool) {
 	}
 }
 
-// apiClient talks to one control plane's JSON API.
-type apiClient struct {
-	server string // as given, for messages
-	base   *url.URL
-	token  string
-	hc     *http.Client
-}
-
 // client resolves the flags into a client. cmd tells which flags were set.
-func (o *apiOptions) client(cmd *cobra.Command, g *globals) (*apiClient, error) {
-	u, err := url.Parse(strings.TrimRight(o.server, "/"))
-	switch {
-	case err == nil && u.User != nil:
-		return nil, errors.New("--server: no credentials in the URL: use --token or --token-file")
-	case err == nil && (u.RawQuery != "" || u.Fragment != "" || u.ForceQuery):
-		return nil, errors.New("--server: no query or fragment in the URL")
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
-		return nil, fmt.Errorf("--server %q: want http://HOST:PORT or https://HOST:PORT", o.server)
-	}
+func (o *apiOptions) client(cmd *cobra.Command, g *globals) (*apiclient.Client, error) {
 	token, err := o.resolveToken(cmd, g)
 	if err != nil {
 		return nil, err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.ResponseHeaderTimeout = apiTimeout
-	if u.Scheme == "https" {
-		pin, err := o.resolvePin(g)
-		if err != nil {
+	opts := apiclient.Options{Server: o.server, Token: token, UserAgent: "tandem/" + version}
+	if strings.HasPrefix(strings.ToLower(o.server), "https:") {
+		if opts.Pin, err = o.resolvePin(g); err != nil {
 			return nil, err
 		}
-		if pin != "" {
-			tr.TLSClientConfig = agentapi.PinnedTLS(pin)
-		}
-	} else if token != "" && !isLoopback(u.Hostname()) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "tandem: warning: the API token goes unencrypted to %s: prefer a loopback listen address, or https (agents.listen with serve_api: true)\n", u.Host)
 	}
-	return &apiClient{server: u.String(), base: u, token: token, hc: &http.Client{
-		Transport: tr,
-		// A redirect would carry the token elsewhere; the API never sends one.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}, nil
+	c, err := apiclient.New(opts)
+	if err != nil {
+		return nil, err
+	}
+	if c.TokenInClear() {
+		fmt.Fprintf(cmd.ErrOrStderr(), "tandem: warning: the API token goes unencrypted to %s: prefer a loopback listen address, or https (agents.listen with serve_api: true)\n", c.Server())
+	}
+	return c, nil
 }
 
 // resolveToken picks the token: --token, then --token-file, then
@@ -163,10 +119,6 @@ func (o *apiOptions) resolveToken(cmd *cobra.Command, g *globals) (string, error
 			tok = strings.TrimSpace(string(b))
 		}
 	}
-	tok = strings.TrimSpace(tok)
-	if strings.ContainsFunc(tok, func(r rune) bool { return r < 0x21 || r == 0x7f }) {
-		return "", errors.New("the API token contains spaces or control characters")
-	}
 	return tok, nil
 }
 
@@ -175,137 +127,13 @@ func (o *apiOptions) resolveToken(cmd *cobra.Command, g *globals) (string, error
 // (the system's CAs then verify the server).
 func (o *apiOptions) resolvePin(g *globals) (string, error) {
 	if o.pin != "" {
-		pin := strings.ToLower(strings.TrimSpace(o.pin))
-		if len(pin) != 64 || strings.Trim(pin, "0123456789abcdef") != "" {
-			return "", errors.New("--pin: want the 64 hex digits of the certificate's SHA-256")
+		pin, err := apiclient.ParsePin(o.pin)
+		if err != nil {
+			return "", fmt.Errorf("--pin: %w", err)
 		}
 		return pin, nil
 	}
-	path := filepath.Join(g.dataDir, "tls", "cert.pem")
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("certificate pin: %w", err)
-	}
-	for rest := b; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			return "", fmt.Errorf("certificate pin: %s holds no certificate", path)
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
-			return "", fmt.Errorf("certificate pin: %s: %w", path, err)
-		}
-		return agentapi.Fingerprint(blk.Bytes), nil
-	}
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-// do sends a request and returns a 2xx response; any other answer becomes
-// an *apiError, and no answer an errUnreachable.
-func (c *apiClient) do(ctx context.Context, method, path string, query url.Values, body any) (*http.Response, error) {
-	// path is already escaped; base has no query (client checks).
-	target := c.base.String() + path
-	if len(query) > 0 {
-		target += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, target, rd)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "tandem/"+version)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, c.unreachable(err)
-	}
-	if resp.StatusCode/100 == 2 {
-		return resp, nil
-	}
-	defer resp.Body.Close()
-	return nil, c.statusError(resp)
-}
-
-func (c *apiClient) unreachable(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err // its text repeats the URL
-	}
-	var ua x509.UnknownAuthorityError
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("%w at %s: connection refused (is it running? --server or $TANDEM_SERVER names it)",
-			errUnreachable, c.server)
-	case errors.As(err, &ua):
-		return fmt.Errorf("%w at %s: %w (give --pin, the sha256 `tandem server` prints, or $TANDEM_PIN)",
-			errUnreachable, c.server, err)
-	}
-	return fmt.Errorf("%w at %s: %w", errUnreachable, c.server, err)
-}
-
-func (c *apiClient) statusError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var eb struct {
-		Error string `json:"error"`
-	}
-	msg := resp.Status
-	if json.Unmarshal(b, &eb) == nil && eb.Error != "" {
-		msg = eb.Error
-	} else if t := strings.TrimSpace(string(b)); t != "" {
-		msg += ": " + cut(t, 200)
-	}
-	if resp.StatusCode == http.StatusUnauthorized && c.token == "" {
-		msg += " (no API token: give --token, $TANDEM_TOKEN or --token-file)"
-	}
-	return &apiError{Status: resp.StatusCode, Msg: clean(msg)}
-}
-
-// callJSON sends in (when not nil) as JSON, decodes the answer into out
-// and returns it raw too (for --json).
-func (c *apiClient) callJSON(ctx context.Context, method, path string, query url.Values, in, out any) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	resp, err := c.do(ctx, method, path, query, in)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONBody+1))
-	if err != nil {
-		return nil, c.unreachable(err)
-	}
-	if len(b) > maxJSONBody {
-		return nil, fmt.Errorf("%s: answer over %d MiB", path, maxJSONBody>>20)
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return nil, fmt.Errorf("%s: bad answer from the control plane: %w", path, err)
-	}
-	return b, nil
+	return apiclient.PinOfCertFile(filepath.Join(g.dataDir, "tls", "cert.pem"))
 }
 
 // printJSON prints a server's JSON answer indented.
@@ -331,7 +159,7 @@ func opsCommands(g *globals) []*cobra.Command {
 
 // opsRun adapts an operator command's body: every failure exits 1 with
 // its message (the server's own, for an API error).
-func opsRun(g *globals, o *apiOptions, run func(cmd *cobra.Command, c *apiClient, args []string) error) func(*cobra.Command, []string) error {
+func opsRun(g *globals, o *apiOptions, run func(cmd *cobra.Command, c *apiclient.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		c, err := o.client(cmd, g)
 		if err == nil {
@@ -359,12 +187,12 @@ func logsCmd(g *globals) *cobra.Command {
 		Short: "Print a job's runner output, as the runner wrote it",
 		Args:  cobra.ExactArgs(1),
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		id, err := parseJobID(args[0])
 		if err != nil {
 			return err
 		}
-		resp, err := c.do(cmd.Context(), http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/log", nil, nil)
+		resp, err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/log", nil, nil)
 		if err != nil {
 			return err
 		}
@@ -394,7 +222,7 @@ var hostActions = []hostAction{
 func hostActionCmd(g *globals, a hostAction) *cobra.Command {
 	o := &apiOptions{}
 	cmd := &cobra.Command{Use: a.name + " HOST", Short: a.short, Args: cobra.ExactArgs(1)}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		if args[0] == "" {
 			return errors.New("host id: empty")
 		}
@@ -405,11 +233,11 @@ func hostActionCmd(g *globals, a hostAction) *cobra.Command {
 		if printed, err := o.call(cmd, c, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(args[0])+"/"+a.name, nil, nil, &res); printed || err != nil {
 			return err
 		}
-		state := clean(res.State)
+		state := termtext.Clean(res.State)
 		if a.name == "revoke" {
 			state = "revoked (" + state + ")"
 		}
-		_, err := fmt.Fprintf(cmd.OutOrStdout(), "host %s is %s: %s\n", clean(res.Host), state, a.done)
+		_, err := fmt.Fprintf(cmd.OutOrStdout(), "host %s is %s: %s\n", termtext.Clean(res.Host), state, a.done)
 		return err
 	})
 	o.register(cmd, true)
@@ -428,7 +256,7 @@ func enrollCmd(g *globals) *cobra.Command {
 			"fingerprint, so the agent needs nothing else to connect securely.",
 		Args: cobra.NoArgs,
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		var res struct {
 			Token     string    `json:"token"`
 			ExpiresAt time.Time `json:"expires_at"`
@@ -445,8 +273,8 @@ func enrollCmd(g *globals) *cobra.Command {
 		}
 		// The agents' listener is not the API's address unless the CLI
 		// already talks to it over https.
-		server, where := c.server, ""
-		if c.base.Scheme != "https" {
+		server, where := c.Server(), ""
+		if !c.HTTPS() {
 			server, where = "https://CONTROL-PLANE:PORT", "where CONTROL-PLANE:PORT is the control plane's agents.listen address\n"
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "One-time token, valid until %s. On the new host, as root:\n"+
@@ -469,7 +297,7 @@ func hostsCmd(g *globals) *cobra.Command {
 		Short: "List hosts: state, capacity and use, runners",
 		Args:  cobra.NoArgs,
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		var res struct {
 			Hosts []controlplane.HostView `json:"hosts"`
 		}
@@ -477,12 +305,11 @@ func hostsCmd(g *globals) *cobra.Command {
 			return err
 		}
 		now := time.Now()
-		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tCONNECTED\tARCHES\tVCPUS\tMEMORY\tRUNNERS\tLOAD\tLAST-SEEN\tREASON")
+		tb := termtext.NewTable(cmd.OutOrStdout(), "ID", "STATE", "CONNECTED", "ARCHES", "VCPUS", "MEMORY", "RUNNERS", "LOAD", "LAST-SEEN", "REASON")
 		for _, h := range res.Hosts {
 			arches := make([]string, 0, len(h.Arches))
 			for _, a := range h.Arches {
-				s := clean(string(a.Arch))
+				s := string(a.Arch)
 				if a.Emulated {
 					s += "(emulated)"
 				}
@@ -492,15 +319,15 @@ func hostsCmd(g *globals) *cobra.Command {
 			if h.Connected {
 				conn = "yes"
 			}
-			load := "-"
+			load := ""
 			if h.Load1 > 0 {
 				load = strconv.FormatFloat(h.Load1, 'f', 2, 64)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%g/%g\t%s/%s GiB\t%d\t%s\t%s\t%s\n", clean(h.ID), clean(h.State), conn,
-				orDash(strings.Join(arches, ",")), h.UsedVCPUs, h.VCPUs, gib(h.UsedMemoryMiB), gib(h.MemoryMiB),
-				h.Runners, load, ago(now, h.LastSeen), orDash(cut(clean(h.Reason), reasonWidth)))
+			tb.Row(h.ID, h.State, conn, strings.Join(arches, ","), fmt.Sprintf("%g/%g", h.UsedVCPUs, h.VCPUs),
+				termtext.GiB(h.UsedMemoryMiB)+"/"+termtext.GiB(h.MemoryMiB)+" GiB", strconv.Itoa(h.Runners), load,
+				termtext.Ago(now, h.LastSeen), termtext.Cut(h.Reason, reasonWidth))
 		}
-		if err := tw.Flush(); err != nil {
+		if err := tb.Flush(); err != nil {
 			return err
 		}
 		if len(res.Hosts) == 0 {
@@ -523,7 +350,7 @@ func jobsCmd(g *globals) *cobra.Command {
 			"completed, cancelled, failed, unschedulable, lost.",
 		Args: cobra.NoArgs,
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		if limit < 0 {
 			return errors.New("--limit: want a positive number")
 		}
@@ -547,14 +374,12 @@ func jobsCmd(g *globals) *cobra.Command {
 			return err
 		}
 		now := time.Now()
-		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tREPO\tSTATE\tARCH\tSIZE\tRUNNER\tHOST\tAGE\tREASON")
+		tb := termtext.NewTable(cmd.OutOrStdout(), "ID", "REPO", "STATE", "ARCH", "SIZE", "RUNNER", "HOST", "AGE", "REASON")
 		for _, j := range res.Jobs {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, clean(j.Repo), jobState(j),
-				orDash(clean(j.Arch)), jobSize(j.VCPUs, j.MemoryMiB), orDash(clean(j.Runner)), orDash(clean(j.Host)),
-				ago(now, j.QueuedAt), orDash(cut(clean(j.Reason), reasonWidth)))
+			tb.Row(strconv.FormatInt(j.ID, 10), j.Repo, jobState(j), j.Arch, termtext.Size(j.VCPUs, j.MemoryMiB),
+				j.Runner, j.Host, termtext.Ago(now, j.QueuedAt), termtext.Cut(j.Reason, reasonWidth))
 		}
-		return tw.Flush()
+		return tb.Flush()
 	})
 	o.register(cmd, true)
 	f := cmd.Flags()
@@ -573,7 +398,7 @@ func jobCmd(g *globals) *cobra.Command {
 		Short: "Show a job and every transition it went through",
 		Args:  cobra.ExactArgs(1),
 	}
-	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiClient, args []string) error {
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
 		id, err := parseJobID(args[0])
 		if err != nil {
 			return err
@@ -597,48 +422,46 @@ func jobCmd(g *globals) *cobra.Command {
 }
 
 func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tb := termtext.NewTable(w)
 	field := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+			tb.Row(k+":", v)
 		}
 	}
 	when := func(t *time.Time) string {
 		if t == nil || t.IsZero() {
 			return ""
 		}
-		return t.Local().Format(time.RFC3339) + " (" + ago(now, *t) + ")"
+		return t.Local().Format(time.RFC3339) + " (" + termtext.Ago(now, *t) + ")"
 	}
 	field("job", fmt.Sprintf("%d (run %d)", j.ID, j.RunID))
-	field("repo", clean(j.Repo))
-	field("workflow", clean(j.Workflow))
-	field("name", clean(j.Name))
-	field("labels", clean(strings.Join(j.Labels, ", ")))
+	field("repo", j.Repo)
+	field("workflow", j.Workflow)
+	field("name", j.Name)
+	field("labels", strings.Join(j.Labels, ", "))
 	field("state", jobState(j))
-	field("reason", clean(j.Reason))
+	field("reason", j.Reason)
 	if j.VCPUs > 0 || j.MemoryMiB > 0 {
-		field("size", strings.TrimSpace(clean(j.Arch)+" "+jobSize(j.VCPUs, j.MemoryMiB)))
+		field("size", strings.TrimSpace(j.Arch+" "+termtext.Size(j.VCPUs, j.MemoryMiB)))
 	}
-	field("runner", clean(j.Runner))
-	field("host", clean(j.Host))
+	field("runner", j.Runner)
+	field("host", j.Host)
 	field("attempts", strconv.Itoa(j.Attempts))
 	field("queued", when(&j.QueuedAt))
 	field("started", when(j.StartedAt))
 	field("completed", when(j.CompletedAt))
-	if err := tw.Flush(); err != nil {
+	if err := tb.Flush(); err != nil {
 		return err
 	}
 	if len(j.Events) == 0 {
 		return nil
 	}
 	fmt.Fprintln(w, "\ntransitions:")
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tFROM → TO\tSOURCE\tREASON")
+	tb = termtext.NewTable(w, "TIME", "FROM → TO", "SOURCE", "REASON")
 	for _, e := range j.Events {
-		fmt.Fprintf(tw, "%s\t%s → %s\t%s\t%s\n", e.At.Local().Format("2006-01-02 15:04:05.000"),
-			orDash(clean(e.From)), clean(e.To), orDash(clean(e.Source)), clean(e.Reason))
+		tb.Row(e.At.Local().Format("2006-01-02 15:04:05.000"), termtext.OrDash(e.From)+" → "+e.To, e.Source, e.Reason)
 	}
-	return tw.Flush()
+	return tb.Flush()
 }
 
 // reasonWidth is where tables cut reasons (--json has them whole).
@@ -646,62 +469,7 @@ const reasonWidth = 60
 
 func jobState(j controlplane.JobView) string {
 	if j.Conclusion != "" && j.Conclusion != j.State {
-		return clean(j.State) + "(" + clean(j.Conclusion) + ")"
+		return j.State + "(" + j.Conclusion + ")"
 	}
-	return clean(j.State)
+	return j.State
 }
-
-// jobSize writes a size as runs-on labels do: 2cpu-8gb, 0.5cpu-512mb.
-func jobSize(vcpus float64, mib int) string {
-	if vcpus <= 0 && mib <= 0 {
-		return "-"
-	}
-	mem := strconv.Itoa(mib) + "mb"
-	if mib%1024 == 0 {
-		mem = strconv.Itoa(mib/1024) + "gb"
-	}
-	return strconv.FormatFloat(vcpus, 'f', -1, 64) + "cpu-" + mem
-}
-
-func gib(mib int) string { return strconv.FormatFloat(float64(mib)/1024, 'f', 1, 64) }
-
-// ago is a coarse age: 42s, 5m, 3h, 2d.
-func ago(now, t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < 0:
-		return "0s"
-	case d < time.Minute:
-		return strconv.Itoa(int(d/time.Second)) + "s"
-	case d < time.Hour:
-		return strconv.Itoa(int(d/time.Minute)) + "m"
-	case d < 48*time.Hour:
-		return strconv.Itoa(int(d/time.Hour)) + "h"
-	}
-	return strconv.Itoa(int(d/(24*time.Hour))) + "d"
-}
-
-// cut shortens s to n runes, marking the cut with "…".
-func cut(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n-1]) + "…"
-}
-
-// clean makes server-provided text safe for a terminal table: control
-// characters (newlines, tabs, escapes) become spaces.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-}
-
-func orDash(s string) string { return orText(s, "-") }

@@ -22,11 +22,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/apiclient"
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
 // These tests run the operator commands in process against a real control
@@ -252,7 +254,7 @@ func TestOpsHostsAndJobs(t *testing.T) {
 		}
 	}
 	shown := strings.TrimSuffix(line[strings.Index(line, "unschedulable")+len("unschedulable"):], " ")
-	if want := cut(b.Reason, reasonWidth); !strings.HasSuffix(shown, want) {
+	if want := termtext.Cut(b.Reason, reasonWidth); !strings.HasSuffix(shown, want) {
 		t.Errorf("table reason: line %q, want it to end with %q", line, want)
 	}
 
@@ -377,9 +379,9 @@ func TestOpsAuthCLI(t *testing.T) {
 	}
 	// No token at all: the server's message, and where a token comes from.
 	err := fails(t, r.run("hosts", "--server", r.web.URL), "an API token is required")
-	var ae *apiError
+	var ae *apiclient.Error
 	if !strings.Contains(err.Error(), "--token") || !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
-		t.Errorf("want a 401 apiError with a hint where a token comes from: %v", err)
+		t.Errorf("want a 401 apiclient.Error with a hint where a token comes from: %v", err)
 	}
 	fails(t, r.as("wrong-token", "hosts"), "an API token is required")
 
@@ -417,8 +419,8 @@ func TestOpsServerErrorsCLI(t *testing.T) {
 	ln.Close()
 	res := r.run("hosts", "--server", dead, "--token", opsRead)
 	err = fails(t, res, "cannot reach the control plane at "+dead+": connection refused")
-	if !errors.Is(err, errUnreachable) {
-		t.Errorf("%v: not errUnreachable", err)
+	if !errors.Is(err, apiclient.ErrUnreachable) {
+		t.Errorf("%v: not apiclient.ErrUnreachable", err)
 	}
 	fails(t, r.run("hosts", "--server", "ftp://example.org"), "want http://HOST:PORT")
 	fails(t, r.run("hosts", "--server", "http://u:"+opsAdmin+"@127.0.0.1:1"), "no credentials in the URL")
@@ -451,37 +453,6 @@ func TestOpsServerErrorsCLI(t *testing.T) {
 	res = r.ok(r.run("enroll", "--server", tlsSrv.URL, "--token", opsAdmin))
 	if !strings.Contains(res.stderr, "tandem agent --server "+tlsSrv.URL+" --enroll-token <token>") {
 		t.Errorf("enroll over https: hint %q does not name %s", res.stderr, tlsSrv.URL)
-	}
-}
-
-func TestOpsCLIFormatting(t *testing.T) {
-	for _, c := range []struct {
-		vcpus float64
-		mib   int
-		want  string
-	}{{2, 8192, "2cpu-8gb"}, {0.5, 512, "0.5cpu-512mb"}, {0, 0, "-"}} {
-		if got := jobSize(c.vcpus, c.mib); got != c.want {
-			t.Errorf("jobSize(%g, %d) = %q, want %q", c.vcpus, c.mib, got, c.want)
-		}
-	}
-	now := time.Date(2025, 1, 10, 12, 0, 0, 0, time.UTC)
-	for d, want := range map[time.Duration]string{5 * time.Second: "5s", 3 * time.Minute: "3m",
-		5 * time.Hour: "5h", 72 * time.Hour: "3d", -time.Second: "0s"} {
-		if got := ago(now, now.Add(-d)); got != want {
-			t.Errorf("ago(%v) = %q, want %q", d, got, want)
-		}
-	}
-	if ago(now, time.Time{}) != "-" {
-		t.Error("a zero time is not -")
-	}
-	if got := cut("héllo wörld", 6); got != "héllo…" {
-		t.Errorf("cut: %q", got)
-	}
-	if got := cut("short", 60); got != "short" {
-		t.Errorf("cut: %q", got)
-	}
-	if got := clean("a\tb\nc\x1b[31m"); got != "a b c [31m" {
-		t.Errorf("clean: %q", got)
 	}
 }
 
