@@ -230,12 +230,7 @@ type enrolRefusal struct {
 func (e *enrolRefusal) Error() string { return e.msg }
 
 // connected reports whether host's agent holds a stream now.
-func (s *Server) connected(host string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.remotes[host]
-	return ok
-}
+func (s *Server) connected(host string) bool { return s.links.streaming(host) }
 
 // handleStream attaches the agent and streams its commands until it goes.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
@@ -256,13 +251,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	for _, a := range hello.Capacity.Arches {
 		rh.arches = append(rh.arches, a.Arch)
 	}
-	s.mu.Lock()
-	if old := s.remotes[id]; old != nil {
-		old.close() // a reconnect replaces the old stream
-	}
-	s.remotes[id] = rh
-	s.lastSeen[id] = s.now()
-	s.mu.Unlock()
+	s.links.openStream(rh, s.now())
 	if s.cfg.Images != nil {
 		// First on the stream: the images it may be asked to boot.
 		s.imgMu.RLock()
@@ -271,11 +260,11 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	}
 	h := HostRecord(id, hello.AgentVersion, hello.Capacity)
 	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {
-		s.dropRemote(rh)
+		s.links.closeStream(rh)
 		httpError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	defer s.dropRemote(rh)
+	defer s.links.closeStream(rh)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	flusher.Flush()
@@ -309,20 +298,6 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// dropRemote forgets a stream; the host stays as it is in the store until
-// it reconnects or misses its heartbeats.
-func (s *Server) dropRemote(rh *remoteHost) {
-	rh.close()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.remotes[rh.id] == rh {
-		delete(s.remotes, rh.id)
-		if s.hosts[rh.id] == HostAgent(rh) {
-			delete(s.hosts, rh.id)
-		}
-	}
-}
-
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.authAgent(w, r)
 	if !ok {
@@ -333,12 +308,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rep.Heartbeat != nil {
-		s.mu.Lock()
-		if _, remote := s.remotes[id]; remote || s.lastSeen[id] != (time.Time{}) {
-			s.lastSeen[id] = s.now()
-		}
-		s.beats[id] = *rep.Heartbeat
-		s.mu.Unlock()
+		s.links.heard(id, *rep.Heartbeat, s.now())
 	}
 	for _, e := range rep.Events {
 		e.Host = id // an agent speaks for its own host only
@@ -395,13 +365,13 @@ func (s *Server) hostMonitor(ctx context.Context) {
 		hosts, err = tx.Hosts()
 		return err
 	}); err == nil {
-		s.mu.Lock()
+		var ids []string
 		for _, h := range hosts {
-			if _, attached := s.hosts[h.ID]; h.State != store.HostOffline && !attached {
-				s.lastSeen[h.ID] = s.now()
+			if h.State != store.HostOffline {
+				ids = append(ids, h.ID)
 			}
 		}
-		s.mu.Unlock()
+		s.links.await(ids, s.now())
 	}
 	t := time.NewTicker(s.cfg.HeartbeatTimeout / 5)
 	defer t.Stop()
@@ -411,16 +381,7 @@ func (s *Server) hostMonitor(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := s.now()
-		var late []string
-		s.mu.Lock()
-		for id, seen := range s.lastSeen {
-			if now.Sub(seen) > s.cfg.HeartbeatTimeout {
-				late = append(late, id)
-			}
-		}
-		s.mu.Unlock()
-		for _, id := range late {
+		for _, id := range s.links.silent(s.now().Add(-s.cfg.HeartbeatTimeout)) {
 			reason := fmt.Sprintf("no heartbeat for %s", s.cfg.HeartbeatTimeout)
 			if err := s.hostGone(ctx, id, failure.HostOffline, reason); err != nil && ctx.Err() == nil {
 				s.log.Error("marking host offline", "host", id, "err", err)
@@ -433,15 +394,7 @@ func (s *Server) hostMonitor(ctx context.Context) {
 // closed, its live runners ended with failure (their waiting jobs are placed
 // again; running jobs are lost).
 func (s *Server) hostGone(ctx context.Context, id string, kind failure.Kind, reason string) error {
-	s.mu.Lock()
-	delete(s.lastSeen, id)
-	delete(s.beats, id)
-	if rh := s.remotes[id]; rh != nil {
-		rh.close()
-		delete(s.remotes, id)
-	}
-	delete(s.hosts, id)
-	s.mu.Unlock()
+	s.links.forget(id)
 	if err := s.DetachHost(ctx, id, reason); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}

@@ -243,14 +243,13 @@ func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
 	for _, h := range hosts {
 		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],
 			Arches: h.Arches, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, LastSeen: h.LastSeen}
-		s.mu.Lock()
-		if seen := s.lastSeen[h.ID]; seen.After(v.LastSeen) {
+		seen, hb, beat := s.links.seen(h.ID)
+		if seen.After(v.LastSeen) {
 			v.LastSeen = seen
 		}
-		if hb, ok := s.beats[h.ID]; ok {
+		if beat {
 			v.Load1, v.DiskFreeMiB = hb.Load1, hb.Capacity.DiskFreeMiB
 		}
-		s.mu.Unlock()
 		for _, r := range live {
 			if r.HostID == h.ID {
 				v.UsedVCPUs += r.VCPUs

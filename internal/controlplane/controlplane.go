@@ -135,16 +135,16 @@ type Server struct {
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
 
+	links *links // the agents attached: connections and heartbeats
+
+	// mu guards the runner bookkeeping below, through toVerify; it is
+	// never held across a store transaction's commit or a call out.
 	mu         sync.Mutex
-	hosts      map[string]HostAgent // connected agents
 	events     []agentapi.Event     // from agents, not yet applied
 	stopping   map[string]bool      // runners being retired or told to stop, not yet ended
 	configured map[string]bool      // runners handed their JIT config
 	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
 	waiting    map[int64]string     // why each queued job waits, from the last placement pass
-	remotes    map[string]*remoteHost
-	lastSeen   map[string]time.Time // remote hosts' last heartbeat
-	beats      map[string]agentapi.Heartbeat
 	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
@@ -210,13 +210,10 @@ func New(cfg Config) (*Server, error) {
 		verifyKick:   make(chan struct{}, 1),
 		toVerify:     map[int64]bool{},
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
-		hosts:        map[string]HostAgent{},
+		links:        newLinks(),
 		stopping:     map[string]bool{},
 		configured:   map[string]bool{},
 		busyHold:     map[string]time.Time{},
-		remotes:      map[string]*remoteHost{},
-		lastSeen:     map[string]time.Time{},
-		beats:        map[string]agentapi.Heartbeat{},
 		redone:       map[string]time.Time{},
 	}
 	s.metrics = newMetrics(s)
@@ -308,12 +305,7 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 	if err != nil {
 		return fmt.Errorf("attach host %s: %w", h.ID, err)
 	}
-	s.mu.Lock()
-	s.hosts[h.ID] = a
-	if _, remote := a.(*remoteHost); !remote {
-		delete(s.lastSeen, h.ID) // an in-process agent sends no heartbeats
-	}
-	s.mu.Unlock()
+	s.links.attach(h.ID, a)
 	for _, r := range gone {
 		s.HostEvent(agentapi.Event{Host: h.ID, Runner: r.Name, Kind: agentapi.EventEnded, At: now,
 			Failure: failure.VMGone, Detail: "the host's agent no longer runs this VM (agent or control plane restarted)"})
@@ -329,9 +321,7 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 
 // DetachHost disconnects a host's agent; it stays in the store, offline.
 func (s *Server) DetachHost(ctx context.Context, id, reason string) error {
-	s.mu.Lock()
-	delete(s.hosts, id)
-	s.mu.Unlock()
+	s.links.detach(id)
 	return s.st.Update(ctx, func(tx store.Tx) error {
 		h, err := tx.Host(id)
 		if err != nil {
@@ -342,12 +332,7 @@ func (s *Server) DetachHost(ctx context.Context, id, reason string) error {
 	})
 }
 
-func (s *Server) hostAgent(id string) (HostAgent, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a, ok := s.hosts[id]
-	return a, ok
-}
+func (s *Server) hostAgent(id string) (HostAgent, bool) { return s.links.agent(id) }
 
 // newRunnerName returns "<prefix>-<12 hex>": unique, and recognisably
 // Tandem's, so the orphan reconciler can tell our runners from others.

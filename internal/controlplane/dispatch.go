@@ -396,15 +396,7 @@ func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID i
 	})
 }
 
-func (s *Server) connectedHosts() map[string]bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := map[string]bool{}
-	for id := range s.hosts {
-		m[id] = true
-	}
-	return m
-}
+func (s *Server) connectedHosts() map[string]bool { return s.links.attached() }
 
 func (s *Server) isStopping(name string) bool {
 	s.mu.Lock()
@@ -488,8 +480,8 @@ func (s *Server) runnerRecord(ctx context.Context, name string) (store.Runner, e
 func (s *Server) stopRunner(hostID, name, reason string) {
 	s.mu.Lock()
 	s.stopping[name] = true
-	a, ok := s.hosts[hostID]
 	s.mu.Unlock()
+	a, ok := s.links.agent(hostID)
 	if !ok {
 		return // a disconnected host's runners end when it reattaches
 	}

@@ -201,13 +201,7 @@ func (s *Server) SetImages(set ImageSet) {
 	defer s.imgMu.Unlock()
 	old := s.images
 	s.images = set
-	s.mu.Lock()
-	remotes := make([]*remoteHost, 0, len(s.remotes))
-	for _, rh := range s.remotes {
-		remotes = append(remotes, rh)
-	}
-	s.mu.Unlock()
-	for _, rh := range remotes {
+	for _, rh := range s.links.streams() {
 		if err := rh.send(s.imagesCommand(rh.arches)); err != nil {
 			s.log.Warn("telling an agent the named images", "host", rh.id, "err", err)
 		}
