@@ -25,10 +25,9 @@ func benchCmd(g *globals) *cobra.Command {
 
 func benchBootCmd(g *globals) *cobra.Command {
 	var (
-		n       int
-		conc    string
-		jsonOut bool
-		vf      benchVMFlags
+		n    int
+		conc string
+		vf   benchVMFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "boot",
@@ -57,10 +56,8 @@ func benchBootCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if jsonOut {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+			if vf.json {
+				return printIndented(rep)
 			}
 			fmt.Printf("boot to guest agent ready, %s guest, %s (%s), image %s\n", rep.Arch, rep.Accel, rep.AccelReason, rep.Image)
 			fmt.Printf("%-11s %4s %12s %12s %14s %14s %7s %10s %10s\n", "concurrency", "n", "tandem p50", "tandem p95", "baseline p50", "baseline p95", "ratio", "tandem RSS", "bare RSS")
@@ -74,7 +71,6 @@ func benchBootCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&n, "n", 10, "boots per side at each concurrency")
 	f.StringVar(&conc, "concurrency", "1", "comma-separated concurrency levels, e.g. 1,4,8")
-	f.BoolVar(&jsonOut, "json", false, "print JSON")
 	vf.add(cmd, 1, "256M")
 	return cmd
 }
@@ -83,7 +79,6 @@ func benchRunnerCmd(g *globals) *cobra.Command {
 	var (
 		n          int
 		img, based string
-		jsonOut    bool
 		vf         benchVMFlags
 	)
 	cmd := &cobra.Command{
@@ -100,10 +95,8 @@ func benchRunnerCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if jsonOut {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+			if vf.json {
+				return printIndented(rep)
 			}
 			fmt.Printf("VM start to the job's first output, %s guest, %s, n=%d each\n", rep.Arch, rep.Accel, rep.N)
 			fmt.Printf("%-28s %12s %12s %14s\n", "image", "started p50", "started p95", "agent ready p50")
@@ -117,7 +110,6 @@ func benchRunnerCmd(g *globals) *cobra.Command {
 	f.IntVar(&n, "n", 10, "VMs per image")
 	f.StringVar(&img, "image", "", "the image measured (default runner-<arch>)")
 	f.StringVar(&based, "baseline", "", "the image it is compared with (default test-<arch>)")
-	f.BoolVar(&jsonOut, "json", false, "print JSON")
 	vf.add(cmd, 2, "2G")
 	return cmd
 }
@@ -129,11 +121,19 @@ func orRoot(user string) string {
 	return user
 }
 
-// benchVMFlags are the VM and host flags the benchmarks share.
+// benchVMFlags are the VM, host and output flags the benchmarks share.
 type benchVMFlags struct {
 	arch, accel, memory string
 	cpus                float64
+	json                bool
 	nf                  hostFlags
+}
+
+// printIndented prints a report as indented JSON.
+func printIndented(rep any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
 }
 
 func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {
@@ -142,6 +142,7 @@ func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {
 	f.StringVar(&v.accel, "accel", "auto", "auto, kvm or tcg (both sides use the same)")
 	f.Float64Var(&v.cpus, "cpus", cpus, "vCPUs per VM")
 	f.StringVar(&v.memory, "memory", memory, "memory per VM")
+	f.BoolVar(&v.json, "json", false, "print JSON")
 	v.nf.add(cmd)
 }
 

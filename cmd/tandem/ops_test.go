@@ -86,15 +86,7 @@ func newOpsRig(t *testing.T) *opsRig {
 }
 
 // job returns a job from the store, and whether it is there.
-func (r *opsRig) job(id int64) (store.Job, bool) {
-	var j store.Job
-	err := r.st.View(context.Background(), func(tx store.ReadTx) error {
-		var err error
-		j, err = tx.Job(id)
-		return err
-	})
-	return j, err == nil
-}
+func (r *opsRig) job(id int64) (store.Job, bool) { return cptest.Job(r.st, id) }
 
 func (r *opsRig) waitJob(id int64, what string, cond func(store.Job) bool) store.Job {
 	r.t.Helper()

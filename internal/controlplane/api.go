@@ -53,6 +53,21 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// storeFailed answers a request whose store work failed: 404 with
+// notFound when a record is missing (or another tenant's), else 500. It
+// reports whether it answered.
+func storeFailed(w http.ResponseWriter, err error, notFound string) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusNotFound, notFound)
+	default:
+		httpError(w, http.StatusInternalServerError, err.Error())
+	}
+	return true
+}
+
 func httpError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
@@ -190,12 +205,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 		evs, err = tx.JobEvents(id)
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		httpError(w, http.StatusNotFound, "no such job")
-		return
-	}
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, err.Error())
+	if storeFailed(w, err, "no such job") {
 		return
 	}
 	v := s.jobView(j)

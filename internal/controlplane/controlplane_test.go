@@ -288,15 +288,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	return r
 }
 
-func (r *rig) job(id int64) (store.Job, bool) {
-	var j store.Job
-	err := r.st.View(context.Background(), func(tx store.ReadTx) error {
-		var err error
-		j, err = tx.Job(id)
-		return err
-	})
-	return j, err == nil
-}
+func (r *rig) job(id int64) (store.Job, bool) { return cptest.Job(r.st, id) }
 
 func (r *rig) waitFor(what string, timeout time.Duration, cond func() bool) {
 	r.t.Helper()
@@ -574,19 +566,11 @@ func TestWebhookValidation(t *testing.T) {
 // answer into out (if not nil) and returns the status code.
 func (r *rig) call(method, path, token string, out any) int {
 	r.t.Helper()
-	req, _ := http.NewRequest(method, r.web.URL+path, nil)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	code, text := r.callBody(method, path, token, nil)
 	if out != nil {
-		json.NewDecoder(resp.Body).Decode(out)
+		json.Unmarshal([]byte(text), out)
 	}
-	return resp.StatusCode
+	return code
 }
 
 func getJSON(t *testing.T, url string, v any) {

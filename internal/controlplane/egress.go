@@ -61,12 +61,7 @@ func (s *Server) handleJobEgress(w http.ResponseWriter, r *http.Request) {
 		v.Record = ru.EgressRecord
 		return nil
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		httpError(w, http.StatusNotFound, "no such job")
-		return
-	}
-	if err != nil {
-		httpError(w, http.StatusInternalServerError, err.Error())
+	if storeFailed(w, err, "no such job") {
 		return
 	}
 	writeJSON(w, http.StatusOK, v)

@@ -33,12 +33,7 @@ func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
 	now := s.now().UTC()
 	if action == "revoke" {
 		err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.RevokeAgent(id, now) })
-		if errors.Is(err, store.ErrNotFound) {
-			httpError(w, http.StatusNotFound, "no enrolled host "+strconv.Quote(id))
-			return
-		}
-		if err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
+		if storeFailed(w, err, "no enrolled host "+strconv.Quote(id)) {
 			return
 		}
 		if err := s.hostGone(r.Context(), id, failure.HostRevoked, "revoked by an operator"); err != nil {

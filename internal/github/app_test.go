@@ -211,12 +211,18 @@ func (s *tokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func TestInstallationTokenCachedAndRefreshed(t *testing.T) {
+// newTokenRig serves installation tokens on a fake clock to an Auth that
+// refreshes them margin before they expire.
+func newTokenRig(t *testing.T, margin time.Duration) (*fakeClock, *tokenServer, *Auth) {
 	clock := newFakeClock()
 	ts := &tokenServer{t: t, clock: clock}
 	srv := httptest.NewServer(ts)
-	defer srv.Close()
-	a := newTestAuth(t, srv.URL, clock, 0)
+	t.Cleanup(srv.Close)
+	return clock, ts, newTestAuth(t, srv.URL, clock, margin)
+}
+
+func TestInstallationTokenCachedAndRefreshed(t *testing.T) {
+	clock, ts, a := newTokenRig(t, 0)
 	ctx := context.Background()
 
 	first, err := a.InstallationToken(ctx, 77)
@@ -250,11 +256,7 @@ func TestInstallationTokenCachedAndRefreshed(t *testing.T) {
 }
 
 func TestInstallationTokenMarginConfigurable(t *testing.T) {
-	clock := newFakeClock()
-	ts := &tokenServer{t: t, clock: clock}
-	srv := httptest.NewServer(ts)
-	defer srv.Close()
-	a := newTestAuth(t, srv.URL, clock, 30*time.Minute)
+	clock, ts, a := newTokenRig(t, 30*time.Minute)
 	ctx := context.Background()
 	if _, err := a.InstallationToken(ctx, 77); err != nil {
 		t.Fatal(err)
@@ -309,11 +311,7 @@ func TestInstallationTokenConcurrentCallersShareOneRequest(t *testing.T) {
 }
 
 func TestInstallationTokenRefreshFailureReturned(t *testing.T) {
-	clock := newFakeClock()
-	ts := &tokenServer{t: t, clock: clock}
-	srv := httptest.NewServer(ts)
-	defer srv.Close()
-	a := newTestAuth(t, srv.URL, clock, 0)
+	clock, ts, a := newTokenRig(t, 0)
 	ctx := context.Background()
 
 	old, err := a.InstallationToken(ctx, 77)

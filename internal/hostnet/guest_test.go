@@ -3,17 +3,17 @@ package hostnet
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
 // newNetns makes an anonymous network namespace, alive while its handle is
@@ -21,9 +21,9 @@ import (
 func newNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
 	var h netns.NsHandle
-	err := onThread(func() error {
+	err := testenv.InNetns(-1, func() error {
 		var err error
-		h, err = netns.New() // also moves this thread into it; onThread moves it back
+		h, err = netns.New() // also moves this thread into it; InNetns moves it back
 		return err
 	})
 	if err != nil {
@@ -34,39 +34,7 @@ func newNetns(t *testing.T) netns.NsHandle {
 }
 
 // inNetns runs fn on a thread inside ns. Sockets fn opens stay in ns.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	return onThread(func() error {
-		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("enter netns: %w", err)
-		}
-		return fn()
-	})
-}
-
-// onThread runs fn on a locked OS thread and then returns that thread to
-// the namespace it started in; if that fails, the thread is not unlocked,
-// so it ends with its goroutine instead of serving others in the wrong one.
-func onThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		err = fn()
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("back to netns: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+func inNetns(ns netns.NsHandle, fn func() error) error { return testenv.InNetns(ns, fn) }
 
 // addVethInto makes a veth pair here and moves its peer into ns, where it
 // gets addr (and mac, if set), is set up and, with gw valid, routes

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -20,6 +18,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
 func (m *Mirror) pid() int {
@@ -324,20 +324,10 @@ func TestLogLine(t *testing.T) {
 // the registry too (Pdeathsig).
 func TestDiesWithParent(t *testing.T) {
 	up := startUpstream(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMirror$", "-test.v")
-	cmd.Env = append(os.Environ(), "TANDEM_MIRROR_HELPER=1", "HELPER_LISTEN="+up.hostAddr+":0",
+	cmd, sc := testenv.StartHelper(t, "TestHelperMirror", "TANDEM_MIRROR_HELPER=1", "HELPER_LISTEN="+up.hostAddr+":0",
 		"HELPER_UPSTREAM="+up.url, "HELPER_CACHE="+t.TempDir())
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
 	defer cmd.Wait()
 	defer cmd.Process.Kill()
-	sc := bufio.NewScanner(stdout)
 	pid := 0
 	var out []string
 	for sc.Scan() {

@@ -79,7 +79,7 @@ func (i *InternetNS) ListenPacket(t testing.TB, addr netip.AddrPort) net.PacketC
 func listenIn(t testing.TB, ns netns.NsHandle, addr netip.AddrPort) net.Listener {
 	t.Helper()
 	var ln net.Listener
-	err := inNS(ns, func() error {
+	err := InNetns(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp", addr.String())
 		return err
@@ -94,7 +94,7 @@ func listenIn(t testing.TB, ns netns.NsHandle, addr netip.AddrPort) net.Listener
 func listenPacketIn(t testing.TB, ns netns.NsHandle, addr netip.AddrPort) net.PacketConn {
 	t.Helper()
 	var pc net.PacketConn
-	err := inNS(ns, func() error {
+	err := InNetns(ns, func() error {
 		var err error
 		pc, err = net.ListenPacket("udp", addr.String())
 		return err
@@ -123,7 +123,7 @@ func NewPeer(t testing.TB, name string, hostEnd, peerEnd netip.Prefix) *Peer {
 		t.Fatal("testenv.NewPeer needs the private network namespace of RunInNetns")
 	}
 	var ns netns.NsHandle
-	err := inNS(-1, func() error {
+	err := InNetns(-1, func() error {
 		var err error
 		ns, err = netns.New()
 		return err
@@ -192,13 +192,13 @@ func (p *Peer) Listen(t testing.TB, port int) net.Listener {
 }
 
 // Do runs fn inside the peer's namespace.
-func (p *Peer) Do(fn func() error) error { return inNS(p.ns, fn) }
+func (p *Peer) Do(fn func() error) error { return InNetns(p.ns, fn) }
 
 func makeInternet() (netns.NsHandle, error) {
 	var ns netns.NsHandle
-	err := inNS(-1, func() error {
+	err := InNetns(-1, func() error {
 		var err error
-		ns, err = netns.New() // this thread is in it now; inNS returns it
+		ns, err = netns.New() // this thread is in it now; InNetns returns it
 		return err
 	})
 	if err != nil {
@@ -260,10 +260,11 @@ func makeInternet() (netns.NsHandle, error) {
 	return ns, nil
 }
 
-// inNS runs fn on a locked OS thread in ns (-1: where the thread is) and
+// InNetns runs fn on a locked OS thread in ns (-1: where the thread is) and
 // then returns the thread to the namespace it started in; if that fails,
-// the thread is not unlocked, so it ends with its goroutine.
-func inNS(ns netns.NsHandle, fn func() error) error {
+// the thread is not unlocked, so it ends with its goroutine instead of
+// serving others in the wrong namespace. Sockets fn opens stay in ns.
+func InNetns(ns netns.NsHandle, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -276,7 +277,7 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 		defer orig.Close()
 		if ns != -1 {
 			if err := netns.Set(ns); err != nil {
-				errc <- err
+				errc <- fmt.Errorf("enter netns: %w", err)
 				return
 			}
 		}

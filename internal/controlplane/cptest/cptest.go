@@ -20,6 +20,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
@@ -99,4 +100,15 @@ func Start(t testing.TB, seed int64, configure func(*controlplane.Config)) *Syst
 		s.Store.Close()
 	})
 	return s
+}
+
+// Job reads job id from st, and says whether it is there.
+func Job(st store.Store, id int64) (store.Job, bool) {
+	var j store.Job
+	err := st.View(context.Background(), func(tx store.ReadTx) error {
+		var err error
+		j, err = tx.Job(id)
+		return err
+	})
+	return j, err == nil
 }

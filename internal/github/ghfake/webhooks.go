@@ -457,13 +457,14 @@ func (s *Server) listDeliveries(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, nonNil(out))
 }
 
-func (s *Server) deliveryLocked(r *http.Request) (*Delivery, bool) {
-	id, ok := pathID(r, "id")
-	if !ok {
-		return nil, false
+// deliveryLocked finds delivery {id}, or answers 404.
+func (s *Server) deliveryLocked(w http.ResponseWriter, r *http.Request) (*Delivery, bool) {
+	i, ok := -1, false
+	if id, valid := pathID(r, "id"); valid {
+		i, ok = slices.BinarySearchFunc(s.deliveries, id, func(d *Delivery, id int64) int { return cmp.Compare(d.ID, id) })
 	}
-	i, ok := slices.BinarySearchFunc(s.deliveries, id, func(d *Delivery, id int64) int { return cmp.Compare(d.ID, id) })
 	if !ok {
+		notFound(w)
 		return nil, false
 	}
 	return s.deliveries[i], true
@@ -472,9 +473,8 @@ func (s *Server) deliveryLocked(r *http.Request) (*Delivery, bool) {
 func (s *Server) getDelivery(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.deliveryLocked(r)
+	d, ok := s.deliveryLocked(w, r)
 	if !ok {
-		notFound(w)
 		return
 	}
 	writeJSON(w, http.StatusOK, d.api(true))
@@ -483,9 +483,8 @@ func (s *Server) getDelivery(w http.ResponseWriter, r *http.Request) {
 func (s *Server) redeliver(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.deliveryLocked(r)
+	d, ok := s.deliveryLocked(w, r)
 	if !ok {
-		notFound(w)
 		return
 	}
 	if err := s.redeliverLocked(d.ID); err != nil {

@@ -1,11 +1,9 @@
 package sqlite
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
 // crashChildEnv names the database a child process of TestCrashDurability
@@ -73,19 +72,9 @@ func TestCrashDurability(t *testing.T) {
 		t.Skip("re-executes the test binary: not in -short runs")
 	}
 	path := filepath.Join(t.TempDir(), "crash.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+path)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, sc := testenv.StartHelper(t, "TestCrashChild", crashChildEnv+"="+path)
 	const killAfter = 400
 	var acked []string
-	sc := bufio.NewScanner(stdout)
 	killed := false
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -100,7 +89,7 @@ func TestCrashDurability(t *testing.T) {
 			killed = true
 		}
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	if !killed {
 		t.Fatalf("child ended before it was killed (%v) after %d acks", err, len(acked))
 	}

@@ -71,7 +71,10 @@ func schemaVersion(t *testing.T, db *sql.DB) (version, rows int) {
 	return version, rows
 }
 
-func TestReopenKeepsData(t *testing.T) {
+// freshDB opens a new database file, at the newest schema, and returns
+// its path, the migrations and the store, which the test closes.
+func freshDB(t *testing.T) (string, []migration, *Store) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "tandem.db")
 	ms, err := loadMigrations()
 	if err != nil {
@@ -81,6 +84,11 @@ func TestReopenKeepsData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return path, ms, s
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	path, ms, s := freshDB(t)
 	if _, err := s.InsertDelivery(ctxT(t), store.Delivery{GUID: "g", Event: "e", ReceivedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -117,15 +125,7 @@ func TestReopenKeepsData(t *testing.T) {
 }
 
 func TestNewerSchemaRefused(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tandem.db")
-	ms, err := loadMigrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(ctxT(t), path, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	path, ms, s := freshDB(t)
 	if _, err := s.w.ExecContext(ctxT(t),
 		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'from-the-future.sql', 0)",
 		len(ms)+1); err != nil {
@@ -134,7 +134,7 @@ func TestNewerSchemaRefused(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Open(ctxT(t), path, Options{})
+	_, err := Open(ctxT(t), path, Options{})
 	if !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("Open of a newer schema: %v, want ErrSchemaTooNew", err)
 	}
