@@ -24,8 +24,10 @@
 //     GitHub's payloads.
 //   - Job, run and delivery ids exceed 2^31, as GitHub's do.
 //   - An in-progress job that is cancelled completes only when its runner
-//     learns of it (at a heartbeat) and reports; a runner that never does
-//     leaves the job in progress.
+//     learns of it (at a heartbeat) and reports.
+//   - A job whose runner is not heard from (no heartbeat) for
+//     Config.RunnerLostAfter fails, as GitHub's do when "the self-hosted
+//     runner lost communication with the server", and the runner is removed.
 //
 // # Runners
 //

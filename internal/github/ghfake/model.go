@@ -39,6 +39,8 @@ type job struct {
 	output          string
 	cancelRequested bool
 	claims          int
+	heard           time.Time // real time its runner was last heard from, while in progress
+	annotation      string    // why GitHub ended it, when its runner did not say
 }
 
 type label struct {
@@ -121,7 +123,7 @@ func (j *job) info() JobInfo {
 		ID: j.id, RunID: j.run.id, Repo: j.run.repo.fullName(), Name: j.name,
 		Labels: slices.Clone(j.labels), Script: j.script, Status: j.status, Conclusion: j.conclusion,
 		RunnerID: j.runnerID, RunnerName: j.runnerName, RunnerGroupID: j.groupID,
-		ExitCode: j.exitCode, Output: j.output, CancelRequested: j.cancelRequested, Claims: j.claims,
+		ExitCode: j.exitCode, Output: j.output, CancelRequested: j.cancelRequested, Annotation: j.annotation, Claims: j.claims,
 		CreatedAt: j.createdAt, StartedAt: j.startedAt, CompletedAt: j.completedAt,
 	}
 }

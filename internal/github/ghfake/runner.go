@@ -1,6 +1,7 @@
 package ghfake
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -146,6 +147,7 @@ func (s *Server) pickJobLocked(rr *runner) *job {
 	j.runnerID, j.runnerName = rr.id, rr.name
 	j.groupID, j.groupName = rr.groupID, groupName(rr.groupID)
 	j.startedAt = now
+	j.heard = time.Now()
 	j.claims++
 	j.run.updatedAt = now
 	rr.jobID = j.id
@@ -176,6 +178,7 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) {
 		runnerError(w, http.StatusNotFound, "job not found")
 		return
 	}
+	j.heard = time.Now()
 	writeJSON(w, http.StatusOK, runnerapi.Heartbeat{Cancelled: j.cancelRequested})
 }
 
@@ -218,4 +221,30 @@ func (s *Server) runnerComplete(w http.ResponseWriter, r *http.Request) {
 	sess.completedJob = j.id
 	s.finishJobLocked(j, conclusion)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// watchRunners fails the jobs whose runner has not been heard from for
+// lostAfter, as GitHub does when a runner dies without a word: the job
+// completes with conclusion failure and the runner is removed.
+func (s *Server) watchRunners(lostAfter time.Duration) {
+	defer s.senders.Done()
+	t := time.NewTicker(max(lostAfter/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		for _, id := range s.jobOrder {
+			j := s.jobs[id]
+			if j.status == StatusInProgress && time.Since(j.heard) > lostAfter {
+				j.annotation = fmt.Sprintf("The self-hosted runner: %s lost communication with the server.", j.runnerName)
+				s.log.Debug("ghfake: runner lost", "job", j.id, "runner", j.runnerName)
+				s.finishJobLocked(j, ConclusionFailure)
+			}
+		}
+		s.mu.Unlock()
+	}
 }

@@ -338,3 +338,53 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A runner that stops heartbeating loses its job, as on GitHub: the job
+// fails, annotated, and the runner is removed. A runner that heartbeats
+// keeps its job however long it runs.
+func TestSilentRunnerLosesItsJob(t *testing.T) {
+	f := newFixture(t, func(c *ghfake.Config) { c.RunnerLostAfter = 300 * time.Millisecond })
+	tok := f.token(f.srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app"))
+
+	alive, _ := f.srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem"}, Script: "sleep 1"})
+	a := f.jit(tok, "/orgs/acme", "vm-alive", "tandem")
+	if err := fakerunner.Run(context.Background(), a.EncodedJITConfig, fakerunner.Options{
+		IdleTimeout: 10 * time.Second, HeartbeatInterval: 50 * time.Millisecond}); err != nil {
+		t.Fatalf("a heartbeating runner: %v", err)
+	}
+	if j := f.job(alive); j.Conclusion != ghfake.ConclusionSuccess || j.Annotation != "" {
+		t.Errorf("a heartbeating runner's job: %+v", j)
+	}
+
+	silent, _ := f.srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem"}, Script: "sleep 2"})
+	a = f.jit(tok, "/orgs/acme", "vm-silent", "tandem")
+	// Its first heartbeat would come after GitHub has given up.
+	err := fakerunner.Run(context.Background(), a.EncodedJITConfig, fakerunner.Options{
+		IdleTimeout: 10 * time.Second, HeartbeatInterval: time.Minute})
+	j := f.job(silent)
+	if j.Status != ghfake.StatusCompleted || j.Conclusion != ghfake.ConclusionFailure ||
+		!strings.Contains(j.Annotation, "vm-silent lost communication with the server") {
+		t.Errorf("a silent runner's job: %+v", j)
+	}
+	if err == nil {
+		t.Error("the silent runner's report of its job was accepted after GitHub gave up on it")
+	}
+	if rs := f.srv.Runners(); len(rs) != 0 {
+		t.Errorf("the lost runner is still registered: %+v", rs)
+	}
+	f.srv.Quiesce()
+	var got []string // deliveries may arrive in any order
+	for _, h := range f.sink.jobHooks(t) {
+		if h.WorkflowJob.ID == silent {
+			c := ""
+			if h.WorkflowJob.Conclusion != nil {
+				c = *h.WorkflowJob.Conclusion
+			}
+			got = append(got, h.Action+"/"+c)
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"completed/failure", "in_progress/", "queued/"}) {
+		t.Errorf("webhooks of the lost job: %v", got)
+	}
+}

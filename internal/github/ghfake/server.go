@@ -65,6 +65,12 @@ type Config struct {
 	RunnerURL string
 	// TokenTTL is the lifetime of installation tokens (default 1 h).
 	TokenTTL time.Duration
+	// RunnerLostAfter is how long a job in progress waits for its runner
+	// to be heard from (a heartbeat) before GitHub gives up on the runner:
+	// the job completes as a failure, annotated that the runner "lost
+	// communication with the server", and the runner is removed. Default
+	// 10 min; negative: never (the job stays in progress).
+	RunnerLostAfter time.Duration
 	// Seed seeds every random decision (job choice, faults, guids).
 	Seed int64
 	// Now is the clock for timestamps, token expiry and JWT checks
@@ -103,7 +109,8 @@ type JobInfo struct {
 	ExitCode        int       `json:"exit_code"`
 	Output          string    `json:"output,omitempty"`
 	CancelRequested bool      `json:"cancel_requested"`
-	Claims          int       `json:"claims"` // times a runner was handed the job; never above 1
+	Annotation      string    `json:"annotation,omitempty"` // why GitHub ended it, when its runner did not say
+	Claims          int       `json:"claims"`               // times a runner was handed the job; never above 1
 	CreatedAt       time.Time `json:"created_at"`
 	StartedAt       time.Time `json:"started_at,omitzero"` // when a runner claimed it
 	CompletedAt     time.Time `json:"completed_at,omitzero"`
@@ -202,6 +209,9 @@ func New(cfg Config) *Server {
 	if cfg.WebhookTimeout <= 0 {
 		cfg.WebhookTimeout = 10 * time.Second
 	}
+	if cfg.RunnerLostAfter == 0 {
+		cfg.RunnerLostAfter = 10 * time.Minute
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -249,6 +259,10 @@ func New(cfg Config) *Server {
 	s.idle = sync.NewCond(&s.mu)
 	s.rate.reset = s.now().Add(time.Hour)
 	s.routes()
+	if cfg.RunnerLostAfter > 0 {
+		s.senders.Add(1)
+		go s.watchRunners(cfg.RunnerLostAfter)
+	}
 	return s
 }
 
