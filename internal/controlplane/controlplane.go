@@ -136,16 +136,14 @@ type Server struct {
 	dispatchKick chan struct{}
 
 	links *links // the agents attached: connections and heartbeats
+	marks *marks // runners being stopped, configured, held busy
 
-	// mu guards the runner bookkeeping below, through toVerify; it is
-	// never held across a store transaction's commit or a call out.
-	mu         sync.Mutex
-	events     []agentapi.Event     // from agents, not yet applied
-	stopping   map[string]bool      // runners being retired or told to stop, not yet ended
-	configured map[string]bool      // runners handed their JIT config
-	busyHold   map[string]time.Time // runners GitHub said were busy: not retired before then
-	waiting    map[int64]string     // why each queued job waits, from the last placement pass
-	redone     map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
+	// mu guards the fields below, through toVerify; it is never held
+	// across a store transaction's commit or a call out.
+	mu      sync.Mutex
+	events  []agentapi.Event     // from agents, not yet applied
+	waiting map[int64]string     // why each queued job waits, from the last placement pass
+	redone  map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
 	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
 	ghSlots    chan struct{}  // bounds concurrent JIT config requests
@@ -211,9 +209,7 @@ func New(cfg Config) (*Server, error) {
 		toVerify:     map[int64]bool{},
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		links:        newLinks(),
-		stopping:     map[string]bool{},
-		configured:   map[string]bool{},
-		busyHold:     map[string]time.Time{},
+		marks:        newMarks(),
 		redone:       map[string]time.Time{},
 	}
 	s.metrics = newMetrics(s)

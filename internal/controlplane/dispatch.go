@@ -338,13 +338,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	}
 	// A runner being retired must not get its config: it could take a job
 	// just before its VM is stopped.
-	s.mu.Lock()
-	retiring := s.stopping[r.Name]
-	if !retiring {
-		s.configured[r.Name] = true
-	}
-	s.mu.Unlock()
-	if retiring {
+	if !s.marks.configure(r.Name) {
 		if err := s.gh.DeleteRunner(jctx, r.Installation, s.scope(r), jit.RunnerID); err != nil && !errors.Is(err, github.ErrNotFound) {
 			log.Warn("deleting a retired runner's registration (the orphan reconciler will retry)", "err", err)
 		}
@@ -398,17 +392,9 @@ func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID i
 
 func (s *Server) connectedHosts() map[string]bool { return s.links.attached() }
 
-func (s *Server) isStopping(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopping[name]
-}
+func (s *Server) isStopping(name string) bool { return s.marks.isStopping(name) }
 
-func (s *Server) isHeld(name string, now time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return now.Before(s.busyHold[name])
-}
+func (s *Server) isHeld(name string, now time.Time) bool { return s.marks.held(name, now) }
 
 // busyRecheck is how long a runner GitHub reports busy is left alone before
 // it may be retired again (its in_progress webhook is on the way).
@@ -420,14 +406,10 @@ const busyRecheck = 10 * time.Second
 // (422) for a busy runner, and then it is left running. Only a runner that
 // can no longer take a job is stopped. count names the counter to add to.
 func (s *Server) retire(ctx context.Context, r store.Runner, reason, count string) bool {
-	s.mu.Lock()
-	if s.stopping[r.Name] {
-		s.mu.Unlock()
+	first, configured := s.marks.retiring(r.Name)
+	if !first {
 		return false
 	}
-	s.stopping[r.Name] = true
-	configured := s.configured[r.Name]
-	s.mu.Unlock()
 	if configured {
 		cur, err := s.runnerRecord(ctx, r.Name)
 		if err == nil && cur.GitHubID != 0 {
@@ -437,10 +419,7 @@ func (s *Server) retire(ctx context.Context, r store.Runner, reason, count strin
 			}
 		}
 		if err != nil {
-			s.mu.Lock()
-			delete(s.stopping, r.Name)
-			s.busyHold[r.Name] = s.now().Add(busyRecheck)
-			s.mu.Unlock()
+			s.marks.busy(r.Name, s.now().Add(busyRecheck))
 			if errors.Is(err, github.ErrUnprocessable) {
 				s.log.Info("not retiring a runner GitHub reports busy", "runner", r.Name, "why", reason)
 				verifyRunnerJob := r.JobID
@@ -478,9 +457,7 @@ func (s *Server) runnerRecord(ctx context.Context, name string) (store.Runner, e
 // stopRunner asks a runner's host to end its VM. The runner is bound to no
 // job from now on; its "ended" event finishes the story.
 func (s *Server) stopRunner(hostID, name, reason string) {
-	s.mu.Lock()
-	s.stopping[name] = true
-	s.mu.Unlock()
+	s.marks.stop(name)
 	a, ok := s.links.agent(hostID)
 	if !ok {
 		return // a disconnected host's runners end when it reattaches
@@ -602,11 +579,7 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 		return fmt.Errorf("unknown host event kind %q", e.Kind)
 	})
 	if err == nil && e.Kind == agentapi.EventEnded {
-		s.mu.Lock()
-		delete(s.stopping, e.Runner)
-		delete(s.configured, e.Runner)
-		delete(s.busyHold, e.Runner)
-		s.mu.Unlock()
+		s.marks.ended(e.Runner)
 	}
 	return err
 }
