@@ -135,13 +135,13 @@ type Server struct {
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
 
-	links *links // the agents attached: connections and heartbeats
-	marks *marks // runners being stopped, configured, held busy
+	links  *links      // the agents attached: connections and heartbeats
+	marks  *marks      // runners being stopped, configured, held busy
+	events *eventQueue // host events, until applied in order by eventLoop
 
 	// mu guards the fields below, through toVerify; it is never held
 	// across a store transaction's commit or a call out.
 	mu      sync.Mutex
-	events  []agentapi.Event     // from agents, not yet applied
 	waiting map[int64]string     // why each queued job waits, from the last placement pass
 	redone  map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
 
@@ -149,9 +149,7 @@ type Server struct {
 	ghSlots    chan struct{}  // bounds concurrent JIT config requests
 	verifyKick chan struct{}
 
-	eventKick chan struct{}
-	evMu      sync.Mutex // one drainer of events at a time, in order
-	wg        sync.WaitGroup
+	wg sync.WaitGroup
 
 	imgMu    sync.RWMutex  // images; held (read) from choosing a launch's image to sending it
 	images   ImageSet      // what the control plane names (images.go)
@@ -204,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, st: cfg.Store, gh: cfg.GitHub, log: cfg.Logger, now: cfg.Now,
 		applyKick:    make(chan struct{}, 1),
 		dispatchKick: make(chan struct{}, 1),
-		eventKick:    make(chan struct{}, 1),
+		events:       newEventQueue(),
 		verifyKick:   make(chan struct{}, 1),
 		toVerify:     map[int64]bool{},
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),

@@ -473,10 +473,7 @@ func (s *Server) HostEvent(e agentapi.Event) {
 	if e.At.IsZero() {
 		e.At = s.now()
 	}
-	s.mu.Lock()
-	s.events = append(s.events, e)
-	s.mu.Unlock()
-	kick(s.eventKick)
+	s.events.put(e)
 }
 
 func (s *Server) eventLoop(ctx context.Context) {
@@ -488,7 +485,7 @@ func (s *Server) eventLoop(ctx context.Context) {
 			}
 			s.log.Error("applying host event", "err", err)
 			time.Sleep(100 * time.Millisecond) // the rest were put back: retry
-			kick(s.eventKick)
+			kick(s.events.kick)
 		}
 		if n > 0 {
 			kick(s.dispatchKick)
@@ -496,7 +493,7 @@ func (s *Server) eventLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.eventKick:
+		case <-s.events.kick:
 		}
 	}
 }
@@ -504,21 +501,7 @@ func (s *Server) eventLoop(ctx context.Context) {
 // drainEvents applies the queued host events in order. On an error the
 // unapplied ones go back to the head of the queue.
 func (s *Server) drainEvents(ctx context.Context) (int, error) {
-	s.evMu.Lock()
-	defer s.evMu.Unlock()
-	s.mu.Lock()
-	evs := s.events
-	s.events = nil
-	s.mu.Unlock()
-	for i, e := range evs {
-		if err := s.applyHostEvent(ctx, e); err != nil {
-			s.mu.Lock()
-			s.events = append(evs[i:len(evs):len(evs)], s.events...)
-			s.mu.Unlock()
-			return i, fmt.Errorf("runner %s, %s: %w", e.Runner, e.Kind, err)
-		}
-	}
-	return len(evs), nil
+	return s.events.drain(func(e agentapi.Event) error { return s.applyHostEvent(ctx, e) })
 }
 
 // FlushEvents applies every host event reported so far (a shutting-down
