@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,7 +56,7 @@ func benchBootCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if vf.json {
-				return printIndented(rep)
+				return printValue(os.Stdout, rep)
 			}
 			fmt.Printf("boot to guest agent ready, %s guest, %s (%s), image %s\n", rep.Arch, rep.Accel, rep.AccelReason, rep.Image)
 			fmt.Printf("%-11s %4s %12s %12s %14s %14s %7s %10s %10s\n", "concurrency", "n", "tandem p50", "tandem p95", "baseline p50", "baseline p95", "ratio", "tandem RSS", "bare RSS")
@@ -96,7 +95,7 @@ func benchRunnerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if vf.json {
-				return printIndented(rep)
+				return printValue(os.Stdout, rep)
 			}
 			fmt.Printf("VM start to the job's first output, %s guest, %s, n=%d each\n", rep.Arch, rep.Accel, rep.N)
 			fmt.Printf("%-28s %12s %12s %14s\n", "image", "started p50", "started p95", "agent ready p50")
@@ -127,13 +126,6 @@ type benchVMFlags struct {
 	cpus                float64
 	json                bool
 	nf                  hostFlags
-}
-
-// printIndented prints a report as indented JSON.
-func printIndented(rep any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(rep)
 }
 
 func (v *benchVMFlags) add(cmd *cobra.Command, cpus float64, memory string) {

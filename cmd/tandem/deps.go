@@ -5,11 +5,11 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/hostdeps"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
 // depsTasks maps each task `tandem deps --for` knows to what it needs.
@@ -55,8 +55,7 @@ test (everything the test suite runs). The default is every task but test.`,
 				}
 			}
 			st := hostdeps.Probe(reqs...)
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NEEDS\tPACKAGE\tFOUND\tFOR")
+			tb := termtext.NewTable(os.Stdout, "NEEDS", "PACKAGE", "FOUND", "FOR")
 			var missing []hostdeps.Status
 			for _, s := range st {
 				found := s.Path
@@ -64,9 +63,9 @@ test (everything the test suite runs). The default is every task but test.`,
 					found = "MISSING: " + s.Err.Error()
 					missing = append(missing, s)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", s.Name, s.Package, found, s.Why)
+				tb.Row(s.Name, s.Package, found, s.Why)
 			}
-			w.Flush()
+			tb.Flush()
 			if len(missing) > 0 {
 				return &exitError{code: 1, err: &hostdeps.MissingError{Missing: missing}}
 			}

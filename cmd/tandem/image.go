@@ -1,16 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/termtext"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -117,24 +116,21 @@ func imageListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if jsonOut {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
 				if ims == nil {
 					ims = []*image.Image{}
 				}
-				return enc.Encode(ims)
+				return printValue(os.Stdout, ims)
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tKIND\tARCH\tKERNEL\tSIZE\tCREATED")
+			tb := termtext.NewTable(os.Stdout, "ID", "KIND", "ARCH", "KERNEL", "SIZE", "CREATED")
 			for _, im := range ims {
 				var size int64
 				for _, f := range im.Manifest.Files {
 					size += f.Size
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f MiB\t%s\n", im.ID, im.Manifest.Kind, im.Manifest.Arch,
-					im.Manifest.Kernel.Version, float64(size)/(1<<20), im.Manifest.Created)
+				tb.Row(im.ID, im.Manifest.Kind, im.Manifest.Arch, im.Manifest.Kernel.Version,
+					fmt.Sprintf("%.1f MiB", float64(size)/(1<<20)), im.Manifest.Created)
 			}
-			return tw.Flush()
+			return tb.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")

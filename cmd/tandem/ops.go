@@ -136,6 +136,13 @@ func (o *apiOptions) resolvePin(g *globals) (string, error) {
 	return apiclient.PinOfCertFile(filepath.Join(g.dataDir, "tls", "cert.pem"))
 }
 
+// printValue prints v as indented JSON (--json outputs).
+func printValue(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 // printJSON prints a server's JSON answer indented.
 func printJSON(w io.Writer, raw []byte) error {
 	var buf bytes.Buffer

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -158,9 +157,7 @@ func runRun(ctx context.Context, g *globals, o *runOptions, argv []string) error
 		if err == nil && res.Failure != "" {
 			out.Error = string(res.Failure) + ": " + res.Detail
 		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(out)
+		printValue(os.Stdout, out)
 	}
 	code := exitCode(res, err)
 	if ctx.Err() != nil && code == exitTandem {
