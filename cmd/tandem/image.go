@@ -137,56 +137,46 @@ func imageListCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// eachImage resolves every ref in the data dir's store and calls fn on it.
-func eachImage(g *globals, refs []string, fn func(*image.Store, *image.Image) error) error {
-	st, err := image.Open(filepath.Join(g.dataDir, "images"))
-	if err != nil {
-		return err
+// imageRefsCmd is an image subcommand that does one thing to each image
+// its arguments name, in turn, and prints what it did.
+func imageRefsCmd(g *globals, use, short string, do func(*image.Store, *image.Image) (string, error)) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " REF...",
+		Short: short,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := image.Open(filepath.Join(g.dataDir, "images"))
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				im, err := st.Resolve(ref)
+				if err != nil {
+					return err
+				}
+				done, err := do(st, im)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), done)
+			}
+			return nil
+		},
 	}
-	for _, ref := range refs {
-		im, err := st.Resolve(ref)
-		if err != nil {
-			return err
-		}
-		if err := fn(st, im); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func imageVerifyCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "verify REF...",
-		Short: "Re-hash every file of images against their manifests",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return eachImage(g, args, func(_ *image.Store, im *image.Image) error {
-				if err := im.VerifyFull(); err != nil {
-					return err
-				}
-				fmt.Printf("%s ok (%d files)\n", im.ID, len(im.Manifest.Files))
-				return nil
-			})
-		},
-	}
+	return imageRefsCmd(g, "verify", "Re-hash every file of images against their manifests",
+		func(_ *image.Store, im *image.Image) (string, error) {
+			return fmt.Sprintf("%s ok (%d files)", im.ID, len(im.Manifest.Files)), im.VerifyFull()
+		})
 }
 
 func imageRemoveCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "rm REF...",
-		Short: "Remove images and the refs naming them",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return eachImage(g, args, func(st *image.Store, im *image.Image) error {
-				if err := st.Remove(im.ID); err != nil {
-					return err
-				}
-				fmt.Println("removed", im.ID)
-				return nil
-			})
-		},
-	}
+	return imageRefsCmd(g, "rm", "Remove images and the refs naming them",
+		func(st *image.Store, im *image.Image) (string, error) {
+			return "removed " + im.ID, st.Remove(im.ID)
+		})
 }
 
 func gcCmd(g *globals) *cobra.Command {
