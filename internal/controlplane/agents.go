@@ -191,7 +191,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		case cur.RevokedAt.IsZero() && tok.HostID != req.HostID:
 			refusal = &enrolRefusal{http.StatusConflict, fmt.Sprintf("host %s is enrolled already: a token for a new host "+
 				"cannot enrol it (`tandem enroll --host %s` makes one for it)", req.HostID, req.HostID)}
-		case cur.RevokedAt.IsZero() && s.connected(req.HostID):
+		case cur.RevokedAt.IsZero() && s.links.streaming(req.HostID):
 			refusal = &enrolRefusal{http.StatusConflict, fmt.Sprintf("host %s is connected: stop its agent before enrolling it again", req.HostID)}
 		}
 		if refusal != nil {
@@ -228,9 +228,6 @@ type enrolRefusal struct {
 }
 
 func (e *enrolRefusal) Error() string { return e.msg }
-
-// connected reports whether host's agent holds a stream now.
-func (s *Server) connected(host string) bool { return s.links.streaming(host) }
 
 // handleStream attaches the agent and streams its commands until it goes.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {

@@ -248,7 +248,7 @@ func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	conn := s.connectedHosts()
+	conn := s.links.attached()
 	out := make([]HostView, 0, len(hosts))
 	for _, h := range hosts {
 		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],

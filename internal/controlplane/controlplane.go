@@ -326,8 +326,6 @@ func (s *Server) DetachHost(ctx context.Context, id, reason string) error {
 	})
 }
 
-func (s *Server) hostAgent(id string) (HostAgent, bool) { return s.links.agent(id) }
-
 // newRunnerName returns "<prefix>-<12 hex>": unique, and recognisably
 // Tandem's, so the orphan reconciler can tell our runners from others.
 func (s *Server) newRunnerName() string {

@@ -62,7 +62,7 @@ type launch struct {
 func (s *Server) dispatch(ctx context.Context) error {
 	start := time.Now()
 	now := s.now().UTC()
-	connected := s.connectedHosts()
+	connected := s.links.attached()
 	var stops []store.Runner
 	var waiting map[int64]string
 	launched := 0
@@ -152,7 +152,7 @@ func (s *Server) rebalance(tx store.Tx, fx *afterCommit, queued []store.Job, liv
 	var stops []store.Runner
 	taken := map[int64]bool{}
 	for _, r := range live {
-		if r.JobID != 0 || r.State == store.RunnerBusy || s.isStopping(r.Name) || s.isHeld(r.Name, now) {
+		if r.JobID != 0 || r.State == store.RunnerBusy || s.marks.isStopping(r.Name) || s.marks.held(r.Name, now) {
 			continue
 		}
 		var pick *store.Job
@@ -291,7 +291,7 @@ func (s *Server) scope(r store.Runner) github.Scope {
 func (s *Server) launch(ctx context.Context, l launch) {
 	r := l.runner
 	log := s.log.With("runner", r.Name, "job", l.job.ID, "host", r.HostID)
-	a, ok := s.hostAgent(r.HostID)
+	a, ok := s.links.agent(r.HostID)
 	if !ok {
 		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
 			Failure: failure.Launch, Detail: "host disconnected before the launch"})
@@ -389,12 +389,6 @@ func (s *Server) noteRunner(ctx context.Context, name, reason string, githubID i
 		return tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason})
 	})
 }
-
-func (s *Server) connectedHosts() map[string]bool { return s.links.attached() }
-
-func (s *Server) isStopping(name string) bool { return s.marks.isStopping(name) }
-
-func (s *Server) isHeld(name string, now time.Time) bool { return s.marks.held(name, now) }
 
 // busyRecheck is how long a runner GitHub reports busy is left alone before
 // it may be retired again (its in_progress webhook is on the way).
