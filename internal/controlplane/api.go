@@ -135,11 +135,9 @@ func optTime(t time.Time) *time.Time {
 // jobView shows a job; a queued job's reason is the last placement pass's.
 func (s *Server) jobView(j store.Job) JobView {
 	if j.State == store.JobQueued {
-		s.mu.Lock()
-		if r, ok := s.waiting[j.ID]; ok {
-			j.Reason = r
+		if why, ok := s.place.whyWaiting(j.ID); ok {
+			j.Reason = why
 		}
-		s.mu.Unlock()
 	}
 	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
 		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,

@@ -12,9 +12,9 @@
 //     and the in_progress webhook's runner_name ties a job to the runner that
 //     actually took it (swapping bindings when a runner took another job).
 //   - dispatch (dispatch.go): one goroutine places queued jobs on hosts
-//     (internal/scheduler), launches their VMs through the hosts' agents,
-//     fetches each runner's JIT config while its VM boots, and turns agent
-//     events into runner and job transitions.
+//     (placement.go decides, through internal/scheduler), launches their
+//     VMs through the hosts' agents, fetches each runner's JIT config while
+//     its VM boots, and turns agent events into runner and job transitions.
 //   - reconcile (reconcile.go): periodic passes make lost webhooks, failed
 //     deliveries, orphaned runners and stuck jobs harmless; each action is
 //     counted in the store and logged.
@@ -123,7 +123,12 @@ type Config struct {
 // maxGitHubConcurrency bounds JIT config requests in flight.
 const maxGitHubConcurrency = 16
 
-// Server is the control plane.
+// Server is the control plane. It wires the parts, and each part that
+// holds state guards it with its own lock: links (the agents attached),
+// marks (runner bookkeeping that is not in the store), events (host
+// events in arrival order), place (placement), toVerify and redone (the
+// reconcilers' memory). The store holds the rest; Server's own fields are
+// set by New and not changed after, but for images (imgMu).
 type Server struct {
 	cfg     Config
 	st      store.Store
@@ -138,16 +143,11 @@ type Server struct {
 	links  *links      // the agents attached: connections and heartbeats
 	marks  *marks      // runners being stopped, configured, held busy
 	events *eventQueue // host events, until applied in order by eventLoop
+	place  *placer     // where queued jobs go, and why the others wait
 
-	// mu guards the fields below, through toVerify; it is never held
-	// across a store transaction's commit or a call out.
-	mu      sync.Mutex
-	waiting map[int64]string     // why each queued job waits, from the last placement pass
-	redone  map[string]time.Time // delivery GUIDs this process asked GitHub to redeliver
-
-	toVerify   map[int64]bool // jobs to check against GitHub (verifyLoop)
-	ghSlots    chan struct{}  // bounds concurrent JIT config requests
-	verifyKick chan struct{}
+	toVerify *jobSet       // jobs to check against GitHub (verifyLoop)
+	redone   *redeliveries // deliveries this process asked GitHub to redeliver
+	ghSlots  chan struct{} // bounds concurrent JIT config requests
 
 	wg sync.WaitGroup
 
@@ -203,13 +203,13 @@ func New(cfg Config) (*Server, error) {
 		applyKick:    make(chan struct{}, 1),
 		dispatchKick: make(chan struct{}, 1),
 		events:       newEventQueue(),
-		verifyKick:   make(chan struct{}, 1),
-		toVerify:     map[int64]bool{},
+		toVerify:     newJobSet(),
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		links:        newLinks(),
 		marks:        newMarks(),
-		redone:       map[string]time.Time{},
+		redone:       newRedeliveries(),
 	}
+	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
 	if err := s.initImages(); err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
-	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -57,14 +55,13 @@ type launch struct {
 }
 
 // dispatch is one placement pass: spare runners first go to queued jobs of
-// their label set, the rest are stopped; then the scheduler places the
+// their label set, the rest are stopped; then the placer places the
 // remaining queued jobs, and their runners are launched.
 func (s *Server) dispatch(ctx context.Context) error {
 	start := time.Now()
 	now := s.now().UTC()
 	connected := s.links.attached()
 	var stops []store.Runner
-	var waiting map[int64]string
 	launched := 0
 	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		stops, launched = nil, 0
@@ -76,7 +73,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		queued, stops, err = s.rebalance(tx, fx, queued, live, now)
+		queued, stops, err = s.giveSpares(tx, fx, queued, live, now)
 		if err != nil {
 			return err
 		}
@@ -84,15 +81,14 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		in := s.schedulerInput(hosts, connected, live, queued)
-		plan := scheduler.Schedule(in)
+		plan := s.place.plan(hosts, connected, live, queued)
 		byID := map[int64]store.Job{}
 		for _, j := range queued {
 			byID[j.ID] = j
 		}
 		for _, p := range plan.Placements {
 			j := byID[p.JobID]
-			r := s.newRunner(j, p, now)
+			r := s.place.newRunner(j, p, now)
 			if err := tx.PutRunner(r); err != nil {
 				return err
 			}
@@ -119,21 +115,11 @@ func (s *Server) dispatch(ctx context.Context) error {
 				return err
 			}
 		}
-		// Why a job waits changes with every pass; it is shown by the API
-		// but not written to the store, which would cost a write per queued
-		// job per pass.
-		waiting = make(map[int64]string, len(plan.Waiting))
-		for _, d := range plan.Waiting {
-			waiting[d.JobID] = d.Reason
-		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.waiting = waiting
-	s.mu.Unlock()
 	s.metrics.placement(time.Since(start), launched)
 	for _, r := range stops {
 		s.wg.Add(1)
@@ -145,36 +131,19 @@ func (s *Server) dispatch(ctx context.Context) error {
 	return nil
 }
 
-// rebalance binds each spare runner (live, bound to no job, not stopping)
-// to the oldest queued job it could serve, and returns the jobs still
-// queued and the runners to stop because no job needs them.
-func (s *Server) rebalance(tx store.Tx, fx *afterCommit, queued []store.Job, live []store.Runner, now time.Time) ([]store.Job, []store.Runner, error) {
-	var stops []store.Runner
-	taken := map[int64]bool{}
-	for _, r := range live {
-		if r.JobID != 0 || r.State == store.RunnerBusy || s.marks.isStopping(r.Name) || s.marks.held(r.Name, now) {
-			continue
-		}
-		var pick *store.Job
-		for i := range queued {
-			j := &queued[i]
-			if taken[j.ID] || j.LabelKey != r.LabelKey || !s.runnerServes(r, *j) {
-				continue
-			}
-			if pick == nil || j.QueuedAt.Before(pick.QueuedAt) {
-				pick = j
-			}
-		}
-		if pick == nil {
-			stops = append(stops, r)
-			continue
-		}
-		taken[pick.ID] = true
-		r.JobID, r.UpdatedAt = pick.ID, now
+// giveSpares binds each spare runner that is not being stopped to the
+// queued job the placer matches it with, and returns the jobs still queued
+// and the runners to stop because no job needs them.
+func (s *Server) giveSpares(tx store.Tx, fx *afterCommit, queued []store.Job, live []store.Runner, now time.Time) ([]store.Job, []store.Runner, error) {
+	pairs, rest, unneeded := s.place.matchSpares(queued, live, func(r store.Runner) bool {
+		return s.marks.isStopping(r.Name) || s.marks.held(r.Name, now)
+	})
+	for _, m := range pairs {
+		r, j := m.runner, m.job
+		r.JobID, r.UpdatedAt = j.ID, now
 		if err := tx.PutRunner(r); err != nil {
 			return nil, nil, err
 		}
-		j := *pick
 		j.RunnerName, j.HostID = r.Name, r.HostID
 		if _, err := s.move(fx, &j, jobStep{ev: lifecycle.GivenSpare, facts: lifecycle.Facts{Registered: registered(r)}}, now); err != nil {
 			return nil, nil, err
@@ -183,99 +152,11 @@ func (s *Server) rebalance(tx store.Tx, fx *afterCommit, queued []store.Job, liv
 		if err := tx.UpdateJob(j, store.Event{Source: "scheduler", Reason: j.Reason}); err != nil {
 			return nil, nil, err
 		}
-		if err := s.count(tx, "dispatch/spare-runners-reused", 1); err != nil {
-			return nil, nil, err
-		}
 	}
-	rest := queued[:0:0]
-	for _, j := range queued {
-		if !taken[j.ID] {
-			rest = append(rest, j)
-		}
+	if err := s.count(tx, "dispatch/spare-runners-reused", int64(len(pairs))); err != nil {
+		return nil, nil, err
 	}
-	return rest, stops, nil
-}
-
-// runnerServes reports whether GitHub would give job j to runner r: same
-// repository for a repository runner, same owner for an organisation one.
-func (s *Server) runnerServes(r store.Runner, j store.Job) bool {
-	if r.Repo != "" {
-		return strings.EqualFold(r.Repo, j.Repo)
-	}
-	return strings.EqualFold(r.Org, j.Org) && r.Installation == j.Installation
-}
-
-func (s *Server) schedulerInput(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Input {
-	in := scheduler.Input{
-		Hosts:    make([]scheduler.Host, 0, len(hosts)),
-		OrgUsage: map[string]scheduler.Usage{}, RepoUsage: map[string]scheduler.Usage{},
-		Limits: s.cfg.Limits,
-	}
-	// Indexes, not pointers: a pointer into in.Hosts taken before a later
-	// append may point into the array append left behind, and the host it
-	// stands for would be seen empty, and filled past its capacity.
-	at := make(map[string]int, len(hosts))
-	for _, h := range hosts {
-		sh := scheduler.Host{ID: h.ID, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB,
-			Schedulable: h.State == store.HostOnline && connected[h.ID]}
-		if s.cfg.Runner.DiskPerVCPU > 0 {
-			sh.DiskMiB = h.DiskMiB
-		}
-		for _, a := range h.Arches {
-			sh.Arches = append(sh.Arches, scheduler.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
-		}
-		at[h.ID] = len(in.Hosts)
-		in.Hosts = append(in.Hosts, sh)
-	}
-	for _, r := range live {
-		if i, ok := at[r.HostID]; ok {
-			h := &in.Hosts[i]
-			h.UsedVCPUs += r.VCPUs
-			h.UsedMemoryMiB += r.MemoryMiB
-			h.UsedDiskMiB += s.diskFor(r.VCPUs)
-		}
-		ou := in.OrgUsage[r.Org]
-		ou.VMs++
-		ou.VCPUs += r.VCPUs
-		in.OrgUsage[r.Org] = ou
-		if r.Repo != "" {
-			ru := in.RepoUsage[r.Repo]
-			ru.VMs++
-			ru.VCPUs += r.VCPUs
-			in.RepoUsage[r.Repo] = ru
-		}
-	}
-	for _, j := range queued {
-		in.Queue = append(in.Queue, scheduler.Job{ID: j.ID, Org: j.Org, Repo: j.Repo,
-			Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, DiskMiB: s.diskFor(j.VCPUs),
-			Queued: j.QueuedAt, AvoidHosts: j.AvoidHosts})
-	}
-	return in
-}
-
-// diskFor is what a VM of vcpus may write to its disk (runner.disk_per_vcpu,
-// at least one vCPU's worth); 0 when not configured.
-func (s *Server) diskFor(vcpus float64) int {
-	if s.cfg.Runner.DiskPerVCPU <= 0 {
-		return 0
-	}
-	return int(math.Ceil(math.Max(vcpus, 1) * float64(s.cfg.Runner.DiskPerVCPU)))
-}
-
-func (s *Server) newRunner(j store.Job, p scheduler.Placement, now time.Time) store.Runner {
-	r := store.Runner{
-		Name: s.newRunnerName(), HostID: p.HostID, JobID: j.ID, Installation: j.Installation,
-		Org: j.Org, Labels: j.Labels, LabelKey: j.LabelKey, Arch: p.Arch, Emulated: p.Emulated,
-		VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, State: store.RunnerAssigned,
-		CreatedAt: now, UpdatedAt: now,
-	}
-	if s.cfg.Runner.Scope == "repo" {
-		r.Repo = j.Repo
-	}
-	// The runner's policy: its repository's, for a repository runner; an
-	// organisation runner may take any of the org's jobs, so its org's.
-	r.Egress = s.cfg.Egress.For(r.Org, r.Repo)
-	return r
+	return rest, unneeded, nil
 }
 
 func (s *Server) scope(r store.Runner) github.Scope {
@@ -304,7 +185,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	asg := agentapi.Assignment{
 		Runner: r.Name, Arch: r.Arch, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
-		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.diskFor(r.VCPUs),
+		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.place.diskFor(r.VCPUs),
 	}
 	err := a.Launch(asg)
 	s.imgMu.RUnlock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github"
@@ -229,12 +230,7 @@ func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
 
 // verify asks verifyLoop to fetch a job's state from GitHub soon. Safe to
 // call inside a transaction: it only records the wish.
-func (s *Server) verify(jobID int64) {
-	s.mu.Lock()
-	s.toVerify[jobID] = true
-	s.mu.Unlock()
-	kick(s.verifyKick)
-}
+func (s *Server) verify(jobID int64) { s.toVerify.add(jobID) }
 
 // verifyLoop brings jobs whose fate Tandem could only guess up to date with
 // GitHub.
@@ -243,13 +239,9 @@ func (s *Server) verifyLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.verifyKick:
+		case <-s.toVerify.kick:
 		}
-		s.mu.Lock()
-		ids := s.toVerify
-		s.toVerify = map[int64]bool{}
-		s.mu.Unlock()
-		for id := range ids {
+		for _, id := range s.toVerify.take() {
 			var j store.Job
 			err := s.st.View(ctx, func(tx store.ReadTx) error {
 				var err error
@@ -264,6 +256,70 @@ func (s *Server) verifyLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// jobSet is the jobs to check against GitHub soon; kick says it grew.
+type jobSet struct {
+	kick chan struct{}
+
+	mu  sync.Mutex
+	ids map[int64]bool // guarded by mu
+}
+
+func newJobSet() *jobSet {
+	return &jobSet{kick: make(chan struct{}, 1), ids: map[int64]bool{}}
+}
+
+func (q *jobSet) add(id int64) {
+	q.mu.Lock()
+	q.ids[id] = true
+	q.mu.Unlock()
+	kick(q.kick)
+}
+
+// take empties the set and returns what it held, in no order.
+func (q *jobSet) take() []int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ids := make([]int64, 0, len(q.ids))
+	for id := range q.ids {
+		ids = append(ids, id)
+	}
+	clear(q.ids)
+	return ids
+}
+
+// redeliveries remembers the deliveries this process asked GitHub to
+// redeliver, so that each is asked for once.
+type redeliveries struct {
+	mu    sync.Mutex
+	asked map[string]time.Time // guarded by mu: delivery GUID → when
+}
+
+func newRedeliveries() *redeliveries { return &redeliveries{asked: map[string]time.Time{}} }
+
+// forget drops what was asked before t (GitHub no longer lists it).
+func (r *redeliveries) forget(before time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for g, t := range r.asked {
+		if t.Before(before) {
+			delete(r.asked, g)
+		}
+	}
+}
+
+func (r *redeliveries) done(guid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.asked[guid]
+	return ok
+}
+
+func (r *redeliveries) add(guid string, at time.Time) {
+	r.mu.Lock()
+	r.asked[guid] = at
+	r.mu.Unlock()
 }
 
 func orText(s, def string) string {
@@ -302,16 +358,10 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 			a.latest = d
 		}
 	}
-	s.mu.Lock()
-	for g, t := range s.redone {
-		if t.Before(since) {
-			delete(s.redone, g)
-		}
-	}
-	s.mu.Unlock()
+	s.redone.forget(since)
 	var errs []error
 	for guid, a := range byGUID {
-		if a.ok || s.redelivered(guid) {
+		if a.ok || s.redone.done(guid) {
 			continue
 		}
 		have := false
@@ -332,9 +382,7 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("redeliver %s: %w", guid, err))
 			continue
 		}
-		s.mu.Lock()
-		s.redone[guid] = s.now()
-		s.mu.Unlock()
+		s.redone.add(guid, s.now())
 		s.log.Info("reconciler: asked GitHub to redeliver a failed webhook", "reconciler", RecFailedDeliveries,
 			"delivery", guid, "action", a.latest.Action, "status", a.latest.Status)
 		if err := s.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, *afterCommit, time.Time) (bool, error) {
@@ -344,13 +392,6 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func (s *Server) redelivered(guid string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.redone[guid]
-	return ok
 }
 
 // reconcileOrphans deletes Tandem's GitHub runners whose VM is gone, and

@@ -1,0 +1,183 @@
+package controlplane
+
+import (
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// placer is placement: which spare runner serves which queued job, where
+// the other queued jobs go, and why the rest wait. It reads no store and
+// calls nothing out: a placement pass (dispatch) gives it one snapshot of
+// the store and applies what it decides in the pass's own transaction.
+type placer struct {
+	limits      scheduler.Limits
+	scope       string // runners' scope: "repo" or "org"
+	diskPerVCPU int    // MiB; 0: disk is not counted
+	egress      *egress.Policies
+	newName     func() string
+
+	mu      sync.Mutex
+	waiting map[int64]string // guarded by mu: why each queued job waits, from the last pass
+}
+
+func newPlacer(cfg Config, newName func() string) *placer {
+	return &placer{limits: cfg.Limits, scope: cfg.Runner.Scope, diskPerVCPU: cfg.Runner.DiskPerVCPU,
+		egress: cfg.Egress, newName: newName, waiting: map[int64]string{}}
+}
+
+// spareMatch is a spare runner given to a queued job.
+type spareMatch struct {
+	runner store.Runner
+	job    store.Job
+}
+
+// matchSpares gives each spare runner (live, bound to no job, not busy,
+// and not passed over by skip) the oldest queued job of its label set that
+// GitHub would give it. It returns those pairs, the jobs still queued, and
+// the spare runners that no queued job needs.
+func (p *placer) matchSpares(queued []store.Job, live []store.Runner, skip func(store.Runner) bool) (pairs []spareMatch, rest []store.Job, unneeded []store.Runner) {
+	taken := map[int64]bool{}
+	for _, r := range live {
+		if r.JobID != 0 || r.State == store.RunnerBusy || skip(r) {
+			continue
+		}
+		var pick *store.Job
+		for i := range queued {
+			j := &queued[i]
+			if taken[j.ID] || j.LabelKey != r.LabelKey || !serves(r, *j) {
+				continue
+			}
+			if pick == nil || j.QueuedAt.Before(pick.QueuedAt) {
+				pick = j
+			}
+		}
+		if pick == nil {
+			unneeded = append(unneeded, r)
+			continue
+		}
+		taken[pick.ID] = true
+		pairs = append(pairs, spareMatch{runner: r, job: *pick})
+	}
+	for _, j := range queued {
+		if !taken[j.ID] {
+			rest = append(rest, j)
+		}
+	}
+	return pairs, rest, unneeded
+}
+
+// serves reports whether GitHub would give job j to runner r: same
+// repository for a repository runner, same owner and installation for an
+// organisation one.
+func serves(r store.Runner, j store.Job) bool {
+	if r.Repo != "" {
+		return strings.EqualFold(r.Repo, j.Repo)
+	}
+	return strings.EqualFold(r.Org, j.Org) && r.Installation == j.Installation
+}
+
+// plan places queued jobs on the hosts that are online and connected,
+// counting what the live runners hold, and remembers why the jobs it does
+// not place wait.
+func (p *placer) plan(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Plan {
+	plan := scheduler.Schedule(p.input(hosts, connected, live, queued))
+	// Why a job waits changes with every pass; it is shown by the API but
+	// not written to the store, which would cost a write per queued job
+	// per pass.
+	waiting := make(map[int64]string, len(plan.Waiting))
+	for _, d := range plan.Waiting {
+		waiting[d.JobID] = d.Reason
+	}
+	p.mu.Lock()
+	p.waiting = waiting
+	p.mu.Unlock()
+	return plan
+}
+
+// whyWaiting is why a queued job was not placed by the last pass.
+func (p *placer) whyWaiting(jobID int64) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	why, ok := p.waiting[jobID]
+	return why, ok
+}
+
+func (p *placer) input(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Input {
+	in := scheduler.Input{
+		Hosts:    make([]scheduler.Host, 0, len(hosts)),
+		OrgUsage: map[string]scheduler.Usage{}, RepoUsage: map[string]scheduler.Usage{},
+		Limits: p.limits,
+	}
+	// Indexes, not pointers: a pointer into in.Hosts taken before a later
+	// append may point into the array append left behind, and the host it
+	// stands for would be seen empty, and filled past its capacity.
+	at := make(map[string]int, len(hosts))
+	for _, h := range hosts {
+		sh := scheduler.Host{ID: h.ID, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB,
+			Schedulable: h.State == store.HostOnline && connected[h.ID]}
+		if p.diskPerVCPU > 0 {
+			sh.DiskMiB = h.DiskMiB
+		}
+		for _, a := range h.Arches {
+			sh.Arches = append(sh.Arches, scheduler.ArchSupport{Arch: a.Arch, Emulated: a.Emulated})
+		}
+		at[h.ID] = len(in.Hosts)
+		in.Hosts = append(in.Hosts, sh)
+	}
+	for _, r := range live {
+		if i, ok := at[r.HostID]; ok {
+			h := &in.Hosts[i]
+			h.UsedVCPUs += r.VCPUs
+			h.UsedMemoryMiB += r.MemoryMiB
+			h.UsedDiskMiB += p.diskFor(r.VCPUs)
+		}
+		ou := in.OrgUsage[r.Org]
+		ou.VMs++
+		ou.VCPUs += r.VCPUs
+		in.OrgUsage[r.Org] = ou
+		if r.Repo != "" {
+			ru := in.RepoUsage[r.Repo]
+			ru.VMs++
+			ru.VCPUs += r.VCPUs
+			in.RepoUsage[r.Repo] = ru
+		}
+	}
+	for _, j := range queued {
+		in.Queue = append(in.Queue, scheduler.Job{ID: j.ID, Org: j.Org, Repo: j.Repo,
+			Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, DiskMiB: p.diskFor(j.VCPUs),
+			Queued: j.QueuedAt, AvoidHosts: j.AvoidHosts})
+	}
+	return in
+}
+
+// diskFor is what a VM of vcpus may write to its disk (runner.disk_per_vcpu,
+// at least one vCPU's worth); 0 when not configured.
+func (p *placer) diskFor(vcpus float64) int {
+	if p.diskPerVCPU <= 0 {
+		return 0
+	}
+	return int(math.Ceil(math.Max(vcpus, 1) * float64(p.diskPerVCPU)))
+}
+
+// newRunner is the runner a placement launches for job j.
+func (p *placer) newRunner(j store.Job, pl scheduler.Placement, now time.Time) store.Runner {
+	r := store.Runner{
+		Name: p.newName(), HostID: pl.HostID, JobID: j.ID, Installation: j.Installation,
+		Org: j.Org, Labels: j.Labels, LabelKey: j.LabelKey, Arch: pl.Arch, Emulated: pl.Emulated,
+		VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, State: store.RunnerAssigned,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if p.scope == "repo" {
+		r.Repo = j.Repo
+	}
+	// The runner's policy: its repository's, for a repository runner; an
+	// organisation runner may take any of the org's jobs, so its org's.
+	r.Egress = p.egress.For(r.Org, r.Repo)
+	return r
+}
