@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -31,18 +33,59 @@ import (
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/webhook", s.handleWebhook)
-	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.Handle("GET /metrics", s.metrics.handler())
-	mux.HandleFunc("GET /api/v1/jobs", s.guard(false, s.handleJobs))
-	mux.HandleFunc("GET /api/v1/jobs/{id}", s.guard(false, s.handleJob))
-	mux.HandleFunc("GET /api/v1/hosts", s.guard(false, s.handleHosts))
-	mux.HandleFunc("GET /api/v1/runners", s.guard(false, s.handleRunners))
-	mux.HandleFunc("GET /api/v1/reconcilers", s.guard(false, s.handleCounters))
-	mux.HandleFunc("GET /api/v1/images", s.guard(false, s.handleImages))
-	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", s.guard(false, s.handleJobEgress))
-	mux.HandleFunc("GET /api/v1/egress/suggest", s.guard(false, s.handleEgressSuggest))
-	s.opsRoutes(mux)
+	s.api.routes(mux)
 	return mux
+}
+
+// api serves the JSON API and /healthz. It reads the store, the agents'
+// links and the placer; what an operator changes beyond the store goes to
+// the control plane through cp. It holds no state of its own.
+type api struct {
+	st       store.Store
+	links    *links
+	place    *placer
+	images   func() ImageSet
+	tokens   APITokens
+	logDir   string // runner logs (ops.go)
+	agentPin string // written into enrolment tokens
+	cp       apiControl
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// apiControl is what the operator endpoints ask of the control plane.
+type apiControl interface {
+	// hostGone ends a host's runners, as when it leaves the fleet.
+	hostGone(ctx context.Context, id string, kind failure.Kind, reason string) error
+	// kickPlacement asks for a placement pass soon.
+	kickPlacement()
+}
+
+func newAPI(s *Server) *api {
+	return &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
+		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now}
+}
+
+func (a *api) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", a.handleHealth)
+	mux.HandleFunc("GET /api/v1/jobs", a.guard(false, a.handleJobs))
+	mux.HandleFunc("GET /api/v1/jobs/{id}", a.guard(false, a.handleJob))
+	mux.HandleFunc("GET /api/v1/hosts", a.guard(false, a.handleHosts))
+	mux.HandleFunc("GET /api/v1/runners", a.guard(false, a.handleRunners))
+	mux.HandleFunc("GET /api/v1/reconcilers", a.guard(false, a.handleCounters))
+	mux.HandleFunc("GET /api/v1/images", a.guard(false, a.handleImages))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", a.guard(false, a.handleJobEgress))
+	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
+	a.opsRoutes(mux)
+}
+
+func (a *api) handleImages(w http.ResponseWriter, r *http.Request) {
+	list := a.images().List()
+	if list == nil {
+		list = []NamedImage{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"images": list})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -75,11 +118,11 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 // handleHealth says whether the store answers; why not, only to a caller
 // with an API token (an error's text may say more than a stranger should
 // learn).
-func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.st.View(ctx, func(tx store.ReadTx) error { _, err := tx.CountJobs(); return err }); err != nil {
-		if _, ok := s.authenticate(r); ok {
+	if err := a.st.View(ctx, func(tx store.ReadTx) error { _, err := tx.CountJobs(); return err }); err != nil {
+		if _, ok := a.authenticate(r); ok {
 			httpError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		} else {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable"})
@@ -133,9 +176,9 @@ func optTime(t time.Time) *time.Time {
 }
 
 // jobView shows a job; a queued job's reason is the last placement pass's.
-func (s *Server) jobView(j store.Job) JobView {
+func (a *api) jobView(j store.Job) JobView {
 	if j.State == store.JobQueued {
-		if why, ok := s.place.whyWaiting(j.ID); ok {
+		if why, ok := a.place.whyWaiting(j.ID); ok {
 			j.Reason = why
 		}
 	}
@@ -146,7 +189,7 @@ func (s *Server) jobView(j store.Job) JobView {
 		StartedAt: optTime(j.StartedAt), CompletedAt: optTime(j.CompletedAt)}
 }
 
-func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p := who(r)
 	f := store.JobFilter{Org: q.Get("org"), Repo: q.Get("repo"), Orgs: p.scope(), Newest: true, Limit: 500}
@@ -169,7 +212,7 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 		f.Limit = n
 	}
 	var jobs []store.Job
-	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		jobs, err = tx.Jobs(f)
 		return err
@@ -179,12 +222,12 @@ func (s *Server) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]JobView, 0, len(jobs))
 	for _, j := range jobs {
-		out = append(out, s.jobView(j))
+		out = append(out, a.jobView(j))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
 }
 
-func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleJob(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		httpError(w, http.StatusBadRequest, "job id: want a positive integer")
@@ -192,7 +235,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	}
 	var j store.Job
 	var evs []store.JobEvent
-	err = s.st.View(r.Context(), func(tx store.ReadTx) error {
+	err = a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		if j, err = tx.Job(id); err != nil {
 			return err
@@ -206,7 +249,7 @@ func (s *Server) handleJob(w http.ResponseWriter, r *http.Request) {
 	if storeFailed(w, err, "no such job") {
 		return
 	}
-	v := s.jobView(j)
+	v := a.jobView(j)
 	for _, e := range evs {
 		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),
 			Source: e.Source, Reason: e.Reason, Runner: e.Runner, Host: e.Host})
@@ -232,10 +275,10 @@ type HostView struct {
 	DiskFreeMiB int64   `json:"disk_free_mib,omitempty"`
 }
 
-func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleHosts(w http.ResponseWriter, r *http.Request) {
 	var hosts []store.Host
 	var live []store.Runner
-	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		if hosts, err = tx.Hosts(); err != nil {
 			return err
@@ -246,12 +289,12 @@ func (s *Server) handleHosts(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	conn := s.links.attached()
+	conn := a.links.attached()
 	out := make([]HostView, 0, len(hosts))
 	for _, h := range hosts {
 		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],
 			Arches: h.Arches, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, LastSeen: h.LastSeen}
-		seen, hb, beat := s.links.seen(h.ID)
+		seen, hb, beat := a.links.seen(h.ID)
 		if seen.After(v.LastSeen) {
 			v.LastSeen = seen
 		}
@@ -291,10 +334,10 @@ type RunnerView struct {
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
 }
 
-func (s *Server) handleRunners(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleRunners(w http.ResponseWriter, r *http.Request) {
 	f := store.RunnerFilter{HostID: r.URL.Query().Get("host"), Live: r.URL.Query().Get("live") == "1", Limit: 1000}
 	var rs []store.Runner
-	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		rs, err = tx.Runners(f)
 		return err
@@ -316,9 +359,9 @@ func (s *Server) handleRunners(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"runners": out})
 }
 
-func (s *Server) handleCounters(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleCounters(w http.ResponseWriter, r *http.Request) {
 	var c map[string]int64
-	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		c, err = tx.Counters()
 		return err

@@ -62,15 +62,15 @@ func who(r *http.Request) principal {
 // authenticate finds the token r carries. Every token is compared, in
 // constant time, through its SHA-256, so neither the answer's time nor a
 // token's length tells an attacker anything.
-func (s *Server) authenticate(r *http.Request) (principal, bool) {
+func (a *api) authenticate(r *http.Request) (principal, bool) {
 	tok, ok := bearer(r)
 	if !ok {
 		return principal{}, false
 	}
 	sum := sha256.Sum256([]byte(tok))
 	var found *APIToken
-	for i := range s.cfg.APITokens {
-		t := &s.cfg.APITokens[i]
+	for i := range a.tokens {
+		t := &a.tokens[i]
 		ts := sha256.Sum256([]byte(t.Secret))
 		if subtle.ConstantTimeCompare(sum[:], ts[:]) == 1 {
 			found = t
@@ -90,9 +90,9 @@ func (s *Server) authenticate(r *http.Request) (principal, bool) {
 }
 
 // guard wraps an API handler: write says whether it changes anything.
-func (s *Server) guard(write bool, h http.HandlerFunc) http.HandlerFunc {
+func (a *api) guard(write bool, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := s.authenticate(r)
+		p, ok := a.authenticate(r)
 		switch {
 		case !ok:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="tandem"`)

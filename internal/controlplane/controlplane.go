@@ -127,8 +127,9 @@ const maxGitHubConcurrency = 16
 // holds state guards it with its own lock: links (the agents attached),
 // marks (runner bookkeeping that is not in the store), events (host
 // events in arrival order), place (placement), toVerify and redone (the
-// reconcilers' memory). The store holds the rest; Server's own fields are
-// set by New and not changed after, but for images (imgMu).
+// reconcilers' memory). The JSON API (api) holds no state: it reads these
+// and the store. The store holds the rest; Server's own fields are set by
+// New and not changed after, but for images (imgMu).
 type Server struct {
 	cfg     Config
 	st      store.Store
@@ -144,6 +145,7 @@ type Server struct {
 	marks  *marks      // runners being stopped, configured, held busy
 	events *eventQueue // host events, until applied in order by eventLoop
 	place  *placer     // where queued jobs go, and why the others wait
+	api    *api        // the JSON API (api.go, ops.go, egress.go)
 
 	toVerify *jobSet       // jobs to check against GitHub (verifyLoop)
 	redone   *redeliveries // deliveries this process asked GitHub to redeliver
@@ -211,6 +213,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
+	s.api = newAPI(s)
 	if err := s.initImages(); err != nil {
 		return nil, err
 	}
@@ -238,6 +241,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.wg.Wait()
 	return nil
 }
+
+func (s *Server) kickPlacement() { kick(s.dispatchKick) }
 
 func kick(c chan struct{}) {
 	select {

@@ -29,14 +29,14 @@ type SuggestView struct {
 }
 
 // handleJobEgress serves GET /api/v1/jobs/{id}/egress.
-func (s *Server) handleJobEgress(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleJobEgress(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		httpError(w, http.StatusBadRequest, "job id: want a positive integer")
 		return
 	}
 	var v EgressView
-	err = s.st.View(r.Context(), func(tx store.ReadTx) error {
+	err = a.st.View(r.Context(), func(tx store.ReadTx) error {
 		j, err := tx.Job(id)
 		if err != nil {
 			return err
@@ -70,7 +70,7 @@ func (s *Server) handleJobEgress(w http.ResponseWriter, r *http.Request) {
 // handleEgressSuggest serves GET /api/v1/egress/suggest?repo=OWNER/NAME&last=N:
 // the allowlist that would have let the recorded flows of the repository's
 // last N finished jobs through (egress.Suggest).
-func (s *Server) handleEgressSuggest(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleEgressSuggest(w http.ResponseWriter, r *http.Request) {
 	repo := r.URL.Query().Get("repo")
 	owner, name, ok := strings.Cut(repo, "/")
 	if !ok || owner == "" || name == "" || strings.Contains(name, "/") {
@@ -92,7 +92,7 @@ func (s *Server) handleEgressSuggest(w http.ResponseWriter, r *http.Request) {
 	}
 	v := SuggestView{Repo: repo, Suggestions: []egress.Suggestion{}}
 	var records []egress.Record
-	err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		jobs, err := tx.Jobs(store.JobFilter{Repo: repo, States: []store.JobState{store.JobCompleted, store.JobFailed,
 			store.JobCancelled, store.JobLost}, Newest: true, Limit: last})
 		if err != nil {

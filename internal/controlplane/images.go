@@ -252,14 +252,6 @@ func (s *Server) isNamed(id string) bool {
 	return slices.Contains(s.Images().IDs(nil), id)
 }
 
-func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
-	list := s.Images().List()
-	if list == nil {
-		list = []NamedImage{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"images": list})
-}
-
 func (s *Server) handleImageManifest(w http.ResponseWriter, r *http.Request) {
 	if _, ok := s.authAgent(w, r); !ok {
 		return

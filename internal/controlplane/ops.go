@@ -22,25 +22,25 @@ import (
 //	POST /api/v1/hosts/{id}/revoke    refuse its agent from now on; its VMs' jobs are re-placed or lost
 //	POST /api/v1/enroll-tokens        {"ttl":"1h","comment":"..."} → {"token","expires_at"}
 //	GET  /api/v1/jobs/{id}/log        the job's runner output
-func (s *Server) opsRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /api/v1/hosts/{id}/{action}", s.guard(true, s.handleHostAction))
-	mux.HandleFunc("POST /api/v1/enroll-tokens", s.guard(true, s.handleEnrollToken))
-	mux.HandleFunc("GET /api/v1/jobs/{id}/log", s.guard(false, s.handleJobLog))
+func (a *api) opsRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/v1/hosts/{id}/{action}", a.guard(true, a.handleHostAction))
+	mux.HandleFunc("POST /api/v1/enroll-tokens", a.guard(true, a.handleEnrollToken))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/log", a.guard(false, a.handleJobLog))
 }
 
-func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleHostAction(w http.ResponseWriter, r *http.Request) {
 	id, action := r.PathValue("id"), r.PathValue("action")
-	now := s.now().UTC()
+	now := a.now().UTC()
 	if action == "revoke" {
-		err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.RevokeAgent(id, now) })
+		err := a.st.Update(r.Context(), func(tx store.Tx) error { return tx.RevokeAgent(id, now) })
 		if storeFailed(w, err, "no enrolled host "+strconv.Quote(id)) {
 			return
 		}
-		if err := s.hostGone(r.Context(), id, failure.HostRevoked, "revoked by an operator"); err != nil {
+		if err := a.cp.hostGone(r.Context(), id, failure.HostRevoked, "revoked by an operator"); err != nil {
 			httpError(w, http.StatusInternalServerError, err.Error())
 			return
 		}
-		s.log.Warn("host revoked", "host", id, "by", r.RemoteAddr)
+		a.log.Warn("host revoked", "host", id, "by", r.RemoteAddr)
 		writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(store.HostOffline)})
 		return
 	}
@@ -50,7 +50,7 @@ func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var h store.Host
-	err := s.st.Update(r.Context(), func(tx store.Tx) error {
+	err := a.st.Update(r.Context(), func(tx store.Tx) error {
 		var err error
 		if h, err = tx.Host(id); err != nil {
 			return err
@@ -75,15 +75,15 @@ func (s *Server) handleHostAction(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	s.log.Info("host state changed by an operator", "host", id, "state", to)
-	kick(s.dispatchKick)
+	a.log.Info("host state changed by an operator", "host", id, "state", to)
+	a.cp.kickPlacement()
 	writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(to)})
 }
 
 var errOffline = errors.New("host offline")
 
-func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.AgentPin == "" {
+func (a *api) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
+	if a.agentPin == "" {
 		httpError(w, http.StatusConflict, "this control plane has no agent listener (agents.listen)")
 		return
 	}
@@ -113,30 +113,30 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "readmit: name the host to re-admit (host)")
 		return
 	}
-	token, hash, err := agentapi.NewEnrollToken(s.cfg.AgentPin)
+	token, hash, err := agentapi.NewEnrollToken(a.agentPin)
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, "no randomness")
 		return
 	}
-	now := s.now().UTC()
+	now := a.now().UTC()
 	t := store.EnrollToken{Hash: hash, CreatedAt: now, ExpiresAt: now.Add(ttl), Comment: req.Comment,
 		HostID: req.Host, Readmit: req.Readmit}
-	if err := s.st.Update(r.Context(), func(tx store.Tx) error { return tx.CreateEnrollToken(t) }); err != nil {
+	if err := a.st.Update(r.Context(), func(tx store.Tx) error { return tx.CreateEnrollToken(t) }); err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	s.log.Info("enrolment token issued", "expires", t.ExpiresAt, "comment", req.Comment, "host", req.Host, "readmit", req.Readmit)
+	a.log.Info("enrolment token issued", "expires", t.ExpiresAt, "comment", req.Comment, "host", req.Host, "readmit", req.Readmit)
 	writeJSON(w, http.StatusCreated, map[string]any{"token": token, "expires_at": t.ExpiresAt})
 }
 
-func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request) {
+func (a *api) handleJobLog(w http.ResponseWriter, r *http.Request) {
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, "job id: want an integer")
 		return
 	}
 	var j store.Job
-	if err := s.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
 		var err error
 		j, err = tx.Job(id)
 		return err
@@ -144,11 +144,11 @@ func (s *Server) handleJobLog(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, "no such job")
 		return
 	}
-	if j.RunnerName == "" || s.cfg.LogDir == "" {
+	if j.RunnerName == "" || a.logDir == "" {
 		httpError(w, http.StatusNotFound, "no runner log for this job")
 		return
 	}
-	f, err := os.Open(filepath.Join(s.cfg.LogDir, filepath.Base(j.RunnerName)+".log"))
+	f, err := os.Open(filepath.Join(a.logDir, filepath.Base(j.RunnerName)+".log"))
 	if err != nil {
 		httpError(w, http.StatusNotFound, "no runner log for this job (runner "+j.RunnerName+")")
 		return
