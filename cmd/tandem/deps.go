@@ -2,8 +2,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -40,11 +41,7 @@ test (everything the test suite runs). The default is every task but test.`,
 			for _, t := range tasks {
 				f, ok := depsTasks[t]
 				if !ok {
-					known := make([]string, 0, len(depsTasks))
-					for k := range depsTasks {
-						known = append(known, k)
-					}
-					sort.Strings(known)
+					known := slices.Sorted(maps.Keys(depsTasks))
 					return fmt.Errorf("--for: unknown task %q (want %s)", t, strings.Join(known, ", "))
 				}
 				for _, a := range arches {

@@ -3,9 +3,10 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 
@@ -108,11 +109,7 @@ func printEgress(w io.Writer, v controlplane.EgressView) error {
 		return err
 	}
 	if len(v.Record.Refused) > 0 {
-		names := make([]string, 0, len(v.Record.Refused))
-		for n := range v.Record.Refused {
-			names = append(names, n)
-		}
-		sort.Strings(names)
+		names := slices.Sorted(maps.Keys(v.Record.Refused))
 		fmt.Fprintln(w, "DNS names refused:")
 		for _, n := range names {
 			fmt.Fprintf(w, "  %s (%d)\n", termtext.Clean(n), v.Record.Refused[n])

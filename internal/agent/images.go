@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -146,12 +147,7 @@ func (c *Images) Named() []string {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ids []string
-	for id := range c.named {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
+	return slices.Sorted(maps.Keys(c.named))
 }
 
 func (c *Images) poke() {

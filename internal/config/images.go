@@ -2,8 +2,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 )
@@ -26,11 +27,7 @@ func (c *Config) validateImages() []error {
 	if err != nil {
 		return errs // reported as labels: ...
 	}
-	keys := make([]string, 0, len(c.Runner.Images))
-	for k := range c.Runner.Images {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(c.Runner.Images))
 	seen := map[string]string{}
 	for _, label := range keys {
 		ref := c.Runner.Images[label]

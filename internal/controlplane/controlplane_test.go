@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -150,12 +151,7 @@ func (h *goHost) NameImages(ids []string) { h.images.SetNamed(ids) }
 func (h *goHost) Runners() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var names []string
-	for n := range h.runs {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Keys(h.runs))
 }
 
 // crash ends every run without a word, as when a host's agent and its VMs

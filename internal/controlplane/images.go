@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -126,11 +127,7 @@ func ResolveImages(st *image.Store, parser *labels.Parser, archRefs map[arch.Arc
 		}
 		set.Arch[a] = n
 	}
-	keys := make([]string, 0, len(labelRefs))
-	for k := range labelRefs {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(labelRefs))
 	for _, label := range keys {
 		ref := labelRefs[label]
 		req, ok, err := parser.Parse([]string{label})

@@ -49,9 +49,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -562,7 +564,7 @@ func (n *Network) Reclaim(ctx context.Context, live func(vmID string) bool) (rec
 	}
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
-		return sortedKeys(seen), fmt.Errorf("reclaim: %w", errors.Join(errs...))
+		return slices.Sorted(maps.Keys(seen)), fmt.Errorf("reclaim: %w", errors.Join(errs...))
 	}
 	err = n.leases.withLock(ctx, true, func() error {
 		return n.dropLeases(ctx, func(l Lease) bool {
@@ -578,9 +580,9 @@ func (n *Network) Reclaim(ctx context.Context, live func(vmID string) bool) (rec
 		errs = append(errs, fmt.Errorf("leases: %w", err))
 	}
 	if len(errs) > 0 {
-		return sortedKeys(seen), fmt.Errorf("reclaim: %w", errors.Join(errs...))
+		return slices.Sorted(maps.Keys(seen)), fmt.Errorf("reclaim: %w", errors.Join(errs...))
 	}
-	return sortedKeys(seen), nil
+	return slices.Sorted(maps.Keys(seen)), nil
 }
 
 // LeaseOf returns the lease of addr: which VM holds it, under which egress

@@ -233,12 +233,3 @@ func (s *leaseStore) drop(gone func(Lease) bool) (dropped []Lease, st *leaseStat
 	}
 	return dropped, st, nil
 }
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}

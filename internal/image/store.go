@@ -43,9 +43,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -367,11 +369,7 @@ func (im *Image) verify(full bool) error {
 			json.Unmarshal(b, &stamps)
 		}
 	}
-	names := make([]string, 0, len(im.Manifest.Files))
-	for n := range im.Manifest.Files {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(im.Manifest.Files))
 	if len(names) == 0 {
 		return fmt.Errorf("%w: image %s lists no files", ErrCorrupt, im.ID)
 	}

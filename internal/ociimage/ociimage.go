@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -139,11 +140,7 @@ func Busybox(busybox []byte, arch string, extraFiles map[string][]byte) (*Image,
 	}
 	lt.file("etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
 	lt.file("etc/group", []byte("root:x:0:\n"), 0o644)
-	names := make([]string, 0, len(extraFiles))
-	for name := range extraFiles {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(extraFiles))
 	for _, name := range names {
 		p := path.Clean("/" + name)[1:]
 		if p == "" || name == "" || strings.Contains(name, "\x00") || slices.Contains(strings.Split(name, "/"), "..") {
