@@ -418,7 +418,7 @@ func (s *Server) hostGone(ctx context.Context, id string, kind failure.Kind, rea
 			continue
 		}
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-		err := s.gh.DeleteRunner(dctx, r.Installation, s.scope(r), r.GitHubID)
+		err := s.gh.DeleteRunner(dctx, r.Installation, runnerScope(r), r.GitHubID)
 		cancel()
 		if err != nil && !errors.Is(err, github.ErrNotFound) {
 			s.log.Warn("deleting a gone host's runner registration (the orphan reconciler will retry)",

@@ -126,8 +126,8 @@ const maxGitHubConcurrency = 16
 // Server is the control plane. It wires the parts, and each part that
 // holds state guards it with its own lock: links (the agents attached),
 // marks (runner bookkeeping that is not in the store), events (host
-// events in arrival order), place (placement), toVerify and redone (the
-// reconcilers' memory). The JSON API (api) holds no state: it reads these
+// events in arrival order), place (placement), rec (the reconcilers and
+// what they remember). The JSON API (api) holds no state: it reads these
 // and the store. The store holds the rest; Server's own fields are set by
 // New and not changed after, but for images (imgMu).
 type Server struct {
@@ -141,15 +141,14 @@ type Server struct {
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
 
-	links  *links      // the agents attached: connections and heartbeats
-	marks  *marks      // runners being stopped, configured, held busy
-	events *eventQueue // host events, until applied in order by eventLoop
-	place  *placer     // where queued jobs go, and why the others wait
-	api    *api        // the JSON API (api.go, ops.go, egress.go)
+	links  *links       // the agents attached: connections and heartbeats
+	marks  *marks       // runners being stopped, configured, held busy
+	events *eventQueue  // host events, until applied in order by eventLoop
+	place  *placer      // where queued jobs go, and why the others wait
+	rec    *reconcilers // the reconciler passes and what they remember
+	api    *api         // the JSON API (api.go, ops.go, egress.go)
 
-	toVerify *jobSet       // jobs to check against GitHub (verifyLoop)
-	redone   *redeliveries // deliveries this process asked GitHub to redeliver
-	ghSlots  chan struct{} // bounds concurrent JIT config requests
+	ghSlots chan struct{} // bounds concurrent JIT config requests
 
 	wg sync.WaitGroup
 
@@ -205,15 +204,14 @@ func New(cfg Config) (*Server, error) {
 		applyKick:    make(chan struct{}, 1),
 		dispatchKick: make(chan struct{}, 1),
 		events:       newEventQueue(),
-		toVerify:     newJobSet(),
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		links:        newLinks(),
 		marks:        newMarks(),
-		redone:       newRedeliveries(),
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
 	s.api = newAPI(s)
+	s.rec = newReconcilers(s)
 	if err := s.initImages(); err != nil {
 		return nil, err
 	}
@@ -222,10 +220,10 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.verifyLoop, s.hostMonitor}
-	for _, r := range s.reconcilers() {
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor}
+	for _, r := range s.rec.list() {
 		if r.every > 0 {
-			loops = append(loops, func(ctx context.Context) { s.reconcileLoop(ctx, r) })
+			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })
 		}
 	}
 	for _, l := range loops {

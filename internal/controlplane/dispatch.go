@@ -159,7 +159,9 @@ func (s *Server) giveSpares(tx store.Tx, fx *afterCommit, queued []store.Job, li
 	return rest, unneeded, nil
 }
 
-func (s *Server) scope(r store.Runner) github.Scope {
+// runnerScope is where a runner is registered on GitHub: its repository,
+// or its organisation.
+func runnerScope(r store.Runner) github.Scope {
 	if r.Repo != "" {
 		owner, name, _ := strings.Cut(r.Repo, "/")
 		return github.Scope{Owner: owner, Repo: name}
@@ -204,7 +206,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 		s.stopRunner(r.HostID, r.Name, "no runner config: "+jctx.Err().Error())
 		return
 	}
-	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, s.scope(r), github.JITRequest{
+	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, runnerScope(r), github.JITRequest{
 		Name: r.Name, RunnerGroupID: s.cfg.Runner.GroupID, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
 	})
 	<-s.ghSlots
@@ -220,7 +222,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	// A runner being retired must not get its config: it could take a job
 	// just before its VM is stopped.
 	if !s.marks.configure(r.Name) {
-		if err := s.gh.DeleteRunner(jctx, r.Installation, s.scope(r), jit.RunnerID); err != nil && !errors.Is(err, github.ErrNotFound) {
+		if err := s.gh.DeleteRunner(jctx, r.Installation, runnerScope(r), jit.RunnerID); err != nil && !errors.Is(err, github.ErrNotFound) {
 			log.Warn("deleting a retired runner's registration (the orphan reconciler will retry)", "err", err)
 		}
 		return
@@ -288,7 +290,7 @@ func (s *Server) retire(ctx context.Context, r store.Runner, reason, count strin
 	if configured {
 		cur, err := s.runnerRecord(ctx, r.Name)
 		if err == nil && cur.GitHubID != 0 {
-			err = s.gh.DeleteRunner(ctx, cur.Installation, s.scope(cur), cur.GitHubID)
+			err = s.gh.DeleteRunner(ctx, cur.Installation, runnerScope(cur), cur.GitHubID)
 			if errors.Is(err, github.ErrNotFound) {
 				err = nil // gone already: it ran its job, or never registered
 			}
@@ -299,7 +301,7 @@ func (s *Server) retire(ctx context.Context, r store.Runner, reason, count strin
 				s.log.Info("not retiring a runner GitHub reports busy", "runner", r.Name, "why", reason)
 				verifyRunnerJob := r.JobID
 				if verifyRunnerJob != 0 {
-					s.verify(verifyRunnerJob)
+					s.rec.verify(verifyRunnerJob)
 				}
 			} else {
 				s.log.Warn("retiring runner: deleting its GitHub registration", "runner", r.Name, "err", err)

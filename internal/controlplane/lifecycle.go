@@ -46,7 +46,7 @@ func (s *Server) runAfterCommit(ctx context.Context, fx *afterCommit) {
 		f()
 	}
 	for _, id := range fx.verify {
-		s.verify(id)
+		s.rec.verify(id)
 	}
 	for _, l := range fx.launches {
 		s.wg.Add(1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -38,19 +39,57 @@ const retention = 7 * 24 * time.Hour
 // staleBatch bounds the GitHub calls one pass makes for stale jobs.
 const staleBatch = 50
 
-func (s *Server) reconcilers() []reconciler {
-	iv := s.cfg.Reconcile
+// reconcilers run the reconciler passes, and verifyLoop. They read the
+// store and GitHub, and change jobs and runners only through the control
+// plane's lifecycle (cp). Their own memory is toVerify and redone, each
+// with its own lock.
+type reconcilers struct {
+	st            store.Store
+	gh            github.API
+	iv            Intervals
+	idleTimeout   time.Duration // runner.idle_timeout
+	configTimeout time.Duration // runner.config_timeout
+	log           *slog.Logger
+	now           func() time.Time
+	metrics       *metrics
+	cp            reconcileControl
+
+	toVerify *jobSet       // jobs to check against GitHub (verifyLoop)
+	redone   *redeliveries // deliveries this process asked GitHub to redeliver
+}
+
+// reconcileControl is what the reconcilers ask of the control plane: its
+// lifecycle transactions (lifecycle.go, apply.go) and its runners.
+type reconcileControl interface {
+	update(ctx context.Context, fn func(store.Tx, *afterCommit) error) error
+	applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEvent, source string, now time.Time) (applied, error)
+	move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) (lifecycle.Rule, error)
+	retire(ctx context.Context, r store.Runner, reason, count string) bool
+	count(tx store.Tx, name string, n int64) error
+	isOurRunnerName(name string) bool
+	kickPlacement()
+}
+
+func newReconcilers(s *Server) *reconcilers {
+	return &reconcilers{st: s.st, gh: s.gh, iv: s.cfg.Reconcile, idleTimeout: s.cfg.Runner.IdleTimeout,
+		configTimeout: s.cfg.Runner.ConfigTimeout, log: s.log, now: s.now, metrics: s.metrics, cp: s,
+		toVerify: newJobSet(), redone: newRedeliveries()}
+}
+
+// list is every reconciler, with how often it runs (<= 0: only when asked).
+func (rc *reconcilers) list() []reconciler {
+	iv := rc.iv
 	return []reconciler{
-		{RecMissedWebhooks, iv.MissedWebhooks, s.reconcileMissedWebhooks},
-		{RecFailedDeliveries, iv.FailedDeliveries, s.reconcileFailedDeliveries},
-		{RecOrphans, iv.Orphans, s.reconcileOrphans},
-		{RecPrune, time.Hour, s.prune},
+		{RecMissedWebhooks, iv.MissedWebhooks, rc.reconcileMissedWebhooks},
+		{RecFailedDeliveries, iv.FailedDeliveries, rc.reconcileFailedDeliveries},
+		{RecOrphans, iv.Orphans, rc.reconcileOrphans},
+		{RecPrune, time.Hour, rc.prune},
 	}
 }
 
 // Reconcile runs one reconciler now (tests and operators use it).
 func (s *Server) Reconcile(ctx context.Context, name string) error {
-	for _, r := range s.reconcilers() {
+	for _, r := range s.rec.list() {
 		if r.name == name {
 			return r.run(ctx)
 		}
@@ -58,7 +97,7 @@ func (s *Server) Reconcile(ctx context.Context, name string) error {
 	return fmt.Errorf("no reconciler %q", name)
 }
 
-func (s *Server) reconcileLoop(ctx context.Context, r reconciler) {
+func (rc *reconcilers) loop(ctx context.Context, r reconciler) {
 	t := time.NewTicker(r.every)
 	defer t.Stop()
 	for {
@@ -68,25 +107,25 @@ func (s *Server) reconcileLoop(ctx context.Context, r reconciler) {
 		case <-t.C:
 		}
 		if err := r.run(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("reconciler failed", "reconciler", r.name, "err", err)
-			s.metrics.reconcileError(r.name)
+			rc.log.Warn("reconciler failed", "reconciler", r.name, "err", err)
+			rc.metrics.reconcileError(r.name)
 		}
 	}
 }
 
 // record applies a reconciler's finding in its own transaction and counts it.
-func (s *Server) record(ctx context.Context, rec, action string, fn func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error)) error {
+func (rc *reconcilers) record(ctx context.Context, rec, action string, fn func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error)) error {
 	did := false
-	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
+	err := rc.cp.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		var err error
-		if did, err = fn(tx, fx, s.now().UTC()); err != nil || !did {
+		if did, err = fn(tx, fx, rc.now().UTC()); err != nil || !did {
 			return err
 		}
-		return s.count(tx, "reconciler/"+rec+"/"+action, 1)
+		return rc.cp.count(tx, "reconciler/"+rec+"/"+action, 1)
 	})
 	if err == nil && did {
-		s.metrics.reconciled(rec, action)
-		kick(s.dispatchKick)
+		rc.metrics.reconciled(rec, action)
+		rc.cp.kickPlacement()
 	}
 	return err
 }
@@ -94,13 +133,13 @@ func (s *Server) record(ctx context.Context, rec, action string, fn func(tx stor
 // reconcileMissedWebhooks finds what lost webhooks did not tell: queued
 // jobs Tandem never heard of (in every recently active repository), and
 // the present state of jobs that have not moved for a while.
-func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
-	now := s.now().UTC()
+func (rc *reconcilers) reconcileMissedWebhooks(ctx context.Context) error {
+	now := rc.now().UTC()
 	var repos []store.Repo
 	var stale []store.Job
-	err := s.st.View(ctx, func(tx store.ReadTx) error {
+	err := rc.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		if repos, err = tx.Repos(now.Add(-s.cfg.Reconcile.ActiveRepoWindow)); err != nil {
+		if repos, err = tx.Repos(now.Add(-rc.iv.ActiveRepoWindow)); err != nil {
 			return err
 		}
 		jobs, err := tx.Jobs(store.JobFilter{States: []store.JobState{
@@ -109,7 +148,7 @@ func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
 			return err
 		}
 		for _, j := range jobs {
-			if now.Sub(j.UpdatedAt) >= s.cfg.Reconcile.LostAfter {
+			if now.Sub(j.UpdatedAt) >= rc.iv.LostAfter {
 				stale = append(stale, j)
 			}
 		}
@@ -120,13 +159,13 @@ func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
 	}
 	var errs []error
 	for _, repo := range repos {
-		jobs, err := s.gh.ListQueuedJobs(ctx, repo.Installation, repo.FullName)
+		jobs, err := rc.gh.ListQueuedJobs(ctx, repo.Installation, repo.FullName)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", repo.FullName, err))
 			continue
 		}
 		for _, gj := range jobs {
-			if err := s.learn(ctx, repo.Installation, gj, "found queued on GitHub"); err != nil {
+			if err := rc.learn(ctx, repo.Installation, gj, "found queued on GitHub"); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -136,7 +175,7 @@ func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
 		stale = stale[:staleBatch]
 	}
 	for _, j := range stale {
-		if err := s.refreshJob(ctx, j); err != nil {
+		if err := rc.refreshJob(ctx, j); err != nil {
 			errs = append(errs, fmt.Errorf("job %d: %w", j.ID, err))
 		}
 	}
@@ -145,7 +184,7 @@ func (s *Server) reconcileMissedWebhooks(ctx context.Context) error {
 
 // learn applies a job's state as GitHub's API reports it, as a webhook
 // would have. Nothing happens if Tandem already knows as much.
-func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, why string) error {
+func (rc *reconcilers) learn(ctx context.Context, installation int64, gj github.Job, why string) error {
 	action := gj.Status
 	switch gj.Status {
 	case "queued", "in_progress", "completed", "waiting":
@@ -159,13 +198,13 @@ func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, w
 		Repo: github.Repository{FullName: gj.Repo, Owner: owner}}
 	var res applied
 	src := "reconciler/" + RecMissedWebhooks
-	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
+	err := rc.cp.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		before, err := tx.Job(gj.ID)
 		known := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		if res, err = s.applyEvent(tx, fx, ev, src, s.now().UTC()); err != nil {
+		if res, err = rc.cp.applyEvent(tx, fx, ev, src, rc.now().UTC()); err != nil {
 			return err
 		}
 		if known && res.changed {
@@ -174,15 +213,15 @@ func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, w
 				return err
 			}
 			if after.State != before.State {
-				return s.count(tx, src+"/jobs-moved", 1)
+				return rc.cp.count(tx, src+"/jobs-moved", 1)
 			}
 		}
 		return nil
 	})
 	if err == nil && res.changed {
-		s.log.Info("reconciler: applied GitHub's view of a job", "reconciler", RecMissedWebhooks,
+		rc.log.Info("reconciler: applied GitHub's view of a job", "reconciler", RecMissedWebhooks,
 			"job", gj.ID, "repo", gj.Repo, "status", gj.Status, "why", why, "outcome", res.outcome)
-		kick(s.dispatchKick)
+		rc.cp.kickPlacement()
 	}
 	return err
 }
@@ -190,8 +229,8 @@ func (s *Server) learn(ctx context.Context, installation int64, gj github.Job, w
 // refreshJob asks GitHub about a job that has not moved for a while. A
 // running job whose runner VM has ended and that GitHub still reports in
 // progress after LostAfter is lost.
-func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
-	gj, err := s.gh.GetJob(ctx, j.Installation, j.Repo, j.ID)
+func (rc *reconcilers) refreshJob(ctx context.Context, j store.Job) error {
+	gj, err := rc.gh.GetJob(ctx, j.Installation, j.Repo, j.ID)
 	if err != nil {
 		return err
 	}
@@ -202,57 +241,57 @@ func (s *Server) refreshJob(ctx context.Context, j store.Job) error {
 		if gj.Status == "queued" && j.State == store.JobQueued {
 			return nil
 		}
-		return s.learn(ctx, j.Installation, gj, "job had not moved for "+s.cfg.Reconcile.LostAfter.String())
+		return rc.learn(ctx, j.Installation, gj, "job had not moved for "+rc.iv.LostAfter.String())
 	}
 	// Running on GitHub and here: is its runner still alive?
-	return s.record(ctx, RecMissedWebhooks, "jobs-lost", func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error) {
+	return rc.record(ctx, RecMissedWebhooks, "jobs-lost", func(tx store.Tx, fx *afterCommit, now time.Time) (bool, error) {
 		r, err := tx.Runner(j.RunnerName)
 		if errors.Is(err, store.ErrNotFound) {
 			return false, nil // a runner not ours: GitHub will end it
 		}
-		if err != nil || r.State != store.RunnerEnded || now.Sub(r.EndedAt) < s.cfg.Reconcile.LostAfter {
+		if err != nil || r.State != store.RunnerEnded || now.Sub(r.EndedAt) < rc.iv.LostAfter {
 			return false, err
 		}
 		cur, err := tx.Job(j.ID)
 		if err != nil || cur.RunnerName != r.Name {
 			return false, err
 		}
-		rule, err := s.move(fx, &cur, jobStep{ev: lifecycle.RunnerVanished}, now)
+		rule, err := rc.cp.move(fx, &cur, jobStep{ev: lifecycle.RunnerVanished}, now)
 		if err != nil || rule.To == lifecycle.Unchanged {
 			return false, err
 		}
 		cur.Reason = fmt.Sprintf("runner %s's VM ended %s ago (%s) and GitHub still reports the job in progress",
 			r.Name, now.Sub(r.EndedAt).Round(time.Second), orText(r.Reason, "exited"))
-		fx.do(func() { s.log.Warn("job lost", "job", cur.ID, "reason", cur.Reason) })
+		fx.do(func() { rc.log.Warn("job lost", "job", cur.ID, "reason", cur.Reason) })
 		return true, tx.UpdateJob(cur, store.Event{Source: "reconciler/" + RecMissedWebhooks, Reason: cur.Reason})
 	})
 }
 
 // verify asks verifyLoop to fetch a job's state from GitHub soon. Safe to
 // call inside a transaction: it only records the wish.
-func (s *Server) verify(jobID int64) { s.toVerify.add(jobID) }
+func (rc *reconcilers) verify(jobID int64) { rc.toVerify.add(jobID) }
 
 // verifyLoop brings jobs whose fate Tandem could only guess up to date with
 // GitHub.
-func (s *Server) verifyLoop(ctx context.Context) {
+func (rc *reconcilers) verifyLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.toVerify.kick:
+		case <-rc.toVerify.kick:
 		}
-		for _, id := range s.toVerify.take() {
+		for _, id := range rc.toVerify.take() {
 			var j store.Job
-			err := s.st.View(ctx, func(tx store.ReadTx) error {
+			err := rc.st.View(ctx, func(tx store.ReadTx) error {
 				var err error
 				j, err = tx.Job(id)
 				return err
 			})
 			if err == nil && !j.State.Terminal() {
-				err = s.refreshJob(ctx, j)
+				err = rc.refreshJob(ctx, j)
 			}
 			if err != nil && ctx.Err() == nil {
-				s.log.Warn("checking a job with GitHub", "job", id, "err", err)
+				rc.log.Warn("checking a job with GitHub", "job", id, "err", err)
 			}
 		}
 	}
@@ -331,9 +370,9 @@ func orText(s, def string) string {
 
 // reconcileFailedDeliveries asks GitHub to redeliver, once, each recent
 // workflow_job delivery that never reached Tandem.
-func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
-	since := s.now().Add(-72 * time.Hour)
-	ds, err := s.gh.ListDeliveries(ctx, since)
+func (rc *reconcilers) reconcileFailedDeliveries(ctx context.Context) error {
+	since := rc.now().Add(-72 * time.Hour)
+	ds, err := rc.gh.ListDeliveries(ctx, since)
 	if err != nil {
 		return err
 	}
@@ -358,14 +397,14 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 			a.latest = d
 		}
 	}
-	s.redone.forget(since)
+	rc.redone.forget(since)
 	var errs []error
 	for guid, a := range byGUID {
-		if a.ok || s.redone.done(guid) {
+		if a.ok || rc.redone.done(guid) {
 			continue
 		}
 		have := false
-		if err := s.st.View(ctx, func(tx store.ReadTx) error {
+		if err := rc.st.View(ctx, func(tx store.ReadTx) error {
 			_, err := tx.Delivery(guid)
 			have = err == nil
 			if errors.Is(err, store.ErrNotFound) {
@@ -378,14 +417,14 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 		if have {
 			continue // it reached us after all (GitHub logged a slow reply)
 		}
-		if err := s.gh.Redeliver(ctx, a.latest.ID); err != nil {
+		if err := rc.gh.Redeliver(ctx, a.latest.ID); err != nil {
 			errs = append(errs, fmt.Errorf("redeliver %s: %w", guid, err))
 			continue
 		}
-		s.redone.add(guid, s.now())
-		s.log.Info("reconciler: asked GitHub to redeliver a failed webhook", "reconciler", RecFailedDeliveries,
+		rc.redone.add(guid, rc.now())
+		rc.log.Info("reconciler: asked GitHub to redeliver a failed webhook", "reconciler", RecFailedDeliveries,
 			"delivery", guid, "action", a.latest.Action, "status", a.latest.Status)
-		if err := s.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, *afterCommit, time.Time) (bool, error) {
+		if err := rc.record(ctx, RecFailedDeliveries, "redelivered", func(store.Tx, *afterCommit, time.Time) (bool, error) {
 			return true, nil
 		}); err != nil {
 			errs = append(errs, err)
@@ -397,10 +436,10 @@ func (s *Server) reconcileFailedDeliveries(ctx context.Context) error {
 // reconcileOrphans deletes Tandem's GitHub runners whose VM is gone, and
 // stops VMs whose runner took no job within the idle timeout (asking GitHub
 // what became of the job first, so demand is recomputed from the truth).
-func (s *Server) reconcileOrphans(ctx context.Context) error {
-	now := s.now().UTC()
+func (rc *reconcilers) reconcileOrphans(ctx context.Context) error {
+	now := rc.now().UTC()
 	var runners []store.Runner
-	if err := s.st.View(ctx, func(tx store.ReadTx) error {
+	if err := rc.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		runners, err = tx.Runners(store.RunnerFilter{})
 		return err
@@ -416,41 +455,41 @@ func (s *Server) reconcileOrphans(ctx context.Context) error {
 	var errs []error
 	for _, r := range runners {
 		byName[r.Name] = r
-		if r.Installation != 0 && now.Sub(r.CreatedAt) < s.cfg.Reconcile.ActiveRepoWindow {
-			scopes[scopeKey{r.Installation, s.scope(r)}] = true
+		if r.Installation != 0 && now.Sub(r.CreatedAt) < rc.iv.ActiveRepoWindow {
+			scopes[scopeKey{r.Installation, runnerScope(r)}] = true
 		}
-		if r.State == store.RunnerIdle && now.Sub(r.StartedAt) >= s.cfg.Runner.IdleTimeout {
-			if err := s.stopIdle(ctx, r); err != nil {
+		if r.State == store.RunnerIdle && now.Sub(r.StartedAt) >= rc.idleTimeout {
+			if err := rc.stopIdle(ctx, r); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		stuck := s.cfg.Runner.ConfigTimeout + 10*time.Minute
+		stuck := rc.configTimeout + 10*time.Minute
 		if (r.State == store.RunnerAssigned || r.State == store.RunnerBooting) && now.Sub(r.CreatedAt) >= stuck {
-			if s.retire(ctx, r, fmt.Sprintf("did not start within %s", stuck), "reconciler/"+RecOrphans+"/stuck-vms-stopped") {
-				s.metrics.reconciled(RecOrphans, "stuck-vms-stopped")
+			if rc.cp.retire(ctx, r, fmt.Sprintf("did not start within %s", stuck), "reconciler/"+RecOrphans+"/stuck-vms-stopped") {
+				rc.metrics.reconciled(RecOrphans, "stuck-vms-stopped")
 			}
 		}
 	}
 	for k := range scopes {
-		ghRunners, err := s.gh.ListRunners(ctx, k.inst, k.scope)
+		ghRunners, err := rc.gh.ListRunners(ctx, k.inst, k.scope)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list runners of %s: %w", scopeString(k.scope), err))
 			continue
 		}
 		for _, gr := range ghRunners {
-			if !s.isOurRunnerName(gr.Name) || gr.Busy {
+			if !rc.cp.isOurRunnerName(gr.Name) || gr.Busy {
 				continue
 			}
 			if r, ok := byName[gr.Name]; ok && r.State != store.RunnerEnded {
 				continue // its VM is alive
 			}
-			if err := s.gh.DeleteRunner(ctx, k.inst, k.scope, gr.ID); err != nil && !errors.Is(err, github.ErrNotFound) {
+			if err := rc.gh.DeleteRunner(ctx, k.inst, k.scope, gr.ID); err != nil && !errors.Is(err, github.ErrNotFound) {
 				errs = append(errs, fmt.Errorf("delete runner %s: %w", gr.Name, err))
 				continue
 			}
-			s.log.Info("reconciler: deleted a GitHub runner whose VM is gone", "reconciler", RecOrphans,
+			rc.log.Info("reconciler: deleted a GitHub runner whose VM is gone", "reconciler", RecOrphans,
 				"runner", gr.Name, "scope", scopeString(k.scope))
-			if err := s.record(ctx, RecOrphans, "github-runners-deleted", func(store.Tx, *afterCommit, time.Time) (bool, error) { return true, nil }); err != nil {
+			if err := rc.record(ctx, RecOrphans, "github-runners-deleted", func(store.Tx, *afterCommit, time.Time) (bool, error) { return true, nil }); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -460,29 +499,29 @@ func (s *Server) reconcileOrphans(ctx context.Context) error {
 
 // stopIdle stops a runner that took no job within the idle timeout, after
 // bringing its job up to date from GitHub.
-func (s *Server) stopIdle(ctx context.Context, r store.Runner) error {
+func (rc *reconcilers) stopIdle(ctx context.Context, r store.Runner) error {
 	if r.JobID != 0 {
 		var j store.Job
-		err := s.st.View(ctx, func(tx store.ReadTx) error {
+		err := rc.st.View(ctx, func(tx store.ReadTx) error {
 			var err error
 			j, err = tx.Job(r.JobID)
 			return err
 		})
 		if err == nil {
-			if gj, err := s.gh.GetJob(ctx, j.Installation, j.Repo, j.ID); err == nil {
+			if gj, err := rc.gh.GetJob(ctx, j.Installation, j.Repo, j.ID); err == nil {
 				if gj.Repo == "" {
 					gj.Repo = j.Repo
 				}
-				if err := s.learn(ctx, j.Installation, gj, "its runner stayed idle"); err != nil {
+				if err := rc.learn(ctx, j.Installation, gj, "its runner stayed idle"); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	reason := fmt.Sprintf("took no job within %s", s.cfg.Runner.IdleTimeout)
-	if s.retire(ctx, r, reason, "reconciler/"+RecOrphans+"/idle-vms-stopped") {
-		s.log.Info("reconciler: stopped an idle runner VM", "reconciler", RecOrphans, "runner", r.Name, "reason", reason)
-		s.metrics.reconciled(RecOrphans, "idle-vms-stopped")
+	reason := fmt.Sprintf("took no job within %s", rc.idleTimeout)
+	if rc.cp.retire(ctx, r, reason, "reconciler/"+RecOrphans+"/idle-vms-stopped") {
+		rc.log.Info("reconciler: stopped an idle runner VM", "reconciler", RecOrphans, "runner", r.Name, "reason", reason)
+		rc.metrics.reconciled(RecOrphans, "idle-vms-stopped")
 	}
 	return nil
 }
@@ -494,10 +533,10 @@ func scopeString(sc github.Scope) string {
 	return sc.Owner + "/" + sc.Repo
 }
 
-func (s *Server) prune(ctx context.Context) error {
-	n, err := s.st.Prune(ctx, s.now().Add(-retention))
+func (rc *reconcilers) prune(ctx context.Context) error {
+	n, err := rc.st.Prune(ctx, rc.now().Add(-retention))
 	if err == nil && n > 0 {
-		s.log.Info("pruned old records", "rows", n)
+		rc.log.Info("pruned old records", "rows", n)
 	}
 	return err
 }
