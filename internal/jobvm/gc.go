@@ -19,24 +19,19 @@ func (h *Host) Collect(ctx context.Context, keep func(vm.Info) bool) ([]string, 
 		return nil, err
 	}
 	defer unlock()
-	infos, err := h.Driver.List(ctx)
+	// Recover hands back every VM with state here, leftovers included: the
+	// ones wanted are left alone, the rest destroyed through their handles.
+	insts, err := h.Driver.Recover(ctx)
 	if err != nil {
 		return nil, err
 	}
 	live := map[string]bool{}
 	var reclaimed []string
 	var errs []error
-	for _, info := range infos {
+	for _, inst := range insts {
+		info := inst.Info()
 		if vm.OwnerAlive(info.Spec.Owner) && (keep == nil || keep(info)) {
 			live[info.ID] = true
-			continue
-		}
-		inst, err := h.Driver.Get(ctx, info.ID)
-		if err != nil {
-			if errors.Is(err, vm.ErrNotFound) {
-				continue
-			}
-			errs = append(errs, err)
 			continue
 		}
 		if err := inst.Destroy(ctx); err != nil {
