@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/tandem-ci/tandem/internal/fsutil"
 )
@@ -160,7 +161,7 @@ func fetchDeb(ctx context.Context, p *progress, d debFile, cacheDir string) (deb
 		os.Remove(path)
 	}
 	p.step("downloading %s %s (%s)", d.Package, d.Version, d.Arch)
-	if _, err := run(ctx, cacheDir, "apt-get", "download", "-q", d.Package+":"+d.Arch+"="+d.Version); err != nil {
+	if err := aptDownload(ctx, p, cacheDir, d); err != nil {
 		return debFile{}, fmt.Errorf("download %s: %w", d.Package, err)
 	}
 	sum, err := fileSHA256(path)
@@ -173,6 +174,38 @@ func fetchDeb(ctx context.Context, p *progress, d debFile, cacheDir string) (deb
 	}
 	d.Path = path
 	return d, nil
+}
+
+// downloadRetries are the pauses before trying a failed download again: a
+// mirror or resolver that is briefly away (seen here as "Temporary failure
+// resolving") should not fail an image build. Only the last error is
+// returned.
+var downloadRetries = []time.Duration{2 * time.Second, 10 * time.Second}
+
+// aptDownload runs `apt-get download` for d into dir, again after each
+// pause of downloadRetries while it fails.
+func aptDownload(ctx context.Context, p *progress, dir string, d debFile) error {
+	for i := 0; ; i++ {
+		_, err := run(ctx, dir, "apt-get", "download", "-q", d.Package+":"+d.Arch+"="+d.Version)
+		if err == nil || i == len(downloadRetries) || ctx.Err() != nil {
+			return err
+		}
+		p.step("download of %s failed (%s); trying again in %s", d.Package, lastLine(err.Error()), downloadRetries[i])
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(downloadRetries[i]):
+		}
+	}
+}
+
+// lastLine is the last non-blank line of s: apt's error, after its warnings.
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return strings.TrimSpace(s)
 }
 
 // localDeb describes an operator-given kernel .deb, which must be for arch.

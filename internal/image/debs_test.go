@@ -2,11 +2,14 @@ package image
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // aptOutput is what `apt-cache show --no-all-versions` prints (shortened).
@@ -140,5 +143,55 @@ func TestStageRootfsDeterministic(t *testing.T) {
 	}
 	if hashes[0] != hashes[1] {
 		t.Error("two stagings of the same inputs differ")
+	}
+}
+
+// A download that fails is tried again after each pause, and the build
+// goes on once it works; one that keeps failing returns apt's error.
+func TestAptDownloadRetries(t *testing.T) {
+	bin := t.TempDir()
+	calls := filepath.Join(bin, "calls")
+	// A stand-in apt-get: it fails (as apt does when a resolver is briefly
+	// away) until it has been called FAILS times.
+	script := `#!/bin/sh
+echo x >> "` + calls + `"
+n=$(wc -l < "` + calls + `")
+if [ "$n" -le "$FAILS" ]; then
+  echo "W: some warning" >&2
+  echo "E: Failed to fetch http://deb.example/x.deb  Temporary failure resolving 'deb.example'" >&2
+  exit 100
+fi
+`
+	if err := os.WriteFile(filepath.Join(bin, "apt-get"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	old := downloadRetries
+	downloadRetries = []time.Duration{time.Millisecond, time.Millisecond}
+	t.Cleanup(func() { downloadRetries = old })
+	d := debFile{Package: "p", Version: "1", Arch: "amd64"}
+	var out strings.Builder
+	p := &progress{w: &out, start: time.Now()}
+
+	for _, tc := range []struct {
+		fails, calls int
+		ok           bool
+	}{{0, 1, true}, {2, 3, true}, {3, 3, false}} {
+		os.Remove(calls)
+		t.Setenv("FAILS", strconv.Itoa(tc.fails))
+		err := aptDownload(context.Background(), p, t.TempDir(), d)
+		b, _ := os.ReadFile(calls)
+		if n := strings.Count(string(b), "x"); n != tc.calls {
+			t.Errorf("failing %d times: apt-get ran %d times, want %d", tc.fails, n, tc.calls)
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("failing %d times: err %v", tc.fails, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "Temporary failure resolving") {
+			t.Errorf("the error lost apt's reason: %v", err)
+		}
+	}
+	if !strings.Contains(out.String(), "download of p failed (E: Failed to fetch") {
+		t.Errorf("no progress line says why it tries again:\n%s", out.String())
 	}
 }
