@@ -22,6 +22,7 @@ func (s *Server) controlRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /_ghfake/installations", s.ctlInstallation)
 	m.HandleFunc("POST /_ghfake/jobs", s.ctlQueue)
 	m.HandleFunc("POST /_ghfake/jobs/{id}/cancel", s.ctlCancel)
+	m.HandleFunc("POST /_ghfake/jobs/{id}/approve", s.ctlApprove)
 	m.HandleFunc("GET /_ghfake/jobs", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Jobs())
 	})
@@ -89,6 +90,22 @@ func (s *Server) ctlCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) ctlApprove(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(r, "id")
+	if !ok {
+		notFound(w)
+		return
+	}
+	switch err := s.ApproveJob(id); {
+	case errors.Is(err, ErrNotFound):
+		notFound(w)
+	case err != nil:
+		invalid(w, err.Error())
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 func (s *Server) ctlFaults(w http.ResponseWriter, r *http.Request) {

@@ -128,13 +128,15 @@ func (j *job) info() JobInfo {
 	}
 }
 
-// status of a run: queued until a job starts, in_progress until all
-// complete, then completed.
+// status of a run: queued (waiting, while a job waits for an approval)
+// until a job starts, in_progress until all complete, then completed.
 func (rn *run) status() (status, conclusion string) {
-	started, done := false, 0
+	started, done, waiting := false, 0, false
 	failed, cancelled := false, false
 	for _, j := range rn.jobs {
 		switch j.status {
+		case StatusWaiting:
+			waiting = true
 		case StatusInProgress:
 			started = true
 		case StatusCompleted:
@@ -155,6 +157,8 @@ func (rn *run) status() (status, conclusion string) {
 		return StatusCompleted, ConclusionSuccess
 	case started:
 		return StatusInProgress, ""
+	case waiting:
+		return StatusWaiting, ""
 	}
 	return StatusQueued, ""
 }

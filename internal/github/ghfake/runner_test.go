@@ -388,3 +388,44 @@ func TestSilentRunnerLosesItsJob(t *testing.T) {
 		t.Errorf("webhooks of the lost job: %v", got)
 	}
 }
+
+// A job that deploys to an environment with a required reviewer waits, as
+// on GitHub: a "waiting" webhook with status waiting, a run that is
+// waiting, no runner takes it, and approving it queues it (a "queued"
+// webhook) for a runner to take. Approving it twice is refused.
+func TestApprovalWait(t *testing.T) {
+	f := newFixture(t)
+	tok := f.token(f.srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app"))
+	job, runID := f.srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"x"}, Environment: "production"})
+	sess := f.session(f.jit(tok, "/repos/acme/app", "r", "x").EncodedJITConfig)
+	if got := f.acquire(sess, 200*time.Millisecond); got != 0 {
+		t.Fatalf("a runner took job %d while it waited for approval", got)
+	}
+	if j := f.job(job); j.Status != ghfake.StatusWaiting {
+		t.Fatalf("job %+v, want waiting", j)
+	}
+	var run struct {
+		Status string `json:"status"`
+	}
+	f.expect(200, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d", runID), tok, nil, &run)
+	if run.Status != "waiting" {
+		t.Errorf("run status %q, want waiting", run.Status)
+	}
+	if err := f.srv.ApproveJob(job); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.ApproveJob(job); !errors.Is(err, ghfake.ErrInvalid) {
+		t.Errorf("approving a queued job: %v", err)
+	}
+	if got := f.acquire(sess, 5*time.Second); got != job {
+		t.Fatalf("after approval the runner took %d, want %d", got, job)
+	}
+	f.srv.Flush()
+	var seen []string
+	for _, h := range f.sink.jobHooks(t) {
+		seen = append(seen, h.Action+"/"+h.WorkflowJob.Status)
+	}
+	if want := []string{"waiting/waiting", "queued/queued", "in_progress/in_progress"}; !slices.Equal(seen, want) {
+		t.Errorf("webhooks %v, want %v", seen, want)
+	}
+}

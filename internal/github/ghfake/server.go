@@ -31,6 +31,7 @@ var (
 // Job statuses and conclusions, as GitHub spells them.
 const (
 	StatusQueued     = "queued"
+	StatusWaiting    = "waiting" // held for an environment's approval
 	StatusInProgress = "in_progress"
 	StatusCompleted  = "completed"
 
@@ -91,6 +92,10 @@ type JobSpec struct {
 	Script string `json:"script"`
 	// Name is the job's name (default "build").
 	Name string `json:"name,omitempty"`
+	// Environment names a protected environment the job deploys to, one
+	// that needs a reviewer: the job waits (status waiting, a workflow_job
+	// "waiting" webhook, no runner takes it) until ApproveJob.
+	Environment string `json:"environment,omitempty"`
 }
 
 // JobInfo is a snapshot of a job.
@@ -432,13 +437,16 @@ func (s *Server) QueueRun(repoName string, specs ...JobSpec) (runID int64, jobID
 			id: s.ids.job, run: rn, name: jname, script: sp.Script,
 			labels: slices.Clone(sp.Labels), status: StatusQueued, createdAt: now,
 		}
+		if sp.Environment != "" {
+			j.status = StatusWaiting
+		}
 		s.jobs[j.id] = j
 		s.jobOrder = append(s.jobOrder, j.id)
 		rn.jobs = append(rn.jobs, j)
 		jobIDs = append(jobIDs, j.id)
 	}
 	for _, j := range rn.jobs {
-		s.emitLocked("queued", j)
+		s.emitLocked(j.status, j) // "queued", or "waiting" for an approval
 	}
 	s.wakeRunnersLocked()
 	return rn.id, jobIDs, nil
@@ -449,20 +457,50 @@ func (s *Server) QueueRun(repoName string, specs ...JobSpec) (runID int64, jobID
 // as cancelled when the runner reports. Cancelling a completed job does
 // nothing.
 func (s *Server) CancelJob(id int64) error {
+	return s.withJob("cancel", id, func(j *job) error {
+		s.cancelLocked(j)
+		return nil
+	})
+}
+
+// withJob runs fn on job id under s.mu; verb names the call in its error.
+func (s *Server) withJob(verb string, id int64, fn func(*job) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	j, ok := s.jobs[id]
 	if !ok {
-		return fmt.Errorf("cancel job %d: %w", id, ErrNotFound)
+		return fmt.Errorf("%s job %d: %w", verb, id, ErrNotFound)
 	}
+	if err := fn(j); err != nil {
+		return fmt.Errorf("%s job %d: %w", verb, id, err)
+	}
+	return nil
+}
+
+func (s *Server) cancelLocked(j *job) {
 	switch j.status {
-	case StatusQueued:
+	case StatusQueued, StatusWaiting:
 		j.cancelRequested = true
 		s.finishJobLocked(j, ConclusionCancelled)
 	case StatusInProgress:
 		j.cancelRequested = true
 	}
-	return nil
+}
+
+// ApproveJob approves the deployment a waiting job waits for, as a
+// reviewer does: the job is queued (a workflow_job "queued" webhook) and
+// runners may take it. A job that is not waiting is an ErrInvalid.
+func (s *Server) ApproveJob(id int64) error {
+	return s.withJob("approve", id, func(j *job) error {
+		if j.status != StatusWaiting {
+			return fmt.Errorf("%w: it is %s, not waiting", ErrInvalid, j.status)
+		}
+		j.status = StatusQueued
+		j.run.updatedAt = s.now()
+		s.emitLocked("queued", j)
+		s.wakeRunnersLocked()
+		return nil
+	})
 }
 
 // Job returns a snapshot of a job.
