@@ -353,8 +353,9 @@ func jobsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "jobs [--state s1,s2] [--repo OWNER/NAME] [--org ORG] [--limit N]",
 		Short: "List jobs, newest first",
-		Long: "List jobs, newest first. States: queued, scheduled, launching, running,\n" +
-			"completed, cancelled, failed, unschedulable, lost.",
+		Long: "List jobs, newest first. States: waiting (held by GitHub for an approval or\n" +
+			"a concurrency group), queued, scheduled, launching, running, completed,\n" +
+			"cancelled, failed, unschedulable, lost.",
 		Args: cobra.NoArgs,
 	}
 	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
@@ -453,7 +454,11 @@ func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
 	}
 	field("runner", j.Runner)
 	field("host", j.Host)
-	field("attempts", strconv.Itoa(j.Attempts))
+	attempts := strconv.Itoa(j.Attempts)
+	if j.Reopens > 0 {
+		attempts += fmt.Sprintf(" (opened again %d times)", j.Reopens)
+	}
+	field("attempts", attempts)
 	field("queued", when(&j.QueuedAt))
 	field("started", when(j.StartedAt))
 	field("completed", when(j.CompletedAt))

@@ -149,6 +149,7 @@ type JobView struct {
 	Runner      string      `json:"runner,omitempty"`
 	Host        string      `json:"host,omitempty"`
 	Attempts    int         `json:"attempts"`
+	Reopens     int         `json:"reopens,omitempty"` // opened again after Tandem failed it
 	Conclusion  string      `json:"conclusion,omitempty"`
 	QueuedAt    time.Time   `json:"queued_at"`
 	UpdatedAt   time.Time   `json:"updated_at"`
@@ -185,7 +186,7 @@ func (a *api) jobView(j store.Job) JobView {
 	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
 		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,
 		State: string(j.State), Reason: j.Reason, Runner: j.RunnerName, Host: j.HostID,
-		Attempts: j.Attempts, Conclusion: j.Conclusion, QueuedAt: j.QueuedAt, UpdatedAt: j.UpdatedAt,
+		Attempts: j.Attempts, Reopens: j.Reopens, Conclusion: j.Conclusion, QueuedAt: j.QueuedAt, UpdatedAt: j.UpdatedAt,
 		StartedAt: optTime(j.StartedAt), CompletedAt: optTime(j.CompletedAt)}
 }
 

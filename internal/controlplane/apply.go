@@ -3,6 +3,7 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github"
@@ -13,7 +14,7 @@ import (
 
 // applied is what applying one delivery did.
 type applied struct {
-	outcome string // for metrics: created, running, completed, duplicate, stale, ignored, malformed
+	outcome string // for metrics: created, queued, waiting, running, completed, duplicate, stale, ignored, malformed
 	changed bool   // jobs or runners changed: the dispatcher should look
 }
 
@@ -33,10 +34,16 @@ func (s *Server) applyDelivery(tx store.Tx, fx *afterCommit, d store.Delivery) (
 	return res, tx.MarkDelivery(d.GUID, now, "")
 }
 
-// githubEvent is the lifecycle event of a workflow_job action.
+// githubEvent is the lifecycle event of a workflow_job event. A job GitHub
+// holds back (an environment's approval, a concurrency group) has status
+// waiting; GitHub's own examples send it with action waiting and with
+// action queued, so the status decides.
 func githubEvent(ev github.WorkflowJobEvent) (lifecycle.Event, bool) {
 	switch ev.Action {
 	case "queued", "waiting":
+		if ev.Action == "waiting" || strings.EqualFold(ev.Job.Status, "waiting") {
+			return lifecycle.GHWaiting, true
+		}
 		return lifecycle.GHQueued, true
 	case "in_progress":
 		return lifecycle.GHRunning, true
@@ -84,14 +91,40 @@ func (s *Server) applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobE
 	case lifecycle.GHCompleted, lifecycle.GHCancelled:
 		return s.complete(tx, fx, job, ghEv, ev.Job, source, now)
 	}
-	// Queued again: the table keeps every job where it is.
-	if _, err := s.move(fx, &job, jobStep{ev: ghEv}, now); err != nil {
+	// Queued or waiting: a job moves between the two, is opened again when
+	// Tandem had given up on it, and otherwise stays where it is.
+	from := job.State
+	rule, err := s.move(fx, &job, jobStep{ev: ghEv}, now)
+	if err != nil {
 		return applied{}, err
+	}
+	if rule.To != lifecycle.Unchanged {
+		switch {
+		case rule.Does(lifecycle.Reopen):
+			job.Reason = fmt.Sprintf("opened again (%d of %d): GitHub still has it %s after Tandem gave up",
+				job.Reopens, lifecycle.MaxReopens, ev.Job.Status)
+			fx.do(func() { s.log.Info("job opened again", "job", job.ID, "reopens", job.Reopens, "source", source) })
+		case job.State == store.JobWaiting:
+			job.Reason = "GitHub holds it back (an environment's approval or a concurrency group); no VM until it is queued"
+		default:
+			job.Reason = "waiting for a host"
+		}
+		if rule.Does(lifecycle.FreeRunner) {
+			if err := s.unbind(tx, job.RunnerName, job.ID, now); err != nil {
+				return applied{}, err
+			}
+			job.RunnerName, job.HostID = "", ""
+		}
+		if err := tx.UpdateJob(job, store.Event{Source: source, Reason: job.Reason}); err != nil {
+			return applied{}, err
+		}
 	}
 	switch {
 	case !known:
 		return applied{outcome: "created", changed: true}, nil
-	case job.State.Terminal():
+	case rule.To != lifecycle.Unchanged:
+		return applied{outcome: string(job.State), changed: true}, nil
+	case from.Terminal():
 		return applied{outcome: "stale"}, nil
 	}
 	return applied{outcome: "duplicate"}, nil
@@ -124,7 +157,9 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 		job.Reason = "waiting for a host"
 	}
 	reason := "queued on GitHub"
-	if ev.Action != "queued" {
+	if ev.Action == "waiting" {
+		reason = "waiting on GitHub"
+	} else if ev.Action != "queued" {
 		reason = fmt.Sprintf("first seen as %s (the queued event was missed)", ev.Action)
 	}
 	if err := tx.CreateJob(job, store.Event{Source: source, Reason: reason}); err != nil {

@@ -73,7 +73,7 @@ type jobStep struct {
 // them, does those. The caller writes j (tx.UpdateJob) unless the rule
 // leaves it unchanged.
 func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) (lifecycle.Rule, error) {
-	st.facts.Attempts, st.facts.MaxAttempts = j.Attempts, s.cfg.MaxAttempts
+	st.facts.Attempts, st.facts.MaxAttempts, st.facts.Reopens = j.Attempts, s.cfg.MaxAttempts, j.Reopens
 	rule, err := lifecycle.Step(j.State, st.ev, st.facts)
 	if err != nil {
 		return rule, fmt.Errorf("job %d: %w", j.ID, err)
@@ -89,12 +89,17 @@ func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) 
 	if j.State.Terminal() {
 		j.CompletedAt = now
 	}
+	if from.Terminal() && !j.State.Terminal() {
+		j.CompletedAt = time.Time{} // opened again (lifecycle.Reopen)
+	}
 	for _, e := range rule.Effects {
 		switch e {
 		case lifecycle.CountAttempt:
 			j.Attempts++
 		case lifecycle.RefundAttempt:
 			j.Attempts = max(j.Attempts-1, 0)
+		case lifecycle.Reopen:
+			j.Attempts, j.Reopens = 0, j.Reopens+1
 		case lifecycle.AvoidHost:
 			if st.host != "" {
 				j.AvoidHosts = appendUnique(j.AvoidHosts, st.host)

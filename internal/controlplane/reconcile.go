@@ -54,8 +54,9 @@ type reconcilers struct {
 	metrics       *metrics
 	cp            reconcileControl
 
-	toVerify *jobSet       // jobs to check against GitHub (verifyLoop)
-	redone   *redeliveries // deliveries this process asked GitHub to redeliver
+	toVerify   *jobSet       // jobs to check against GitHub (verifyLoop)
+	redone     *redeliveries // deliveries this process asked GitHub to redeliver
+	waitChecks *waitChecks   // when each waiting job was last asked about
 }
 
 // reconcileControl is what the reconcilers ask of the control plane: its
@@ -73,7 +74,7 @@ type reconcileControl interface {
 func newReconcilers(s *Server) *reconcilers {
 	return &reconcilers{st: s.st, gh: s.gh, iv: s.cfg.Reconcile, idleTimeout: s.cfg.Runner.IdleTimeout,
 		configTimeout: s.cfg.Runner.ConfigTimeout, log: s.log, now: s.now, metrics: s.metrics, cp: s,
-		toVerify: newJobSet(), redone: newRedeliveries()}
+		toVerify: newJobSet(), redone: newRedeliveries(), waitChecks: newWaitChecks()}
 }
 
 // list is every reconciler, with how often it runs (<= 0: only when asked).
@@ -152,6 +153,14 @@ func (rc *reconcilers) reconcileMissedWebhooks(ctx context.Context) error {
 				stale = append(stale, j)
 			}
 		}
+		// A job GitHub holds back may wait for hours: the queued jobs
+		// listed below find it once GitHub queues it, and it is asked about
+		// on its own only now and then, in case its end was missed.
+		waiting, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobWaiting}})
+		if err != nil {
+			return err
+		}
+		stale = append(stale, rc.waitChecks.due(waiting, now)...)
 		return nil
 	})
 	if err != nil {
@@ -238,7 +247,7 @@ func (rc *reconcilers) refreshJob(ctx context.Context, j store.Job) error {
 		gj.Repo = j.Repo
 	}
 	if gj.Status != "in_progress" || j.State != store.JobRunning || gj.RunnerName != j.RunnerName {
-		if gj.Status == "queued" && j.State == store.JobQueued {
+		if (gj.Status == "queued" && j.State == store.JobQueued) || (gj.Status == "waiting" && j.State == store.JobWaiting) {
 			return nil
 		}
 		return rc.learn(ctx, j.Installation, gj, "job had not moved for "+rc.iv.LostAfter.String())
@@ -326,6 +335,49 @@ func (q *jobSet) take() []int64 {
 	}
 	clear(q.ids)
 	return ids
+}
+
+// waitChecks spaces out the questions about jobs GitHub holds back.
+type waitChecks struct {
+	mu   sync.Mutex
+	last map[int64]time.Time // guarded by mu: waiting job → when it was last picked
+}
+
+// Every waitCheckEvery, at most waitCheckBatch waiting jobs are asked about.
+const (
+	waitCheckEvery = 30 * time.Minute
+	waitCheckBatch = 10
+)
+
+func newWaitChecks() *waitChecks { return &waitChecks{last: map[int64]time.Time{}} }
+
+// due picks, of the jobs waiting now, the ones longest without a question
+// and not asked about for waitCheckEvery, waitCheckBatch at most, and
+// forgets jobs that no longer wait.
+func (w *waitChecks) due(waiting []store.Job, now time.Time) []store.Job {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	last := make(map[int64]time.Time, len(waiting))
+	var due []store.Job
+	for _, j := range waiting {
+		t := j.UpdatedAt
+		if l, ok := w.last[j.ID]; ok && l.After(t) {
+			t = l
+		}
+		last[j.ID] = t
+		if now.Sub(t) >= waitCheckEvery {
+			due = append(due, j)
+		}
+	}
+	sort.Slice(due, func(a, b int) bool { return last[due[a].ID].Before(last[due[b].ID]) })
+	if len(due) > waitCheckBatch {
+		due = due[:waitCheckBatch]
+	}
+	for _, j := range due {
+		last[j.ID] = now
+	}
+	w.last = last
+	return due
 }
 
 // redeliveries remembers the deliveries this process asked GitHub to

@@ -27,14 +27,20 @@
 //   - the table is total and unambiguous: for every state, event and set of
 //     facts exactly one rule applies (the scheduler's events only for queued
 //     jobs);
-//   - a terminal state is never left, and every rule into one says why;
+//   - a terminal state is never left, but for one bounded way back: a job
+//     Tandem failed that GitHub still reports queued or waiting is opened
+//     again (Reopen), at most MaxReopens times; every rule into a terminal
+//     state says why;
 //   - only GitHub moves a job to running (a job runs when GitHub says a
 //     runner took it, never because Tandem expects it to);
 //   - a job is launched only from queued, and counts the launch; a job
 //     reaches failed only when its launches are spent;
 //   - every job GitHub queued ends running, or in a terminal state, or
 //     waits in queued for a host: it is never left holding a runner that
-//     has ended.
+//     has ended;
+//   - a job GitHub holds back (waiting: an environment's approval, a
+//     concurrency group) holds no runner and gets no VM until GitHub
+//     queues it.
 package lifecycle
 
 import (
@@ -51,6 +57,9 @@ const (
 	// New is the state of a job Tandem has not heard of; no job is stored
 	// in it.
 	New JobState = ""
+	// Waiting: GitHub holds it back (an environment waits for approval, or
+	// a concurrency group for another run); it needs no VM yet.
+	Waiting JobState = "waiting"
 	// Queued: GitHub queued it and it needs a VM; none is placed for it.
 	Queued JobState = "queued"
 	// Scheduled: a host was chosen and a runner (VM) allocated for it.
@@ -68,7 +77,7 @@ const (
 )
 
 // JobStates lists every state a stored job can be in, in lifecycle order.
-var JobStates = []JobState{Queued, Scheduled, Launching, Running,
+var JobStates = []JobState{Waiting, Queued, Scheduled, Launching, Running,
 	Completed, Cancelled, Failed, Unschedulable, Lost}
 
 // Terminal reports whether no transition leaves s.
@@ -96,7 +105,8 @@ const (
 	// GitHub (a webhook, or its API when the webhook was lost).
 	Seen        Event = "seen"         // first word of a job whose runs-on labels ask for Tandem
 	SeenInvalid Event = "seen-invalid" // first word of a job whose Tandem labels are malformed
-	GHQueued    Event = "gh-queued"    // queued (or waiting) again
+	GHQueued    Event = "gh-queued"    // status queued
+	GHWaiting   Event = "gh-waiting"   // status waiting: GitHub holds it back (approval, concurrency)
 	GHRunning   Event = "gh-running"   // in_progress, naming the runner that took it (or not)
 	GHCompleted Event = "gh-completed" // completed with any conclusion but cancelled
 	GHCancelled Event = "gh-cancelled" // completed as cancelled
@@ -128,7 +138,7 @@ const (
 var SchedulerEvents = []Event{Placed, GivenSpare, NoHostFits}
 
 // Events lists every job event.
-var Events = []Event{Seen, SeenInvalid, GHQueued, GHRunning, GHCompleted, GHCancelled,
+var Events = []Event{Seen, SeenInvalid, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled,
 	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished}
 
 // Facts are what a guard may look at besides the state and the event.
@@ -157,7 +167,16 @@ type Facts struct {
 	// go elsewhere; false when the VM was merely gone after a restart
 	// (RunnerExited).
 	HostAtFault bool
+	// Reopens is how many times the job was opened again after Tandem
+	// failed it (GHQueued, GHWaiting on a failed job); at most MaxReopens.
+	Reopens int
 }
+
+// MaxReopens bounds how often a job Tandem failed is opened again because
+// GitHub still reports it queued: a job no VM can run (its launches keep
+// failing) gets MaxAttempts launches, MaxReopens+1 times, and no more,
+// however long GitHub keeps it queued (24 hours).
+const MaxReopens = 2
 
 // Guard is a named condition on Facts. The zero Guard always holds.
 type Guard struct {
@@ -190,6 +209,9 @@ var (
 	RetryHere    = Guard{"failed, launches left, VM merely gone", func(f Facts) bool { return !f.Clean && !f.HostAtFault && f.Attempts < f.MaxAttempts }}
 	RetryAway    = Guard{"failed, launches left, host at fault", func(f Facts) bool { return !f.Clean && f.HostAtFault && f.Attempts < f.MaxAttempts }}
 	FailedAndOut = Guard{"failed, launches spent", func(f Facts) bool { return !f.Clean && f.Attempts >= f.MaxAttempts }}
+
+	ReopensLeft  = Guard{"reopens left", func(f Facts) bool { return f.Reopens < MaxReopens }}
+	ReopensSpent = Guard{"reopens spent", func(f Facts) bool { return f.Reopens >= MaxReopens }}
 )
 
 // Effect is something a transition obliges the control plane to do.
@@ -216,6 +238,9 @@ const (
 	// placement pass gives it to a queued job of its labels or stops it
 	// (recorded).
 	FreeRunner Effect = "free-runner"
+	// Reopen: the job is opened again after Tandem failed it: its launches
+	// start again from none, and the reopen is counted (recorded).
+	Reopen Effect = "reopen"
 	// Launch: boot the new runner's VM and fetch its JIT config.
 	Launch Effect = "launch"
 	// Verify: ask GitHub what became of the job; Tandem could only guess.
@@ -259,11 +284,11 @@ func (r Rule) Next(from JobState) JobState {
 func (r Rule) Does(e Effect) bool { return slices.Contains(r.Effects, e) }
 
 var (
-	waiting  = []JobState{Queued, Scheduled, Launching} // GitHub has not given it to a runner
-	bound    = []JobState{Scheduled, Launching}         // a runner of ours is on its way for it
-	live     = []JobState{Queued, Scheduled, Launching, Running}
-	terminal = []JobState{Completed, Cancelled, Failed, Unschedulable, Lost}
-	stored   = JobStates
+	unclaimed = []JobState{Waiting, Queued, Scheduled, Launching} // GitHub has not given it to a runner
+	bound     = []JobState{Scheduled, Launching}                  // a runner of ours is on its way for it
+	terminal  = []JobState{Completed, Cancelled, Failed, Unschedulable, Lost}
+	ended     = []JobState{Completed, Cancelled, Unschedulable, Lost} // terminal, and never reopened
+	stored    = JobStates
 )
 
 // Jobs is the job state machine. Step finds the one rule that applies.
@@ -276,24 +301,37 @@ var Jobs = []Rule{
 	{From: stored, On: SeenInvalid, To: Unchanged, Why: "known already"},
 
 	// GitHub's word.
-	{From: live, On: GHQueued, To: Unchanged, Why: "a duplicate or late queued event"},
-	{From: waiting, On: GHRunning, When: OtherRunner, To: Running, Effects: []Effect{BindTaker, FreeRunner},
+	{From: []JobState{Waiting}, On: GHQueued, To: Queued, Why: "GitHub queued it (approved, or its concurrency group is free): it needs a VM"},
+	{From: []JobState{Queued, Scheduled, Launching, Running}, On: GHQueued, To: Unchanged, Why: "a duplicate or late queued event"},
+	{From: []JobState{Waiting}, On: GHWaiting, To: Unchanged, Why: "a duplicate waiting event"},
+	{From: []JobState{Queued}, On: GHWaiting, To: Waiting, Why: "GitHub holds it back (an approval or a concurrency group): no VM until it is queued"},
+	{From: bound, On: GHWaiting, To: Waiting, Effects: []Effect{FreeRunner},
+		Why: "GitHub holds it back: the runner made for it serves another job (a late waiting event is corrected when GitHub is asked)"},
+	{From: []JobState{Running}, On: GHWaiting, To: Unchanged, Why: "a stale event: a runner took it"},
+	{From: unclaimed, On: GHRunning, When: OtherRunner, To: Running, Effects: []Effect{BindTaker, FreeRunner},
 		Why: "a runner took it; when that runner was made for another job, the two jobs trade runners"},
-	{From: waiting, On: GHRunning, When: SameRunner, To: Running, Effects: []Effect{BindTaker},
+	{From: unclaimed, On: GHRunning, When: SameRunner, To: Running, Effects: []Effect{BindTaker},
 		Why: "the runner made for it took it"},
-	{From: waiting, On: GHRunning, When: NoRunner, To: Running, Effects: []Effect{FreeRunner},
+	{From: unclaimed, On: GHRunning, When: NoRunner, To: Running, Effects: []Effect{FreeRunner},
 		Why: "GitHub did not name the runner; the runner made for it serves another job"},
 	{From: []JobState{Running}, On: GHRunning, When: SameRunner, To: Unchanged, Why: "a duplicate in_progress event"},
 	{From: []JobState{Running}, On: GHRunning, When: NoRunner, To: Unchanged, Why: "a stale in_progress event"},
 	{From: []JobState{Running}, On: GHRunning, When: OtherRunner, To: Running, Effects: []Effect{BindTaker},
 		Why: "GitHub corrects which runner runs it"},
-	{From: waiting, On: GHCompleted, To: Completed, Effects: []Effect{FreeRunner},
+	{From: unclaimed, On: GHCompleted, To: Completed, Effects: []Effect{FreeRunner},
 		Why: "completed before any runner of ours took it; the runner made for it serves another job"},
 	{From: []JobState{Running}, On: GHCompleted, To: Completed, Why: "GitHub completed it"},
-	{From: waiting, On: GHCancelled, To: Cancelled, Effects: []Effect{FreeRunner},
+	{From: unclaimed, On: GHCancelled, To: Cancelled, Effects: []Effect{FreeRunner},
 		Why: "cancelled while it waited; the runner made for it serves another job"},
 	{From: []JobState{Running}, On: GHCancelled, To: Cancelled, Why: "cancelled while it ran"},
-	{From: terminal, On: GHQueued, To: Unchanged, Why: "a stale event: the job has ended"},
+	{From: []JobState{Failed}, On: GHQueued, When: ReopensLeft, To: Queued, Effects: []Effect{Reopen},
+		Why: "GitHub still has it queued after Tandem gave up: opened again, its launches counted afresh"},
+	{From: []JobState{Failed}, On: GHWaiting, When: ReopensLeft, To: Waiting, Effects: []Effect{Reopen},
+		Why: "GitHub holds it back after Tandem gave up: opened again, to run once GitHub queues it"},
+	{From: []JobState{Failed}, On: GHQueued, When: ReopensSpent, To: Unchanged, Why: "opened again too often already"},
+	{From: []JobState{Failed}, On: GHWaiting, When: ReopensSpent, To: Unchanged, Why: "opened again too often already"},
+	{From: ended, On: GHQueued, To: Unchanged, Why: "a stale event: the job has ended"},
+	{From: ended, On: GHWaiting, To: Unchanged, Why: "a stale event: the job has ended"},
 	{From: terminal, On: GHRunning, To: Unchanged, Why: "a stale event: the job has ended"},
 	{From: terminal, On: GHCompleted, To: Unchanged, Why: "a stale event: the job has ended"},
 	{From: terminal, On: GHCancelled, To: Unchanged, Why: "a stale event: the job has ended"},
@@ -309,7 +347,7 @@ var Jobs = []Rule{
 
 	// GitHub registered the runner made for it.
 	{From: []JobState{Scheduled}, On: Registered, To: Launching, Why: "its runner is registered with GitHub; the VM boots"},
-	{From: []JobState{Queued, Launching, Running}, On: Registered, To: Unchanged, Why: "nothing to learn"},
+	{From: []JobState{Waiting, Queued, Launching, Running}, On: Registered, To: Unchanged, Why: "nothing to learn"},
 	{From: terminal, On: Registered, To: Unchanged, Why: "the job has ended"},
 
 	// Its runner took another job.
@@ -319,7 +357,7 @@ var Jobs = []Rule{
 		Why: "its runner took another job; that job's booting runner is handed over"},
 	{From: bound, On: RunnerTaken, When: NoSpare, To: Queued, Effects: []Effect{RefundAttempt},
 		Why: "its runner took another job and none is spare: it needs a VM again; that launch did not fail"},
-	{From: []JobState{Queued, Running}, On: RunnerTaken, To: Unchanged, Why: "it holds no runner of ours"},
+	{From: []JobState{Waiting, Queued, Running}, On: RunnerTaken, To: Unchanged, Why: "it holds no runner of ours"},
 	{From: terminal, On: RunnerTaken, To: Unchanged, Why: "the job has ended"},
 
 	// Its runner's VM ended.
@@ -335,13 +373,13 @@ var Jobs = []Rule{
 		Why: "its host left the fleet while it ran: nothing will report its end"},
 	{From: []JobState{Running}, On: RunnerExited, When: HostStayed, To: Unchanged,
 		Why: "a running job's end comes from GitHub"},
-	{From: []JobState{Queued}, On: RunnerExited, To: Unchanged, Why: "it holds no runner"},
+	{From: []JobState{Waiting, Queued}, On: RunnerExited, To: Unchanged, Why: "it holds no runner"},
 	{From: terminal, On: RunnerExited, To: Unchanged, Why: "the job has ended"},
 
 	// A reconciler's finding.
 	{From: []JobState{Running}, On: RunnerVanished, To: Lost,
 		Why: "its runner's VM ended long ago and GitHub still reports it in progress"},
-	{From: []JobState{Queued, Scheduled, Launching}, On: RunnerVanished, To: Unchanged, Why: "it is not running"},
+	{From: unclaimed, On: RunnerVanished, To: Unchanged, Why: "it is not running"},
 	{From: terminal, On: RunnerVanished, To: Unchanged, Why: "the job has ended"},
 }
 

@@ -13,16 +13,18 @@ import (
 var updateREADME = flag.Bool("update", false, "rewrite the README's lifecycle section from the table")
 
 // allFacts enumerates every combination of facts a guard can distinguish,
-// with MaxAttempts 3 and Attempts 0..4.
+// with MaxAttempts 3, Attempts 0..4 and Reopens 0..MaxReopens+1.
 func allFacts() []Facts {
 	var out []Facts
 	for bits := 0; bits < 1<<7; bits++ {
 		for attempts := 0; attempts <= 4; attempts++ {
-			out = append(out, Facts{
-				Attempts: attempts, MaxAttempts: 3,
-				RunnerNamed: bits&1 != 0, SameRunner: bits&2 != 0, Registered: bits&4 != 0,
-				Spare: bits&8 != 0, Clean: bits&16 != 0, HostLeft: bits&32 != 0, HostAtFault: bits&64 != 0,
-			})
+			for reopens := 0; reopens <= MaxReopens+1; reopens++ {
+				out = append(out, Facts{
+					Attempts: attempts, MaxAttempts: 3, Reopens: reopens,
+					RunnerNamed: bits&1 != 0, SameRunner: bits&2 != 0, Registered: bits&4 != 0,
+					Spare: bits&8 != 0, Clean: bits&16 != 0, HostLeft: bits&32 != 0, HostAtFault: bits&64 != 0,
+				})
+			}
 		}
 	}
 	return out
@@ -75,7 +77,7 @@ func TestTableIsTotalAndUnambiguous(t *testing.T) {
 // Every row, on its own: Step finds it, and it keeps the promises of the
 // package comment.
 func TestEveryRow(t *testing.T) {
-	github := []Event{Seen, SeenInvalid, GHQueued, GHRunning, GHCompleted, GHCancelled}
+	github := []Event{Seen, SeenInvalid, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled}
 	for i, r := range Jobs {
 		name := states(r.From) + " on " + string(r.On) + " when " + r.When.Name
 		if r.Why == "" {
@@ -88,13 +90,18 @@ func TestEveryRow(t *testing.T) {
 			t.Errorf("row %d (%s): unknown state %q", i, name, r.To)
 		}
 		for _, e := range r.Effects {
-			if !slices.Contains([]Effect{CountAttempt, RefundAttempt, AvoidHost, BindTaker, FreeRunner, Launch, Verify}, e) {
+			if !slices.Contains([]Effect{CountAttempt, RefundAttempt, AvoidHost, BindTaker, FreeRunner, Reopen, Launch, Verify}, e) {
 				t.Errorf("row %d (%s): unknown effect %q", i, name, e)
 			}
 		}
 		for _, from := range r.From {
-			if from.Terminal() && r.To != Unchanged {
+			reopen := from == Failed && r.Does(Reopen) && r.When.Name == ReopensLeft.Name &&
+				(r.On == GHQueued || r.On == GHWaiting)
+			if from.Terminal() && r.To != Unchanged && !reopen {
 				t.Errorf("row %d (%s): leaves terminal state %s", i, name, from)
+			}
+			if n := r.Next(from); from == Waiting && (n == Scheduled || n == Launching) {
+				t.Errorf("row %d (%s): a job GitHub holds back gets a runner", i, name)
 			}
 			if r.Next(from) == Running && from != Running && !slices.Contains(github, r.On) {
 				t.Errorf("row %d (%s): only GitHub puts a job into running", i, name)
@@ -193,6 +200,28 @@ func TestStories(t *testing.T) {
 			{GHCancelled, Facts{}, Cancelled, []Effect{FreeRunner}},
 			{RunnerExited, Facts{}, Cancelled, nil},
 		},
+		"held for an environment's approval, then approved": {
+			{Seen, Facts{}, Queued, nil},
+			{GHWaiting, Facts{}, Waiting, nil},
+			{GHWaiting, Facts{}, Waiting, nil},
+			{GHQueued, Facts{}, Queued, nil},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{GHRunning, Facts{RunnerNamed: true, SameRunner: true}, Running, []Effect{BindTaker}},
+			{GHWaiting, Facts{}, Running, nil},
+		},
+		"failed while GitHub still has it queued: opened again, twice at most": {
+			{Seen, Facts{}, Queued, nil},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{RunnerExited, Facts{HostAtFault: true, Attempts: 1, MaxAttempts: 1}, Failed, []Effect{AvoidHost}},
+			{GHQueued, Facts{Reopens: 0}, Queued, []Effect{Reopen}},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{RunnerExited, Facts{HostAtFault: true, Attempts: 1, MaxAttempts: 1}, Failed, []Effect{AvoidHost}},
+			{GHWaiting, Facts{Reopens: 1}, Waiting, []Effect{Reopen}},
+			{GHQueued, Facts{Reopens: 2}, Queued, nil},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{RunnerExited, Facts{HostAtFault: true, Attempts: 1, MaxAttempts: 1}, Failed, []Effect{AvoidHost}},
+			{GHQueued, Facts{Reopens: 2}, Failed, nil},
+		},
 		"malformed labels": {
 			{SeenInvalid, Facts{}, Unschedulable, nil},
 			{GHQueued, Facts{}, Unschedulable, nil},
@@ -231,13 +260,13 @@ func FuzzSequences(f *testing.F) {
 	f.Add(uint64(7), uint8(200))
 	f.Fuzz(func(t *testing.T, seed uint64, n uint8) {
 		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-		s, attempts, entries := New, 0, 0
+		s, attempts, entries, reopens := New, 0, 0, 0
 		ev := Seen
 		if rng.IntN(8) == 0 {
 			ev = SeenInvalid
 		}
 		for i := 0; i <= int(n); i++ {
-			f := Facts{Attempts: attempts, MaxAttempts: 3,
+			f := Facts{Attempts: attempts, MaxAttempts: 3, Reopens: reopens,
 				RunnerNamed: rng.IntN(4) != 0, SameRunner: rng.IntN(2) == 0, Registered: rng.IntN(2) == 0,
 				Spare: rng.IntN(2) == 0, Clean: rng.IntN(3) == 0, HostLeft: rng.IntN(4) == 0, HostAtFault: rng.IntN(2) == 0}
 			r, err := Step(s, ev, f)
@@ -246,8 +275,10 @@ func FuzzSequences(f *testing.F) {
 			}
 			next := r.Next(s)
 			switch {
-			case s.Terminal() && next != s:
+			case s.Terminal() && next != s && !(s == Failed && r.Does(Reopen)):
 				t.Fatalf("step %d: left terminal %s for %s on %s", i, s, next, ev)
+			case s == Waiting && (next == Scheduled || next == Launching):
+				t.Fatalf("step %d: a waiting job got a runner (%s on %s)", i, next, ev)
 			case next == Running && s != Running:
 				entries++
 				if entries > 1 {
@@ -264,6 +295,12 @@ func FuzzSequences(f *testing.F) {
 			}
 			if r.Does(RefundAttempt) {
 				attempts--
+			}
+			if r.Does(Reopen) {
+				attempts, reopens = 0, reopens+1
+			}
+			if reopens > MaxReopens {
+				t.Fatalf("step %d: opened again %d times", i, reopens)
 			}
 			if attempts > 3 || attempts < 0 {
 				t.Fatalf("step %d: %d launches", i, attempts)

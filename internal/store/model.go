@@ -21,6 +21,7 @@ type JobState = lifecycle.JobState
 
 // Job states.
 const (
+	JobWaiting       = lifecycle.Waiting
 	JobQueued        = lifecycle.Queued
 	JobScheduled     = lifecycle.Scheduled
 	JobLaunching     = lifecycle.Launching
@@ -61,6 +62,7 @@ type Job struct {
 	RunnerName string // runner bound to it: ours while scheduled/launching, whoever took it once running
 	HostID     string // host of RunnerName when the runner is ours
 	Attempts   int    // launches tried
+	Reopens    int    // times opened again after Tandem failed it (lifecycle.Reopen)
 	AvoidHosts []string
 	Conclusion string // GitHub's, once completed
 

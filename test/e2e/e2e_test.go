@@ -203,6 +203,36 @@ func TestUnschedulableJobs(t *testing.T) {
 	}
 }
 
+// A job held for an environment's approval boots no VM while it waits;
+// approved, it runs in one VM and completes.
+func TestApprovalWaitInAVM(t *testing.T) {
+	s := newSystem(t, options{})
+	s.install("acme", "app")
+	id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"},
+		Script: "sleep 1; echo deployed", Environment: "production"})
+	s.waitTandemState([]int64{id}, time.Minute, "waiting")
+	time.Sleep(3 * time.Second) // placement and reconcile passes
+	runners := func() int {
+		var out struct{ Runners []struct{ Name string } }
+		s.getJSON("/api/v1/runners", &out)
+		return len(out.Runners)
+	}
+	if v, _ := s.job(id); v.State != "waiting" || runners() != 0 {
+		t.Fatalf("while waiting for approval: %+v, %d runners", v, runners())
+	}
+	if err := s.gh.ApproveJob(id); err != nil {
+		t.Fatal(err)
+	}
+	s.waitGitHubDone([]int64{id}, 3*time.Minute)
+	s.waitTandemState([]int64{id}, time.Minute, "completed")
+	if j, _ := s.gh.Job(id); j.Conclusion != "success" || !strings.Contains(j.Output, "deployed") {
+		t.Errorf("on GitHub: %+v", j)
+	}
+	if n := runners(); n != 1 {
+		t.Errorf("%d VMs for the approved job, want 1", n)
+	}
+}
+
 // A forged webhook (bad or missing signature) and a malformed one change
 // nothing.
 func TestForgedWebhookChangesNothing(t *testing.T) {

@@ -79,7 +79,7 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 
 const jobCols = `id, run_id, run_attempt, installation, org, repo, name, workflow,
 	labels, label_key, arch, vcpus, memory_mib, state, reason, runner_name, host_id,
-	attempts, avoid_hosts, conclusion,
+	attempts, reopens, avoid_hosts, conclusion,
 	created_at, queued_at, updated_at, started_at, completed_at`
 
 // jobArgs returns j's values in jobCols order.
@@ -94,7 +94,7 @@ func jobArgs(j store.Job) ([]any, error) {
 	}
 	return []any{j.ID, j.RunID, j.RunAttempt, j.Installation, j.Org, j.Repo, j.Name, j.Workflow,
 		ls, j.LabelKey, string(j.Arch), j.VCPUs, j.MemoryMiB, string(j.State), j.Reason, j.RunnerName, j.HostID,
-		j.Attempts, avoid, j.Conclusion,
+		j.Attempts, j.Reopens, avoid, j.Conclusion,
 		msOf(j.CreatedAt), msOf(j.QueuedAt), msOf(j.UpdatedAt), msOf(j.StartedAt), msOf(j.CompletedAt)}, nil
 }
 
@@ -106,7 +106,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	)
 	if err := sc.Scan(&j.ID, &j.RunID, &j.RunAttempt, &j.Installation, &j.Org, &j.Repo, &j.Name, &j.Workflow,
 		&ls, &j.LabelKey, &archName, &j.VCPUs, &j.MemoryMiB, &state, &j.Reason, &j.RunnerName, &j.HostID,
-		&j.Attempts, &avoid, &j.Conclusion,
+		&j.Attempts, &j.Reopens, &avoid, &j.Conclusion,
 		&created, &queued, &updated, &started, &complete); err != nil {
 		return store.Job{}, err
 	}

@@ -233,6 +233,7 @@ func fullJob(id int64, state store.JobState) store.Job {
 		RunnerName:   fmt.Sprintf("tandem-%d-abc", id),
 		HostID:       "host-a",
 		Attempts:     3,
+		Reopens:      1,
 		AvoidHosts:   []string{"host-b", "host-c"},
 		Conclusion:   "success",
 		CreatedAt:    at(-time.Minute),
