@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -447,10 +449,15 @@ func (c *Config) Validate() error {
 	if c.Scheduler.MaxLaunchAttempts < 1 || c.Scheduler.MaxLaunchAttempts > 100 {
 		bad("scheduler.max_launch_attempts %d: want 1 to 100", c.Scheduler.MaxLaunchAttempts)
 	}
-	for org, l := range c.Scheduler.Orgs {
-		if l.MaxVMs < 0 || l.MaxVCPUs < 0 {
+	folded := map[string]string{}
+	for _, org := range slices.Sorted(maps.Keys(c.Scheduler.Orgs)) {
+		if l := c.Scheduler.Orgs[org]; l.MaxVMs < 0 || l.MaxVCPUs < 0 {
 			bad("scheduler.org_limits.%s: limits must not be negative", org)
 		}
+		if prev, dup := folded[strings.ToLower(org)]; dup {
+			bad("scheduler.org_limits: %s and %s are one organisation (GitHub's names are not case-sensitive)", prev, org)
+		}
+		folded[strings.ToLower(org)] = org
 	}
 	if c.Scheduler.Default.MaxVMs < 0 || c.Scheduler.Default.MaxVCPUs < 0 {
 		bad("scheduler.default_limit: limits must not be negative")

@@ -109,6 +109,7 @@ func TestLoadRejects(t *testing.T) {
 		"bad api url":   {"github: {api_url: 'ftp://x', app_id: 1, private_key_file: app.pem, webhook_secret_file: secret}\n", "api_url"},
 		"repeated key":  {minimal + "github: {app_id: 2}\n", "already defined"},
 		"neg limit":     {minimal + "scheduler: {org_limits: {x: {max_vms: -1}}}\n", "negative"},
+		"limit twice":   {minimal + "scheduler: {org_limits: {Acme: {max_vms: 1}, acme: {max_vms: 2}}}\n", "Acme and acme are one organisation"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},

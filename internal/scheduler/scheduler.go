@@ -89,6 +89,7 @@ package scheduler
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/arch"
@@ -135,7 +136,9 @@ type Usage struct {
 
 // Limits caps what each org may run at once.
 type Limits struct {
-	Org     map[string]OrgLimit // per org; orgs not listed get Default
+	// Org is per org, keyed by name in any case: GitHub's names are not
+	// case-sensitive. Orgs not listed get Default.
+	Org     map[string]OrgLimit
 	Default OrgLimit
 }
 
@@ -150,6 +153,11 @@ func (l Limits) For(org string) OrgLimit {
 	if ol, ok := l.Org[org]; ok {
 		return ol
 	}
+	for name, ol := range l.Org {
+		if strings.EqualFold(name, org) {
+			return ol
+		}
+	}
 	return l.Default
 }
 
@@ -159,6 +167,8 @@ type Input struct {
 	Queue []Job
 	// OrgUsage and RepoUsage count what is already running or placed,
 	// excluding the jobs in Queue. RepoUsage is keyed by "owner/name".
+	// Names are compared without case, as GitHub's are: usage under
+	// "Acme" and "acme" is one org's.
 	OrgUsage  map[string]Usage
 	RepoUsage map[string]Usage
 	Limits    Limits
@@ -309,7 +319,22 @@ func (s *state) admit(queue []Job, plan *Plan) []*job {
 	return kept
 }
 
+// foldUsage is u keyed by lower-case name, the usage of names that differ
+// only in case added up.
+func foldUsage(u map[string]Usage) map[string]Usage {
+	out := make(map[string]Usage, len(u))
+	for name, v := range u {
+		k := strings.ToLower(name)
+		f := out[k]
+		f.VMs += v.VMs
+		f.VCPUs += v.VCPUs
+		out[k] = f
+	}
+	return out
+}
+
 func groupByOrg(jobs []*job, in Input) []*orgQ {
+	orgUsage, repoUsage := foldUsage(in.OrgUsage), foldUsage(in.RepoUsage)
 	orgByName := make(map[string]*orgQ)
 	type repoKey struct{ org, repo string }
 	repoByKey := make(map[repoKey]*repoQ)
@@ -320,9 +345,10 @@ func groupByOrg(jobs []*job, in Input) []*orgQ {
 	}
 	var repos []repoOf
 	for _, j := range jobs { // FIFO, so every per-org and per-repo list is too
-		o := orgByName[j.src.Org]
+		orgKey := strings.ToLower(j.src.Org)
+		o := orgByName[orgKey]
 		if o == nil {
-			u := in.OrgUsage[j.src.Org]
+			u := orgUsage[orgKey]
 			lim := in.Limits.For(j.src.Org)
 			o = &orgQ{
 				name:   j.src.Org,
@@ -334,14 +360,14 @@ func groupByOrg(jobs []*job, in Input) []*orgQ {
 			if lim.MaxVCPUs > 0 {
 				o.maxCPU = quartersFloor(lim.MaxVCPUs)
 			}
-			orgByName[j.src.Org] = o
+			orgByName[orgKey] = o
 			orgs = append(orgs, o)
 		}
 		o.jobs = append(o.jobs, j)
-		k := repoKey{j.src.Org, j.src.Repo}
+		k := repoKey{orgKey, strings.ToLower(j.src.Repo)}
 		r := repoByKey[k]
 		if r == nil {
-			r = &repoQ{name: j.src.Repo, vms: max(in.RepoUsage[j.src.Repo].VMs, 0)}
+			r = &repoQ{name: j.src.Repo, vms: max(repoUsage[k.repo].VMs, 0)}
 			repoByKey[k] = r
 			repos = append(repos, repoOf{o, r})
 		}

@@ -315,6 +315,11 @@ func TestLimits(t *testing.T) {
 			Limits{Org: map[string]OrgLimit{"a": {MaxVMs: 1}}}, map[string]int{"a": 1, "b": 3}, nil},
 		{"negative limits are unlimited", jobs("a/x", 3, 1, 1), nil, Limits{Default: OrgLimit{MaxVMs: -1, MaxVCPUs: -1}},
 			map[string]int{"a": 3}, nil},
+		// GitHub's names are not case-sensitive: a limit keyed "a" is org
+		// A's, and usage under "a" and "A" is one org's.
+		{"limits and usage without case", append(jobs("A/x", 2, 1, 1), jobs("a/X", 2, 1, 10)...),
+			map[string]Usage{"a": {VMs: 1}, "A": {VMs: 1}}, Limits{Org: map[string]OrgLimit{"a": {MaxVMs: 3}}},
+			map[string]int{"A": 1}, map[int64]string{2: "org A at its limit of 3 VMs", 10: "org A at its limit of 3 VMs"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
