@@ -108,6 +108,9 @@ type GitHub struct {
 	AppID             int64  `yaml:"app_id"`
 	PrivateKeyFile    string `yaml:"private_key_file"`
 	WebhookSecretFile string `yaml:"webhook_secret_file"`
+	// WebhookMaxBody caps a webhook's body (MiB); default 25, GitHub's own
+	// cap on the payloads it sends.
+	WebhookMaxBody Size `yaml:"webhook_max_body"`
 }
 
 // Labels configure which runs-on labels are Tandem's.
@@ -304,6 +307,9 @@ func (c *Config) applyDefaults() {
 	if c.Labels.DefaultVCPUs == 0 {
 		c.Labels.DefaultVCPUs = labels.DefaultVCPUs
 	}
+	if c.GitHub.WebhookMaxBody == 0 {
+		c.GitHub.WebhookMaxBody = 25
+	}
 	if c.Labels.DefaultMemory == 0 {
 		c.Labels.DefaultMemory = labels.DefaultMemoryMiB
 	}
@@ -445,6 +451,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Runner.MaxJobTime < 0 || c.Runner.IdleTimeout < 0 || c.Runner.ConfigTimeout < 0 {
 		bad("runner: durations must not be negative")
+	}
+	if c.GitHub.WebhookMaxBody < 1 || c.GitHub.WebhookMaxBody > 1024 {
+		bad("github.webhook_max_body %dMiB: want 1MiB to 1GiB", c.GitHub.WebhookMaxBody)
 	}
 	if c.Scheduler.MaxLaunchAttempts < 1 || c.Scheduler.MaxLaunchAttempts > 100 {
 		bad("scheduler.max_launch_attempts %d: want 1 to 100", c.Scheduler.MaxLaunchAttempts)

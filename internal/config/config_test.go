@@ -52,7 +52,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Listen != DefaultListen || c.GitHub.APIURL != DefaultAPIURL || c.Labels.Prefix != "tandem" ||
-		c.Labels.DefaultMemory != 4096 || c.Runner.Scope != "repo" || c.Runner.GroupID != 1 ||
+		c.Labels.DefaultMemory != 4096 || c.GitHub.WebhookMaxBody != 25 || c.Runner.Scope != "repo" || c.Runner.GroupID != 1 ||
 		c.Runner.IdleTimeout.D() != 10*time.Minute || c.Scheduler.MaxLaunchAttempts != DefaultMaxAttempts {
 		t.Errorf("defaults not applied: %+v", c)
 	}
@@ -110,6 +110,7 @@ func TestLoadRejects(t *testing.T) {
 		"repeated key":  {minimal + "github: {app_id: 2}\n", "already defined"},
 		"neg limit":     {minimal + "scheduler: {org_limits: {x: {max_vms: -1}}}\n", "negative"},
 		"limit twice":   {minimal + "scheduler: {org_limits: {Acme: {max_vms: 1}, acme: {max_vms: 2}}}\n", "Acme and acme are one organisation"},
+		"body limit":    {minimal + "  webhook_max_body: 2GiB\n", "webhook_max_body 2048MiB"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},

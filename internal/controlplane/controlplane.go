@@ -113,8 +113,9 @@ type Config struct {
 	APITokens APITokens
 	// Egress gives each runner's VM its egress policy (nil: open).
 	Egress *egress.Policies
-	// MaxBody caps a webhook's body; GitHub's own cap is 25 MB, workflow_job
-	// payloads are a few KiB. Default 1 MiB.
+	// MaxBody caps a webhook's body. Default 25 MiB: GitHub caps the
+	// payloads it sends at 25 MB; workflow_job payloads are a few KiB, but
+	// a valid one is never refused for its size.
 	MaxBody int64
 	Logger  *slog.Logger
 	Now     func() time.Time
@@ -181,7 +182,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.HeartbeatTimeout = 3 * agentapi.HeartbeatInterval
 	}
 	if cfg.MaxBody <= 0 {
-		cfg.MaxBody = 1 << 20
+		cfg.MaxBody = 25 << 20
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

@@ -344,7 +344,17 @@ func (r *rig) liveRunners() []store.Runner {
 }
 
 func (r *rig) post(event, guid string, body []byte, sig string, ctype string) *http.Response {
+	resp, _ := r.postFull(event, guid, body, sig, ctype, nil)
+	return resp
+}
+
+// postFull posts a webhook with extra headers and returns the answer and
+// its body.
+func (r *rig) postFull(event, guid string, body []byte, sig string, ctype string, extra map[string]string) (*http.Response, string) {
 	req, _ := http.NewRequest("POST", r.web.URL+"/webhook", bytes.NewReader(body))
+	for k, v := range extra {
+		req.Header.Set(k, v)
+	}
 	req.Header.Set("Content-Type", ctype)
 	req.Header.Set("X-GitHub-Event", event)
 	req.Header.Set("X-GitHub-Delivery", guid)
@@ -355,9 +365,9 @@ func (r *rig) post(event, guid string, body []byte, sig string, ctype string) *h
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	io.Copy(io.Discard, resp.Body)
+	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp
+	return resp, string(b)
 }
 
 func (r *rig) sign(body []byte) string {
@@ -495,26 +505,46 @@ func TestUnreliableWebhooks(t *testing.T) {
 }
 
 func TestWebhookValidation(t *testing.T) {
-	r := newRig(t, rigOptions{noReconcile: true})
+	r := newRig(t, rigOptions{noReconcile: true, configure: func(c *controlplane.Config) { c.MaxBody = 1 << 20 }})
 	body := []byte(`{"action":"queued","workflow_job":{"id":77,"run_id":1,"labels":["tandem-64cpu-1gb"],"status":"queued"},` +
 		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},"installation":{"id":1}}`)
 	good := r.sign(body)
+	// Each refusal names its cause.
 	for name, tc := range map[string]struct {
 		event, sig, ctype string
 		body              []byte
 		want              int
+		says              string
+		guid              string            // default "g-"+name
+		extra             map[string]string // more headers
 	}{
-		"bad signature":  {"workflow_job", "sha256=" + strings.Repeat("0", 64), "application/json", body, 401},
-		"no signature":   {"workflow_job", "", "application/json", body, 401},
-		"malformed":      {"workflow_job", r.sign([]byte("{")), "application/json", []byte("{"), 400},
-		"missing fields": {"workflow_job", r.sign([]byte(`{"action":"queued"}`)), "application/json", []byte(`{"action":"queued"}`), 400},
-		"form encoded":   {"workflow_job", good, "application/x-www-form-urlencoded", body, 415},
-		"too large":      {"workflow_job", r.sign(bytes.Repeat([]byte("x"), 2<<20)), "application/json", bytes.Repeat([]byte("x"), 2<<20), 413},
-		"ping":           {"ping", r.sign([]byte(`{"zen":"x"}`)), "application/json", []byte(`{"zen":"x"}`), 200},
-		"other event":    {"push", r.sign([]byte(`{}`)), "application/json", []byte(`{}`), 200},
+		"bad signature":  {"workflow_job", "sha256=" + strings.Repeat("0", 64), "application/json", body, 401, "signature does not match", "", nil},
+		"no signature":   {"workflow_job", "", "application/json", body, 401, "missing X-Hub-Signature-256", "", nil},
+		"sha1 only":      {"workflow_job", "", "application/json", body, 401, "only the SHA-1 X-Hub-Signature was sent", "", map[string]string{"X-Hub-Signature": "sha1=0123"}},
+		"sha1 in sha256": {"workflow_job", "sha1=" + strings.Repeat("0", 40), "application/json", body, 401, "unsupported algorithm", "", nil},
+		"not hex":        {"workflow_job", "sha256=" + strings.Repeat("g", 64), "application/json", body, 401, "malformed X-Hub-Signature-256", "", nil},
+		"long delivery":  {"workflow_job", good, "application/json", body, 400, "X-GitHub-Delivery header is longer than 100", strings.Repeat("g", 101), nil},
+		"no delivery":    {"workflow_job", good, "application/json", body, 400, "X-GitHub-Delivery header is missing", "-", nil},
+		"no event":       {"", good, "application/json", body, 400, "X-GitHub-Event header is missing", "", nil},
+		"malformed":      {"workflow_job", r.sign([]byte("{")), "application/json", []byte("{"), 400, "", "", nil},
+		"missing fields": {"workflow_job", r.sign([]byte(`{"action":"queued"}`)), "application/json", []byte(`{"action":"queued"}`), 400, "", "", nil},
+		"form encoded":   {"workflow_job", good, "application/x-www-form-urlencoded", body, 415, "application/json", "", nil},
+		"too large":      {"workflow_job", r.sign(bytes.Repeat([]byte("x"), 2<<20)), "application/json", bytes.Repeat([]byte("x"), 2<<20), 413, "limit of 1048576 bytes", "", nil},
+		"ping":           {"ping", r.sign([]byte(`{"zen":"x"}`)), "application/json", []byte(`{"zen":"x"}`), 200, "pong", "", nil},
+		// An event Tandem does not use is answered from its headers: its
+		// body is not read, so it is not checked either.
+		"other event": {"push", "", "application/json", bytes.Repeat([]byte("x"), 2<<20), 200, "ignored", "", nil},
 	} {
-		if resp := r.post(tc.event, "g-"+name, tc.body, tc.sig, tc.ctype); resp.StatusCode != tc.want {
-			t.Errorf("%s: %s, want %d", name, resp.Status, tc.want)
+		guid := tc.guid
+		switch guid {
+		case "":
+			guid = "g-" + name
+		case "-":
+			guid = ""
+		}
+		resp, answer := r.postFull(tc.event, guid, tc.body, tc.sig, tc.ctype, tc.extra)
+		if resp.StatusCode != tc.want || !strings.Contains(answer, tc.says) {
+			t.Errorf("%s: %s %s, want %d saying %q", name, resp.Status, answer, tc.want, tc.says)
 		}
 	}
 	resp, _ := http.Get(r.web.URL + "/webhook")
@@ -551,7 +581,7 @@ func TestWebhookValidation(t *testing.T) {
 	m, _ := http.Get(r.web.URL + "/metrics")
 	mb, _ := io.ReadAll(m.Body)
 	m.Body.Close()
-	for _, want := range []string{`tandem_webhooks_total{result="bad-signature"} 2`, `tandem_jobs{state="unschedulable"} 1`} {
+	for _, want := range []string{`tandem_webhooks_total{result="bad-signature"} 5`, `tandem_jobs{state="unschedulable"} 1`} {
 		if !strings.Contains(string(mb), want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -3,23 +3,46 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
+// maxDeliveryLen bounds X-GitHub-Delivery (GitHub's are 36-character GUIDs).
+const maxDeliveryLen = 100
+
+// checkHookHeaders says what is wrong with a webhook's delivery and event
+// headers ("": nothing).
+func checkHookHeaders(guid, event string) string {
+	switch {
+	case guid == "":
+		return "the X-GitHub-Delivery header is missing"
+	case len(guid) > maxDeliveryLen:
+		return fmt.Sprintf("the X-GitHub-Delivery header is longer than %d characters", maxDeliveryLen)
+	case event == "":
+		return "the X-GitHub-Event header is missing"
+	case len(event) > maxDeliveryLen:
+		return fmt.Sprintf("the X-GitHub-Event header is longer than %d characters", maxDeliveryLen)
+	}
+	return ""
+}
+
 // handleWebhook is POST /webhook. It answers within milliseconds: the only
 // work before the reply is reading the body, checking the signature, a cheap
 // parse and one durable insert; applying the event happens in applyLoop.
 //
 // Replies: 202 stored; 200 a duplicate delivery, a ping, or an event Tandem
-// does not use; 400 malformed; 401 bad signature; 405 not POST; 413 too big;
-// 415 not JSON; 503 the store failed (GitHub shows the failure and the
-// delivery can be redelivered). 4xx replies change no state.
+// does not use (answered from the headers, before the body is read); 400
+// malformed, each saying what; 401 a missing or bad signature, saying
+// which; 405 not POST; 413 too big; 415 not JSON; 503 the store failed
+// (GitHub shows the failure and the delivery can be redelivered). 4xx
+// replies change no state.
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	result := "error"
@@ -30,12 +53,26 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusMethodNotAllowed, "POST only")
 		return
 	}
+	guid, event := r.Header.Get("X-GitHub-Delivery"), r.Header.Get("X-GitHub-Event")
+	if msg := checkHookHeaders(guid, event); msg != "" {
+		result = "malformed"
+		httpError(w, http.StatusBadRequest, msg)
+		return
+	}
+	switch event {
+	case "workflow_job", "ping":
+	default:
+		// Nothing in the body could change what Tandem does with it.
+		result = "ignored"
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored", "event": event})
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			result = "too-large"
-			httpError(w, http.StatusRequestEntityTooLarge, "body larger than the limit")
+			httpError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than the limit of %d bytes (github.webhook_max_body)", s.cfg.MaxBody))
 			return
 		}
 		result = "bad-body"
@@ -44,10 +81,14 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	// The signature covers the raw body and is checked before anything in
 	// it is looked at.
-	if err := github.VerifySignature(s.cfg.WebhookSecret, body, r.Header.Get("X-Hub-Signature-256")); err != nil {
+	if err := github.VerifySignature(s.cfg.WebhookSecret, body, r.Header.Get(github.HeaderSignature)); err != nil {
 		result = "bad-signature"
-		s.log.Warn("webhook refused: bad signature", "remote", r.RemoteAddr, "delivery", r.Header.Get("X-GitHub-Delivery"))
-		httpError(w, http.StatusUnauthorized, "signature does not match")
+		msg := strings.TrimPrefix(err.Error(), "github: ")
+		if r.Header.Get(github.HeaderSignature) == "" && r.Header.Get("X-Hub-Signature") != "" {
+			msg += " (only the SHA-1 X-Hub-Signature was sent: Tandem takes SHA-256 signatures only)"
+		}
+		s.log.Warn("webhook refused", "why", msg, "remote", r.RemoteAddr, "delivery", guid)
+		httpError(w, http.StatusUnauthorized, msg)
 		return
 	}
 	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
@@ -55,21 +96,9 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusUnsupportedMediaType, "set the webhook's content type to application/json")
 		return
 	}
-	guid, event := r.Header.Get("X-GitHub-Delivery"), r.Header.Get("X-GitHub-Event")
-	if guid == "" || len(guid) > 100 || event == "" {
-		result = "malformed"
-		httpError(w, http.StatusBadRequest, "X-GitHub-Delivery and X-GitHub-Event are required")
-		return
-	}
-	switch event {
-	case "workflow_job":
-	case "ping":
+	if event == "ping" {
 		result = "ping"
 		writeJSON(w, http.StatusOK, map[string]string{"status": "pong"})
-		return
-	default:
-		result = "ignored"
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored", "event": event})
 		return
 	}
 	if _, err := github.ParseWorkflowJobEvent(body); err != nil {

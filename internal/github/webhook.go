@@ -40,14 +40,14 @@ func VerifySignature(secret, body []byte, header string) error {
 	}
 	hexSig, ok := strings.CutPrefix(header, signaturePrefix)
 	if !ok {
-		return fmt.Errorf("github: %w: signature lacks %q prefix", ErrBadSignature, signaturePrefix)
-	}
-	if len(hexSig) != 2*sha256.Size {
-		return fmt.Errorf("github: %w: signature has wrong length", ErrBadSignature)
+		if alg, _, found := strings.Cut(header, "="); found && len(alg) <= 16 {
+			return fmt.Errorf("github: %w: unsupported algorithm %q in %s (want sha256)", ErrBadSignature, alg, HeaderSignature)
+		}
+		return fmt.Errorf("github: %w: %s does not start with %q", ErrBadSignature, HeaderSignature, signaturePrefix)
 	}
 	got, err := hex.DecodeString(hexSig)
-	if err != nil {
-		return fmt.Errorf("github: %w: signature is not hex", ErrBadSignature)
+	if err != nil || len(got) != sha256.Size {
+		return fmt.Errorf("github: %w: malformed %s: want %d hex digits after %q", ErrBadSignature, HeaderSignature, 2*sha256.Size, signaturePrefix)
 	}
 	mac := hmac.New(sha256.New, secret)
 	mac.Write(body)

@@ -29,25 +29,31 @@ func TestVerifySignature(t *testing.T) {
 		t.Fatalf("good signature: %v", err)
 	}
 
+	// Each failure names its cause: a sender fixing its set-up needs to
+	// know which, and none of them tells a forger anything of the secret.
 	bad := map[string]struct {
 		secret []byte
 		body   []byte
 		header string
+		says   string
 	}{
-		"missing":       {secret, body, ""},
-		"no prefix":     {secret, body, strings.TrimPrefix(documented, "sha256=")},
-		"sha1 prefix":   {secret, body, "sha1=" + strings.TrimPrefix(documented, "sha256=")},
-		"short":         {secret, body, documented[:len(documented)-2]},
-		"not hex":       {secret, body, "sha256=" + strings.Repeat("zz", 32)},
-		"wrong body":    {secret, []byte("Hello, World?"), documented},
-		"wrong secret":  {[]byte("other"), body, documented},
-		"no secret":     {nil, body, sign(nil, body)},
-		"flipped digit": {secret, body, documented[:len(documented)-1] + "8"},
+		"missing":       {secret, body, "", "missing X-Hub-Signature-256"},
+		"no prefix":     {secret, body, strings.TrimPrefix(documented, "sha256="), `does not start with "sha256="`},
+		"sha1 prefix":   {secret, body, "sha1=" + strings.TrimPrefix(documented, "sha256="), `unsupported algorithm "sha1"`},
+		"short":         {secret, body, documented[:len(documented)-2], "malformed X-Hub-Signature-256: want 64 hex digits"},
+		"not hex":       {secret, body, "sha256=" + strings.Repeat("zz", 32), "malformed X-Hub-Signature-256"},
+		"wrong body":    {secret, []byte("Hello, World?"), documented, "signature does not match"},
+		"wrong secret":  {[]byte("other"), body, documented, "signature does not match"},
+		"no secret":     {nil, body, sign(nil, body), "no webhook secret configured"},
+		"flipped digit": {secret, body, documented[:len(documented)-1] + "8", "signature does not match"},
 	}
 	for name, tc := range bad {
 		err := VerifySignature(tc.secret, tc.body, tc.header)
 		if !errors.Is(err, ErrBadSignature) {
 			t.Errorf("%s: err = %v, want ErrBadSignature", name, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: err = %v, want it to say %q", name, err, tc.says)
 		}
 		if err != nil && strings.Contains(err.Error(), string(secret)) {
 			t.Errorf("%s: error leaks secret", name)
