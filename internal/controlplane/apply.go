@@ -3,6 +3,7 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -143,6 +144,11 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 	if job.Org == "" {
 		job.Org = ev.Org
 	}
+	if errors.Is(perr, labels.ErrLimits) {
+		// Kept as far as a runner could carry them: the reason says the rest.
+		job.Labels = boundLabels(job.Labels)
+		job.LabelKey = store.LabelKey(job.Labels)
+	}
 	step := jobStep{ev: lifecycle.Seen}
 	if perr != nil {
 		step.ev = lifecycle.SeenInvalid
@@ -171,6 +177,16 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 		}
 	}
 	return job, nil
+}
+
+// boundLabels is ls cut to labels.MaxLabels labels of at most
+// labels.MaxLabelLen bytes each.
+func boundLabels(ls []string) []string {
+	out := slices.Clone(ls[:min(len(ls), labels.MaxLabels)])
+	for i, l := range out {
+		out[i] = labels.Truncate(l, labels.MaxLabelLen)
+	}
+	return out
 }
 
 // bindRunning records that runnerName took job. If that runner is ours and

@@ -16,8 +16,10 @@ package labels
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 )
@@ -32,6 +34,25 @@ var (
 	ErrAmbiguous = errors.New("ambiguous tandem labels")
 	// ErrConfig: the Parser itself is misconfigured.
 	ErrConfig = errors.New("invalid label parser config")
+	// ErrLimits: a job for Tandem has more labels, or a longer one, than
+	// GitHub takes for a runner (MaxLabels, MaxLabelLen).
+	ErrLimits = errors.New("runs-on beyond GitHub's limits")
+	// ErrConflict: GitHub's own labels ask for another architecture than
+	// the Tandem label, or for two.
+	ErrConflict = errors.New("conflicting architectures")
+	// ErrUnsupported: GitHub's own labels ask for a machine Tandem does not
+	// run (Windows, macOS, 32-bit ARM).
+	ErrUnsupported = errors.New("not a machine Tandem runs")
+)
+
+// GitHub's bounds on a runner's labels: at most 100 (the JIT config API's
+// limit), each at most MaxLabelLen characters (Tandem's bound; GitHub's
+// own labels are a few dozen at most). A reason that quotes a label quotes
+// at most quoteLen characters of it.
+const (
+	MaxLabels   = 100
+	MaxLabelLen = 256
+	quoteLen    = 100
 )
 
 // Defaults used when a Parser field is left zero.
@@ -163,31 +184,53 @@ func validPrefix(s string) bool {
 // Parse looks through a job's runs-on labels for a Tandem label.
 //
 // It returns ok=false and no error when no label claims the prefix (the
-// prefix followed by the end of the label or '-'); other labels such as
-// self-hosted, linux or arm64 are ignored. It returns an error wrapping
-// ErrMalformed or ErrOutOfBounds for the first Tandem label that is bad, and
-// ErrAmbiguous when two different Tandem labels (compared case-insensitively)
-// appear, even if they mean the same size. The returned Request carries the
-// first Tandem label as written.
+// prefix followed by the end of the label or '-'). For a job that has one:
+//   - more than MaxLabels labels, or one longer than MaxLabelLen, is an
+//     error wrapping ErrLimits (a runner could not be registered with them);
+//   - the first bad Tandem label is an error wrapping ErrMalformed or
+//     ErrOutOfBounds, and two different Tandem labels (compared without
+//     case) one wrapping ErrAmbiguous, even if they mean the same size;
+//   - GitHub's own labels are understood beside it (without case, as GitHub
+//     compares): self-hosted and linux hold of every Tandem VM; x64 and arm64
+//     ask for that architecture, which a Tandem label without one (or with
+//     "any") then gets, and which must agree with one it names (else
+//     ErrConflict); windows, macos and arm (32-bit) wrap ErrUnsupported.
+//
+// The returned Request carries the first Tandem label as written. A reason
+// in an error quotes at most 100 characters of any label.
 func (p *Parser) Parse(labels []string) (Request, bool, error) {
 	s, err := p.settings()
 	if err != nil {
 		return Request{}, false, err
 	}
+	if !slices.ContainsFunc(labels, s.claims) {
+		return Request{}, false, nil
+	}
+	if len(labels) > MaxLabels {
+		return Request{}, false, fmt.Errorf("%w: %d labels; a runner takes at most %d", ErrLimits, len(labels), MaxLabels)
+	}
+	for _, label := range labels {
+		if len(label) > MaxLabelLen {
+			return Request{}, false, fmt.Errorf("%w: label %s is %d characters long; at most %d",
+				ErrLimits, Quote(label), len(label), MaxLabelLen)
+		}
+	}
 	var (
-		found Request
-		ok    bool
+		found    Request
+		ok       bool
+		explicit bool // the Tandem label names an architecture
 	)
 	for _, label := range labels {
 		lower := asciiLower(label)
-		rest, claimed := strings.CutPrefix(lower, s.prefix)
-		if !claimed || (rest != "" && rest[0] != '-') {
+		if !s.claims(label) {
 			continue
 		}
-		r, err := s.parse(label, rest)
+		rest := lower[len(s.prefix):]
+		r, named, err := s.parse(label, rest)
 		if err != nil {
 			return Request{}, false, err
 		}
+		explicit = explicit || named
 		if ok {
 			if asciiLower(found.Label) != lower {
 				return Request{}, false, fmt.Errorf("%w: %q and %q: a job may carry only one %s label",
@@ -197,44 +240,111 @@ func (p *Parser) Parse(labels []string) (Request, bool, error) {
 		}
 		found, ok = r, true
 	}
+	a, err := githubArch(labels, found, explicit)
+	if err != nil {
+		return Request{}, false, err
+	}
+	found.Arch = a
 	return found, ok, nil
 }
 
+// claims reports whether label is one of this prefix's: the prefix, then
+// the label's end or '-'.
+func (s settings) claims(label string) bool {
+	if len(label) < len(s.prefix) || asciiLower(label[:len(s.prefix)]) != s.prefix {
+		return false
+	}
+	return len(label) == len(s.prefix) || label[len(s.prefix)] == '-'
+}
+
+// githubArch is the architecture a job gets once GitHub's own labels are
+// read beside its Tandem label r (explicit: r names one).
+func githubArch(labels []string, r Request, explicit bool) (arch.Arch, error) {
+	var want arch.Arch
+	var from string
+	for _, label := range labels {
+		var a arch.Arch
+		switch asciiLower(label) {
+		case "self-hosted", "linux":
+			continue
+		case "x64":
+			a = arch.AMD64
+		case "arm64":
+			a = arch.ARM64
+		case "windows", "macos", "arm":
+			return "", fmt.Errorf("%w: runs-on %s: Tandem runs Linux VMs on amd64 and arm64", ErrUnsupported, Quote(label))
+		default:
+			continue
+		}
+		if want != "" && a != want {
+			return "", fmt.Errorf("%w: runs-on has both %s and %s", ErrConflict, Quote(from), Quote(label))
+		}
+		want, from = a, label
+	}
+	switch {
+	case want == "":
+		return r.Arch, nil
+	case explicit && r.Arch != arch.Any && r.Arch != want:
+		return "", fmt.Errorf("%w: %s asks for %s, %s for %s", ErrConflict, Quote(r.Label), r.Arch, Quote(from), want)
+	}
+	return want, nil
+}
+
+// Quote quotes s for a reason shown to people, cut to its first 100
+// characters (an ellipsis and the full length say so).
+func Quote(s string) string {
+	if len(s) <= quoteLen {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(Truncate(s, quoteLen)) + fmt.Sprintf("… (%d characters)", len(s))
+}
+
+// Truncate is s cut to at most n bytes, on a character boundary.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 // parse parses rest, the lower-cased label after the prefix ("" or "-...").
-func (s settings) parse(label, rest string) (Request, error) {
-	r := Request{Label: label, Prefix: s.prefix, Arch: arch.AMD64, VCPUs: s.vcpus, MemoryMiB: s.mem}
+// named reports whether it names an architecture.
+func (s settings) parse(label, rest string) (r Request, named bool, err error) {
+	r = Request{Label: label, Prefix: s.prefix, Arch: arch.AMD64, VCPUs: s.vcpus, MemoryMiB: s.mem}
 	if rest == "" {
-		return r, nil
+		return r, false, nil
 	}
 	toks := strings.Split(rest[1:], "-")
 	if a, err := arch.ParseRequest(toks[0]); err == nil {
-		r.Arch = a
+		r.Arch, named = a, true
 		toks = toks[1:]
 	}
 	switch {
 	case len(toks) == 0:
-		return r, nil
+		return r, named, nil
 	case len(toks) != 2:
-		return r, s.malformed(label, "")
+		return r, named, s.malformed(label, "")
 	}
 	cpuText, okCPU := strings.CutSuffix(toks[0], "cpu")
 	gbText, okGB := strings.CutSuffix(toks[1], "gb")
 	if !okCPU || !okGB {
-		return r, s.malformed(label, "")
+		return r, named, s.malformed(label, "")
 	}
 	cpuInt, cpuFrac, okCPU := splitDecimal(cpuText)
 	gbInt, gbFrac, okGB := splitDecimal(gbText)
 	if !okCPU || !okGB {
-		return r, s.malformed(label, "sizes are plain decimals such as 2, 0.5 or 1.5")
+		return r, named, s.malformed(label, "sizes are plain decimals such as 2, 0.5 or 1.5")
 	}
-	var err error
 	if r.VCPUs, err = vcpus(cpuInt, cpuFrac); err != nil {
-		return r, fmt.Errorf("label %q: %w: %q: %v", label, ErrOutOfBounds, toks[0], err)
+		return r, named, fmt.Errorf("label %q: %w: %q: %v", label, ErrOutOfBounds, toks[0], err)
 	}
 	if r.MemoryMiB, err = memoryMiB(gbInt, gbFrac); err != nil {
-		return r, fmt.Errorf("label %q: %w: %q: %v", label, ErrOutOfBounds, toks[1], err)
+		return r, named, fmt.Errorf("label %q: %w: %q: %v", label, ErrOutOfBounds, toks[1], err)
 	}
-	return r, nil
+	return r, named, nil
 }
 
 func (s settings) malformed(label, hint string) error {

@@ -2,8 +2,10 @@ package labels
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 )
@@ -67,9 +69,18 @@ func TestParse(t *testing.T) {
 		{"arch only", []string{"tandem-arm64"}, req("tandem-arm64", arch.ARM64, 2, 4096), true, nil},
 		{"any only", []string{"TANDEM-ANY"}, req("TANDEM-ANY", arch.Any, 2, 4096), true, nil},
 
-		// Companion labels are ignored.
+		// GitHub's own labels, read beside Tandem's, without case.
 		{"self-hosted companions", []string{"self-hosted", "linux", "tandem-2cpu-4gb"}, req("tandem-2cpu-4gb", arch.AMD64, 2, 4096), true, nil},
-		{"arch companions", []string{"x64", "tandem-arm64", "arm64", "ARM64", "ubuntu-latest"}, req("tandem-arm64", arch.ARM64, 2, 4096), true, nil},
+		{"arch companions agree", []string{"tandem-arm64", "arm64", "ARM64", "ubuntu-latest"}, req("tandem-arm64", arch.ARM64, 2, 4096), true, nil},
+		{"GitHub's arch chooses", []string{"self-hosted", "linux", "ARM64", "tandem"}, req("tandem", arch.ARM64, 2, 4096), true, nil},
+		{"GitHub's arch narrows any", []string{"X64", "tandem-any-1cpu-1gb"}, req("tandem-any-1cpu-1gb", arch.AMD64, 1, 1024), true, nil},
+		{"GitHub's x64 and tandem amd64", []string{"x64", "tandem-amd64"}, req("tandem-amd64", arch.AMD64, 2, 4096), true, nil},
+		{"not for Tandem: windows alone", []string{"self-hosted", "windows"}, Request{}, false, nil},
+		{"X64 against tandem-arm64", []string{"X64", "tandem-arm64"}, Request{}, false, ErrConflict},
+		{"x64 and arm64", []string{"tandem", "x64", "arm64"}, Request{}, false, ErrConflict},
+		{"windows", []string{"tandem", "Windows"}, Request{}, false, ErrUnsupported},
+		{"macOS", []string{"tandem-arm64", "macOS"}, Request{}, false, ErrUnsupported},
+		{"32-bit ARM", []string{"tandem", "ARM"}, Request{}, false, ErrUnsupported},
 		{"same label twice", []string{"tandem-arm64-4cpu-8gb", "TANDEM-arm64-4CPU-8gb"}, req("tandem-arm64-4cpu-8gb", arch.ARM64, 4, 8192), true, nil},
 
 		// Malformed.
@@ -379,4 +390,34 @@ func FuzzParse(f *testing.F) {
 		}
 		checkRoundTrip(t, p, r)
 	})
+}
+
+// GitHub registers a runner with at most 100 labels: a job for Tandem with
+// more, or with an absurdly long one, is refused at once, and the reason
+// quotes no more than 100 characters of what it was given.
+func TestParseLimits(t *testing.T) {
+	p, _ := NewParser("tandem", 0, 0)
+	many := []string{"tandem"}
+	for i := range MaxLabels {
+		many = append(many, fmt.Sprintf("l%d", i))
+	}
+	if _, _, err := p.Parse(many); !errors.Is(err, ErrLimits) || !strings.Contains(err.Error(), "101 labels") {
+		t.Errorf("101 labels: %v", err)
+	}
+	if _, ok, err := p.Parse(many[1:]); ok || err != nil {
+		t.Errorf("100 labels none of them Tandem's: %v, %v", ok, err)
+	}
+	huge := "tandem-" + strings.Repeat("x", 500_000)
+	for _, ls := range [][]string{{huge}, {"tandem", strings.Repeat("é", 300)}} {
+		_, _, err := p.Parse(ls)
+		if !errors.Is(err, ErrLimits) || len(err.Error()) > 250 {
+			t.Errorf("a label of %d bytes: %.300v (%d bytes)", len(ls[len(ls)-1]), err, len(err.Error()))
+		}
+		if err != nil && !utf8.ValidString(err.Error()) {
+			t.Errorf("the quote cut a character in two: %q", err.Error())
+		}
+	}
+	if _, ok, err := p.Parse([]string{"tandem", strings.Repeat("y", MaxLabelLen)}); !ok || err != nil {
+		t.Errorf("a label of exactly %d characters: %v, %v", MaxLabelLen, ok, err)
+	}
 }
