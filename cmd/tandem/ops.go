@@ -382,9 +382,9 @@ func jobsCmd(g *globals) *cobra.Command {
 			return err
 		}
 		now := time.Now()
-		tb := termtext.NewTable(cmd.OutOrStdout(), "ID", "REPO", "STATE", "ARCH", "SIZE", "RUNNER", "HOST", "AGE", "REASON")
+		tb := termtext.NewTable(cmd.OutOrStdout(), "ID", "REPO", "BRANCH", "STATE", "ARCH", "SIZE", "RUNNER", "HOST", "AGE", "REASON")
 		for _, j := range res.Jobs {
-			tb.Row(strconv.FormatInt(j.ID, 10), j.Repo, jobState(j), j.Arch, termtext.Size(j.VCPUs, j.MemoryMiB),
+			tb.Row(strconv.FormatInt(j.ID, 10), j.Repo, termtext.Cut(j.HeadBranch, 30), jobState(j), j.Arch, termtext.Size(j.VCPUs, j.MemoryMiB),
 				j.Runner, j.Host, termtext.Ago(now, j.QueuedAt), termtext.Cut(j.Reason, reasonWidth))
 		}
 		return tb.Flush()
@@ -442,10 +442,19 @@ func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
 		}
 		return t.Local().Format(time.RFC3339) + " (" + termtext.Ago(now, *t) + ")"
 	}
-	field("job", fmt.Sprintf("%d (run %d)", j.ID, j.RunID))
+	run := fmt.Sprintf("%d (run %d", j.ID, j.RunID)
+	if j.RunAttempt > 1 {
+		run += fmt.Sprintf(", attempt %d", j.RunAttempt)
+	}
+	field("job", run+")")
 	field("repo", j.Repo)
 	field("workflow", j.Workflow)
 	field("name", j.Name)
+	if j.HeadBranch != "" || j.HeadSHA != "" {
+		field("commit", strings.TrimSpace(j.HeadBranch+" "+j.HeadSHA[:min(12, len(j.HeadSHA))]))
+	}
+	field("sender", j.Sender)
+	field("on GitHub", j.HTMLURL)
 	field("labels", strings.Join(j.Labels, ", "))
 	field("state", jobState(j))
 	field("reason", j.Reason)
@@ -459,9 +468,12 @@ func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
 		attempts += fmt.Sprintf(" (opened again %d times)", j.Reopens)
 	}
 	field("attempts", attempts)
+	field("created", when(j.CreatedAt))
 	field("queued", when(&j.QueuedAt))
 	field("started", when(j.StartedAt))
 	field("completed", when(j.CompletedAt))
+	field("started on GitHub", when(j.GitHubStartedAt))
+	field("completed on GitHub", when(j.GitHubCompletedAt))
 	if err := tb.Flush(); err != nil {
 		return err
 	}

@@ -220,14 +220,14 @@ func TestOpsHostsAndJobs(t *testing.T) {
 	}
 
 	out = r.ok(r.as(opsRead, "jobs")).stdout
-	if h := table(out)[0]; strings.Join(h, " ") != "ID REPO STATE ARCH SIZE RUNNER HOST AGE REASON" {
+	if h := table(out)[0]; strings.Join(h, " ") != "ID REPO BRANCH STATE ARCH SIZE RUNNER HOST AGE REASON" {
 		t.Errorf("jobs header %q", h)
 	}
-	if row := rowOf(t, out, ida); row[1] != "acme/app" || row[3] != "amd64" || row[4] != "2cpu-1gb" ||
-		row[5] != a.RunnerName || row[6] != "h1" {
+	if row := rowOf(t, out, ida); row[1] != "acme/app" || row[2] != "main" || row[4] != "amd64" || row[5] != "2cpu-1gb" ||
+		row[6] != a.RunnerName || row[7] != "h1" {
 		t.Errorf("placed job's row %q (job %+v)", row, a)
 	}
-	if row := rowOf(t, out, idb); row[2] != "unschedulable" || row[4] != "64cpu-8gb" || row[5] != "-" {
+	if row := rowOf(t, out, idb); row[3] != "unschedulable" || row[5] != "64cpu-8gb" || row[6] != "-" {
 		t.Errorf("unschedulable job's row %q", row)
 	}
 
@@ -265,7 +265,8 @@ func TestOpsHostsAndJobs(t *testing.T) {
 	// One job and its transitions.
 	out = r.ok(r.as(opsRead, "job", ida)).stdout
 	for _, want := range []string{"repo:", "acme/app", "runner:", a.RunnerName, "host:", "transitions:",
-		"FROM → TO", "- → queued", "queued → scheduled"} {
+		"FROM → TO", "- → queued", "queued → scheduled", "commit:", "main " + a.HeadSHA[:12], "sender:", "monalisa",
+		"on GitHub:", a.HTMLURL, "created:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("job %s: no %q in:\n%s", ida, want, out)
 		}

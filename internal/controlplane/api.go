@@ -134,28 +134,37 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 
 // JobView is a job as the API shows it.
 type JobView struct {
-	ID          int64       `json:"id"`
-	RunID       int64       `json:"run_id"`
-	Repo        string      `json:"repo"`
-	Org         string      `json:"org"`
-	Name        string      `json:"name,omitempty"`
-	Workflow    string      `json:"workflow,omitempty"`
-	Labels      []string    `json:"labels"`
-	Arch        string      `json:"arch,omitempty"`
-	VCPUs       float64     `json:"vcpus,omitempty"`
-	MemoryMiB   int         `json:"memory_mib,omitempty"`
-	State       string      `json:"state"`
-	Reason      string      `json:"reason,omitempty"`
-	Runner      string      `json:"runner,omitempty"`
-	Host        string      `json:"host,omitempty"`
-	Attempts    int         `json:"attempts"`
-	Reopens     int         `json:"reopens,omitempty"` // opened again after Tandem failed it
-	Conclusion  string      `json:"conclusion,omitempty"`
-	QueuedAt    time.Time   `json:"queued_at"`
-	UpdatedAt   time.Time   `json:"updated_at"`
-	StartedAt   *time.Time  `json:"started_at,omitempty"`
-	CompletedAt *time.Time  `json:"completed_at,omitempty"`
-	Events      []EventView `json:"events,omitempty"`
+	ID          int64      `json:"id"`
+	RunID       int64      `json:"run_id"`
+	Repo        string     `json:"repo"`
+	Org         string     `json:"org"`
+	Name        string     `json:"name,omitempty"`
+	Workflow    string     `json:"workflow,omitempty"`
+	Labels      []string   `json:"labels"`
+	Arch        string     `json:"arch,omitempty"`
+	VCPUs       float64    `json:"vcpus,omitempty"`
+	MemoryMiB   int        `json:"memory_mib,omitempty"`
+	State       string     `json:"state"`
+	Reason      string     `json:"reason,omitempty"`
+	Runner      string     `json:"runner,omitempty"`
+	Host        string     `json:"host,omitempty"`
+	RunAttempt  int        `json:"run_attempt,omitempty"`
+	HeadBranch  string     `json:"head_branch,omitempty"`
+	HeadSHA     string     `json:"head_sha,omitempty"`
+	HTMLURL     string     `json:"html_url,omitempty"` // the job on GitHub
+	Sender      string     `json:"sender,omitempty"`
+	Attempts    int        `json:"attempts"`
+	Reopens     int        `json:"reopens,omitempty"` // opened again after Tandem failed it
+	Conclusion  string     `json:"conclusion,omitempty"`
+	CreatedAt   *time.Time `json:"created_at,omitempty"` // on GitHub
+	QueuedAt    time.Time  `json:"queued_at"`            // first heard of by Tandem
+	UpdatedAt   time.Time  `json:"updated_at"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	// GitHub's own times (StartedAt and CompletedAt are Tandem's).
+	GitHubStartedAt   *time.Time  `json:"github_started_at,omitempty"`
+	GitHubCompletedAt *time.Time  `json:"github_completed_at,omitempty"`
+	Events            []EventView `json:"events,omitempty"`
 }
 
 // EventView is one transition of a job.
@@ -186,6 +195,8 @@ func (a *api) jobView(j store.Job) JobView {
 	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
 		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,
 		State: string(j.State), Reason: j.Reason, Runner: j.RunnerName, Host: j.HostID,
+		RunAttempt: j.RunAttempt, HeadBranch: j.HeadBranch, HeadSHA: j.HeadSHA, HTMLURL: j.HTMLURL, Sender: j.Sender,
+		CreatedAt: optTime(j.CreatedAt), GitHubStartedAt: optTime(j.GitHubStartedAt), GitHubCompletedAt: optTime(j.GitHubCompletedAt),
 		Attempts: j.Attempts, Reopens: j.Reopens, Conclusion: j.Conclusion, QueuedAt: j.QueuedAt, UpdatedAt: j.UpdatedAt,
 		StartedAt: optTime(j.StartedAt), CompletedAt: optTime(j.CompletedAt)}
 }

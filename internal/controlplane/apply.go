@@ -1,8 +1,10 @@
 package controlplane
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -74,7 +76,9 @@ func (s *Server) applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobE
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return applied{}, err
 	}
-	if !known {
+	if known {
+		identity(&job, ev)
+	} else {
 		if job, err = s.createJob(tx, fx, ev, req, perr, source, now); err != nil {
 			return applied{}, err
 		}
@@ -144,6 +148,7 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 	if job.Org == "" {
 		job.Org = ev.Org
 	}
+	identity(&job, ev)
 	if errors.Is(perr, labels.ErrLimits) {
 		// Kept as far as a runner could carry them: the reason says the rest.
 		job.Labels = boundLabels(job.Labels)
@@ -177,6 +182,44 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 		}
 	}
 	return job, nil
+}
+
+// identity copies what GitHub says of where a job comes from, and GitHub's
+// own times, into j. It is a stranger's input that the API and the CLI
+// show, so it is checked and bounded: a branch of at most 255 bytes, a
+// commit id in hex, an https link, a login of at most 100 bytes. A field
+// an event does not carry (the API's view has no sender) is kept.
+func identity(j *store.Job, ev github.WorkflowJobEvent) {
+	gj := ev.Job
+	if b := labels.Truncate(gj.HeadBranch, 255); b != "" {
+		j.HeadBranch = b
+	}
+	if isHexID(gj.HeadSHA) {
+		j.HeadSHA = strings.ToLower(gj.HeadSHA)
+	}
+	if u, err := url.Parse(gj.HTMLURL); err == nil && len(gj.HTMLURL) <= 2048 && u.Scheme == "https" && u.Host != "" {
+		j.HTMLURL = u.String()
+	}
+	if ev.Sender != "" && len(ev.Sender) <= 100 {
+		j.Sender = ev.Sender
+	}
+	// GitHub sets started_at on a queued job too, to its creation time.
+	if !gj.StartedAt.IsZero() && (gj.Status == "in_progress" || gj.Status == "completed") {
+		j.GitHubStartedAt = gj.StartedAt.UTC()
+	}
+	if !gj.CompletedAt.IsZero() {
+		j.GitHubCompletedAt = gj.CompletedAt.UTC()
+	}
+}
+
+// isHexID reports whether s is a git object id: 40 (SHA-1) or 64
+// (SHA-256) hex digits.
+func isHexID(s string) bool {
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 // boundLabels is ls cut to labels.MaxLabels labels of at most

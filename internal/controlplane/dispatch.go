@@ -428,8 +428,10 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 			}
 			r.StartedAt = now
 			if r.JobID != 0 {
-				if j, err := tx.Job(r.JobID); err == nil && !j.QueuedAt.IsZero() {
-					fx.do(func() { s.metrics.runnerStarted(now.Sub(j.QueuedAt)) })
+				if j, err := tx.Job(r.JobID); err == nil {
+					if since := queuedSince(j, now); !since.IsZero() {
+						fx.do(func() { s.metrics.runnerStarted(now.Sub(since)) })
+					}
 				}
 			}
 			return tx.PutRunner(r)

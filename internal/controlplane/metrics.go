@@ -79,6 +79,15 @@ func (m *metrics) placement(d time.Duration, launched int) {
 	m.launched.Add(float64(launched))
 }
 
+// queuedSince is when job j started to wait: GitHub's created_at, unless
+// it is missing or (a clock apart) after now or Tandem's first word of it.
+func queuedSince(j store.Job, now time.Time) time.Time {
+	if t := j.CreatedAt; !t.IsZero() && !t.After(now) && (j.QueuedAt.IsZero() || !t.After(j.QueuedAt)) {
+		return t
+	}
+	return j.QueuedAt
+}
+
 func (m *metrics) runnerStarted(d time.Duration) { m.started.Observe(d.Seconds()) }
 
 func (m *metrics) reconciled(rec, action string) { m.recActions.WithLabelValues(rec, action).Inc() }

@@ -98,6 +98,9 @@ type Job struct {
 	RunnerID      int64
 	RunnerName    string
 	RunnerGroupID int64
+	HeadBranch    string
+	HeadSHA       string
+	HTMLURL       string // the job's page on GitHub
 	CreatedAt     time.Time
 	StartedAt     time.Time
 	CompletedAt   time.Time
@@ -706,6 +709,9 @@ func convertJob(j *gh.WorkflowJob, repo string) Job {
 		RunnerID:      j.GetRunnerID(),
 		RunnerName:    j.GetRunnerName(),
 		RunnerGroupID: j.GetRunnerGroupID(),
+		HeadBranch:    j.GetHeadBranch(),
+		HeadSHA:       j.GetHeadSHA(),
+		HTMLURL:       j.GetHTMLURL(),
 		CreatedAt:     j.GetCreatedAt().Time,
 		StartedAt:     j.GetStartedAt().Time,
 		CompletedAt:   j.GetCompletedAt().Time,

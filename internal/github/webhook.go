@@ -93,6 +93,9 @@ type (
 		RunnerID      int64     `json:"runner_id"`
 		RunnerName    string    `json:"runner_name"`
 		RunnerGroupID int64     `json:"runner_group_id"`
+		HeadBranch    string    `json:"head_branch"`
+		HeadSHA       string    `json:"head_sha"`
+		HTMLURL       string    `json:"html_url"`
 		CreatedAt     time.Time `json:"created_at"`
 		StartedAt     time.Time `json:"started_at"`
 		CompletedAt   time.Time `json:"completed_at"`
@@ -168,6 +171,9 @@ func ParseWorkflowJobEvent(body []byte) (WorkflowJobEvent, error) {
 			RunnerID:      j.RunnerID,
 			RunnerName:    j.RunnerName,
 			RunnerGroupID: j.RunnerGroupID,
+			HeadBranch:    j.HeadBranch,
+			HeadSHA:       j.HeadSHA,
+			HTMLURL:       j.HTMLURL,
 			CreatedAt:     j.CreatedAt,
 			StartedAt:     j.StartedAt,
 			CompletedAt:   j.CompletedAt,

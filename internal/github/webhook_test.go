@@ -70,6 +70,7 @@ const sampleEvent = `{
     "run_url": "https://api.github.com/repos/octo-org/example-workflow/actions/runs/940463255",
     "run_attempt": 1, "node_id": "MDg6Q2hlY2tSdW4yODMyODUzNTU1",
     "head_sha": "e3103f8eb03e1ad7f2331c5446b23c070fc54055",
+    "html_url": "https://github.com/octo-org/example-workflow/runs/2832853555",
     "status": "queued", "conclusion": null,
     "created_at": "2021-06-15T19:22:20Z", "started_at": "2021-06-15T19:22:27Z", "completed_at": null,
     "name": "Test workflow", "steps": [], "labels": ["self-hosted", "tandem-4cpu-8gb"],
@@ -95,6 +96,8 @@ func TestParseWorkflowJobEvent(t *testing.T) {
 		Job: Job{
 			ID: 2832853555, RunID: 940463255, RunAttempt: 1, Repo: "octo-org/example-workflow",
 			Name: "Test workflow", WorkflowName: "Build", Status: "queued",
+			HeadBranch: "main", HeadSHA: "e3103f8eb03e1ad7f2331c5446b23c070fc54055",
+			HTMLURL:   "https://github.com/octo-org/example-workflow/runs/2832853555",
 			Labels:    []string{"self-hosted", "tandem-4cpu-8gb"},
 			CreatedAt: time.Date(2021, 6, 15, 19, 22, 20, 0, time.UTC),
 			StartedAt: time.Date(2021, 6, 15, 19, 22, 27, 0, time.UTC),

@@ -66,6 +66,16 @@ type Job struct {
 	AvoidHosts []string
 	Conclusion string // GitHub's, once completed
 
+	// Where it comes from, as GitHub says (bounded and checked: see
+	// controlplane's identity).
+	HeadBranch string
+	HeadSHA    string
+	HTMLURL    string // the job's page on GitHub (https only)
+	Sender     string // who triggered the run
+	// GitHub's own times beside Tandem's (CreatedAt is GitHub's too).
+	GitHubStartedAt   time.Time
+	GitHubCompletedAt time.Time
+
 	CreatedAt   time.Time // when GitHub created it
 	QueuedAt    time.Time // when Tandem first learnt of it
 	UpdatedAt   time.Time // last transition

@@ -80,7 +80,8 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 const jobCols = `id, run_id, run_attempt, installation, org, repo, name, workflow,
 	labels, label_key, arch, vcpus, memory_mib, state, reason, runner_name, host_id,
 	attempts, reopens, avoid_hosts, conclusion,
-	created_at, queued_at, updated_at, started_at, completed_at`
+	created_at, queued_at, updated_at, started_at, completed_at,
+	head_branch, head_sha, html_url, sender, gh_started_at, gh_completed_at`
 
 // jobArgs returns j's values in jobCols order.
 func jobArgs(j store.Job) ([]any, error) {
@@ -95,7 +96,8 @@ func jobArgs(j store.Job) ([]any, error) {
 	return []any{j.ID, j.RunID, j.RunAttempt, j.Installation, j.Org, j.Repo, j.Name, j.Workflow,
 		ls, j.LabelKey, string(j.Arch), j.VCPUs, j.MemoryMiB, string(j.State), j.Reason, j.RunnerName, j.HostID,
 		j.Attempts, j.Reopens, avoid, j.Conclusion,
-		msOf(j.CreatedAt), msOf(j.QueuedAt), msOf(j.UpdatedAt), msOf(j.StartedAt), msOf(j.CompletedAt)}, nil
+		msOf(j.CreatedAt), msOf(j.QueuedAt), msOf(j.UpdatedAt), msOf(j.StartedAt), msOf(j.CompletedAt),
+		j.HeadBranch, j.HeadSHA, j.HTMLURL, j.Sender, msOf(j.GitHubStartedAt), msOf(j.GitHubCompletedAt)}, nil
 }
 
 func scanJob(sc scanner) (store.Job, error) {
@@ -103,11 +105,13 @@ func scanJob(sc scanner) (store.Job, error) {
 		j                                           store.Job
 		ls, avoid, archName, state                  string
 		created, queued, updated, started, complete int64
+		ghStarted, ghCompleted                      int64
 	)
 	if err := sc.Scan(&j.ID, &j.RunID, &j.RunAttempt, &j.Installation, &j.Org, &j.Repo, &j.Name, &j.Workflow,
 		&ls, &j.LabelKey, &archName, &j.VCPUs, &j.MemoryMiB, &state, &j.Reason, &j.RunnerName, &j.HostID,
 		&j.Attempts, &j.Reopens, &avoid, &j.Conclusion,
-		&created, &queued, &updated, &started, &complete); err != nil {
+		&created, &queued, &updated, &started, &complete,
+		&j.HeadBranch, &j.HeadSHA, &j.HTMLURL, &j.Sender, &ghStarted, &ghCompleted); err != nil {
 		return store.Job{}, err
 	}
 	var err error
@@ -120,6 +124,7 @@ func scanJob(sc scanner) (store.Job, error) {
 	j.Arch, j.State = arch.Arch(archName), store.JobState(state)
 	j.CreatedAt, j.QueuedAt, j.UpdatedAt = timeOf(created), timeOf(queued), timeOf(updated)
 	j.StartedAt, j.CompletedAt = timeOf(started), timeOf(complete)
+	j.GitHubStartedAt, j.GitHubCompletedAt = timeOf(ghStarted), timeOf(ghCompleted)
 	return j, nil
 }
 
