@@ -89,6 +89,10 @@ type Config struct {
 	Store         store.Store
 	GitHub        github.API
 	WebhookSecret []byte
+	// AppID is the GitHub App's id: a webhook whose
+	// X-GitHub-Hook-Installation-Target-ID names another is refused (0:
+	// not checked).
+	AppID int64
 	Labels        *labels.Parser
 	Runner        RunnerSpec
 	Limits        scheduler.Limits

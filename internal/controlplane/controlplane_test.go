@@ -526,6 +526,8 @@ func TestWebhookValidation(t *testing.T) {
 		"long delivery":  {"workflow_job", good, "application/json", body, 400, "X-GitHub-Delivery header is longer than 100", strings.Repeat("g", 101), nil},
 		"no delivery":    {"workflow_job", good, "application/json", body, 400, "X-GitHub-Delivery header is missing", "-", nil},
 		"no event":       {"", good, "application/json", body, 400, "X-GitHub-Event header is missing", "", nil},
+		"another app":    {"workflow_job", good, "application/json", body, 403, "this control plane serves App 4711", "", map[string]string{"X-GitHub-Hook-Installation-Target-ID": "99"}},
+		"our app":        {"ping", r.sign([]byte(`{"zen":"x"}`)), "application/json", []byte(`{"zen":"x"}`), 200, "pong", "", map[string]string{"X-GitHub-Hook-Installation-Target-ID": "4711"}},
 		"malformed":      {"workflow_job", r.sign([]byte("{")), "application/json", []byte("{"), 400, "", "", nil},
 		"missing fields": {"workflow_job", r.sign([]byte(`{"action":"queued"}`)), "application/json", []byte(`{"action":"queued"}`), 400, "", "", nil},
 		"form encoded":   {"workflow_job", good, "application/x-www-form-urlencoded", body, 415, "application/json", "", nil},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +41,7 @@ func checkHookHeaders(guid, event string) string {
 // Replies: 202 stored; 200 a duplicate delivery, a ping, or an event Tandem
 // does not use (answered from the headers, before the body is read); 400
 // malformed, each saying what; 401 a missing or bad signature, saying
-// which; 405 not POST; 413 too big; 415 not JSON; 503 the store failed
+// which; 403 a hook of another GitHub App; 405 not POST; 413 too big; 415 not JSON; 503 the store failed
 // (GitHub shows the failure and the delivery can be redelivered). 4xx
 // replies change no state.
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
@@ -57,6 +58,14 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	if msg := checkHookHeaders(guid, event); msg != "" {
 		result = "malformed"
 		httpError(w, http.StatusBadRequest, msg)
+		return
+	}
+	// A hook of another App (a misdirected or copied webhook URL) is not
+	// ours, whatever its signature.
+	if target := r.Header.Get("X-GitHub-Hook-Installation-Target-ID"); target != "" && s.cfg.AppID != 0 &&
+		target != strconv.FormatInt(s.cfg.AppID, 10) {
+		result = "other-app"
+		httpError(w, http.StatusForbidden, fmt.Sprintf("this webhook is for GitHub App %.20q; this control plane serves App %d", target, s.cfg.AppID))
 		return
 	}
 	switch event {

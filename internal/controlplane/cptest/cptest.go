@@ -71,7 +71,7 @@ func Start(t testing.TB, seed int64, configure func(*controlplane.Config)) *Syst
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := controlplane.Config{Store: s.Store, GitHub: s.Client, WebhookSecret: s.Secret, Labels: parser,
+	cfg := controlplane.Config{Store: s.Store, GitHub: s.Client, WebhookSecret: s.Secret, Labels: parser, AppID: AppID,
 		Runner:    controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}},
 		Reconcile: controlplane.Intervals{MissedWebhooks: -1, FailedDeliveries: -1, Orphans: -1},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil))}
