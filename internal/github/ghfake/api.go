@@ -96,8 +96,13 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.installations[id]; !ok {
+	in, ok := s.installations[id]
+	if !ok {
 		notFound(w)
+		return
+	}
+	if in.suspended {
+		writeError(w, http.StatusForbidden, "This installation has been suspended")
 		return
 	}
 	tok := secret("ghs_")

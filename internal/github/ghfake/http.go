@@ -227,6 +227,9 @@ func (s *Server) instHandler(h func(http.ResponseWriter, *http.Request, *install
 		var inst *installation
 		if ok {
 			inst = s.installations[t.installID]
+			if inst != nil && inst.suspended {
+				inst = nil
+			}
 		}
 		s.mu.Unlock()
 		if inst == nil {

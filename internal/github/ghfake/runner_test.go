@@ -3,6 +3,7 @@ package ghfake_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -425,7 +426,59 @@ func TestApprovalWait(t *testing.T) {
 	for _, h := range f.sink.jobHooks(t) {
 		seen = append(seen, h.Action+"/"+h.WorkflowJob.Status)
 	}
-	if want := []string{"waiting/waiting", "queued/queued", "in_progress/in_progress"}; !slices.Equal(seen, want) {
+	slices.Sort(seen) // deliveries run concurrently, and arrive in any order, as GitHub's do
+	if want := []string{"in_progress/in_progress", "queued/queued", "waiting/waiting"}; !slices.Equal(seen, want) {
 		t.Errorf("webhooks %v, want %v", seen, want)
+	}
+}
+
+// Suspending an installation sends "suspend", refuses its tokens and
+// silences its webhooks until "unsuspend"; removing repositories sends
+// installation_repositories "removed"; uninstalling sends "deleted" and
+// its tokens stop working.
+func TestInstallationChanges(t *testing.T) {
+	f := newFixture(t)
+	inst := f.srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app", "acme/web")
+	tok := f.token(inst)
+	if err := f.srv.SuspendInstallation(inst, true); err != nil {
+		t.Fatal(err)
+	}
+	f.expect(401, "GET", "/installation/repositories", tok, nil, nil)
+	f.expect(403, "POST", fmt.Sprintf("/app/installations/%d/access_tokens", inst), "Bearer "+f.jwt(), nil, nil)
+	f.srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"x"}}) // no webhook while suspended
+	if err := f.srv.SuspendInstallation(inst, false); err != nil {
+		t.Fatal(err)
+	}
+	tok = f.token(inst)
+	if err := f.srv.RemoveRepos(inst, "acme/web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.RemoveRepos(inst, "acme/web"); !errors.Is(err, ghfake.ErrInvalid) {
+		t.Errorf("removing a repository twice: %v", err)
+	}
+	if err := f.srv.RemoveInstallation(inst); err != nil {
+		t.Fatal(err)
+	}
+	f.expect(401, "GET", "/installation/repositories", tok, nil, nil)
+	f.srv.Flush()
+	var got []string
+	for _, h := range f.sink.hooks() {
+		var p struct {
+			Action  string `json:"action"`
+			Removed []struct {
+				FullName string `json:"full_name"`
+			} `json:"repositories_removed"`
+		}
+		json.Unmarshal(h.Body, &p)
+		e := h.Header.Get("X-GitHub-Event") + "/" + p.Action
+		for _, r := range p.Removed {
+			e += ":" + r.FullName
+		}
+		got = append(got, e)
+	}
+	slices.Sort(got) // deliveries arrive in any order
+	want := []string{"installation/deleted", "installation/suspend", "installation/unsuspend", "installation_repositories/removed:acme/web"}
+	if !slices.Equal(got, want) {
+		t.Errorf("webhooks %v, want %v", got, want)
 	}
 }

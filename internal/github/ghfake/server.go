@@ -190,6 +190,7 @@ type installation struct {
 	account   *account
 	repos     []string // lower-case full names, in order added
 	createdAt time.Time
+	suspended bool // GitHub sends it no webhooks and refuses its tokens
 }
 
 type instToken struct {
@@ -380,6 +381,84 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// SuspendInstallation suspends an installation, or lifts the suspension,
+// as an owner does from the account's settings: an "installation" webhook
+// ("suspend" or "unsuspend") is sent; while suspended, the installation's
+// tokens are refused (403 for a new one) and none of its webhooks is sent.
+func (s *Server) SuspendInstallation(id int64, suspend bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.installations[id]
+	if !ok {
+		return fmt.Errorf("suspend installation %d: %w", id, ErrNotFound)
+	}
+	if in.suspended == suspend {
+		return nil
+	}
+	action := "unsuspend"
+	if suspend {
+		action = "suspend"
+		s.emitInstallationLocked(in, action, nil) // sent before it goes quiet
+		in.suspended = true
+		return nil
+	}
+	in.suspended = false
+	s.emitInstallationLocked(in, action, nil)
+	return nil
+}
+
+// RemoveInstallation uninstalls the App from an account: an "installation"
+// "deleted" webhook is sent, its repositories lose the App (no more
+// webhooks), its tokens stop working and its runners are removed.
+func (s *Server) RemoveInstallation(id int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.installations[id]
+	if !ok {
+		return fmt.Errorf("remove installation %d: %w", id, ErrNotFound)
+	}
+	s.emitInstallationLocked(in, "deleted", nil)
+	delete(s.installations, id)
+	for _, r := range s.repos {
+		if r.installID == id {
+			r.installID = 0
+		}
+	}
+	for _, rr := range s.runners {
+		if (rr.repo != nil && rr.repo.installID == 0 && strings.EqualFold(rr.repo.owner.login, in.account.login)) ||
+			strings.EqualFold(rr.org, in.account.login) {
+			s.removeRunnerLocked(rr)
+		}
+	}
+	return nil
+}
+
+// RemoveRepos takes repositories ("owner/name") out of an installation,
+// as an owner does in the App's settings: an installation_repositories
+// "removed" webhook is sent, and the App gets no more webhooks from them.
+func (s *Server) RemoveRepos(id int64, repos ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.installations[id]
+	if !ok {
+		return fmt.Errorf("remove repositories of installation %d: %w", id, ErrNotFound)
+	}
+	var removed []*repo
+	for _, full := range repos {
+		r, ok := s.repos[strings.ToLower(full)]
+		if !ok || r.installID != id {
+			return fmt.Errorf("remove %s from installation %d: %w", full, id, ErrInvalid)
+		}
+		removed = append(removed, r)
+	}
+	s.emitInstallationLocked(in, "removed", removed)
+	for _, r := range removed {
+		r.installID = 0
+		in.repos = slices.DeleteFunc(in.repos, func(n string) bool { return n == strings.ToLower(r.fullName()) })
+	}
+	return nil
 }
 
 // QueueJob queues a new workflow run with one job and sends its

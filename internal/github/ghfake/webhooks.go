@@ -172,7 +172,7 @@ type payloadIdentity struct {
 // subject to Faults.
 func (s *Server) emitLocked(action string, j *job) {
 	rp := j.run.repo
-	if s.closed || s.cfg.WebhookURL == "" || rp.installID == 0 {
+	if s.closed || s.cfg.WebhookURL == "" || rp.installID == 0 || s.installations[rp.installID].suspended {
 		return
 	}
 	p := webhookPayload{
@@ -190,14 +190,54 @@ func (s *Server) emitLocked(action string, j *job) {
 		s.log.Error("ghfake: encode webhook", "err", err)
 		return
 	}
-	o := &outgoing{
+	s.sendLocked(&outgoing{
 		guid: s.guidLocked(), event: "workflow_job", action: action, installID: rp.installID,
 		repoID: rp.id, jobID: j.id, payload: payload,
+	})
+}
+
+// emitInstallationLocked sends an installation webhook ("deleted",
+// "suspend", "unsuspend") or, with removed repositories, an
+// installation_repositories "removed" one, subject to Faults.
+func (s *Server) emitInstallationLocked(in *installation, action string, removed []*repo) {
+	if s.closed || s.cfg.WebhookURL == "" {
+		return
 	}
+	type repoRef struct {
+		ID       int64  `json:"id"`
+		Name     string `json:"name"`
+		FullName string `json:"full_name"`
+		Private  bool   `json:"private"`
+	}
+	p := map[string]any{
+		"action": action,
+		"installation": map[string]any{"id": in.id, "account": in.account.api(),
+			"app_id": s.cfg.AppID, "target_type": in.account.typ},
+		"sender": payloadIdentity{Login: "monalisa", ID: 1, Type: "User"},
+	}
+	event := "installation"
+	if removed != nil {
+		event = "installation_repositories"
+		refs := []repoRef{}
+		for _, r := range removed {
+			refs = append(refs, repoRef{ID: r.id, Name: r.name, FullName: r.fullName()})
+		}
+		p["repositories_removed"], p["repositories_added"], p["repository_selection"] = refs, []repoRef{}, "selected"
+	}
+	payload, err := json.Marshal(p)
+	if err != nil {
+		s.log.Error("ghfake: encode webhook", "err", err)
+		return
+	}
+	s.sendLocked(&outgoing{guid: s.guidLocked(), event: event, action: action, installID: in.id, payload: payload})
+}
+
+// sendLocked sends o, subject to Faults.
+func (s *Server) sendLocked(o *outgoing) {
 	f := s.faults
 	roll := func(p float64) bool { return p > 0 && s.rng.Float64() < p }
 	if roll(f.Lose) {
-		s.log.Debug("ghfake: webhook lost", "guid", o.guid, "job", j.id, "action", action)
+		s.log.Debug("ghfake: webhook lost", "guid", o.guid, "job", o.jobID, "action", o.action)
 		return
 	}
 	o.fail = roll(f.Fail)
