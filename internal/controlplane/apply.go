@@ -24,6 +24,17 @@ type applied struct {
 // applyDelivery applies one stored delivery inside tx and marks it processed.
 func (s *Server) applyDelivery(tx store.Tx, fx *afterCommit, d store.Delivery) (applied, error) {
 	now := s.now().UTC()
+	if d.Event == "installation" || d.Event == "installation_repositories" {
+		ev, err := github.ParseInstallationEvent(d.Event, d.Payload)
+		if err != nil {
+			return applied{outcome: "malformed"}, tx.MarkDelivery(d.GUID, now, err.Error())
+		}
+		res, err := s.applyInstallation(tx, fx, ev, now)
+		if err != nil {
+			return res, fmt.Errorf("delivery %s (%s %s): %w", d.GUID, d.Event, ev.Action, err)
+		}
+		return res, tx.MarkDelivery(d.GUID, now, "")
+	}
 	ev, err := github.ParseWorkflowJobEvent(d.Payload)
 	if err != nil {
 		// Ingest parsed it before storing; a delivery stored by an older
@@ -75,6 +86,15 @@ func (s *Server) applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobE
 	known := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return applied{}, err
+	}
+	if !known {
+		// A late webhook of an installation the App has lost: no job is
+		// taken in that the App may not run.
+		if inst, err := tx.Installation(ev.InstallationID); err == nil && inst.State != store.InstallationActive {
+			return applied{outcome: "ignored"}, nil
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return applied{}, err
+		}
 	}
 	if known {
 		identity(&job, ev)

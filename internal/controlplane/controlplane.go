@@ -92,12 +92,12 @@ type Config struct {
 	// AppID is the GitHub App's id: a webhook whose
 	// X-GitHub-Hook-Installation-Target-ID names another is refused (0:
 	// not checked).
-	AppID int64
-	Labels        *labels.Parser
-	Runner        RunnerSpec
-	Limits        scheduler.Limits
-	MaxAttempts   int
-	Reconcile     Intervals
+	AppID       int64
+	Labels      *labels.Parser
+	Runner      RunnerSpec
+	Limits      scheduler.Limits
+	MaxAttempts int
+	Reconcile   Intervals
 	// LogDir keeps runner logs that remote agents ship ("" drops them).
 	LogDir string
 	// HeartbeatTimeout is how long a remote host may stay silent before it

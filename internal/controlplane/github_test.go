@@ -289,3 +289,88 @@ func TestJobIdentityIsChecked(t *testing.T) {
 		t.Errorf("unchecked identity: branch of %d bytes, sha %q, url %q, sender %q", len(v.HeadBranch), v.HeadSHA, v.HTMLURL, v.Sender)
 	}
 }
+
+// When the App loses an installation or repositories, Tandem stops acting
+// for them: their jobs end with the reason, their VMs are stopped, their
+// repositories are no longer polled, and a late webhook takes nothing in.
+// Unsuspended, the installation is polled again and a job GitHub still has
+// queued is opened again and runs.
+func TestInstallationLifecycle(t *testing.T) {
+	r := newRig(t, rigOptions{maxAttempts: 1})
+	r.hosts[0].set(nil, true) // runners boot and take no job
+	inst := r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app", "acme/web")
+	app := r.queue("acme/app", "tandem", "true")
+	web := r.queue("acme/web", "tandem-2cpu-2gb", "true")
+	r.waitStates([]int64{app, web}, 10*time.Second, store.JobLaunching)
+	repos := func() (names []string) {
+		r.st.View(t.Context(), func(tx store.ReadTx) error {
+			rs, err := tx.Repos(time.Time{})
+			for _, x := range rs {
+				names = append(names, x.FullName)
+			}
+			return err
+		})
+		return names
+	}
+
+	// acme/web leaves the installation: its job fails, its VM stops; acme/app
+	// goes on.
+	if err := r.gh.RemoveRepos(inst, "acme/web"); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStates([]int64{web}, 10*time.Second, store.JobFailed)
+	if j, _ := r.job(web); !strings.Contains(j.Reason, "repository was removed") {
+		t.Errorf("reason %q", j.Reason)
+	}
+	if j, _ := r.job(app); j.State != store.JobLaunching {
+		t.Errorf("acme/app's job is %s", j.State)
+	}
+	if got := strings.Join(repos(), " "); got != "acme/app" {
+		t.Errorf("repositories polled: %q", got)
+	}
+
+	// Suspended: acme/app's job fails, every VM stops, nothing is polled.
+	if err := r.gh.SuspendInstallation(inst, true); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStates([]int64{app}, 10*time.Second, store.JobFailed)
+	if j, _ := r.job(app); !strings.Contains(j.Reason, "suspended by monalisa") {
+		t.Errorf("reason %q", j.Reason)
+	}
+	r.waitFor("every VM to stop", 10*time.Second, func() bool { return len(r.liveRunners()) == 0 })
+	if got := repos(); len(got) != 0 {
+		t.Errorf("a suspended installation's repositories are polled: %q", got)
+	}
+
+	// Unsuspended: the reconciler finds acme/app's job still queued on
+	// GitHub, opens it again, and it runs.
+	r.hosts[0].set(nil, false)
+	if err := r.gh.SuspendInstallation(inst, false); err != nil {
+		t.Fatal(err)
+	}
+	// Polling starts again with the repository's next webhook.
+	r.queue("acme/app", "tandem-1cpu-1gb", "true")
+	r.waitStates([]int64{app}, 20*time.Second, store.JobCompleted)
+	if j, _ := r.job(app); j.Reopens != 1 {
+		t.Errorf("job %+v: want it opened again once", j)
+	}
+
+	// Uninstalled: a late webhook of the installation takes nothing in.
+	if err := r.gh.RemoveInstallation(inst); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("the installation to be removed", 10*time.Second, func() bool {
+		var in store.Installation
+		r.st.View(t.Context(), func(tx store.ReadTx) (err error) { in, err = tx.Installation(inst); return err })
+		return in.State == store.InstallationRemoved
+	})
+	body := []byte(fmt.Sprintf(`{"action":"queued","workflow_job":{"id":777,"run_id":7,"status":"queued","labels":["tandem"]},`+
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},"installation":{"id":%d}}`, inst))
+	if resp := r.post("workflow_job", "g-late", body, r.sign(body), "application/json"); resp.StatusCode != 202 {
+		t.Fatalf("late webhook: %s", resp.Status)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, ok := r.job(777); ok {
+		t.Error("a webhook of an uninstalled installation made a job")
+	}
+}

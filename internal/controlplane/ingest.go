@@ -69,7 +69,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch event {
-	case "workflow_job", "ping":
+	case "workflow_job", "ping", "installation", "installation_repositories":
 	default:
 		// Nothing in the body could change what Tandem does with it.
 		result = "ignored"
@@ -110,9 +110,15 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "pong"})
 		return
 	}
-	if _, err := github.ParseWorkflowJobEvent(body); err != nil {
+	var perr error
+	if event == "workflow_job" {
+		_, perr = github.ParseWorkflowJobEvent(body)
+	} else {
+		_, perr = github.ParseInstallationEvent(event, body)
+	}
+	if perr != nil {
 		result = "malformed"
-		httpError(w, http.StatusBadRequest, err.Error())
+		httpError(w, http.StatusBadRequest, perr.Error())
 		return
 	}
 	inserted, err := s.st.InsertDelivery(r.Context(), store.Delivery{

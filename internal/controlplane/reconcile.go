@@ -491,10 +491,23 @@ func (rc *reconcilers) reconcileFailedDeliveries(ctx context.Context) error {
 func (rc *reconcilers) reconcileOrphans(ctx context.Context) error {
 	now := rc.now().UTC()
 	var runners []store.Runner
+	lost := map[int64]bool{} // installations the App may not act for
 	if err := rc.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		runners, err = tx.Runners(store.RunnerFilter{})
-		return err
+		if runners, err = tx.Runners(store.RunnerFilter{}); err != nil {
+			return err
+		}
+		for _, r := range runners {
+			if _, seen := lost[r.Installation]; seen || r.Installation == 0 {
+				continue
+			}
+			inst, err := tx.Installation(r.Installation)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			lost[r.Installation] = err == nil && inst.State != store.InstallationActive
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -507,7 +520,7 @@ func (rc *reconcilers) reconcileOrphans(ctx context.Context) error {
 	var errs []error
 	for _, r := range runners {
 		byName[r.Name] = r
-		if r.Installation != 0 && now.Sub(r.CreatedAt) < rc.iv.ActiveRepoWindow {
+		if r.Installation != 0 && !lost[r.Installation] && now.Sub(r.CreatedAt) < rc.iv.ActiveRepoWindow {
 			scopes[scopeKey{r.Installation, runnerScope(r)}] = true
 		}
 		if r.State == store.RunnerIdle && now.Sub(r.StartedAt) >= rc.idleTimeout {

@@ -189,3 +189,60 @@ func ParseWorkflowJobEvent(body []byte) (WorkflowJobEvent, error) {
 	}
 	return ev, nil
 }
+
+// InstallationEvent is a parsed installation or installation_repositories
+// webhook: what happened to an installation of the App, or to the
+// repositories it may act for.
+type InstallationEvent struct {
+	Event          string // "installation" or "installation_repositories"
+	Action         string // deleted, suspend, unsuspend, created, …; added, removed
+	InstallationID int64
+	Account        string
+	Sender         string
+	Removed        []string // installation_repositories removed: full names
+}
+
+// ParseInstallationEvent parses the body of an installation or
+// installation_repositories webhook (event is the X-GitHub-Event header).
+// It returns an error wrapping ErrMalformed if the body is not JSON of the
+// expected shape or installation.id is missing.
+func ParseInstallationEvent(event string, body []byte) (InstallationEvent, error) {
+	var w struct {
+		Action       string `json:"action"`
+		Installation *struct {
+			ID      int64        `json:"id"`
+			Account *wireAccount `json:"account"`
+		} `json:"installation"`
+		Sender  *wireAccount `json:"sender"`
+		Removed []struct {
+			FullName string `json:"full_name"`
+		} `json:"repositories_removed"`
+	}
+	if event != "installation" && event != "installation_repositories" {
+		return InstallationEvent{}, fmt.Errorf("github: %w: %.40q is not an installation event", ErrMalformed, event)
+	}
+	if err := json.Unmarshal(body, &w); err != nil {
+		return InstallationEvent{}, fmt.Errorf("github: %w: %w", ErrMalformed, err)
+	}
+	if w.Action == "" || len(w.Action) > 40 {
+		return InstallationEvent{}, fmt.Errorf("github: %w: missing or overlong action", ErrMalformed)
+	}
+	if w.Installation == nil || w.Installation.ID <= 0 {
+		return InstallationEvent{}, fmt.Errorf("github: %w: missing installation.id", ErrMalformed)
+	}
+	ev := InstallationEvent{Event: event, Action: w.Action, InstallationID: w.Installation.ID}
+	if a := w.Installation.Account; a != nil {
+		ev.Account = a.Login
+	}
+	if w.Sender != nil {
+		ev.Sender = w.Sender.Login
+	}
+	for _, r := range w.Removed {
+		owner, name, ok := strings.Cut(r.FullName, "/")
+		if !ok || owner == "" || name == "" || strings.Contains(name, "/") {
+			return InstallationEvent{}, fmt.Errorf("github: %w: repositories_removed: %.100q is not owner/name", ErrMalformed, r.FullName)
+		}
+		ev.Removed = append(ev.Removed, r.FullName)
+	}
+	return ev, nil
+}

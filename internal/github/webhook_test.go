@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,4 +174,32 @@ func FuzzParseWorkflowJobEvent(f *testing.F) {
 			t.Fatalf("accepted an invalid event: %+v", ev)
 		}
 	})
+}
+
+// Installation webhooks as GitHub documents them (trimmed): what happened,
+// to which installation, and which repositories left it.
+func TestParseInstallationEvent(t *testing.T) {
+	ev, err := ParseInstallationEvent("installation", []byte(`{"action":"suspend",
+		"installation":{"id":2,"account":{"login":"octo-org","type":"Organization"},"app_id":1},
+		"sender":{"login":"octocat"}}`))
+	if err != nil || ev.Action != "suspend" || ev.InstallationID != 2 || ev.Account != "octo-org" || ev.Sender != "octocat" {
+		t.Errorf("installation suspend: %+v, %v", ev, err)
+	}
+	ev, err = ParseInstallationEvent("installation_repositories", []byte(`{"action":"removed",
+		"installation":{"id":2,"account":{"login":"octo-org"}},"repository_selection":"selected",
+		"repositories_added":[],"repositories_removed":[{"id":1,"name":"a","full_name":"octo-org/a","private":true}]}`))
+	if err != nil || !slices.Equal(ev.Removed, []string{"octo-org/a"}) {
+		t.Errorf("installation_repositories removed: %+v, %v", ev, err)
+	}
+	for name, c := range map[string]struct{ event, body string }{
+		"not JSON":        {"installation", `{`},
+		"no installation": {"installation", `{"action":"deleted"}`},
+		"no action":       {"installation", `{"installation":{"id":2}}`},
+		"bad repository":  {"installation_repositories", `{"action":"removed","installation":{"id":2},"repositories_removed":[{"full_name":"a/b/c"}]}`},
+		"other event":     {"push", `{"action":"x","installation":{"id":2}}`},
+	} {
+		if _, err := ParseInstallationEvent(c.event, []byte(c.body)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
 }

@@ -34,7 +34,8 @@
 //   - only GitHub moves a job to running (a job runs when GitHub says a
 //     runner took it, never because Tandem expects it to);
 //   - a job is launched only from queued, and counts the launch; a job
-//     reaches failed only when its launches are spent;
+//     reaches failed only when its launches are spent, or when the App may
+//     no longer act for it (Uninstalled);
 //   - every job GitHub queued ends running, or in a terminal state, or
 //     waits in queued for a host: it is never left holding a runner that
 //     has ended;
@@ -130,6 +131,10 @@ const (
 	// A reconciler: the job runs on GitHub, but its runner's VM ended long
 	// ago.
 	RunnerVanished Event = "runner-vanished"
+
+	// The App may no longer act for the job's repository: its installation
+	// was suspended or deleted, or the repository removed from it.
+	Uninstalled Event = "uninstalled"
 )
 
 // SchedulerEvents are the scheduler's. It works on queued jobs only (a pass
@@ -139,7 +144,7 @@ var SchedulerEvents = []Event{Placed, GivenSpare, NoHostFits}
 
 // Events lists every job event.
 var Events = []Event{Seen, SeenInvalid, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled,
-	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished}
+	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished, Uninstalled}
 
 // Facts are what a guard may look at besides the state and the event.
 // The caller fills in those the event's rules need (Guard.Needs).
@@ -381,6 +386,14 @@ var Jobs = []Rule{
 		Why: "its runner's VM ended long ago and GitHub still reports it in progress"},
 	{From: unclaimed, On: RunnerVanished, To: Unchanged, Why: "it is not running"},
 	{From: terminal, On: RunnerVanished, To: Unchanged, Why: "the job has ended"},
+
+	// The App lost its access.
+	{From: []JobState{Waiting, Queued}, On: Uninstalled, To: Failed,
+		Why: "the App may no longer act for its repository; opened again if GitHub still has it queued once it may"},
+	{From: bound, On: Uninstalled, To: Failed, Effects: []Effect{FreeRunner},
+		Why: "the App may no longer act for its repository: its runner is stopped"},
+	{From: []JobState{Running}, On: Uninstalled, To: Lost, Why: "the App may no longer hear of it"},
+	{From: terminal, On: Uninstalled, To: Unchanged, Why: "the job has ended"},
 }
 
 // ErrNoRule means the table has no rule for a state and event: the caller

@@ -209,6 +209,38 @@ type Repo struct {
 	LastActive   time.Time
 }
 
+// InstallationState is whether the App may act for an installation.
+type InstallationState string
+
+// Installation states, as GitHub's installation webhooks set them.
+const (
+	InstallationActive    InstallationState = "active"
+	InstallationSuspended InstallationState = "suspended" // until unsuspended
+	InstallationRemoved   InstallationState = "removed"   // the App was uninstalled
+)
+
+// Installation is an installation of the App, as its webhooks told.
+type Installation struct {
+	ID        int64
+	Account   string // the org or user it is installed on
+	State     InstallationState
+	Reason    string // e.g. "suspended by octocat"
+	UpdatedAt time.Time
+}
+
+// Validate checks i before it is written.
+func (i Installation) Validate() error {
+	switch {
+	case i.ID <= 0:
+		return fmt.Errorf("%w: installation id %d", ErrInvalid, i.ID)
+	case i.State != InstallationActive && i.State != InstallationSuspended && i.State != InstallationRemoved:
+		return fmt.Errorf("%w: installation %d: state %q", ErrInvalid, i.ID, i.State)
+	case i.UpdatedAt.IsZero():
+		return fmt.Errorf("%w: installation %d: no time", ErrInvalid, i.ID)
+	}
+	return nil
+}
+
 // Event is what a caller says about one change of a job.
 type Event struct {
 	Source string

@@ -68,8 +68,12 @@ type ReadTx interface {
 	Runners(f RunnerFilter) ([]Runner, error)
 	Host(id string) (Host, error) // ErrNotFound
 	Hosts() ([]Host, error)
-	// Repos returns repositories active at or after since.
+	// Repos returns repositories active at or after since, but for those
+	// of an installation that is not active (suspended or removed).
 	Repos(since time.Time) ([]Repo, error)
+	// Installation returns what Tandem knows of an installation of the
+	// App (ErrNotFound: nothing, which is as good as active).
+	Installation(id int64) (Installation, error)
 	Counters() (map[string]int64, error)
 	Delivery(guid string) (Delivery, error) // ErrNotFound
 	// AgentCredential returns a host's credential (ErrNotFound if none).
@@ -99,6 +103,12 @@ type Tx interface {
 
 	// TouchRepo records that repo had activity at t (keeping the latest).
 	TouchRepo(fullName string, installation int64, t time.Time) error
+	// RemoveRepo forgets a repository (compared without case); removing
+	// one not known is not an error.
+	RemoveRepo(fullName string) error
+	// PutInstallation creates or replaces what Tandem knows of an
+	// installation.
+	PutInstallation(i Installation) error
 	// AddCounter adds delta to a named counter, creating it at 0.
 	AddCounter(name string, delta int64) error
 	// MarkDelivery records that a delivery was processed at t, with errText

@@ -235,7 +235,9 @@ func (t *readTx) Hosts() ([]store.Host, error) {
 
 func (t *readTx) Repos(since time.Time) ([]store.Repo, error) {
 	rows, err := t.q.QueryContext(t.ctx,
-		"SELECT full_name, installation, last_active FROM repos WHERE last_active >= ? ORDER BY full_name",
+		`SELECT full_name, installation, last_active FROM repos WHERE last_active >= ?
+			AND installation NOT IN (SELECT id FROM installations WHERE state != 'active')
+			ORDER BY full_name`,
 		msOf(since))
 	if err != nil {
 		return nil, fmt.Errorf("list repos: %w", err)
@@ -413,6 +415,47 @@ func (t *writeTx) TouchRepo(fullName string, installation int64, at time.Time) e
 		return fmt.Errorf("touch repository %s: %w", fullName, err)
 	}
 	return nil
+}
+
+// RemoveRepo implements store.Tx.
+func (t *writeTx) RemoveRepo(fullName string) error {
+	if _, err := t.q.ExecContext(t.ctx, "DELETE FROM repos WHERE full_name = ? COLLATE NOCASE", fullName); err != nil {
+		return fmt.Errorf("remove repository %s: %w", fullName, err)
+	}
+	return nil
+}
+
+// PutInstallation implements store.Tx.
+func (t *writeTx) PutInstallation(i store.Installation) error {
+	if err := i.Validate(); err != nil {
+		return err
+	}
+	if _, err := t.q.ExecContext(t.ctx, `INSERT INTO installations (id, account, state, reason, updated_at)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET account = excluded.account,
+		state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`,
+		i.ID, i.Account, string(i.State), i.Reason, msOf(i.UpdatedAt)); err != nil {
+		return fmt.Errorf("put installation %d: %w", i.ID, err)
+	}
+	return nil
+}
+
+// Installation implements store.ReadTx.
+func (t *readTx) Installation(id int64) (store.Installation, error) {
+	var (
+		i     store.Installation
+		state string
+		at    int64
+	)
+	err := t.q.QueryRowContext(t.ctx, "SELECT id, account, state, reason, updated_at FROM installations WHERE id = ?", id).
+		Scan(&i.ID, &i.Account, &state, &i.Reason, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Installation{}, fmt.Errorf("installation %d: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Installation{}, fmt.Errorf("get installation %d: %w", id, err)
+	}
+	i.State, i.UpdatedAt = store.InstallationState(state), timeOf(at)
+	return i, nil
 }
 
 func (t *writeTx) AddCounter(name string, delta int64) error {

@@ -267,6 +267,67 @@ func testRepos(t *testing.T, s store.Store) {
 	wantErr(t, "TouchRepo without a name", err, store.ErrInvalid)
 }
 
+// An installation's state round-trips; repositories of one that is not
+// active are not listed (nobody may act for them), and come back when it
+// is active again; a removed repository is forgotten, without case.
+func testInstallations(t *testing.T, s store.Store) {
+	update(t, s, func(tx store.Tx) error {
+		for _, r := range []struct {
+			name string
+			inst int64
+		}{{"acme/a", 1}, {"acme/b", 1}, {"bob/c", 2}, {"Carol/D", 3}} {
+			if err := tx.TouchRepo(r.name, r.inst, t0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	names := func() (out []string) {
+		view(t, s, func(tx store.ReadTx) error {
+			rs, err := tx.Repos(time.Time{})
+			for _, r := range rs {
+				out = append(out, r.FullName)
+			}
+			return err
+		})
+		return out
+	}
+	view(t, s, func(tx store.ReadTx) error {
+		_, err := tx.Installation(1)
+		wantErr(t, "an installation never heard of", err, store.ErrNotFound)
+		return nil
+	})
+	sus := store.Installation{ID: 1, Account: "acme", State: store.InstallationSuspended, Reason: "suspended by octocat", UpdatedAt: at(time.Second)}
+	update(t, s, func(tx store.Tx) error {
+		if err := tx.PutInstallation(sus); err != nil {
+			return err
+		}
+		if err := tx.PutInstallation(store.Installation{ID: 2, Account: "bob", State: store.InstallationRemoved, UpdatedAt: at(time.Second)}); err != nil {
+			return err
+		}
+		return tx.RemoveRepo("carol/d")
+	})
+	same(t, "repos with installation 1 suspended and 2 removed", []string(nil), names())
+	view(t, s, func(tx store.ReadTx) error {
+		got, err := tx.Installation(1)
+		sus.UpdatedAt = ms(sus.UpdatedAt)
+		same(t, "installation 1", sus, got)
+		return err
+	})
+	update(t, s, func(tx store.Tx) error {
+		return tx.PutInstallation(store.Installation{ID: 1, Account: "acme", State: store.InstallationActive, UpdatedAt: at(time.Minute)})
+	})
+	same(t, "repos with installation 1 active again", []string{"acme/a", "acme/b"}, names())
+	for _, bad := range []store.Installation{
+		{ID: 0, State: store.InstallationActive, UpdatedAt: t0},
+		{ID: 1, State: "paused", UpdatedAt: t0},
+		{ID: 1, State: store.InstallationActive},
+	} {
+		err := s.Update(testCtx(t), func(tx store.Tx) error { return tx.PutInstallation(bad) })
+		wantErr(t, fmt.Sprintf("installation %+v", bad), err, store.ErrInvalid)
+	}
+}
+
 func counters(t *testing.T, s store.Store) map[string]int64 {
 	t.Helper()
 	var c map[string]int64

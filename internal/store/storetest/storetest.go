@@ -72,6 +72,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"HostRoundTrip", testHostRoundTrip},
 		{"HostInvalid", testHostInvalid},
 		{"Repos", testRepos},
+		{"Installations", testInstallations},
 		{"Counters", testCounters},
 		{"NotFound", testNotFound},
 		{"UpdateAtomic", testUpdateAtomic},
