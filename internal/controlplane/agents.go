@@ -229,14 +229,21 @@ type enrolRefusal struct {
 
 func (e *enrolRefusal) Error() string { return e.msg }
 
+// agentRequest authenticates an agent's request and decodes its body, of
+// at most limit bytes, into a T. When it fails it has answered.
+func agentRequest[T any](s *Server, w http.ResponseWriter, r *http.Request, limit int64) (string, T, bool) {
+	var v T
+	id, ok := s.authAgent(w, r)
+	if !ok || !decodeBody(w, r, limit, &v) {
+		return "", v, false
+	}
+	return id, v, true
+}
+
 // handleStream attaches the agent and streams its commands until it goes.
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.authAgent(w, r)
+	id, hello, ok := agentRequest[agentapi.Hello](s, w, r, 1<<20)
 	if !ok {
-		return
-	}
-	var hello agentapi.Hello
-	if !decodeBody(w, r, 1<<20, &hello) {
 		return
 	}
 	flusher, ok := w.(http.Flusher)
@@ -296,12 +303,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.authAgent(w, r)
+	id, rep, ok := agentRequest[agentapi.Report](s, w, r, 8<<20)
 	if !ok {
-		return
-	}
-	var rep agentapi.Report
-	if !decodeBody(w, r, 8<<20, &rep) {
 		return
 	}
 	if rep.Heartbeat != nil {
