@@ -355,7 +355,7 @@ func jobsCmd(g *globals) *cobra.Command {
 		Short: "List jobs, newest first",
 		Long: "List jobs, newest first. States: waiting (held by GitHub for an approval or\n" +
 			"a concurrency group), queued, scheduled, launching, running, completed,\n" +
-			"cancelled, failed, unschedulable, lost.",
+			"cancelled, failed, unschedulable, lost, refused (a public repository's).",
 		Args: cobra.NoArgs,
 	}
 	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {

@@ -132,7 +132,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	}
 	cp, err := controlplane.New(controlplane.Config{
 		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
-		MaxBody: int64(cfg.GitHub.WebhookMaxBody) << 20, AppID: cfg.GitHub.AppID,
+		MaxBody: int64(cfg.GitHub.WebhookMaxBody) << 20, AppID: cfg.GitHub.AppID, AllowPublic: cfg.GitHub.AllowPublic,
 		Runner: controlplane.RunnerSpec{
 			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, NamePrefix: cfg.Runner.NamePrefix,
 			Images:  map[arch.Arch]string{arch.AMD64: cfg.Runner.ImageAMD64, arch.ARM64: cfg.Runner.ImageARM64},

@@ -108,6 +108,10 @@ type GitHub struct {
 	AppID             int64  `yaml:"app_id"`
 	PrivateKeyFile    string `yaml:"private_key_file"`
 	WebhookSecretFile string `yaml:"webhook_secret_file"`
+	// AllowPublic lists orgs and repositories ("owner/name") whose public
+	// repositories' jobs Tandem runs. Every other public repository's job
+	// is refused: anyone who can open a pull request could run code.
+	AllowPublic []string `yaml:"allow_public"`
 	// WebhookMaxBody caps a webhook's body (MiB); default 25, GitHub's own
 	// cap on the payloads it sends.
 	WebhookMaxBody Size `yaml:"webhook_max_body"`
@@ -458,6 +462,12 @@ func (c *Config) Validate() error {
 	if c.Scheduler.MaxLaunchAttempts < 1 || c.Scheduler.MaxLaunchAttempts > 100 {
 		bad("scheduler.max_launch_attempts %d: want 1 to 100", c.Scheduler.MaxLaunchAttempts)
 	}
+	for _, a := range c.GitHub.AllowPublic {
+		owner, repo, hasRepo := strings.Cut(a, "/")
+		if !githubName(owner) || (hasRepo && !githubName(repo)) {
+			bad("github.allow_public: %q: want ORG or ORG/REPO", a)
+		}
+	}
 	folded := map[string]string{}
 	for _, org := range slices.Sorted(maps.Keys(c.Scheduler.Orgs)) {
 		if l := c.Scheduler.Orgs[org]; l.MaxVMs < 0 || l.MaxVCPUs < 0 {
@@ -581,6 +591,20 @@ func validOrgName(s string) bool {
 	}
 	for _, c := range s {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// githubName reports whether s could be a GitHub account or repository
+// name: 1 to 100 letters, digits, '-', '_' and '.'.
+func githubName(s string) bool {
+	if s == "" || len(s) > 100 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
 			return false
 		}
 	}

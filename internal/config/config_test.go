@@ -111,6 +111,7 @@ func TestLoadRejects(t *testing.T) {
 		"neg limit":     {minimal + "scheduler: {org_limits: {x: {max_vms: -1}}}\n", "negative"},
 		"limit twice":   {minimal + "scheduler: {org_limits: {Acme: {max_vms: 1}, acme: {max_vms: 2}}}\n", "Acme and acme are one organisation"},
 		"body limit":    {minimal + "  webhook_max_body: 2GiB\n", "webhook_max_body 2048MiB"},
+		"allow public":  {minimal + "  allow_public: [acme, acme/app/x]\n", `"acme/app/x": want ORG or ORG/REPO`},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},

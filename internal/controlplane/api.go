@@ -153,6 +153,7 @@ type JobView struct {
 	HeadSHA     string     `json:"head_sha,omitempty"`
 	HTMLURL     string     `json:"html_url,omitempty"` // the job on GitHub
 	Sender      string     `json:"sender,omitempty"`
+	Public      bool       `json:"public,omitempty"` // its repository is public
 	Attempts    int        `json:"attempts"`
 	Reopens     int        `json:"reopens,omitempty"` // opened again after Tandem failed it
 	Conclusion  string     `json:"conclusion,omitempty"`
@@ -195,7 +196,7 @@ func (a *api) jobView(j store.Job) JobView {
 	return JobView{ID: j.ID, RunID: j.RunID, Repo: j.Repo, Org: j.Org, Name: j.Name, Workflow: j.Workflow,
 		Labels: j.Labels, Arch: string(j.Arch), VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB,
 		State: string(j.State), Reason: j.Reason, Runner: j.RunnerName, Host: j.HostID,
-		RunAttempt: j.RunAttempt, HeadBranch: j.HeadBranch, HeadSHA: j.HeadSHA, HTMLURL: j.HTMLURL, Sender: j.Sender,
+		RunAttempt: j.RunAttempt, HeadBranch: j.HeadBranch, HeadSHA: j.HeadSHA, HTMLURL: j.HTMLURL, Sender: j.Sender, Public: j.Public,
 		CreatedAt: optTime(j.CreatedAt), GitHubStartedAt: optTime(j.GitHubStartedAt), GitHubCompletedAt: optTime(j.GitHubCompletedAt),
 		Attempts: j.Attempts, Reopens: j.Reopens, Conclusion: j.Conclusion, QueuedAt: j.QueuedAt, UpdatedAt: j.UpdatedAt,
 		StartedAt: optTime(j.StartedAt), CompletedAt: optTime(j.CompletedAt)}

@@ -169,21 +169,38 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 		job.Org = ev.Org
 	}
 	identity(&job, ev)
+	job.Public = ev.Repo.Visibility != "private" && ev.Repo.Visibility != "internal"
 	if errors.Is(perr, labels.ErrLimits) {
 		// Kept as far as a runner could carry them: the reason says the rest.
 		job.Labels = boundLabels(job.Labels)
 		job.LabelKey = store.LabelKey(job.Labels)
 	}
+	refused := ""
+	if job.Public && perr == nil && !s.publicAllowed(job.Org, job.Repo) {
+		refused = fmt.Sprintf("%s is a public repository: anyone who can open a pull request could run code on this fleet. "+
+			"To run its jobs, list it (or %s) under github.allow_public in the config", job.Repo, job.Org)
+		if ev.Repo.Visibility == "" {
+			refused = fmt.Sprintf("GitHub did not say whether %s is public, so it is taken to be: anyone who can open a pull request "+
+				"could run code on this fleet. To run its jobs, list it (or %s) under github.allow_public in the config", job.Repo, job.Org)
+		}
+	}
 	step := jobStep{ev: lifecycle.Seen}
-	if perr != nil {
+	switch {
+	case perr != nil:
 		step.ev = lifecycle.SeenInvalid
+	case refused != "":
+		step.ev = lifecycle.SeenRefused
 	}
 	if _, err := s.move(fx, &job, step, now); err != nil {
 		return job, err
 	}
-	if perr != nil {
+	switch {
+	case perr != nil:
 		job.Reason = perr.Error()
-	} else {
+	case refused != "":
+		job.Reason = refused
+		fx.do(func() { s.log.Warn("job refused", "job", job.ID, "repo", job.Repo, "why", "public repository") })
+	default:
 		job.Arch, job.VCPUs, job.MemoryMiB = req.Arch, req.VCPUs, req.MemoryMiB
 		job.Reason = "waiting for a host"
 	}
@@ -202,6 +219,17 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 		}
 	}
 	return job, nil
+}
+
+// publicAllowed reports whether the config lets jobs of public repository
+// repo (of org) run: github.allow_public lists it or its org.
+func (s *Server) publicAllowed(org, repo string) bool {
+	for _, a := range s.cfg.AllowPublic {
+		if strings.EqualFold(a, org) || strings.EqualFold(a, repo) {
+			return true
+		}
+	}
+	return false
 }
 
 // identity copies what GitHub says of where a job comes from, and GitHub's

@@ -30,7 +30,7 @@ func queuedPayload(jobID int64) []byte {
 		`"status":"queued","conclusion":null,"created_at":"2026-11-26T10:00:00Z","started_at":"2026-11-26T10:00:00Z","completed_at":null,`+
 		`"name":"build","steps":[],"labels":["tandem-arm64-4cpu-8gb"],"runner_id":null,"runner_name":null,"runner_group_id":null,`+
 		`"runner_group_name":null,"workflow_name":"CI","head_branch":"main"},`+
-		`"repository":{"id":1,"node_id":"R_1","name":"app","full_name":"acme/app","private":false,"owner":{"login":"acme","id":2,"type":"Organization"},"description":"%s"},`+
+		`"repository":{"id":1,"node_id":"R_1","name":"app","full_name":"acme/app","private":true,"owner":{"login":"acme","id":2,"type":"Organization"},"description":"%s"},`+
 		`"organization":{"login":"acme","id":2},"installation":{"id":3,"node_id":"I_3"},"sender":{"login":"dev","type":"User"}}`,
 		jobID, jobID, jobID, jobID, pad))
 }

@@ -89,6 +89,10 @@ type Config struct {
 	Store         store.Store
 	GitHub        github.API
 	WebhookSecret []byte
+	// AllowPublic lists the orgs and repositories ("owner/name") whose
+	// public repositories' jobs Tandem runs; every other public
+	// repository's job is refused. Compared without case.
+	AllowPublic []string
 	// AppID is the GitHub App's id: a webhook whose
 	// X-GitHub-Hook-Installation-Target-ID names another is refused (0:
 	// not checked).

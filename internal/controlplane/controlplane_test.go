@@ -507,7 +507,7 @@ func TestUnreliableWebhooks(t *testing.T) {
 func TestWebhookValidation(t *testing.T) {
 	r := newRig(t, rigOptions{noReconcile: true, configure: func(c *controlplane.Config) { c.MaxBody = 1 << 20 }})
 	body := []byte(`{"action":"queued","workflow_job":{"id":77,"run_id":1,"labels":["tandem-64cpu-1gb"],"status":"queued"},` +
-		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},"installation":{"id":1}}`)
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","private":true,"owner":{"login":"acme"}},"installation":{"id":1}}`)
 	good := r.sign(body)
 	// Each refusal names its cause.
 	for name, tc := range map[string]struct {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/scheduler"
@@ -86,7 +87,7 @@ func TestQueuedActionWithWaitingStatus(t *testing.T) {
 	r := newRig(t, rigOptions{noReconcile: true})
 	body := []byte(`{"action":"queued","workflow_job":{"id":4242,"run_id":7,"status":"waiting",` +
 		`"labels":["tandem"],"name":"deploy","created_at":"2026-12-06T00:00:00Z"},` +
-		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},` +
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","private":true,"owner":{"login":"acme"}},` +
 		`"installation":{"id":1}}`)
 	if resp := r.post("workflow_job", "guid-waiting-1", body, r.sign(body), "application/json"); resp.StatusCode != 202 {
 		t.Fatalf("webhook: %s", resp.Status)
@@ -277,7 +278,7 @@ func TestJobIdentityIsChecked(t *testing.T) {
 	r := newRig(t, rigOptions{noReconcile: true})
 	body := []byte(`{"action":"queued","workflow_job":{"id":5151,"run_id":7,"status":"queued","labels":["tandem-64cpu-1gb"],` +
 		`"head_branch":"` + strings.Repeat("b", 10_000) + `","head_sha":"not-a-sha","html_url":"javascript:alert(1)"},` +
-		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},` +
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","private":true,"owner":{"login":"acme"}},` +
 		`"installation":{"id":1},"sender":{"login":"` + strings.Repeat("s", 500) + `"}}`)
 	if resp := r.post("workflow_job", "g-identity", body, r.sign(body), "application/json"); resp.StatusCode != 202 {
 		t.Fatalf("webhook: %s", resp.Status)
@@ -365,12 +366,47 @@ func TestInstallationLifecycle(t *testing.T) {
 		return in.State == store.InstallationRemoved
 	})
 	body := []byte(fmt.Sprintf(`{"action":"queued","workflow_job":{"id":777,"run_id":7,"status":"queued","labels":["tandem"]},`+
-		`"repository":{"id":1,"name":"app","full_name":"acme/app","owner":{"login":"acme"}},"installation":{"id":%d}}`, inst))
+		`"repository":{"id":1,"name":"app","full_name":"acme/app","private":true,"owner":{"login":"acme"}},"installation":{"id":%d}}`, inst))
 	if resp := r.post("workflow_job", "g-late", body, r.sign(body), "application/json"); resp.StatusCode != 202 {
 		t.Fatalf("late webhook: %s", resp.Status)
 	}
 	time.Sleep(500 * time.Millisecond)
 	if _, ok := r.job(777); ok {
 		t.Error("a webhook of an uninstalled installation made a job")
+	}
+}
+
+// A public repository's job is refused by default, with the reason and
+// the config line that allows it, and boots no VM; allowed for its org,
+// it runs, under the org's egress policy even where the repository has a
+// looser one of its own.
+func TestPublicRepositories(t *testing.T) {
+	pol, err := egress.Config{Default: egress.Rule{Mode: "open"}, Overrides: map[string]egress.Rule{
+		"acme":     {Mode: "audit"},
+		"acme/oss": {Mode: "open"},
+	}}.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, rigOptions{noReconcile: true, configure: func(c *controlplane.Config) {
+		c.AllowPublic = []string{"ACME"}
+		c.Egress = pol
+	}})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/oss")
+	r.gh.AddInstallation("bob", ghfake.AccountOrganization, "bob/lib")
+	r.gh.SetPublic("acme/oss", true)
+	r.gh.SetPublic("bob/lib", true)
+	refused := r.queue("bob/lib", "tandem", "true")
+	allowed := r.queue("acme/oss", "tandem", "true")
+	r.waitStates([]int64{refused}, 10*time.Second, store.JobRefused)
+	r.waitStates([]int64{allowed}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(refused)
+	if !strings.Contains(j.Reason, "bob/lib is a public repository") || !strings.Contains(j.Reason, "github.allow_public") || !j.Public {
+		t.Errorf("refused job: %+v", j)
+	}
+	var rs []store.Runner
+	r.st.View(t.Context(), func(tx store.ReadTx) (err error) { rs, err = tx.Runners(store.RunnerFilter{}); return err })
+	if len(rs) != 1 || rs[0].JobID != allowed || rs[0].Egress.Mode != egress.Audit {
+		t.Errorf("runners %+v: want one, for acme/oss's job, under acme's audit policy", rs)
 	}
 }

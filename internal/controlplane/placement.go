@@ -177,7 +177,13 @@ func (p *placer) newRunner(j store.Job, pl scheduler.Placement, now time.Time) s
 		r.Repo = j.Repo
 	}
 	// The runner's policy: its repository's, for a repository runner; an
-	// organisation runner may take any of the org's jobs, so its org's.
-	r.Egress = p.egress.For(r.Org, r.Repo)
+	// organisation runner may take any of the org's jobs, so its org's. A
+	// public repository's job (a stranger's pull request, maybe) gets its
+	// org's, never a looser one its repository was given.
+	if j.Public {
+		r.Egress = p.egress.For(r.Org, "")
+	} else {
+		r.Egress = p.egress.For(r.Org, r.Repo)
+	}
 	return r
 }

@@ -204,7 +204,7 @@ func (rc *reconcilers) learn(ctx context.Context, installation int64, gj github.
 	}
 	owner, _, _ := strings.Cut(gj.Repo, "/")
 	ev := github.WorkflowJobEvent{Action: action, Job: gj, InstallationID: installation,
-		Repo: github.Repository{FullName: gj.Repo, Owner: owner}}
+		Repo: github.Repository{FullName: gj.Repo, Owner: owner, Visibility: gj.RepoVisibility}}
 	var res applied
 	src := "reconciler/" + RecMissedWebhooks
 	err := rc.cp.update(ctx, func(tx store.Tx, fx *afterCommit) error {

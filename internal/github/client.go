@@ -101,9 +101,12 @@ type Job struct {
 	HeadBranch    string
 	HeadSHA       string
 	HTMLURL       string // the job's page on GitHub
-	CreatedAt     time.Time
-	StartedAt     time.Time
-	CompletedAt   time.Time
+	// RepoVisibility is its repository's (Repository.Visibility), when the
+	// call that found the job says.
+	RepoVisibility string
+	CreatedAt      time.Time
+	StartedAt      time.Time
+	CompletedAt    time.Time
 }
 
 // Installation is an installation of the App on an account.
@@ -119,7 +122,9 @@ type Repository struct {
 	FullName string
 	Owner    string
 	Name     string
-	Private  bool
+	// Visibility is "public", "private" or "internal"; "" when GitHub did
+	// not say (Tandem then treats it as public).
+	Visibility string
 }
 
 // Delivery is one delivery attempt of the App's webhook.
@@ -495,6 +500,7 @@ func (c *Client) ListQueuedJobs(ctx context.Context, installation int64, repo st
 
 	var runIDs []int64
 	seen := make(map[int64]bool)
+	vis := "" // the repository's visibility, as its runs say
 	for _, status := range []string{"queued", "in_progress"} {
 		runs, err := collectPages(func(page int) ([]*gh.WorkflowRun, *gh.Response, error) {
 			opts := &gh.ListWorkflowRunsOptions{Status: status, ListOptions: gh.ListOptions{Page: page, PerPage: perPage}}
@@ -508,6 +514,11 @@ func (c *Client) ListQueuedJobs(ctx context.Context, installation int64, repo st
 			return nil, wrapErr(fmt.Sprintf("list %s runs of %s", status, repo), err)
 		}
 		for _, r := range runs {
+			if rp := r.GetRepository(); rp != nil {
+				if v := visibility(rp.GetVisibility(), rp.Private); v != "" {
+					vis = v
+				}
+			}
 			if id := r.GetID(); id > 0 && !seen[id] {
 				seen[id] = true
 				runIDs = append(runIDs, id)
@@ -534,7 +545,9 @@ func (c *Client) ListQueuedJobs(ctx context.Context, installation int64, repo st
 		}
 		for _, j := range jobs {
 			if j.GetStatus() == "queued" {
-				out = append(out, convertJob(j, repo))
+				cj := convertJob(j, repo)
+				cj.RepoVisibility = vis
+				out = append(out, cj)
 			}
 		}
 	}
@@ -599,11 +612,11 @@ func (c *Client) ListInstallationRepos(ctx context.Context, installation int64) 
 	out := make([]Repository, 0, len(repos))
 	for _, r := range repos {
 		out = append(out, Repository{
-			ID:       r.GetID(),
-			FullName: r.GetFullName(),
-			Owner:    r.GetOwner().GetLogin(),
-			Name:     r.GetName(),
-			Private:  r.GetPrivate(),
+			ID:         r.GetID(),
+			FullName:   r.GetFullName(),
+			Owner:      r.GetOwner().GetLogin(),
+			Name:       r.GetName(),
+			Visibility: visibility(r.GetVisibility(), r.Private),
 		})
 	}
 	return out, nil

@@ -414,8 +414,8 @@ func TestListInstallationRepos(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Repository{
-		{ID: 1, FullName: "acme/r1", Owner: "acme", Name: "r1"},
-		{ID: 2, FullName: "acme/r2", Owner: "acme", Name: "r2", Private: true},
+		{ID: 1, FullName: "acme/r1", Owner: "acme", Name: "r1", Visibility: "public"},
+		{ID: 2, FullName: "acme/r2", Owner: "acme", Name: "r2", Visibility: "private"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v", got)

@@ -101,11 +101,12 @@ type (
 		CompletedAt   time.Time `json:"completed_at"`
 	}
 	wireRepository struct {
-		ID       int64        `json:"id"`
-		Name     string       `json:"name"`
-		FullName string       `json:"full_name"`
-		Private  bool         `json:"private"`
-		Owner    *wireAccount `json:"owner"`
+		ID         int64        `json:"id"`
+		Name       string       `json:"name"`
+		FullName   string       `json:"full_name"`
+		Private    *bool        `json:"private"`
+		Visibility string       `json:"visibility"`
+		Owner      *wireAccount `json:"owner"`
 	}
 	wireAccount struct {
 		Login string `json:"login"`
@@ -144,11 +145,11 @@ func ParseWorkflowJobEvent(body []byte) (WorkflowJobEvent, error) {
 
 	j := w.WorkflowJob
 	repo := Repository{
-		ID:       w.Repository.ID,
-		FullName: w.Repository.FullName,
-		Owner:    owner,
-		Name:     name,
-		Private:  w.Repository.Private,
+		ID:         w.Repository.ID,
+		FullName:   w.Repository.FullName,
+		Owner:      owner,
+		Name:       name,
+		Visibility: visibility(w.Repository.Visibility, w.Repository.Private),
 	}
 	if w.Repository.Owner != nil && w.Repository.Owner.Login != "" {
 		repo.Owner = w.Repository.Owner.Login
@@ -245,4 +246,20 @@ func ParseInstallationEvent(event string, body []byte) (InstallationEvent, error
 		ev.Removed = append(ev.Removed, r.FullName)
 	}
 	return ev, nil
+}
+
+// visibility is a repository's visibility from its payload's visibility
+// and private fields: "" when neither says.
+func visibility(v string, private *bool) string {
+	switch v = strings.ToLower(v); v {
+	case "public", "private", "internal":
+		return v
+	}
+	switch {
+	case private == nil:
+		return ""
+	case *private:
+		return "private"
+	}
+	return "public"
 }

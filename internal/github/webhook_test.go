@@ -103,7 +103,7 @@ func TestParseWorkflowJobEvent(t *testing.T) {
 			CreatedAt: time.Date(2021, 6, 15, 19, 22, 20, 0, time.UTC),
 			StartedAt: time.Date(2021, 6, 15, 19, 22, 27, 0, time.UTC),
 		},
-		Repo:           Repository{ID: 376034443, FullName: "octo-org/example-workflow", Owner: "octo-org", Name: "example-workflow", Private: true},
+		Repo:           Repository{ID: 376034443, FullName: "octo-org/example-workflow", Owner: "octo-org", Name: "example-workflow", Visibility: "private"},
 		Org:            "octo-org",
 		InstallationID: 17,
 		Sender:         "octocat",
@@ -200,6 +200,21 @@ func TestParseInstallationEvent(t *testing.T) {
 	} {
 		if _, err := ParseInstallationEvent(c.event, []byte(c.body)); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+}
+
+// A repository's visibility: its payload's visibility field, else its
+// private flag, else not known.
+func TestVisibility(t *testing.T) {
+	yes, no := true, false
+	for _, c := range []struct {
+		v       string
+		private *bool
+		want    string
+	}{{"public", &yes, "public"}, {"Internal", nil, "internal"}, {"", &yes, "private"}, {"", &no, "public"}, {"", nil, ""}, {"odd", nil, ""}} {
+		if got := visibility(c.v, c.private); got != c.want {
+			t.Errorf("visibility(%q, %v) = %q, want %q", c.v, c.private, got, c.want)
 		}
 	}
 }

@@ -75,16 +75,17 @@ const (
 	Failed        JobState = "failed"        // Tandem gave up on it (launch retries exhausted)
 	Unschedulable JobState = "unschedulable" // no host could ever hold it
 	Lost          JobState = "lost"          // its runner vanished and GitHub never reported an end
+	Refused       JobState = "refused"       // Tandem will not run it (a public repository's, by default)
 )
 
 // JobStates lists every state a stored job can be in, in lifecycle order.
 var JobStates = []JobState{Waiting, Queued, Scheduled, Launching, Running,
-	Completed, Cancelled, Failed, Unschedulable, Lost}
+	Completed, Cancelled, Failed, Unschedulable, Lost, Refused}
 
 // Terminal reports whether no transition leaves s.
 func (s JobState) Terminal() bool {
 	switch s {
-	case Completed, Cancelled, Failed, Unschedulable, Lost:
+	case Completed, Cancelled, Failed, Unschedulable, Lost, Refused:
 		return true
 	}
 	return false
@@ -106,6 +107,7 @@ const (
 	// GitHub (a webhook, or its API when the webhook was lost).
 	Seen        Event = "seen"         // first word of a job whose runs-on labels ask for Tandem
 	SeenInvalid Event = "seen-invalid" // first word of a job whose Tandem labels are malformed
+	SeenRefused Event = "seen-refused" // first word of a job Tandem will not run (a public repository's)
 	GHQueued    Event = "gh-queued"    // status queued
 	GHWaiting   Event = "gh-waiting"   // status waiting: GitHub holds it back (approval, concurrency)
 	GHRunning   Event = "gh-running"   // in_progress, naming the runner that took it (or not)
@@ -143,7 +145,7 @@ const (
 var SchedulerEvents = []Event{Placed, GivenSpare, NoHostFits}
 
 // Events lists every job event.
-var Events = []Event{Seen, SeenInvalid, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled,
+var Events = []Event{Seen, SeenInvalid, SeenRefused, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled,
 	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished, Uninstalled}
 
 // Facts are what a guard may look at besides the state and the event.
@@ -291,8 +293,8 @@ func (r Rule) Does(e Effect) bool { return slices.Contains(r.Effects, e) }
 var (
 	unclaimed = []JobState{Waiting, Queued, Scheduled, Launching} // GitHub has not given it to a runner
 	bound     = []JobState{Scheduled, Launching}                  // a runner of ours is on its way for it
-	terminal  = []JobState{Completed, Cancelled, Failed, Unschedulable, Lost}
-	ended     = []JobState{Completed, Cancelled, Unschedulable, Lost} // terminal, and never reopened
+	terminal  = []JobState{Completed, Cancelled, Failed, Unschedulable, Lost, Refused}
+	ended     = []JobState{Completed, Cancelled, Unschedulable, Lost, Refused} // terminal, and never reopened
 	stored    = JobStates
 )
 
@@ -302,8 +304,10 @@ var Jobs = []Rule{
 	// created queued, and the event is then applied to it.
 	{From: []JobState{New}, On: Seen, To: Queued, Why: "GitHub queued a job for Tandem"},
 	{From: []JobState{New}, On: SeenInvalid, To: Unschedulable, Why: "its Tandem labels are malformed"},
+	{From: []JobState{New}, On: SeenRefused, To: Refused, Why: "Tandem does not run it: a public repository's, which the config does not allow"},
 	{From: stored, On: Seen, To: Unchanged, Why: "known already"},
 	{From: stored, On: SeenInvalid, To: Unchanged, Why: "known already"},
+	{From: stored, On: SeenRefused, To: Unchanged, Why: "known already"},
 
 	// GitHub's word.
 	{From: []JobState{Waiting}, On: GHQueued, To: Queued, Why: "GitHub queued it (approved, or its concurrency group is free): it needs a VM"},

@@ -37,7 +37,7 @@ var allFrom = append([]JobState{New}, JobStates...)
 func TestTableIsTotalAndUnambiguous(t *testing.T) {
 	for _, from := range allFrom {
 		for _, ev := range Events {
-			if from == New && ev != Seen && ev != SeenInvalid {
+			if from == New && ev != Seen && ev != SeenInvalid && ev != SeenRefused {
 				continue // nothing but GitHub's first word reaches an unknown job
 			}
 			if from != Queued && slices.Contains(SchedulerEvents, ev) {
@@ -77,7 +77,7 @@ func TestTableIsTotalAndUnambiguous(t *testing.T) {
 // Every row, on its own: Step finds it, and it keeps the promises of the
 // package comment.
 func TestEveryRow(t *testing.T) {
-	github := []Event{Seen, SeenInvalid, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled}
+	github := []Event{Seen, SeenInvalid, SeenRefused, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled}
 	for i, r := range Jobs {
 		name := states(r.From) + " on " + string(r.On) + " when " + r.When.Name
 		if r.Why == "" {
@@ -262,8 +262,11 @@ func FuzzSequences(f *testing.F) {
 		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 		s, attempts, entries, reopens := New, 0, 0, 0
 		ev := Seen
-		if rng.IntN(8) == 0 {
+		switch rng.IntN(8) {
+		case 0:
 			ev = SeenInvalid
+		case 1:
+			ev = SeenRefused
 		}
 		for i := 0; i <= int(n); i++ {
 			f := Facts{Attempts: attempts, MaxAttempts: 3, Reopens: reopens,

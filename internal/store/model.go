@@ -31,6 +31,7 @@ const (
 	JobFailed        = lifecycle.Failed
 	JobUnschedulable = lifecycle.Unschedulable
 	JobLost          = lifecycle.Lost
+	JobRefused       = lifecycle.Refused
 )
 
 // JobStates lists every state, in lifecycle order.
@@ -71,6 +72,7 @@ type Job struct {
 	HeadBranch string
 	HeadSHA    string
 	HTMLURL    string // the job's page on GitHub (https only)
+	Public     bool   // its repository is public (or GitHub did not say)
 	Sender     string // who triggered the run
 	// GitHub's own times beside Tandem's (CreatedAt is GitHub's too).
 	GitHubStartedAt   time.Time

@@ -212,6 +212,7 @@ type apiRepo struct {
 	Name          string     `json:"name"`
 	FullName      string     `json:"full_name"`
 	Private       bool       `json:"private"`
+	Visibility    string     `json:"visibility"`
 	Owner         apiAccount `json:"owner"`
 	HTMLURL       string     `json:"html_url"`
 	URL           string     `json:"url"`
@@ -219,8 +220,12 @@ type apiRepo struct {
 }
 
 func (r *repo) api() apiRepo {
+	vis := "private"
+	if r.public {
+		vis = "public"
+	}
 	return apiRepo{
-		ID: r.id, NodeID: nodeID("R_", r.id), Name: r.name, FullName: r.fullName(), Private: true,
+		ID: r.id, NodeID: nodeID("R_", r.id), Name: r.name, FullName: r.fullName(), Private: !r.public, Visibility: vis,
 		Owner: r.owner.api(), HTMLURL: "https://github.com/" + r.fullName(),
 		URL: "https://api.github.com/repos/" + r.fullName(), DefaultBranch: "main",
 	}

@@ -203,6 +203,7 @@ type repo struct {
 	owner     *account
 	name      string
 	installID int64 // 0: the App is not installed there
+	public    bool  // private unless SetPublic says
 }
 
 func (r *repo) fullName() string { return r.owner.login + "/" + r.name }
@@ -381,6 +382,19 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// SetPublic makes a repository ("owner/name") public or private again
+// (repositories are private until then); its payloads say so.
+func (s *Server) SetPublic(full string, public bool) error {
+	owner, name, ok := splitRepo(full)
+	if !ok {
+		return fmt.Errorf("%w: repository %q is not owner/name", ErrInvalid, full)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.repoLocked(owner, name).public = public
+	return nil
 }
 
 // SuspendInstallation suspends an installation, or lifts the suspension,

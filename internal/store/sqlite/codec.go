@@ -81,7 +81,7 @@ const jobCols = `id, run_id, run_attempt, installation, org, repo, name, workflo
 	labels, label_key, arch, vcpus, memory_mib, state, reason, runner_name, host_id,
 	attempts, reopens, avoid_hosts, conclusion,
 	created_at, queued_at, updated_at, started_at, completed_at,
-	head_branch, head_sha, html_url, sender, gh_started_at, gh_completed_at`
+	head_branch, head_sha, html_url, sender, gh_started_at, gh_completed_at, public`
 
 // jobArgs returns j's values in jobCols order.
 func jobArgs(j store.Job) ([]any, error) {
@@ -97,7 +97,7 @@ func jobArgs(j store.Job) ([]any, error) {
 		ls, j.LabelKey, string(j.Arch), j.VCPUs, j.MemoryMiB, string(j.State), j.Reason, j.RunnerName, j.HostID,
 		j.Attempts, j.Reopens, avoid, j.Conclusion,
 		msOf(j.CreatedAt), msOf(j.QueuedAt), msOf(j.UpdatedAt), msOf(j.StartedAt), msOf(j.CompletedAt),
-		j.HeadBranch, j.HeadSHA, j.HTMLURL, j.Sender, msOf(j.GitHubStartedAt), msOf(j.GitHubCompletedAt)}, nil
+		j.HeadBranch, j.HeadSHA, j.HTMLURL, j.Sender, msOf(j.GitHubStartedAt), msOf(j.GitHubCompletedAt), j.Public}, nil
 }
 
 func scanJob(sc scanner) (store.Job, error) {
@@ -111,7 +111,7 @@ func scanJob(sc scanner) (store.Job, error) {
 		&ls, &j.LabelKey, &archName, &j.VCPUs, &j.MemoryMiB, &state, &j.Reason, &j.RunnerName, &j.HostID,
 		&j.Attempts, &j.Reopens, &avoid, &j.Conclusion,
 		&created, &queued, &updated, &started, &complete,
-		&j.HeadBranch, &j.HeadSHA, &j.HTMLURL, &j.Sender, &ghStarted, &ghCompleted); err != nil {
+		&j.HeadBranch, &j.HeadSHA, &j.HTMLURL, &j.Sender, &ghStarted, &ghCompleted, &j.Public); err != nil {
 		return store.Job{}, err
 	}
 	var err error

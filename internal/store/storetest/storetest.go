@@ -239,6 +239,7 @@ func fullJob(id int64, state store.JobState) store.Job {
 		HeadSHA:           "3f786850e387550fdab836ed7e6dc881de23001b",
 		HTMLURL:           "https://github.com/acme/widgets/actions/runs/1/job/2",
 		Sender:            "octocat",
+		Public:            true,
 		GitHubStartedAt:   at(3 * time.Second),
 		GitHubCompletedAt: at(time.Hour),
 		AvoidHosts:        []string{"host-b", "host-c"},
