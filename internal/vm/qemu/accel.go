@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/arch"
@@ -125,6 +127,13 @@ func (d *Driver) probeBoot(ctx context.Context, a arch.Arch, kernel, initrd stri
 	cmd := exec.CommandContext(ctx, Binary(a), Args(spec, p)...)
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
+	// The probe's QEMU dies with this process: a guest KVM cannot run
+	// leaves it waiting forever, and a `tandem up` killed mid-probe would
+	// leave it running. Pdeathsig fires when the forking thread ends, so
+	// the thread is kept until the probe has been reaped.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return false, err.Error()
