@@ -127,7 +127,7 @@ func (s *Server) applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobE
 		switch {
 		case rule.Does(lifecycle.Reopen):
 			job.Reason = fmt.Sprintf("opened again (%d of %d): GitHub still has it %s after Tandem gave up",
-				job.Reopens, lifecycle.MaxReopens, ev.Job.Status)
+				job.Reopens, lifecycle.MaxReopens, orText(ev.Job.Status, ev.Action))
 			fx.do(func() { s.log.Info("job opened again", "job", job.ID, "reopens", job.Reopens, "source", source) })
 		case job.State == store.JobWaiting:
 			job.Reason = "GitHub holds it back (an environment's approval or a concurrency group); no VM until it is queued"

@@ -191,7 +191,10 @@ func TestGitHubsOwnLabels(t *testing.T) {
 	r := newRig(t, rigOptions{noReconcile: true})
 	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	q := func(ls ...string) int64 {
-		id, _ := r.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: ls, Script: "true"})
+		// It runs for a second: a runner that ends before its job's
+		// in_progress is applied gets the job a second VM (see
+		// TestAnyRunnerTakesAnyJob), and this test counts VMs.
+		id, _ := r.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: ls, Script: "sleep 1"})
 		return id
 	}
 	arm := q("self-hosted", "linux", "ARM64", "tandem")
@@ -397,7 +400,7 @@ func TestPublicRepositories(t *testing.T) {
 	r.gh.SetPublic("acme/oss", true)
 	r.gh.SetPublic("bob/lib", true)
 	refused := r.queue("bob/lib", "tandem", "true")
-	allowed := r.queue("acme/oss", "tandem", "true")
+	allowed := r.queue("acme/oss", "tandem", "sleep 1") // a second: see TestGitHubsOwnLabels
 	r.waitStates([]int64{refused}, 10*time.Second, store.JobRefused)
 	r.waitStates([]int64{allowed}, 20*time.Second, store.JobCompleted)
 	j, _ := r.job(refused)

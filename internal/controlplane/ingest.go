@@ -34,16 +34,18 @@ func checkHookHeaders(guid, event string) string {
 	return ""
 }
 
-// handleWebhook is POST /webhook. It answers within milliseconds: the only
-// work before the reply is reading the body, checking the signature, a cheap
-// parse and one durable insert; applying the event happens in applyLoop.
+// handleWebhook is POST /webhook: workflow_job, and the installation events
+// that say the App lost access (installations.go). It answers within
+// milliseconds: the only work before the reply is reading the body,
+// checking the signature, a cheap parse and one durable insert; applying
+// the event happens in applyLoop.
 //
 // Replies: 202 stored; 200 a duplicate delivery, a ping, or an event Tandem
 // does not use (answered from the headers, before the body is read); 400
 // malformed, each saying what; 401 a missing or bad signature, saying
-// which; 403 a hook of another GitHub App; 405 not POST; 413 too big; 415 not JSON; 503 the store failed
-// (GitHub shows the failure and the delivery can be redelivered). 4xx
-// replies change no state.
+// which; 403 a hook of another GitHub App; 405 not POST; 413 too big; 415
+// not JSON; 503 the store failed (GitHub shows the failure and the
+// delivery can be redelivered). 4xx replies change no state.
 func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	result := "error"
