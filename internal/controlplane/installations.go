@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ func (s *Server) applyInstallation(tx store.Tx, fx *afterCommit, ev github.Insta
 	case ev.Event == "installation_repositories" && ev.Action == "removed" && len(ev.Removed) > 0:
 		why = fmt.Sprintf("its repository was removed from the App's installation on %s%s", ev.Account, by)
 		gone = func(_, repo string, inst int64) bool {
-			return inst == ev.InstallationID && containsFold(ev.Removed, repo)
+			return inst == ev.InstallationID && slices.ContainsFunc(ev.Removed, func(r string) bool { return strings.EqualFold(r, repo) })
 		}
 		for _, r := range ev.Removed {
 			if err := tx.RemoveRepo(r); err != nil {
@@ -105,13 +106,4 @@ func (s *Server) endForInstallation(tx store.Tx, fx *afterCommit, gone func(org,
 		}
 	}
 	return nil
-}
-
-func containsFold(xs []string, x string) bool {
-	for _, y := range xs {
-		if strings.EqualFold(x, y) {
-			return true
-		}
-	}
-	return false
 }
