@@ -27,6 +27,7 @@ func (s *Server) routes() {
 		m.HandleFunc("GET "+scope+"/actions/runners/{id}", s.instHandler(s.getRunner))
 		m.HandleFunc("DELETE "+scope+"/actions/runners/{id}", s.instHandler(s.deleteRunner))
 	}
+	m.HandleFunc("GET /orgs/{org}/actions/runner-groups", s.instHandler(s.listRunnerGroups))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs", s.instHandler(s.listRuns))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}", s.instHandler(s.getRun))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", s.instHandler(s.listJobs))
@@ -165,13 +166,6 @@ type jitRequest struct {
 	WorkFolder    string   `json:"work_folder"`
 }
 
-func groupName(id int64) string {
-	if id == 1 {
-		return "Default"
-	}
-	return fmt.Sprintf("Group %d", id)
-}
-
 func invalid(w http.ResponseWriter, why string) {
 	writeError(w, http.StatusUnprocessableEntity, "Invalid request.\n\n"+why)
 }
@@ -207,6 +201,10 @@ func (s *Server) generateJIT(w http.ResponseWriter, r *http.Request, inst *insta
 	sc, ok := s.scopeLocked(r, inst)
 	if !ok {
 		notFound(w)
+		return
+	}
+	if sc.repo == nil && s.groupLocked(sc.org, req.RunnerGroupID) == nil {
+		notFound(w) // no such runner group in the organization
 		return
 	}
 	for _, rr := range s.runners {

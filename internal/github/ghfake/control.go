@@ -18,6 +18,7 @@ import (
 //	PUT  /_ghfake/faults               {"lose","fail","duplicate","reorder","max_delay":"250ms"} → 204
 //	POST /_ghfake/ratelimit            {"n":3,"mode":"primary"|"secondary"} → 204
 //	POST /_ghfake/flush                → 204 once no webhook is in flight
+//	POST /_ghfake/runner-groups        {"org","name","visibility","repos":[...],"allows_public_repositories"} → 201 {"id"}
 func (s *Server) controlRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /_ghfake/installations", s.ctlInstallation)
 	m.HandleFunc("POST /_ghfake/jobs", s.ctlQueue)
@@ -30,6 +31,7 @@ func (s *Server) controlRoutes(m *http.ServeMux) {
 		writeJSON(w, http.StatusOK, s.Runners())
 	})
 	m.HandleFunc("PUT /_ghfake/faults", s.ctlFaults)
+	m.HandleFunc("POST /_ghfake/runner-groups", s.ctlRunnerGroup)
 	m.HandleFunc("POST /_ghfake/ratelimit", s.ctlRateLimit)
 	m.HandleFunc("POST /_ghfake/flush", func(w http.ResponseWriter, _ *http.Request) {
 		s.Flush()
@@ -53,6 +55,23 @@ func (s *Server) ctlInstallation(w http.ResponseWriter, r *http.Request) {
 	id := s.AddInstallation(req.Account, req.AccountType, req.Repos...)
 	if id == 0 {
 		invalid(w, "account must be a valid login and account_type Organization or User.")
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]int64{"id": id})
+}
+
+func (s *Server) ctlRunnerGroup(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Org string `json:"org"`
+		RunnerGroupSpec
+	}
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "Problems parsing JSON")
+		return
+	}
+	id, err := s.SetRunnerGroup(req.Org, req.RunnerGroupSpec)
+	if err != nil {
+		invalid(w, err.Error())
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]int64{"id": id})

@@ -12,6 +12,15 @@
 //   - A queued job goes to ANY idle online runner whose labels include all of
 //     the job's labels (case-insensitively) and whose scope covers the
 //     repository, chosen at random; not to the runner created for it.
+//   - Runner groups (SetRunnerGroup, GET /orgs/{org}/actions/runner-groups):
+//     every organization has "Default" (id 1); an organization runner joins
+//     the group its JIT request names, and takes a job only when the group
+//     allows the job's repository (visibility all, selected or private;
+//     public repositories only when the group allows them, which no group
+//     does by default). A job that targets a group (JobSpec.RunnerGroup,
+//     runs-on: {group: NAME}) goes only to that group's runners, and its
+//     queued payload does not say so: runner_group_id and _name appear once
+//     a runner takes it. Repository runners are in no group.
 //   - Webhooks are delivered asynchronously, one goroutine each, so they may
 //     arrive out of order even without faults; there are no automatic retries;
 //     Faults can lose, fail, duplicate, reorder and delay them.
@@ -54,8 +63,10 @@
 // are the first suspects if real GitHub behaves differently:
 //
 //   - JIT runners get exactly the requested labels, all of type "custom";
-//     runner_group_id is required (422 without it) and any positive id is
-//     accepted (1 is "Default").
+//     runner_group_id is required (422 without it); an organization's JIT
+//     request naming a group it does not have gets 404; a repository's
+//     accepts any positive id (repository runners are in no group).
+//   - visible_to_repository naming no repository of the organization: 404.
 //   - The wording of error messages, and of a failed delivery's status
 //     ("failed to connect to host", "timed out", "Invalid HTTP Response: 503";
 //     status_code 0 when no HTTP answer was received).

@@ -32,6 +32,7 @@ type job struct {
 	runnerName      string
 	groupID         int64
 	groupName       string
+	group           string // the runner group it targets (runs-on: group:); "": any
 	createdAt       time.Time
 	startedAt       time.Time // zero until claimed
 	completedAt     time.Time

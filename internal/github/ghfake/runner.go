@@ -134,7 +134,7 @@ func (s *Server) pickJobLocked(rr *runner) *job {
 	var match []*job
 	for _, id := range s.jobOrder {
 		j := s.jobs[id]
-		if j.status == StatusQueued && rr.covers(j.run.repo) && rr.matches(j.labels) {
+		if j.status == StatusQueued && rr.covers(j.run.repo) && rr.matches(j.labels) && s.admitsLocked(rr, j) {
 			match = append(match, j)
 		}
 	}
@@ -145,7 +145,7 @@ func (s *Server) pickJobLocked(rr *runner) *job {
 	now := s.now()
 	j.status = StatusInProgress
 	j.runnerID, j.runnerName = rr.id, rr.name
-	j.groupID, j.groupName = rr.groupID, groupName(rr.groupID)
+	j.groupID, j.groupName = s.claimGroupLocked(rr)
 	j.startedAt = now
 	j.heard = time.Now()
 	j.claims++

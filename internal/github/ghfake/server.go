@@ -96,6 +96,10 @@ type JobSpec struct {
 	// that needs a reviewer: the job waits (status waiting, a workflow_job
 	// "waiting" webhook, no runner takes it) until ApproveJob.
 	Environment string `json:"environment,omitempty"`
+	// RunnerGroup names the runner group the job targets (runs-on:
+	// {group: NAME, labels: [...]}): only that group's runners take it.
+	// Its payloads do not say so, as GitHub's do not.
+	RunnerGroup string `json:"runner_group,omitempty"`
 }
 
 // JobInfo is a snapshot of a job.
@@ -159,10 +163,11 @@ type Server struct {
 	tokens        map[string]*instToken
 	repos         map[string]*repo // by lower-case "owner/name"
 	runners       map[int64]*runner
-	jitTokens     map[string]int64    // JIT token → runner id
-	usedJIT       map[string]bool     // JIT tokens of removed runners that had a session
-	sessions      map[string]*session // session token → session
-	labelIDs      map[string]int64    // lower-case label → id
+	jitTokens     map[string]int64          // JIT token → runner id
+	usedJIT       map[string]bool           // JIT tokens of removed runners that had a session
+	sessions      map[string]*session       // session token → session
+	labelIDs      map[string]int64          // lower-case label → id
+	groups        map[string][]*runnerGroup // runner groups by lower-case org, Default first (groups.go)
 	runs          map[int64]*run
 	jobs          map[int64]*job
 	jobOrder      []int64
@@ -176,7 +181,7 @@ type Server struct {
 }
 
 type idCounters struct {
-	account, install, repo, runner, label, run, job, delivery, runNumber int64
+	account, install, repo, runner, label, run, job, delivery, runNumber, group int64
 }
 
 type account struct {
@@ -249,6 +254,7 @@ func New(cfg Config) *Server {
 		ids: idCounters{
 			account: 1000, install: 40_000_000, repo: 700_000_000, runner: 0,
 			label: 0, run: 10_000_000_000, job: 30_000_000_000, delivery: 90_000_000_000,
+			group: defaultGroupID, // every organization's Default group
 		},
 		accounts:      map[string]*account{},
 		installations: map[int64]*installation{},
@@ -259,6 +265,7 @@ func New(cfg Config) *Server {
 		usedJIT:       map[string]bool{},
 		sessions:      map[string]*session{},
 		labelIDs:      map[string]int64{},
+		groups:        map[string][]*runnerGroup{},
 		runs:          map[int64]*run{},
 		jobs:          map[int64]*job{},
 		jobsChanged:   make(chan struct{}),
@@ -528,7 +535,7 @@ func (s *Server) QueueRun(repoName string, specs ...JobSpec) (runID int64, jobID
 		}
 		j := &job{
 			id: s.ids.job, run: rn, name: jname, script: sp.Script,
-			labels: slices.Clone(sp.Labels), status: StatusQueued, createdAt: now,
+			labels: slices.Clone(sp.Labels), status: StatusQueued, createdAt: now, group: sp.RunnerGroup,
 		}
 		if sp.Environment != "" {
 			j.status = StatusWaiting
