@@ -160,6 +160,28 @@ type API interface {
 	ListDeliveries(ctx context.Context, since time.Time) ([]Delivery, error)
 	// Redeliver asks GitHub to deliver a past delivery again (App JWT).
 	Redeliver(ctx context.Context, deliveryID int64) error
+	// ListRunnerGroups returns an organisation's runner groups, all pages;
+	// with repo (a repository's name, without its owner), only the groups
+	// that repository may use.
+	ListRunnerGroups(ctx context.Context, installation int64, org, repo string) ([]RunnerGroup, error)
+}
+
+// RunnerGroup is one of an organisation's self-hosted runner groups.
+type RunnerGroup struct {
+	ID   int64
+	Name string
+	// Visibility says which repositories may use it: "all", "selected"
+	// (listed ones) or "private" (private and internal ones).
+	Visibility string
+	// Default is the organisation's "Default" group (ID 1).
+	Default bool
+	// AllowsPublicRepos: public repositories may use it (off by default:
+	// a fork's pull request could run code on its runners).
+	AllowsPublicRepos bool
+	// RestrictedToWorkflows: only the workflows it names may use it.
+	RestrictedToWorkflows bool
+	// Inherited from the enterprise.
+	Inherited bool
 }
 
 // Config configures a Client.
@@ -675,6 +697,36 @@ func (c *Client) Redeliver(ctx context.Context, deliveryID int64) error {
 		return nil
 	}
 	return wrapErr(fmt.Sprintf("redeliver webhook delivery %d", deliveryID), err)
+}
+
+// ListRunnerGroups returns an organisation's runner groups; with repo, the
+// ones that repository (of org) may use.
+func (c *Client) ListRunnerGroups(ctx context.Context, installation int64, org, repo string) ([]RunnerGroup, error) {
+	if err := validateID("installation id", installation); err != nil {
+		return nil, err
+	}
+	if err := (Scope{Owner: org, Repo: repo}).validate(); err != nil {
+		return nil, err
+	}
+	ctx = asInstallation(ctx, installation)
+	groups, err := collectPages(func(page int) ([]*gh.RunnerGroup, *gh.Response, error) {
+		gs, resp, err := c.gh.Actions.ListOrganizationRunnerGroups(ctx, org, &gh.ListOrgRunnerGroupOptions{
+			ListOptions: gh.ListOptions{Page: page, PerPage: perPage}, VisibleToRepository: repo})
+		if gs == nil {
+			return nil, resp, err
+		}
+		return gs.RunnerGroups, resp, err
+	})
+	if err != nil {
+		return nil, wrapErr("list runner groups of "+org, err)
+	}
+	out := make([]RunnerGroup, 0, len(groups))
+	for _, g := range groups {
+		out = append(out, RunnerGroup{ID: g.GetID(), Name: g.GetName(), Visibility: g.GetVisibility(),
+			Default: g.GetDefault(), AllowsPublicRepos: g.GetAllowsPublicRepositories(),
+			RestrictedToWorkflows: g.GetRestrictedToWorkflows(), Inherited: g.GetInherited()})
+	}
+	return out, nil
 }
 
 // collectPages follows page-number pagination until there is no next page.

@@ -588,3 +588,45 @@ func TestCredentialsOnlySentToAPIHost(t *testing.T) {
 		t.Errorf("credential sent to a foreign host: %q", v)
 	}
 }
+
+func TestListRunnerGroups(t *testing.T) {
+	h := newHarness(t)
+	const total = 130
+	var calls atomic.Int64
+	h.mux.HandleFunc("GET /orgs/acme/actions/runner-groups", func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if !h.requireInstallation(w, r, testInst) {
+			return
+		}
+		if v := r.URL.Query().Get("visible_to_repository"); v != "widgets" {
+			t.Errorf("visible_to_repository = %q", v)
+		}
+		page := pageOf(t, r)
+		var gs []map[string]any
+		for id := (page-1)*100 + 1; id <= min(page*100, total); id++ {
+			gs = append(gs, map[string]any{"id": id, "name": fmt.Sprintf("g%d", id), "visibility": "selected",
+				"default": id == 1, "allows_public_repositories": id%2 == 0, "restricted_to_workflows": id == 3,
+				"inherited": false, "selected_workflows": []string{}})
+		}
+		if page*100 < total {
+			setNextLink(w, r, h.srv.URL, page+1)
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"total_count": total, "runner_groups": gs})
+	})
+	got, err := h.client.ListRunnerGroups(context.Background(), testInst, "acme", "widgets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != total || calls.Load() != 2 {
+		t.Fatalf("got %d groups in %d calls", len(got), calls.Load())
+	}
+	want := RunnerGroup{ID: 3, Name: "g3", Visibility: "selected", RestrictedToWorkflows: true}
+	if got[2] != want || !got[0].Default || !got[1].AllowsPublicRepos {
+		t.Errorf("groups %+v %+v %+v", got[0], got[1], got[2])
+	}
+	for _, bad := range []struct{ org, repo string }{{"", ""}, {"acme/x", ""}, {"acme", "../x"}} {
+		if _, err := h.client.ListRunnerGroups(context.Background(), testInst, bad.org, bad.repo); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("ListRunnerGroups(%q, %q) = %v", bad.org, bad.repo, err)
+		}
+	}
+}
