@@ -41,7 +41,10 @@
 //     has ended;
 //   - a job GitHub holds back (waiting: an environment's approval, a
 //     concurrency group) holds no runner and gets no VM until GitHub
-//     queues it.
+//     queues it;
+//   - a job GitHub will not give to Tandem's runners (unmatched: it targets
+//     another runner group, or the group's rules exclude it) gets no VM
+//     again until an operator queues it again.
 package lifecycle
 
 import (
@@ -67,6 +70,11 @@ const (
 	Scheduled JobState = "scheduled"
 	// Launching: the VM is booting and its JIT runner config was fetched.
 	Launching JobState = "launching"
+	// Unmatched: GitHub keeps it queued but will not give it to Tandem's
+	// runners: it targets another runner group (runs-on: group:), or the
+	// group Tandem's runners join does not allow its repository. It holds
+	// no VM and gets none until an operator queues it again.
+	Unmatched JobState = "unmatched"
 	// Running: GitHub named the runner that took it.
 	Running JobState = "running"
 	// Terminal states.
@@ -79,7 +87,7 @@ const (
 )
 
 // JobStates lists every state a stored job can be in, in lifecycle order.
-var JobStates = []JobState{Waiting, Queued, Scheduled, Launching, Running,
+var JobStates = []JobState{Waiting, Queued, Scheduled, Launching, Unmatched, Running,
 	Completed, Cancelled, Failed, Unschedulable, Lost, Refused}
 
 // Terminal reports whether no transition leaves s.
@@ -137,6 +145,16 @@ const (
 	// The App may no longer act for the job's repository: its installation
 	// was suspended or deleted, or the repository removed from it.
 	Uninstalled Event = "uninstalled"
+
+	// GitHub will not give the job to the runner made for it: the runner
+	// group it would join does not exist or does not allow the job's
+	// repository (found before its VM boots), or the runner stayed idle
+	// for the idle timeout while GitHub kept the job queued (it targets
+	// another runner group).
+	NotRouted Event = "not-routed"
+
+	// An operator queues the job again (after fixing the runner group).
+	Retried Event = "retried"
 )
 
 // SchedulerEvents are the scheduler's. It works on queued jobs only (a pass
@@ -146,7 +164,8 @@ var SchedulerEvents = []Event{Placed, GivenSpare, NoHostFits}
 
 // Events lists every job event.
 var Events = []Event{Seen, SeenInvalid, SeenRefused, GHQueued, GHWaiting, GHRunning, GHCompleted, GHCancelled,
-	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished, Uninstalled}
+	Placed, GivenSpare, NoHostFits, Registered, RunnerTaken, RunnerExited, RunnerVanished, Uninstalled,
+	NotRouted, Retried}
 
 // Facts are what a guard may look at besides the state and the event.
 // The caller fills in those the event's rules need (Guard.Needs).
@@ -248,6 +267,9 @@ const (
 	// Reopen: the job is opened again after Tandem failed it: its launches
 	// start again from none, and the reopen is counted (recorded).
 	Reopen Effect = "reopen"
+	// Requeue: an operator queued the job again: its launches start again
+	// from none (recorded).
+	Requeue Effect = "requeue"
 	// Launch: boot the new runner's VM and fetch its JIT config.
 	Launch Effect = "launch"
 	// Verify: ask GitHub what became of the job; Tandem could only guess.
@@ -291,8 +313,8 @@ func (r Rule) Next(from JobState) JobState {
 func (r Rule) Does(e Effect) bool { return slices.Contains(r.Effects, e) }
 
 var (
-	unclaimed = []JobState{Waiting, Queued, Scheduled, Launching} // GitHub has not given it to a runner
-	bound     = []JobState{Scheduled, Launching}                  // a runner of ours is on its way for it
+	unclaimed = []JobState{Waiting, Queued, Scheduled, Launching, Unmatched} // GitHub has not given it to a runner
+	bound     = []JobState{Scheduled, Launching}                             // a runner of ours is on its way for it
 	terminal  = []JobState{Completed, Cancelled, Failed, Unschedulable, Lost, Refused}
 	ended     = []JobState{Completed, Cancelled, Unschedulable, Lost, Refused} // terminal, and never reopened
 	stored    = JobStates
@@ -312,6 +334,9 @@ var Jobs = []Rule{
 	// GitHub's word.
 	{From: []JobState{Waiting}, On: GHQueued, To: Queued, Why: "GitHub queued it (approved, or its concurrency group is free): it needs a VM"},
 	{From: []JobState{Queued, Scheduled, Launching, Running}, On: GHQueued, To: Unchanged, Why: "a duplicate or late queued event"},
+	{From: []JobState{Unmatched}, On: GHQueued, To: Unchanged,
+		Why: "GitHub keeps it queued for runners that are not Tandem's: no VM (an operator may queue it again)"},
+	{From: []JobState{Unmatched}, On: GHWaiting, To: Unchanged, Why: "it waits for runners that are not Tandem's"},
 	{From: []JobState{Waiting}, On: GHWaiting, To: Unchanged, Why: "a duplicate waiting event"},
 	{From: []JobState{Queued}, On: GHWaiting, To: Waiting, Why: "GitHub holds it back (an approval or a concurrency group): no VM until it is queued"},
 	{From: bound, On: GHWaiting, To: Waiting, Effects: []Effect{FreeRunner},
@@ -356,7 +381,7 @@ var Jobs = []Rule{
 
 	// GitHub registered the runner made for it.
 	{From: []JobState{Scheduled}, On: Registered, To: Launching, Why: "its runner is registered with GitHub; the VM boots"},
-	{From: []JobState{Waiting, Queued, Launching, Running}, On: Registered, To: Unchanged, Why: "nothing to learn"},
+	{From: []JobState{Waiting, Queued, Launching, Unmatched, Running}, On: Registered, To: Unchanged, Why: "nothing to learn"},
 	{From: terminal, On: Registered, To: Unchanged, Why: "the job has ended"},
 
 	// Its runner took another job.
@@ -366,7 +391,7 @@ var Jobs = []Rule{
 		Why: "its runner took another job; that job's booting runner is handed over"},
 	{From: bound, On: RunnerTaken, When: NoSpare, To: Queued, Effects: []Effect{RefundAttempt},
 		Why: "its runner took another job and none is spare: it needs a VM again; that launch did not fail"},
-	{From: []JobState{Waiting, Queued, Running}, On: RunnerTaken, To: Unchanged, Why: "it holds no runner of ours"},
+	{From: []JobState{Waiting, Queued, Unmatched, Running}, On: RunnerTaken, To: Unchanged, Why: "it holds no runner of ours"},
 	{From: terminal, On: RunnerTaken, To: Unchanged, Why: "the job has ended"},
 
 	// Its runner's VM ended.
@@ -382,7 +407,7 @@ var Jobs = []Rule{
 		Why: "its host left the fleet while it ran: nothing will report its end"},
 	{From: []JobState{Running}, On: RunnerExited, When: HostStayed, To: Unchanged,
 		Why: "a running job's end comes from GitHub"},
-	{From: []JobState{Waiting, Queued}, On: RunnerExited, To: Unchanged, Why: "it holds no runner"},
+	{From: []JobState{Waiting, Queued, Unmatched}, On: RunnerExited, To: Unchanged, Why: "it holds no runner"},
 	{From: terminal, On: RunnerExited, To: Unchanged, Why: "the job has ended"},
 
 	// A reconciler's finding.
@@ -392,12 +417,24 @@ var Jobs = []Rule{
 	{From: terminal, On: RunnerVanished, To: Unchanged, Why: "the job has ended"},
 
 	// The App lost its access.
-	{From: []JobState{Waiting, Queued}, On: Uninstalled, To: Failed,
+	{From: []JobState{Waiting, Queued, Unmatched}, On: Uninstalled, To: Failed,
 		Why: "the App may no longer act for its repository; opened again if GitHub still has it queued once it may"},
 	{From: bound, On: Uninstalled, To: Failed, Effects: []Effect{FreeRunner},
 		Why: "the App may no longer act for its repository: its runner is stopped"},
 	{From: []JobState{Running}, On: Uninstalled, To: Lost, Why: "the App may no longer hear of it"},
 	{From: terminal, On: Uninstalled, To: Unchanged, Why: "the job has ended"},
+
+	// GitHub will not give it to Tandem's runners.
+	{From: bound, On: NotRouted, To: Unmatched, Effects: []Effect{FreeRunner},
+		Why: "GitHub will not give it to Tandem's runners (another runner group, or the group excludes its repository): its runner is stopped, and no VM is booted for it again"},
+	{From: []JobState{Waiting, Queued, Unmatched, Running}, On: NotRouted, To: Unchanged, Why: "it holds no runner of ours"},
+	{From: terminal, On: NotRouted, To: Unchanged, Why: "the job has ended"},
+
+	// An operator's word.
+	{From: []JobState{Unmatched}, On: Retried, To: Queued, Effects: []Effect{Requeue},
+		Why: "an operator queued it again (the runner group was fixed): its launches counted afresh"},
+	{From: []JobState{Waiting, Queued, Scheduled, Launching, Running}, On: Retried, To: Unchanged, Why: "it is not unmatched"},
+	{From: terminal, On: Retried, To: Unchanged, Why: "the job has ended"},
 }
 
 // ErrNoRule means the table has no rule for a state and event: the caller

@@ -90,7 +90,7 @@ func TestEveryRow(t *testing.T) {
 			t.Errorf("row %d (%s): unknown state %q", i, name, r.To)
 		}
 		for _, e := range r.Effects {
-			if !slices.Contains([]Effect{CountAttempt, RefundAttempt, AvoidHost, BindTaker, FreeRunner, Reopen, Launch, Verify}, e) {
+			if !slices.Contains([]Effect{CountAttempt, RefundAttempt, AvoidHost, BindTaker, FreeRunner, Reopen, Requeue, Launch, Verify}, e) {
 				t.Errorf("row %d (%s): unknown effect %q", i, name, e)
 			}
 		}
@@ -102,6 +102,9 @@ func TestEveryRow(t *testing.T) {
 			}
 			if n := r.Next(from); from == Waiting && (n == Scheduled || n == Launching) {
 				t.Errorf("row %d (%s): a job GitHub holds back gets a runner", i, name)
+			}
+			if n := r.Next(from); from == Unmatched && n != from && n != Running && !n.Terminal() && r.On != Retried {
+				t.Errorf("row %d (%s): an unmatched job is placed again without an operator", i, name)
 			}
 			if r.Next(from) == Running && from != Running && !slices.Contains(github, r.On) {
 				t.Errorf("row %d (%s): only GitHub puts a job into running", i, name)
@@ -222,6 +225,25 @@ func TestStories(t *testing.T) {
 			{RunnerExited, Facts{HostAtFault: true, Attempts: 1, MaxAttempts: 1}, Failed, []Effect{AvoidHost}},
 			{GHQueued, Facts{Reopens: 2}, Failed, nil},
 		},
+		"it targets another runner group: one VM, reclaimed idle, then none until an operator says": {
+			{Seen, Facts{}, Queued, nil},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{Registered, Facts{}, Launching, nil},
+			{NotRouted, Facts{}, Unmatched, []Effect{FreeRunner}},
+			{RunnerExited, Facts{}, Unmatched, nil},
+			{GHQueued, Facts{}, Unmatched, nil},
+			{Retried, Facts{}, Queued, []Effect{Requeue}},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{GHRunning, Facts{RunnerNamed: true, SameRunner: true}, Running, []Effect{BindTaker}},
+			{Retried, Facts{}, Running, nil},
+		},
+		"unmatched, and another runner group's runner takes it": {
+			{Seen, Facts{}, Queued, nil},
+			{Placed, Facts{}, Scheduled, []Effect{CountAttempt, Launch}},
+			{NotRouted, Facts{}, Unmatched, []Effect{FreeRunner}},
+			{GHRunning, Facts{RunnerNamed: true}, Running, []Effect{BindTaker, FreeRunner}},
+			{GHCompleted, Facts{}, Completed, nil},
+		},
 		"malformed labels": {
 			{SeenInvalid, Facts{}, Unschedulable, nil},
 			{GHQueued, Facts{}, Unschedulable, nil},
@@ -280,8 +302,10 @@ func FuzzSequences(f *testing.F) {
 			switch {
 			case s.Terminal() && next != s && !(s == Failed && r.Does(Reopen)):
 				t.Fatalf("step %d: left terminal %s for %s on %s", i, s, next, ev)
-			case s == Waiting && (next == Scheduled || next == Launching):
-				t.Fatalf("step %d: a waiting job got a runner (%s on %s)", i, next, ev)
+			case (s == Waiting || s == Unmatched) && (next == Scheduled || next == Launching):
+				t.Fatalf("step %d: a %s job got a runner (%s on %s)", i, s, next, ev)
+			case s == Unmatched && next == Queued && ev != Retried:
+				t.Fatalf("step %d: an unmatched job was queued again by %s", i, ev)
 			case next == Running && s != Running:
 				entries++
 				if entries > 1 {
@@ -301,6 +325,9 @@ func FuzzSequences(f *testing.F) {
 			}
 			if r.Does(Reopen) {
 				attempts, reopens = 0, reopens+1
+			}
+			if r.Does(Requeue) {
+				attempts = 0
 			}
 			if reopens > MaxReopens {
 				t.Fatalf("step %d: opened again %d times", i, reopens)

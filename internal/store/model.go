@@ -25,6 +25,7 @@ const (
 	JobQueued        = lifecycle.Queued
 	JobScheduled     = lifecycle.Scheduled
 	JobLaunching     = lifecycle.Launching
+	JobUnmatched     = lifecycle.Unmatched
 	JobRunning       = lifecycle.Running
 	JobCompleted     = lifecycle.Completed
 	JobCancelled     = lifecycle.Cancelled
@@ -123,12 +124,15 @@ type Runner struct {
 	Installation int64
 	Org          string
 	Repo         string // the repository it is registered to; "" for an organisation runner
-	Labels       []string
-	LabelKey     string
-	Arch         arch.Arch // the concrete architecture of its VM
-	Emulated     bool
-	VCPUs        float64
-	MemoryMiB    int
+	// Group is the runner group (by name) an organisation runner joins;
+	// "": the configured group id (GitHub's Default group unless set).
+	Group     string
+	Labels    []string
+	LabelKey  string
+	Arch      arch.Arch // the concrete architecture of its VM
+	Emulated  bool
+	VCPUs     float64
+	MemoryMiB int
 
 	State    RunnerState
 	Reason   string // why it ended, for humans ("" for a clean end)

@@ -145,7 +145,7 @@ func scanEvent(sc scanner) (store.JobEvent, error) {
 
 const runnerCols = `name, host_id, job_id, installation, org, repo, labels, label_key,
 	arch, emulated, vcpus, memory_mib, state, reason, github_id, vm_id, exit_code,
-	created_at, updated_at, started_at, busy_at, ended_at, egress, egress_record`
+	created_at, updated_at, started_at, busy_at, ended_at, egress, egress_record, runner_group`
 
 // runnerArgs returns r's values in runnerCols order.
 func runnerArgs(r store.Runner) ([]any, error) {
@@ -163,7 +163,7 @@ func runnerArgs(r store.Runner) ([]any, error) {
 	}
 	return []any{r.Name, r.HostID, r.JobID, r.Installation, r.Org, r.Repo, ls, r.LabelKey,
 		string(r.Arch), r.Emulated, r.VCPUs, r.MemoryMiB, string(r.State), r.Reason, r.GitHubID, r.VMID, r.ExitCode,
-		msOf(r.CreatedAt), msOf(r.UpdatedAt), msOf(r.StartedAt), msOf(r.BusyAt), msOf(r.EndedAt), pol, rec}, nil
+		msOf(r.CreatedAt), msOf(r.UpdatedAt), msOf(r.StartedAt), msOf(r.BusyAt), msOf(r.EndedAt), pol, rec, r.Group}, nil
 }
 
 // objectJSON encodes v as a JSON column; empty: "".
@@ -183,7 +183,7 @@ func scanRunner(sc scanner) (store.Runner, error) {
 	)
 	if err := sc.Scan(&r.Name, &r.HostID, &r.JobID, &r.Installation, &r.Org, &r.Repo, &ls, &r.LabelKey,
 		&archName, &r.Emulated, &r.VCPUs, &r.MemoryMiB, &state, &r.Reason, &r.GitHubID, &r.VMID, &r.ExitCode,
-		&created, &updated, &started, &busy, &e, &pol, &rec); err != nil {
+		&created, &updated, &started, &busy, &e, &pol, &rec, &r.Group); err != nil {
 		return store.Runner{}, err
 	}
 	var err error

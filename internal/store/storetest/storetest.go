@@ -267,6 +267,7 @@ func fullRunner(name string, state store.RunnerState) store.Runner {
 		Installation: 4242,
 		Org:          "acme",
 		Repo:         "acme/widgets",
+		Group:        "Arm Fleet",
 		Labels:       ls,
 		LabelKey:     store.LabelKey(ls),
 		Arch:         arch.AMD64,
