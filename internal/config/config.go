@@ -129,11 +129,22 @@ type Runner struct {
 	// Scope registers each runner to the job's repository ("repo") or to
 	// its organisation ("org").
 	Scope string `yaml:"scope"`
-	// GroupID is the runner group runners join (default 1, "Default").
-	GroupID    int64  `yaml:"group_id"`
-	NamePrefix string `yaml:"name_prefix"`
-	ImageAMD64 string `yaml:"image_amd64"`
-	ImageARM64 string `yaml:"image_arm64"`
+	// GroupID is the runner group runners join, by id (default 1,
+	// GitHub's "Default"), when Group and Groups do not name one.
+	GroupID int64 `yaml:"group_id"`
+	// Group names the runner group every organisation runner joins (it
+	// is looked up by name in each organisation), and Groups overrides it
+	// per organisation ("ORG") or repository ("ORG/REPO"). GitHub does not
+	// say which group a queued job targets, so a job whose workflow asks
+	// for another group (runs-on: {group: NAME}) is never given to
+	// Tandem's runners: the one VM booted for it is stopped at
+	// idle_timeout and the job is shown as unmatched. Both need
+	// scope: org (repository runners are in no group).
+	Group      string            `yaml:"group"`
+	Groups     map[string]string `yaml:"groups"`
+	NamePrefix string            `yaml:"name_prefix"`
+	ImageAMD64 string            `yaml:"image_amd64"`
+	ImageARM64 string            `yaml:"image_arm64"`
 	// Images names the image of some runs-on labels instead of their
 	// architecture's: label → image ref or id, for example
 	// tandem-arm64-4cpu-8gb: runner-arm64. The label must be one
@@ -318,7 +329,7 @@ func (c *Config) applyDefaults() {
 		c.Labels.DefaultMemory = labels.DefaultMemoryMiB
 	}
 	def(&c.Runner.Scope, "repo")
-	if c.Runner.GroupID == 0 {
+	if c.Runner.GroupID == 0 && c.Runner.Group == "" {
 		c.Runner.GroupID = 1 // GitHub's "Default" runner group
 	}
 	def(&c.Runner.NamePrefix, "tandem")
@@ -447,9 +458,7 @@ func (c *Config) Validate() error {
 	if c.Runner.Scope != "repo" && c.Runner.Scope != "org" {
 		bad("runner.scope %q: want repo or org", c.Runner.Scope)
 	}
-	if c.Runner.GroupID < 1 {
-		bad("runner.group_id: want a runner group id (1 is GitHub's Default group)")
-	}
+	errs = append(errs, c.validateGroups()...)
 	if !validName(c.Runner.NamePrefix) {
 		bad("runner.name_prefix %q: want [a-z0-9-]", c.Runner.NamePrefix)
 	}
@@ -609,4 +618,46 @@ func githubName(s string) bool {
 		}
 	}
 	return true
+}
+
+// validateGroups checks runner.group_id, runner.group and runner.groups.
+func (c *Config) validateGroups() []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	r := c.Runner
+	switch {
+	case r.Group != "" && r.GroupID != 0:
+		bad("runner: give group (a name) or group_id, not both")
+	case r.Group == "" && r.GroupID < 1:
+		bad("runner.group_id: want a runner group id (1 is GitHub's Default group)")
+	}
+	if (r.Group != "" || len(r.Groups) > 0) && r.Scope != "org" {
+		bad("runner.group, runner.groups: runner groups hold organisation runners: they need runner.scope: org (repository runners are in no group)")
+	}
+	if r.Group != "" && !groupName(r.Group) {
+		bad("runner.group %q: want a runner group's name (1 to 100 characters, no control characters)", r.Group)
+	}
+	folded := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(r.Groups)) {
+		owner, repo, hasRepo := strings.Cut(k, "/")
+		if !githubName(owner) || (hasRepo && !githubName(repo)) {
+			bad("runner.groups: %q: want ORG or ORG/REPO", k)
+		}
+		if !groupName(r.Groups[k]) {
+			bad("runner.groups.%s %q: want a runner group's name (1 to 100 characters, no control characters)", k, r.Groups[k])
+		}
+		if prev, dup := folded[strings.ToLower(k)]; dup {
+			bad("runner.groups: %s and %s are one (GitHub's names are not case-sensitive)", prev, k)
+		}
+		folded[strings.ToLower(k)] = k
+	}
+	return errs
+}
+
+// groupName reports whether s can be a runner group's name.
+func groupName(s string) bool {
+	if strings.TrimSpace(s) == "" || len(s) > 100 {
+		return false
+	}
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }

@@ -112,6 +112,13 @@ func TestLoadRejects(t *testing.T) {
 		"limit twice":   {minimal + "scheduler: {org_limits: {Acme: {max_vms: 1}, acme: {max_vms: 2}}}\n", "Acme and acme are one organisation"},
 		"body limit":    {minimal + "  webhook_max_body: 2GiB\n", "webhook_max_body 2048MiB"},
 		"allow public":  {minimal + "  allow_public: [acme, acme/app/x]\n", `"acme/app/x": want ORG or ORG/REPO`},
+		"group and id":  {minimal + "runner: {scope: org, group: ci, group_id: 2}\n", "group (a name) or group_id, not both"},
+		"group, repo":   {minimal + "runner: {group: ci}\n", "need runner.scope: org"},
+		"groups, repo":  {minimal + "runner: {groups: {acme: ci}}\n", "need runner.scope: org"},
+		"group twice":   {minimal + "runner: {scope: org, groups: {Acme/App: a, acme/app: b}}\n", "Acme/App and acme/app are one"},
+		"group key":     {minimal + "runner: {scope: org, groups: {acme/app/x: a}}\n", `"acme/app/x": want ORG or ORG/REPO`},
+		"group name":    {minimal + "runner: {scope: org, groups: {acme: \"a\\tb\"}}\n", "want a runner group's name"},
+		"empty group":   {minimal + "runner: {scope: org, group: \" \"}\n", "want a runner group's name"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
@@ -125,6 +132,21 @@ func TestLoadRejects(t *testing.T) {
 				t.Errorf("error %v, want one mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestRunnerGroups(t *testing.T) {
+	c, err := load(t, minimal+`
+runner:
+  scope: org
+  group: Tandem VMs
+  groups: {etcd-io: Arm Fleet, etcd-io/etcd: etcd only}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Runner.GroupID != 0 || c.Runner.Group != "Tandem VMs" || c.Runner.Groups["etcd-io/etcd"] != "etcd only" {
+		t.Errorf("runner groups: %+v", c.Runner)
 	}
 }
 
