@@ -426,6 +426,34 @@ func jobCmd(g *globals) *cobra.Command {
 	})
 	o.register(cmd, true)
 	cmd.Flags().BoolVar(&showEgress, "egress", false, "show the job's egress policy and the flows its VM opened (audit, allowlist)")
+	cmd.AddCommand(jobRetryCmd(g))
+	return cmd
+}
+
+// jobRetryCmd queues an unmatched job again.
+func jobRetryCmd(g *globals) *cobra.Command {
+	o := &apiOptions{}
+	cmd := &cobra.Command{
+		Use:   "retry ID",
+		Short: "Queue an unmatched job again, once its runner group lets Tandem's runners take it",
+		Args:  cobra.ExactArgs(1),
+	}
+	cmd.RunE = opsRun(g, o, func(cmd *cobra.Command, c *apiclient.Client, args []string) error {
+		id, err := parseJobID(args[0])
+		if err != nil {
+			return err
+		}
+		var res struct {
+			ID    int64  `json:"id"`
+			State string `json:"state"`
+		}
+		if printed, err := o.call(cmd, c, http.MethodPost, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/retry", nil, nil, &res); printed || err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %d is %s again\n", res.ID, termtext.Clean(res.State))
+		return err
+	})
+	o.register(cmd, true)
 	return cmd
 }
 

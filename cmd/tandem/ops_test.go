@@ -280,6 +280,10 @@ func TestOpsHostsAndJobs(t *testing.T) {
 	}
 	fails(t, r.as(opsRead, "job", "999999"), "no such job")
 	fails(t, r.as(opsRead, "job", "x1"), `job id "x1": want a positive integer`)
+	// Only an unmatched job is queued again, and only by an admin.
+	fails(t, r.as(opsAdmin, "job", "retry", ida), "only an unmatched job can be queued again")
+	fails(t, r.as(opsRead, "job", "retry", ida), "an admin token is required")
+	fails(t, r.as(opsAdmin, "job", "retry", "999999"), "no job 999999")
 }
 
 func TestOpsLogs(t *testing.T) {

@@ -134,9 +134,10 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		Store: st, GitHub: gh, WebhookSecret: cfg.WebhookSecret, Labels: parser,
 		MaxBody: int64(cfg.GitHub.WebhookMaxBody) << 20, AppID: cfg.GitHub.AppID, AllowPublic: cfg.GitHub.AllowPublic,
 		Runner: controlplane.RunnerSpec{
-			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, NamePrefix: cfg.Runner.NamePrefix,
-			Images:  map[arch.Arch]string{arch.AMD64: cfg.Runner.ImageAMD64, arch.ARM64: cfg.Runner.ImageARM64},
-			Command: cfg.Runner.Command, User: cfg.Runner.User, WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
+			Scope: cfg.Runner.Scope, GroupID: cfg.Runner.GroupID, Group: cfg.Runner.Group, Groups: cfg.Runner.Groups,
+			NamePrefix: cfg.Runner.NamePrefix, Command: cfg.Runner.Command, User: cfg.Runner.User,
+			Images:     map[arch.Arch]string{arch.AMD64: cfg.Runner.ImageAMD64, arch.ARM64: cfg.Runner.ImageARM64},
+			WorkFolder: cfg.Runner.WorkFolder, MaxJobTime: cfg.Runner.MaxJobTime.D(),
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
 			LabelImages: cfg.Runner.Images, DiskPerVCPU: int(cfg.Runner.DiskPerVCPU),
 		},

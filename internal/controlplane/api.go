@@ -60,6 +60,8 @@ type apiControl interface {
 	hostGone(ctx context.Context, id string, kind failure.Kind, reason string) error
 	// kickPlacement asks for a placement pass soon.
 	kickPlacement()
+	// retryJob queues an unmatched job again (groups.go).
+	retryJob(ctx context.Context, id int64, by string) (store.Job, error)
 }
 
 func newAPI(s *Server) *api {

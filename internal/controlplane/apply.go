@@ -370,7 +370,10 @@ func (s *Server) handOver(tx store.Tx, fx *afterCommit, prevID int64, spare, tak
 		if sp, err = tx.Runner(spare); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		ok = err == nil && sp.State != store.RunnerEnded && sp.LabelKey == prev.LabelKey
+		// GitHub must be able to give prev to it: same labels, and the
+		// same repository or runner group (groups may overlap, so a job
+		// may well be taken by another group's runner).
+		ok = err == nil && sp.State != store.RunnerEnded && sp.LabelKey == prev.LabelKey && s.place.serves(sp, prev)
 	}
 	rule := lifecycle.Rule{To: lifecycle.Unchanged}
 	if prev.RunnerName == taker { // else it has moved on already

@@ -55,8 +55,15 @@ type HostAgent interface {
 
 // RunnerSpec says what to run in each VM.
 type RunnerSpec struct {
-	Scope         string // "repo" or "org"
-	GroupID       int64
+	Scope string // "repo" or "org"
+	// GroupID is the runner group organisation runners join, by id, when
+	// Group and Groups name none (1: GitHub's Default group).
+	GroupID int64
+	// Group names the group organisation runners join, and Groups names
+	// one per organisation ("ORG") or repository ("ORG/REPO"), looked up
+	// in GitHub by name (GroupFor, groups.go).
+	Group         string
+	Groups        map[string]string
 	NamePrefix    string
 	Images        map[arch.Arch]string
 	Command       []string // none: the image's runner
@@ -150,12 +157,13 @@ type Server struct {
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
 
-	links  *links       // the agents attached: connections and heartbeats
-	marks  *marks       // runners being stopped, configured, held busy
-	events *eventQueue  // host events, until applied in order by eventLoop
-	place  *placer      // where queued jobs go, and why the others wait
-	rec    *reconcilers // the reconciler passes and what they remember
-	api    *api         // the JSON API (api.go, ops.go, egress.go)
+	links  *links         // the agents attached: connections and heartbeats
+	marks  *marks         // runners being stopped, configured, held busy
+	events *eventQueue    // host events, until applied in order by eventLoop
+	place  *placer        // where queued jobs go, and why the others wait
+	rec    *reconcilers   // the reconciler passes and what they remember
+	groups *groupResolver // runner groups by name, as GitHub last said
+	api    *api           // the JSON API (api.go, ops.go, egress.go)
 
 	ghSlots chan struct{} // bounds concurrent JIT config requests
 
@@ -216,6 +224,7 @@ func New(cfg Config) (*Server, error) {
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		links:        newLinks(),
 		marks:        newMarks(),
+		groups:       newGroupResolver(cfg.GitHub, cfg.Now),
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)

@@ -180,6 +180,18 @@ func (s *Server) launch(ctx context.Context, l launch) {
 			Failure: failure.Launch, Detail: "host disconnected before the launch"})
 		return
 	}
+	gid, err := s.runnerGroupID(ctx, r, l.job)
+	var nr *notRoutedError
+	if errors.As(err, &nr) {
+		s.notRouted(ctx, r, l.job.ID, nr.why)
+		return
+	}
+	if err != nil {
+		log.Warn("looking up the runner group", "group", r.Group, "err", err)
+		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
+			Failure: failure.Launch, Detail: fmt.Sprintf("looking up runner group %q: %v", r.Group, err)})
+		return
+	}
 	// The image is chosen and the launch queued under imgMu: a host hears
 	// of a newly named image only after the launches of the old one.
 	s.imgMu.RLock()
@@ -189,7 +201,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.place.diskFor(r.VCPUs),
 	}
-	err := a.Launch(asg)
+	err = a.Launch(asg)
 	s.imgMu.RUnlock()
 	if err != nil {
 		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
@@ -207,10 +219,13 @@ func (s *Server) launch(ctx context.Context, l launch) {
 		return
 	}
 	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, runnerScope(r), github.JITRequest{
-		Name: r.Name, RunnerGroupID: s.cfg.Runner.GroupID, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
+		Name: r.Name, RunnerGroupID: gid, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
 	})
 	<-s.ghSlots
 	if err != nil {
+		if errors.Is(err, github.ErrNotFound) && r.Group != "" {
+			s.groups.forget(r.Installation, r.Org) // the group may be gone: ask GitHub next time
+		}
 		log.Warn("runner config from GitHub failed; stopping its VM", "err", err)
 		s.noteRunner(ctx, r.Name, "runner config from GitHub failed: "+err.Error(), 0)
 		s.stopRunner(r.HostID, r.Name, "no runner config")
@@ -287,6 +302,16 @@ func (s *Server) retire(ctx context.Context, r store.Runner, reason, count strin
 	if !first {
 		return false
 	}
+	return s.finishRetire(ctx, r, configured, reason, count)
+}
+
+// beginRetire marks a runner as being retired; see marks.retiring.
+func (s *Server) beginRetire(name string) (first, configured bool) { return s.marks.retiring(name) }
+
+// finishRetire is retire once the runner is marked as being retired
+// (marks.retiring said first): no placement pass hands it to a job from
+// then on.
+func (s *Server) finishRetire(ctx context.Context, r store.Runner, configured bool, reason, count string) bool {
 	if configured {
 		cur, err := s.runnerRecord(ctx, r.Name)
 		if err == nil && cur.GitHubID != 0 {

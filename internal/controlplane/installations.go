@@ -70,7 +70,7 @@ func (s *Server) applyInstallation(tx store.Tx, fx *afterCommit, ev github.Insta
 // endForInstallation ends the jobs that gone selects (lifecycle.Uninstalled)
 // and stops the VMs of its live runners, after the commit.
 func (s *Server) endForInstallation(tx store.Tx, fx *afterCommit, gone func(org, repo string, inst int64) bool, why string, now time.Time) error {
-	jobs, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobWaiting, store.JobQueued,
+	jobs, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobWaiting, store.JobQueued, store.JobUnmatched,
 		store.JobScheduled, store.JobLaunching, store.JobRunning}})
 	if err != nil {
 		return err

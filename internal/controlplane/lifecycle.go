@@ -100,6 +100,8 @@ func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) 
 			j.Attempts = max(j.Attempts-1, 0)
 		case lifecycle.Reopen:
 			j.Attempts, j.Reopens = 0, j.Reopens+1
+		case lifecycle.Requeue:
+			j.Attempts = 0
 		case lifecycle.AvoidHost:
 			if st.host != "" {
 				j.AvoidHosts = appendUnique(j.AvoidHosts, st.host)

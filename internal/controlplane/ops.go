@@ -22,10 +22,12 @@ import (
 //	POST /api/v1/hosts/{id}/revoke    refuse its agent from now on; its VMs' jobs are re-placed or lost
 //	POST /api/v1/enroll-tokens        {"ttl":"1h","comment":"..."} → {"token","expires_at"}
 //	GET  /api/v1/jobs/{id}/log        the job's runner output
+//	POST /api/v1/jobs/{id}/retry      queue an unmatched job again (its runner group was fixed)
 func (a *api) opsRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/v1/hosts/{id}/{action}", a.guard(true, a.handleHostAction))
 	mux.HandleFunc("POST /api/v1/enroll-tokens", a.guard(true, a.handleEnrollToken))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/log", a.guard(false, a.handleJobLog))
+	mux.HandleFunc("POST /api/v1/jobs/{id}/retry", a.guard(true, a.handleJobRetry))
 }
 
 func (a *api) handleHostAction(w http.ResponseWriter, r *http.Request) {
@@ -156,4 +158,26 @@ func (a *api) handleJobLog(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.Copy(w, f)
+}
+
+func (a *api) handleJobRetry(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		httpError(w, http.StatusBadRequest, "job id: want a positive integer")
+		return
+	}
+	j, err := a.cp.retryJob(r.Context(), id, r.RemoteAddr)
+	var notUnmatched *errNotUnmatched
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpError(w, http.StatusNotFound, "no job "+strconv.FormatInt(id, 10))
+		return
+	case errors.As(err, &notUnmatched):
+		httpError(w, http.StatusConflict, err.Error())
+		return
+	case err != nil:
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": j.ID, "state": j.State, "reason": j.Reason})
 }

@@ -21,6 +21,7 @@ type placer struct {
 	diskPerVCPU int    // MiB; 0: disk is not counted
 	egress      *egress.Policies
 	newName     func() string
+	groupFor    func(org, repo string) string // the runner group a runner for repo's jobs joins
 
 	mu      sync.Mutex
 	waiting map[int64]string // guarded by mu: why each queued job waits, from the last pass
@@ -28,7 +29,7 @@ type placer struct {
 
 func newPlacer(cfg Config, newName func() string) *placer {
 	return &placer{limits: cfg.Limits, scope: cfg.Runner.Scope, diskPerVCPU: cfg.Runner.DiskPerVCPU,
-		egress: cfg.Egress, newName: newName, waiting: map[int64]string{}}
+		egress: cfg.Egress, newName: newName, groupFor: cfg.Runner.GroupFor, waiting: map[int64]string{}}
 }
 
 // spareMatch is a spare runner given to a queued job.
@@ -50,7 +51,7 @@ func (p *placer) matchSpares(queued []store.Job, live []store.Runner, skip func(
 		var pick *store.Job
 		for i := range queued {
 			j := &queued[i]
-			if taken[j.ID] || j.LabelKey != r.LabelKey || !serves(r, *j) {
+			if taken[j.ID] || j.LabelKey != r.LabelKey || !p.serves(r, *j) {
 				continue
 			}
 			if pick == nil || j.QueuedAt.Before(pick.QueuedAt) {
@@ -73,13 +74,16 @@ func (p *placer) matchSpares(queued []store.Job, live []store.Runner, skip func(
 }
 
 // serves reports whether GitHub would give job j to runner r: same
-// repository for a repository runner, same owner and installation for an
-// organisation one.
-func serves(r store.Runner, j store.Job) bool {
+// repository for a repository runner; for an organisation one, same owner
+// and installation, and the runner group j's runners join. (Whether that
+// group allows j's repository is known only to GitHub: a runner it does
+// not give j stays idle, and j is found unmatched at the idle timeout.)
+func (p *placer) serves(r store.Runner, j store.Job) bool {
 	if r.Repo != "" {
 		return strings.EqualFold(r.Repo, j.Repo)
 	}
-	return strings.EqualFold(r.Org, j.Org) && r.Installation == j.Installation
+	return strings.EqualFold(r.Org, j.Org) && r.Installation == j.Installation &&
+		strings.EqualFold(r.Group, p.groupFor(j.Org, j.Repo))
 }
 
 // plan places queued jobs on the hosts that are online and connected,
@@ -175,6 +179,8 @@ func (p *placer) newRunner(j store.Job, pl scheduler.Placement, now time.Time) s
 	}
 	if p.scope == "repo" {
 		r.Repo = j.Repo
+	} else {
+		r.Group = p.groupFor(j.Org, j.Repo)
 	}
 	// The runner's policy: its repository's, for a repository runner; an
 	// organisation runner may take any of the org's jobs, so its org's. A

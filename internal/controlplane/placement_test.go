@@ -75,6 +75,31 @@ func TestMatchSpares(t *testing.T) {
 	}
 }
 
+// An organisation runner joins the runner group its job's repository maps
+// to, and a spare serves only jobs that map to the same group (GitHub would
+// not give it the others).
+func TestMatchSparesByRunnerGroup(t *testing.T) {
+	p := newPlacer(Config{Runner: RunnerSpec{Scope: "org", Group: "Tandem",
+		Groups: map[string]string{"o/big": "Big", "P": "P Fleet"}}}, func() string { return "r" })
+	t0 := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
+	job := func(id int64, repo string) store.Job {
+		org, _, _ := strings.Cut(repo, "/")
+		return store.Job{ID: id, Repo: repo, Org: org, Installation: 1, LabelKey: "k", QueuedAt: t0.Add(time.Duration(id) * time.Minute)}
+	}
+	for repo, want := range map[string]string{"o/a": "Tandem", "O/BIG": "Big", "p/x": "P Fleet"} {
+		org, _, _ := strings.Cut(repo, "/")
+		if r := p.newRunner(job(1, repo), scheduler.Placement{HostID: "h"}, t0); r.Group != want || r.Repo != "" || r.Org != org {
+			t.Errorf("runner for %s: group %q repo %q, want group %q", repo, r.Group, r.Repo, want)
+		}
+	}
+	queued := []store.Job{job(1, "o/big"), job(2, "o/a")}
+	live := []store.Runner{{Name: "tandem-group", Org: "o", Installation: 1, LabelKey: "k", Group: "tandem", State: store.RunnerIdle}}
+	pairs, _, _ := p.matchSpares(queued, live, func(store.Runner) bool { return false })
+	if len(pairs) != 1 || pairs[0].job.ID != 2 {
+		t.Errorf("pairs %+v: want the Tandem group's runner given job 2 (o/a), not the older job of o/big (group Big)", pairs)
+	}
+}
+
 // Every live runner counts against its own host; a host not connected is
 // not schedulable; disk is counted only when configured, at least one
 // vCPU's worth per VM.

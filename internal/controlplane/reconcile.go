@@ -66,6 +66,9 @@ type reconcileControl interface {
 	applyEvent(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEvent, source string, now time.Time) (applied, error)
 	move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) (lifecycle.Rule, error)
 	retire(ctx context.Context, r store.Runner, reason, count string) bool
+	beginRetire(name string) (first, configured bool)
+	finishRetire(ctx context.Context, r store.Runner, configured bool, reason, count string) bool
+	unroute(ctx context.Context, name string, jobID int64, why, source string) (bool, error)
 	count(tx store.Tx, name string, n int64) error
 	isOurRunnerName(name string) bool
 	kickPlacement()
@@ -153,10 +156,11 @@ func (rc *reconcilers) reconcileMissedWebhooks(ctx context.Context) error {
 				stale = append(stale, j)
 			}
 		}
-		// A job GitHub holds back may wait for hours: the queued jobs
-		// listed below find it once GitHub queues it, and it is asked about
-		// on its own only now and then, in case its end was missed.
-		waiting, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobWaiting}})
+		// A job GitHub holds back may wait for hours, and so may one it
+		// keeps for runners that are not Tandem's: the queued jobs listed
+		// below find a held one once GitHub queues it, and each is asked
+		// about on its own only now and then, in case its end was missed.
+		waiting, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobWaiting, store.JobUnmatched}})
 		if err != nil {
 			return err
 		}
@@ -247,7 +251,8 @@ func (rc *reconcilers) refreshJob(ctx context.Context, j store.Job) error {
 		gj.Repo = j.Repo
 	}
 	if gj.Status != "in_progress" || j.State != store.JobRunning || gj.RunnerName != j.RunnerName {
-		if (gj.Status == "queued" && j.State == store.JobQueued) || (gj.Status == "waiting" && j.State == store.JobWaiting) {
+		if (gj.Status == "queued" && (j.State == store.JobQueued || j.State == store.JobUnmatched)) ||
+			(gj.Status == "waiting" && j.State == store.JobWaiting) {
 			return nil
 		}
 		return rc.learn(ctx, j.Installation, gj, "job had not moved for "+rc.iv.LostAfter.String())
@@ -563,8 +568,15 @@ func (rc *reconcilers) reconcileOrphans(ctx context.Context) error {
 }
 
 // stopIdle stops a runner that took no job within the idle timeout, after
-// bringing its job up to date from GitHub.
+// bringing its job up to date from GitHub. When GitHub still has the job
+// queued and the runner is online with GitHub, GitHub chose not to give it
+// the job all along: the job asks for another runner group (runs-on:
+// group:), or the group's rules exclude it. It is unmatched, and gets no
+// VM again: booting another would end the same way. A runner that never
+// came online (its VM could not reach GitHub) is a failed launch, and its
+// job is placed again until its launches are spent.
 func (rc *reconcilers) stopIdle(ctx context.Context, r store.Runner) error {
+	passedOver := false
 	if r.JobID != 0 {
 		var j store.Job
 		err := rc.st.View(ctx, func(tx store.ReadTx) error {
@@ -580,15 +592,49 @@ func (rc *reconcilers) stopIdle(ctx context.Context, r store.Runner) error {
 				if err := rc.learn(ctx, j.Installation, gj, "its runner stayed idle"); err != nil {
 					return err
 				}
+				passedOver = gj.Status == "queued" && rc.online(ctx, r)
 			}
 		}
 	}
+	first, configured := rc.cp.beginRetire(r.Name)
+	if !first {
+		return nil // being retired already
+	}
 	reason := fmt.Sprintf("took no job within %s", rc.idleTimeout)
-	if rc.cp.retire(ctx, r, reason, "reconciler/"+RecOrphans+"/idle-vms-stopped") {
+	if passedOver {
+		group := orText(r.Group, "the one runner.group_id names")
+		why := fmt.Sprintf("GitHub kept it queued while runner %s (runner group %s) sat idle and online for %s: "+
+			"its workflow asks for another runner group (runs-on: group:), or the group does not allow its repository or workflow; "+
+			"no VM is booted for it again (an operator may queue it again: POST /api/v1/jobs/%d/retry)",
+			r.Name, group, rc.idleTimeout, r.JobID)
+		if _, err := rc.cp.unroute(ctx, r.Name, r.JobID, why, "reconciler/"+RecOrphans); err != nil {
+			rc.log.Warn("marking a job unmatched", "job", r.JobID, "err", err)
+		}
+	}
+	if rc.cp.finishRetire(ctx, r, configured, reason, "reconciler/"+RecOrphans+"/idle-vms-stopped") {
 		rc.log.Info("reconciler: stopped an idle runner VM", "reconciler", RecOrphans, "runner", r.Name, "reason", reason)
 		rc.metrics.reconciled(RecOrphans, "idle-vms-stopped")
 	}
 	return nil
+}
+
+// online reports whether GitHub lists runner r as online: its process
+// reached GitHub and waits for a job. false when GitHub cannot be asked.
+func (rc *reconcilers) online(ctx context.Context, r store.Runner) bool {
+	if r.GitHubID == 0 {
+		return false
+	}
+	runners, err := rc.gh.ListRunners(ctx, r.Installation, runnerScope(r))
+	if err != nil {
+		rc.log.Warn("asking GitHub whether an idle runner is online", "runner", r.Name, "err", err)
+		return false
+	}
+	for _, gr := range runners {
+		if gr.ID == r.GitHubID {
+			return gr.Status == "online" && !gr.Busy
+		}
+	}
+	return false
 }
 
 func scopeString(sc github.Scope) string {
