@@ -233,6 +233,53 @@ func TestApprovalWaitInAVM(t *testing.T) {
 	}
 }
 
+// Runner groups with real VMs: Tandem's runners join the organisation's
+// "Tandem" group, named in the config. A job whose workflow asks for
+// another group (runs-on: {group: gpu}) looks like any other when queued:
+// it gets one VM, which GitHub never gives it; at the idle timeout the VM
+// is stopped and the job is unmatched, and no VM is booted for it again.
+// A job of Tandem's group runs in its own VM meanwhile.
+func TestJobForAnotherGroupInAVM(t *testing.T) {
+	s := newSystem(t, options{idle: 15 * time.Second, runner: "  scope: org\n  group: tandem\n"})
+	s.install("acme", "app")
+	group, err := s.gh.SetRunnerGroup("acme", ghfake.RunnerGroupSpec{Name: "Tandem"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.gh.SetRunnerGroup("acme", ghfake.RunnerGroupSpec{Name: "gpu"}); err != nil {
+		t.Fatal(err)
+	}
+	_, ids, err := s.gh.QueueRun("acme/app",
+		ghfake.JobSpec{Labels: []string{"tandem-1cpu-0.25gb"}, Script: "echo on the gpu", RunnerGroup: "gpu", Name: "gpu"},
+		ghfake.JobSpec{Labels: []string{"tandem-1cpu-0.25gb"}, Script: "sleep 1; echo ours", Name: "ours"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpuJob, ours := ids[0], ids[1]
+	s.waitGitHubDone([]int64{ours}, 3*time.Minute)
+	s.waitTandemState([]int64{ours}, time.Minute, "completed")
+	if j, _ := s.gh.Job(ours); j.RunnerGroupID != group || !strings.Contains(j.Output, "ours") {
+		t.Errorf("our job on GitHub: %+v", j)
+	}
+	s.waitTandemState([]int64{gpuJob}, 3*time.Minute, "unmatched")
+	v, _ := s.job(gpuJob)
+	if !strings.Contains(v.Reason, "another runner group") {
+		t.Errorf("unmatched job: %+v", v)
+	}
+	runners := func() int {
+		var out struct{ Runners []struct{ Name string } }
+		s.getJSON("/api/v1/runners", &out)
+		return len(out.Runners)
+	}
+	time.Sleep(12 * time.Second) // more than two orphan and missed-webhook passes
+	if v, _ := s.job(gpuJob); v.State != "unmatched" || runners() != 2 {
+		t.Errorf("afterwards: job %s, %d VMs in all (want unmatched, 2)", v.State, runners())
+	}
+	if j, _ := s.gh.Job(gpuJob); j.Status != ghfake.StatusQueued || j.Claims != 0 {
+		t.Errorf("the gpu job on GitHub: %+v", j)
+	}
+}
+
 // A forged webhook (bad or missing signature) and a malformed one change
 // nothing.
 func TestForgedWebhookChangesNothing(t *testing.T) {

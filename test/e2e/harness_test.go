@@ -82,6 +82,8 @@ type options struct {
 	fleet bool
 	// runner is added to the config's runner section (indented lines).
 	runner string
+	// idle is runner.idle_timeout (default 60s).
+	idle time.Duration
 	// dataDir is the shared data dir whose images/ the system uses; "":
 	// testimages.DataDir (the test images).
 	dataDir string
@@ -176,6 +178,9 @@ func newSystem(t testing.TB, o options) *system {
 	if o.memoryMiB == 0 {
 		o.memoryMiB = 4096
 	}
+	if o.idle == 0 {
+		o.idle = 60 * time.Second
+	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:%d
 github:
   api_url: http://%s/
@@ -186,7 +191,7 @@ labels:
   default_vcpus: 1
   default_memory: 256MiB
 runner:
-  idle_timeout: 60s
+  idle_timeout: %s
   config_timeout: 60s
   max_job_duration: 5m
 %sreconcile:
@@ -201,7 +206,7 @@ agent:
   emulate: [arm64]
   bridge: %s
   subnet: %s
-%s`, tandemPort, ghAddr, o.runner, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
+%s`, tandemPort, ghAddr, o.idle, o.runner, o.vcpus, o.memoryMiB, bridge, subnet, o.extra)
 	agentPort := 0
 	if o.fleet {
 		agentPort = freePort(t)
