@@ -1,0 +1,132 @@
+package profile
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+
+// run makes n one-second samples of a VM whose CPU use and memory follow
+// cpu(i) and mem(i).
+func run(n int, cpu func(i int) float64, mem func(i int) int64) []Sample {
+	var out []Sample
+	total := 0.0
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			total += cpu(i)
+		}
+		out = append(out, Sample{At: t0.Add(time.Duration(i) * time.Second), CPUSeconds: total,
+			DiskRead: int64(i) * 1000, NetRx: int64(i) * 10, GuestOK: true, MemTotal: 1 << 30,
+			MemAvailable: 1<<30 - mem(i), Procs: 10 + i%7, Load1: float64(i % 5)})
+	}
+	return out
+}
+
+func TestSummary(t *testing.T) {
+	// 100 s: 2 vCPUs busy in seconds 41-60, 0.5 otherwise; memory 900 MiB
+	// in seconds 71-80 (at or above 90% of 1000 MiB), 100 MiB otherwise.
+	ss := run(101, func(i int) float64 {
+		if i > 40 && i <= 60 {
+			return 2
+		}
+		return 0.5
+	}, func(i int) int64 {
+		if i > 70 && i <= 80 {
+			return 900 << 20
+		}
+		return 100 << 20
+	})
+	p := Build(ss, 2, 1000<<20, 0)
+	s := p.Summary
+	if s.Samples != 101 || s.Seconds != 100 || s.CPUPeak != 2 || s.CPUHighSeconds != 20 || s.MemHighSeconds != 10 ||
+		s.MemPeak != 900<<20 || s.ReadBytes != 100000 || s.RxBytes != 1000 || s.ProcsPeak != 16 || !s.Guest {
+		t.Errorf("summary %+v", s)
+	}
+	if want := (20*2 + 80*0.5) / 100.0; math.Abs(s.CPUAvg-want) > 1e-9 {
+		t.Errorf("cpu avg %v, want %v", s.CPUAvg, want)
+	}
+	if want := int64((10*900 + 90*100) << 20 / 100); s.MemAvg != want {
+		t.Errorf("mem avg %d, want %d", s.MemAvg, want)
+	}
+	if len(p.Points) != 100 {
+		t.Errorf("%d points, want one per interval", len(p.Points))
+	}
+}
+
+// Downsampling keeps every peak, and the summary does not depend on it.
+func TestDownsampleKeepsPeaks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	n := 6 * 3600 // a six-hour job
+	cpus := make([]float64, n)
+	mems := make([]int64, n)
+	for i := range cpus {
+		cpus[i] = rng.Float64() * 4
+		mems[i] = rng.Int64N(8 << 30)
+	}
+	cpus[12345], mems[20456] = 7.5, 15<<30
+	ss := run(n, func(i int) float64 { return cpus[i] }, func(i int) int64 { return mems[i] })
+	full := Build(ss, 8, 16<<30, n)
+	small := Build(ss, 8, 16<<30, MaxPoints)
+	if len(small.Points) > MaxPoints || len(small.Points) < MaxPoints-1 {
+		t.Errorf("%d points, want about %d", len(small.Points), MaxPoints)
+	}
+	if full.Summary != small.Summary {
+		t.Errorf("summary depends on the points:\n%+v\n%+v", full.Summary, small.Summary)
+	}
+	peakCPU, peakMem, secs, cpuTime := 0.0, int64(0), 0.0, 0.0
+	for _, pt := range small.Points {
+		peakCPU, peakMem = max(peakCPU, pt.CPUPeak), max(peakMem, pt.Mem)
+		secs += pt.Seconds
+		cpuTime += pt.CPU * pt.Seconds
+	}
+	if peakCPU != 7.5 || peakMem != 15<<30 {
+		t.Errorf("peaks on the chart: cpu %v mem %d", peakCPU, peakMem)
+	}
+	if math.Abs(secs-small.Summary.Seconds) > 1e-6 || math.Abs(cpuTime-small.Summary.CPUAvg*small.Summary.Seconds) > 1e-3 {
+		t.Errorf("points cover %v s and %v CPU-seconds; summary %v s, %v", secs, cpuTime, small.Summary.Seconds,
+			small.Summary.CPUAvg*small.Summary.Seconds)
+	}
+}
+
+// A counter that goes backwards adds nothing; duplicates and disorder are
+// harmless; a lone or no sample makes an empty profile.
+func TestOddSamples(t *testing.T) {
+	ss := []Sample{
+		{At: t0.Add(2 * time.Second), CPUSeconds: 0.5, DiskWrite: 10},
+		{At: t0, CPUSeconds: 10, DiskWrite: 500},
+		{At: t0.Add(time.Second), CPUSeconds: 11, DiskWrite: 700},
+		{At: t0.Add(time.Second), CPUSeconds: 11, DiskWrite: 700},
+	}
+	p := Build(ss, 1, 1<<30, 0)
+	if p.Summary.Samples != 3 || p.Summary.CPUPeak != 1 || p.Summary.WriteBytes != 200 || p.Summary.Guest {
+		t.Errorf("summary %+v", p.Summary)
+	}
+	for _, ss := range [][]Sample{nil, {{At: t0}}} {
+		if p := Build(ss, 0, -1, 0); p.Summary.Seconds != 0 || len(p.Points) != 0 || p.Points == nil {
+			t.Errorf("profile of %d samples: %+v", len(ss), p)
+		}
+	}
+}
+
+func FuzzBuild(f *testing.F) {
+	f.Add(uint64(1), uint16(10), uint16(5))
+	f.Fuzz(func(t *testing.T, seed uint64, n, pts uint16) {
+		rng := rand.New(rand.NewPCG(seed, seed))
+		var ss []Sample
+		for range int(n) {
+			ss = append(ss, Sample{At: t0.Add(time.Duration(rng.Int64N(1e12) - 5e11)), CPUSeconds: rng.NormFloat64() * 100,
+				RSS: rng.Int64(), DiskRead: rng.Int64() - rng.Int64(), GuestOK: rng.IntN(2) == 0,
+				MemTotal: rng.Int64N(1 << 40), MemAvailable: rng.Int64N(1 << 40), Procs: rng.IntN(1000)})
+		}
+		p := Build(ss, rng.NormFloat64(), rng.Int64()-rng.Int64(), int(pts)-3)
+		if len(p.Points) > max(int(pts)-3, 0) && len(p.Points) > MaxPoints {
+			t.Fatalf("%d points", len(p.Points))
+		}
+		if p.Summary.ReadBytes < 0 || p.Summary.CPUHighSeconds > p.Summary.Seconds+1e-6 {
+			t.Fatalf("summary %+v", p.Summary)
+		}
+	})
+}
