@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -23,6 +24,8 @@ type sessionConfig struct {
 	Heartbeat time.Duration
 	Runner    *jobRunner
 	Con       *console
+	// Stats, if set, is read for each heartbeat.
+	Stats func() guest.Stats
 }
 
 // runSession speaks the guest's side of the protocol on c: Hello,
@@ -34,7 +37,7 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 	if err := c.WriteJSON(guest.FrameHello, cfg.Hello); err != nil {
 		return guest.Exit{}, fmt.Errorf("channel: send hello: %w", err)
 	}
-	hb := &heartbeat{c: c}
+	hb := &heartbeat{c: c, stats: cfg.Stats}
 	hb.start(cfg.Heartbeat)
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -117,10 +120,11 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 	return ex, nil
 }
 
-// heartbeat sends Heartbeat frames (empty payload) until stopped; none is
-// sent once stop has returned.
+// heartbeat sends Heartbeat frames, each carrying the guest's Stats, until
+// stopped; none is sent once stop has returned.
 type heartbeat struct {
 	c       *guest.Conn
+	stats   func() guest.Stats // nil: empty heartbeats
 	mu      sync.Mutex
 	stopped bool
 	done    chan struct{}
@@ -137,10 +141,14 @@ func (h *heartbeat) start(every time.Duration) {
 				return
 			case <-t.C:
 			}
+			var stats []byte
+			if h.stats != nil {
+				stats, _ = json.Marshal(h.stats())
+			}
 			h.mu.Lock()
 			var err error
 			if !h.stopped {
-				err = h.c.WriteFrame(guest.FrameHeartbeat, nil)
+				err = h.c.WriteFrame(guest.FrameHeartbeat, stats)
 			}
 			h.mu.Unlock()
 			if err != nil {

@@ -14,7 +14,8 @@
 //	guest → host  Hello       once the guest is ready to take a job
 //	host  → guest Job         what to run
 //	guest → host  Stdout/Stderr (any number, as the job writes)
-//	guest → host  Heartbeat   every HeartbeatInterval while alive
+//	guest → host  Heartbeat   every HeartbeatInterval while alive, carrying
+//	                          Stats (an older guest's is empty)
 //	host  → guest Cancel      optional: stop the job now
 //	guest → host  Exit        the job's end; the guest then syncs and powers off
 package guest
@@ -100,6 +101,18 @@ type Job struct {
 	// User, if set, is the guest account the job runs as (with its groups,
 	// HOME, USER, LOGNAME and SHELL; Dir defaults to its home); "": root.
 	User string `json:"user,omitempty"`
+}
+
+// Stats is what the guest says of itself in each Heartbeat: the guest half
+// of a job's resource profile (internal/profile). Sizes are bytes.
+type Stats struct {
+	Load1        float64 `json:"load1"`
+	MemTotal     int64   `json:"mem_total"`
+	MemAvailable int64   `json:"mem_available"`
+	OOMKills     int64   `json:"oom_kills"`  // since boot
+	DiskTotal    int64   `json:"disk_total"` // the root filesystem
+	DiskUsed     int64   `json:"disk_used"`
+	Procs        int     `json:"procs"`
 }
 
 // Exit reports how the job ended.
