@@ -180,6 +180,22 @@ type Info struct {
 	Emulated bool      `json:"emulated"`
 }
 
+// Usage is what a running VM has taken of its host so far. Counters
+// (CPU time, bytes read and written) are cumulative since it started.
+type Usage struct {
+	CPUSeconds float64 // CPU time of every hypervisor thread (its cgroup's)
+	RSS        int64   // the hypervisor's resident memory, bytes
+	DiskAlloc  int64   // bytes its writable disk holds on the host
+	DiskRead   int64   // bytes the hypervisor read from storage
+	DiskWrite  int64   // bytes it wrote to storage
+}
+
+// UsageReader is implemented by the Instances that can say what they use
+// (callers check for it; a VM that cannot is simply not profiled).
+type UsageReader interface {
+	Usage() (Usage, error)
+}
+
 // ExitStatus says why a VM stopped.
 type ExitStatus struct {
 	// Reason is the hypervisor's: "guest-reset" (the guest rebooted, which is

@@ -181,12 +181,26 @@ func (s *suite) bootRunExit(t *testing.T) {
 	if got := in.Info().State; got != vm.StateRunning {
 		t.Errorf("state %q, want running", got)
 	}
+	// A driver that says what its VMs use: booting a kernel took CPU time
+	// and memory.
+	ur, usage := in.(vm.UsageReader)
+	if usage {
+		u, err := ur.Usage()
+		if err != nil || u.CPUSeconds <= 0 || u.RSS <= 0 || u.DiskAlloc < 0 {
+			t.Errorf("usage of a running VM: %+v, %v", u, err)
+		}
+	}
 	out, _, ex := job(t, c, "uname", "-m")
 	if strings.TrimSpace(out) != s.c.Arch.UnameMachine() || ex.Code != 0 {
 		t.Fatalf("uname -m: %q exit %d, want %q exit 0", out, ex.Code, s.c.Arch.UnameMachine())
 	}
 	// After reporting, tandem-guest ends the VM by itself.
 	st := waitStopped(t, in, time.Minute)
+	if usage {
+		if _, err := ur.Usage(); err == nil {
+			t.Error("usage of a stopped VM: no error")
+		}
+	}
 	if st.Reason != "guest-reset" && st.Reason != "guest-shutdown" {
 		t.Errorf("exit reason %q, want the guest's own reset or shutdown", st.Reason)
 	}
