@@ -451,6 +451,9 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 			if _, err := moveRunner(&r, lifecycle.RunnerStarted); err != nil {
 				return err
 			}
+			if r.StartedAt.IsZero() { // once: the runner may be busy already (its job's in_progress came first)
+				fx.do(func() { s.metrics.vmBooted(r, now) })
+			}
 			r.StartedAt = now
 			if r.JobID != 0 {
 				if j, err := tx.Job(r.JobID); err == nil {

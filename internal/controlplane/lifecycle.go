@@ -92,6 +92,12 @@ func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) 
 	if from.Terminal() && !j.State.Terminal() {
 		j.CompletedAt = time.Time{} // opened again (lifecycle.Reopen)
 	}
+	if j.State.Terminal() && !from.Terminal() && from != lifecycle.New {
+		// After the commit, *j is the job as the caller wrote it (with
+		// GitHub's conclusion, say). A job that ends as it is first seen
+		// (refused, malformed) never waited: it is not observed.
+		fx.do(func() { s.metrics.jobEnded(*j) })
+	}
 	for _, e := range rule.Effects {
 		switch e {
 		case lifecycle.CountAttempt:

@@ -1,14 +1,18 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"net/http"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -24,7 +28,15 @@ type metrics struct {
 	started    prometheus.Histogram
 	recActions *prometheus.CounterVec
 	recErrors  *prometheus.CounterVec
+	jobRun     *prometheus.HistogramVec
+	jobQueue   *prometheus.HistogramVec
+	vmBoot     *prometheus.HistogramVec
+	samples    prometheus.Counter
 }
+
+// Label values are bounded: never a job id, a runner's name or a
+// repository. Hosts are a fleet an operator keeps, so a host id is one;
+// label sets are capped (maxLabelSets).
 
 func newMetrics(s *Server) *metrics {
 	counters := func(name, help string, labels ...string) *prometheus.CounterVec {
@@ -32,6 +44,9 @@ func newMetrics(s *Server) *metrics {
 	}
 	histogram := func(name, help string, buckets []float64) prometheus.Histogram {
 		return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+	}
+	histograms := func(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
 	}
 	fast := prometheus.ExponentialBuckets(0.0005, 2, 14) // 0.5 ms to 4 s
 	m := &metrics{
@@ -48,11 +63,42 @@ func newMetrics(s *Server) *metrics {
 			prometheus.ExponentialBuckets(0.1, 1.6, 16)),
 		recActions: counters("tandem_reconciler_actions_total", "Actions taken by reconcilers.", "reconciler", "action"),
 		recErrors:  counters("tandem_reconciler_errors_total", "Reconciler passes that failed.", "reconciler"),
+		jobRun: histograms("tandem_job_run_seconds",
+			"Run time of jobs that ran (GitHub's started_at to completed_at where known, else Tandem's), observed when a job ends; "+
+				"arch is the one it asked for (amd64, arm64, any), result GitHub's conclusion or Tandem's end state (see jobResult).",
+			prometheus.ExponentialBuckets(1, 2, 16), "arch", "result"), // 1 s to 9 h
+		jobQueue: histograms("tandem_job_queue_seconds",
+			"Queue time (GitHub's created_at, else Tandem learning of the job, to its start, or to its end if it never started), "+
+				"observed when a job ends; labels as tandem_job_run_seconds.",
+			prometheus.ExponentialBuckets(0.5, 2, 16), "arch", "result"), // 0.5 s to 4.5 h
+		vmBoot: histograms("tandem_vm_boot_seconds",
+			"From a runner VM being placed to its runner process starting (launch, boot and JIT configuration), by the VM's arch and whether it is emulated.",
+			prometheus.ExponentialBuckets(0.25, 1.6, 16), "arch", "emulated"), // 0.25 s to 4.8 min
+		samples: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tandem_profile_samples_total", Help: "Resource profile samples of running VMs taken in from agents.",
+		}),
+	}
+	// Every reconciler's series from the start, at zero: a rate over them
+	// reads 0 rather than nothing before the first action.
+	for rec, actions := range reconcilerActions {
+		m.recErrors.WithLabelValues(rec)
+		for _, a := range actions {
+			m.recActions.WithLabelValues(rec, a)
+		}
 	}
 	m.reg.MustRegister(m.webhooks, m.webhookDur, m.appliedCnt, m.placeDur, m.launched, m.started,
-		m.recActions, m.recErrors, &stateCollector{s: s},
+		m.recActions, m.recErrors, m.jobRun, m.jobQueue, m.vmBoot, m.samples, &stateCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// reconcilerActions are the actions each reconciler counts
+// (reconcilers.record and metrics.reconciled).
+var reconcilerActions = map[string][]string{
+	RecMissedWebhooks:   {"jobs-lost"},
+	RecFailedDeliveries: {"redelivered"},
+	RecOrphans:          {"stuck-vms-stopped", "github-runners-deleted", "idle-vms-stopped"},
+	RecPrune:            nil,
 }
 
 func (m *metrics) handler() http.Handler {
@@ -86,8 +132,65 @@ func (m *metrics) reconciled(rec, action string) { m.recActions.WithLabelValues(
 
 func (m *metrics) reconcileError(rec string) { m.recErrors.WithLabelValues(rec).Inc() }
 
+// profileSamples counts n resource profile samples taken in.
+func (m *metrics) profileSamples(n int) { m.samples.Add(float64(n)) }
+
+// vmBooted observes runner r's boot: from its placement to its runner
+// process starting at started.
+func (m *metrics) vmBooted(r store.Runner, started time.Time) {
+	if r.CreatedAt.IsZero() || started.Before(r.CreatedAt) {
+		return
+	}
+	m.vmBoot.WithLabelValues(archLabel(r.Arch), strconv.FormatBool(r.Emulated)).Observe(started.Sub(r.CreatedAt).Seconds())
+}
+
+// jobEnded observes the run time (if it ran) and queue time of job j,
+// which has just ended.
+func (m *metrics) jobEnded(j store.Job) {
+	a, res := archLabel(j.Arch), jobResult(j)
+	start, end := j.StartedAt, j.CompletedAt
+	if gs, ge := j.GitHubStartedAt, j.GitHubCompletedAt; !gs.IsZero() && !ge.IsZero() && !ge.Before(gs) {
+		start, end = gs, ge // GitHub's clock for both ends, when it gave both
+	}
+	if !start.IsZero() && !end.IsZero() && !end.Before(start) {
+		m.jobRun.WithLabelValues(a, res).Observe(end.Sub(start).Seconds())
+	}
+	waited := start // the wait ends with the start, or with the end
+	if waited.IsZero() {
+		waited = j.CompletedAt
+	}
+	if since := queuedSince(j, waited); !since.IsZero() && !waited.IsZero() && !waited.Before(since) {
+		m.jobQueue.WithLabelValues(a, res).Observe(waited.Sub(since).Seconds())
+	}
+}
+
+// jobResult is how job j ended, as a bounded label value: GitHub's
+// conclusion for a job GitHub completed (one GitHub documents, else
+// "other"), and Tandem's end state for the rest (cancelled, failed, lost,
+// unschedulable, refused).
+func jobResult(j store.Job) string {
+	if j.State != store.JobCompleted {
+		return string(j.State)
+	}
+	switch j.Conclusion {
+	case "success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required", "stale", "startup_failure":
+		return j.Conclusion
+	case "":
+		return "completed"
+	}
+	return "other"
+}
+
+// archLabel is a, or "none" for a job whose labels did not parse.
+func archLabel(a arch.Arch) string {
+	if a == "" {
+		return "none"
+	}
+	return string(a)
+}
+
 // stateCollector reads gauges of jobs, runners and hosts from the store at
-// scrape time.
+// scrape time, and what hosts' last heartbeats said from links.
 type stateCollector struct{ s *Server }
 
 var (
@@ -95,37 +198,65 @@ var (
 	descRunners = prometheus.NewDesc("tandem_runners", "Live runners by state.", []string{"state"}, nil)
 	descHosts   = prometheus.NewDesc("tandem_hosts", "Hosts by state.", []string{"state"}, nil)
 	descUp      = prometheus.NewDesc("tandem_store_up", "1 if the store answered the scrape.", nil, nil)
+
+	descQueue = prometheus.NewDesc("tandem_queue_depth",
+		"Jobs waiting for a runner (queued, scheduled or launching) by the arch they ask for.", []string{"arch"}, nil)
+	descQueueLabels = prometheus.NewDesc("tandem_queue_depth_by_labels",
+		"Jobs waiting for a runner by runs-on label set (lower-cased, sorted, comma-joined); "+
+			"the 50 largest sets, the rest summed as (other).", []string{"labels"}, nil)
+
+	hostLabel          = []string{"host"}
+	descHostVCPUs      = prometheus.NewDesc("tandem_host_vcpus", "vCPUs a host offers to VMs.", hostLabel, nil)
+	descHostVCPUsUsed  = prometheus.NewDesc("tandem_host_allocated_vcpus", "vCPUs a host's live runner VMs hold.", hostLabel, nil)
+	descHostMem        = prometheus.NewDesc("tandem_host_memory_bytes", "Memory a host offers to VMs.", hostLabel, nil)
+	descHostMemUsed    = prometheus.NewDesc("tandem_host_allocated_memory_bytes", "Memory a host's live runner VMs hold.", hostLabel, nil)
+	descHostDisk       = prometheus.NewDesc("tandem_host_disk_bytes", "Disk a host's VMs may fill in all (only when runner.disk_per_vcpu counts disk).", hostLabel, nil)
+	descHostDiskUsed   = prometheus.NewDesc("tandem_host_allocated_disk_bytes", "Disk a host's live runner VMs may fill (only when runner.disk_per_vcpu counts disk).", hostLabel, nil)
+	descHostVMs        = prometheus.NewDesc("tandem_host_vms", "Live runner VMs on a host (assigned, booting, idle or busy).", hostLabel, nil)
+	descHostLoad       = prometheus.NewDesc("tandem_host_load1", "A host's one-minute load average, from its agent's last heartbeat (remote agents only).", hostLabel, nil)
+	descHostHeartbeat  = prometheus.NewDesc("tandem_host_heartbeat_age_seconds", "Seconds since a host's agent was last heard from (remote agents only).", hostLabel, nil)
+	descHostSchedState = prometheus.NewDesc("tandem_host_state", "1 for a host's state (online, draining, cordoned, offline).", []string{"host", "state"}, nil)
 )
 
+// maxLabelSets bounds tandem_queue_depth_by_labels.
+const maxLabelSets = 50
+
+// queueArches are the arches a job may ask for: each has a queue depth,
+// zero or not.
+var queueArches = []arch.Arch{arch.AMD64, arch.ARM64, arch.Any}
+
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descJobs
-	ch <- descRunners
-	ch <- descHosts
-	ch <- descUp
+	for _, d := range []*prometheus.Desc{descJobs, descRunners, descHosts, descUp, descQueue, descQueueLabels,
+		descHostVCPUs, descHostVCPUsUsed, descHostMem, descHostMemUsed, descHostDisk, descHostDiskUsed,
+		descHostVMs, descHostLoad, descHostHeartbeat, descHostSchedState} {
+		ch <- d
+	}
+}
+
+// snapshot is what one scrape reads from the store.
+type snapshot struct {
+	jobs   map[store.JobState]int
+	live   []store.Runner
+	hosts  []store.Host
+	queued []store.Job
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	var jobs map[store.JobState]int
-	runners := map[store.RunnerState]int{}
-	hosts := map[store.HostState]int{}
+	var sn snapshot
 	err := c.s.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
-		if jobs, err = tx.CountJobs(); err != nil {
+		if sn.jobs, err = tx.CountJobs(); err != nil {
 			return err
 		}
-		live, err := tx.Runners(store.RunnerFilter{Live: true})
-		if err != nil {
+		if sn.live, err = tx.Runners(store.RunnerFilter{Live: true}); err != nil {
 			return err
 		}
-		for _, r := range live {
-			runners[r.State]++
+		if sn.queued, err = tx.Jobs(store.JobFilter{States: waitingForRunner}); err != nil {
+			return err
 		}
-		hs, err := tx.Hosts()
-		for _, h := range hs {
-			hosts[h.State]++
-		}
+		sn.hosts, err = tx.Hosts()
 		return err
 	})
 	if err != nil {
@@ -133,15 +264,121 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
 	for _, st := range store.JobStates {
-		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(jobs[st]), string(st))
+		gauge(descJobs, float64(sn.jobs[st]), string(st))
+	}
+	runners := map[store.RunnerState]int{}
+	for _, r := range sn.live {
+		runners[r.State]++
 	}
 	for _, st := range store.RunnerStates {
 		if st != store.RunnerEnded {
-			ch <- prometheus.MustNewConstMetric(descRunners, prometheus.GaugeValue, float64(runners[st]), string(st))
+			gauge(descRunners, float64(runners[st]), string(st))
 		}
 	}
-	for _, st := range []store.HostState{store.HostOnline, store.HostDraining, store.HostCordoned, store.HostOffline} {
-		ch <- prometheus.MustNewConstMetric(descHosts, prometheus.GaugeValue, float64(hosts[st]), string(st))
+	hosts := map[store.HostState]int{}
+	for _, h := range sn.hosts {
+		hosts[h.State]++
+	}
+	for _, st := range hostStates {
+		gauge(descHosts, float64(hosts[st]), string(st))
+	}
+	c.collectQueue(gauge, sn.queued)
+	c.collectHosts(gauge, sn)
+}
+
+// waitingForRunner are the states of a job in Tandem's queue: GitHub wants
+// a runner for it and none has taken it yet.
+var waitingForRunner = []store.JobState{store.JobQueued, store.JobScheduled, store.JobLaunching}
+
+var hostStates = []store.HostState{store.HostOnline, store.HostDraining, store.HostCordoned, store.HostOffline}
+
+// collectQueue reports queue depth by arch, and by label set: the
+// maxLabelSets largest sets (ties by name), the rest as one.
+func (c *stateCollector) collectQueue(gauge func(*prometheus.Desc, float64, ...string), queued []store.Job) {
+	byArch := map[string]int{}
+	byKey := map[string]int{}
+	for _, j := range queued {
+		byArch[archLabel(j.Arch)]++
+		byKey[j.LabelKey]++
+	}
+	for _, a := range queueArches {
+		gauge(descQueue, float64(byArch[string(a)]), string(a))
+		delete(byArch, string(a))
+	}
+	for a, n := range byArch { // "none": a queued job always has an arch, but say so if not
+		gauge(descQueue, float64(n), a)
+	}
+	type set struct {
+		key string
+		n   int
+	}
+	sets := make([]set, 0, len(byKey))
+	for k, n := range byKey {
+		sets = append(sets, set{k, n})
+	}
+	slices.SortFunc(sets, func(a, b set) int { return cmp.Or(cmp.Compare(b.n, a.n), cmp.Compare(a.key, b.key)) })
+	other := 0
+	for i, st := range sets {
+		if i >= maxLabelSets {
+			other += st.n
+			continue
+		}
+		gauge(descQueueLabels, float64(st.n), st.key)
+	}
+	if other > 0 {
+		gauge(descQueueLabels, float64(other), "(other)")
+	}
+}
+
+// collectHosts reports each host's capacity, what its live runners hold,
+// and what its agent's last heartbeat said.
+func (c *stateCollector) collectHosts(gauge func(*prometheus.Desc, float64, ...string), sn snapshot) {
+	const mib = 1 << 20
+	type held struct {
+		vcpus   float64
+		mem     int
+		disk    int
+		runners int
+	}
+	use := map[string]held{}
+	for _, r := range sn.live {
+		u := use[r.HostID]
+		u.vcpus += r.VCPUs
+		u.mem += r.MemoryMiB
+		u.disk += c.s.place.diskFor(r.VCPUs)
+		u.runners++
+		use[r.HostID] = u
+	}
+	now := c.s.now()
+	for _, h := range sn.hosts {
+		u := use[h.ID]
+		gauge(descHostVCPUs, h.VCPUs, h.ID)
+		gauge(descHostVCPUsUsed, u.vcpus, h.ID)
+		gauge(descHostMem, float64(h.MemoryMiB)*mib, h.ID)
+		gauge(descHostMemUsed, float64(u.mem)*mib, h.ID)
+		if h.DiskMiB > 0 && c.s.place.diskPerVCPU > 0 {
+			gauge(descHostDisk, float64(h.DiskMiB)*mib, h.ID)
+			gauge(descHostDiskUsed, float64(u.disk)*mib, h.ID)
+		}
+		gauge(descHostVMs, float64(u.runners), h.ID)
+		for _, st := range hostStates {
+			v := 0.0
+			if h.State == st {
+				v = 1
+			}
+			gauge(descHostSchedState, v, h.ID, string(st))
+		}
+		seen, hb, beat := c.s.links.seen(h.ID)
+		if !beat {
+			continue // an in-process agent sends no heartbeats
+		}
+		gauge(descHostLoad, hb.Load1, h.ID)
+		if !seen.IsZero() {
+			gauge(descHostHeartbeat, max(now.Sub(seen).Seconds(), 0), h.ID)
+		}
 	}
 }
