@@ -26,8 +26,9 @@ packages=(
   # building: git stamps the version; gcc and libc6-dev (only a Recommends
   # of gcc) build the race detector's runtime for `go test -race`
   git gcc libc6-dev
-  # tests: lz4 is the reference encoder the kernel decompressor is checked against
-  lz4
+  # tests: lz4 is the reference encoder the kernel decompressor is checked
+  # against; prometheus ships promtool, which lints the control plane's /metrics
+  lz4 prometheus
   # the demo talks to the API and ghfake
   curl jq
 )
@@ -36,8 +37,11 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # Each host's registry mirror is docker-registry run by the agent itself,
 # with a config of its own; the package's service would hold port 5000 on
 # every address.
+# Prometheus is installed for promtool only: its server would scrape and
+# store on port 9090.
 if [ -d /run/systemd/system ]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 # Runner images for another architecture run that architecture's package
 # scripts through qemu-user, which the kernel finds through binfmt_misc.

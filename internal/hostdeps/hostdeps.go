@@ -75,6 +75,7 @@ var programs = func() map[string]Requirement {
 	add("coreutils", "builds runner images", "chroot", "cp", "uname")
 	add("util-linux", "enters the tests' namespaces and sessions", "nsenter", "setsid")
 	add("lz4", "checks the kernel decompressor against the reference encoder (tests)", "lz4")
+	add("prometheus", "lints the control plane's /metrics exposition (tests)", "promtool")
 	add("gcc", "compiles the race detector's runtime (go test -race)", "gcc")
 	add("tar", "packs and unpacks runner tarballs", "tar")
 	add("qemu-user-static", "runs another architecture's programs (image builds, arm64 tests)",
