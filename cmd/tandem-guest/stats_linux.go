@@ -24,6 +24,9 @@ func readStats(proc string) guest.Stats {
 			s.Load1, _ = strconv.ParseFloat(f[0], 64)
 		}
 	}
+	if b, err := os.ReadFile(proc + "/stat"); err == nil {
+		s.CPUSeconds = busySeconds(b)
+	}
 	if b, err := os.ReadFile(proc + "/meminfo"); err == nil {
 		mi := fields(b)
 		s.MemTotal, s.MemAvailable = mi["MemTotal:"]*1024, mi["MemAvailable:"]*1024
@@ -44,6 +47,23 @@ func readStats(proc string) guest.Stats {
 		}
 	}
 	return s
+}
+
+// busySeconds reads /proc/stat's "cpu" line: user, nice, system, idle,
+// iowait, irq, softirq, steal, in USER_HZ (100 per second); busy is all but
+// idle, iowait and steal.
+func busySeconds(stat []byte) float64 {
+	line, _, _ := bytes.Cut(stat, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		n, _ := strconv.ParseInt(f[i], 10, 64)
+		busy += n
+	}
+	return float64(busy) / 100
 }
 
 // fields reads "name value ..." lines (meminfo, vmstat) into a map.

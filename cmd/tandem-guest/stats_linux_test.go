@@ -23,6 +23,7 @@ func TestReadStats(t *testing.T) {
 		"loadavg": "1.50 0.80 0.30 2/123 4567\n",
 		"meminfo": "MemTotal:        2048000 kB\nMemFree:          100000 kB\nMemAvailable:    1024000 kB\n",
 		"vmstat":  "nr_free_pages 25000\noom_kill 3\n",
+		"stat":    "cpu  100 20 30 5000 40 5 5 7 0 0\ncpu0 100 20 30 5000 40 5 5 7 0 0\n",
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(proc, name), []byte(body), 0o644); err != nil {
@@ -33,7 +34,7 @@ func TestReadStats(t *testing.T) {
 		os.Mkdir(filepath.Join(proc, pid), 0o755)
 	}
 	s := readStats(proc)
-	if s.Load1 != 1.5 || s.MemTotal != 2048000*1024 || s.MemAvailable != 1024000*1024 || s.OOMKills != 3 || s.Procs != 2 ||
+	if s.CPUSeconds != 1.6 || s.Load1 != 1.5 || s.MemTotal != 2048000*1024 || s.MemAvailable != 1024000*1024 || s.OOMKills != 3 || s.Procs != 2 ||
 		s.DiskTotal <= 0 || s.DiskUsed <= 0 || s.DiskUsed > s.DiskTotal {
 		t.Errorf("stats %+v", s)
 	}

@@ -106,6 +106,9 @@ type Job struct {
 // Stats is what the guest says of itself in each Heartbeat: the guest half
 // of a job's resource profile (internal/profile). Sizes are bytes.
 type Stats struct {
+	// CPUSeconds is the time the guest's CPUs were busy since boot (user,
+	// nice, system, irq, softirq), by the guest's own accounting.
+	CPUSeconds   float64 `json:"cpu_seconds"`
 	Load1        float64 `json:"load1"`
 	MemTotal     int64   `json:"mem_total"`
 	MemAvailable int64   `json:"mem_available"`

@@ -21,6 +21,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/hostnet"
 	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -87,6 +88,13 @@ type Request struct {
 	// OnCreate, if set, is called with the VM once it has been created, before
 	// it starts (tests use it to reach the instance).
 	OnCreate func(vm.Instance)
+	// OnSample, if set, receives the VM's resource samples while the job
+	// runs, one every SampleEvery (0: DefaultSampleEvery): host side from
+	// the driver and the VM's TAP device, guest side from tandem-guest.
+	// It is called from the goroutine that relays the guest's frames, and
+	// must not block.
+	OnSample    func(profile.Sample)
+	SampleEvery time.Duration
 	// OnReady, if set, is called once the guest agent is ready, before the
 	// job is sent (benchmarks read QEMU's memory there; tests freeze the guest).
 	OnReady func(vm.Instance)
@@ -278,6 +286,16 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		s.r.Env = mergeEnv(r.Env, env)
 	}
 
+	if r.OnSample != nil {
+		every := r.SampleEvery
+		if every <= 0 {
+			every = DefaultSampleEvery
+		}
+		s.sample = &sampler{inst: inst, every: every, emit: r.OnSample}
+		if spec.NIC != nil {
+			s.sample.tap = spec.NIC.TAP
+		}
+	}
 	tr := time.Now()
 	reported = s.run(ctx)
 	res.Timings.Run = ms(time.Since(tr))

@@ -23,6 +23,7 @@ type session struct {
 	closer io.Closer
 	frames chan frame    // from the reader goroutine; closed when the channel ends
 	exited chan struct{} // closed when the VM has stopped
+	sample *sampler      // nil: the job is not profiled
 }
 
 type frame struct {
@@ -247,6 +248,8 @@ func (s *session) run(ctx context.Context) (reported bool) {
 				writeTo(s.r.Stdout, f.p)
 			case guest.FrameStderr:
 				writeTo(s.r.Stderr, f.p)
+			case guest.FrameHeartbeat:
+				s.sample.heartbeat(time.Now(), f.p)
 			case guest.FrameExit:
 				var e guest.Exit
 				if err := guest.Decode(f.t, f.p, &e); err != nil {

@@ -47,14 +47,18 @@ type Sample struct {
 	NetTx      int64   `json:"net_tx"` // bytes the guest sent
 
 	// Guest side.
-	GuestOK      bool    `json:"guest,omitempty"`
-	Load1        float64 `json:"load1,omitempty"`
-	MemTotal     int64   `json:"mem_total,omitempty"`
-	MemAvailable int64   `json:"mem_avail,omitempty"`
-	OOMKills     int64   `json:"oom_kills,omitempty"` // since the guest booted
-	DiskUsed     int64   `json:"disk_used,omitempty"` // of the guest's root filesystem
-	DiskTotal    int64   `json:"disk_total,omitempty"`
-	Procs        int     `json:"procs,omitempty"`
+	GuestOK bool `json:"guest,omitempty"`
+	// GuestCPUSeconds is cumulative busy time by the guest's accounting:
+	// what the job asked of its vCPUs, even when a busy host gave it less
+	// (which the host side's CPUSeconds shows).
+	GuestCPUSeconds float64 `json:"guest_cpu_s,omitempty"`
+	Load1           float64 `json:"load1,omitempty"`
+	MemTotal        int64   `json:"mem_total,omitempty"`
+	MemAvailable    int64   `json:"mem_avail,omitempty"`
+	OOMKills        int64   `json:"oom_kills,omitempty"` // since the guest booted
+	DiskUsed        int64   `json:"disk_used,omitempty"` // of the guest's root filesystem
+	DiskTotal       int64   `json:"disk_total,omitempty"`
+	Procs           int     `json:"procs,omitempty"`
 }
 
 // MemUsed is the guest's memory in use (total less available), 0 when the
@@ -71,8 +75,9 @@ func (s Sample) MemUsed() int64 {
 type Point struct {
 	At      time.Time `json:"t"`
 	Seconds float64   `json:"s"`        // the slice's length covered by samples
-	CPU     float64   `json:"cpu"`      // vCPUs busy, on average
+	CPU     float64   `json:"cpu"`      // vCPUs busy, on average (the guest's view, when it reports)
 	CPUPeak float64   `json:"cpu_peak"` // vCPUs busy, in the busiest interval
+	HostCPU float64   `json:"host_cpu"` // host CPUs the hypervisor took, on average
 	Mem     int64     `json:"mem"`      // guest memory in use, peak (bytes)
 	RSS     int64     `json:"rss"`      // hypervisor resident memory, peak
 	Disk    int64     `json:"disk"`     // guest root filesystem in use, peak
@@ -93,11 +98,15 @@ type Summary struct {
 	VCPUs       float64 `json:"vcpus"`
 	MemoryBytes int64   `json:"memory_bytes"`
 
-	CPUAvg  float64 `json:"cpu_avg"`
-	CPUPeak float64 `json:"cpu_peak"`
-	MemAvg  int64   `json:"mem_avg"`
-	MemPeak int64   `json:"mem_peak"`
-	RSSPeak int64   `json:"rss_peak"`
+	// CPUAvg and CPUPeak are vCPUs busy, by the guest's accounting when it
+	// reports (what the job asked for), else the host's; HostCPUAvg is
+	// what the hypervisor took of the host (its emulation included).
+	CPUAvg     float64 `json:"cpu_avg"`
+	CPUPeak    float64 `json:"cpu_peak"`
+	HostCPUAvg float64 `json:"host_cpu_avg"`
+	MemAvg     int64   `json:"mem_avg"`
+	MemPeak    int64   `json:"mem_peak"`
+	RSSPeak    int64   `json:"rss_peak"`
 	// CPUHighSeconds and MemHighSeconds are the time spent at or above 90%
 	// of the VM's vCPUs and memory.
 	CPUHighSeconds float64 `json:"cpu_high_seconds"`
@@ -129,7 +138,7 @@ const High = 0.9
 type interval struct {
 	at                   time.Time
 	secs                 float64
-	cpu                  float64 // vCPUs busy
+	cpu, host            float64 // vCPUs busy; host CPUs taken
 	read, write, rx, tx  int64   // bytes in the interval
 	mem, rss, disk, allo int64
 	load                 float64
@@ -151,19 +160,28 @@ func Build(samples []Sample, vcpus float64, memBytes int64, maxPoints int) Profi
 		a, b := ss[i-1], ss[i]
 		secs := b.At.Sub(a.At).Seconds()
 		iv := interval{at: a.At, secs: secs,
-			cpu:   max(b.CPUSeconds-a.CPUSeconds, 0) / secs,
+			host:  max(b.CPUSeconds-a.CPUSeconds, 0) / secs,
 			read:  growth(a.DiskRead, b.DiskRead),
 			write: growth(a.DiskWrite, b.DiskWrite),
 			rx:    growth(a.NetRx, b.NetRx), tx: growth(a.NetTx, b.NetTx),
 			mem: b.MemUsed(), rss: b.RSS, disk: b.DiskUsed, allo: b.DiskAlloc, load: b.Load1, procs: b.Procs}
-		if math.IsNaN(iv.cpu) || math.IsInf(iv.cpu, 0) {
-			iv.cpu = 0
+		iv.cpu = iv.host
+		if a.GuestOK && b.GuestOK {
+			iv.cpu = max(b.GuestCPUSeconds-a.GuestCPUSeconds, 0) / secs
 		}
+		iv.cpu, iv.host = finite(iv.cpu), finite(iv.host)
 		ivs = append(ivs, iv)
 	}
 	p.Summary.add(ss, ivs)
 	p.Points = points(ivs, maxPoints)
 	return p
+}
+
+func finite(f float64) float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0
+	}
+	return f
 }
 
 // growth is what a cumulative counter added from a to b; 0 when it went
@@ -188,6 +206,7 @@ func (s *Summary) add(ss []Sample, ivs []interval) {
 	for _, iv := range ivs {
 		s.Seconds += iv.secs
 		s.CPUAvg += iv.cpu * iv.secs
+		s.HostCPUAvg += iv.host * iv.secs
 		s.CPUPeak = max(s.CPUPeak, iv.cpu)
 		memSum += float64(iv.mem) * iv.secs
 		s.MemPeak = max(s.MemPeak, iv.mem)
@@ -209,6 +228,7 @@ func (s *Summary) add(ss []Sample, ivs []interval) {
 	}
 	if s.Seconds > 0 {
 		s.CPUAvg /= s.Seconds
+		s.HostCPUAvg /= s.Seconds
 		s.MemAvg = int64(memSum / s.Seconds)
 	}
 }
@@ -231,6 +251,7 @@ func points(ivs []interval, n int) []Point {
 	flush := func() {
 		if cur != nil && cur.Seconds > 0 {
 			cur.CPU /= cur.Seconds
+			cur.HostCPU /= cur.Seconds
 			cur.Read /= cur.Seconds
 			cur.Write /= cur.Seconds
 			cur.Rx /= cur.Seconds
@@ -248,6 +269,7 @@ func points(ivs []interval, n int) []Point {
 		}
 		cur.Seconds += iv.secs
 		cur.CPU += iv.cpu * iv.secs
+		cur.HostCPU += iv.host * iv.secs
 		cur.CPUPeak = max(cur.CPUPeak, iv.cpu)
 		cur.Read += float64(iv.read)
 		cur.Write += float64(iv.write)

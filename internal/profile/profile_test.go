@@ -18,7 +18,8 @@ func run(n int, cpu func(i int) float64, mem func(i int) int64) []Sample {
 		if i > 0 {
 			total += cpu(i)
 		}
-		out = append(out, Sample{At: t0.Add(time.Duration(i) * time.Second), CPUSeconds: total,
+		// The guest counts what it asked for; the host gave it 90%.
+		out = append(out, Sample{At: t0.Add(time.Duration(i) * time.Second), CPUSeconds: total * 0.9, GuestCPUSeconds: total,
 			DiskRead: int64(i) * 1000, NetRx: int64(i) * 10, GuestOK: true, MemTotal: 1 << 30,
 			MemAvailable: 1<<30 - mem(i), Procs: 10 + i%7, Load1: float64(i % 5)})
 	}
@@ -45,8 +46,8 @@ func TestSummary(t *testing.T) {
 		s.MemPeak != 900<<20 || s.ReadBytes != 100000 || s.RxBytes != 1000 || s.ProcsPeak != 16 || !s.Guest {
 		t.Errorf("summary %+v", s)
 	}
-	if want := (20*2 + 80*0.5) / 100.0; math.Abs(s.CPUAvg-want) > 1e-9 {
-		t.Errorf("cpu avg %v, want %v", s.CPUAvg, want)
+	if want := (20*2 + 80*0.5) / 100.0; math.Abs(s.CPUAvg-want) > 1e-9 || math.Abs(s.HostCPUAvg-0.9*want) > 1e-9 {
+		t.Errorf("cpu avg %v, host %v, want %v and 90%% of it", s.CPUAvg, s.HostCPUAvg, want)
 	}
 	if want := int64((10*900 + 90*100) << 20 / 100); s.MemAvg != want {
 		t.Errorf("mem avg %d, want %d", s.MemAvg, want)
@@ -101,7 +102,7 @@ func TestOddSamples(t *testing.T) {
 		{At: t0.Add(time.Second), CPUSeconds: 11, DiskWrite: 700},
 	}
 	p := Build(ss, 1, 1<<30, 0)
-	if p.Summary.Samples != 3 || p.Summary.CPUPeak != 1 || p.Summary.WriteBytes != 200 || p.Summary.Guest {
+	if p.Summary.Samples != 3 || p.Summary.CPUPeak != 1 || p.Summary.HostCPUAvg != 0.5 || p.Summary.WriteBytes != 200 || p.Summary.Guest {
 		t.Errorf("summary %+v", p.Summary)
 	}
 	for _, ss := range [][]Sample{nil, {{At: t0}}} {

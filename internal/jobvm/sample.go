@@ -1,0 +1,71 @@
+package jobvm
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/profile"
+	"github.com/tandem-ci/tandem/internal/vm"
+)
+
+// DefaultSampleEvery is how often a running job's VM is sampled when
+// Request.SampleEvery is zero.
+const DefaultSampleEvery = time.Second
+
+// sampler reads a running VM's profile samples (internal/profile): the
+// host's side from the driver (vm.UsageReader) and the VM's TAP device,
+// the guest's from the stats its heartbeats carry. It samples at the
+// guest's heartbeats, at most once per every: no timer of its own, and a
+// silent guest is not sampled.
+type sampler struct {
+	inst  vm.Instance
+	tap   string // "" when the VM has no NIC
+	every time.Duration
+	emit  func(profile.Sample)
+	last  time.Time
+}
+
+// heartbeat takes a sample if one is due; payload is the heartbeat's
+// (guest.Stats, empty from an older guest).
+func (s *sampler) heartbeat(now time.Time, payload []byte) {
+	if s == nil || now.Sub(s.last) < s.every {
+		return
+	}
+	s.last = now
+	smp := profile.Sample{At: now}
+	if ur, ok := s.inst.(vm.UsageReader); ok {
+		// A partial reading is still a reading: what could not be read
+		// stays zero.
+		u, _ := ur.Usage()
+		smp.CPUSeconds, smp.RSS, smp.DiskAlloc, smp.DiskRead, smp.DiskWrite = u.CPUSeconds, u.RSS, u.DiskAlloc, u.DiskRead, u.DiskWrite
+	}
+	if s.tap != "" {
+		// The TAP's transmit is what the guest receives, and the reverse.
+		smp.NetRx = netCounter(s.tap, "tx_bytes")
+		smp.NetTx = netCounter(s.tap, "rx_bytes")
+	}
+	if len(payload) > 0 {
+		var st guest.Stats
+		if guest.Decode(guest.FrameHeartbeat, payload, &st) == nil {
+			smp.GuestOK = true
+			smp.GuestCPUSeconds = st.CPUSeconds
+			smp.Load1, smp.MemTotal, smp.MemAvailable, smp.OOMKills = st.Load1, st.MemTotal, st.MemAvailable, st.OOMKills
+			smp.DiskUsed, smp.DiskTotal, smp.Procs = st.DiskUsed, st.DiskTotal, st.Procs
+		}
+	}
+	s.emit(smp)
+}
+
+// netCounter reads one of a network device's statistics; 0 when it cannot.
+func netCounter(dev, name string) int64 {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", dev, "statistics", name))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
