@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/arch"
 )
 
 // Sentinel errors. Implementations wrap them.
@@ -80,6 +82,8 @@ type ReadTx interface {
 	AgentCredential(hostID string) (AgentCredential, error)
 	// EnrollTokens lists enrolment tokens, newest first.
 	EnrollTokens() ([]EnrollToken, error)
+	// Audit lists audit entries, newest (highest Seq) first.
+	Audit(f AuditFilter) ([]AuditEntry, error)
 }
 
 // Tx reads and writes within a transaction.
@@ -128,6 +132,11 @@ type Tx interface {
 	// RevokeAgent marks a host's credential revoked at t (ErrNotFound if
 	// it has none). Revoking twice keeps the first time.
 	RevokeAgent(hostID string, t time.Time) error
+
+	// AppendAudit adds an entry to the audit log and returns its Seq. An
+	// entry needs a time, an actor and an action (ErrInvalid otherwise).
+	// Prune keeps the audit log.
+	AppendAudit(e AuditEntry) (int64, error)
 }
 
 // JobFilter selects jobs. Zero fields do not filter.
@@ -142,10 +151,14 @@ type JobFilter struct {
 	Repo       string
 	RunnerName string
 	LabelKey   string
+	Arch       arch.Arch
+	// QueuedSince selects jobs Tandem learnt of at or after it.
+	QueuedSince time.Time
 	// Newest orders by QueuedAt descending (then ID descending) instead of
 	// ID ascending, for listings.
 	Newest bool
 	Limit  int // 0: all
+	Offset int // skip this many, after ordering (paging)
 }
 
 // RunnerFilter selects runners. Zero fields do not filter.

@@ -93,6 +93,15 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 			w.add(c.col+" = ?", c.v)
 		}
 	}
+	if f.Arch != "" {
+		w.add("arch = ?", string(f.Arch))
+	}
+	if !f.QueuedSince.IsZero() {
+		w.add("queued_at >= ?", msOf(f.QueuedSince))
+	}
+	if f.Offset < 0 {
+		return nil, fmt.Errorf("%w: job filter: offset %d", store.ErrInvalid, f.Offset)
+	}
 	if f.Orgs != nil {
 		lower := make([]string, len(f.Orgs))
 		for i, o := range f.Orgs {
@@ -110,9 +119,13 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 	} else {
 		q += " ORDER BY id"
 	}
-	if f.Limit > 0 {
-		q += " LIMIT ?"
-		w.args = append(w.args, f.Limit)
+	if f.Limit > 0 || f.Offset > 0 {
+		q += " LIMIT ? OFFSET ?"
+		lim := f.Limit
+		if lim == 0 {
+			lim = -1 // SQLite: no limit
+		}
+		w.args = append(w.args, lim, f.Offset)
 	}
 	rows, err := t.q.QueryContext(t.ctx, q, w.args...)
 	if err != nil {

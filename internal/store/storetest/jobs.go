@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -267,7 +268,8 @@ func filterJobs(js []store.Job, f store.JobFilter) []int64 {
 			(f.Org == "" || strings.EqualFold(j.Org, f.Org)) && (f.Repo == "" || strings.EqualFold(j.Repo, f.Repo)) &&
 			(f.Orgs == nil || slices.ContainsFunc(f.Orgs, func(o string) bool { return strings.EqualFold(o, j.Org) })) &&
 			(f.RunnerName == "" || j.RunnerName == f.RunnerName) &&
-			(f.LabelKey == "" || j.LabelKey == f.LabelKey) {
+			(f.LabelKey == "" || j.LabelKey == f.LabelKey) && (f.Arch == "" || j.Arch == f.Arch) &&
+			(f.QueuedSince.IsZero() || !ms(j.QueuedAt).Before(ms(f.QueuedSince))) {
 			out = append(out, j)
 		}
 	}
@@ -281,6 +283,7 @@ func filterJobs(js []store.Job, f store.JobFilter) []int64 {
 		}
 		return out[a].ID < out[b].ID
 	})
+	out = out[min(f.Offset, len(out)):]
 	if f.Limit > 0 && len(out) > f.Limit {
 		out = out[:f.Limit]
 	}
@@ -306,6 +309,7 @@ func jobFixtures() []store.Job {
 		}
 		j.Labels = labelSets[i%3]
 		j.LabelKey = store.LabelKey(j.Labels)
+		j.Arch = []arch.Arch{arch.AMD64, arch.ARM64, arch.AMD64}[i%3]
 		j.QueuedAt = at(time.Duration((i*7)%11) * time.Minute)
 		js = append(js, j)
 	}
@@ -342,6 +346,12 @@ func testJobFilters(t *testing.T, s store.Store) {
 		{Orgs: []string{"acme", "Initech"}},
 		{Orgs: []string{"GLOBEX"}, Newest: true, Limit: 4},
 		{Orgs: []string{}},
+		{Arch: arch.ARM64},
+		{Arch: arch.AMD64, Org: "initech"},
+		{QueuedSince: at(5 * time.Minute), Newest: true},
+		{Newest: true, Limit: 7, Offset: 7},
+		{Newest: true, Offset: 35},
+		{Org: "acme", Newest: true, Limit: 5, Offset: 100},
 	}
 	for _, f := range filters {
 		want := filterJobs(js, f)
