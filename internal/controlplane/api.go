@@ -27,6 +27,7 @@ import (
 //	GET  /api/v1/images           the images the control plane names (images.go)
 //	GET  /api/v1/jobs/{id}/egress the policy a job's VM ran under, what it did (egress.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
+//	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
 //
 // and the operator endpoints of ops.go. API tokens (APITokens) guard
 // everything under /api/.
@@ -79,6 +80,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/images", a.guard(false, a.handleImages))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", a.guard(false, a.handleJobEgress))
 	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
+	mux.HandleFunc("GET /api/v1/audit", a.guard(false, a.handleAudit))
 	a.opsRoutes(mux)
 }
 
@@ -226,20 +228,30 @@ func (a *api) handleJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
+	out, err := a.listJobs(r.Context(), f)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
+}
+
+// listJobs returns the jobs f selects as the API shows them (the JSON API
+// and the dashboard).
+func (a *api) listJobs(ctx context.Context, f store.JobFilter) ([]JobView, error) {
 	var jobs []store.Job
-	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		jobs, err = tx.Jobs(f)
 		return err
 	}); err != nil {
-		httpError(w, http.StatusInternalServerError, err.Error())
-		return
+		return nil, err
 	}
 	out := make([]JobView, 0, len(jobs))
 	for _, j := range jobs {
 		out = append(out, a.jobView(j))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
+	return out, nil
 }
 
 func (a *api) handleJob(w http.ResponseWriter, r *http.Request) {
@@ -248,28 +260,38 @@ func (a *api) handleJob(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "job id: want a positive integer")
 		return
 	}
+	v, err := a.jobDetail(r.Context(), who(r), id)
+	if storeFailed(w, err, "no such job") {
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// jobDetail returns job id with its transitions, or store.ErrNotFound if p
+// may not see it.
+func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, error) {
 	var j store.Job
 	var evs []store.JobEvent
-	err = a.st.View(r.Context(), func(tx store.ReadTx) error {
+	err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		if j, err = tx.Job(id); err != nil {
 			return err
 		}
-		if !who(r).sees(j.Org) {
+		if !p.sees(j.Org) {
 			return store.ErrNotFound // another tenant's: not even its existence
 		}
 		evs, err = tx.JobEvents(id)
 		return err
 	})
-	if storeFailed(w, err, "no such job") {
-		return
+	if err != nil {
+		return JobView{}, err
 	}
 	v := a.jobView(j)
 	for _, e := range evs {
 		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),
 			Source: e.Source, Reason: e.Reason, Runner: e.Runner, Host: e.Host})
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, nil
 }
 
 // HostView is a host as the API shows it.
@@ -291,9 +313,19 @@ type HostView struct {
 }
 
 func (a *api) handleHosts(w http.ResponseWriter, r *http.Request) {
+	out, err := a.hostViews(r.Context())
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
+}
+
+// hostViews returns every host as the API shows it.
+func (a *api) hostViews(ctx context.Context) ([]HostView, error) {
 	var hosts []store.Host
 	var live []store.Runner
-	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		if hosts, err = tx.Hosts(); err != nil {
 			return err
@@ -301,8 +333,7 @@ func (a *api) handleHosts(w http.ResponseWriter, r *http.Request) {
 		live, err = tx.Runners(store.RunnerFilter{Live: true})
 		return err
 	}); err != nil {
-		httpError(w, http.StatusInternalServerError, err.Error())
-		return
+		return nil, err
 	}
 	conn := a.links.attached()
 	out := make([]HostView, 0, len(hosts))
@@ -325,7 +356,7 @@ func (a *api) handleHosts(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, v)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": out})
+	return out, nil
 }
 
 // RunnerView is a runner as the API shows it.
@@ -351,17 +382,25 @@ type RunnerView struct {
 
 func (a *api) handleRunners(w http.ResponseWriter, r *http.Request) {
 	f := store.RunnerFilter{HostID: r.URL.Query().Get("host"), Live: r.URL.Query().Get("live") == "1", Limit: 1000}
+	out, err := a.runnerViews(r.Context(), who(r), f)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"runners": out})
+}
+
+// runnerViews returns the runners f selects that p may see.
+func (a *api) runnerViews(ctx context.Context, p principal, f store.RunnerFilter) ([]RunnerView, error) {
 	var rs []store.Runner
-	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
+	if err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		rs, err = tx.Runners(f)
 		return err
 	}); err != nil {
-		httpError(w, http.StatusInternalServerError, err.Error())
-		return
+		return nil, err
 	}
 	out := make([]RunnerView, 0, len(rs))
-	p := who(r)
 	for _, x := range rs {
 		if !p.sees(x.Org) {
 			continue
@@ -371,7 +410,7 @@ func (a *api) handleRunners(w http.ResponseWriter, r *http.Request) {
 			State: string(x.State), Reason: x.Reason, VMID: x.VMID, ExitCode: x.ExitCode, CreatedAt: x.CreatedAt,
 			StartedAt: optTime(x.StartedAt), EndedAt: optTime(x.EndedAt)})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"runners": out})
+	return out, nil
 }
 
 func (a *api) handleCounters(w http.ResponseWriter, r *http.Request) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"net/http"
 	"strings"
 )
@@ -29,6 +30,14 @@ type APITokens []APIToken
 type principal struct {
 	admin bool
 	orgs  map[string]bool // lowercased; nil: every organisation
+	label string          // TokenLabel of its token, for the audit log
+}
+
+// TokenLabel names a token in the audit log and the dashboard without
+// revealing it: "token:" and the first 8 hex digits of its SHA-256.
+func TokenLabel(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return "token:" + hex.EncodeToString(sum[:4])
 }
 
 // sees reports whether p may see org's data.
@@ -67,6 +76,11 @@ func (a *api) authenticate(r *http.Request) (principal, bool) {
 	if !ok {
 		return principal{}, false
 	}
+	return a.principalOf(tok)
+}
+
+// principalOf finds the token tok (as authenticate does).
+func (a *api) principalOf(tok string) (principal, bool) {
 	sum := sha256.Sum256([]byte(tok))
 	var found *APIToken
 	for i := range a.tokens {
@@ -79,7 +93,7 @@ func (a *api) authenticate(r *http.Request) (principal, bool) {
 	if found == nil {
 		return principal{}, false
 	}
-	p := principal{admin: found.Admin}
+	p := principal{admin: found.Admin, label: TokenLabel(found.Secret)}
 	if !found.Admin && found.Orgs != nil {
 		p.orgs = map[string]bool{}
 		for _, o := range found.Orgs {

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -33,8 +34,14 @@ func (a *api) opsRoutes(mux *http.ServeMux) {
 func (a *api) handleHostAction(w http.ResponseWriter, r *http.Request) {
 	id, action := r.PathValue("id"), r.PathValue("action")
 	now := a.now().UTC()
+	by := auditActor{label: who(r).label, addr: r.RemoteAddr, via: "api"}
 	if action == "revoke" {
-		err := a.st.Update(r.Context(), func(tx store.Tx) error { return tx.RevokeAgent(id, now) })
+		err := a.st.Update(r.Context(), func(tx store.Tx) error {
+			if err := tx.RevokeAgent(id, now); err != nil {
+				return err
+			}
+			return by.record(tx, now, "host.revoke", id)
+		})
 		if storeFailed(w, err, "no enrolled host "+strconv.Quote(id)) {
 			return
 		}
@@ -46,27 +53,11 @@ func (a *api) handleHostAction(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(store.HostOffline)})
 		return
 	}
-	to := map[string]store.HostState{"drain": store.HostDraining, "cordon": store.HostCordoned, "uncordon": store.HostOnline}[action]
-	if to == "" {
+	to, err := a.setHostState(r.Context(), id, action, by)
+	switch {
+	case errors.Is(err, errUnknownAction):
 		httpError(w, http.StatusNotFound, "unknown action "+strconv.Quote(action)+" (drain, cordon, uncordon, revoke)")
 		return
-	}
-	var h store.Host
-	err := a.st.Update(r.Context(), func(tx store.Tx) error {
-		var err error
-		if h, err = tx.Host(id); err != nil {
-			return err
-		}
-		if h.State == store.HostOffline {
-			return errOffline
-		}
-		h.State, h.Reason = to, action+" by an operator at "+now.Format(time.RFC3339)
-		if to == store.HostOnline {
-			h.Reason = ""
-		}
-		return tx.PutHost(h)
-	})
-	switch {
 	case errors.Is(err, store.ErrNotFound):
 		httpError(w, http.StatusNotFound, "no host "+strconv.Quote(id))
 		return
@@ -77,12 +68,46 @@ func (a *api) handleHostAction(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	a.log.Info("host state changed by an operator", "host", id, "state", to)
-	a.cp.kickPlacement()
 	writeJSON(w, http.StatusOK, map[string]string{"host": id, "state": string(to)})
 }
 
-var errOffline = errors.New("host offline")
+var (
+	errOffline       = errors.New("host offline")
+	errUnknownAction = errors.New("unknown host action")
+)
+
+// setHostState drains, cordons or uncordons host id (action) for by: the
+// change and its audit entry commit together, then placement runs again.
+func (a *api) setHostState(ctx context.Context, id, action string, by auditActor) (store.HostState, error) {
+	to := map[string]store.HostState{"drain": store.HostDraining, "cordon": store.HostCordoned, "uncordon": store.HostOnline}[action]
+	if to == "" {
+		return "", errUnknownAction
+	}
+	now := a.now().UTC()
+	err := a.st.Update(ctx, func(tx store.Tx) error {
+		h, err := tx.Host(id)
+		if err != nil {
+			return err
+		}
+		if h.State == store.HostOffline {
+			return errOffline
+		}
+		h.State, h.Reason = to, action+" by an operator at "+now.Format(time.RFC3339)
+		if to == store.HostOnline {
+			h.Reason = ""
+		}
+		if err := tx.PutHost(h); err != nil {
+			return err
+		}
+		return by.record(tx, now, "host."+action, id)
+	})
+	if err != nil {
+		return "", err
+	}
+	a.log.Info("host state changed by an operator", "host", id, "state", to, "by", by.label, "via", by.via)
+	a.cp.kickPlacement()
+	return to, nil
+}
 
 func (a *api) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 	if a.agentPin == "" {
@@ -137,27 +162,35 @@ func (a *api) handleJobLog(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "job id: want an integer")
 		return
 	}
-	var j store.Job
-	if err := a.st.View(r.Context(), func(tx store.ReadTx) error {
-		var err error
-		j, err = tx.Job(id)
-		return err
-	}); err != nil || !who(r).sees(j.Org) {
-		httpError(w, http.StatusNotFound, "no such job")
-		return
-	}
-	if j.RunnerName == "" || a.logDir == "" {
-		httpError(w, http.StatusNotFound, "no runner log for this job")
-		return
-	}
-	f, err := os.Open(filepath.Join(a.logDir, filepath.Base(j.RunnerName)+".log"))
+	f, err := a.openJobLog(r.Context(), who(r), id)
 	if err != nil {
-		httpError(w, http.StatusNotFound, "no runner log for this job (runner "+j.RunnerName+")")
+		httpError(w, http.StatusNotFound, err.Error())
 		return
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.Copy(w, f)
+}
+
+// openJobLog opens the runner log of job id, if p may see the job; its
+// errors are fit to show.
+func (a *api) openJobLog(ctx context.Context, p principal, id int64) (*os.File, error) {
+	var j store.Job
+	if err := a.st.View(ctx, func(tx store.ReadTx) error {
+		var err error
+		j, err = tx.Job(id)
+		return err
+	}); err != nil || !p.sees(j.Org) {
+		return nil, errors.New("no such job")
+	}
+	if j.RunnerName == "" || a.logDir == "" {
+		return nil, errors.New("no runner log for this job")
+	}
+	f, err := os.Open(filepath.Join(a.logDir, filepath.Base(j.RunnerName)+".log"))
+	if err != nil {
+		return nil, errors.New("no runner log for this job (runner " + j.RunnerName + ")")
+	}
+	return f, nil
 }
 
 func (a *api) handleJobRetry(w http.ResponseWriter, r *http.Request) {
