@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/dashboard"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -28,9 +29,11 @@ import (
 //	GET  /api/v1/jobs/{id}/egress the policy a job's VM ran under, what it did (egress.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
+//	GET  /, /jobs, /hosts, ...    the web dashboard (internal/dashboard; dashboard.go)
 //
 // and the operator endpoints of ops.go. API tokens (APITokens) guard
-// everything under /api/.
+// everything under /api/; the dashboard's pages need a session, which a
+// login with an API token starts.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/webhook", s.handleWebhook)
@@ -53,6 +56,7 @@ type api struct {
 	cp       apiControl
 	log      *slog.Logger
 	now      func() time.Time
+	dash     *dashboard.Dashboard // its sessions live in memory
 }
 
 // apiControl is what the operator endpoints ask of the control plane.
@@ -66,8 +70,10 @@ type apiControl interface {
 }
 
 func newAPI(s *Server) *api {
-	return &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
+	a := &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
 		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now}
+	a.dash = dashboard.New(dashboard.Config{Backend: dashBackend{a}, Logger: s.log.With("part", "dashboard"), Now: s.now})
+	return a
 }
 
 func (a *api) routes(mux *http.ServeMux) {
@@ -82,6 +88,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
 	mux.HandleFunc("GET /api/v1/audit", a.guard(false, a.handleAudit))
 	a.opsRoutes(mux)
+	a.dash.Register(mux)
 }
 
 func (a *api) handleImages(w http.ResponseWriter, r *http.Request) {
