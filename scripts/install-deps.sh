@@ -29,6 +29,8 @@ packages=(
   # tests: lz4 is the reference encoder the kernel decompressor is checked
   # against; prometheus ships promtool, which lints the control plane's /metrics
   lz4 prometheus
+  # the dashboard's browser test drives headless Chromium (chromedp)
+  chromium
   # the demo talks to the API and ghfake
   curl jq
 )
