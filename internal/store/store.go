@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/arch"
+	"github.com/tandem-ci/tandem/internal/profile"
 )
 
 // Sentinel errors. Implementations wrap them.
@@ -40,8 +41,9 @@ type Store interface {
 	// Seq > after, in Seq order.
 	PendingDeliveries(ctx context.Context, after int64, limit int) ([]Delivery, error)
 
-	// PruneDeliveries forgets processed deliveries received before t and
-	// job events and ended runners older than t, and returns how many rows
+	// PruneDeliveries forgets processed deliveries received before t, job
+	// events, ended runners and profile samples older than t, and profiles
+	// older than t less ProfileExtraRetention, and returns how many rows
 	// went. Jobs are kept.
 	Prune(ctx context.Context, before time.Time) (int64, error)
 
@@ -82,6 +84,15 @@ type ReadTx interface {
 	AgentCredential(hostID string) (AgentCredential, error)
 	// EnrollTokens lists enrolment tokens, newest first.
 	EnrollTokens() ([]EnrollToken, error)
+	// ProfileSamples returns the samples a live runner's VM has sent so
+	// far, oldest first (none once its profile is made).
+	ProfileSamples(runner string) ([]profile.Sample, error)
+	// Profile returns a runner's profile, made when its VM ended
+	// (ErrNotFound: none yet, or none kept).
+	Profile(runner string) (Profile, error)
+	// ProfiledRuns lists jobs that ran on Tandem's VMs with their profile
+	// summaries, newest profile first.
+	ProfiledRuns(f ProfiledRunFilter) ([]ProfiledRun, error)
 	// Audit lists audit entries, newest (highest Seq) first.
 	Audit(f AuditFilter) ([]AuditEntry, error)
 }
@@ -132,6 +143,12 @@ type Tx interface {
 	// RevokeAgent marks a host's credential revoked at t (ErrNotFound if
 	// it has none). Revoking twice keeps the first time.
 	RevokeAgent(hostID string, t time.Time) error
+
+	// AddProfileSamples appends samples of a runner's VM, received at at.
+	AddProfileSamples(runner string, at time.Time, samples []profile.Sample) error
+	// PutProfile stores a runner's profile (replacing one it had) and
+	// deletes its samples.
+	PutProfile(p Profile) error
 
 	// AppendAudit adds an entry to the audit log and returns its Seq. An
 	// entry needs a time, an actor and an action (ErrInvalid otherwise).

@@ -250,6 +250,12 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 			WHERE at < ? LIMIT ?)`},
 		{"runners", `DELETE FROM runners WHERE name IN (SELECT name FROM runners
 			WHERE state = 'ended' AND ended_at < ? LIMIT ?)`},
+		// Samples are made into a profile when their VM ends; any left
+		// (a VM whose end was never reported) go with the runners.
+		{"profile samples", `DELETE FROM profile_samples WHERE seq IN (SELECT seq FROM profile_samples
+			WHERE received_at < ? LIMIT ?)`},
+		{"profiles", `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
+			WHERE ended_at < ? - ` + fmt.Sprint(store.ProfileExtraRetention.Milliseconds()) + ` LIMIT ?)`},
 	}
 	var total int64
 	for _, q := range queries {

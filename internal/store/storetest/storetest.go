@@ -93,6 +93,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"AgentCredentialInvalid", testAgentCredentialInvalid},
 		{"AgentsRollback", testAgentsRollback},
 		{"Audit", testAudit},
+		{"Profiles", testProfiles},
+		{"PruneProfiles", testPruneProfiles},
+		{"ProfiledRuns", testProfiledRuns},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
