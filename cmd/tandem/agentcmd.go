@@ -83,7 +83,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			defer images.Close()
 			d := &agentapi.Daemon{Client: client, AgentVersion: version,
 				Capacity: h.capacity, Load: loadAvg, Logger: g.log}
-			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log,
+			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log, SampleSink: d.Sample,
 				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
 			if err != nil {
 				return err

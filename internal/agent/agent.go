@@ -24,6 +24,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -47,6 +48,10 @@ type Config struct {
 	// LogSink, if set, also receives each runner's output as it comes (the
 	// fleet agent ships it to the control plane). It must not block.
 	LogSink func(runner string, p []byte)
+	// SampleSink, if set, receives running VMs' resource samples, one every
+	// SampleEvery (0: jobvm.DefaultSampleEvery). It must not block.
+	SampleSink  func(runner string, s profile.Sample)
+	SampleEvery time.Duration
 	// Images, if set, fetches an assignment's image (an id) from the
 	// control plane when the host lacks it, before the VM boots, and keeps
 	// it while the VM runs (see Images).
@@ -238,6 +243,10 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 				return nil, context.Cause(ctx)
 			}
 		},
+	}
+	if sink := a.cfg.SampleSink; sink != nil {
+		req.SampleEvery = a.cfg.SampleEvery
+		req.OnSample = func(s profile.Sample) { sink(asg.Runner, s) }
 	}
 	res, err := a.cfg.Host.Run(ctx, req)
 	ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, VMID: res.VMID, Accel: res.Accel,

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/profile"
 
 	"github.com/tandem-ci/tandem/internal/failure"
 )
@@ -46,6 +50,7 @@ type Daemon struct {
 	mu      sync.Mutex
 	events  []Event
 	logs    map[string][]byte
+	samples map[string][]profile.Sample // by runner, until the next heartbeat
 	kick    chan struct{}
 	dropped int   // events dropped since the last warning
 	shifted int64 // events ever dropped from the head of the queue
@@ -60,6 +65,7 @@ func (d *Daemon) Bind(r Runner) {
 	d.run = r
 	d.kick = make(chan struct{}, 1)
 	d.logs = map[string][]byte{}
+	d.samples = map[string][]profile.Sample{}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
@@ -91,6 +97,48 @@ func (d *Daemon) Log(runner string, p []byte) {
 	}
 	d.logs[runner] = b
 	d.mu.Unlock()
+}
+
+// maxPendingSamples bounds one runner's samples kept while the control
+// plane is away; the oldest go first.
+const maxPendingSamples = 600
+
+// Sample queues a running VM's resource sample for the next heartbeat (an
+// agent.Config.SampleSink).
+func (d *Daemon) Sample(runner string, s profile.Sample) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	q := append(d.samples[runner], s)
+	if len(q) > maxPendingSamples {
+		q = q[len(q)-maxPendingSamples:]
+	}
+	d.samples[runner] = q
+}
+
+// takeSamples empties the sample queues.
+func (d *Daemon) takeSamples() []RunnerSamples {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []RunnerSamples
+	for _, r := range slices.Sorted(maps.Keys(d.samples)) {
+		out = append(out, RunnerSamples{Runner: r, Samples: d.samples[r]})
+	}
+	clear(d.samples)
+	return out
+}
+
+// putBackSamples returns samples a failed report did not deliver, before
+// any taken since, within the bound.
+func (d *Daemon) putBackSamples(rs []RunnerSamples) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range rs {
+		q := append(r.Samples, d.samples[r.Runner]...)
+		if len(q) > maxPendingSamples {
+			q = q[len(q)-maxPendingSamples:]
+		}
+		d.samples[r.Runner] = q
+	}
 }
 
 // Run serves until ctx ends or the control plane refuses the agent for
@@ -224,9 +272,11 @@ func (d *Daemon) heartbeatLoop(ctx context.Context) {
 		if d.Load != nil {
 			hb.Load1 = d.Load()
 		}
+		samples := d.takeSamples()
 		cctx, cancel := context.WithTimeout(ctx, every)
-		if err := d.Client.Report(cctx, Report{Heartbeat: hb}); err != nil && ctx.Err() == nil {
+		if err := d.Client.Report(cctx, Report{Heartbeat: hb, Samples: samples}); err != nil && ctx.Err() == nil {
 			d.Logger.Debug("heartbeat", "err", err)
+			d.putBackSamples(samples)
 		}
 		cancel()
 		select {

@@ -33,6 +33,8 @@ package agentapi
 
 import (
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/profile"
 )
 
 // Version is the protocol version this build speaks.
@@ -99,10 +101,20 @@ type Heartbeat struct {
 	Load1    float64  `json:"load1"`
 }
 
-// Report carries a heartbeat, events, or both.
+// Report carries a heartbeat, events, profile samples, or any of them.
 type Report struct {
 	Heartbeat *Heartbeat `json:"heartbeat,omitempty"`
 	Events    []Event    `json:"events,omitempty"`
+	// Samples are running VMs' resource samples (internal/profile), sent
+	// with the heartbeats; a control plane that predates them ignores
+	// them.
+	Samples []RunnerSamples `json:"samples,omitempty"`
+}
+
+// RunnerSamples are one runner's VM samples, oldest first.
+type RunnerSamples struct {
+	Runner  string           `json:"runner"`
+	Samples []profile.Sample `json:"samples"`
 }
 
 // Command types.
