@@ -157,7 +157,7 @@ func printJSON(w io.Writer, raw []byte) error {
 // opsCommands returns the operator commands: hosts, jobs, job, logs,
 // drain, cordon, uncordon, revoke, enroll.
 func opsCommands(g *globals) []*cobra.Command {
-	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g)}
+	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g), rightsizeCmd(g)}
 	for _, a := range hostActions {
 		cmds = append(cmds, hostActionCmd(g, a))
 	}
@@ -354,7 +354,8 @@ func jobsCmd(g *globals) *cobra.Command {
 		Use:   "jobs [--state s1,s2] [--repo OWNER/NAME] [--org ORG] [--limit N]",
 		Short: "List jobs, newest first",
 		Long: "List jobs, newest first. States: waiting (held by GitHub for an approval or\n" +
-			"a concurrency group), queued, scheduled, launching, running, completed,\n" +
+			"a concurrency group), queued, scheduled, launching, unmatched (GitHub will not\n" +
+			"give it to Tandem's runners: another runner group), running, completed,\n" +
 			"cancelled, failed, unschedulable, lost, refused (a public repository's).",
 		Args: cobra.NoArgs,
 	}
@@ -400,7 +401,7 @@ func jobsCmd(g *globals) *cobra.Command {
 
 func jobCmd(g *globals) *cobra.Command {
 	o := &apiOptions{}
-	var showEgress bool
+	var showEgress, showProfile bool
 	cmd := &cobra.Command{
 		Use:   "job ID",
 		Short: "Show a job and every transition it went through",
@@ -410,6 +411,13 @@ func jobCmd(g *globals) *cobra.Command {
 		id, err := parseJobID(args[0])
 		if err != nil {
 			return err
+		}
+		if showProfile {
+			var v controlplane.ProfileView
+			if printed, err := o.call(cmd, c, http.MethodGet, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/profile", nil, nil, &v); printed || err != nil {
+				return err
+			}
+			return printProfile(cmd.OutOrStdout(), v)
 		}
 		if showEgress {
 			var v controlplane.EgressView
@@ -426,6 +434,8 @@ func jobCmd(g *globals) *cobra.Command {
 	})
 	o.register(cmd, true)
 	cmd.Flags().BoolVar(&showEgress, "egress", false, "show the job's egress policy and the flows its VM opened (audit, allowlist)")
+	cmd.Flags().BoolVar(&showProfile, "profile", false, "show what the job's VM used: peaks, averages, time above 90%, a sparkline per series")
+	cmd.MarkFlagsMutuallyExclusive("egress", "profile")
 	cmd.AddCommand(jobRetryCmd(g))
 	return cmd
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/fsutil"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
+	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
@@ -287,6 +288,9 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 	}
 	rec := controlplane.HostRecord(hostID, version, h.capacity())
 	ag, err := agent.New(agent.Config{HostID: hostID, Host: h.Host, Sink: cp.HostEvent,
+		SampleSink: func(runner string, s profile.Sample) {
+			cp.HostSamples(hostID, []agentapi.RunnerSamples{{Runner: runner, Samples: []profile.Sample{s}}})
+		},
 		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {
 		h.close()

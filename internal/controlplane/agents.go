@@ -310,6 +310,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	if rep.Heartbeat != nil {
 		s.links.heard(id, *rep.Heartbeat, s.now())
 	}
+	s.HostSamples(id, rep.Samples) // an agent speaks for its own host only
 	for _, e := range rep.Events {
 		e.Host = id // an agent speaks for its own host only
 		s.HostEvent(e)

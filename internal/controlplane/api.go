@@ -12,6 +12,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/dashboard"
 	"github.com/tandem-ci/tandem/internal/failure"
+	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -27,6 +28,8 @@ import (
 //	GET  /api/v1/reconcilers      reconciler and dispatcher counters
 //	GET  /api/v1/images           the images the control plane names (images.go)
 //	GET  /api/v1/jobs/{id}/egress the policy a job's VM ran under, what it did (egress.go)
+//	GET  /api/v1/jobs/{id}/profile what the job's VM used: summary and chart points (profiles.go)
+//	GET  /api/v1/rightsize        ?org=&repo=&days=28&runs=30: sizes against use (rightsize.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
 //	GET  /, /jobs, /hosts, ...    the web dashboard (internal/dashboard; dashboard.go)
@@ -56,6 +59,7 @@ type api struct {
 	cp       apiControl
 	log      *slog.Logger
 	now      func() time.Time
+	labels   *labels.Parser       // the runs-on labels (right-sizing's suggested labels)
 	dash     *dashboard.Dashboard // its sessions live in memory
 }
 
@@ -71,7 +75,7 @@ type apiControl interface {
 
 func newAPI(s *Server) *api {
 	a := &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
-		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now}
+		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels}
 	a.dash = dashboard.New(dashboard.Config{Backend: dashBackend{a}, Logger: s.log.With("part", "dashboard"), Now: s.now})
 	return a
 }
@@ -85,6 +89,8 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/reconcilers", a.guard(false, a.handleCounters))
 	mux.HandleFunc("GET /api/v1/images", a.guard(false, a.handleImages))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", a.guard(false, a.handleJobEgress))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/profile", a.guard(false, a.handleJobProfile))
+	mux.HandleFunc("GET /api/v1/rightsize", a.guard(false, a.handleRightsize))
 	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
 	mux.HandleFunc("GET /api/v1/audit", a.guard(false, a.handleAudit))
 	a.opsRoutes(mux)

@@ -163,7 +163,9 @@ type Server struct {
 	place  *placer        // where queued jobs go, and why the others wait
 	rec    *reconcilers   // the reconciler passes and what they remember
 	groups *groupResolver // runner groups by name, as GitHub last said
-	api    *api           // the JSON API (api.go, ops.go, egress.go)
+	// profiles buffers VMs' resource samples until they are written.
+	profiles *profileIngest
+	api      *api // the JSON API (api.go, ops.go, egress.go)
 
 	ghSlots chan struct{} // bounds concurrent JIT config requests
 
@@ -225,6 +227,7 @@ func New(cfg Config) (*Server, error) {
 		links:        newLinks(),
 		marks:        newMarks(),
 		groups:       newGroupResolver(cfg.GitHub, cfg.Now),
+		profiles:     newProfileIngest(),
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
@@ -238,7 +241,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor}
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
 			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })

@@ -420,6 +420,10 @@ func (s *Server) FlushEvents(ctx context.Context) error {
 // applyHostEvent moves a runner, and the job bound to it, as its host reports.
 func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 	now := e.At.UTC()
+	var buffered *hostSamples // an ended VM's last samples, not yet written
+	if e.Kind == agentapi.EventEnded {
+		buffered = s.profiles.takeRunner(e.Runner)
+	}
 	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
 		r, err := tx.Runner(e.Runner)
 		if errors.Is(err, store.ErrNotFound) {
@@ -464,7 +468,7 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 			}
 			return tx.PutRunner(r)
 		case agentapi.EventEnded:
-			return s.runnerEnded(tx, fx, r, e, now)
+			return s.runnerEnded(tx, fx, r, e, buffered, now)
 		}
 		return fmt.Errorf("unknown host event kind %q", e.Kind)
 	})
@@ -477,7 +481,7 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 // runnerEnded records a runner's end, and tells the job bound to it
 // (lifecycle.RunnerExited): a job still waiting for it goes back to the
 // queue (another host is preferred) until its launches are spent.
-func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e agentapi.Event, now time.Time) error {
+func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e agentapi.Event, buffered *hostSamples, now time.Time) error {
 	if _, err := moveRunner(&r, lifecycle.VMEnded); err != nil {
 		return err
 	}
@@ -494,6 +498,9 @@ func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e age
 	}
 	r.Reason = why
 	if err := tx.PutRunner(r); err != nil {
+		return err
+	}
+	if err := makeProfile(tx, r, buffered, now); err != nil {
 		return err
 	}
 	if r.JobID == 0 {
