@@ -1,6 +1,9 @@
 package controlplane
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // SetImageSlotWait shortens how long an image file request waits for a
 // transfer slot; the returned func restores it.
@@ -9,3 +12,6 @@ func SetImageSlotWait(d time.Duration) func() {
 	imageSlotWait = d
 	return func() { imageSlotWait = old }
 }
+
+// FlushProfiles writes the buffered profile samples now.
+func (s *Server) FlushProfiles(ctx context.Context) error { return s.flushProfiles(ctx) }

@@ -21,7 +21,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 
-func newHost(t *testing.T) *jobvm.Host { return testhost.New(t) }
+func newHost(t testing.TB) *jobvm.Host { return testhost.New(t) }
 
 func req() jobvm.Request {
 	return jobvm.Request{Arch: arch.AMD64, VCPUs: 1, MemoryMiB: 256, Accel: vm.AccelAuto, Owner: vm.ProcessOwner(), DieWithOwner: true}

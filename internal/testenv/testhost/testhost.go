@@ -22,7 +22,7 @@ import (
 // tandem0 (172.30.0.0/24); mods, if any, change its driver's config. The
 // test must run in a private network namespace (testenv.RunInNetns). On
 // cleanup it fails the test if any VM or address lease remains.
-func New(t *testing.T, mods ...func(*qemu.Config)) *jobvm.Host {
+func New(t testing.TB, mods ...func(*qemu.Config)) *jobvm.Host {
 	t.Helper()
 	testenv.RequireVM(t)
 	images := testimages.Store(t)
