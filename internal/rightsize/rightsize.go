@@ -81,7 +81,7 @@ type Advice struct {
 	Key
 	Runs       int     `json:"runs"` // of the size asked
 	Asked      Size    `json:"asked"`
-	P95CPUPeak float64 `json:"p95_cpu_peak"`   // vCPUs
+	P95CPUPeak float64 `json:"p95_cpu_peak"`    // vCPUs
 	P95MemPeak int64   `json:"p95_memory_peak"` // bytes
 	// Suggest is a smaller size that holds the p95 peaks with headroom;
 	// nil when the size asked is right, or when there are warnings.
