@@ -93,6 +93,12 @@ type ReadTx interface {
 	// ProfiledRuns lists jobs that ran on Tandem's VMs with their profile
 	// summaries, newest profile first.
 	ProfiledRuns(f ProfiledRunFilter) ([]ProfiledRun, error)
+	// JobStats computes, in the store, the numbers of the jobs f selects,
+	// per group (f.Level) and architecture, in no particular order.
+	JobStats(f StatsFilter) ([]JobStats, error)
+	// SlowestRuns returns the n longest runs of the jobs f selects
+	// (f.Level is ignored), longest first.
+	SlowestRuns(f StatsFilter, n int) ([]SlowRun, error)
 	// Audit lists audit entries, newest (highest Seq) first.
 	Audit(f AuditFilter) ([]AuditEntry, error)
 }

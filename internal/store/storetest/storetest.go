@@ -96,6 +96,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Profiles", testProfiles},
 		{"PruneProfiles", testPruneProfiles},
 		{"ProfiledRuns", testProfiledRuns},
+		{"JobStats", testJobStats},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
