@@ -66,3 +66,31 @@ func TestProfileAndRightsizeCLI(t *testing.T) {
 		t.Errorf("rightsize --org bob: %q", out)
 	}
 }
+
+func TestInsightsCLI(t *testing.T) {
+	r := newOpsRig(t)
+	now := time.Now()
+	err := r.st.Update(t.Context(), func(tx store.Tx) error {
+		for i, run := range []time.Duration{90 * time.Second, 100 * time.Second, 200 * time.Second, 210 * time.Second} {
+			end := now.Add(-time.Duration(10-7*(i/2)) * 24 * time.Hour) // two last week, two this week
+			j := store.Job{ID: int64(900 + i), Org: "acme", Repo: "acme/app", Workflow: "CI", Name: "unit", Arch: "arm64",
+				VCPUs: 4, MemoryMiB: 4096, State: store.JobCompleted, Conclusion: "success", QueuedAt: end.Add(-run - time.Minute),
+				StartedAt: end.Add(-run), CompletedAt: end, UpdatedAt: end}
+			if err := tx.CreateJob(j, store.Event{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := r.ok(r.as(opsRead, "insights", "--by", "job")).stdout
+	for _, want := range []string{"the last 7 days, by job", "acme/app CI / unit", "arm64", "2 (2)", "100%", "slower this week than last",
+		"1m30s", "3m20s", "longest runs:", "3m30s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("insights: no %q in:\n%s", want, out)
+		}
+	}
+	fails(t, r.as(opsRead, "insights", "--days", "3"), "days: want 1, 7, 14 or 28")
+}
