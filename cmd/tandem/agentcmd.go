@@ -82,7 +82,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			images := agent.NewImages(h.Host.Images, client, g.log)
 			defer images.Close()
 			d := &agentapi.Daemon{Client: client, AgentVersion: version,
-				Capacity: h.capacity, Load: loadAvg, Logger: g.log}
+				Capacity: h.capacity, Load: loadAvg, MemAvailable: memAvailable, Logger: g.log}
 			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log, SampleSink: d.Sample,
 				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
 			if err != nil {
@@ -207,6 +207,22 @@ func vmDisksMiB(vms string) int64 {
 		}
 	}
 	return n >> 20
+}
+
+// memAvailable is the host's available memory in MiB (0 if unreadable).
+func memAvailable() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb >> 10
+		}
+	}
+	return 0
 }
 
 // loadAvg is the host's one-minute load average (0 if unreadable).

@@ -303,6 +303,19 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
 		"arches", rec.Arches)
+	// The machine's load and memory, as a remote agent's heartbeats say.
+	go func() {
+		t := time.NewTicker(agentapi.HeartbeatInterval)
+		defer t.Stop()
+		for {
+			cp.HostHeartbeat(hostID, agentapi.Heartbeat{Load1: loadAvg(), MemAvailableMiB: memAvailable()})
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	return ag, h.close, nil
 }
 

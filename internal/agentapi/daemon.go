@@ -38,6 +38,7 @@ type Daemon struct {
 	AgentVersion string
 	Capacity     func() Capacity
 	Load         func() float64 // optional
+	MemAvailable func() int     // optional: the machine's available memory, MiB
 	Logger       *slog.Logger
 	// OnCommand, if set, sees every command as it arrives (benchmarks
 	// measure assignment latency with it).
@@ -271,6 +272,9 @@ func (d *Daemon) heartbeatLoop(ctx context.Context) {
 		hb := &Heartbeat{Capacity: d.Capacity(), Running: d.run.Runners()}
 		if d.Load != nil {
 			hb.Load1 = d.Load()
+		}
+		if d.MemAvailable != nil {
+			hb.MemAvailableMiB = d.MemAvailable()
 		}
 		samples := d.takeSamples()
 		cctx, cancel := context.WithTimeout(ctx, every)

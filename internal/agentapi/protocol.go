@@ -99,6 +99,8 @@ type Heartbeat struct {
 	Capacity Capacity `json:"capacity"`
 	Running  []string `json:"running"`
 	Load1    float64  `json:"load1"`
+	// MemAvailableMiB is the machine's available memory (0: not known).
+	MemAvailableMiB int `json:"mem_available_mib,omitempty"`
 }
 
 // Report carries a heartbeat, events, profile samples, or any of them.

@@ -31,6 +31,7 @@ import (
 //	GET  /api/v1/jobs/{id}/profile what the job's VM used: summary and chart points (profiles.go)
 //	GET  /api/v1/rightsize        ?org=&repo=&days=28&runs=30: sizes against use (rightsize.go)
 //	GET  /api/v1/insights         ?days=7&by=repo&org=&repo=: a period against the one before (insights.go)
+//	GET  /api/v1/hosts/{id}/load  ?hours=24: the host's load, a record a minute (hostload.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
 //	GET  /, /jobs, /hosts, ...    the web dashboard (internal/dashboard; dashboard.go)
@@ -93,6 +94,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/jobs/{id}/profile", a.guard(false, a.handleJobProfile))
 	mux.HandleFunc("GET /api/v1/rightsize", a.guard(false, a.handleRightsize))
 	mux.HandleFunc("GET /api/v1/insights", a.guard(false, a.handleInsights))
+	mux.HandleFunc("GET /api/v1/hosts/{id}/load", a.guard(false, a.handleHostLoad))
 	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
 	mux.HandleFunc("GET /api/v1/audit", a.guard(false, a.handleAudit))
 	a.opsRoutes(mux)

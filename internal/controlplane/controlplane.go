@@ -128,6 +128,9 @@ type Config struct {
 	APITokens APITokens
 	// Egress gives each runner's VM its egress policy (nil: open).
 	Egress *egress.Policies
+	// HostLoadEvery is how often each host's load is recorded (default a
+	// minute; negative: never).
+	HostLoadEvery time.Duration
 	// MaxBody caps a webhook's body. Default 25 MiB: GitHub caps the
 	// payloads it sends at 25 MB; workflow_job payloads are a few KiB, but
 	// a valid one is never refused for its size.
@@ -199,6 +202,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HeartbeatTimeout <= 0 {
 		cfg.HeartbeatTimeout = 3 * agentapi.HeartbeatInterval
 	}
+	if cfg.HostLoadEvery == 0 {
+		cfg.HostLoadEvery = defaultHostLoadEvery
+	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 25 << 20
 	}
@@ -241,7 +247,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop}
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
 			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })

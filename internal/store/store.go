@@ -99,6 +99,9 @@ type ReadTx interface {
 	// SlowestRuns returns the n longest runs of the jobs f selects
 	// (f.Level is ignored), longest first.
 	SlowestRuns(f StatsFilter, n int) ([]SlowRun, error)
+	// HostLoad returns a host's load records at or after since, oldest
+	// first.
+	HostLoad(host string, since time.Time) ([]HostLoad, error)
 	// Audit lists audit entries, newest (highest Seq) first.
 	Audit(f AuditFilter) ([]AuditEntry, error)
 }
@@ -155,6 +158,12 @@ type Tx interface {
 	// PutProfile stores a runner's profile (replacing one it had) and
 	// deletes its samples.
 	PutProfile(p Profile) error
+
+	// AddHostLoad records hosts' load (one record per host and time; a
+	// second one for the same replaces the first). PruneHostLoad deletes
+	// the records from before a time and says how many went.
+	AddHostLoad(loads []HostLoad) error
+	PruneHostLoad(before time.Time) (int64, error)
 
 	// AppendAudit adds an entry to the audit log and returns its Seq. An
 	// entry needs a time, an actor and an action (ErrInvalid otherwise).
