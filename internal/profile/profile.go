@@ -177,6 +177,9 @@ func Build(samples []Sample, vcpus float64, memBytes int64, maxPoints int) Profi
 	return p
 }
 
+// round rounds f to 1/per.
+func round(f, per float64) float64 { return math.Round(f*per) / per }
+
 func finite(f float64) float64 {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0
@@ -256,6 +259,10 @@ func points(ivs []interval, n int) []Point {
 			cur.Write /= cur.Seconds
 			cur.Rx /= cur.Seconds
 			cur.Tx /= cur.Seconds
+			// A chart needs no more: rounding keeps a stored profile small.
+			cur.Seconds, cur.CPU, cur.CPUPeak, cur.HostCPU = round(cur.Seconds, 1e3), round(cur.CPU, 1e3), round(cur.CPUPeak, 1e3), round(cur.HostCPU, 1e3)
+			cur.Read, cur.Write, cur.Rx, cur.Tx = math.Round(cur.Read), math.Round(cur.Write), math.Round(cur.Rx), math.Round(cur.Tx)
+			cur.Load1 = round(cur.Load1, 1e2)
 			out = append(out, *cur)
 		}
 		cur = nil
