@@ -3,7 +3,8 @@
 # packages, build Tandem and its test images, run a command in a microVM,
 # then bring up the whole system (`tandem up`: control plane, SQLite and
 # this host's agent) against ghfake, the GitHub emulator, and watch a
-# workflow job labelled tandem-arm64-1cpu-0.25gb get its own fresh VM.
+# workflow job labelled tandem-arm64-1cpu-0.25gb get its own fresh VM; it
+# ends with the dashboard's address (and, at a terminal, keeps running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -56,6 +57,9 @@ github:
 agent:
   emulate: [arm64]
 EOF
+# Four weeks of made-up history (several orgs, both architectures, profiles),
+# so that the dashboard, `tandem insights` and `tandem rightsize` show something.
+bin/tandem dev seed --config "$demo/config.yaml"
 # The operator commands find tandem there.
 export TANDEM_SERVER=http://$host:8080
 echo
@@ -85,3 +89,11 @@ curl -sf http://$gh:9000/_ghfake/jobs | jq -r ".[] | select(.id == $job) | .outp
 echo '$ tandem hosts'
 bin/tandem hosts
 [ "$state" = completed ]
+echo '$ tandem rightsize   # the seeded history: sizes asked against what the jobs used'
+bin/tandem rightsize | sed -n 1,6p
+echo
+echo "The dashboard: http://$host:8080/ (from this machine; log in with the token in /var/lib/tandem/api-admin-token)"
+if [ -t 0 ]; then
+  echo 'Tandem keeps running for you to look around; Ctrl-C ends the demo.'
+  wait
+fi

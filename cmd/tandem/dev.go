@@ -23,8 +23,8 @@ import (
 )
 
 func devCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "dev", Short: "Developer tools: a GitHub emulator to try Tandem without GitHub"}
-	cmd.AddCommand(devGHFakeCmd(g))
+	cmd := &cobra.Command{Use: "dev", Short: "Developer tools: a GitHub emulator to try Tandem without GitHub, a demo history"}
+	cmd.AddCommand(devGHFakeCmd(g), devSeedCmd(g))
 	return cmd
 }
 

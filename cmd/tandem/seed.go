@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandem-ci/tandem/internal/config"
+	"github.com/tandem-ci/tandem/internal/demo"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/sqlite"
+)
+
+// seedBatch is how many jobs one transaction writes.
+const seedBatch = 1000
+
+func devSeedCmd(g *globals) *cobra.Command {
+	var cfgPath, dbPath string
+	var o demo.Options
+	cmd := &cobra.Command{
+		Use:   "seed (--config FILE | --database PATH) [--days 28] [--per-day 300]",
+		Short: "Fill a database with a realistic history of jobs and profiles, for a demo",
+		Long: `Fill a Tandem database with a generated history: several organisations, both
+architectures, failures (more on arm64 where a project is porting), rush hours, a
+job that got slower this week, jobs asking for far more than they use and one
+short of memory, with the last week's resource profiles. The dashboard,
+tandem insights and tandem rightsize then have something to show on a new
+machine. Job ids start at 9,000,000,000,000, far from GitHub's; seeding twice
+with the same --seed adds nothing. Do not seed a production database.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case (cfgPath == "") == (dbPath == ""):
+				return errors.New("give --config or --database")
+			case cfgPath != "":
+				cfg, err := config.Load(cfgPath)
+				if err != nil {
+					return err
+				}
+				dataDir := cfg.DataDir
+				if dataDir == "" {
+					dataDir = g.dataDir
+				}
+				dbPath = cfg.DatabasePath(dataDir)
+			}
+			ctx := cmd.Context()
+			st, err := sqlite.Open(ctx, dbPath, sqlite.Options{})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			h := demo.Make(time.Now().UTC(), o)
+			jobs, profiles, err := seed(ctx, st, h)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d jobs and %d profiles added (%d and %d were there)\n",
+				filepath.Clean(dbPath), jobs, profiles, len(h.Jobs)-jobs, len(h.Profiles)-profiles)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfgPath, "config", "", "the config whose database to fill")
+	f.StringVar(&dbPath, "database", "", "the SQLite database to fill")
+	f.IntVar(&o.Days, "days", 28, "days of history, up to now")
+	f.IntVar(&o.PerDay, "per-day", 300, "jobs a day, on average")
+	f.Uint64Var(&o.Seed, "seed", 1, "the generator's seed")
+	return cmd
+}
+
+// seed writes a history, skipping the jobs and profiles st has already,
+// and says how many it added.
+func seed(ctx context.Context, st store.Store, h demo.History) (jobs, profiles int, err error) {
+	for lo := 0; lo < len(h.Jobs); lo += seedBatch {
+		batch := h.Jobs[lo:min(lo+seedBatch, len(h.Jobs))]
+		n := 0
+		err := st.Update(ctx, func(tx store.Tx) error {
+			n = 0
+			for _, j := range batch {
+				err := tx.CreateJob(j, store.Event{Source: "demo", Reason: j.Reason})
+				if errors.Is(err, store.ErrExists) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return jobs, profiles, fmt.Errorf("seeding jobs: %w", err)
+		}
+		jobs += n
+	}
+	for lo := 0; lo < len(h.Profiles); lo += seedBatch {
+		batch := h.Profiles[lo:min(lo+seedBatch, len(h.Profiles))]
+		n := 0
+		err := st.Update(ctx, func(tx store.Tx) error {
+			n = 0
+			for _, p := range batch {
+				if _, err := tx.Profile(p.Runner); err == nil {
+					continue
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+				if err := tx.PutProfile(p); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return jobs, profiles, fmt.Errorf("seeding profiles: %w", err)
+		}
+		profiles += n
+	}
+	return jobs, profiles, nil
+}
