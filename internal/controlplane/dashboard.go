@@ -9,13 +9,14 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/dashboard"
+	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
 // dashBackend is the dashboard's view of the control plane: the same
 // queries as the JSON API (listJobs, jobDetail, hostViews, runnerViews,
-// openJobLog, setHostState, auditLog), with the API's scoping, converted to
-// the dashboard's types.
+// openJobLog, jobProfile, rightsizeFor, setHostState, auditLog), with the
+// API's scoping, converted to the dashboard's types.
 type dashBackend struct{ a *api }
 
 var _ dashboard.Backend = dashBackend{}
@@ -131,6 +132,25 @@ func (b dashBackend) JobLog(ctx context.Context, s dashboard.Scope, id int64, ma
 		return "", false, err
 	}
 	return strings.ToValidUTF8(string(buf), "\uFFFD"), true, nil
+}
+
+func (b dashBackend) JobProfile(ctx context.Context, s dashboard.Scope, id int64) (dashboard.Profile, bool, error) {
+	v, err := b.a.jobProfile(ctx, b.principal(s), id)
+	if errors.Is(err, errNoProfile) {
+		return dashboard.Profile{}, false, nil
+	}
+	if err != nil {
+		return dashboard.Profile{}, false, err
+	}
+	return dashboard.Profile{Live: v.Live, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, Profile: v.Profile}, true, nil
+}
+
+func (b dashBackend) Rightsize(ctx context.Context, s dashboard.Scope, q dashboard.RightsizeQuery) (dashboard.Rightsize, error) {
+	v, err := b.a.rightsizeFor(ctx, b.principal(s), q.Org, q.Repo, q.Days, rightsize.DefaultRuns)
+	if err != nil {
+		return dashboard.Rightsize{}, err
+	}
+	return dashboard.Rightsize{Days: v.Days, Runs: v.Runs, Partial: v.Partial, Advice: v.Advice}, nil
 }
 
 func (b dashBackend) Hosts(ctx context.Context) ([]dashboard.Host, error) {

@@ -21,7 +21,9 @@
 //
 // Pages refresh themselves without a reload: static/live.js fetches the
 // same URL with ?fragment=1 every two seconds and swaps the page's live
-// region. Without JavaScript the pages are plain tables.
+// region (a job's log tail stays scrolled to its end while it grows).
+// Without JavaScript the pages are plain tables, and charts are inline SVG
+// drawn on the server (chart.go).
 package dashboard
 
 import (
@@ -60,6 +62,12 @@ type Backend interface {
 	// Audit lists the audit log, newest first (before: a Seq, 0 for the
 	// newest).
 	Audit(ctx context.Context, before int64, limit int) ([]store.AuditEntry, error)
+	// JobProfile returns a job's resource profile, and false when its VM
+	// has sent no samples (it has not run, or ran where none are taken).
+	JobProfile(ctx context.Context, s Scope, id int64) (Profile, bool, error)
+	// Rightsize advises on the logical jobs s sees, from the profiles of
+	// their runs over the last q.Days days.
+	Rightsize(ctx context.Context, s Scope, q RightsizeQuery) (Rightsize, error)
 	// HostAction drains, cordons or uncordons a host for by, recording it
 	// in the audit log, and returns the host's new state.
 	HostAction(ctx context.Context, host, action string, by Actor) (string, error)
@@ -83,7 +91,7 @@ type Actor struct {
 
 // JobQuery selects jobs for the Jobs page.
 type JobQuery struct {
-	Org, Repo string
+	Org, Repo string // exact, without case
 	States    []string
 	Arch      string
 	Offset    int
@@ -190,6 +198,7 @@ type Dashboard struct {
 	sessions *sessions
 	pages    map[string]*template.Template
 	static   http.Handler
+	notes    noteCache // right-size advice for job pages
 }
 
 // New returns a Dashboard.
@@ -222,6 +231,7 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	page("GET /queue", false, d.queue)
 	page("GET /jobs", false, d.jobs)
 	page("GET /jobs/{id}", false, d.job)
+	page("GET /rightsize", false, d.rightsizePage)
 	page("GET /hosts", false, d.hosts)
 	page("GET /hosts/{id}", false, d.host)
 	page("POST /hosts/{id}/{action}", true, d.hostAction)

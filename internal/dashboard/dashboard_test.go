@@ -14,17 +14,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
 // fakeBackend keeps a few jobs and hosts and scopes them as the control
 // plane does: a scoped token sees only its orgs' jobs.
 type fakeBackend struct {
-	mu      sync.Mutex
-	tokens  map[string]Scope
-	jobs    []Job
-	hosts   []Host
-	actions []string // "label action host addr"
+	mu        sync.Mutex
+	tokens    map[string]Scope
+	jobs      []Job
+	hosts     []Host
+	actions   []string // "label action host addr"
+	logs      map[int64]string
+	profiles  map[int64]Profile
+	advice    []rightsize.Advice // with the org of each in orgOf
+	rsQueries []RightsizeQuery
+	jobCalls  int
 }
 
 func newFake() *fakeBackend {
@@ -55,11 +61,19 @@ func (f *fakeBackend) Summary(ctx context.Context, s Scope, since time.Time) (Su
 }
 
 func (f *fakeBackend) Jobs(ctx context.Context, s Scope, q JobQuery) ([]Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.jobCalls++
 	var out []Job
 	for _, j := range f.jobs {
-		if f.sees(s, j.Org) && (len(q.States) == 0 || slices.Contains(q.States, j.State)) {
+		if f.sees(s, j.Org) && (len(q.States) == 0 || slices.Contains(q.States, j.State)) &&
+			(q.Repo == "" || strings.EqualFold(q.Repo, j.Repo)) {
 			out = append(out, j)
 		}
+	}
+	out = out[min(q.Offset, len(out)):]
+	if q.Limit > 0 {
+		out = out[:min(q.Limit, len(out))]
 	}
 	return out, nil
 }
@@ -74,7 +88,38 @@ func (f *fakeBackend) Job(ctx context.Context, s Scope, id int64) (Job, error) {
 }
 
 func (f *fakeBackend) JobLog(ctx context.Context, s Scope, id int64, max int64) (string, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l, ok := f.logs[id]; ok {
+		return l[max64(0, int64(len(l))-max):], true, nil
+	}
 	return "line 1\n<b>not bold</b>\n", true, nil
+}
+
+func max64(a, b int64) int64 { return max(a, b) }
+
+func (f *fakeBackend) JobProfile(ctx context.Context, s Scope, id int64) (Profile, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.profiles[id]
+	return p, ok, nil
+}
+
+// Rightsize scopes advice as the control plane does: by the org of each
+// logical job's repository.
+func (f *fakeBackend) Rightsize(ctx context.Context, s Scope, q RightsizeQuery) (Rightsize, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rsQueries = append(f.rsQueries, q)
+	out := Rightsize{Days: q.Days, Advice: []rightsize.Advice{}}
+	for _, a := range f.advice {
+		org, _, _ := strings.Cut(a.Repo, "/")
+		if f.sees(s, org) && (q.Org == "" || strings.EqualFold(q.Org, org)) && (q.Repo == "" || strings.EqualFold(q.Repo, a.Repo)) {
+			out.Advice = append(out.Advice, a)
+			out.Runs += a.Runs
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeBackend) Hosts(ctx context.Context) ([]Host, error) {
@@ -172,7 +217,7 @@ func csrfOf(t *testing.T, body string) string {
 
 func TestUnauthenticatedRedirects(t *testing.T) {
 	e := newEnv(t)
-	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/hosts", "/hosts/h1", "/audit"} {
+	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/rightsize", "/hosts", "/hosts/h1", "/audit"} {
 		w := e.do("GET", p, nil, nil, nil)
 		if w.Code != http.StatusSeeOther || !strings.HasPrefix(w.Header().Get("Location"), "/login?next=") {
 			t.Errorf("GET %s without a session: %d %q, want a redirect to /login", p, w.Code, w.Header().Get("Location"))
@@ -239,7 +284,8 @@ func TestLoginSessionCookie(t *testing.T) {
 func TestPagesAndHeaders(t *testing.T) {
 	e := newEnv(t)
 	c := e.login("admin-token")
-	for _, p := range []string{"/", "/queue", "/jobs", "/jobs?state=running&arch=arm64&page=2", "/jobs/1", "/jobs/2", "/hosts", "/hosts/h1", "/audit"} {
+	for _, p := range []string{"/", "/queue", "/jobs", "/jobs?state=running&arch=arm64&page=2", "/jobs?label=x&q=app", "/jobs/1", "/jobs/2",
+		"/rightsize", "/rightsize?org=acme&days=7", "/hosts", "/hosts/h1", "/audit"} {
 		w := e.do("GET", p, c, nil, nil)
 		if w.Code != http.StatusOK {
 			t.Errorf("GET %s: %d %s", p, w.Code, w.Body)
@@ -271,7 +317,8 @@ func TestPagesAndHeaders(t *testing.T) {
 	if w.Code != 200 || strings.Contains(w.Body.String(), "<html") || !strings.Contains(w.Body.String(), "no host has 64 vCPU free") {
 		t.Errorf("queue fragment: %d\n%s", w.Code, w.Body)
 	}
-	for _, bad := range []string{"/jobs?state=nonsense", "/jobs?page=-1", "/jobs?arch=sparc", "/audit?before=x"} {
+	for _, bad := range []string{"/jobs?state=nonsense", "/jobs?page=-1", "/jobs?arch=sparc", "/audit?before=x",
+		"/jobs?q=" + strings.Repeat("x", 201), "/rightsize?days=90", "/rightsize?days=x", "/rightsize?repo=" + strings.Repeat("x", 201)} {
 		if w := e.do("GET", bad, c, nil, nil); w.Code != http.StatusBadRequest {
 			t.Errorf("GET %s: %d, want 400", bad, w.Code)
 		}

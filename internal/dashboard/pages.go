@@ -12,12 +12,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
 // pageNames are the templates in templates/, each rendered inside
 // layout.html (or alone, as its "content", for a live fragment).
-var pageNames = []string{"overview", "queue", "jobs", "job", "hosts", "host", "audit", "login", "error"}
+var pageNames = []string{"overview", "queue", "jobs", "job", "rightsize", "hosts", "host", "audit", "login", "error"}
 
 // waitingStates are the states of a job that has not started yet.
 var waitingStates = []string{string(store.JobWaiting), string(store.JobQueued), string(store.JobScheduled),
@@ -60,7 +61,10 @@ var funcs = template.FuncMap{
 			Jobs []Job
 		}{now, jobs}
 	},
-	"short": func(s string) string { return s[:min(len(s), 12)] },
+	"short":        func(s string) string { return s[:min(len(s), 12)] },
+	"gibbytes":     gbOf,
+	"cpu1":         cpuOf,
+	"rightsizeURL": rightsizeURL,
 }
 
 func pct(used, total float64) int {
@@ -89,7 +93,7 @@ func parsePages() map[string]*template.Template {
 	out := map[string]*template.Template{}
 	for _, name := range pageNames {
 		out[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS,
-			"templates/layout.html", "templates/"+name+".html"))
+			"templates/layout.html", "templates/chart.html", "templates/"+name+".html"))
 	}
 	return out
 }
@@ -135,7 +139,7 @@ func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, s *session, c
 	w.Write(buf.Bytes())
 }
 
-var titles = map[string]string{"overview": "Overview", "queue": "Queue", "jobs": "Jobs", "job": "Job",
+var titles = map[string]string{"overview": "Overview", "queue": "Queue", "jobs": "Jobs", "job": "Job", "rightsize": "Right-sizing",
 	"hosts": "Hosts", "host": "Host", "audit": "Audit log", "login": "Log in", "error": "Error"}
 
 var liveNames = map[string]bool{"overview": true, "queue": true, "jobs": true, "job": true, "hosts": true, "host": true}
@@ -194,16 +198,20 @@ func (d *Dashboard) queue(w http.ResponseWriter, r *http.Request, s *session) {
 type jobsData struct {
 	Query            JobQuery
 	State            string
+	Label, Search    string
 	States, Arches   []string
 	Jobs             []Job
 	Page             int
 	PrevURL, NextURL string
+	Truncated        bool // the search stopped at searchWindow jobs
+	Window           int
 }
 
 func (d *Dashboard) jobs(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
 	data := jobsData{Query: JobQuery{Org: q.Get("org"), Repo: q.Get("repo"), Arch: q.Get("arch")},
-		State: q.Get("state"), Arches: []string{"amd64", "arm64"}, Page: 1}
+		State: q.Get("state"), Label: q.Get("label"), Search: q.Get("q"), Arches: []string{"amd64", "arm64"}, Page: 1,
+		Window: searchWindow}
 	for _, st := range store.JobStates {
 		data.States = append(data.States, string(st))
 	}
@@ -218,8 +226,8 @@ func (d *Dashboard) jobs(w http.ResponseWriter, r *http.Request, s *session) {
 		d.fail(w, r, s, fmt.Errorf("%w: unknown arch", errBadRequest), "")
 		return
 	}
-	if len(data.Query.Org) > 100 || len(data.Query.Repo) > 200 {
-		d.fail(w, r, s, fmt.Errorf("%w: org or repo too long", errBadRequest), "")
+	if len(data.Query.Org) > 100 || len(data.Query.Repo) > 200 || len(data.Label) > 200 || len(data.Search) > 200 {
+		d.fail(w, r, s, fmt.Errorf("%w: org, repo, label or search too long", errBadRequest), "")
 		return
 	}
 	if v := q.Get("page"); v != "" {
@@ -231,14 +239,21 @@ func (d *Dashboard) jobs(w http.ResponseWriter, r *http.Request, s *session) {
 		data.Page = n
 	}
 	data.Query.Offset, data.Query.Limit = (data.Page-1)*jobsPerPage, jobsPerPage+1
-	jobs, err := d.be.Jobs(r.Context(), s.scope, data.Query)
+	var jobs []Job
+	var err error
+	if m := newJobMatch(data.Label, data.Search); m.empty() {
+		jobs, err = d.be.Jobs(r.Context(), s.scope, data.Query)
+	} else {
+		jobs, data.Truncated, err = d.searchJobs(r.Context(), s.scope, data.Query, m)
+	}
 	if err != nil {
 		d.fail(w, r, s, err, "")
 		return
 	}
 	pageURL := func(n int) string {
 		v := url.Values{}
-		for k, x := range map[string]string{"org": data.Query.Org, "repo": data.Query.Repo, "state": data.State, "arch": data.Query.Arch} {
+		for k, x := range map[string]string{"org": data.Query.Org, "repo": data.Query.Repo, "state": data.State,
+			"arch": data.Query.Arch, "label": data.Label, "q": data.Search} {
 			if x != "" {
 				v.Set(k, x)
 			}
@@ -258,9 +273,12 @@ func (d *Dashboard) jobs(w http.ResponseWriter, r *http.Request, s *session) {
 }
 
 type jobData struct {
-	Job    Job
-	Log    string
-	HasLog bool
+	Job     Job
+	Log     string
+	HasLog  bool
+	Follow  bool // the job runs: its log grows
+	Profile *profileView
+	Advice  *rightsize.Advice // for the job's logical job, if any
 }
 
 func (d *Dashboard) job(w http.ResponseWriter, r *http.Request, s *session) {
@@ -279,7 +297,21 @@ func (d *Dashboard) job(w http.ResponseWriter, r *http.Request, s *session) {
 		d.fail(w, r, s, err, "job")
 		return
 	}
-	d.render(w, r, s, http.StatusOK, "job", jobData{Job: j, Log: log, HasLog: ok})
+	data := jobData{Job: j, Log: log, HasLog: ok, Follow: j.State == string(store.JobRunning)}
+	p, ok, err := d.be.JobProfile(r.Context(), s.scope, id)
+	if err != nil {
+		d.fail(w, r, s, err, "job")
+		return
+	}
+	if ok {
+		v := makeProfileView(p)
+		data.Profile = &v
+	}
+	if data.Advice, err = d.note(r.Context(), s.scope, j); err != nil {
+		d.fail(w, r, s, err, "job")
+		return
+	}
+	d.render(w, r, s, http.StatusOK, "job", data)
 }
 
 func (d *Dashboard) hosts(w http.ResponseWriter, r *http.Request, s *session) {
