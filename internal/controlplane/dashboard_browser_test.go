@@ -3,6 +3,7 @@ package controlplane_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -34,8 +37,12 @@ func chromium(t *testing.T) string {
 // runners, no VMs): log in with a token; drain the host with its button
 // and see its state change; watch two jobs appear queued on the Jobs page
 // (the host is draining) and become completed once it is uncordoned,
-// without a reload; and a read:acme token sees neither globex's job in the
-// list nor its page by URL. A screenshot of each page goes to
+// without a reload; open a running job whose agent sends resource samples
+// and see its profile charted, marked live, with its logical job's
+// right-size note, and its log tail grow and stay scrolled to the end,
+// without a reload; open the Right-sizing page; and a read:acme token sees
+// neither globex's job in the list nor its page by URL, nor globex's
+// right-size advice. A screenshot of each page goes to
 // $TANDEM_SCREENSHOTS, or a temporary directory the log names.
 func TestDashboardInBrowser(t *testing.T) {
 	exe := chromium(t)
@@ -48,11 +55,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	t.Logf("screenshots in %s", shots)
 
+	var logDir string
 	r := newRig(t, rigOptions{configure: func(c *controlplane.Config) {
 		c.APITokens = append(c.APITokens, controlplane.APIToken{Secret: acmeReader, Orgs: []string{"acme"}})
+		logDir = c.LogDir
 	}})
 	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	r.gh.AddInstallation("globex", ghfake.AccountOrganization, "globex/web")
+	putRightsizeHistory(t, r)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
 		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
@@ -189,6 +199,74 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	shot("job")
 
+	// A job that runs a while, with a history of runs of its logical job:
+	// its page shows the right-size note, its resource profile live (the
+	// samples an agent sends, charted), and its log tail growing, kept
+	// scrolled to the end, without a reload.
+	long := r.queue("acme/app", "tandem-4cpu-4gb", "sleep 30")
+	r.waitStates([]int64{long}, 20*time.Second, store.JobRunning)
+	lj, _ := r.job(long)
+	if lj.Workflow != historyJob.Workflow || lj.Name != historyJob.Name || lj.Arch != historyJob.Arch {
+		t.Fatalf("the job runs as %s / %s / %s, but its history was stored as %s / %s / %s",
+			lj.Workflow, lj.Name, lj.Arch, historyJob.Workflow, historyJob.Name, historyJob.Arch)
+	}
+	r.cp.HostSamples("h1", []agentapi.RunnerSamples{{Runner: lj.RunnerName, Samples: demoSamples(time.Now())}})
+	logPath := filepath.Join(logDir, lj.RunnerName+".log")
+	appendLog := func(from, to int, last string) {
+		t.Helper()
+		f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for i := from; i < to; i++ {
+			fmt.Fprintf(f, "2026-01-02T03:%02d:%02dZ [build] step %d: compiling package %d of %d <ok>\n", i/60%60, i%60, i, i, to)
+		}
+		fmt.Fprintln(f, last)
+	}
+	appendLog(0, 120, "checkout done")
+	jobURL := fmt.Sprintf("%s/jobs/%d", base, long)
+	do("open the running job", chromedp.Navigate(jobURL), chromedp.WaitVisible(chromedp.ID("log")))
+	eval(mark)
+	waitFor("the CPU chart", "#chart-cpu svg polyline", 15*time.Second)
+	waitFor("the profile marked live", "#profile-live", 5*time.Second)
+	waitFor("the right-size note", "#rightsize-note", 5*time.Second)
+	if note := text("#rightsize-note"); !strings.Contains(note, "2cpu-1gb would do") {
+		t.Errorf("right-size note %q, want a suggestion of 2cpu-1gb", note)
+	}
+	if sum := text("#profile-summary"); !strings.Contains(sum, "vCPU") || !strings.Contains(sum, "MiB") {
+		t.Errorf("profile summary:\n%s", sum)
+	}
+	for _, id := range []string{"chart-mem", "chart-io", "chart-net"} {
+		if n := eval(fmt.Sprintf(`String(document.querySelectorAll('#%s svg polyline').length)`, id)); n != "2" {
+			t.Errorf("%s has %s lines, want 2", id, n)
+		}
+	}
+	atEnd := `(function () { var l = document.getElementById("log");
+		return String(l.scrollHeight > l.clientHeight && l.scrollTop + l.clientHeight >= l.scrollHeight - 4); })()`
+	if v := eval(atEnd); v != "true" {
+		t.Errorf("the log tail is not scrolled to its end on load (%s)", v)
+	}
+	appendLog(120, 160, "FOLLOW-MARK: tests passed")
+	r.waitFor("the new log lines on the page", 10*time.Second, func() bool {
+		return strings.Contains(eval(`document.getElementById("log").textContent`), "FOLLOW-MARK")
+	})
+	if v := eval(atEnd); v != "true" {
+		t.Errorf("the log tail did not follow its new lines (%s)", v)
+	}
+	if m := eval(`window.tandemMarker || "reloaded"`); m != "no reload" {
+		t.Errorf("the job page reloaded (marker %q): it should update in place", m)
+	}
+	do("scroll to the profile", chromedp.ScrollIntoView(chromedp.ID("rightsize-note")))
+	shot("job-profile")
+
+	// The Right-sizing page: the advice for acme's and globex's jobs.
+	do("open right-sizing", chromedp.Navigate(base+"/rightsize"), chromedp.WaitVisible(chromedp.ID("rightsize")))
+	if rs := text("#rightsize"); !strings.Contains(rs, "acme/app") || !strings.Contains(rs, "globex/web") || !strings.Contains(rs, "tandem-amd64-2cpu-1gb") {
+		t.Errorf("right-sizing page:\n%s", rs)
+	}
+	shot("rightsize")
+
 	do("open hosts", chromedp.Navigate(base+"/hosts"), chromedp.WaitVisible(chromedp.CSS(`tr[data-host="h1"]`)))
 	shot("hosts")
 	do("open audit", chromedp.Navigate(base+"/audit"), chromedp.WaitVisible(chromedp.CSS("table")))
@@ -214,9 +292,83 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("a read:acme token sees globex in the list:\n%s", list)
 	}
 	shot("jobs-scoped")
+	do("acme's right-sizing", chromedp.Navigate(base+"/rightsize?repo=globex/web"), chromedp.WaitVisible(chromedp.ID("rightsize")))
+	if rs := text("#rightsize"); strings.Contains(rs, "globex") {
+		t.Errorf("a read:acme token sees globex's advice:\n%s", rs)
+	}
+	do("acme's right-sizing", chromedp.Navigate(base+"/rightsize"), chromedp.WaitVisible(chromedp.CSS(`#rightsize tr[data-repo="acme/app"]`)))
 	do("globex's job by URL", chromedp.Navigate(fmt.Sprintf("%s/jobs/%d", base, globex)), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if title, body := text("main h1"), text("main"); title != "Not found" || strings.Contains(body, "globex") {
 		t.Errorf("a read:acme token opening globex's job: %q\n%s", title, body)
 	}
 	r.waitStates([]int64{acme, globex}, 5*time.Second, store.JobCompleted)
+}
+
+// historyJob is the logical job of a job ghfake queues in acme/app with
+// runs-on: tandem-4cpu-4gb.
+var historyJob = store.Job{Org: "acme", Repo: "acme/app", Workflow: "CI", Name: "build", Labels: []string{"tandem-4cpu-4gb"},
+	Arch: "amd64", VCPUs: 4, MemoryMiB: 4096}
+
+// putRightsizeHistory stores six profiled runs of historyJob (at most
+// 1.55 vCPU and 800 MiB at their peaks: a 2-vCPU, 1-GiB VM would do) and
+// six of a globex job, as ended runs leave them.
+func putRightsizeHistory(t *testing.T, r *rig) {
+	t.Helper()
+	j := historyJob
+	now := time.Now()
+	err := r.st.Update(t.Context(), func(tx store.Tx) error {
+		for i := range 6 {
+			for k, h := range []store.Job{
+				{Org: j.Org, Repo: j.Repo, Workflow: j.Workflow, Name: j.Name, Labels: j.Labels, Arch: j.Arch, VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB},
+				{Org: "globex", Repo: "globex/web", Workflow: "CI", Name: "e2e", Labels: []string{"tandem-arm64-8cpu-16gb"}, Arch: "arm64", VCPUs: 8, MemoryMiB: 16384},
+			} {
+				h.ID = int64(900000 + 10*i + k)
+				h.State, h.UpdatedAt, h.QueuedAt = store.JobCompleted, now, now.Add(-time.Hour)
+				if err := tx.CreateJob(h, store.Event{}); err != nil {
+					return err
+				}
+				sum := profile.Summary{Samples: 300, Seconds: 300, VCPUs: h.VCPUs, MemoryBytes: int64(h.MemoryMiB) << 20,
+					CPUPeak: 1.3 + 0.05*float64(i), CPUAvg: 0.9, MemPeak: (700 + 20*int64(i)) << 20, MemAvg: 450 << 20}
+				if err := tx.PutProfile(store.Profile{Runner: fmt.Sprintf("hist-%d", h.ID), JobID: h.ID, EndedAt: now.Add(-time.Duration(i) * time.Hour),
+					Profile: profile.Profile{Summary: sum}}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// demoSamples is nine minutes of a 4-vCPU, 4-GiB VM building and testing
+// some code, one sample a second ending at end, as an agent sends them:
+// checkout (network), a build (CPU, disk writes), tests (memory), upload.
+func demoSamples(end time.Time) []profile.Sample {
+	const n = 540
+	var out []profile.Sample
+	var cpu, read, write, rx, tx float64
+	for i := range n {
+		f := float64(i) / n
+		var c, mem, r, w, in, o float64
+		switch {
+		case f < 0.12: // checkout and dependencies
+			c, mem, in, w = 0.3+0.2*math.Sin(float64(i)), 180+600*f, 9e6+3e6*math.Sin(float64(i)/3), 4e6
+		case f < 0.55: // build
+			c, mem, r, w = 1.75+0.2*math.Sin(float64(i)/5), 300+200*math.Sin(f*9), 2e6, 6e6+4e6*math.Sin(float64(i)/7)
+		case f < 0.9: // tests
+			c, mem, r, w = 1.1+0.5*math.Sin(float64(i)/4), 420+360*(f-0.55)/0.35, 1e6, 1e6
+		default: // upload
+			c, mem, o = 0.2, 350, 5e6
+		}
+		cpu += c
+		read, write, rx, tx = read+r, write+w, rx+in+2e3, tx+o+1e3
+		mib := int64(mem) << 20
+		out = append(out, profile.Sample{At: end.Add(time.Duration(i-n) * time.Second),
+			CPUSeconds: cpu * 1.08, RSS: mib + 180<<20, DiskAlloc: int64(write) / 2, DiskRead: int64(read), DiskWrite: int64(write),
+			NetRx: int64(rx), NetTx: int64(tx), GuestOK: true, GuestCPUSeconds: cpu, Load1: c * 1.2,
+			MemTotal: 4 << 30, MemAvailable: 4<<30 - mib, DiskUsed: 2<<30 + int64(write)/3, DiskTotal: 20 << 30, Procs: 40 + int(c*30)})
+	}
+	return out
 }
