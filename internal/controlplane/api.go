@@ -62,6 +62,7 @@ type api struct {
 	log      *slog.Logger
 	now      func() time.Time
 	labels   *labels.Parser       // the runs-on labels (right-sizing's suggested labels)
+	advice   *adviceCache         // right-sizing's recent answers
 	dash     *dashboard.Dashboard // its sessions live in memory
 }
 
@@ -77,7 +78,7 @@ type apiControl interface {
 
 func newAPI(s *Server) *api {
 	a := &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
-		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels}
+		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels, advice: newAdviceCache()}
 	a.dash = dashboard.New(dashboard.Config{Backend: dashBackend{a}, Logger: s.log.With("part", "dashboard"), Now: s.now})
 	return a
 }

@@ -67,11 +67,11 @@ func (b dashBackend) Summary(ctx context.Context, s dashboard.Scope, since time.
 				sum.States[string(j.State)]++
 			}
 		}
-		today, err := tx.Jobs(store.JobFilter{Orgs: p.scope(), QueuedSince: since})
+		today, err := tx.CountQueuedSince(since, p.scope())
 		if err != nil {
 			return err
 		}
-		sum.Today = len(today)
+		sum.Today = today
 		hosts, err := tx.Hosts()
 		if err != nil {
 			return err

@@ -11,7 +11,8 @@ import (
 )
 
 // Insights: per org, repository, workflow or job, the numbers of a period
-// (1, 7, 14 or 28 days) beside those of the period before it; the jobs
+// (the last 1, 7, 14 or 28 UTC days, today's so far included) beside those
+// of the period before it; the jobs
 // whose median run time grew week over week; the longest runs. The store
 // computes them (store.JobStats), over the jobs that ended in each period.
 
@@ -51,19 +52,25 @@ const (
 
 // insights computes the view for p.
 func (a *api) insights(ctx context.Context, p principal, days int, by store.StatsLevel, org, repo string) (InsightsView, error) {
-	until := a.now().UTC()
+	// Periods are whole UTC days (the store keeps statistics per day): the
+	// last days of them, today's so far included, and the days before.
+	now := a.now().UTC()
+	today := now.Truncate(24 * time.Hour)
 	period := time.Duration(days) * 24 * time.Hour
-	v := InsightsView{Days: days, By: by, Since: until.Add(-period), Until: until, Rows: []InsightRow{}, Increases: []Increase{}}
+	since := today.Add(-period + 24*time.Hour)
+	v := InsightsView{Days: days, By: by, Since: since, Until: now, Rows: []InsightRow{}, Increases: []Increase{}}
 	f := func(since, until time.Time, level store.StatsLevel) store.StatsFilter {
 		return store.StatsFilter{Since: since, Until: until, Level: level, Org: org, Repo: repo, Orgs: p.scope()}
 	}
+	dayBefore := func(t time.Time) time.Time { return t.Add(-24 * time.Hour) }
 	week := 7 * 24 * time.Hour
+	thisWeek := today.Add(-week + 24*time.Hour)
 	err := a.st.View(ctx, func(tx store.ReadTx) error {
-		cur, err := tx.JobStats(f(v.Since, until, by))
+		cur, err := tx.JobStats(f(since, now, by))
 		if err != nil {
 			return err
 		}
-		prev, err := tx.JobStats(f(v.Since.Add(-period), v.Since, by))
+		prev, err := tx.JobStats(f(since.Add(-period), dayBefore(since), by))
 		if err != nil {
 			return err
 		}
@@ -78,16 +85,16 @@ func (a *api) insights(ctx context.Context, p principal, days int, by store.Stat
 			}
 			v.Rows = append(v.Rows, row)
 		}
-		thisWeek, err := tx.JobStats(f(until.Add(-week), until, store.ByJob))
+		cw, err := tx.JobStats(f(thisWeek, now, store.ByJob))
 		if err != nil {
 			return err
 		}
-		lastWeek, err := tx.JobStats(f(until.Add(-2*week), until.Add(-week), store.ByJob))
+		lw, err := tx.JobStats(f(thisWeek.Add(-week), dayBefore(thisWeek), store.ByJob))
 		if err != nil {
 			return err
 		}
-		v.Increases = increases(lastWeek, thisWeek)
-		v.Slowest, err = tx.SlowestRuns(f(v.Since, until, by), slowestRuns)
+		v.Increases = increases(lw, cw)
+		v.Slowest, err = tx.SlowestRuns(f(since, now, by), slowestRuns)
 		return err
 	})
 	slices.SortFunc(v.Rows, func(x, y InsightRow) int {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/rightsize"
@@ -25,9 +28,59 @@ type RightsizeView struct {
 	Partial bool               `json:"partial,omitempty"` // more runs than were read
 }
 
+// adviceTTL is how long an answer is reused: advice moves as runs end,
+// slowly, and reading weeks of profiles for every page load would not do.
+const adviceTTL = time.Minute
+
+// adviceCache keeps recent answers, by question.
+type adviceCache struct {
+	mu sync.Mutex
+	m  map[string]adviceEntry // guarded by mu
+}
+
+type adviceEntry struct {
+	v  RightsizeView
+	at time.Time
+}
+
+func newAdviceCache() *adviceCache { return &adviceCache{m: map[string]adviceEntry{}} }
+
+func (c *adviceCache) get(key string, now time.Time) (RightsizeView, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	return e.v, ok && now.Sub(e.at) < adviceTTL
+}
+
+func (c *adviceCache) put(key string, v RightsizeView, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= 256 {
+		clear(c.m) // many questions: start again rather than grow
+	}
+	c.m[key] = adviceEntry{v: v, at: now}
+}
+
 // rightsizeFor advises on the logical jobs p may see, from profiles of the
-// last days; at most perJob runs each.
+// last days; at most perJob runs each. Answers are reused for adviceTTL.
 func (a *api) rightsizeFor(ctx context.Context, p principal, org, repo string, days, perJob int) (RightsizeView, error) {
+	scope := p.scope()
+	slices.Sort(scope)
+	key := fmt.Sprintf("%q %q %q %d %d", strings.Join(scope, ","), strings.ToLower(org), strings.ToLower(repo), days, perJob)
+	if p.orgs == nil {
+		key = "* " + key
+	}
+	if v, ok := a.advice.get(key, a.now()); ok {
+		return v, nil
+	}
+	v, err := a.computeRightsize(ctx, p, org, repo, days, perJob)
+	if err == nil {
+		a.advice.put(key, v, a.now())
+	}
+	return v, err
+}
+
+func (a *api) computeRightsize(ctx context.Context, p principal, org, repo string, days, perJob int) (RightsizeView, error) {
 	v := RightsizeView{Days: days, Advice: []rightsize.Advice{}}
 	var runs []store.ProfiledRun
 	err := a.st.View(ctx, func(tx store.ReadTx) error {

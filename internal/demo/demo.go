@@ -161,7 +161,7 @@ func (k jobKind) run(rng *rand.Rand, id int64, a arch.Arch, created, now time.Ti
 		Reason: "completed: " + conclusion, RunnerName: runner, HostID: fmt.Sprintf("%s-%02d", a, rng.IntN(6)+1),
 		Attempts: 1, HeadBranch: []string{"main", "main", "main", "release-1.7", "pr-" + fmt.Sprint(rng.IntN(900)+100)}[rng.IntN(5)],
 		HeadSHA: sha[:40], HTMLURL: fmt.Sprintf("https://github.com/%s/%s/actions/runs/%d/job/%d", owner, repoName, id/4*10+7, id),
-		Sender: []string{"dependabot[bot]", "maintainer-a", "maintainer-b", "contributor-c"}[rng.IntN(4)],
+		Sender:    []string{"dependabot[bot]", "maintainer-a", "maintainer-b", "contributor-c"}[rng.IntN(4)],
 		CreatedAt: created, QueuedAt: created.Add(time.Second), UpdatedAt: ended,
 		StartedAt: started, CompletedAt: ended, GitHubStartedAt: started, GitHubCompletedAt: ended,
 	}

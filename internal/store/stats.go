@@ -1,6 +1,9 @@
 package store
 
 import (
+	"maps"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/arch"
@@ -21,8 +24,9 @@ const (
 // StatsLevels lists the levels, coarsest first.
 var StatsLevels = []StatsLevel{ByOrg, ByRepo, ByWorkflow, ByJob}
 
-// StatsFilter selects the jobs that ended (CompletedAt) in [Since, Until),
-// grouped at Level and by architecture. Org and Repo compare without
+// StatsFilter selects the jobs that ended (CompletedAt) on the UTC days
+// from Since's to Until's, both included, grouped at Level and by
+// architecture (statistics are kept per day). Org and Repo compare without
 // case; Orgs, when not nil, keeps only those organisations' jobs.
 type StatsFilter struct {
 	Since, Until time.Time
@@ -43,7 +47,8 @@ type StatsKey struct {
 }
 
 // JobStats are a group's numbers over a period. Times are seconds; a
-// percentile is the nearest rank's (0 when no job had the time).
+// percentile is the nearest rank's bucket (see TimeBucket; 0 when no job
+// had the time).
 type JobStats struct {
 	StatsKey
 	Jobs int `json:"jobs"` // ended in the period, in any terminal state
@@ -67,4 +72,91 @@ type SlowRun struct {
 	Arch     arch.Arch `json:"arch"`
 	RunS     float64   `json:"run_s"`
 	HTMLURL  string    `json:"html_url,omitempty"`
+}
+
+// Times are kept, for statistics, in buckets an eighth of a power of two
+// wide (about 9%): bucket 0 holds times under a second, bucket b ≥ 1
+// those in [2^((b-1)/8), 2^(b/8)) seconds. A percentile is its
+// nearest-rank time's bucket, reported as the bucket's geometric middle:
+// within about 4.5% of the time itself.
+const bucketsPerDoubling = 8
+
+// TimeBucket is the bucket of a time in seconds.
+func TimeBucket(s float64) int {
+	if !(s >= 1) { // NaN too
+		return 0
+	}
+	return 1 + int(math.Floor(bucketsPerDoubling*math.Log2(s)))
+}
+
+// BucketTime is the time a bucket stands for: its geometric middle.
+func BucketTime(b int) float64 {
+	if b <= 0 {
+		return 0.5
+	}
+	return math.Exp2((float64(b) - 0.5) / bucketsPerDoubling)
+}
+
+// Histogram counts times by bucket.
+type Histogram map[int]int
+
+// Add counts one time of s seconds, or takes one away (n = -1).
+func (h Histogram) Add(s float64, n int) {
+	b := TimeBucket(s)
+	h[b] += n
+	if h[b] <= 0 {
+		delete(h, b)
+	}
+}
+
+// Merge adds o's counts to h.
+func (h Histogram) Merge(o Histogram) {
+	for b, n := range o {
+		h[b] += n
+	}
+}
+
+// Quantile is the nearest-rank q-quantile's bucket time (0 when empty).
+func (h Histogram) Quantile(q float64) float64 {
+	total := 0
+	for _, n := range h {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(q * float64(total)))
+	bs := slices.Sorted(maps.Keys(h))
+	seen := 0
+	for _, b := range bs {
+		seen += h[b]
+		if seen >= rank {
+			return BucketTime(b)
+		}
+	}
+	return BucketTime(bs[len(bs)-1])
+}
+
+// RunTimes are a job's run and queue times in seconds, as statistics count
+// them (GitHub's times where it gave them, else Tandem's), and whether
+// each is known.
+func (j Job) RunTimes() (run, queue float64, ran, queued bool) {
+	st, en, cr := j.StartedAt, j.CompletedAt, j.CreatedAt
+	if !j.GitHubStartedAt.IsZero() {
+		st = j.GitHubStartedAt
+	}
+	if !j.GitHubCompletedAt.IsZero() {
+		en = j.GitHubCompletedAt
+	}
+	if cr.IsZero() {
+		cr = j.QueuedAt
+	}
+	if st.IsZero() || en.Before(st) {
+		return 0, 0, false, false
+	}
+	run = float64(en.UnixMilli()-st.UnixMilli()) / 1000
+	if !cr.IsZero() && !st.Before(cr) {
+		queue, queued = float64(st.UnixMilli()-cr.UnixMilli())/1000, true
+	}
+	return run, queue, true, queued
 }

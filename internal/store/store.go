@@ -67,6 +67,9 @@ type ReadTx interface {
 	// CountJobs returns how many jobs are in each state (states with none
 	// are absent).
 	CountJobs() (map[JobState]int, error)
+	// CountQueuedSince counts the jobs Tandem learnt of at or after since,
+	// of orgs only when orgs is not nil (compared without case).
+	CountQueuedSince(since time.Time, orgs []string) (int, error)
 	JobEvents(jobID int64) ([]JobEvent, error)
 	Runner(name string) (Runner, error) // ErrNotFound
 	Runners(f RunnerFilter) ([]Runner, error)

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"context"
 	"database/sql"
 	"net/url"
 	"path/filepath"
@@ -106,5 +107,57 @@ func TestUpgradeFromV1(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("read credential after upgrade: %v", err)
+	}
+}
+
+// The jobs that ended before the statistics were kept are added to them
+// once, when the store opens (as after migration 0015).
+func TestJobStatsBackfill(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tandem.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	err = s.Update(ctx, func(tx store.Tx) error {
+		for i, run := range []time.Duration{time.Minute, 2 * time.Minute, 3 * time.Minute} {
+			j := store.Job{ID: int64(i + 1), Org: "acme", Repo: "acme/app", Name: "unit", Arch: "amd64", VCPUs: 2,
+				State: store.JobCompleted, Conclusion: "success", QueuedAt: t0, StartedAt: t0, CompletedAt: t0.Add(run), UpdatedAt: t0}
+			if err := tx.CreateJob(j, store.Event{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a database from before 0015: no statistics, no run times.
+	for _, q := range []string{"DELETE FROM job_stats_daily", "DELETE FROM store_tasks", "UPDATE jobs SET run_ms = 0"} {
+		if _, err := s.w.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	for range 2 { // the second open adds nothing
+		if s, err = Open(ctx, path, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		err = s.View(ctx, func(tx store.ReadTx) error {
+			st, err := tx.JobStats(store.StatsFilter{Since: t0, Until: t0, Level: store.ByJob})
+			if err != nil {
+				return err
+			}
+			slow, err := tx.SlowestRuns(store.StatsFilter{Since: t0, Until: t0}, 5)
+			if len(st) != 1 || st[0].Jobs != 3 || st[0].Ran != 3 || st[0].VCPUMinutes != 12 || len(slow) != 3 || slow[0].RunS != 180 {
+				t.Errorf("after the backfill: %+v, slowest %+v", st, slow)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
 	}
 }

@@ -180,7 +180,11 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("open store %s: %w", abs, err)
 	}
-	if err := migrate(ctx, w); err != nil {
+	err = migrate(ctx, w)
+	if err == nil {
+		err = backfillJobStats(ctx, w)
+	}
+	if err != nil {
 		w.Close()
 		return nil, fmt.Errorf("open store %s: %w", abs, err)
 	}

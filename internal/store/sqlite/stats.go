@@ -1,34 +1,181 @@
 package sqlite
 
 import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
-// Job statistics (insights), computed by SQLite over the jobs that ended
-// in a period (the jobs_completed index, migration 0013). A job's run time
-// is GitHub's started → completed when GitHub said both, else Tandem's;
-// its queue time runs from GitHub's created_at (else when Tandem learnt of
-// it) to its start. Percentiles are nearest-rank, taken with a window
-// function: rank ceil(q·n) of the group's n times in order.
+// Job statistics (insights). When a job reaches an end state, its numbers
+// are added to its day's row of job_stats_daily (migration 0015): one per
+// UTC day, organisation, repository, workflow, job name and architecture,
+// with its run and queue times in bucketed histograms (store.TimeBucket);
+// when a job is opened again they are taken away. JobStats reads the rows
+// of a period's days and adds them up at the level asked for, so its cost
+// is the number of days and logical jobs, not of jobs.
 
-// statsKeyCols are the grouping columns of each level.
-var statsKeyCols = map[store.StatsLevel][]string{
-	store.ByOrg:      {"org"},
-	store.ByRepo:     {"org", "repo"},
-	store.ByWorkflow: {"org", "repo", "workflow"},
-	store.ByJob:      {"org", "repo", "workflow", "name"},
+const day = 24 * time.Hour
+
+// dayOf is the UTC day t falls on, as the store keeps it.
+func dayOf(t time.Time) int64 { return msOf(t.UTC().Truncate(day)) }
+
+// statsKey is a row's key in job_stats_daily.
+type statsKey struct {
+	day                           int64
+	org, repo, workflow, name, ar string
 }
 
-// statsBase is the period's jobs with their times, as the CTE "j".
-func statsBase(f store.StatsFilter) (string, []any, error) {
-	var w where
-	w.add("completed_at <> 0")
-	w.add("completed_at >= ?", msOf(f.Since))
-	w.add("completed_at < ?", msOf(f.Until))
+// statsRow is one row of job_stats_daily.
+type statsRow struct {
+	statsKey
+	jobs, ran, succeeded int
+	vcpuSeconds          float64
+	run, queue           store.Histogram
+}
+
+func (r *statsRow) add(j store.Job, n int) {
+	run, queue, ran, queued := j.RunTimes()
+	r.jobs += n
+	if ran {
+		r.ran += n
+		if j.Conclusion == "success" {
+			r.succeeded += n
+		}
+		r.vcpuSeconds += float64(n) * j.VCPUs * run
+		r.run.Add(run, n)
+	}
+	if queued {
+		r.queue.Add(queue, n)
+	}
+}
+
+func statsKeyOf(j store.Job) statsRow {
+	return statsRow{statsKey: statsKey{day: dayOf(j.CompletedAt), org: strings.ToLower(j.Org), repo: strings.ToLower(j.Repo),
+		workflow: j.Workflow, name: j.Name, ar: string(j.Arch)}, run: store.Histogram{}, queue: store.Histogram{}}
+}
+
+// addJobStats adds a job that ended to its day's statistics (n = 1), or
+// takes it away (n = -1), and records its run time for SlowestRuns.
+func (t *writeTx) addJobStats(j store.Job, n int) error {
+	if j.CompletedAt.IsZero() {
+		return nil
+	}
+	k := statsKeyOf(j)
+	var runHist, queueHist string
+	err := t.q.QueryRowContext(t.ctx, `SELECT jobs, ran, succeeded, vcpu_seconds, run_hist, queue_hist FROM job_stats_daily
+		WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
+		k.day, k.org, k.repo, k.workflow, k.name, k.ar).Scan(&k.jobs, &k.ran, &k.succeeded, &k.vcpuSeconds, &runHist, &queueHist)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return fmt.Errorf("job %d: statistics: %w", j.ID, err)
+	default:
+		if err := errors.Join(json.Unmarshal([]byte(runHist), &k.run), json.Unmarshal([]byte(queueHist), &k.queue)); err != nil {
+			return fmt.Errorf("job %d: statistics: %w", j.ID, err)
+		}
+	}
+	k.add(j, n)
+	if err := t.putStatsRow(k); err != nil {
+		return fmt.Errorf("job %d: statistics: %w", j.ID, err)
+	}
+	runMS := int64(0)
+	if run, _, ran, _ := j.RunTimes(); ran && n > 0 {
+		runMS = max(int64(run*1000), 1)
+	}
+	if _, err := t.q.ExecContext(t.ctx, "UPDATE jobs SET run_ms = ? WHERE id = ?", runMS, j.ID); err != nil {
+		return fmt.Errorf("job %d: run time: %w", j.ID, err)
+	}
+	return nil
+}
+
+func (t *writeTx) putStatsRow(k statsRow) error {
+	if k.jobs <= 0 {
+		_, err := t.q.ExecContext(t.ctx, `DELETE FROM job_stats_daily
+			WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
+			k.day, k.org, k.repo, k.workflow, k.name, k.ar)
+		return err
+	}
+	run, err := json.Marshal(k.run)
+	if err != nil {
+		return err
+	}
+	queue, err := json.Marshal(k.queue)
+	if err != nil {
+		return err
+	}
+	_, err = t.q.ExecContext(t.ctx, `INSERT OR REPLACE INTO job_stats_daily
+		(day, org, repo, workflow, name, arch, jobs, ran, succeeded, vcpu_seconds, run_hist, queue_hist)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.day, k.org, k.repo, k.workflow, k.name, k.ar, k.jobs, k.ran, k.succeeded, k.vcpuSeconds, string(run), string(queue))
+	return err
+}
+
+// backfillJobStats adds the jobs that ended before migration 0015 to the
+// statistics, once.
+func backfillJobStats(ctx context.Context, db *sql.DB) error {
+	const task = "job-stats-backfill"
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	var done int64
+	switch err := tx.QueryRowContext(ctx, "SELECT done_at FROM store_tasks WHERE name = ?", task).Scan(&done); {
+	case err == nil:
+		return nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return err
+	}
+	w := &writeTx{readTx{ctx: ctx, q: tx}}
+	var terminal []store.JobState
+	for _, s := range store.JobStates {
+		if s.Terminal() {
+			terminal = append(terminal, s)
+		}
+	}
+	jobs, err := w.Jobs(store.JobFilter{States: terminal})
+	if err != nil {
+		return err
+	}
+	rows := map[statsKey]*statsRow{}
+	for _, j := range jobs {
+		if j.CompletedAt.IsZero() {
+			continue
+		}
+		k := statsKeyOf(j)
+		r := rows[k.statsKey]
+		if r == nil {
+			r = &k
+			rows[k.statsKey] = r
+		}
+		r.add(j, 1)
+		if run, _, ran, _ := j.RunTimes(); ran {
+			if _, err := tx.ExecContext(ctx, "UPDATE jobs SET run_ms = ? WHERE id = ?", max(int64(run*1000), 1), j.ID); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range rows {
+		if err := w.putStatsRow(*r); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO store_tasks (name, done_at) VALUES (?, ?)", task, msOf(time.Now())); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// statsScope is the WHERE of a filter on job_stats_daily or jobs.
+func statsScope(w *where, f store.StatsFilter) error {
 	if f.Org != "" {
 		w.add("org = ? COLLATE NOCASE", f.Org)
 	}
@@ -42,145 +189,108 @@ func statsBase(f store.StatsFilter) (string, []any, error) {
 		}
 		if len(lower) == 0 {
 			w.add("0")
-		} else if err := in(&w, "lower(org)", lower); err != nil {
-			return "", nil, err
+		} else if err := in(w, "lower(org)", lower); err != nil {
+			return err
 		}
 	}
-	q := `WITH t AS (
-		SELECT id, lower(org) AS org, lower(repo) AS repo, workflow, name, arch, vcpus, conclusion, html_url,
-			CASE WHEN gh_started_at > 0 THEN gh_started_at ELSE started_at END AS st,
-			CASE WHEN gh_completed_at > 0 THEN gh_completed_at ELSE completed_at END AS en,
-			CASE WHEN created_at > 0 THEN created_at ELSE queued_at END AS cr
-		FROM jobs INDEXED BY jobs_completed` + w.String() + `),
-	j AS (
-		SELECT id, org, repo, workflow, name, arch, vcpus, conclusion, html_url,
-			CASE WHEN st > 0 AND en >= st THEN (en - st) / 1000.0 END AS run_s,
-			CASE WHEN st > 0 AND cr > 0 AND st >= cr THEN (st - cr) / 1000.0 END AS queue_s
-		FROM t)
-	`
-	return q, w.args, nil
+	return nil
 }
 
 func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
-	keys, ok := statsKeyCols[f.Level]
-	if !ok {
+	if !validLevel(f.Level) {
 		return nil, fmt.Errorf("%w: job stats: level %q", store.ErrInvalid, f.Level)
 	}
-	base, args, err := statsBase(f)
+	var w where
+	w.add("day >= ?", dayOf(f.Since))
+	w.add("day <= ?", dayOf(f.Until))
+	if err := statsScope(&w, f); err != nil {
+		return nil, fmt.Errorf("job stats: %w", err)
+	}
+	rows, err := t.q.QueryContext(t.ctx, `SELECT org, repo, workflow, name, arch, jobs, ran, succeeded, vcpu_seconds,
+		run_hist, queue_hist FROM job_stats_daily`+w.String(), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
 	}
-	group := strings.Join(keys, ", ") + ", arch"
-	out := map[store.StatsKey]*store.JobStats{}
+	defer rows.Close()
+	type acc struct {
+		s          store.JobStats
+		vcpuS      float64
+		run, queue store.Histogram
+	}
+	groups := map[store.StatsKey]*acc{}
 	var order []store.StatsKey
-	scanKey := func(vals []any) store.StatsKey {
-		var k store.StatsKey
-		for i, col := range keys {
-			s := *(vals[i].(*string))
-			switch col {
-			case "org":
-				k.Org = s
-			case "repo":
-				k.Repo = s
-			case "workflow":
-				k.Workflow = s
-			case "name":
-				k.Name = s
-			}
-		}
-		k.Arch = arch.Arch(*(vals[len(keys)].(*string)))
-		return k
-	}
-	keyDest := func() []any {
-		d := make([]any, len(keys)+1)
-		for i := range d {
-			d[i] = new(string)
-		}
-		return d
-	}
-	// Counts and sums.
-	rows, err := t.q.QueryContext(t.ctx, base+`SELECT `+group+`, COUNT(*), COUNT(run_s),
-		SUM(CASE WHEN run_s IS NOT NULL AND conclusion = 'success' THEN 1 ELSE 0 END),
-		COALESCE(SUM(vcpus * run_s), 0) / 60.0
-		FROM j GROUP BY `+group, args...)
-	if err != nil {
-		return nil, fmt.Errorf("job stats: %w", err)
-	}
 	for rows.Next() {
-		d := keyDest()
-		s := &store.JobStats{}
-		if err := rows.Scan(append(d, &s.Jobs, &s.Ran, &s.Succeeded, &s.VCPUMinutes)...); err != nil {
-			rows.Close()
+		var k store.StatsKey
+		var a, runHist, queueHist string
+		var jobs, ran, succeeded int
+		var vcpuS float64
+		if err := rows.Scan(&k.Org, &k.Repo, &k.Workflow, &k.Name, &a, &jobs, &ran, &succeeded, &vcpuS, &runHist, &queueHist); err != nil {
 			return nil, fmt.Errorf("job stats: %w", err)
 		}
-		s.StatsKey = scanKey(d)
-		out[s.StatsKey] = s
-		order = append(order, s.StatsKey)
-	}
-	if err := rows.Close(); err != nil {
-		return nil, fmt.Errorf("job stats: %w", err)
+		k.Arch = arch.Arch(a)
+		switch f.Level {
+		case store.ByOrg:
+			k.Repo, k.Workflow, k.Name = "", "", ""
+		case store.ByRepo:
+			k.Workflow, k.Name = "", ""
+		case store.ByWorkflow:
+			k.Name = ""
+		}
+		g := groups[k]
+		if g == nil {
+			g = &acc{s: store.JobStats{StatsKey: k}, run: store.Histogram{}, queue: store.Histogram{}}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.s.Jobs += jobs
+		g.s.Ran += ran
+		g.s.Succeeded += succeeded
+		g.vcpuS += vcpuS
+		var run, queue store.Histogram
+		if err := errors.Join(json.Unmarshal([]byte(runHist), &run), json.Unmarshal([]byte(queueHist), &queue)); err != nil {
+			return nil, fmt.Errorf("job stats: %w", err)
+		}
+		g.run.Merge(run)
+		g.queue.Merge(queue)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
 	}
-	// Percentiles: the values at ranks ceil(n/2) and ceil(95n/100).
-	for _, col := range []string{"run_s", "queue_s"} {
-		rows, err := t.q.QueryContext(t.ctx, base+`SELECT `+group+`, v, rn, n FROM (
-			SELECT `+group+`, `+col+` AS v,
-				ROW_NUMBER() OVER (PARTITION BY `+group+` ORDER BY `+col+`) AS rn,
-				COUNT(*) OVER (PARTITION BY `+group+`) AS n
-			FROM j WHERE `+col+` IS NOT NULL)
-		WHERE rn = (n + 1) / 2 OR rn = (n * 95 + 99) / 100`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("job stats: %w", err)
-		}
-		for rows.Next() {
-			d := keyDest()
-			var v float64
-			var rn, n int
-			if err := rows.Scan(append(d, &v, &rn, &n)...); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("job stats: %w", err)
-			}
-			s := out[scanKey(d)]
-			if s == nil {
-				continue
-			}
-			p50, p95 := &s.RunP50, &s.RunP95
-			if col == "queue_s" {
-				p50, p95 = &s.QueueP50, &s.QueueP95
-			}
-			if rn == (n+1)/2 {
-				*p50 = v
-			}
-			if rn == (n*95+99)/100 {
-				*p95 = v
-			}
-		}
-		if err := rows.Close(); err != nil {
-			return nil, fmt.Errorf("job stats: %w", err)
-		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("job stats: %w", err)
-		}
-	}
-	res := make([]store.JobStats, 0, len(order))
+	out := make([]store.JobStats, 0, len(order))
 	for _, k := range order {
-		res = append(res, *out[k])
+		g := groups[k]
+		g.s.VCPUMinutes = g.vcpuS / 60
+		g.s.RunP50, g.s.RunP95 = g.run.Quantile(0.5), g.run.Quantile(0.95)
+		g.s.QueueP50, g.s.QueueP95 = g.queue.Quantile(0.5), g.queue.Quantile(0.95)
+		out = append(out, g.s)
 	}
-	return res, nil
+	return out, nil
 }
 
+func validLevel(l store.StatsLevel) bool {
+	for _, x := range store.StatsLevels {
+		if x == l {
+			return true
+		}
+	}
+	return false
+}
+
+// SlowestRuns walks the index of run times from the longest down, keeping
+// the jobs that ended on the period's days.
 func (t *readTx) SlowestRuns(f store.StatsFilter, n int) ([]store.SlowRun, error) {
 	if n <= 0 || n > 1000 {
 		return nil, fmt.Errorf("%w: slowest runs: n %d (1 to 1000)", store.ErrInvalid, n)
 	}
-	base, args, err := statsBase(f)
-	if err != nil {
+	var w where
+	w.add("run_ms > 0")
+	w.add("completed_at >= ?", dayOf(f.Since))
+	w.add("completed_at < ?", dayOf(f.Until)+day.Milliseconds())
+	if err := statsScope(&w, f); err != nil {
 		return nil, fmt.Errorf("slowest runs: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, base+`SELECT j.id, jobs.repo, j.workflow, j.name, j.arch, j.run_s, j.html_url
-		FROM j JOIN jobs ON jobs.id = j.id WHERE j.run_s IS NOT NULL ORDER BY j.run_s DESC, j.id LIMIT ?`, append(args, n)...)
+	rows, err := t.q.QueryContext(t.ctx, `SELECT id, repo, workflow, name, arch, run_ms, html_url FROM jobs INDEXED BY jobs_run_ms`+
+		w.String()+` ORDER BY run_ms DESC, id LIMIT `+strconv.Itoa(n), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("slowest runs: %w", err)
 	}
@@ -189,10 +299,11 @@ func (t *readTx) SlowestRuns(f store.StatsFilter, n int) ([]store.SlowRun, error
 	for rows.Next() {
 		var r store.SlowRun
 		var a string
-		if err := rows.Scan(&r.JobID, &r.Repo, &r.Workflow, &r.Name, &a, &r.RunS, &r.HTMLURL); err != nil {
+		var ms int64
+		if err := rows.Scan(&r.JobID, &r.Repo, &r.Workflow, &r.Name, &a, &ms, &r.HTMLURL); err != nil {
 			return nil, fmt.Errorf("slowest runs: %w", err)
 		}
-		r.Arch = arch.Arch(a)
+		r.Arch, r.RunS = arch.Arch(a), float64(ms)/1000
 		out = append(out, r)
 	}
 	return out, rows.Err()

@@ -138,6 +138,28 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 	return js, nil
 }
 
+func (t *readTx) CountQueuedSince(since time.Time, orgs []string) (int, error) {
+	var w where
+	w.add("queued_at >= ?", msOf(since))
+	if orgs != nil {
+		lower := make([]string, len(orgs))
+		for i, o := range orgs {
+			lower[i] = strings.ToLower(o)
+		}
+		if len(lower) == 0 {
+			return 0, nil
+		}
+		if err := in(&w, "lower(org)", lower); err != nil {
+			return 0, fmt.Errorf("count jobs: %w", err)
+		}
+	}
+	var n int
+	if err := t.q.QueryRowContext(t.ctx, "SELECT count(*) FROM jobs"+w.String(), w.args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count jobs: %w", err)
+	}
+	return n, nil
+}
+
 func (t *readTx) CountJobs() (map[store.JobState]int, error) {
 	rows, err := t.q.QueryContext(t.ctx, "SELECT state, count(*) FROM jobs GROUP BY state")
 	if err != nil {
@@ -339,6 +361,11 @@ func (t *writeTx) CreateJob(j store.Job, ev store.Event) error {
 	if n == 0 {
 		return fmt.Errorf("job %d: %w", j.ID, store.ErrExists)
 	}
+	if j.State.Terminal() {
+		if err := t.addJobStats(j, 1); err != nil {
+			return err
+		}
+	}
 	return t.addEvent(j, "", ev)
 }
 
@@ -363,6 +390,17 @@ func (t *writeTx) UpdateJob(j store.Job, ev store.Event) error {
 	if !store.CanTransition(from, j.State) {
 		return fmt.Errorf("job %d: %s to %s: %w", j.ID, from, j.State, store.ErrBadTransition)
 	}
+	// Statistics count a job once it has ended, and no more once it is
+	// opened again.
+	if from.Terminal() && !j.State.Terminal() {
+		old, err := t.Job(j.ID)
+		if err != nil {
+			return err
+		}
+		if err := t.addJobStats(old, -1); err != nil {
+			return err
+		}
+	}
 	args, err := jobArgs(j)
 	if err != nil {
 		return err
@@ -370,6 +408,11 @@ func (t *writeTx) UpdateJob(j store.Job, ev store.Event) error {
 	// args[0] is the id: set the other columns, match on it.
 	if _, err := t.q.ExecContext(t.ctx, updateJobSQL, append(args[1:], j.ID)...); err != nil {
 		return fmt.Errorf("update job %d: %w", j.ID, err)
+	}
+	if !from.Terminal() && j.State.Terminal() {
+		if err := t.addJobStats(j, 1); err != nil {
+			return err
+		}
 	}
 	return t.addEvent(j, from, ev)
 }

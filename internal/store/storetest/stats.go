@@ -51,16 +51,18 @@ func statsHistory(rng *rand.Rand, n int) []store.Job {
 	return out
 }
 
-// bruteStats computes what JobStats must say, job by job.
+// bruteStats computes what JobStats must say, job by job: the jobs that
+// ended on the period's UTC days, percentiles by nearest rank over the
+// sorted times, reported as their bucket's time.
 func bruteStats(jobs []store.Job, f store.StatsFilter) map[store.StatsKey]store.JobStats {
-	ms := func(t time.Time) int64 { return t.UnixMilli() }
+	dayOf := func(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
 	type acc struct {
 		s          store.JobStats
 		run, queue []float64
 	}
 	groups := map[store.StatsKey]*acc{}
 	for _, j := range jobs {
-		if j.CompletedAt.IsZero() || ms(j.CompletedAt) < ms(f.Since) || ms(j.CompletedAt) >= ms(f.Until) {
+		if j.CompletedAt.IsZero() || !j.State.Terminal() || dayOf(j.CompletedAt).Before(dayOf(f.Since)) || dayOf(j.CompletedAt).After(dayOf(f.Until)) {
 			continue
 		}
 		if f.Org != "" && !strings.EqualFold(j.Org, f.Org) {
@@ -95,7 +97,7 @@ func bruteStats(jobs []store.Job, f store.StatsFilter) map[store.StatsKey]store.
 		if st.IsZero() || en.Before(st) {
 			continue
 		}
-		run := float64(ms(en)-ms(st)) / 1000
+		run := float64(en.UnixMilli()-st.UnixMilli()) / 1000
 		g.s.Ran++
 		g.run = append(g.run, run)
 		g.s.VCPUMinutes += j.VCPUs * run / 60
@@ -103,7 +105,7 @@ func bruteStats(jobs []store.Job, f store.StatsFilter) map[store.StatsKey]store.
 			g.s.Succeeded++
 		}
 		if !st.Before(cr) {
-			g.queue = append(g.queue, float64(ms(st)-ms(cr))/1000)
+			g.queue = append(g.queue, float64(st.UnixMilli()-cr.UnixMilli())/1000)
 		}
 	}
 	rank := func(xs []float64, q float64) float64 {
@@ -112,7 +114,7 @@ func bruteStats(jobs []store.Job, f store.StatsFilter) map[store.StatsKey]store.
 		}
 		s := slices.Clone(xs)
 		slices.Sort(s)
-		return s[int(math.Ceil(q*float64(len(s))))-1]
+		return store.BucketTime(store.TimeBucket(s[int(math.Ceil(q*float64(len(s))))-1]))
 	}
 	out := map[store.StatsKey]store.JobStats{}
 	for k, g := range groups {
@@ -135,6 +137,25 @@ func testJobStats(t *testing.T, s store.Store) {
 		}
 		return nil
 	})
+	// Jobs opened again after they ended count no more.
+	reopened := 0
+	update(t, s, func(tx store.Tx) error {
+		for i, j := range jobs {
+			if j.State != store.JobFailed || reopened == 5 {
+				continue
+			}
+			j.State, j.CompletedAt, j.UpdatedAt = store.JobQueued, time.Time{}, j.UpdatedAt.Add(time.Second)
+			if err := tx.UpdateJob(j, store.Event{}); err != nil {
+				return err
+			}
+			jobs[i] = j
+			reopened++
+		}
+		return nil
+	})
+	if reopened != 5 {
+		t.Fatalf("%d jobs reopened", reopened)
+	}
 	period := store.StatsFilter{Since: at(7 * 24 * time.Hour), Until: at(21 * 24 * time.Hour)}
 	for _, level := range store.StatsLevels {
 		for _, org := range []string{"", "ACME"} {
@@ -172,8 +193,10 @@ func testJobStats(t *testing.T, s store.Store) {
 		return err
 	})
 	var runs []float64
+	dayOf := func(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
 	for _, j := range jobs {
-		if ms := j.CompletedAt.UnixMilli(); j.CompletedAt.IsZero() || ms < period.Since.UnixMilli() || ms >= period.Until.UnixMilli() || j.StartedAt.IsZero() {
+		if !j.State.Terminal() || j.CompletedAt.IsZero() || j.StartedAt.IsZero() ||
+			dayOf(j.CompletedAt).Before(dayOf(period.Since)) || dayOf(j.CompletedAt).After(dayOf(period.Until)) {
 			continue
 		}
 		st, en := j.StartedAt, j.CompletedAt
@@ -191,4 +214,32 @@ func testJobStats(t *testing.T, s store.Store) {
 			t.Errorf("slowest %d: %v s, want %v", i, r.RunS, runs[i])
 		}
 	}
+}
+
+// CountQueuedSince counts by when Tandem learnt of a job, within an org
+// scope.
+func testCountQueuedSince(t *testing.T, s store.Store) {
+	update(t, s, func(tx store.Tx) error {
+		for i, org := range []string{"Acme", "acme", "bob", "acme"} {
+			j := minJob(int64(i+1), store.JobQueued)
+			j.Org, j.QueuedAt = org, at(time.Duration(i)*time.Hour)
+			if err := tx.CreateJob(j, store.Event{}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	view(t, s, func(tx store.ReadTx) error {
+		for _, c := range []struct {
+			since time.Duration
+			orgs  []string
+			want  int
+		}{{0, nil, 4}, {time.Hour, nil, 3}, {0, []string{"ACME"}, 3}, {2 * time.Hour, []string{"acme", "bob"}, 2}, {0, []string{}, 0}} {
+			n, err := tx.CountQueuedSince(at(c.since), c.orgs)
+			if err != nil || n != c.want {
+				t.Errorf("since %v orgs %v: %d, %v; want %d", c.since, c.orgs, n, err, c.want)
+			}
+		}
+		return nil
+	})
 }

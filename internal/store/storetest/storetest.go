@@ -97,6 +97,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PruneProfiles", testPruneProfiles},
 		{"ProfiledRuns", testProfiledRuns},
 		{"JobStats", testJobStats},
+		{"CountQueuedSince", testCountQueuedSince},
 		{"HostLoad", testHostLoad},
 	}
 	for _, tc := range tests {
