@@ -18,24 +18,37 @@ const DefaultSampleEvery = time.Second
 
 // sampler reads a running VM's profile samples (internal/profile): the
 // host's side from the driver (vm.UsageReader) and the VM's TAP device,
-// the guest's from the stats its heartbeats carry. It samples at the
-// guest's heartbeats, at most once per every: no timer of its own, and a
-// silent guest is not sampled.
+// every `every` on the host's own clock, so that a guest too busy to send
+// its heartbeats is still sampled; the guest's side from the stats its
+// last heartbeat carried, while they are fresh.
 type sampler struct {
 	inst  vm.Instance
 	tap   string // "" when the VM has no NIC
 	every time.Duration
 	emit  func(profile.Sample)
-	last  time.Time
+
+	stats   guest.Stats // the guest's, from its last heartbeat
+	statsAt time.Time   // zero: none yet
 }
 
-// heartbeat takes a sample if one is due; payload is the heartbeat's
-// (guest.Stats, empty from an older guest).
+// staleStats is how old the guest's stats may be and still go into a
+// sample: a guest that cannot send them for that long is not reporting.
+const staleStats = 3 * time.Second
+
+// heartbeat keeps the stats a heartbeat carries (guest.Stats; empty from
+// an older guest).
 func (s *sampler) heartbeat(now time.Time, payload []byte) {
-	if s == nil || now.Sub(s.last) < s.every {
+	if s == nil || len(payload) == 0 {
 		return
 	}
-	s.last = now
+	var st guest.Stats
+	if guest.Decode(guest.FrameHeartbeat, payload, &st) == nil {
+		s.stats, s.statsAt = st, now
+	}
+}
+
+// take emits a sample of now.
+func (s *sampler) take(now time.Time) {
 	smp := profile.Sample{At: now}
 	if ur, ok := s.inst.(vm.UsageReader); ok {
 		// A partial reading is still a reading: what could not be read
@@ -48,14 +61,12 @@ func (s *sampler) heartbeat(now time.Time, payload []byte) {
 		smp.NetRx = netCounter(s.tap, "tx_bytes")
 		smp.NetTx = netCounter(s.tap, "rx_bytes")
 	}
-	if len(payload) > 0 {
-		var st guest.Stats
-		if guest.Decode(guest.FrameHeartbeat, payload, &st) == nil {
-			smp.GuestOK = true
-			smp.GuestCPUSeconds = st.CPUSeconds
-			smp.Load1, smp.MemTotal, smp.MemAvailable, smp.OOMKills = st.Load1, st.MemTotal, st.MemAvailable, st.OOMKills
-			smp.DiskUsed, smp.DiskTotal, smp.Procs = st.DiskUsed, st.DiskTotal, st.Procs
-		}
+	if !s.statsAt.IsZero() && now.Sub(s.statsAt) <= staleStats {
+		st := s.stats
+		smp.GuestOK = true
+		smp.GuestCPUSeconds = st.CPUSeconds
+		smp.Load1, smp.MemTotal, smp.MemAvailable, smp.OOMKills = st.Load1, st.MemTotal, st.MemAvailable, st.OOMKills
+		smp.DiskUsed, smp.DiskTotal, smp.Procs = st.DiskUsed, st.DiskTotal, st.Procs
 	}
 	s.emit(smp)
 }

@@ -44,11 +44,13 @@ func BenchmarkSampler(b *testing.B) {
 	payload, _ := json.Marshal(guest.Stats{CPUSeconds: 123.4, Load1: 2, MemTotal: 8 << 30, MemAvailable: 5 << 30,
 		DiskTotal: 20 << 30, DiskUsed: 6 << 30, Procs: 180})
 	n := 0
-	s := &sampler{inst: selfUsage{}, tap: "lo", every: 0, emit: func(profile.Sample) { n++ }}
+	s := &sampler{inst: selfUsage{}, tap: "lo", every: time.Second, emit: func(profile.Sample) { n++ }}
 	t0 := time.Now()
 	b.ResetTimer()
 	for i := range b.N {
-		s.heartbeat(t0.Add(time.Duration(i)*time.Second), payload)
+		now := t0.Add(time.Duration(i) * time.Second)
+		s.heartbeat(now, payload)
+		s.take(now)
 	}
 	b.StopTimer()
 	if n != b.N {

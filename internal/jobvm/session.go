@@ -229,8 +229,16 @@ func (s *session) run(ctx context.Context) (reported bool) {
 		defer t.Stop()
 		deadline = t.C
 	}
+	var tick <-chan time.Time // the profile's samples (nil: none)
+	if s.sample != nil {
+		t := time.NewTicker(s.sample.every)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
+		case now := <-tick:
+			s.sample.take(now)
 		case f, ok := <-s.frames:
 			if !ok {
 				// The channel ended without an Exit: the VM is going down.
