@@ -221,3 +221,18 @@ func dashJob(v JobView) dashboard.Job {
 	}
 	return j
 }
+
+func (b dashBackend) Insights(ctx context.Context, s dashboard.Scope, q dashboard.InsightsQuery) (dashboard.Insights, error) {
+	v, err := b.a.insights(ctx, b.principal(s), q.Days, q.By, q.Org, q.Repo)
+	if err != nil {
+		return dashboard.Insights{}, err
+	}
+	out := dashboard.Insights{Days: v.Days, By: v.By, Since: v.Since, Until: v.Until, Slowest: v.Slowest}
+	for _, r := range v.Rows {
+		out.Rows = append(out.Rows, dashboard.InsightRow{StatsKey: r.StatsKey, Current: r.Current, Previous: r.Previous})
+	}
+	for _, i := range v.Increases {
+		out.Increases = append(out.Increases, dashboard.Increase{StatsKey: i.StatsKey, WasP50: i.WasP50, NowP50: i.NowP50, Runs: i.Runs})
+	}
+	return out, nil
+}

@@ -68,6 +68,9 @@ type Backend interface {
 	// Rightsize advises on the logical jobs s sees, from the profiles of
 	// their runs over the last q.Days days.
 	Rightsize(ctx context.Context, s Scope, q RightsizeQuery) (Rightsize, error)
+	// Insights compares the period q asks for with the one before, over
+	// the jobs s sees.
+	Insights(ctx context.Context, s Scope, q InsightsQuery) (Insights, error)
 	// HostAction drains, cordons or uncordons a host for by, recording it
 	// in the audit log, and returns the host's new state.
 	HostAction(ctx context.Context, host, action string, by Actor) (string, error)
@@ -232,6 +235,7 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	page("GET /jobs", false, d.jobs)
 	page("GET /jobs/{id}", false, d.job)
 	page("GET /rightsize", false, d.rightsizePage)
+	page("GET /insights", false, d.insightsPage)
 	page("GET /hosts", false, d.hosts)
 	page("GET /hosts/{id}", false, d.host)
 	page("POST /hosts/{id}/{action}", true, d.hostAction)

@@ -31,6 +31,8 @@ type fakeBackend struct {
 	advice    []rightsize.Advice // with the org of each in orgOf
 	rsQueries []RightsizeQuery
 	jobCalls  int
+	insights  Insights // Rows, Increases and Slowest of every org; Insights scopes them
+	inQueries []InsightsQuery
 }
 
 func newFake() *fakeBackend {
@@ -217,7 +219,7 @@ func csrfOf(t *testing.T, body string) string {
 
 func TestUnauthenticatedRedirects(t *testing.T) {
 	e := newEnv(t)
-	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/rightsize", "/hosts", "/hosts/h1", "/audit"} {
+	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/rightsize", "/insights", "/hosts", "/hosts/h1", "/audit"} {
 		w := e.do("GET", p, nil, nil, nil)
 		if w.Code != http.StatusSeeOther || !strings.HasPrefix(w.Header().Get("Location"), "/login?next=") {
 			t.Errorf("GET %s without a session: %d %q, want a redirect to /login", p, w.Code, w.Header().Get("Location"))
@@ -285,7 +287,7 @@ func TestPagesAndHeaders(t *testing.T) {
 	e := newEnv(t)
 	c := e.login("admin-token")
 	for _, p := range []string{"/", "/queue", "/jobs", "/jobs?state=running&arch=arm64&page=2", "/jobs?label=x&q=app", "/jobs/1", "/jobs/2",
-		"/rightsize", "/rightsize?org=acme&days=7", "/hosts", "/hosts/h1", "/audit"} {
+		"/rightsize", "/rightsize?org=acme&days=7", "/insights", "/insights?days=28&by=job&org=acme", "/hosts", "/hosts/h1", "/audit"} {
 		w := e.do("GET", p, c, nil, nil)
 		if w.Code != http.StatusOK {
 			t.Errorf("GET %s: %d %s", p, w.Code, w.Body)
@@ -318,7 +320,8 @@ func TestPagesAndHeaders(t *testing.T) {
 		t.Errorf("queue fragment: %d\n%s", w.Code, w.Body)
 	}
 	for _, bad := range []string{"/jobs?state=nonsense", "/jobs?page=-1", "/jobs?arch=sparc", "/audit?before=x",
-		"/jobs?q=" + strings.Repeat("x", 201), "/rightsize?days=90", "/rightsize?days=x", "/rightsize?repo=" + strings.Repeat("x", 201)} {
+		"/jobs?q=" + strings.Repeat("x", 201), "/rightsize?days=90", "/rightsize?days=x", "/rightsize?repo=" + strings.Repeat("x", 201),
+		"/insights?days=3", "/insights?days=x", "/insights?by=host", "/insights?org=" + strings.Repeat("x", 101)} {
 		if w := e.do("GET", bad, c, nil, nil); w.Code != http.StatusBadRequest {
 			t.Errorf("GET %s: %d, want 400", bad, w.Code)
 		}

@@ -18,7 +18,7 @@ import (
 
 // pageNames are the templates in templates/, each rendered inside
 // layout.html (or alone, as its "content", for a live fragment).
-var pageNames = []string{"overview", "queue", "jobs", "job", "rightsize", "hosts", "host", "audit", "login", "error"}
+var pageNames = []string{"overview", "queue", "jobs", "job", "rightsize", "insights", "hosts", "host", "audit", "login", "error"}
 
 // waitingStates are the states of a job that has not started yet.
 var waitingStates = []string{string(store.JobWaiting), string(store.JobQueued), string(store.JobScheduled),
@@ -65,6 +65,8 @@ var funcs = template.FuncMap{
 	"gibbytes":     gbOf,
 	"cpu1":         cpuOf,
 	"rightsizeURL": rightsizeURL,
+	"secs":         fmtSeconds,
+	"columns":      func() []string { return insightColumns },
 }
 
 func pct(used, total float64) int {
@@ -140,7 +142,7 @@ func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, s *session, c
 }
 
 var titles = map[string]string{"overview": "Overview", "queue": "Queue", "jobs": "Jobs", "job": "Job", "rightsize": "Right-sizing",
-	"hosts": "Hosts", "host": "Host", "audit": "Audit log", "login": "Log in", "error": "Error"}
+	"insights": "Insights", "hosts": "Hosts", "host": "Host", "audit": "Audit log", "login": "Log in", "error": "Error"}
 
 var liveNames = map[string]bool{"overview": true, "queue": true, "jobs": true, "job": true, "hosts": true, "host": true}
 
