@@ -14,9 +14,10 @@ import (
 )
 
 // dashBackend is the dashboard's view of the control plane: the same
-// queries as the JSON API (listJobs, jobDetail, hostViews, runnerViews,
-// openJobLog, jobProfile, rightsizeFor, setHostState, auditLog), with the
-// API's scoping, converted to the dashboard's types.
+// queries as the JSON API (listJobs, jobDetail, hostViews, hostLoad,
+// runnerViews, openJobLog, jobProfile, rightsizeFor, insights,
+// setHostState, auditLog), with the API's scoping, converted to the
+// dashboard's types.
 type dashBackend struct{ a *api }
 
 var _ dashboard.Backend = dashBackend{}
@@ -173,6 +174,10 @@ func (b dashBackend) Hosts(ctx context.Context) ([]dashboard.Host, error) {
 		out[i] = h
 	}
 	return out, nil
+}
+
+func (b dashBackend) HostLoad(ctx context.Context, host string, since time.Time) ([]store.HostLoad, error) {
+	return b.a.hostLoad(ctx, host, since)
 }
 
 func (b dashBackend) Runners(ctx context.Context, s dashboard.Scope, host string) ([]dashboard.Runner, error) {

@@ -97,14 +97,7 @@ func (a *api) handleHostLoad(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	var loads []store.HostLoad
-	err = a.st.View(r.Context(), func(tx store.ReadTx) error {
-		if _, err := tx.Host(id); err != nil {
-			return err
-		}
-		loads, err = tx.HostLoad(id, a.now().Add(-time.Duration(hours)*time.Hour))
-		return err
-	})
+	loads, err := a.hostLoad(r.Context(), id, a.now().Add(-time.Duration(hours)*time.Hour))
 	if storeFailed(w, err, "no such host") {
 		return
 	}
@@ -112,4 +105,19 @@ func (a *api) handleHostLoad(w http.ResponseWriter, r *http.Request) {
 		loads = []store.HostLoad{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"host": id, "hours": hours, "load": loads})
+}
+
+// hostLoad returns host id's load records since, oldest first
+// (store.ErrNotFound for no such host).
+func (a *api) hostLoad(ctx context.Context, id string, since time.Time) ([]store.HostLoad, error) {
+	var loads []store.HostLoad
+	err := a.st.View(ctx, func(tx store.ReadTx) error {
+		if _, err := tx.Host(id); err != nil {
+			return err
+		}
+		var err error
+		loads, err = tx.HostLoad(id, since)
+		return err
+	})
+	return loads, err
 }

@@ -38,7 +38,8 @@ type chart struct {
 	XTicks        []chartTick
 	Note          string // e.g. "values above the size are drawn at the top"
 	Empty         bool
-	ClippedSeries bool // some value was above the top of the chart
+	EmptyText     string // what an empty chart says
+	ClippedSeries bool   // some value was above the top of the chart
 }
 
 // chartSeries is one line on a chart.
@@ -69,7 +70,7 @@ type seriesIn struct {
 // number above the largest value. Values that are not finite count as 0,
 // negative ones as 0, and ones above top are drawn at the top.
 func buildChart(id, title string, xs []float64, span, top float64, yfmt func(float64) string, in ...seriesIn) chart {
-	c := chart{ID: id, Title: title, W: chartW, H: chartH,
+	c := chart{ID: id, Title: title, W: chartW, H: chartH, EmptyText: "no samples yet",
 		X0: chartLeft, X1: chartW - chartRight, Y0: chartTop, Y1: chartH - chartBottom}
 	peak := 0.0
 	for _, s := range in {
@@ -119,6 +120,25 @@ func buildChart(id, title string, xs []float64, span, top float64, yfmt func(flo
 	}
 	if c.ClippedSeries {
 		c.Note = "values above " + yfmt(top) + " are drawn at the top"
+	}
+	return c
+}
+
+// timeChart is buildChart over clock time: a value at each of ts, on a
+// chart from start to start+span whose x labels are UTC times of day.
+func timeChart(id, title string, start time.Time, span time.Duration, ts []time.Time, top float64,
+	yfmt func(float64) string, in ...seriesIn) chart {
+	xs := make([]float64, len(ts))
+	for i, t := range ts {
+		xs[i] = t.Sub(start).Seconds()
+	}
+	c := buildChart(id, title, xs, span.Seconds(), top, yfmt, in...)
+	for i, tk := range c.XTicks {
+		f := (tk.X - c.X0) / (c.X1 - c.X0)
+		c.XTicks[i].Label = start.Add(time.Duration(f * float64(span))).UTC().Format("15:04")
+		if i == len(c.XTicks)-1 {
+			c.XTicks[i].Label += " UTC"
+		}
 	}
 	return c
 }

@@ -57,6 +57,9 @@ type Backend interface {
 	JobLog(ctx context.Context, s Scope, id int64, max int64) (string, bool, error)
 	// Hosts lists every host.
 	Hosts(ctx context.Context) ([]Host, error)
+	// HostLoad returns a host's load records at or after since, oldest
+	// first (ErrNotFound for no such host).
+	HostLoad(ctx context.Context, host string, since time.Time) ([]store.HostLoad, error)
 	// Runners lists the live runners of a host ("" for all) that s sees.
 	Runners(ctx context.Context, s Scope, host string) ([]Runner, error)
 	// Audit lists the audit log, newest first (before: a Seq, 0 for the

@@ -33,6 +33,8 @@ type fakeBackend struct {
 	jobCalls  int
 	insights  Insights // Rows, Increases and Slowest of every org; Insights scopes them
 	inQueries []InsightsQuery
+	loads     map[string][]store.HostLoad // by host, oldest first
+	loadSince []time.Time
 }
 
 func newFake() *fakeBackend {
@@ -128,6 +130,22 @@ func (f *fakeBackend) Hosts(ctx context.Context) ([]Host, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.hosts), nil
+}
+
+func (f *fakeBackend) HostLoad(ctx context.Context, host string, since time.Time) ([]store.HostLoad, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loadSince = append(f.loadSince, since)
+	if !slices.ContainsFunc(f.hosts, func(h Host) bool { return h.ID == host }) {
+		return nil, ErrNotFound
+	}
+	var out []store.HostLoad
+	for _, l := range f.loads[host] {
+		if !l.At.Before(since) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeBackend) Runners(ctx context.Context, s Scope, host string) ([]Runner, error) {

@@ -328,30 +328,41 @@ func (d *Dashboard) hosts(w http.ResponseWriter, r *http.Request, s *session) {
 type hostData struct {
 	Host    Host
 	Runners []Runner
+	Load    hostLoadView
 	Actions []string
 	Message string
 }
 
 func (d *Dashboard) host(w http.ResponseWriter, r *http.Request, s *session) {
-	h, rs, err := d.hostAndRunners(r, s, r.PathValue("id"))
+	data, err := d.hostData(r, s, r.PathValue("id"))
 	if err != nil {
 		d.fail(w, r, s, err, "host")
 		return
 	}
-	d.render(w, r, s, http.StatusOK, "host", hostData{Host: h, Runners: rs, Actions: hostActions})
+	d.render(w, r, s, http.StatusOK, "host", data)
 }
 
-func (d *Dashboard) hostAndRunners(r *http.Request, s *session, id string) (Host, []Runner, error) {
+// hostData reads what the host page shows: the host, its VMs that s sees
+// and its load over the last day.
+func (d *Dashboard) hostData(r *http.Request, s *session, id string) (hostData, error) {
 	hosts, err := d.be.Hosts(r.Context())
 	if err != nil {
-		return Host{}, nil, err
+		return hostData{}, err
 	}
 	i := slices.IndexFunc(hosts, func(h Host) bool { return h.ID == id })
 	if i < 0 {
-		return Host{}, nil, ErrNotFound
+		return hostData{}, ErrNotFound
 	}
 	rs, err := d.be.Runners(r.Context(), s.scope, id)
-	return hosts[i], rs, err
+	if err != nil {
+		return hostData{}, err
+	}
+	now := d.now()
+	loads, err := d.be.HostLoad(r.Context(), id, now.Add(-hostLoadWindow))
+	if err != nil {
+		return hostData{}, err
+	}
+	return hostData{Host: hosts[i], Runners: rs, Load: makeHostLoadView(loads, now), Actions: hostActions}, nil
 }
 
 // hostActions are the operator actions the dashboard offers.
@@ -373,13 +384,13 @@ func (d *Dashboard) hostAction(w http.ResponseWriter, r *http.Request, s *sessio
 	}
 	if err != nil {
 		d.log.Warn("dashboard host action", "host", id, "action", action, "err", err)
-		h, rs, herr := d.hostAndRunners(r, s, id)
+		data, herr := d.hostData(r, s, id)
 		if herr != nil {
 			d.fail(w, r, s, herr, "host")
 			return
 		}
-		d.render(w, r, s, http.StatusConflict, "host", hostData{Host: h, Runners: rs, Actions: hostActions,
-			Message: action + " failed: " + err.Error()})
+		data.Message = action + " failed: " + err.Error()
+		d.render(w, r, s, http.StatusConflict, "host", data)
 		return
 	}
 	http.Redirect(w, r, "/hosts/"+url.PathEscape(id), http.StatusSeeOther)
