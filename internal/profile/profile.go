@@ -52,6 +52,10 @@ type Sample struct {
 	// what the job asked of its vCPUs, even when a busy host gave it less
 	// (which the host side's CPUSeconds shows).
 	GuestCPUSeconds float64 `json:"guest_cpu_s,omitempty"`
+	// GuestAt is when the guest's side was read (its heartbeat's arrival),
+	// which the host's clock need not match: guest rates are taken over
+	// GuestAt's intervals. Zero: At.
+	GuestAt time.Time `json:"guest_t,omitzero"`
 	Load1           float64 `json:"load1,omitempty"`
 	MemTotal        int64   `json:"mem_total,omitempty"`
 	MemAvailable    int64   `json:"mem_avail,omitempty"`
@@ -59,6 +63,13 @@ type Sample struct {
 	DiskUsed        int64   `json:"disk_used,omitempty"` // of the guest's root filesystem
 	DiskTotal       int64   `json:"disk_total,omitempty"`
 	Procs           int     `json:"procs,omitempty"`
+}
+
+func (s Sample) guestAt() time.Time {
+	if s.GuestAt.IsZero() {
+		return s.At
+	}
+	return s.GuestAt
 }
 
 // MemUsed is the guest's memory in use (total less available), 0 when the
@@ -167,7 +178,11 @@ func Build(samples []Sample, vcpus float64, memBytes int64, maxPoints int) Profi
 			mem: b.MemUsed(), rss: b.RSS, disk: b.DiskUsed, allo: b.DiskAlloc, load: b.Load1, procs: b.Procs}
 		iv.cpu = iv.host
 		if a.GuestOK && b.GuestOK {
-			iv.cpu = max(b.GuestCPUSeconds-a.GuestCPUSeconds, 0) / secs
+			// Over the interval between the two readings of the guest; a
+			// sample that repeats the last reading says nothing new.
+			if gs := b.guestAt().Sub(a.guestAt()).Seconds(); gs > 0 {
+				iv.cpu = max(b.GuestCPUSeconds-a.GuestCPUSeconds, 0) / gs
+			}
 		}
 		iv.cpu, iv.host = finite(iv.cpu), finite(iv.host)
 		ivs = append(ivs, iv)

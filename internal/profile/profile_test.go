@@ -148,3 +148,18 @@ func TestProfileSize(t *testing.T) {
 		t.Errorf("a six-hour job's profile is %d KiB", len(b)>>10)
 	}
 }
+
+// Guest rates are over the guest's own readings, which the host's ticks
+// need not match; a tick that repeats the last reading falls back to the
+// host's view.
+func TestGuestRatesOverGuestReadings(t *testing.T) {
+	ss := []Sample{
+		{At: t0, GuestOK: true, GuestAt: t0.Add(-200 * time.Millisecond), GuestCPUSeconds: 10, CPUSeconds: 5},
+		{At: t0.Add(time.Second), GuestOK: true, GuestAt: t0.Add(1300 * time.Millisecond), GuestCPUSeconds: 13, CPUSeconds: 6},
+		{At: t0.Add(2 * time.Second), GuestOK: true, GuestAt: t0.Add(1300 * time.Millisecond), GuestCPUSeconds: 13, CPUSeconds: 6.5},
+	}
+	p := Build(ss, 2, 1<<30, 0)
+	if len(p.Points) != 2 || p.Points[0].CPU != 2 || p.Points[1].CPU != 0.5 {
+		t.Errorf("points %+v: want 2 vCPUs (3 s over 1.5 s of the guest's), then the host's 0.5", p.Points)
+	}
+}
