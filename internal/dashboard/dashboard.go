@@ -48,6 +48,9 @@ type Backend interface {
 	Authenticate(token string) (Scope, bool)
 	// Summary counts what the overview shows, within s.
 	Summary(ctx context.Context, s Scope, since time.Time) (Summary, error)
+	// QueueTimes returns, for each of hours hours from start, the queue
+	// times of the jobs s sees that started in that hour.
+	QueueTimes(ctx context.Context, s Scope, start time.Time, hours int) ([]QueueHour, error)
 	// Jobs lists jobs, newest first.
 	Jobs(ctx context.Context, s Scope, q JobQuery) ([]Job, error)
 	// Job returns one job with its transitions.
@@ -204,7 +207,8 @@ type Dashboard struct {
 	sessions *sessions
 	pages    map[string]*template.Template
 	static   http.Handler
-	notes    noteCache // right-size advice for job pages
+	notes    noteCache  // right-size advice for job pages
+	queues   queueCache // the overview's queue times
 }
 
 // New returns a Dashboard.

@@ -35,6 +35,8 @@ type fakeBackend struct {
 	inQueries []InsightsQuery
 	loads     map[string][]store.HostLoad // by host, oldest first
 	loadSince []time.Time
+	queue     map[string][]int // queue seconds of jobs by org, started in the first hour asked for
+	qCalls    int
 }
 
 func newFake() *fakeBackend {
@@ -78,6 +80,30 @@ func (f *fakeBackend) Jobs(ctx context.Context, s Scope, q JobQuery) ([]Job, err
 	out = out[min(q.Offset, len(out)):]
 	if q.Limit > 0 {
 		out = out[:min(q.Limit, len(out))]
+	}
+	return out, nil
+}
+
+// QueueTimes puts each org's queue times in the first hour, scoped.
+func (f *fakeBackend) QueueTimes(ctx context.Context, s Scope, start time.Time, hours int) ([]QueueHour, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.qCalls++
+	out := make([]QueueHour, hours)
+	var qs []float64
+	for org, secs := range f.queue {
+		if f.sees(s, org) {
+			for _, q := range secs {
+				qs = append(qs, float64(q))
+			}
+		}
+	}
+	slices.Sort(qs)
+	for i := range out {
+		out[i].Start = start.Add(time.Duration(i) * time.Hour)
+	}
+	if len(qs) > 0 {
+		out[0].Jobs, out[0].P50, out[0].P95 = len(qs), qs[(len(qs)-1)/2], qs[len(qs)-1]
 	}
 	return out, nil
 }

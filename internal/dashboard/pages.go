@@ -162,6 +162,7 @@ func (d *Dashboard) fail(w http.ResponseWriter, r *http.Request, s *session, err
 
 type overviewData struct {
 	Summary Summary
+	Queue   queueView
 	Waiting []Job
 	Hosts   []Host
 }
@@ -184,7 +185,12 @@ func (d *Dashboard) overview(w http.ResponseWriter, r *http.Request, s *session)
 		d.fail(w, r, s, err, "")
 		return
 	}
-	d.render(w, r, s, http.StatusOK, "overview", overviewData{Summary: sum, Waiting: waiting, Hosts: hosts})
+	queue, err := d.queueTimes(ctx, s.scope)
+	if err != nil {
+		d.fail(w, r, s, err, "")
+		return
+	}
+	d.render(w, r, s, http.StatusOK, "overview", overviewData{Summary: sum, Queue: queue, Waiting: waiting, Hosts: hosts})
 }
 
 func (d *Dashboard) queue(w http.ResponseWriter, r *http.Request, s *session) {
