@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -25,6 +26,7 @@ func agentCmd(g *globals) *cobra.Command {
 	var server, token, tokenFile, hostID, memory string
 	var vcpus float64
 	var emulate []string
+	var sampleEvery time.Duration
 	nf := &hostFlags{own: true}
 	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
@@ -83,7 +85,11 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			defer images.Close()
 			d := &agentapi.Daemon{Client: client, AgentVersion: version,
 				Capacity: h.capacity, Load: loadAvg, MemAvailable: memAvailable, Logger: g.log}
-			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log, SampleSink: d.Sample,
+			if sampleEvery < 100*time.Millisecond {
+				return fmt.Errorf("--sample-every %s: at least 100ms", sampleEvery)
+			}
+			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log,
+				SampleSink: d.Sample, SampleEvery: sampleEvery,
 				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
 			if err != nil {
 				return err
@@ -113,6 +119,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 	f.StringVar(&tokenFile, "enroll-token-file", "", "read the enrolment token from this file")
 	f.StringVar(&hostID, "host-id", "", "this host's id (default: the hostname)")
 	f.Float64Var(&vcpus, "vcpus", 0, "vCPUs VMs may use in all (default: all CPUs)")
+	f.DurationVar(&sampleEvery, "sample-every", time.Second, "how often a running job's VM is sampled for its resource profile (at least 100ms)")
 	f.StringVar(&memory, "memory", "", "memory VMs may use in all, e.g. 64GiB (default: all but 1 GiB)")
 	f.StringSliceVar(&emulate, "emulate", nil, "foreign architectures to offer under emulation (arm64, amd64)")
 	nf.add(cmd)

@@ -291,7 +291,8 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		SampleSink: func(runner string, s profile.Sample) {
 			cp.HostSamples(hostID, []agentapi.RunnerSamples{{Runner: runner, Samples: []profile.Sample{s}}})
 		},
-		LogDir: filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
+		SampleEvery: cfg.Agent.SampleEvery.D(),
+		LogDir:      filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
 	if err != nil {
 		h.close()
 		return nil, nil, err

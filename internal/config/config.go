@@ -212,6 +212,9 @@ type Agent struct {
 	// AllowUncapped runs VMs though cgroups cannot cap their memory or
 	// tasks here (no memory or pids controller): off, the agent refuses to.
 	AllowUncapped bool `yaml:"allow_uncapped"`
+	// SampleEvery is how often a running job's VM is sampled for its
+	// resource profile (default 1s, at least 100ms).
+	SampleEvery Duration `yaml:"sample_every"`
 	// IOPerVCPU caps each VM's disk I/O, per vCPU (a 4-vCPU VM gets four
 	// times as much); zero fields: uncapped.
 	IOPerVCPU IOPerVCPU `yaml:"io_per_vcpu"`
@@ -354,6 +357,7 @@ func (c *Config) applyDefaults() {
 	if c.Agents.MaxConnsPerSource == 0 {
 		c.Agents.MaxConnsPerSource = 64
 	}
+	defDur(&c.Agent.SampleEvery, time.Second)
 	def(&c.Agent.Bridge, "tandem0")
 	def(&c.Agent.Subnet, "172.30.0.0/24")
 	c.Agent.Mirror.applyDefaults()
@@ -530,6 +534,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Agent.VCPUs < 0 {
 		bad("agent.vcpus: must not be negative")
+	}
+	if c.Agent.SampleEvery.D() < 100*time.Millisecond {
+		bad("agent.sample_every %s: at least 100ms", c.Agent.SampleEvery.D())
 	}
 	errs = append(errs, c.Agent.Mirror.validate("agent.mirror")...)
 	errs = append(errs, c.validateImages()...)

@@ -119,6 +119,7 @@ func TestLoadRejects(t *testing.T) {
 		"group key":     {minimal + "runner: {scope: org, groups: {acme/app/x: a}}\n", `"acme/app/x": want ORG or ORG/REPO`},
 		"group name":    {minimal + "runner: {scope: org, groups: {acme: \"a\\tb\"}}\n", "want a runner group's name"},
 		"empty group":   {minimal + "runner: {scope: org, group: \" \"}\n", "want a runner group's name"},
+		"sample fast":   {minimal + "agent: {sample_every: 10ms}\n", "agent.sample_every 10ms: at least 100ms"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
