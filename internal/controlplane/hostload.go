@@ -28,20 +28,8 @@ func (s *Server) HostHeartbeat(id string, hb agentapi.Heartbeat) {
 
 // hostLoadLoop records the hosts' load every cfg.HostLoadEvery.
 func (s *Server) hostLoadLoop(ctx context.Context) {
-	if s.cfg.HostLoadEvery < 0 {
-		return
-	}
-	t := time.NewTicker(s.cfg.HostLoadEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := s.recordHostLoad(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("recording host load", "err", err)
-		}
+	if s.cfg.HostLoadEvery > 0 {
+		s.periodically(ctx, s.cfg.HostLoadEvery, "recording host load", s.recordHostLoad)
 	}
 }
 

@@ -112,7 +112,12 @@ func (s *Server) HostSamples(host string, batch []agentapi.RunnerSamples) {
 
 // profileLoop writes buffered samples every profileFlush.
 func (s *Server) profileLoop(ctx context.Context) {
-	t := time.NewTicker(profileFlush)
+	s.periodically(ctx, profileFlush, "writing profile samples", s.flushProfiles)
+}
+
+// periodically runs fn every d until ctx ends, and logs its failures.
+func (s *Server) periodically(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -120,8 +125,8 @@ func (s *Server) profileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if err := s.flushProfiles(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("writing profile samples", "err", err)
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn(what, "err", err)
 		}
 	}
 }

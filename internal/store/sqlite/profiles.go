@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/profile"
@@ -134,16 +133,8 @@ func (t *readTx) ProfiledRuns(f store.ProfiledRunFilter) ([]store.ProfiledRun, e
 	if f.Repo != "" {
 		w.add("jobs.repo = ? COLLATE NOCASE", f.Repo)
 	}
-	if f.Orgs != nil {
-		lower := make([]string, len(f.Orgs))
-		for i, o := range f.Orgs {
-			lower[i] = strings.ToLower(o)
-		}
-		if len(lower) == 0 {
-			w.add("0")
-		} else if err := in(&w, "lower(jobs.org)", lower); err != nil {
-			return nil, fmt.Errorf("profiled runs: %w", err)
-		}
+	if err := w.orgScope("jobs.org", f.Orgs); err != nil {
+		return nil, fmt.Errorf("profiled runs: %w", err)
 	}
 	q := "SELECT " + jobCols + ", profiles.ended_at, profiles.summary FROM profiles JOIN jobs ON jobs.id = profiles.job_id" +
 		w.String() + " ORDER BY profiles.ended_at DESC, jobs.id DESC"

@@ -182,18 +182,7 @@ func statsScope(w *where, f store.StatsFilter) error {
 	if f.Repo != "" {
 		w.add("repo = ? COLLATE NOCASE", f.Repo)
 	}
-	if f.Orgs != nil {
-		lower := make([]string, len(f.Orgs))
-		for i, o := range f.Orgs {
-			lower[i] = strings.ToLower(o)
-		}
-		if len(lower) == 0 {
-			w.add("0")
-		} else if err := in(w, "lower(org)", lower); err != nil {
-			return err
-		}
-	}
-	return nil
+	return w.orgScope("org", f.Orgs)
 }
 
 func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {

@@ -38,6 +38,23 @@ func (w *where) add(cond string, args ...any) {
 	w.args = append(w.args, args...)
 }
 
+// orgScope keeps the rows whose col is one of orgs, compared without case
+// (an API token's scope); nil orgs keeps every row, an empty list none.
+func (w *where) orgScope(col string, orgs []string) error {
+	if orgs == nil {
+		return nil
+	}
+	if len(orgs) == 0 {
+		w.add("0")
+		return nil
+	}
+	lower := make([]string, len(orgs))
+	for i, o := range orgs {
+		lower[i] = strings.ToLower(o)
+	}
+	return in(w, "lower("+col+")", lower)
+}
+
 // in adds "col IN (values)"; the values travel as one JSON array, so there
 // is no limit on how many there are.
 func in[T any](w *where, col string, values []T) error {
@@ -102,16 +119,8 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 	if f.Offset < 0 {
 		return nil, fmt.Errorf("%w: job filter: offset %d", store.ErrInvalid, f.Offset)
 	}
-	if f.Orgs != nil {
-		lower := make([]string, len(f.Orgs))
-		for i, o := range f.Orgs {
-			lower[i] = strings.ToLower(o)
-		}
-		if len(lower) == 0 {
-			w.add("0")
-		} else if err := in(&w, "lower(org)", lower); err != nil {
-			return nil, fmt.Errorf("list jobs: %w", err)
-		}
+	if err := w.orgScope("org", f.Orgs); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	q := "SELECT " + jobCols + " FROM jobs" + w.String()
 	if f.Newest {
@@ -141,17 +150,8 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 func (t *readTx) CountQueuedSince(since time.Time, orgs []string) (int, error) {
 	var w where
 	w.add("queued_at >= ?", msOf(since))
-	if orgs != nil {
-		lower := make([]string, len(orgs))
-		for i, o := range orgs {
-			lower[i] = strings.ToLower(o)
-		}
-		if len(lower) == 0 {
-			return 0, nil
-		}
-		if err := in(&w, "lower(org)", lower); err != nil {
-			return 0, fmt.Errorf("count jobs: %w", err)
-		}
+	if err := w.orgScope("org", orgs); err != nil {
+		return 0, fmt.Errorf("count jobs: %w", err)
 	}
 	var n int
 	if err := t.q.QueryRowContext(t.ctx, "SELECT count(*) FROM jobs"+w.String(), w.args...).Scan(&n); err != nil {
