@@ -58,11 +58,13 @@ var insightsDays = []int{1, 7, 14, 28}
 const maxInsightRows = 200
 
 // Thresholds past which a change is marked better or worse: percentiles
-// are a histogram bucket's middle (within ~4.5%), so smaller changes are
-// noise; a success rate moves by points.
+// are a histogram bucket's middle (within ~4.5%), and a few seconds more
+// of a short wait matter to nobody, so smaller changes are noise; a
+// success rate moves by points.
 const (
-	changeShare  = 0.10
-	changePoints = 2.0
+	changeShare   = 0.10
+	changeSeconds = 5.0
+	changePoints  = 2.0
 )
 
 type insightsData struct {
@@ -201,7 +203,7 @@ func makeInsightLine(q InsightsQuery, row InsightRow) insightLine {
 	}
 	dur := func(f func(store.JobStats) float64) insightCell {
 		c := count(f, fmtSeconds)
-		if prev != nil {
+		if prev != nil && math.Abs(f(cur)-f(*prev)) >= changeSeconds {
 			c.Class = judge(relChange(f(*prev), f(cur)), changeShare, true)
 		}
 		return c
@@ -209,7 +211,7 @@ func makeInsightLine(q InsightsQuery, row InsightRow) insightLine {
 	success := insightCell{Now: fmtRatePct(cur), Was: was(fmtRatePct)}
 	if prev != nil && prev.Ran > 0 && cur.Ran > 0 {
 		pts := 100 * (successRate(cur) - successRate(*prev))
-		success.Change = fmt.Sprintf("%+.0f pts", pts)
+		success.Change = signed(pts) + " pts"
 		success.Class = judge(pts, changePoints, false)
 	}
 	l.Cells = []insightCell{
@@ -265,7 +267,16 @@ func fmtChange(share float64) string {
 	case math.IsInf(share, 1):
 		return "new"
 	}
-	return fmt.Sprintf("%+.0f%%", 100*share)
+	return signed(100*share) + "%"
+}
+
+// signed writes v rounded with its sign, and 0 as ±0.
+func signed(v float64) string {
+	r := math.Round(v)
+	if r == 0 {
+		return "±0"
+	}
+	return fmt.Sprintf("%+.0f", r)
 }
 
 // judge says whether a change past threshold is better or worse: worse

@@ -83,7 +83,7 @@ func TestInsightsPage(t *testing.T) {
 		`<b>30</b><span class="was">was 20 <span class="delta ">&#43;50%</span>`,      // jobs: neither better nor worse
 		`<b>90%</b><span class="was">was 100% <span class="delta worse">-10 pts</span>`,
 		`<b>10m00s</b><span class="was">was 6m40s <span class="delta worse">&#43;50%</span>`, // run p50
-		`<b>1m35s</b><span class="was">was 3m20s <span class="delta better">-52%</span>`,     // queue p95
+		`<b>1m35s</b><span class="was">was 3m20s <span class="delta better">-53%</span>`,     // queue p95
 		`<b>12s</b><span class="was">was 12s <span class="delta ">-4%</span>`,                // queue p50: noise
 		`<b>15m00s</b><span class="was">was 14m40s <span class="delta ">&#43;2%</span>`,      // run p95: noise
 		`globex/secret</a> <span class="badge new">new</span>`, `<b>–</b>`,                   // no success rate without runs
@@ -164,7 +164,8 @@ func TestInsightChanges(t *testing.T) {
 		{100, 150, "+50%", "worse"},
 		{100, 105, "+5%", ""},
 		{100, 50, "-50%", "better"},
-		{0, 0, "+0%", ""},
+		{0, 0, "±0%", ""},
+		{100, 100.4, "±0%", ""},
 		{0, 10, "new", "worse"},
 	} {
 		ch := relChange(tc.was, tc.now)
@@ -177,6 +178,13 @@ func TestInsightChanges(t *testing.T) {
 	}
 	if got := judge(-5, changePoints, false); got != "worse" {
 		t.Errorf("success rate down 5 points: %q", got)
+	}
+	// A short wait that grew by a fifth but by under 5 s is not marked.
+	k := store.StatsKey{Org: "acme", Repo: "acme/app", Arch: arch.AMD64}
+	l := makeInsightLine(InsightsQuery{Days: 7, By: store.ByRepo}, InsightRow{StatsKey: k,
+		Current: store.JobStats{Jobs: 1, Ran: 1, QueueP50: 8.5, QueueP95: 60}, Previous: &store.JobStats{Jobs: 1, Ran: 1, QueueP50: 7, QueueP95: 40}})
+	if q50, q95 := l.Cells[3], l.Cells[4]; q50.Change != "+21%" || q50.Class != "" || q95.Change != "+50%" || q95.Class != "worse" {
+		t.Errorf("queue cells %+v %+v", q50, q95)
 	}
 	if fmtChange(math.NaN()) != "" || judge(math.NaN(), 1, true) != "" {
 		t.Error("NaN changes")

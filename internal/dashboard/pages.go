@@ -66,6 +66,7 @@ var funcs = template.FuncMap{
 	"cpu1":         cpuOf,
 	"rightsizeURL": rightsizeURL,
 	"secs":         fmtSeconds,
+	"day":          func(t time.Time) string { return t.UTC().Format("2006-01-02") },
 	"columns":      func() []string { return insightColumns },
 }
 

@@ -2,6 +2,8 @@ package dashboard
 
 import (
 	"context"
+	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -116,10 +118,17 @@ func niceDuration(s float64) float64 {
 	return niceCeil(s/days) * days
 }
 
-// fmtAxisSeconds writes an axis label: 0 as "0", else a short duration.
+// fmtAxisSeconds writes an axis label: 0 as "0", whole hours and minutes
+// as "2h" and "5m", else a short duration.
 func fmtAxisSeconds(s float64) string {
-	if clean(s) == 0 {
+	s = clean(s)
+	switch {
+	case s == 0:
 		return "0"
+	case s >= 3600 && math.Mod(s, 3600) == 0:
+		return strconv.Itoa(int(s/3600)) + "h"
+	case s >= 60 && math.Mod(s, 60) == 0:
+		return strconv.Itoa(int(s/60)) + "m"
 	}
 	return fmtSeconds(s)
 }

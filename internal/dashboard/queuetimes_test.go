@@ -23,7 +23,7 @@ func TestOverviewQueueChart(t *testing.T) {
 	e.now = e.now.Add(time.Minute)
 	body = e.do("GET", "/?fragment=1", c, nil, nil).Body.String()
 	if e.be.qCalls != 2 || !strings.Contains(body, "3 jobs started") || !strings.Contains(body, "<polyline") ||
-		!strings.Contains(body, "peak 50m00s") || !strings.Contains(body, ">04:00 UTC<") || !strings.Contains(body, ">04:00<") {
+		!strings.Contains(body, "peak 50m") || !strings.Contains(body, ">04:00 UTC<") || !strings.Contains(body, ">04:00<") {
 		t.Errorf("overview with jobs (%d calls):\n%s", e.be.qCalls, body)
 	}
 	// Another scope has its own answer: acme's jobs only.
@@ -58,13 +58,18 @@ func TestQueueView(t *testing.T) {
 	// Each hour at its middle: 30 minutes and 23.5 hours into the day; the
 	// top a round time above 70 s: 2 minutes.
 	near := func(a, b float64) bool { return math.Abs(a-b) < 0.06 } // coordinates have one decimal
-	if len(pts) != 2 || !near(pts[0][0], c.x(1800, 86400)) || !near(pts[1][0], c.x(23.5*3600, 86400)) || c.YTicks[2].Label != "2m00s" ||
-		c.YTicks[1].Label != "1m00s" || c.YTicks[0].Label != "0" || !near(pts[0][1], c.y(70, 120)) {
+	if len(pts) != 2 || !near(pts[0][0], c.x(1800, 86400)) || !near(pts[1][0], c.x(23.5*3600, 86400)) || c.YTicks[2].Label != "2m" ||
+		c.YTicks[1].Label != "1m" || c.YTicks[0].Label != "0" || !near(pts[0][1], c.y(70, 120)) {
 		t.Errorf("points %v, y ticks %+v", pts, c.YTicks)
 	}
 	for s, want := range map[float64]float64{0: 2, 1.5: 2, 3: 4, 45: 60, 3601: 7200, 86401: 2 * 86400, 10 * 86400: 10 * 86400} {
 		if got := niceDuration(s); got != want {
 			t.Errorf("niceDuration(%v) = %v, want %v", s, got, want)
+		}
+	}
+	for s, want := range map[float64]string{0: "0", 5: "5s", 90: "1m30s", 120: "2m", 1800: "30m", 7200: "2h", 5400: "90m"} {
+		if got := fmtAxisSeconds(s); got != want {
+			t.Errorf("fmtAxisSeconds(%v) = %q, want %q", s, got, want)
 		}
 	}
 	for _, st := range durationSteps {
