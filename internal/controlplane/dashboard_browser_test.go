@@ -40,9 +40,12 @@ func chromium(t *testing.T) string {
 // without a reload; open a running job whose agent sends resource samples
 // and see its profile charted, marked live, with its logical job's
 // right-size note, and its log tail grow and stay scrolled to the end,
-// without a reload; open the Right-sizing page; and a read:acme token sees
-// neither globex's job in the list nor its page by URL, nor globex's
-// right-size advice. A screenshot of each page goes to
+// without a reload; open the Right-sizing page; open the Insights page
+// over a made-up fortnight (internal/demo) and a longest run's job from
+// it; see the overview's queue-time chart and the host's load charts from
+// the records taken every 200 ms; and a read:acme token sees neither
+// globex's job in the list nor its page by URL, nor globex's right-size
+// advice, nor the made-up orgs' insights. A screenshot of each page goes to
 // $TANDEM_SCREENSHOTS, or a temporary directory the log names.
 func TestDashboardInBrowser(t *testing.T) {
 	exe := chromium(t)
@@ -58,11 +61,13 @@ func TestDashboardInBrowser(t *testing.T) {
 	var logDir string
 	r := newRig(t, rigOptions{configure: func(c *controlplane.Config) {
 		c.APITokens = append(c.APITokens, controlplane.APIToken{Secret: acmeReader, Orgs: []string{"acme"}})
+		c.HostLoadEvery = 200 * time.Millisecond
 		logDir = c.LogDir
 	}})
 	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
 	r.gh.AddInstallation("globex", ghfake.AccountOrganization, "globex/web")
 	putRightsizeHistory(t, r)
+	putDemoHistory(t, r, 14, 60)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
 		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
@@ -139,6 +144,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	// An admin logs in, with a pasted token.
 	login(rigAdminToken)
+	waitFor("the queue-time chart", "#chart-queue svg polyline", 5*time.Second)
 	shot("overview")
 
 	// Drains h1 with the button; the page shows it.
@@ -267,6 +273,28 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	shot("rightsize")
 
+	// Insights over the made-up fortnight: a row per repository beside the
+	// week before, etcd's integration job slower this week, the longest
+	// runs linking to their jobs.
+	do("open insights", chromedp.Navigate(base+"/insights"), chromedp.WaitVisible(chromedp.CSS(`#insights tr[data-group="etcd-io/etcd"]`)))
+	if inc := text("#increases"); !strings.Contains(inc, "etcd-io/etcd") || !strings.Contains(inc, "integration") {
+		t.Errorf("jobs slower this week:\n%s", inc)
+	}
+	shot("insights")
+	do("open the longest run", chromedp.Click(chromedp.CSS(`#slowest tbody tr:first-child a[href^="/jobs/"]`)))
+	waitFor("the longest run's page", "#job-state", 10*time.Second)
+
+	// The host's load over the last day, from the records taken every
+	// 200 ms.
+	do("open h1's load", chromedp.Navigate(base+"/hosts/h1"), chromedp.WaitVisible(chromedp.ID("host-load")))
+	waitFor("h1's vCPU chart", "#chart-host-cpu svg polyline", 10*time.Second)
+	waitFor("h1's VMs chart", "#chart-host-vms svg polyline", 5*time.Second)
+	if note := text("#host-load-note"); !strings.Contains(note, "load records") {
+		t.Errorf("host load note %q", note)
+	}
+	do("scroll to the load charts", chromedp.ScrollIntoView(chromedp.ID("host-load")))
+	shot("host-load")
+
 	do("open hosts", chromedp.Navigate(base+"/hosts"), chromedp.WaitVisible(chromedp.CSS(`tr[data-host="h1"]`)))
 	shot("hosts")
 	do("open audit", chromedp.Navigate(base+"/audit"), chromedp.WaitVisible(chromedp.CSS("table")))
@@ -297,6 +325,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("a read:acme token sees globex's advice:\n%s", rs)
 	}
 	do("acme's right-sizing", chromedp.Navigate(base+"/rightsize"), chromedp.WaitVisible(chromedp.CSS(`#rightsize tr[data-repo="acme/app"]`)))
+	do("acme's insights", chromedp.Navigate(base+"/insights?days=28&by=job"), chromedp.WaitVisible(chromedp.CSS(`#insights tr[data-group="acme/app"]`)))
+	if in := text("main"); strings.Contains(in, "etcd-io/") || strings.Contains(in, "globex/") {
+		t.Errorf("a read:acme token sees other orgs' insights:\n%s", in)
+	}
 	do("globex's job by URL", chromedp.Navigate(fmt.Sprintf("%s/jobs/%d", base, globex)), chromedp.WaitVisible(chromedp.CSS("main h1")))
 	if title, body := text("main h1"), text("main"); title != "Not found" || strings.Contains(body, "globex") {
 		t.Errorf("a read:acme token opening globex's job: %q\n%s", title, body)
