@@ -89,6 +89,7 @@ func BenchmarkDashboardPages(b *testing.B) {
 	targets := []struct{ name, path string }{
 		{"overview", "/"}, {"queue", "/queue"}, {"jobs", "/jobs"}, {"jobs-filtered", "/jobs?org=etcd-io&state=completed"},
 		{"job", fmt.Sprintf("/jobs/%d", job)}, {"hosts", "/hosts"}, {"host", "/hosts/host-042"}, {"rightsize", "/rightsize"},
+		{"insights-7d-job", "/insights?days=7&by=job"}, {"insights-28d-repo", "/insights?days=28&by=repo"},
 		{"api-jobs", "/api/v1/jobs"}, {"api-hosts", "/api/v1/hosts"}, {"api-job-profile", fmt.Sprintf("/api/v1/jobs/%d/profile", job)},
 		{"api-insights-7d", "/api/v1/insights?days=7&by=job"}, {"api-insights-28d", "/api/v1/insights?days=28&by=repo"},
 		{"api-rightsize", "/api/v1/rightsize"},
