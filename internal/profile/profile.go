@@ -55,14 +55,14 @@ type Sample struct {
 	// GuestAt is when the guest's side was read (its heartbeat's arrival),
 	// which the host's clock need not match: guest rates are taken over
 	// GuestAt's intervals. Zero: At.
-	GuestAt time.Time `json:"guest_t,omitzero"`
-	Load1           float64 `json:"load1,omitempty"`
-	MemTotal        int64   `json:"mem_total,omitempty"`
-	MemAvailable    int64   `json:"mem_avail,omitempty"`
-	OOMKills        int64   `json:"oom_kills,omitempty"` // since the guest booted
-	DiskUsed        int64   `json:"disk_used,omitempty"` // of the guest's root filesystem
-	DiskTotal       int64   `json:"disk_total,omitempty"`
-	Procs           int     `json:"procs,omitempty"`
+	GuestAt      time.Time `json:"guest_t,omitzero"`
+	Load1        float64   `json:"load1,omitempty"`
+	MemTotal     int64     `json:"mem_total,omitempty"`
+	MemAvailable int64     `json:"mem_avail,omitempty"`
+	OOMKills     int64     `json:"oom_kills,omitempty"` // since the guest booted
+	DiskUsed     int64     `json:"disk_used,omitempty"` // of the guest's root filesystem
+	DiskTotal    int64     `json:"disk_total,omitempty"`
+	Procs        int       `json:"procs,omitempty"`
 }
 
 func (s Sample) guestAt() time.Time {
