@@ -193,7 +193,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	do("open the job", chromedp.Navigate(fmt.Sprintf("%s/jobs/%d", base, acme)))
 	waitFor("the job's state", "#job-state.state-completed", 10*time.Second)
 	timeline := text(".timeline")
-	for _, want := range []string{"queued", "scheduled", "running", "completed"} {
+	// "running" may be missing: a lost or late in_progress webhook lets
+	// the reconciler learn the job's end straight from GitHub (a CI run
+	// saw launching → completed).
+	for _, want := range []string{"queued", "scheduled", "completed"} {
 		if !strings.Contains(timeline, want) {
 			t.Errorf("the timeline lacks %q:\n%s", want, timeline)
 		}

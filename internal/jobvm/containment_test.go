@@ -180,8 +180,11 @@ func TestConsoleFlood(t *testing.T) {
 	if res.Failure != failure.ConsoleLimit {
 		t.Fatalf("failure %q (%s, err %v), want %q", res.Failure, res.Detail, err, failure.ConsoleLimit)
 	}
-	if b := biggest.Load(); b < limit || b > limit+32<<20 {
-		t.Errorf("the console grew to %d bytes; want past the %d limit and little more", b, limit)
+	// The failure says the limit was passed; the file is seen by polling,
+	// which may miss its last growth before teardown removes it (a CI run
+	// saw 1,023,636 bytes of a 1 MiB limit).
+	if b := biggest.Load(); b < limit*9/10 || b > limit+32<<20 {
+		t.Errorf("the console grew to %d bytes; want about the %d limit and little more", b, limit)
 	}
 	if grew := vmHWM(t) - before; grew > 64<<20 {
 		t.Errorf("this process's peak memory grew by %d MiB while the guest flooded its console", grew>>20)
@@ -235,7 +238,7 @@ func largest(stop <-chan struct{}, file string, peak *atomic.Int64) {
 		select {
 		case <-stop:
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 		if fi, err := os.Stat(file); err == nil && fi.Size() > peak.Load() {
 			peak.Store(fi.Size())
