@@ -42,7 +42,7 @@ func TestMetrics(t *testing.T) {
 			{`tandem_job_run_seconds_count{arch="arm64",result="success"}`, eq(1)},
 			{`tandem_job_queue_seconds_count{arch="amd64",result="success"}`, eq(2)},
 			{`tandem_job_queue_seconds_count{arch="amd64",result="unschedulable"}`, eq(1)},
-			{`tandem_vm_boot_seconds_count{arch="arm64",emulated="true"}`, eq(1)},
+			{`tandem_vm_boot_seconds_count{arch="arm64",emulated="true"}`, atLeast(1)}, // a second VM when its runner ends before in_progress is applied (a known case)
 			{`tandem_vm_boot_seconds_count{arch="amd64",emulated="false"}`, atLeast(4)},
 			{`tandem_queue_depth{arch="amd64"}`, eq(2)},
 			{`tandem_queue_depth{arch="arm64"}`, eq(0)},
