@@ -75,50 +75,53 @@ with the same --seed adds nothing. Do not seed a production database.`,
 // seed writes a history, skipping the jobs and profiles st has already,
 // and says how many it added.
 func seed(ctx context.Context, st store.Store, h demo.History) (jobs, profiles int, err error) {
-	for lo := 0; lo < len(h.Jobs); lo += seedBatch {
-		batch := h.Jobs[lo:min(lo+seedBatch, len(h.Jobs))]
+	jobs, err = putBatches(ctx, st, h.Jobs, func(tx store.Tx, j store.Job) (bool, error) {
+		err := tx.CreateJob(j, store.Event{Source: "demo", Reason: j.Reason})
+		if errors.Is(err, store.ErrExists) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	if err != nil {
+		return jobs, 0, fmt.Errorf("seeding jobs: %w", err)
+	}
+	profiles, err = putBatches(ctx, st, h.Profiles, func(tx store.Tx, p store.Profile) (bool, error) {
+		if _, err := tx.Profile(p.Runner); err == nil {
+			return false, nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return false, err
+		}
+		return true, tx.PutProfile(p)
+	})
+	if err != nil {
+		return jobs, profiles, fmt.Errorf("seeding profiles: %w", err)
+	}
+	return jobs, profiles, nil
+}
+
+// putBatches writes items seedBatch to a transaction with put, which says
+// whether it added one, and returns how many were added.
+func putBatches[T any](ctx context.Context, st store.Store, items []T, put func(store.Tx, T) (bool, error)) (int, error) {
+	added := 0
+	for lo := 0; lo < len(items); lo += seedBatch {
 		n := 0
 		err := st.Update(ctx, func(tx store.Tx) error {
 			n = 0
-			for _, j := range batch {
-				err := tx.CreateJob(j, store.Event{Source: "demo", Reason: j.Reason})
-				if errors.Is(err, store.ErrExists) {
-					continue
-				}
+			for _, it := range items[lo:min(lo+seedBatch, len(items))] {
+				ok, err := put(tx, it)
 				if err != nil {
 					return err
 				}
-				n++
+				if ok {
+					n++
+				}
 			}
 			return nil
 		})
 		if err != nil {
-			return jobs, profiles, fmt.Errorf("seeding jobs: %w", err)
+			return added, err
 		}
-		jobs += n
+		added += n
 	}
-	for lo := 0; lo < len(h.Profiles); lo += seedBatch {
-		batch := h.Profiles[lo:min(lo+seedBatch, len(h.Profiles))]
-		n := 0
-		err := st.Update(ctx, func(tx store.Tx) error {
-			n = 0
-			for _, p := range batch {
-				if _, err := tx.Profile(p.Runner); err == nil {
-					continue
-				} else if !errors.Is(err, store.ErrNotFound) {
-					return err
-				}
-				if err := tx.PutProfile(p); err != nil {
-					return err
-				}
-				n++
-			}
-			return nil
-		})
-		if err != nil {
-			return jobs, profiles, fmt.Errorf("seeding profiles: %w", err)
-		}
-		profiles += n
-	}
-	return jobs, profiles, nil
+	return added, nil
 }
