@@ -52,15 +52,20 @@ type StatsKey struct {
 type JobStats struct {
 	StatsKey
 	Jobs int `json:"jobs"` // ended in the period, in any terminal state
-	// Ran counts those that ran (a runner took them); Succeeded those
-	// GitHub concluded "success".
+	// Ran counts those that ran (a runner took them); of those, Succeeded
+	// the ones GitHub concluded success, Failed failure or timed_out
+	// (ResultOf), Emulated those whose VM emulated the architecture.
 	Ran         int     `json:"ran"`
 	Succeeded   int     `json:"succeeded"`
+	Failed      int     `json:"failed"`
+	Emulated    int     `json:"emulated"`
 	VCPUMinutes float64 `json:"vcpu_minutes"` // of the jobs that ran, by their size asked
 	QueueP50    float64 `json:"queue_p50_s"`
 	QueueP95    float64 `json:"queue_p95_s"`
 	RunP50      float64 `json:"run_p50_s"`
 	RunP95      float64 `json:"run_p95_s"`
+	// Labels is the label key (Job.LabelKey) of the group's latest job.
+	Labels string `json:"labels,omitempty"`
 }
 
 // SlowRun is one of a period's longest runs.

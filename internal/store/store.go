@@ -102,6 +102,14 @@ type ReadTx interface {
 	// SlowestRuns returns the n longest runs of the jobs f selects
 	// (f.Level is ignored), longest first.
 	SlowestRuns(f StatsFilter, n int) ([]SlowRun, error)
+	// ParityCommits sums up, per logical job, the commits of f's period
+	// that have a result on both architectures (f.Level is ignored), in no
+	// particular order.
+	ParityCommits(f ParityFilter) ([]CommitParity, error)
+	// RepoTiers lists repositories' support tiers by repository;
+	// TierChanges lists tier moves (at or after f.Since), oldest first.
+	RepoTiers(f TierFilter) ([]RepoTier, error)
+	TierChanges(f TierFilter) ([]TierChange, error)
 	// HostLoad returns a host's load records at or after since, oldest
 	// first.
 	HostLoad(host string, since time.Time) ([]HostLoad, error)
@@ -168,6 +176,13 @@ type Tx interface {
 	AddHostLoad(loads []HostLoad) error
 	PruneHostLoad(before time.Time) (int64, error)
 
+	// SetRepoTier records a repository's tier as evaluated at
+	// r.CheckedAt. When the tier differs from the one stored (or there was
+	// none), it records a TierChange with r.Reason, sets Since to
+	// CheckedAt and reports true; otherwise it keeps Since and updates the
+	// reason. Prune keeps tiers and their changes.
+	SetRepoTier(r RepoTier) (changed bool, err error)
+
 	// AppendAudit adds an entry to the audit log and returns its Seq. An
 	// entry needs a time, an actor and an action (ErrInvalid otherwise).
 	// Prune keeps the audit log.
@@ -187,6 +202,7 @@ type JobFilter struct {
 	RunnerName string
 	LabelKey   string
 	Arch       arch.Arch
+	HeadSHA    string // a commit's jobs
 	// QueuedSince selects jobs Tandem learnt of at or after it.
 	QueuedSince time.Time
 	// Newest orders by QueuedAt descending (then ID descending) instead of

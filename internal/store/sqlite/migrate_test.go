@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,18 +125,22 @@ func TestJobStatsBackfill(t *testing.T) {
 	err = s.Update(ctx, func(tx store.Tx) error {
 		for i, run := range []time.Duration{time.Minute, 2 * time.Minute, 3 * time.Minute} {
 			j := store.Job{ID: int64(i + 1), Org: "acme", Repo: "acme/app", Name: "unit", Arch: "amd64", VCPUs: 2,
-				State: store.JobCompleted, Conclusion: "success", QueuedAt: t0, StartedAt: t0, CompletedAt: t0.Add(run), UpdatedAt: t0}
+				State: store.JobCompleted, Conclusion: "success", QueuedAt: t0, StartedAt: t0, CompletedAt: t0.Add(run), UpdatedAt: t0,
+				HeadSHA: "c0ffee"}
 			if err := tx.CreateJob(j, store.Event{}); err != nil {
 				return err
 			}
 		}
-		return nil
+		// The same logical job on arm64, failing on the same commit.
+		return tx.CreateJob(store.Job{ID: 4, Org: "acme", Repo: "acme/app", Name: "unit (arm64)", Arch: "arm64", VCPUs: 2,
+			State: store.JobCompleted, Conclusion: "failure", QueuedAt: t0, StartedAt: t0, CompletedAt: t0.Add(time.Minute),
+			UpdatedAt: t0, HeadSHA: "c0ffee"}, store.Event{})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// As a database from before 0015: no statistics, no run times.
-	for _, q := range []string{"DELETE FROM job_stats_daily", "DELETE FROM store_tasks", "UPDATE jobs SET run_ms = 0"} {
+	for _, q := range []string{"DELETE FROM job_stats_daily", "DELETE FROM store_tasks", "UPDATE jobs SET run_ms = 0", "DELETE FROM parity_commits"} {
 		if _, err := s.w.Exec(q); err != nil {
 			t.Fatal(err)
 		}
@@ -145,13 +151,19 @@ func TestJobStatsBackfill(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = s.View(ctx, func(tx store.ReadTx) error {
-			st, err := tx.JobStats(store.StatsFilter{Since: t0, Until: t0, Level: store.ByJob})
+			st, err := tx.JobStats(store.StatsFilter{Since: t0, Until: t0, Level: store.ByJob, Repo: "acme/app"})
 			if err != nil {
 				return err
 			}
+			slices.SortFunc(st, func(a, b store.JobStats) int { return strings.Compare(string(a.Arch), string(b.Arch)) })
 			slow, err := tx.SlowestRuns(store.StatsFilter{Since: t0, Until: t0}, 5)
-			if len(st) != 1 || st[0].Jobs != 3 || st[0].Ran != 3 || st[0].VCPUMinutes != 12 || len(slow) != 3 || slow[0].RunS != 180 {
+			if len(st) != 2 || st[0].Jobs != 3 || st[0].Ran != 3 || st[0].VCPUMinutes != 12 || st[1].Failed != 1 ||
+				len(slow) != 4 || slow[0].RunS != 180 {
 				t.Errorf("after the backfill: %+v, slowest %+v", st, slow)
+			}
+			pc, err := tx.ParityCommits(store.ParityFilter{Since: t0, Until: t0})
+			if len(pc) != 1 || pc[0].Logical != "unit" || pc[0].Compared != 1 || pc[0].ARM64Failed != 1 {
+				t.Errorf("parity after the backfill: %+v", pc)
 			}
 			return err
 		})

@@ -36,18 +36,30 @@ type statsKey struct {
 // statsRow is one row of job_stats_daily.
 type statsRow struct {
 	statsKey
-	jobs, ran, succeeded int
-	vcpuSeconds          float64
-	run, queue           store.Histogram
+	jobs, ran, succeeded, failed, emulated int
+	vcpuSeconds                            float64
+	run, queue                             store.Histogram
+	labels                                 string // label key of the latest job added
 }
 
-func (r *statsRow) add(j store.Job, n int) {
+// add counts a job (n = 1) or takes it away (n = -1); emulated says
+// whether its runner's VM was emulated.
+func (r *statsRow) add(j store.Job, n int, emulated bool) {
 	run, queue, ran, queued := j.RunTimes()
 	r.jobs += n
+	if n > 0 {
+		r.labels = j.LabelKey
+	}
 	if ran {
 		r.ran += n
-		if j.Conclusion == "success" {
+		switch store.ResultOf(j) {
+		case store.Passed:
 			r.succeeded += n
+		case store.Failed:
+			r.failed += n
+		}
+		if emulated {
+			r.emulated += n
 		}
 		r.vcpuSeconds += float64(n) * j.VCPUs * run
 		r.run.Add(run, n)
@@ -70,9 +82,10 @@ func (t *writeTx) addJobStats(j store.Job, n int) error {
 	}
 	k := statsKeyOf(j)
 	var runHist, queueHist string
-	err := t.q.QueryRowContext(t.ctx, `SELECT jobs, ran, succeeded, vcpu_seconds, run_hist, queue_hist FROM job_stats_daily
-		WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
-		k.day, k.org, k.repo, k.workflow, k.name, k.ar).Scan(&k.jobs, &k.ran, &k.succeeded, &k.vcpuSeconds, &runHist, &queueHist)
+	err := t.q.QueryRowContext(t.ctx, `SELECT jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels
+		FROM job_stats_daily WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
+		k.day, k.org, k.repo, k.workflow, k.name, k.ar).Scan(&k.jobs, &k.ran, &k.succeeded, &k.failed, &k.emulated,
+		&k.vcpuSeconds, &runHist, &queueHist, &k.labels)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
@@ -82,9 +95,16 @@ func (t *writeTx) addJobStats(j store.Job, n int) error {
 			return fmt.Errorf("job %d: statistics: %w", j.ID, err)
 		}
 	}
-	k.add(j, n)
+	emulated, err := t.ranEmulated(j)
+	if err != nil {
+		return fmt.Errorf("job %d: statistics: %w", j.ID, err)
+	}
+	k.add(j, n, emulated)
 	if err := t.putStatsRow(k); err != nil {
 		return fmt.Errorf("job %d: statistics: %w", j.ID, err)
+	}
+	if err := t.addParityCommit(j, n); err != nil {
+		return fmt.Errorf("job %d: parity: %w", j.ID, err)
 	}
 	runMS := int64(0)
 	if run, _, ran, _ := j.RunTimes(); ran && n > 0 {
@@ -112,14 +132,29 @@ func (t *writeTx) putStatsRow(k statsRow) error {
 		return err
 	}
 	_, err = t.q.ExecContext(t.ctx, `INSERT OR REPLACE INTO job_stats_daily
-		(day, org, repo, workflow, name, arch, jobs, ran, succeeded, vcpu_seconds, run_hist, queue_hist)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.day, k.org, k.repo, k.workflow, k.name, k.ar, k.jobs, k.ran, k.succeeded, k.vcpuSeconds, string(run), string(queue))
+		(day, org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.day, k.org, k.repo, k.workflow, k.name, k.ar, k.jobs, k.ran, k.succeeded, k.failed, k.emulated, k.vcpuSeconds,
+		string(run), string(queue), k.labels)
 	return err
 }
 
-// backfillJobStats adds the jobs that ended before migration 0015 to the
-// statistics, once.
+// ranEmulated reports whether the job ran on one of Tandem's runners whose
+// VM was emulated (false for a runner not Tandem's, or one pruned).
+func (t *readTx) ranEmulated(j store.Job) (bool, error) {
+	if j.RunnerName == "" {
+		return false, nil
+	}
+	var emulated bool
+	err := t.q.QueryRowContext(t.ctx, "SELECT emulated FROM runners WHERE name = ?", j.RunnerName).Scan(&emulated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return emulated, err
+}
+
+// backfillJobStats adds the jobs that ended before migration 0015 (and,
+// again, 0016) to the statistics and the parity records, once.
 func backfillJobStats(ctx context.Context, db *sql.DB) error {
 	const task = "job-stats-backfill"
 	tx, err := db.BeginTx(ctx, nil)
@@ -156,7 +191,14 @@ func backfillJobStats(ctx context.Context, db *sql.DB) error {
 			r = &k
 			rows[k.statsKey] = r
 		}
-		r.add(j, 1)
+		emulated, err := w.ranEmulated(j)
+		if err != nil {
+			return err
+		}
+		r.add(j, 1, emulated)
+		if err := w.addParityCommit(j, 1); err != nil {
+			return err
+		}
 		if run, _, ran, _ := j.RunTimes(); ran {
 			if _, err := tx.ExecContext(ctx, "UPDATE jobs SET run_ms = ? WHERE id = ?", max(int64(run*1000), 1), j.ID); err != nil {
 				return err
@@ -195,8 +237,8 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 	if err := statsScope(&w, f); err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, `SELECT org, repo, workflow, name, arch, jobs, ran, succeeded, vcpu_seconds,
-		run_hist, queue_hist FROM job_stats_daily`+w.String(), w.args...)
+	rows, err := t.q.QueryContext(t.ctx, `SELECT org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated,
+		vcpu_seconds, run_hist, queue_hist, labels FROM job_stats_daily`+w.String()+" ORDER BY day", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
 	}
@@ -210,10 +252,11 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 	var order []store.StatsKey
 	for rows.Next() {
 		var k store.StatsKey
-		var a, runHist, queueHist string
-		var jobs, ran, succeeded int
+		var a, runHist, queueHist, labels string
+		var jobs, ran, succeeded, failed, emulated int
 		var vcpuS float64
-		if err := rows.Scan(&k.Org, &k.Repo, &k.Workflow, &k.Name, &a, &jobs, &ran, &succeeded, &vcpuS, &runHist, &queueHist); err != nil {
+		if err := rows.Scan(&k.Org, &k.Repo, &k.Workflow, &k.Name, &a, &jobs, &ran, &succeeded, &failed, &emulated,
+			&vcpuS, &runHist, &queueHist, &labels); err != nil {
 			return nil, fmt.Errorf("job stats: %w", err)
 		}
 		k.Arch = arch.Arch(a)
@@ -234,6 +277,11 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 		g.s.Jobs += jobs
 		g.s.Ran += ran
 		g.s.Succeeded += succeeded
+		g.s.Failed += failed
+		g.s.Emulated += emulated
+		if labels != "" {
+			g.s.Labels = labels // rows come oldest day first: the latest wins
+		}
 		g.vcpuS += vcpuS
 		var run, queue store.Histogram
 		if err := errors.Join(json.Unmarshal([]byte(runHist), &run), json.Unmarshal([]byte(queueHist), &queue)); err != nil {

@@ -99,7 +99,7 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	for _, c := range []struct{ col, v string }{
-		{"org", f.Org}, {"repo", f.Repo}, {"runner_name", f.RunnerName}, {"label_key", f.LabelKey},
+		{"org", f.Org}, {"repo", f.Repo}, {"runner_name", f.RunnerName}, {"label_key", f.LabelKey}, {"head_sha", f.HeadSHA},
 	} {
 		if c.v == "" {
 			continue

@@ -101,8 +101,11 @@ func bruteStats(jobs []store.Job, f store.StatsFilter) map[store.StatsKey]store.
 		g.s.Ran++
 		g.run = append(g.run, run)
 		g.s.VCPUMinutes += j.VCPUs * run / 60
-		if j.Conclusion == "success" {
+		switch j.Conclusion {
+		case "success":
 			g.s.Succeeded++
+		case "failure", "timed_out":
+			g.s.Failed++
 		}
 		if !st.Before(cr) {
 			g.queue = append(g.queue, float64(st.UnixMilli()-cr.UnixMilli())/1000)
@@ -173,7 +176,7 @@ func testJobStats(t *testing.T, s store.Store) {
 			}
 			for _, g := range got {
 				w := want[g.StatsKey]
-				if g.Jobs != w.Jobs || g.Ran != w.Ran || g.Succeeded != w.Succeeded || math.Abs(g.VCPUMinutes-w.VCPUMinutes) > 1e-6 ||
+				if g.Jobs != w.Jobs || g.Ran != w.Ran || g.Succeeded != w.Succeeded || g.Failed != w.Failed || math.Abs(g.VCPUMinutes-w.VCPUMinutes) > 1e-6 ||
 					g.RunP50 != w.RunP50 || g.RunP95 != w.RunP95 || g.QueueP50 != w.QueueP50 || g.QueueP95 != w.QueueP95 {
 					t.Errorf("level %s org %q group %+v:\n got %+v\nwant %+v", level, org, g.StatsKey, g, w)
 				}

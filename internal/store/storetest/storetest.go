@@ -97,6 +97,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PruneProfiles", testPruneProfiles},
 		{"ProfiledRuns", testProfiledRuns},
 		{"JobStats", testJobStats},
+		{"ParityCommits", testParityCommits},
+		{"RepoTiers", testRepoTiers},
 		{"CountQueuedSince", testCountQueuedSince},
 		{"HostLoad", testHostLoad},
 	}
