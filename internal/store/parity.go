@@ -39,14 +39,14 @@ type ParityFilter = StatsFilter
 // both architectures in a period. Org and Repo are lower case.
 type CommitParity struct {
 	Org, Repo, Workflow, Logical string
-	Compared int // commits with a result on both
+	Compared                     int // commits with a result on both
 	// ARM64Failed counts the commits where arm64 failed and amd64 passed;
 	// AMD64Failed the reverse.
 	ARM64Failed, AMD64Failed int
 	// The latest compared commit (by its later end) and its results.
-	LatestSHA                 string
-	LatestAt                  time.Time
-	LatestAMD64, LatestARM64  Result
+	LatestSHA                string
+	LatestAt                 time.Time
+	LatestAMD64, LatestARM64 Result
 }
 
 // RepoTier is a repository's support tier as last evaluated.

@@ -73,8 +73,8 @@ func parityHistory(rng *rand.Rand, commits int) []store.Job {
 func bruteParity(jobs []store.Job, f store.ParityFilter) map[string]store.CommitParity {
 	type commit struct {
 		org, repo, wf, logical, sha string
-		res                        [2]store.Result
-		end                        [2]time.Time
+		res                         [2]store.Result
+		end                         [2]time.Time
 	}
 	commits := map[string]*commit{}
 	var order []string
