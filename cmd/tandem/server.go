@@ -142,7 +142,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 			IdleTimeout: cfg.Runner.IdleTimeout.D(), ConfigTimeout: cfg.Runner.ConfigTimeout.D(),
 			LabelImages: cfg.Runner.Images, DiskPerVCPU: int(cfg.Runner.DiskPerVCPU),
 		},
-		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers, Egress: egressPolicies,
+		Images: images, MaxImageTransfers: cfg.Agents.MaxImageTransfers, Egress: egressPolicies, Parity: cfg.Parity,
 		Limits:      schedulerLimits(cfg),
 		MaxAttempts: cfg.Scheduler.MaxLaunchAttempts,
 		Reconcile: controlplane.Intervals{

@@ -26,6 +26,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	Egress egress.Config `yaml:"egress"`
 	Agents Agents        `yaml:"agents"`
 	API    API           `yaml:"api"`
+	// Parity is the Arm64/x86 parity policy: its period, flaky margin,
+	// support tiers and badges (internal/parity).
+	Parity parity.Policy `yaml:"parity"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
@@ -361,6 +365,7 @@ func (c *Config) applyDefaults() {
 	def(&c.Agent.Bridge, "tandem0")
 	def(&c.Agent.Subnet, "172.30.0.0/24")
 	c.Agent.Mirror.applyDefaults()
+	c.Parity.Defaults()
 }
 
 // DatabasePath is the SQLite file, given the data directory in use.
@@ -463,6 +468,9 @@ func (c *Config) Validate() error {
 		bad("runner.scope %q: want repo or org", c.Runner.Scope)
 	}
 	errs = append(errs, c.validateGroups()...)
+	if err := c.Parity.Validate("parity"); err != nil {
+		errs = append(errs, err)
+	}
 	if !validName(c.Runner.NamePrefix) {
 		bad("runner.name_prefix %q: want [a-z0-9-]", c.Runner.NamePrefix)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/dashboard"
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -34,6 +35,7 @@ import (
 //	GET  /api/v1/hosts/{id}/load  ?hours=24: the host's load, a record a minute (hostload.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
+//	GET  /api/v1/parity[/check|/report], /badge/parity/ORG/REPO.svg  Arm64/x86 parity (parity.go)
 //	GET  /, /jobs, /hosts, ...    the web dashboard (internal/dashboard; dashboard.go)
 //
 // and the operator endpoints of ops.go. API tokens (APITokens) guard
@@ -64,6 +66,7 @@ type api struct {
 	labels   *labels.Parser       // the runs-on labels (right-sizing's suggested labels)
 	advice   *adviceCache         // right-sizing's recent answers
 	dash     *dashboard.Dashboard // its sessions live in memory
+	parity   parity.Policy        // the parity policy (parity.go)
 }
 
 // apiControl is what the operator endpoints ask of the control plane.
@@ -78,7 +81,7 @@ type apiControl interface {
 
 func newAPI(s *Server) *api {
 	a := &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
-		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels, advice: newAdviceCache()}
+		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels, advice: newAdviceCache(), parity: s.cfg.Parity}
 	a.dash = dashboard.New(dashboard.Config{Backend: dashBackend{a}, Logger: s.log.With("part", "dashboard"), Now: s.now})
 	return a
 }
@@ -98,6 +101,10 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/hosts/{id}/load", a.guard(false, a.handleHostLoad))
 	mux.HandleFunc("GET /api/v1/egress/suggest", a.guard(false, a.handleEgressSuggest))
 	mux.HandleFunc("GET /api/v1/audit", a.guard(false, a.handleAudit))
+	mux.HandleFunc("GET /api/v1/parity", a.guard(false, a.handleParity))
+	mux.HandleFunc("GET /api/v1/parity/check", a.guard(false, a.handleParityCheck))
+	mux.HandleFunc("GET /api/v1/parity/report", a.guard(false, a.handleParityReport))
+	mux.HandleFunc("GET /badge/parity/{org}/{file}", a.handleBadge)
 	a.opsRoutes(mux)
 	a.dash.Register(mux)
 }

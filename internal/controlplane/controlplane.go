@@ -38,6 +38,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 
@@ -131,6 +132,11 @@ type Config struct {
 	// HostLoadEvery is how often each host's load is recorded (default a
 	// minute; negative: never).
 	HostLoadEvery time.Duration
+	// Parity is the Arm64/x86 parity policy (zero: parity's defaults);
+	// ParityEvery how often each repository's tier is recorded (default
+	// 10 minutes; negative: never).
+	Parity      parity.Policy
+	ParityEvery time.Duration
 	// MaxBody caps a webhook's body. Default 25 MiB: GitHub caps the
 	// payloads it sends at 25 MB; workflow_job payloads are a few KiB, but
 	// a valid one is never refused for its size.
@@ -196,6 +202,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Runner.IdleTimeout == 0 {
 		cfg.Runner.IdleTimeout = 10 * time.Minute
 	}
+	cfg.Parity.Defaults()
+	if err := cfg.Parity.Validate("parity"); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	if cfg.ParityEvery == 0 {
+		cfg.ParityEvery = defaultParityEvery
+	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3
 	}
@@ -247,7 +260,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop}
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop, s.parityLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
 			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })

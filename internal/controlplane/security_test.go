@@ -69,7 +69,8 @@ func TestAPIScopes(t *testing.T) {
 
 	reads := []string{"/api/v1/jobs", "/api/v1/jobs/" + id(acme), "/api/v1/jobs/" + id(acme) + "/log",
 		"/api/v1/jobs/" + id(acme) + "/egress", "/api/v1/egress/suggest?repo=acme/app", "/api/v1/hosts",
-		"/api/v1/runners", "/api/v1/reconcilers", "/api/v1/images"}
+		"/api/v1/runners", "/api/v1/reconcilers", "/api/v1/images", "/api/v1/parity", "/api/v1/parity/report",
+		"/api/v1/parity/check?repo=acme/app&sha=" + strings.Repeat("a", 40)}
 	for _, p := range reads {
 		if code, body := r.callBody("GET", p, "", nil); code != 401 || !strings.Contains(body, "token is required") {
 			t.Errorf("GET %s without a token: %d %s", p, code, body)

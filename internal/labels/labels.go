@@ -138,6 +138,12 @@ func NewParser(prefix string, defVCPUs float64, defMemMiB int) (*Parser, error) 
 	return p, nil
 }
 
+// LabelPrefix is the prefix in effect, lower case.
+func (p *Parser) LabelPrefix() string {
+	s, _ := p.settings()
+	return s.prefix
+}
+
 type settings struct {
 	prefix string
 	vcpus  float64

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Policy is the parity section of the config: the period views cover, the
@@ -196,6 +197,8 @@ type RepoTier struct {
 	// decided run), the badge's figure.
 	ARM64Runs        int     `json:"arm64_runs"`
 	ARM64SuccessRate float64 `json:"arm64_success_rate"`
+	// Since is when it entered the tier, as recorded (zero: not yet).
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Evaluate gives one repository its tier from its rows (all of one
