@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/dashboard"
-	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
