@@ -157,7 +157,7 @@ func printJSON(w io.Writer, raw []byte) error {
 // opsCommands returns the operator commands: hosts, jobs, job, logs,
 // drain, cordon, uncordon, revoke, enroll.
 func opsCommands(g *globals) []*cobra.Command {
-	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g), rightsizeCmd(g), insightsCmd(g)}
+	cmds := []*cobra.Command{hostsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g), rightsizeCmd(g), insightsCmd(g), parityCmd(g)}
 	for _, a := range hostActions {
 		cmds = append(cmds, hostActionCmd(g, a))
 	}
@@ -171,6 +171,10 @@ func opsRun(g *globals, o *apiOptions, run func(cmd *cobra.Command, c *apiclient
 		c, err := o.client(cmd, g)
 		if err == nil {
 			err = run(cmd, c, args)
+		}
+		var ee *exitError
+		if errors.As(err, &ee) { // the command chose its exit status
+			return ee
 		}
 		if err != nil {
 			return &exitError{code: 1, err: err}

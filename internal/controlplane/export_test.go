@@ -15,6 +15,3 @@ func SetImageSlotWait(d time.Duration) func() {
 
 // FlushProfiles writes the buffered profile samples now.
 func (s *Server) FlushProfiles(ctx context.Context) error { return s.flushProfiles(ctx) }
-
-// RecordParityTiers records every repository's tier now.
-func (s *Server) RecordParityTiers(ctx context.Context) error { return s.recordTiers(ctx) }

@@ -227,15 +227,16 @@ func (s *Server) parityLoop(ctx context.Context) {
 	if s.cfg.ParityEvery <= 0 {
 		return
 	}
-	if err := s.recordTiers(ctx); err != nil && ctx.Err() == nil {
+	if err := s.RecordParityTiers(ctx); err != nil && ctx.Err() == nil {
 		s.log.Warn("recording parity tiers", "err", err)
 	}
-	s.periodically(ctx, s.cfg.ParityEvery, "recording parity tiers", s.recordTiers)
+	s.periodically(ctx, s.cfg.ParityEvery, "recording parity tiers", s.RecordParityTiers)
 }
 
-// recordTiers evaluates every repository with jobs in the policy's period
-// and records its tier; a move is logged after it is committed.
-func (s *Server) recordTiers(ctx context.Context) error {
+// RecordParityTiers evaluates every repository with jobs in the policy's
+// period and records its tier now, as the loop does every ParityEvery; a
+// move is logged after it is committed.
+func (s *Server) RecordParityTiers(ctx context.Context) error {
 	v, err := s.api.parityView(ctx, principal{admin: true}, s.cfg.Parity.Days, "", "")
 	if err != nil {
 		return err
