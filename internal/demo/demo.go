@@ -1,7 +1,8 @@
 // Package demo makes a realistic history of jobs, with their resource
 // profiles, for a store: several organisations of the kind Tandem is for,
-// both architectures, matrix jobs, failures (more of them on arm64 where a
-// project is still porting), queue times with rush hours, a job that grew
+// commits that run each logical job on both architectures (named in the
+// matrix styles people use; a lint job on amd64 only), failures (more of
+// them on arm64 where a project is still porting), queue times with rush hours, a job that grew
 // slower this week, jobs that ask for far more than they use and one that
 // is short of memory. `tandem dev seed` writes it into a new install's
 // database so that the dashboard, `tandem insights` and `tandem rightsize`
@@ -55,20 +56,45 @@ type jobKind struct {
 	failAMD, failARM          float64 // failure rates
 	armFactor                 float64 // arm64's run time against amd64's
 	slowerThisWeek            float64 // run time factor in the last 7 days (1: none)
+	style                     nameStyle // how the matrix names the architecture
+}
+
+// nameStyle is how a workflow names a matrix job by architecture: the
+// styles people use, which parity matches into one logical job.
+type nameStyle int
+
+const (
+	parenArch nameStyle = iota // "build (arm64)"
+	osAndArch                  // "unit (ubuntu-24.04, x64)", "unit (ubuntu-24.04, arm64)"
+	suffixArch                 // "build-x86_64", "build-aarch64"
+	amd64Only                  // "lint": runs on amd64 only
+)
+
+// jobName is the name of k's job on a.
+func (k jobKind) jobName(a arch.Arch) string {
+	switch k.style {
+	case osAndArch:
+		return k.name + " (ubuntu-24.04, " + map[arch.Arch]string{arch.AMD64: "x64", arch.ARM64: "arm64"}[a] + ")"
+	case suffixArch:
+		return k.name + "-" + map[arch.Arch]string{arch.AMD64: "x86_64", arch.ARM64: "aarch64"}[a]
+	case amd64Only:
+		return k.name
+	}
+	return k.name + " (" + string(a) + ")"
 }
 
 var kinds = []jobKind{
-	{"containerd", "containerd/containerd", "CI", "build", 4, 8192, 7, 0.92, 0.45, 0.02, 0.03, 1.15, 1},
-	{"containerd", "containerd/containerd", "CI", "unit", 8, 16384, 9, 0.17, 0.19, 0.03, 0.04, 1.2, 1},
-	{"containerd", "containerd/containerd", "CI", "integration", 4, 8192, 24, 0.7, 0.93, 0.06, 0.09, 1.3, 1},
-	{"containerd", "containerd/nerdctl", "test", "test-rootless", 2, 4096, 16, 0.8, 0.6, 0.05, 0.07, 1.25, 1},
-	{"etcd-io", "etcd-io/etcd", "Tests", "unit", 4, 8192, 11, 0.6, 0.4, 0.02, 0.03, 1.1, 1},
-	{"etcd-io", "etcd-io/etcd", "Tests", "integration", 4, 8192, 21, 0.75, 0.5, 0.04, 0.05, 1.15, 1.6},
-	{"etcd-io", "etcd-io/bbolt", "CI", "test", 2, 4096, 6, 0.5, 0.3, 0.01, 0.02, 1.05, 1},
-	{"falcosecurity", "falcosecurity/libs", "CI build", "build-libs", 8, 16384, 19, 0.95, 0.55, 0.03, 0.17, 1.35, 1},
-	{"falcosecurity", "falcosecurity/falco", "CI", "build", 4, 8192, 14, 0.9, 0.45, 0.02, 0.04, 1.2, 1},
-	{"open-telemetry", "open-telemetry/opentelemetry-collector", "build-and-test", "unittest", 4, 8192, 13, 0.85, 0.35, 0.04, 0.06, 1.1, 1},
-	{"open-telemetry", "open-telemetry/opentelemetry-collector", "build-and-test", "lint", 2, 4096, 5, 0.45, 0.3, 0.01, 0.01, 1.05, 1},
+	{"containerd", "containerd/containerd", "CI", "build", 4, 8192, 7, 0.92, 0.45, 0.02, 0.03, 1.15, 1, parenArch},
+	{"containerd", "containerd/containerd", "CI", "unit", 8, 16384, 9, 0.17, 0.19, 0.03, 0.04, 1.2, 1, parenArch},
+	{"containerd", "containerd/containerd", "CI", "integration", 4, 8192, 24, 0.7, 0.93, 0.06, 0.09, 1.3, 1, parenArch},
+	{"containerd", "containerd/nerdctl", "test", "test-rootless", 2, 4096, 16, 0.8, 0.6, 0.05, 0.07, 1.25, 1, parenArch},
+	{"etcd-io", "etcd-io/etcd", "Tests", "unit", 4, 8192, 11, 0.6, 0.4, 0.02, 0.03, 1.1, 1, osAndArch},
+	{"etcd-io", "etcd-io/etcd", "Tests", "integration", 4, 8192, 21, 0.75, 0.5, 0.04, 0.05, 1.15, 1.6, osAndArch},
+	{"etcd-io", "etcd-io/bbolt", "CI", "test", 2, 4096, 6, 0.5, 0.3, 0.01, 0.02, 1.05, 1, parenArch},
+	{"falcosecurity", "falcosecurity/libs", "CI build", "build-libs", 8, 16384, 19, 0.95, 0.55, 0.03, 0.17, 1.35, 1, parenArch},
+	{"falcosecurity", "falcosecurity/falco", "CI", "build", 4, 8192, 14, 0.9, 0.45, 0.02, 0.04, 1.2, 1, suffixArch},
+	{"open-telemetry", "open-telemetry/opentelemetry-collector", "build-and-test", "unittest", 4, 8192, 13, 0.85, 0.35, 0.04, 0.06, 1.1, 1, parenArch},
+	{"open-telemetry", "open-telemetry/opentelemetry-collector", "build-and-test", "lint", 2, 4096, 5, 0.45, 0.3, 0.01, 0.01, 1.05, 1, amd64Only},
 }
 
 // Make makes a history ending at now.
@@ -93,25 +119,32 @@ func Make(now time.Time, o Options) History {
 	id := int64(FirstID)
 	start := now.Add(-time.Duration(o.Days) * 24 * time.Hour)
 	total := o.Days * o.PerDay
-	for i := range total {
-		// Spread over the period, more on weekdays and in working hours.
+	for made := 0; made < total; {
+		// A commit runs a logical job on both architectures (on amd64
+		// only, for some), spread over the period, more on weekdays and
+		// in working hours.
 		at := start.Add(time.Duration(rng.Float64() * float64(now.Sub(start))))
 		if busy(at) < rng.Float64() {
-			at = start.Add(time.Duration(float64(i) / float64(total) * float64(now.Sub(start))))
+			at = start.Add(time.Duration(float64(made) / float64(total) * float64(now.Sub(start))))
 		}
 		k := kinds[rng.IntN(len(kinds))]
-		a := arch.AMD64
-		if rng.IntN(2) == 0 {
-			a = arch.ARM64
+		sha := fmt.Sprintf("%016x%016x%08x", rng.Uint64(), rng.Uint64(), rng.Uint32())
+		archs := arch.Machines
+		if k.style == amd64Only {
+			archs = archs[:1]
 		}
-		id++
-		j, p := k.run(rng, id, a, at, now, o)
-		if j.CompletedAt.After(now) {
-			continue // still running at now: not history
-		}
-		h.Jobs = append(h.Jobs, j)
-		if p != nil {
-			h.Profiles = append(h.Profiles, *p)
+		for _, a := range archs {
+			id++
+			made++
+			j, p := k.run(rng, id, a, at, now, o)
+			if j.CompletedAt.After(now) {
+				continue // still running at now: not history
+			}
+			j.HeadSHA = sha
+			h.Jobs = append(h.Jobs, j)
+			if p != nil {
+				h.Profiles = append(h.Profiles, *p)
+			}
 		}
 	}
 	return h
@@ -153,14 +186,13 @@ func (k jobKind) run(rng *rand.Rand, id int64, a arch.Arch, created, now time.Ti
 		conclusion, state = "cancelled", store.JobCancelled
 	}
 	runner := fmt.Sprintf("tandem-demo%09d", id%1_000_000_000)
-	sha := fmt.Sprintf("%040x", rng.Uint64())
 	j := store.Job{
 		ID: id, RunID: id/4*10 + 7, RunAttempt: 1, Installation: 1, Org: owner, Repo: k.repo,
-		Name: k.name + " (" + string(a) + ")", Workflow: k.workflow, Labels: ls, LabelKey: store.LabelKey(ls),
+		Name: k.jobName(a), Workflow: k.workflow, Labels: ls, LabelKey: store.LabelKey(ls),
 		Arch: a, VCPUs: k.vcpus, MemoryMiB: k.memMiB, State: state, Conclusion: conclusion,
 		Reason: "completed: " + conclusion, RunnerName: runner, HostID: fmt.Sprintf("%s-%02d", a, rng.IntN(6)+1),
 		Attempts: 1, HeadBranch: []string{"main", "main", "main", "release-1.7", "pr-" + fmt.Sprint(rng.IntN(900)+100)}[rng.IntN(5)],
-		HeadSHA: sha[:40], HTMLURL: fmt.Sprintf("https://github.com/%s/%s/actions/runs/%d/job/%d", owner, repoName, id/4*10+7, id),
+		HTMLURL: fmt.Sprintf("https://github.com/%s/%s/actions/runs/%d/job/%d", owner, repoName, id/4*10+7, id),
 		Sender:    []string{"dependabot[bot]", "maintainer-a", "maintainer-b", "contributor-c"}[rng.IntN(4)],
 		CreatedAt: created, QueuedAt: created.Add(time.Second), UpdatedAt: ended,
 		StartedAt: started, CompletedAt: ended, GitHubStartedAt: started, GitHubCompletedAt: ended,

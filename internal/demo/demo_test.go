@@ -2,9 +2,11 @@ package demo
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/archname"
 	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -36,6 +38,27 @@ func TestHistory(t *testing.T) {
 			f[1]++
 			fails[string(j.Arch)] = f
 		}
+	}
+	// A commit runs a logical job on both architectures, under names
+	// that parity matches; lint runs on amd64 only.
+	type commitJob struct{ sha, logical string }
+	byCommit := map[commitJob][]store.Job{}
+	for _, j := range h.Jobs {
+		k := commitJob{j.HeadSHA, j.Repo + "/" + archname.Logical(j.Name)}
+		byCommit[k] = append(byCommit[k], j)
+	}
+	pairs := 0
+	for k, js := range byCommit {
+		switch {
+		case len(js) == 2 && js[0].Arch != js[1].Arch:
+			pairs++
+		case len(js) == 1 && (strings.HasSuffix(k.logical, "/lint") || js[0].CompletedAt.After(now.Add(-2*time.Hour))):
+		default:
+			t.Errorf("commit %s of %s: %d jobs", k.sha, k.logical, len(js))
+		}
+	}
+	if pairs < len(h.Jobs)/3 {
+		t.Errorf("%d commits on both architectures of %d jobs", pairs, len(h.Jobs))
 	}
 	amd, arm := fails["amd64"], fails["arm64"]
 	if float64(arm[0])/float64(arm[1]) < 2*float64(amd[0])/float64(amd[1]) {
