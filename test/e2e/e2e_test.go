@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/parity"
 )
 
 // A queued webhook leads to a VM whose runner takes and completes the job,
@@ -19,11 +20,15 @@ import (
 func TestQueuedJobRunsInAVM(t *testing.T) {
 	s := newSystem(t, options{})
 	s.install("acme", "app")
-	amd, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"},
-		Script: `echo "arch=$(uname -m) user=$(id -u) jit=[${ACTIONS_RUNNER_INPUT_JITCONFIG}]"`})
-	arm, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-arm64-1cpu-0.25gb"},
-		Script: `echo "arch=$(uname -m)"`})
-	ids := []int64{amd, arm}
+	// One commit's matrix over both architectures.
+	_, ids, err := s.gh.QueueRun("acme/app",
+		ghfake.JobSpec{Name: "unit (amd64)", Labels: []string{"tandem-1cpu-0.25gb"},
+			Script: `echo "arch=$(uname -m) user=$(id -u) jit=[${ACTIONS_RUNNER_INPUT_JITCONFIG}]"`},
+		ghfake.JobSpec{Name: "unit (arm64)", Labels: []string{"tandem-arm64-1cpu-0.25gb"}, Script: `echo "arch=$(uname -m)"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd, arm := ids[0], ids[1]
 	s.waitGitHubDone(ids, 3*time.Minute)
 	s.waitTandemState(ids, time.Minute, "completed")
 
@@ -51,6 +56,18 @@ func TestQueuedJobRunsInAVM(t *testing.T) {
 	}
 	if j, _ := s.gh.Job(amd); !strings.Contains(j.Output, "jit=[]") {
 		t.Errorf("the job could read the runner's JIT config: %q", j.Output)
+	}
+	// Parity: the two jobs are one logical job on both architectures
+	// (arm64 emulated here), and the release gate passes their commit.
+	var pv parity.View
+	if out := s.cli("parity", "--json", "--repo", "acme/app"); json.Unmarshal([]byte(out), &pv) != nil || len(pv.Rows) != 1 ||
+		pv.Rows[0].Job != "unit" || pv.Rows[0].Status != parity.Both || pv.Rows[0].ARM64 == nil || pv.Rows[0].ARM64.Emulated != 1 ||
+		pv.Rows[0].AMD64 == nil || pv.Rows[0].AMD64.Passed != 1 || pv.Rows[0].Compared != 1 {
+		t.Errorf("tandem parity: %s", out)
+	}
+	tj, _ := s.job(amd)
+	if out := s.cli("parity", "check", "--repo", "acme/app", "--sha", tj.HeadSHA); !strings.Contains(out, "pass: 1 of 1 jobs passed on both") {
+		t.Errorf("tandem parity check: %s", out)
 	}
 	// The runners are gone from GitHub too (ephemeral), and no VM remains.
 	s.waitFor("runners to end", time.Minute, func() bool {

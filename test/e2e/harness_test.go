@@ -293,6 +293,20 @@ func (s *system) start() {
 	}
 }
 
+// cli runs an operator command of the tandem binary against this system
+// (the admin token tandem up wrote) and returns its output; a non-zero
+// exit fails the test.
+func (s *system) cli(args ...string) string {
+	s.t.Helper()
+	cmd := exec.Command(binary(s.t), append([]string{"--data-dir", s.data}, append(args, "--server", s.apiURL)...)...)
+	cmd.Env = append(os.Environ(), "TANDEM_DATA_DIR=", "TANDEM_TOKEN=", "TANDEM_SERVER=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("tandem %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // kill SIGKILLs `tandem up`.
 func (s *system) kill() {
 	s.t.Helper()
