@@ -120,6 +120,10 @@ func TestLoadRejects(t *testing.T) {
 		"group name":    {minimal + "runner: {scope: org, groups: {acme: \"a\\tb\"}}\n", "want a runner group's name"},
 		"empty group":   {minimal + "runner: {scope: org, group: \" \"}\n", "want a runner group's name"},
 		"sample fast":   {minimal + "agent: {sample_every: 10ms}\n", "agent.sample_every 10ms: at least 100ms"},
+		"parity days":   {minimal + "parity: {days: 365}\n", "parity.days 365: want 1 to 90"},
+		"parity tiers":  {minimal + "parity: {tiers: [{name: gold, min_success: 95}, {name: rest, arm64_runs: true}]}\n", "parity.tiers[0].min_success 95"},
+		"parity last":   {minimal + "parity: {tiers: [{name: gold}, {name: rest, arm64_runs: true}]}\n", "the last tier must have no conditions"},
+		"parity typo":   {minimal + "parity: {tiers: [{name: gold, min_sucess: 0.9}, {name: rest}]}\n", "min_sucess"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
@@ -133,6 +137,24 @@ func TestLoadRejects(t *testing.T) {
 				t.Errorf("error %v, want one mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// The parity policy: defaults, and tiers of one's own.
+func TestParityPolicy(t *testing.T) {
+	c, err := load(t, minimal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Parity.Days != 14 || c.Parity.FlakyMargin != 0.05 || len(c.Parity.Tiers) != 3 || c.Parity.Tiers[0].MinRuns != 10 || c.Parity.PublicBadges {
+		t.Errorf("defaults: %+v", c.Parity)
+	}
+	c, err = load(t, minimal+"parity: {days: 7, public_badges: true, tiers: [{name: first-class, every_job_on_both: true, min_success: 0.99}, {name: other}]}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Parity.Days != 7 || !c.Parity.PublicBadges || len(c.Parity.Tiers) != 2 || c.Parity.Tiers[0].Name != "first-class" || c.Parity.Tiers[0].MinSuccess != 0.99 {
+		t.Errorf("parity: %+v", c.Parity)
 	}
 }
 
