@@ -35,19 +35,14 @@ func (a *api) parityView(ctx context.Context, p principal, days int, org, repo s
 	pol := a.parity
 	since, until := parity.Period(a.now(), days)
 	v := parity.View{Days: days, Since: since, Until: until, Tiers: pol.Tiers}
-	f := store.StatsFilter{Since: since, Until: until, Level: store.ByJob, Org: org, Repo: repo, Orgs: p.scope()}
+	f := store.StatsFilter{Since: since, Until: until, Org: org, Repo: repo, Orgs: p.scope()}
 	var recorded []store.RepoTier
 	var changes []store.TierChange
 	err := a.st.View(ctx, func(tx store.ReadTx) error {
-		stats, err := tx.JobStats(f)
-		if err != nil {
+		var err error
+		if v.Rows, err = parity.Load(tx, f, pol, a.labels.LabelPrefix()); err != nil {
 			return err
 		}
-		commits, err := tx.ParityCommits(f)
-		if err != nil {
-			return err
-		}
-		v.Rows = parity.Matrix(stats, commits, pol, a.labels.LabelPrefix())
 		tf := store.TierFilter{Org: org, Repo: repo, Orgs: p.scope(), Since: since}
 		if recorded, err = tx.RepoTiers(tf); err != nil {
 			return err
@@ -190,16 +185,11 @@ func (a *api) handleBadge(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		since, until := parity.Period(a.now(), a.parity.Days)
-		f := store.StatsFilter{Since: since, Until: until, Level: store.ByJob, Repo: repo}
-		stats, err := tx.JobStats(f)
+		rows, err := parity.Load(tx, store.StatsFilter{Since: since, Until: until, Repo: repo}, a.parity, a.labels.LabelPrefix())
 		if err != nil {
 			return err
 		}
-		commits, err := tx.ParityCommits(f)
-		if err != nil {
-			return err
-		}
-		if rows := parity.Matrix(stats, commits, a.parity, a.labels.LabelPrefix()); len(rows) > 0 {
+		if len(rows) > 0 {
 			t := a.parity.Evaluate(rows)
 			tier = &t
 		}

@@ -174,6 +174,21 @@ func Matrix(stats []store.JobStats, commits []store.CommitParity, pol Policy, pr
 	return out
 }
 
+// Load builds the matrix of the jobs f selects (f.Level is ignored) from
+// the store's sums, within tx.
+func Load(tx store.ReadTx, f store.StatsFilter, pol Policy, prefix string) ([]Row, error) {
+	f.Level = store.ByJob
+	stats, err := tx.JobStats(f)
+	if err != nil {
+		return nil, err
+	}
+	commits, err := tx.ParityCommits(f)
+	if err != nil {
+		return nil, err
+	}
+	return Matrix(stats, commits, pol, prefix), nil
+}
+
 func rate(passed, failed int) float64 {
 	if passed+failed == 0 {
 		return -1

@@ -48,21 +48,14 @@ func BenchmarkParity(b *testing.B) {
 	pol := parity.Policy{}
 	pol.Defaults()
 	since, until := parity.Period(now, pol.Days)
-	f := store.StatsFilter{Since: since, Until: until, Level: store.ByJob}
+	f := store.StatsFilter{Since: since, Until: until}
 	b.ResetTimer()
 	for range b.N {
 		var rows []parity.Row
 		err := s.View(context.Background(), func(tx store.ReadTx) error {
-			stats, err := tx.JobStats(f)
-			if err != nil {
-				return err
-			}
-			commits, err := tx.ParityCommits(f)
-			if err != nil {
-				return err
-			}
-			rows = parity.Matrix(stats, commits, pol, "tandem")
-			return nil
+			var err error
+			rows, err = parity.Load(tx, f, pol, "tandem")
+			return err
 		})
 		if err != nil {
 			b.Fatal(err)
