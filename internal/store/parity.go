@@ -8,6 +8,11 @@ import "time"
 // arm64 failed and amd64 passed without reading every job; and the
 // support tier of each repository, with its changes.
 
+// ParityExtraRetention is how much longer than the rest Prune keeps the
+// parity records of commits: long enough for the longest period a parity
+// view covers (90 days) past a week's retention.
+const ParityExtraRetention = 84 * 24 * time.Hour
+
 // Result is how a job ended, as parity counts it.
 type Result int
 

@@ -42,9 +42,10 @@ type Store interface {
 	PendingDeliveries(ctx context.Context, after int64, limit int) ([]Delivery, error)
 
 	// PruneDeliveries forgets processed deliveries received before t, job
-	// events, ended runners and profile samples older than t, and profiles
-	// older than t less ProfileExtraRetention, and returns how many rows
-	// went. Jobs are kept.
+	// events, ended runners and profile samples older than t, profiles
+	// older than t less ProfileExtraRetention and commits' parity records
+	// older than t less ParityExtraRetention, and returns how many rows
+	// went. Jobs, their daily statistics and tiers are kept.
 	Prune(ctx context.Context, before time.Time) (int64, error)
 
 	// Update runs fn in a read-write transaction, committing if fn returns

@@ -256,6 +256,9 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 			WHERE received_at < ? LIMIT ?)`},
 		{"profiles", `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
 			WHERE ended_at < ? - ` + fmt.Sprint(store.ProfileExtraRetention.Milliseconds()) + ` LIMIT ?)`},
+		{"parity commits", `DELETE FROM parity_commits WHERE (org, repo, workflow, logical, sha) IN (SELECT org, repo, workflow,
+			logical, sha FROM parity_commits INDEXED BY parity_commits_at WHERE at < ? - ` +
+			fmt.Sprint(store.ParityExtraRetention.Milliseconds()) + ` LIMIT ?)`},
 	}
 	var total int64
 	for _, q := range queries {

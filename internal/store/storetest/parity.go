@@ -167,6 +167,22 @@ func testParityCommits(t *testing.T, s store.Store) {
 		}
 	}
 	check("stored")
+	// Prune keeps a commit's records for ParityExtraRetention past its
+	// cut-off, then forgets them.
+	if _, err := s.Prune(testCtx(t), at(3*24*time.Hour).UTC().Truncate(24*time.Hour).Add(store.ParityExtraRetention)); err != nil {
+		t.Fatal(err)
+	}
+	check("pruned up to day 3")
+	if _, err := s.Prune(testCtx(t), at(30*24*time.Hour).Add(store.ParityExtraRetention)); err != nil {
+		t.Fatal(err)
+	}
+	view(t, s, func(tx store.ReadTx) error {
+		got, err := tx.ParityCommits(store.ParityFilter{Since: at(0), Until: at(30 * 24 * time.Hour)})
+		if len(got) != 0 {
+			t.Errorf("after pruning everything: %+v", got)
+		}
+		return err
+	})
 	var one store.Job
 	for _, j := range jobs {
 		if j.HeadSHA != "" {

@@ -30,8 +30,10 @@ CREATE TABLE parity_commits (
 	at        INTEGER NOT NULL,
 	PRIMARY KEY (org, repo, workflow, logical, sha)
 ) WITHOUT ROWID;
--- Compared commits (a result on both) by when, for the matrix's period.
+-- Compared commits (a result on both) by when, for the matrix's period;
+-- every commit by when, for Prune.
 CREATE INDEX parity_commits_compared ON parity_commits (at) WHERE amd64 <> 0 AND arm64 <> 0;
+CREATE INDEX parity_commits_at ON parity_commits (at);
 -- A commit's jobs, for the release gate.
 CREATE INDEX jobs_head_sha ON jobs (head_sha);
 -- Each repository's support tier as last evaluated, and its moves.
