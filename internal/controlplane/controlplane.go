@@ -174,7 +174,8 @@ type Server struct {
 	groups *groupResolver // runner groups by name, as GitHub last said
 	// profiles buffers VMs' resource samples until they are written.
 	profiles *profileIngest
-	api      *api // the JSON API (api.go, ops.go, egress.go)
+	statuses *statusPoster // commits whose GitHub status may have changed (parity_status.go)
+	api      *api          // the JSON API (api.go, ops.go, egress.go)
 
 	ghSlots chan struct{} // bounds concurrent JIT config requests
 
@@ -250,6 +251,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
+	s.statuses = newStatusPoster()
 	s.api = newAPI(s)
 	s.rec = newReconcilers(s)
 	if err := s.initImages(); err != nil {
@@ -260,7 +262,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run runs the control plane's loops until ctx ends, then waits for them.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop, s.parityLoop}
+	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop, s.parityLoop, s.statusLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
 			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })

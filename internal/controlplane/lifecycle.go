@@ -96,7 +96,10 @@ func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) 
 		// After the commit, *j is the job as the caller wrote it (with
 		// GitHub's conclusion, say). A job that ends as it is first seen
 		// (refused, malformed) never waited: it is not observed.
-		fx.do(func() { s.metrics.jobEnded(*j) })
+		fx.do(func() {
+			s.metrics.jobEnded(*j)
+			s.statuses.jobEnded(*j)
+		})
 	}
 	for _, e := range rule.Effects {
 		switch e {

@@ -207,3 +207,45 @@ func TestParityTiersAndBadges(t *testing.T) {
 		}
 	}
 }
+
+// With parity.commit_status, the App sets each commit's tandem/parity
+// status as its jobs end: success for a commit whose jobs passed on both
+// architectures, failure for one that failed on arm64; nothing without it.
+func TestCommitStatusThroughGitHub(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		r := newRig(t, rigOptions{vcpus: 16, configure: func(c *controlplane.Config) { c.Parity.CommitStatus = on }})
+		r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+		var commits []int64
+		for _, armScript := range []string{"true", "exit 1"} {
+			_, ids, err := r.gh.QueueRun("acme/app",
+				ghfake.JobSpec{Name: "build (amd64)", Labels: []string{"tandem-amd64-1cpu-1gb"}, Script: "true"},
+				ghfake.JobSpec{Name: "build (arm64)", Labels: []string{"tandem-arm64-1cpu-1gb"}, Script: armScript})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.waitStates(ids, 30*time.Second, store.JobCompleted)
+			commits = append(commits, ids[0])
+		}
+		sha := func(i int) string {
+			j, _ := r.job(commits[i])
+			return j.HeadSHA
+		}
+		if !on {
+			time.Sleep(1500 * time.Millisecond) // past the debounce: nothing may come
+			if st := r.gh.Statuses("acme/app", sha(0)); len(st) != 0 {
+				t.Errorf("statuses without commit_status: %+v", st)
+			}
+			continue
+		}
+		want := map[int]string{0: "success pass: 1 of 1 jobs passed on both", 1: "failure fail: 0 of 1 jobs passed on both, 1 failed"}
+		r.waitFor("commit statuses", 10*time.Second, func() bool {
+			for i, w := range want {
+				st := r.gh.Statuses("acme/app", sha(i))
+				if len(st) == 0 || st[0].State+" "+st[0].Description != w || st[0].Context != controlplane.StatusContext {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}

@@ -51,11 +51,11 @@ type jobKind struct {
 	org, repo, workflow, name string
 	vcpus                     float64
 	memMiB                    int
-	runMin                    float64 // median minutes on amd64
-	cpuUse, memUse            float64 // share of the size used at peak
-	failAMD, failARM          float64 // failure rates
-	armFactor                 float64 // arm64's run time against amd64's
-	slowerThisWeek            float64 // run time factor in the last 7 days (1: none)
+	runMin                    float64   // median minutes on amd64
+	cpuUse, memUse            float64   // share of the size used at peak
+	failAMD, failARM          float64   // failure rates
+	armFactor                 float64   // arm64's run time against amd64's
+	slowerThisWeek            float64   // run time factor in the last 7 days (1: none)
 	style                     nameStyle // how the matrix names the architecture
 }
 
@@ -64,10 +64,10 @@ type jobKind struct {
 type nameStyle int
 
 const (
-	parenArch nameStyle = iota // "build (arm64)"
-	osAndArch                  // "unit (ubuntu-24.04, x64)", "unit (ubuntu-24.04, arm64)"
-	suffixArch                 // "build-x86_64", "build-aarch64"
-	amd64Only                  // "lint": runs on amd64 only
+	parenArch  nameStyle = iota // "build (arm64)"
+	osAndArch                   // "unit (ubuntu-24.04, x64)", "unit (ubuntu-24.04, arm64)"
+	suffixArch                  // "build-x86_64", "build-aarch64"
+	amd64Only                   // "lint": runs on amd64 only
 )
 
 // jobName is the name of k's job on a.
@@ -192,7 +192,7 @@ func (k jobKind) run(rng *rand.Rand, id int64, a arch.Arch, created, now time.Ti
 		Arch: a, VCPUs: k.vcpus, MemoryMiB: k.memMiB, State: state, Conclusion: conclusion,
 		Reason: "completed: " + conclusion, RunnerName: runner, HostID: fmt.Sprintf("%s-%02d", a, rng.IntN(6)+1),
 		Attempts: 1, HeadBranch: []string{"main", "main", "main", "release-1.7", "pr-" + fmt.Sprint(rng.IntN(900)+100)}[rng.IntN(5)],
-		HTMLURL: fmt.Sprintf("https://github.com/%s/%s/actions/runs/%d/job/%d", owner, repoName, id/4*10+7, id),
+		HTMLURL:   fmt.Sprintf("https://github.com/%s/%s/actions/runs/%d/job/%d", owner, repoName, id/4*10+7, id),
 		Sender:    []string{"dependabot[bot]", "maintainer-a", "maintainer-b", "contributor-c"}[rng.IntN(4)],
 		CreatedAt: created, QueuedAt: created.Add(time.Second), UpdatedAt: ended,
 		StartedAt: started, CompletedAt: ended, GitHubStartedAt: started, GitHubCompletedAt: ended,

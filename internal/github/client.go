@@ -164,6 +164,17 @@ type API interface {
 	// with repo (a repository's name, without its owner), only the groups
 	// that repository may use.
 	ListRunnerGroups(ctx context.Context, installation int64, org, repo string) ([]RunnerGroup, error)
+	// CreateCommitStatus sets a status of a repository's commit (the App
+	// needs "Commit statuses: write").
+	CreateCommitStatus(ctx context.Context, installation int64, repo, sha string, st CommitStatus) error
+}
+
+// CommitStatus is a status of a commit: State is pending, success,
+// failure or error; Context names the check ("tandem/parity");
+// Description is at most 140 characters (longer is cut); TargetURL, when
+// set, is an http(s) link.
+type CommitStatus struct {
+	State, Context, Description, TargetURL string
 }
 
 // RunnerGroup is one of an organisation's self-hosted runner groups.
@@ -727,6 +738,36 @@ func (c *Client) ListRunnerGroups(ctx context.Context, installation int64, org, 
 			RestrictedToWorkflows: g.GetRestrictedToWorkflows(), Inherited: g.GetInherited()})
 	}
 	return out, nil
+}
+
+var commitSHA = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
+// CreateCommitStatus sets a status of a repository's commit.
+func (c *Client) CreateCommitStatus(ctx context.Context, installation int64, repo, sha string, st CommitStatus) error {
+	if err := validateID("installation id", installation); err != nil {
+		return err
+	}
+	owner, name, err := splitRepo(repo)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !commitSHA.MatchString(sha):
+		return fmt.Errorf("github: %w: commit %.100q: want 40 lower-case hex digits", ErrInvalidArgument, sha)
+	case st.State != "pending" && st.State != "success" && st.State != "failure" && st.State != "error":
+		return fmt.Errorf("github: %w: status state %.20q", ErrInvalidArgument, st.State)
+	case st.Context == "":
+		return fmt.Errorf("github: %w: a status needs a context", ErrInvalidArgument)
+	}
+	if r := []rune(st.Description); len(r) > 140 {
+		st.Description = string(r[:139]) + "…"
+	}
+	rs := gh.RepoStatus{State: &st.State, Context: &st.Context, Description: &st.Description}
+	if st.TargetURL != "" {
+		rs.TargetURL = &st.TargetURL
+	}
+	_, _, err = c.gh.Repositories.CreateStatus(asInstallation(ctx, installation), owner, name, sha, rs)
+	return wrapErr(fmt.Sprintf("set status %s of %s@%s", st.Context, repo, sha[:12]), err)
 }
 
 // collectPages follows page-number pagination until there is no next page.

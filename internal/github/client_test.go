@@ -630,3 +630,23 @@ func TestListRunnerGroups(t *testing.T) {
 		}
 	}
 }
+
+// A commit status with a bad argument is refused before any request.
+func TestCreateCommitStatusInvalid(t *testing.T) {
+	h := newHarness(t)
+	sha := strings.Repeat("a", 40)
+	ok := CommitStatus{State: "success", Context: "tandem/parity"}
+	for _, c := range []struct {
+		inst      int64
+		repo, sha string
+		st        CommitStatus
+	}{
+		{0, "acme/app", sha, ok}, {testInst, "acme", sha, ok}, {testInst, "acme/app", "abc", ok},
+		{testInst, "acme/app", strings.ToUpper(sha), ok}, {testInst, "acme/app", sha, CommitStatus{State: "done", Context: "c"}},
+		{testInst, "acme/app", sha, CommitStatus{State: "success"}},
+	} {
+		if err := h.client.CreateCommitStatus(context.Background(), c.inst, c.repo, c.sha, c.st); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}

@@ -26,6 +26,11 @@ type Policy struct {
 	// public repositories only. Off by default: a badge then needs a token
 	// or a dashboard session that sees the organisation.
 	PublicBadges bool `yaml:"public_badges"`
+	// CommitStatus has the App set each commit's "tandem/parity" status
+	// to the release gate's verdict (both architectures required) as its
+	// jobs end. Off by default: the App then needs "Commit statuses:
+	// write".
+	CommitStatus bool `yaml:"commit_status"`
 }
 
 // Tier is one support tier and its conditions (all must hold; a zero

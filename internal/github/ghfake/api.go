@@ -32,6 +32,8 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}", s.instHandler(s.getRun))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", s.instHandler(s.listJobs))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/jobs/{job_id}", s.instHandler(s.getJob))
+	m.HandleFunc("POST /repos/{owner}/{repo}/statuses/{sha}", s.instHandler(s.createStatus))
+	m.HandleFunc("GET /repos/{owner}/{repo}/commits/{ref}/statuses", s.instHandler(s.listStatuses))
 	// Fake runner protocol.
 	m.HandleFunc("POST "+runnerapi.PathSession, s.runnerSession)
 	m.HandleFunc("POST "+runnerapi.PathAcquire, s.runnerAcquire)

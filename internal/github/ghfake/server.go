@@ -168,6 +168,7 @@ type Server struct {
 	sessions      map[string]*session       // session token → session
 	labelIDs      map[string]int64          // lower-case label → id
 	groups        map[string][]*runnerGroup // runner groups by lower-case org, Default first (groups.go)
+	statuses      map[string][]CommitStatus // commit statuses by lower-case "owner/name@sha", oldest first (statuses.go)
 	runs          map[int64]*run
 	jobs          map[int64]*job
 	jobOrder      []int64
@@ -181,7 +182,7 @@ type Server struct {
 }
 
 type idCounters struct {
-	account, install, repo, runner, label, run, job, delivery, runNumber, group int64
+	account, install, repo, runner, label, run, job, delivery, runNumber, group, status int64
 }
 
 type account struct {
