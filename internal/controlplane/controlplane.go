@@ -251,7 +251,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
-	s.statuses = newStatusPoster()
+	s.statuses = newStatusPoster(cfg.Parity.CommitStatus)
 	s.api = newAPI(s)
 	s.rec = newReconcilers(s)
 	if err := s.initImages(); err != nil {

@@ -34,19 +34,20 @@ type commitKey struct{ repo, sha string }
 // statusPoster holds the commits whose status may have changed, and the
 // last status set for each.
 type statusPoster struct {
+	on      bool // parity.commit_status: otherwise nothing is noted
 	mu      sync.Mutex
 	pending map[commitKey]int64  // → installation
 	last    map[commitKey]string // state and description last set
 	kick    chan struct{}
 }
 
-func newStatusPoster() *statusPoster {
-	return &statusPoster{pending: map[commitKey]int64{}, last: map[commitKey]string{}, kick: make(chan struct{}, 1)}
+func newStatusPoster(on bool) *statusPoster {
+	return &statusPoster{on: on, pending: map[commitKey]int64{}, last: map[commitKey]string{}, kick: make(chan struct{}, 1)}
 }
 
 // jobEnded notes that a job of a commit ended (after its commit).
 func (p *statusPoster) jobEnded(j store.Job) {
-	if j.HeadSHA == "" || j.Installation <= 0 {
+	if !p.on || j.HeadSHA == "" || j.Installation <= 0 {
 		return
 	}
 	p.mu.Lock()
@@ -65,7 +66,7 @@ func (p *statusPoster) take() map[commitKey]int64 {
 
 // statusLoop sets commit statuses while ctx lasts, when the policy asks.
 func (s *Server) statusLoop(ctx context.Context) {
-	if !s.cfg.Parity.CommitStatus {
+	if !s.statuses.on {
 		return
 	}
 	for {
