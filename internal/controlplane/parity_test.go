@@ -128,7 +128,7 @@ func TestParityTiersAndBadges(t *testing.T) {
 		t.Fatalf("parity: %d", code)
 	}
 	if len(v.Repos) != 2 || v.Repos[0].Repo != "acme/db" || v.Repos[0].Tier != "tier-1" || v.Repos[0].Since.IsZero() ||
-		v.Repos[1].Tier != "tier-3" || v.Repos[1].Reason != "not tier-1: ci / unit runs on amd64 only (tier-1 wants every job on both)" {
+		v.Repos[1].Tier != "tier-3" || v.Repos[1].Reason != "not tier-2: no job runs on arm64 (tier-2 wants one)" {
 		t.Errorf("repos: %+v", v.Repos)
 	}
 	if len(v.Orgs) != 2 || v.Orgs[0].Org != "acme" || v.Orgs[0].Tier != "tier-1" || v.Orgs[1].Tier != "tier-3" {
@@ -151,7 +151,7 @@ func TestParityTiersAndBadges(t *testing.T) {
 	}
 	want := []string{
 		"acme/db tier-1→tier-2 up=false: not tier-1: ci / pkg fails on arm64 where amd64 passes (commit 000000000000)",
-		"bob/cli →tier-3 up=true: not tier-1: ci / unit runs on amd64 only (tier-1 wants every job on both)",
+		"bob/cli →tier-3 up=true: not tier-2: no job runs on arm64 (tier-2 wants one)",
 		"acme/db →tier-1 up=true: tier-1 (every job runs and passes on both architectures): 1 of 1 jobs on both architectures; arm64 passed 100% of its runs",
 	}
 	if strings.Join(moves, "\n") != strings.Join(want, "\n") {

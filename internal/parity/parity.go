@@ -136,15 +136,14 @@ func Matrix(stats []store.JobStats, commits []store.CommitParity, pol Policy, pr
 		as.queue.Add(s.QueueP50, s.Ran)
 		as.RunP95 = max(as.RunP95, s.RunP95)
 	}
+	failing := map[*Row]bool{} // the latest compared commit failed on arm64 only
 	for _, c := range commits {
 		r := rows[key{c.Org, c.Repo, c.Workflow, c.Logical}]
 		if r == nil {
 			continue // ended in the period but ran outside it: no numbers
 		}
 		r.Compared, r.ARM64Failed, r.LatestSHA = c.Compared, c.ARM64Failed, c.LatestSHA
-		if c.LatestAMD64 == store.Passed && c.LatestARM64 == store.Failed {
-			r.Status = ARM64Failing
-		}
+		failing[r] = c.LatestAMD64 == store.Passed && c.LatestARM64 == store.Failed
 	}
 	out := make([]Row, 0, len(rows))
 	for _, r := range rows {
@@ -159,7 +158,7 @@ func Matrix(stats []store.JobStats, commits []store.CommitParity, pol Policy, pr
 				as.RunP50, as.QueueP50 = as.run.Quantile(0.5), as.queue.Quantile(0.5)
 			}
 		}
-		r.Status = status(r, pol)
+		r.Status = status(r, failing[r], pol)
 		if r.AMD64 != nil && r.ARM64 != nil && r.AMD64.RunP50 > 0 {
 			r.Ratio = r.ARM64.RunP50 / r.AMD64.RunP50
 		}
@@ -196,15 +195,15 @@ func rate(passed, failed int) float64 {
 	return float64(passed) / float64(passed+failed)
 }
 
-// status applies the rules of the package comment; r.Status holds
-// ARM64Failing when the latest compared commit says so.
-func status(r *Row, pol Policy) Status {
+// status applies the rules of the package comment; failing says that the
+// latest compared commit failed on arm64 and passed on amd64.
+func status(r *Row, failing bool, pol Policy) Status {
 	switch {
 	case r.ARM64 == nil:
 		return AMD64Only
 	case r.AMD64 == nil:
 		return ARM64Only
-	case r.Status == ARM64Failing:
+	case failing:
 		return ARM64Failing
 	case r.ARM64.SuccessRate >= 0 && r.AMD64.SuccessRate >= 0 && r.AMD64.SuccessRate-r.ARM64.SuccessRate > pol.FlakyMargin:
 		return ARM64Flaky

@@ -127,7 +127,7 @@ func TestTiers(t *testing.T) {
 	want := []struct{ repo, tier, reason string }{
 		{"acme/db", "tier-1", "tier-1 (every job runs and passes on both architectures): 1 of 1 jobs on both architectures; arm64 passed 100% of its runs"},
 		{"acme/web", "tier-2", "not tier-1: ci / lint runs on amd64 only (tier-1 wants every job on both)"},
-		{"bob/cli", "tier-3", "not tier-1: ci / unit runs on amd64 only (tier-1 wants every job on both)"},
+		{"bob/cli", "tier-3", "not tier-2: no job runs on arm64 (tier-2 wants one)"},
 		{"carol/tiny", "tier-2", "not tier-1: ci / unit ran 3 times on amd64 (tier-1 wants 10)"},
 	}
 	if len(repos) != len(want) {

@@ -207,8 +207,8 @@ type RepoTier struct {
 }
 
 // Evaluate gives one repository its tier from its rows (all of one
-// repository). The reason says why it is not in the tier above, or, in
-// the best tier, what it meets.
+// repository). The reason says why it is not in the tier just above, or,
+// in the best tier, what it meets.
 func (p *Policy) Evaluate(rows []Row) RepoTier {
 	rt := RepoTier{Statuses: map[Status]int{}, ARM64SuccessRate: -1}
 	passed, failed := 0, 0
@@ -233,9 +233,7 @@ func (p *Policy) Evaluate(rows []Row) RepoTier {
 			break
 		}
 		if u := t.unmet(rows); u != "" {
-			if why == "" {
-				why = "not " + t.Name + ": " + u
-			}
+			why = "not " + t.Name + ": " + u // the tier just above the one it gets
 			continue
 		}
 		rt.Tier = t.Name
