@@ -9,6 +9,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/dashboard"
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -16,8 +17,8 @@ import (
 // dashBackend is the dashboard's view of the control plane: the same
 // queries as the JSON API (listJobs, jobDetail, hostViews, hostLoad,
 // runnerViews, openJobLog, jobProfile, rightsizeFor, insights,
-// setHostState, auditLog), with the API's scoping, converted to the
-// dashboard's types.
+// parityView, setHostState, auditLog), with the API's scoping, converted
+// to the dashboard's types.
 type dashBackend struct{ a *api }
 
 var _ dashboard.Backend = dashBackend{}
@@ -240,4 +241,14 @@ func (b dashBackend) Insights(ctx context.Context, s dashboard.Scope, q dashboar
 		out.Increases = append(out.Increases, dashboard.Increase{StatsKey: i.StatsKey, WasP50: i.WasP50, NowP50: i.NowP50, Runs: i.Runs})
 	}
 	return out, nil
+}
+
+// Parity is GET /api/v1/parity's view for the dashboard: Days 0 is the
+// policy's period.
+func (b dashBackend) Parity(ctx context.Context, s dashboard.Scope, q dashboard.ParityQuery) (parity.View, error) {
+	days := q.Days
+	if days == 0 {
+		days = b.a.parity.Days
+	}
+	return b.a.parityView(ctx, b.principal(s), days, q.Org, q.Repo)
 }

@@ -48,16 +48,7 @@ func chromium(t *testing.T) string {
 // advice, nor the made-up orgs' insights. A screenshot of each page goes to
 // $TANDEM_SCREENSHOTS, or a temporary directory the log names.
 func TestDashboardInBrowser(t *testing.T) {
-	exe := chromium(t)
-	shots := os.Getenv("TANDEM_SCREENSHOTS")
-	if shots == "" {
-		var err error
-		if shots, err = os.MkdirTemp("", "tandem-dashboard-"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("screenshots in %s", shots)
-
+	chromium(t) // skips the test, before anything starts, when there is none
 	var logDir string
 	r := newRig(t, rigOptions{configure: func(c *controlplane.Config) {
 		c.APITokens = append(c.APITokens, controlplane.APIToken{Secret: acmeReader, Orgs: []string{"acme"}})
@@ -69,78 +60,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	putRightsizeHistory(t, r)
 	putDemoHistory(t, r, 14, 60)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(ctx); err != nil { // starts the browser: no timeout on this context
-		t.Fatalf("starting %s: %v", exe, err)
-	}
-
-	base := r.web.URL
-	// page describes where the browser is, for a failure's message.
-	page := func() string {
-		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-		defer pcancel()
-		loc, _ := chromedp.Run(pctx, chromedp.Location())
-		html, _ := chromedp.Run(pctx, chromedp.OuterHTML(chromedp.CSS("main")))
-		return loc + ":\n" + html
-	}
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-		defer scancel()
-		if err := chromedp.Do(sctx, steps...); err != nil {
-			t.Fatalf("%s: %v\nat %s", what, err, page())
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-		defer scancel()
-		s, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("text of %s: %v\nat %s", sel, err, page())
-		}
-		return s
-	}
-	eval := func(expr string) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
-		if err != nil {
-			t.Fatalf("evaluate %s: %v", expr, err)
-		}
-		return v
-	}
-	// waitFor waits for a selector with its own deadline, so that a
-	// failure says which.
-	waitFor := func(what, sel string, d time.Duration) {
-		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, d)
-		defer wcancel()
-		if err := chromedp.Do(wctx, chromedp.WaitVisible(chromedp.CSS(sel))); err != nil {
-			t.Fatalf("waiting for %s (%s): %v\nat %s", what, sel, err, page())
-		}
-	}
-	shot := func(name string) {
-		t.Helper()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	login := func(token string) {
-		t.Helper()
-		do("open the login page", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("token")))
-		shot("login")
-		do("log in", chromedp.SendKeys(chromedp.ID("token"), token), chromedp.Click(chromedp.ID("login")))
-		waitFor("the overview after login", "#queue-depth", 10*time.Second)
-	}
+	c := newChrome(t, r.web.URL)
+	base, do, text, eval, waitFor, shot, login := c.base, c.do, c.text, c.eval, c.waitFor, c.shot, c.login
 
 	// An admin logs in, with a pasted token.
 	login(rigAdminToken)
@@ -337,6 +258,111 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("a read:acme token opening globex's job: %q\n%s", title, body)
 	}
 	r.waitStates([]int64{acme, globex}, 5*time.Second, store.JobCompleted)
+}
+
+// chrome is headless Chromium on the dashboard at base, with the steps
+// the browser tests share; a step that fails ends the test, saying where
+// the browser was. A screenshot of each page goes to $TANDEM_SCREENSHOTS,
+// or a temporary directory the log names.
+type chrome struct {
+	t     *testing.T
+	ctx   context.Context // the browser's: no timeout
+	base  string
+	shots string
+}
+
+// newChrome starts Chromium for the dashboard at base, or skips the test
+// when there is none; the browser stops with the test.
+func newChrome(t *testing.T, base string) *chrome {
+	t.Helper()
+	exe := chromium(t)
+	shots := os.Getenv("TANDEM_SCREENSHOTS")
+	if shots == "" {
+		var err error
+		if shots, err = os.MkdirTemp("", "tandem-dashboard-"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("screenshots in %s", shots)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1280, 900))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil { // starts the browser: no timeout on this context
+		t.Fatalf("starting %s: %v", exe, err)
+	}
+	return &chrome{t: t, ctx: ctx, base: base, shots: shots}
+}
+
+// page describes where the browser is, for a failure's message.
+func (c *chrome) page() string {
+	pctx, pcancel := context.WithTimeout(c.ctx, 5*time.Second)
+	defer pcancel()
+	loc, _ := chromedp.Run(pctx, chromedp.Location())
+	html, _ := chromedp.Run(pctx, chromedp.OuterHTML(chromedp.CSS("main")))
+	return loc + ":\n" + html
+}
+
+func (c *chrome) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	c.t.Helper()
+	sctx, scancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer scancel()
+	if err := chromedp.Do(sctx, steps...); err != nil {
+		c.t.Fatalf("%s: %v\nat %s", what, err, c.page())
+	}
+}
+
+// text is the rendered text of the first element sel selects.
+func (c *chrome) text(sel string) string {
+	c.t.Helper()
+	sctx, scancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer scancel()
+	s, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		c.t.Fatalf("text of %s: %v\nat %s", sel, err, c.page())
+	}
+	return s
+}
+
+func (c *chrome) eval(expr string) string {
+	c.t.Helper()
+	v, err := chromedp.Run(c.ctx, chromedp.Evaluate[string](expr))
+	if err != nil {
+		c.t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+// waitFor waits for a selector with its own deadline, so that a failure
+// says which.
+func (c *chrome) waitFor(what, sel string, d time.Duration) {
+	c.t.Helper()
+	wctx, wcancel := context.WithTimeout(c.ctx, d)
+	defer wcancel()
+	if err := chromedp.Do(wctx, chromedp.WaitVisible(chromedp.CSS(sel))); err != nil {
+		c.t.Fatalf("waiting for %s (%s): %v\nat %s", what, sel, err, c.page())
+	}
+}
+
+func (c *chrome) shot(name string) {
+	c.t.Helper()
+	png, err := chromedp.Run(c.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		c.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(c.shots, name+".png"), png, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// login logs in with token through the login form.
+func (c *chrome) login(token string) {
+	c.t.Helper()
+	c.do("open the login page", chromedp.Navigate(c.base+"/"), chromedp.WaitVisible(chromedp.ID("token")))
+	c.shot("login")
+	c.do("log in", chromedp.SendKeys(chromedp.ID("token"), token), chromedp.Click(chromedp.ID("login")))
+	c.waitFor("the overview after login", "#queue-depth", 10*time.Second)
 }
 
 // historyJob is the logical job of a job ghfake queues in acme/app with

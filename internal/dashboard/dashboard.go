@@ -37,6 +37,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -77,6 +78,10 @@ type Backend interface {
 	// Insights compares the period q asks for with the one before, over
 	// the jobs s sees.
 	Insights(ctx context.Context, s Scope, q InsightsQuery) (Insights, error)
+	// Parity computes the Arm64/x86 parity of the period q asks for (the
+	// matrix, repository and organisation tiers, recent tier moves) over
+	// the jobs s sees.
+	Parity(ctx context.Context, s Scope, q ParityQuery) (parity.View, error)
 	// HostAction drains, cordons or uncordons a host for by, recording it
 	// in the audit log, and returns the host's new state.
 	HostAction(ctx context.Context, host, action string, by Actor) (string, error)
@@ -243,6 +248,7 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	page("GET /jobs/{id}", false, d.job)
 	page("GET /rightsize", false, d.rightsizePage)
 	page("GET /insights", false, d.insightsPage)
+	page("GET /parity", false, d.parityPage)
 	page("GET /hosts", false, d.hosts)
 	page("GET /hosts/{id}", false, d.host)
 	page("POST /hosts/{id}/{action}", true, d.hostAction)

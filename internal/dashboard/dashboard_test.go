@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/parity"
 	"github.com/tandem-ci/tandem/internal/rightsize"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -33,6 +34,8 @@ type fakeBackend struct {
 	jobCalls  int
 	insights  Insights // Rows, Increases and Slowest of every org; Insights scopes them
 	inQueries []InsightsQuery
+	parity    parity.View // of every org; Parity scopes it
+	pQueries  []ParityQuery
 	loads     map[string][]store.HostLoad // by host, oldest first
 	loadSince []time.Time
 	queue     map[string][]int // queue seconds of jobs by org, started in the first hour asked for
@@ -263,7 +266,7 @@ func csrfOf(t *testing.T, body string) string {
 
 func TestUnauthenticatedRedirects(t *testing.T) {
 	e := newEnv(t)
-	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/rightsize", "/insights", "/hosts", "/hosts/h1", "/audit"} {
+	for _, p := range []string{"/", "/queue", "/jobs?state=queued", "/jobs/1", "/rightsize", "/insights", "/parity", "/hosts", "/hosts/h1", "/audit"} {
 		w := e.do("GET", p, nil, nil, nil)
 		if w.Code != http.StatusSeeOther || !strings.HasPrefix(w.Header().Get("Location"), "/login?next=") {
 			t.Errorf("GET %s without a session: %d %q, want a redirect to /login", p, w.Code, w.Header().Get("Location"))

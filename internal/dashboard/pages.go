@@ -18,7 +18,7 @@ import (
 
 // pageNames are the templates in templates/, each rendered inside
 // layout.html (or alone, as its "content", for a live fragment).
-var pageNames = []string{"overview", "queue", "jobs", "job", "rightsize", "insights", "hosts", "host", "audit", "login", "error"}
+var pageNames = []string{"overview", "queue", "jobs", "job", "rightsize", "insights", "parity", "hosts", "host", "audit", "login", "error"}
 
 // waitingStates are the states of a job that has not started yet.
 var waitingStates = []string{string(store.JobWaiting), string(store.JobQueued), string(store.JobScheduled),
@@ -143,7 +143,7 @@ func (d *Dashboard) render(w http.ResponseWriter, r *http.Request, s *session, c
 }
 
 var titles = map[string]string{"overview": "Overview", "queue": "Queue", "jobs": "Jobs", "job": "Job", "rightsize": "Right-sizing",
-	"insights": "Insights", "hosts": "Hosts", "host": "Host", "audit": "Audit log", "login": "Log in", "error": "Error"}
+	"insights": "Insights", "parity": "Arm64 parity", "hosts": "Hosts", "host": "Host", "audit": "Audit log", "login": "Log in", "error": "Error"}
 
 var liveNames = map[string]bool{"overview": true, "queue": true, "jobs": true, "job": true, "hosts": true, "host": true}
 
