@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -114,8 +115,20 @@ func (s *system) sign(body []byte) string {
 	return "sha256=" + hex.EncodeToString(m.Sum(nil))
 }
 
+// freePort finds a port for a listener that a process started later binds.
+// It is taken below the kernel's ephemeral range (32768 and up by
+// default): a port the kernel handed out could be handed again, to any
+// outgoing connection of the tests running beside this one, before the
+// process binds it (seen in CI: "bind: address already in use").
 func freePort(t testing.TB) int {
 	t.Helper()
+	for range 50 {
+		p := 20000 + mrand.IntN(12000)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+			l.Close()
+			return p
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
