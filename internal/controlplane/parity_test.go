@@ -238,7 +238,7 @@ func TestCommitStatusThroughGitHub(t *testing.T) {
 			continue
 		}
 		want := map[int]string{0: "success pass: 1 of 1 jobs passed on both", 1: "failure fail: 0 of 1 jobs passed on both, 1 failed"}
-		r.waitFor("commit statuses", 10*time.Second, func() bool {
+		r.waitFor("commit statuses", 30*time.Second, func() bool {
 			for i, w := range want {
 				st := r.gh.Statuses("acme/app", sha(i))
 				if len(st) == 0 || st[0].State+" "+st[0].Description != w || st[0].Context != controlplane.StatusContext {
