@@ -54,12 +54,12 @@ func (a *api) parityView(ctx context.Context, p principal, days int, org, repo s
 		return v, err
 	}
 	v.Repos = pol.RepoTiers(v.Rows)
-	since2 := map[string]store.RepoTier{}
+	recordedTier := map[string]store.RepoTier{}
 	for _, r := range recorded {
-		since2[r.Repo] = r
+		recordedTier[r.Repo] = r
 	}
 	for i, r := range v.Repos {
-		if rec, ok := since2[r.Repo]; ok && rec.Tier == r.Tier {
+		if rec, ok := recordedTier[r.Repo]; ok && rec.Tier == r.Tier {
 			v.Repos[i].Since = rec.Since
 		}
 	}
