@@ -33,22 +33,11 @@ machine. Job ids start at 9,000,000,000,000, far from GitHub's; seeding twice
 with the same --seed adds nothing. Do not seed a production database.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			switch {
-			case (cfgPath == "") == (dbPath == ""):
+			if (cfgPath == "") == (dbPath == "") {
 				return errors.New("give --config or --database")
-			case cfgPath != "":
-				cfg, err := config.Load(cfgPath)
-				if err != nil {
-					return err
-				}
-				dataDir := cfg.DataDir
-				if dataDir == "" {
-					dataDir = g.dataDir
-				}
-				dbPath = cfg.DatabasePath(dataDir)
 			}
 			ctx := cmd.Context()
-			st, err := sqlite.Open(ctx, dbPath, sqlite.Options{})
+			st, where, err := seedStore(ctx, g, cfgPath, dbPath)
 			if err != nil {
 				return err
 			}
@@ -59,17 +48,44 @@ with the same --seed adds nothing. Do not seed a production database.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d jobs and %d profiles added (%d and %d were there)\n",
-				filepath.Clean(dbPath), jobs, profiles, len(h.Jobs)-jobs, len(h.Profiles)-profiles)
+				where, jobs, profiles, len(h.Jobs)-jobs, len(h.Profiles)-profiles)
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfgPath, "config", "", "the config whose database to fill")
+	f.StringVar(&cfgPath, "config", "", "the config whose database (SQLite or PostgreSQL) to fill")
 	f.StringVar(&dbPath, "database", "", "the SQLite database to fill")
 	f.IntVar(&o.Days, "days", 28, "days of history, up to now")
 	f.IntVar(&o.PerDay, "per-day", 300, "jobs a day, on average")
 	f.Uint64Var(&o.Seed, "seed", 1, "the generator's seed")
 	return cmd
+}
+
+// seedStore opens the database to fill: the config's, SQLite or
+// PostgreSQL, or else the SQLite file dbPath. where names it for the
+// report (a config's URL holds no password: config.Load refuses one).
+func seedStore(ctx context.Context, g *globals, cfgPath, dbPath string) (_ store.Store, where string, _ error) {
+	if cfgPath == "" {
+		st, err := sqlite.Open(ctx, dbPath, sqlite.Options{})
+		if err != nil {
+			return nil, "", err
+		}
+		return st, filepath.Clean(dbPath), nil
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, "", err
+	}
+	dataDir := cfg.DataDir
+	if dataDir == "" {
+		dataDir = g.dataDir
+	}
+	where = cfg.Database
+	if !cfg.IsPostgres() {
+		where = filepath.Clean(cfg.DatabasePath(dataDir))
+	}
+	st, err := openStore(ctx, cfg, dataDir, g.log)
+	return st, where, err
 }
 
 // seed writes a history, skipping the jobs and profiles st has already,

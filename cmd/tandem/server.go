@@ -28,7 +28,6 @@ import (
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/scheduler"
-	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
 func serverCmd(g *globals) *cobra.Command {
@@ -81,7 +80,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	st, err := sqlite.Open(ctx, cfg.DatabasePath(dataDir), sqlite.Options{})
+	st, err := openStore(ctx, cfg, dataDir, g.log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ package config
 import (
 	"bytes"
 	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,8 +40,12 @@ type Config struct {
 	// DataDir holds the database, images and VM state; "" means the
 	// command's --data-dir.
 	DataDir string `yaml:"data_dir"`
-	// Database is the SQLite file; "" means <data_dir>/tandem.db.
-	Database  string    `yaml:"database"`
+	// Database is the store: a SQLite file ("" means <data_dir>/tandem.db)
+	// or a PostgreSQL URL (postgres://USER@HOST[:PORT]/DB[?…], also
+	// postgresql://), whose password, TLS and pool are in Postgres.
+	Database string `yaml:"database"`
+	// Postgres is how to reach a PostgreSQL database; only with one.
+	Postgres  Postgres  `yaml:"postgres"`
 	GitHub    GitHub    `yaml:"github"`
 	Labels    Labels    `yaml:"labels"`
 	Runner    Runner    `yaml:"runner"`
@@ -60,6 +67,26 @@ type Config struct {
 	APITokens     []APIToken      `yaml:"-"`
 	// MirrorPassword is agent.mirror.password_file's content.
 	MirrorPassword Secret `yaml:"-"`
+}
+
+// Postgres configures the connection to a PostgreSQL database (database:
+// postgres://…). Its password is never in the URL but in PasswordFile, so
+// that the config file may be readable by more people than the database's
+// secret. Relative paths are from the config file's directory: Load makes
+// them absolute, having checked that each file reads and holds what it
+// should.
+type Postgres struct {
+	// PasswordFile holds the password, on one line.
+	PasswordFile string `yaml:"password_file"`
+	// CAFile makes the connection TLS, verifying the server's certificate
+	// and name against these roots (sslmode=verify-full).
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate, for servers that ask
+	// for one: both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// MaxConns caps the connection pool (default 16, 1 to 1000).
+	MaxConns int `yaml:"max_conns"`
 }
 
 // Agents configures the TLS listener remote hosts' agents dial (and that
@@ -302,6 +329,8 @@ const (
 	DefaultListen      = "127.0.0.1:8080"
 	DefaultAPIURL      = "https://api.github.com/"
 	DefaultMaxAttempts = 3
+	// DefaultPostgresMaxConns is postgres.max_conns unless configured.
+	DefaultPostgresMaxConns = 16
 )
 
 // Parse decodes a config strictly and applies defaults. It neither reads
@@ -324,6 +353,9 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	def(&c.Listen, DefaultListen)
+	if c.IsPostgres() && c.Postgres.MaxConns == 0 {
+		c.Postgres.MaxConns = DefaultPostgresMaxConns
+	}
 	def(&c.GitHub.APIURL, DefaultAPIURL)
 	def(&c.Labels.Prefix, labels.DefaultPrefix)
 	if c.Labels.DefaultVCPUs == 0 {
@@ -368,8 +400,18 @@ func (c *Config) applyDefaults() {
 	c.Parity.Defaults()
 }
 
-// DatabasePath is the SQLite file, given the data directory in use.
+// IsPostgres reports whether the database is PostgreSQL (database: is a
+// postgres:// or postgresql:// URL) rather than a SQLite file.
+func (c *Config) IsPostgres() bool {
+	return strings.HasPrefix(c.Database, "postgres://") || strings.HasPrefix(c.Database, "postgresql://")
+}
+
+// DatabasePath is the SQLite file, given the data directory in use; "" when
+// the database is PostgreSQL (IsPostgres), which has no file.
 func (c *Config) DatabasePath(dataDir string) string {
+	if c.IsPostgres() {
+		return ""
+	}
 	if c.Database != "" {
 		return c.Database
 	}
@@ -439,7 +481,7 @@ func (c *Config) readSecrets(dir string) error {
 	if c.MirrorPassword, err = c.Agent.Mirror.readPassword(dir, "agent.mirror"); err != nil {
 		return err
 	}
-	return nil
+	return c.Postgres.checkFiles(dir)
 }
 
 // Validate checks every field and reports all problems at once.
@@ -468,6 +510,7 @@ func (c *Config) Validate() error {
 		bad("runner.scope %q: want repo or org", c.Runner.Scope)
 	}
 	errs = append(errs, c.validateGroups()...)
+	errs = append(errs, c.validateDatabase()...)
 	if err := c.Parity.Validate("parity"); err != nil {
 		errs = append(errs, err)
 	}
@@ -675,4 +718,130 @@ func groupName(s string) bool {
 		return false
 	}
 	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// urlLike matches what starts as a URL does: SCHEME://.
+var urlLike = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
+
+// validateDatabase checks database and the postgres section. A URL in a
+// message is redacted (redactURL): an error is logged, a password must not
+// be.
+func (c *Config) validateDatabase() []error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	p := c.Postgres
+	if !c.IsPostgres() {
+		if urlLike.MatchString(c.Database) {
+			bad("database %q: want a SQLite file's path or a PostgreSQL URL (postgres://USER@HOST[:PORT]/DB, or postgresql://)", redactURL(c.Database))
+		}
+		if p != (Postgres{}) {
+			bad("postgres: only for a PostgreSQL database (database: postgres://USER@HOST[:PORT]/DB): the SQLite database takes none of it")
+		}
+		return errs
+	}
+	if u, err := checkPostgresURL(c.Database); err != nil {
+		errs = append(errs, err)
+	} else if m := u.Query().Get("sslmode"); p.CAFile != "" && m != "" && m != "verify-full" {
+		bad("postgres.ca_file: the server is verified (sslmode=verify-full), but database asks for sslmode=%s: drop sslmode from the URL", m)
+	}
+	if (p.CertFile == "") != (p.KeyFile == "") {
+		bad("postgres: give both cert_file and key_file, or neither")
+	}
+	if p.MaxConns < 1 || p.MaxConns > 1000 {
+		bad("postgres.max_conns %d: want 1 to 1000", p.MaxConns)
+	}
+	return errs
+}
+
+// checkPostgresURL parses database's PostgreSQL URL and refuses what
+// belongs in the postgres section: a password, TLS files.
+func checkPostgresURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		// url.Parse's error quotes the URL, password and all: say what is
+		// wrong with the redacted one, if that is wrong too.
+		red, why, want := redactURL(s), "", "postgres://USER@HOST[:PORT]/DB"
+		var ue *url.Error
+		if _, err := url.Parse(red); errors.As(err, &ue) {
+			why = ": " + ue.Err.Error()
+		}
+		if red != s {
+			want += ", the password in postgres.password_file"
+		}
+		return nil, fmt.Errorf("database %q: not a valid URL%s (want %s)", red, why, want)
+	}
+	q := u.Query()
+	_, inUser := u.User.Password()
+	switch {
+	case inUser || q.Has("password"):
+		return nil, fmt.Errorf("database %q: the URL holds a password: put it in a file (mode 0600) named by postgres.password_file", redactURL(s))
+	case q.Has("sslrootcert") || q.Has("sslcert") || q.Has("sslkey") || q.Has("sslpassword"):
+		return nil, fmt.Errorf("database %q: TLS files go in postgres.ca_file, postgres.cert_file and postgres.key_file (an unencrypted key, mode 0600), not in the URL", redactURL(s))
+	}
+	return u, nil
+}
+
+// queryPassword matches a password (or a TLS key's) in a URL's query.
+var queryPassword = regexp.MustCompile(`(?i)([?&](?:ssl)?password=)[^&#]*`)
+
+// redactURL hides the password a URL holds, in its user info or its query,
+// for a message. It works on the text, so that it redacts an unparsable URL
+// too, erring towards hiding more than the password.
+func redactURL(s string) string {
+	s = queryPassword.ReplaceAllString(s, "${1}xxxxx")
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return s
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return s
+	}
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
+}
+
+// checkFiles makes the section's paths absolute (relative ones are from
+// dir) and checks that each file reads and holds what it should. The
+// password is read only to be checked, and never shown: the store reads it
+// when it connects.
+func (p *Postgres) checkFiles(dir string) error {
+	abs := func(path string) string {
+		if path == "" || filepath.IsAbs(path) {
+			return path
+		}
+		return filepath.Join(dir, path)
+	}
+	if p.PasswordFile != "" {
+		b, err := os.ReadFile(abs(p.PasswordFile))
+		if err != nil {
+			return fmt.Errorf("config: postgres.password_file: %w", err)
+		}
+		b = bytes.TrimRight(b, "\r\n")
+		if len(b) == 0 {
+			return fmt.Errorf("config: postgres.password_file %s: empty", p.PasswordFile)
+		}
+		if bytes.ContainsAny(b, "\r\n") {
+			return fmt.Errorf("config: postgres.password_file %s: more than one line", p.PasswordFile)
+		}
+	}
+	if p.CAFile != "" {
+		b, err := os.ReadFile(abs(p.CAFile))
+		if err != nil {
+			return fmt.Errorf("config: postgres.ca_file: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return fmt.Errorf("config: postgres.ca_file %s: no PEM certificate in it", p.CAFile)
+		}
+	}
+	if p.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(abs(p.CertFile), abs(p.KeyFile)); err != nil {
+			return fmt.Errorf("config: postgres.cert_file %s, postgres.key_file %s: %w", p.CertFile, p.KeyFile, err)
+		}
+	}
+	p.PasswordFile, p.CAFile, p.CertFile, p.KeyFile = abs(p.PasswordFile), abs(p.CAFile), abs(p.CertFile), abs(p.KeyFile)
+	return nil
 }

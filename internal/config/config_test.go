@@ -1,11 +1,15 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -270,5 +274,156 @@ func TestAgentsAndAPITokens(t *testing.T) {
 	os.WriteFile(p, []byte(minimal+"agents: {tls_cert_file: c.pem}\n"), 0o600)
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "tls_key_file") {
 		t.Errorf("cert without key: %v", err)
+	}
+}
+
+// pgFiles writes, beside a config, what the postgres section names: a
+// password file, a CA and a client certificate with its key (and a key
+// that is not the certificate's).
+func pgFiles(t *testing.T, dir string) {
+	t.Helper()
+	cert := func(cn string) (certPEM, keyPEM []byte) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+	}
+	ca, _ := cert("postgres-ca")
+	client, clientKey := cert("tandem")
+	_, otherKey := cert("other")
+	for name, b := range map[string][]byte{"pg-password": []byte("pg-s3cret-pw\n"), "pg-ca.pem": ca,
+		"pg-client.pem": client, "pg-client-key.pem": clientKey, "pg-other-key.pem": otherKey,
+		"pg-empty": []byte("\n"), "pg-two-lines": []byte("pg-s3cret-pw\nmore\n")} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// loadPG loads a config with the postgres section's files beside it.
+func loadPG(t *testing.T, body string) (*Config, string, error) {
+	t.Helper()
+	dir := t.TempDir()
+	writeSecrets(t, dir)
+	pgFiles(t, dir)
+	p := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	return c, dir, err
+}
+
+func TestPostgres(t *testing.T) {
+	c, dir, err := loadPG(t, minimal+`
+database: postgres://tandem@db.example.internal:5432/tandem?application_name=tandem
+postgres:
+  password_file: pg-password
+  ca_file: pg-ca.pem
+  cert_file: pg-client.pem
+  key_file: pg-client-key.pem
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Postgres{PasswordFile: filepath.Join(dir, "pg-password"), CAFile: filepath.Join(dir, "pg-ca.pem"),
+		CertFile: filepath.Join(dir, "pg-client.pem"), KeyFile: filepath.Join(dir, "pg-client-key.pem"), MaxConns: DefaultPostgresMaxConns}
+	if !c.IsPostgres() || c.Postgres != want || c.DatabasePath("/d") != "" {
+		t.Errorf("postgres: %v %+v %q; want the paths made absolute and max_conns 16", c.IsPostgres(), c.Postgres, c.DatabasePath("/d"))
+	}
+	if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, "pg-s3cret-pw") {
+		t.Error("the PostgreSQL password prints")
+	}
+
+	// The least: a URL; absolute paths stay; postgresql:// too.
+	c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql'\npostgres: {max_conns: 1000, ca_file: /nonexistent/ca.pem}\n")
+	if err == nil || !strings.Contains(err.Error(), "postgres.ca_file: open /nonexistent/ca.pem") {
+		t.Errorf("a missing ca_file: %v", err)
+	}
+	if c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql&sslmode=disable'\npostgres: {max_conns: 1000}\n"); err != nil {
+		t.Fatal(err)
+	}
+	if !c.IsPostgres() || c.Postgres != (Postgres{MaxConns: 1000}) {
+		t.Errorf("postgresql://: %+v", c.Postgres)
+	}
+
+	// SQLite stays the default, and takes a path.
+	for body, want := range map[string]string{minimal: "/d/tandem.db", minimal + "database: /srv/tandem.db\n": "/srv/tandem.db"} {
+		if c, err := load(t, body); err != nil || c.IsPostgres() || c.DatabasePath("/d") != want || c.Postgres != (Postgres{}) {
+			t.Errorf("%q: %v, want SQLite at %s", body, err, want)
+		}
+	}
+}
+
+// Every refusal names the key and the fix, and never the password: not
+// the URL's, not the password file's.
+func TestPostgresRejects(t *testing.T) {
+	const pg = "database: postgres://tandem@db/tandem\n"
+	for name, tc := range map[string]struct{ body, want string }{
+		"password in url": {"database: 'postgres://tandem:pg-s3cret-pw@db/tandem'\n",
+			`database "postgres://tandem:xxxxx@db/tandem": the URL holds a password: put it in a file (mode 0600) named by postgres.password_file`},
+		"empty password":    {"database: 'postgres://tandem:@db/tandem'\n", "named by postgres.password_file"},
+		"password in query": {"database: 'postgres://tandem@db/tandem?sslmode=verify-full&password=pg-s3cret-pw'\n", `?sslmode=verify-full&password=xxxxx": the URL holds a password`},
+		"unparsable":        {"database: 'postgres://db:port/tandem'\n", `database "postgres://db:port/tandem": not a valid URL: invalid port ":port" after host (want postgres://USER@HOST[:PORT]/DB)`},
+		"unparsable, password": {"database: 'postgres://tandem:pg-s3cret-pw/x@db/tandem'\n",
+			`database "postgres://tandem:xxxxx@db/tandem": not a valid URL (want postgres://USER@HOST[:PORT]/DB, the password in postgres.password_file)`},
+		"unparsable, query password": {"database: 'postgres://db:port/tandem?password=pg-s3cret-pw'\n", `database "postgres://db:port/tandem?password=xxxxx": not a valid URL`},
+		"mysql":                      {"database: 'mysql://tandem:pg-s3cret-pw@db/tandem'\n", `database "mysql://tandem:xxxxx@db/tandem": want a SQLite file's path or a PostgreSQL URL (postgres://`},
+		"capitals":                   {"database: 'Postgres://db/tandem'\n", "want a SQLite file's path or a PostgreSQL URL"},
+		"tls in url":                 {"database: 'postgres://db/tandem?sslrootcert=/etc/ca.pem'\n", "TLS files go in postgres.ca_file, postgres.cert_file and postgres.key_file"},
+		"key password in url":        {"database: 'postgres://db/tandem?sslpassword=pg-s3cret-pw'\n", "sslpassword=xxxxx\": TLS files go in postgres.ca_file"},
+		"section with sqlite":        {"postgres: {max_conns: 4}\n", "postgres: only for a PostgreSQL database (database: postgres://"},
+		"section with sqlite file":   {"database: /srv/tandem.db\npostgres: {password_file: pg-password}\n", "postgres: only for a PostgreSQL database"},
+		"cert without key":           {pg + "postgres: {cert_file: pg-client.pem}\n", "postgres: give both cert_file and key_file, or neither"},
+		"key without cert":           {pg + "postgres: {key_file: pg-client-key.pem}\n", "postgres: give both cert_file and key_file, or neither"},
+		"too many conns":             {pg + "postgres: {max_conns: 2000}\n", "postgres.max_conns 2000: want 1 to 1000"},
+		"negative conns":             {pg + "postgres: {max_conns: -1}\n", "postgres.max_conns -1: want 1 to 1000"},
+		"sslmode and ca":             {"database: 'postgres://db/tandem?sslmode=require'\npostgres: {ca_file: pg-ca.pem}\n", "postgres.ca_file: the server is verified (sslmode=verify-full), but database asks for sslmode=require: drop sslmode"},
+		"typo":                       {pg + "postgres: {max_con: 4}\n", "max_con"},
+		"no password file":           {pg + "postgres: {password_file: nowhere}\n", "postgres.password_file: open "},
+		"empty password file":        {pg + "postgres: {password_file: pg-empty}\n", "postgres.password_file pg-empty: empty"},
+		"two-line password file":     {pg + "postgres: {password_file: pg-two-lines}\n", "postgres.password_file pg-two-lines: more than one line"},
+		"ca not pem":                 {pg + "postgres: {ca_file: pg-password}\n", "postgres.ca_file pg-password: no PEM certificate in it"},
+		"key not the cert's":         {pg + "postgres: {cert_file: pg-client.pem, key_file: pg-other-key.pem}\n", "postgres.cert_file pg-client.pem, postgres.key_file pg-other-key.pem: tls: private key does not match public key"},
+		"key missing":                {pg + "postgres: {cert_file: pg-client.pem, key_file: nokey.pem}\n", "postgres.key_file nokey.pem: open "},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := loadPG(t, minimal+tc.body)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one mentioning %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "pg-s3cret-pw") {
+				t.Errorf("the password is in the error: %v", err)
+			}
+		})
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://db/tandem":                          "postgres://db/tandem",
+		"postgres://tandem@db/tandem":                   "postgres://tandem@db/tandem",
+		"postgres://tandem:pw@db/tandem":                "postgres://tandem:xxxxx@db/tandem",
+		"postgres://tandem:p@w:d@db/tandem":             "postgres://tandem:xxxxx@db/tandem",
+		"postgres://tandem:pa/ss@db":                    "postgres://tandem:xxxxx@db",
+		"postgres://db/t?sslmode=require&Password=pw#x": "postgres://db/t?sslmode=require&Password=xxxxx#x",
+		"postgres://db/t?sslpassword=pw&password=pw":    "postgres://db/t?sslpassword=xxxxx&password=xxxxx",
+		"postgres://db:5432/t?application_name=a@b":     "postgres://db:xxxxx@b", // more hidden than need be, never less
+		"/srv/tandem.db":                                "/srv/tandem.db",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
