@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/sqlstore"
 )
 
 // insertReq is one InsertDelivery call waiting for the batcher.
@@ -21,22 +22,6 @@ type insertResp struct {
 	err      error
 }
 
-const insertDeliverySQL = `INSERT INTO deliveries (guid, event, payload, received_at)
-VALUES (?, ?, ?, ?) ON CONFLICT (guid) DO NOTHING`
-
-// validateDelivery checks what the store requires of a delivery.
-func validateDelivery(d store.Delivery) error {
-	switch {
-	case d.GUID == "":
-		return fmt.Errorf("%w: delivery without a guid", store.ErrInvalid)
-	case d.Event == "":
-		return fmt.Errorf("%w: delivery %s: no event", store.ErrInvalid, d.GUID)
-	case d.ReceivedAt.IsZero():
-		return fmt.Errorf("%w: delivery %s: no receive time", store.ErrInvalid, d.GUID)
-	}
-	return nil
-}
-
 // InsertDelivery implements store.Store. It returns after the transaction
 // holding the delivery has committed; concurrent calls share a commit.
 // d.Seq, d.ProcessedAt and d.Error are ignored: the store assigns Seq and a
@@ -47,7 +32,7 @@ func validateDelivery(d store.Delivery) error {
 // returns ctx's error but the delivery may still be committed; a caller that
 // did not acknowledge it will see the redelivery as a duplicate.
 func (s *Store) InsertDelivery(ctx context.Context, d store.Delivery) (bool, error) {
-	if err := validateDelivery(d); err != nil {
+	if err := sqlstore.ValidateDelivery(d); err != nil {
 		return false, err
 	}
 	if err := s.enter(); err != nil {
@@ -163,7 +148,7 @@ func (s *Store) commitBatch(batch []*insertReq) []*insertReq {
 // reports, for each, whether it was new. A caller that gave up before the
 // batch started is skipped: nothing is written for it.
 func insertBatch(ctx context.Context, tx *sql.Tx, batch []*insertReq) ([]bool, error) {
-	stmt, err := tx.PrepareContext(ctx, insertDeliverySQL)
+	stmt, err := tx.PrepareContext(ctx, sqlstore.InsertDeliverySQL)
 	if err != nil {
 		return nil, fmt.Errorf("insert deliveries: prepare: %w", err)
 	}
@@ -173,11 +158,7 @@ func insertBatch(ctx context.Context, tx *sql.Tx, batch []*insertReq) ([]bool, e
 		if r.ctx.Err() != nil {
 			continue
 		}
-		payload := r.d.Payload
-		if payload == nil {
-			payload = []byte{}
-		}
-		res, err := stmt.ExecContext(ctx, r.d.GUID, r.d.Event, payload, msOf(r.d.ReceivedAt))
+		res, err := stmt.ExecContext(ctx, sqlstore.DeliveryArgs(r.d)...)
 		if err != nil {
 			return nil, fmt.Errorf("insert delivery %s: %w", r.d.GUID, err)
 		}
@@ -190,43 +171,14 @@ func insertBatch(ctx context.Context, tx *sql.Tx, batch []*insertReq) ([]bool, e
 	return inserted, nil
 }
 
-const deliveryCols = "seq, guid, event, payload, received_at, processed_at, error"
-
-func scanDelivery(sc scanner) (store.Delivery, error) {
-	var (
-		d                   store.Delivery
-		received, processed int64
-	)
-	if err := sc.Scan(&d.Seq, &d.GUID, &d.Event, &d.Payload, &received, &processed, &d.Error); err != nil {
-		return store.Delivery{}, err
-	}
-	if len(d.Payload) == 0 {
-		d.Payload = nil
-	}
-	d.ReceivedAt, d.ProcessedAt = timeOf(received), timeOf(processed)
-	return d, nil
-}
-
 // PendingDeliveries implements store.Store. limit must be positive
 // (store.ErrInvalid otherwise).
 func (s *Store) PendingDeliveries(ctx context.Context, after int64, limit int) ([]store.Delivery, error) {
-	if limit <= 0 {
-		return nil, fmt.Errorf("%w: pending deliveries: limit %d", store.ErrInvalid, limit)
-	}
 	if err := s.enter(); err != nil {
 		return nil, err
 	}
 	defer s.inflight.Done()
-	rows, err := s.r.QueryContext(ctx, "SELECT "+deliveryCols+
-		" FROM deliveries WHERE processed_at = 0 AND seq > ? ORDER BY seq LIMIT ?", after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("pending deliveries: %w", err)
-	}
-	ds, err := collect(rows, scanDelivery)
-	if err != nil {
-		return nil, fmt.Errorf("pending deliveries: %w", err)
-	}
-	return ds, nil
+	return sqlstore.PendingDeliveries(ctx, s.r, sqlstore.SQLite, after, limit)
 }
 
 // pruneChunk bounds how many rows one Prune transaction deletes, so that
@@ -242,26 +194,9 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 		return 0, err
 	}
 	defer s.inflight.Done()
-	cut := msOf(before)
-	queries := []struct{ what, sql string }{
-		{"deliveries", `DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
-			WHERE processed_at <> 0 AND received_at < ? LIMIT ?)`},
-		{"job events", `DELETE FROM job_events WHERE seq IN (SELECT seq FROM job_events
-			WHERE at < ? LIMIT ?)`},
-		{"runners", `DELETE FROM runners WHERE name IN (SELECT name FROM runners
-			WHERE state = 'ended' AND ended_at < ? LIMIT ?)`},
-		// Samples are made into a profile when their VM ends; any left
-		// (a VM whose end was never reported) go with the runners.
-		{"profile samples", `DELETE FROM profile_samples WHERE seq IN (SELECT seq FROM profile_samples
-			WHERE received_at < ? LIMIT ?)`},
-		{"profiles", `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
-			WHERE ended_at < ? - ` + fmt.Sprint(store.ProfileExtraRetention.Milliseconds()) + ` LIMIT ?)`},
-		{"parity commits", `DELETE FROM parity_commits WHERE (org, repo, workflow, logical, sha) IN (SELECT org, repo, workflow,
-			logical, sha FROM parity_commits INDEXED BY parity_commits_at WHERE at < ? - ` +
-			fmt.Sprint(store.ParityExtraRetention.Milliseconds()) + ` LIMIT ?)`},
-	}
+	cut := sqlstore.MsOf(before)
 	var total int64
-	for _, q := range queries {
+	for _, q := range sqlstore.PruneSteps(sqlstore.SQLite) {
 		for {
 			if err := ctx.Err(); err != nil {
 				return total, err
@@ -273,7 +208,7 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 					return isBusy(err), fmt.Errorf("begin: %w", err)
 				}
 				defer tx.Rollback() //nolint:errcheck // no-op after Commit
-				res, err := tx.ExecContext(ctx, q.sql, cut, pruneChunk)
+				res, err := tx.ExecContext(ctx, q.SQL, cut, pruneChunk)
 				if err != nil {
 					return false, err
 				}
@@ -286,7 +221,7 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
 				return false, nil
 			})
 			if err != nil {
-				return total, fmt.Errorf("prune %s: %w", q.what, err)
+				return total, fmt.Errorf("prune %s: %w", q.What, err)
 			}
 			total += n
 			if n < pruneChunk {

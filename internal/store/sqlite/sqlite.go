@@ -30,6 +30,10 @@
 // with millisecond precision. Slices (labels, hosts to avoid, host
 // architectures) are JSON arrays in TEXT columns; empty slices come back nil.
 //
+// The queries themselves are in store/sqlstore, shared with the
+// PostgreSQL store; this package owns the connections, transactions,
+// migrations and the delivery batcher.
+//
 // # Schema
 //
 // Migrations are embedded (migrations/NNNN_name.sql) and applied at Open,
@@ -53,6 +57,7 @@ import (
 	sqlitedrv "modernc.org/sqlite"
 
 	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/sqlstore"
 )
 
 // Synchronous is SQLite's synchronous setting for the writer connection.
@@ -182,7 +187,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	}
 	err = migrate(ctx, w)
 	if err == nil {
-		err = backfillJobStats(ctx, w)
+		err = backfill(ctx, w)
 	}
 	if err != nil {
 		w.Close()
@@ -296,7 +301,7 @@ func (s *Store) update(ctx context.Context, fn func(store.Tx) error) (retry bool
 	// the writer connection must not stay inside a transaction (net/http,
 	// for one, recovers panics and carries on).
 	defer sqlTx.Rollback() //nolint:errcheck // no-op after Commit
-	if err := fn(&writeTx{readTx{ctx: ctx, q: sqlTx}}); err != nil {
+	if err := fn(sqlstore.NewTx(ctx, sqlTx, sqlstore.SQLite)); err != nil {
 		return false, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -344,7 +349,20 @@ func (s *Store) View(ctx context.Context, fn func(store.ReadTx) error) error {
 		return fmt.Errorf("begin read: %w", err)
 	}
 	defer sqlTx.Rollback() //nolint:errcheck // read-only: nothing to lose
-	return fn(&readTx{ctx: ctx, q: sqlTx})
+	return fn(sqlstore.NewReadTx(ctx, sqlTx, sqlstore.SQLite))
+}
+
+// backfill runs sqlstore.BackfillJobStats in a transaction of its own.
+func backfill(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	if err := sqlstore.BackfillJobStats(ctx, tx, sqlstore.SQLite); err != nil {
+		return fmt.Errorf("job statistics backfill: %w", err)
+	}
+	return tx.Commit()
 }
 
 // isBusy reports whether err is SQLite's "database is locked" (another

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"encoding/json"
@@ -12,7 +12,7 @@ import (
 // Host load history (migration 0014): a JSON record per host and minute.
 
 func (t *readTx) HostLoad(host string, since time.Time) ([]store.HostLoad, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT load FROM host_load WHERE host = ? AND at >= ? ORDER BY at", host, msOf(since))
+	rows, err := t.query("SELECT load FROM host_load WHERE host = ? AND at >= ? ORDER BY at", host, msOf(since))
 	if err != nil {
 		return nil, fmt.Errorf("load of host %s: %w", host, err)
 	}
@@ -42,7 +42,7 @@ func (t *writeTx) AddHostLoad(loads []store.HostLoad) error {
 		if err != nil {
 			return fmt.Errorf("load of host %s: %w", l.Host, err)
 		}
-		if _, err := t.q.ExecContext(t.ctx, "INSERT OR REPLACE INTO host_load (host, at, load) VALUES (?, ?, ?)",
+		if _, err := t.exec(upsertHostLoadSQL,
 			l.Host, msOf(l.At), string(b)); err != nil {
 			return fmt.Errorf("load of host %s: %w", l.Host, err)
 		}
@@ -51,9 +51,11 @@ func (t *writeTx) AddHostLoad(loads []store.HostLoad) error {
 }
 
 func (t *writeTx) PruneHostLoad(before time.Time) (int64, error) {
-	res, err := t.q.ExecContext(t.ctx, "DELETE FROM host_load WHERE at < ?", msOf(before))
+	res, err := t.exec("DELETE FROM host_load WHERE at < ?", msOf(before))
 	if err != nil {
 		return 0, fmt.Errorf("prune host load: %w", err)
 	}
 	return res.RowsAffected()
 }
+
+var upsertHostLoadSQL = upsert("host_load", "host, at, load", "host, at")

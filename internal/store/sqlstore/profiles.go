@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"database/sql"
@@ -19,7 +19,7 @@ import (
 func storedTime(t time.Time) time.Time { return timeOf(msOf(t)) }
 
 func (t *readTx) ProfileSamples(runner string) ([]profile.Sample, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT samples FROM profile_samples WHERE runner = ? ORDER BY seq", runner)
+	rows, err := t.query("SELECT samples FROM profile_samples WHERE runner = ? ORDER BY seq", runner)
 	if err != nil {
 		return nil, fmt.Errorf("profile samples of %s: %w", runner, err)
 	}
@@ -46,7 +46,7 @@ func (t *readTx) Profile(runner string) (store.Profile, error) {
 	p := store.Profile{Runner: runner}
 	var ended int64
 	var summary, points string
-	err := t.q.QueryRowContext(t.ctx, "SELECT job_id, ended_at, summary, points FROM profiles WHERE runner = ?", runner).
+	err := t.queryRow("SELECT job_id, ended_at, summary, points FROM profiles WHERE runner = ?", runner).
 		Scan(&p.JobID, &ended, &summary, &points)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Profile{}, fmt.Errorf("profile of %s: %w", runner, store.ErrNotFound)
@@ -79,7 +79,7 @@ func (t *writeTx) AddProfileSamples(runner string, at time.Time, samples []profi
 	if err != nil {
 		return fmt.Errorf("profile samples of %s: %w", runner, err)
 	}
-	if _, err := t.q.ExecContext(t.ctx, "INSERT INTO profile_samples (runner, received_at, samples) VALUES (?, ?, ?)",
+	if _, err := t.exec("INSERT INTO profile_samples (runner, received_at, samples) VALUES (?, ?, ?)",
 		runner, msOf(at), string(b)); err != nil {
 		return fmt.Errorf("profile samples of %s: %w", runner, err)
 	}
@@ -102,11 +102,11 @@ func (t *writeTx) PutProfile(p store.Profile) error {
 	if err != nil {
 		return fmt.Errorf("profile of %s: %w", p.Runner, err)
 	}
-	if _, err := t.q.ExecContext(t.ctx, "INSERT OR REPLACE INTO profiles (runner, job_id, ended_at, summary, points) VALUES (?, ?, ?, ?, ?)",
+	if _, err := t.exec(upsertProfileSQL,
 		p.Runner, p.JobID, msOf(p.EndedAt), string(summary), string(points)); err != nil {
 		return fmt.Errorf("profile of %s: %w", p.Runner, err)
 	}
-	if _, err := t.q.ExecContext(t.ctx, "DELETE FROM profile_samples WHERE runner = ?", p.Runner); err != nil {
+	if _, err := t.exec("DELETE FROM profile_samples WHERE runner = ?", p.Runner); err != nil {
 		return fmt.Errorf("profile samples of %s: %w", p.Runner, err)
 	}
 	return nil
@@ -125,13 +125,13 @@ func (t *readTx) ProfiledRuns(f store.ProfiledRunFilter) ([]store.ProfiledRun, e
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("%w: profiled runs: limit %d", store.ErrInvalid, f.Limit)
 	}
-	var w where
+	w := where{d: t.d}
 	w.add("profiles.ended_at >= ?", msOf(f.Since))
 	if f.Org != "" {
-		w.add("jobs.org = ? COLLATE NOCASE", f.Org)
+		w.add(t.d.nocase("jobs.org"), f.Org)
 	}
 	if f.Repo != "" {
-		w.add("jobs.repo = ? COLLATE NOCASE", f.Repo)
+		w.add(t.d.nocase("jobs.repo"), f.Repo)
 	}
 	if err := w.orgScope("jobs.org", f.Orgs); err != nil {
 		return nil, fmt.Errorf("profiled runs: %w", err)
@@ -141,7 +141,7 @@ func (t *readTx) ProfiledRuns(f store.ProfiledRunFilter) ([]store.ProfiledRun, e
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
 	}
-	rows, err := t.q.QueryContext(t.ctx, q, w.args...)
+	rows, err := t.query(q, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("profiled runs: %w", err)
 	}
@@ -165,3 +165,5 @@ func (t *readTx) ProfiledRuns(f store.ProfiledRunFilter) ([]store.ProfiledRun, e
 	}
 	return out, nil
 }
+
+var upsertProfileSQL = upsert("profiles", "runner, job_id, ended_at, summary, points", "runner")

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -82,7 +82,7 @@ func (t *writeTx) addJobStats(j store.Job, n int) error {
 	}
 	k := statsKeyOf(j)
 	var runHist, queueHist string
-	err := t.q.QueryRowContext(t.ctx, `SELECT jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels
+	err := t.queryRow(`SELECT jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels
 		FROM job_stats_daily WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
 		k.day, k.org, k.repo, k.workflow, k.name, k.ar).Scan(&k.jobs, &k.ran, &k.succeeded, &k.failed, &k.emulated,
 		&k.vcpuSeconds, &runHist, &queueHist, &k.labels)
@@ -110,7 +110,7 @@ func (t *writeTx) addJobStats(j store.Job, n int) error {
 	if run, _, ran, _ := j.RunTimes(); ran && n > 0 {
 		runMS = max(int64(run*1000), 1)
 	}
-	if _, err := t.q.ExecContext(t.ctx, "UPDATE jobs SET run_ms = ? WHERE id = ?", runMS, j.ID); err != nil {
+	if _, err := t.exec("UPDATE jobs SET run_ms = ? WHERE id = ?", runMS, j.ID); err != nil {
 		return fmt.Errorf("job %d: run time: %w", j.ID, err)
 	}
 	return nil
@@ -118,7 +118,7 @@ func (t *writeTx) addJobStats(j store.Job, n int) error {
 
 func (t *writeTx) putStatsRow(k statsRow) error {
 	if k.jobs <= 0 {
-		_, err := t.q.ExecContext(t.ctx, `DELETE FROM job_stats_daily
+		_, err := t.exec(`DELETE FROM job_stats_daily
 			WHERE day = ? AND org = ? AND repo = ? AND workflow = ? AND name = ? AND arch = ?`,
 			k.day, k.org, k.repo, k.workflow, k.name, k.ar)
 		return err
@@ -131,13 +131,15 @@ func (t *writeTx) putStatsRow(k statsRow) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.q.ExecContext(t.ctx, `INSERT OR REPLACE INTO job_stats_daily
-		(day, org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(upsertStatsSQL,
 		k.day, k.org, k.repo, k.workflow, k.name, k.ar, k.jobs, k.ran, k.succeeded, k.failed, k.emulated, k.vcpuSeconds,
 		string(run), string(queue), k.labels)
 	return err
 }
+
+var upsertStatsSQL = upsert("job_stats_daily",
+	"day, org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated, vcpu_seconds, run_hist, queue_hist, labels",
+	"day, org, repo, workflow, name, arch")
 
 // ranEmulated reports whether the job ran on one of Tandem's runners whose
 // VM was emulated (false for a runner not Tandem's, or one pruned).
@@ -146,30 +148,27 @@ func (t *readTx) ranEmulated(j store.Job) (bool, error) {
 		return false, nil
 	}
 	var emulated bool
-	err := t.q.QueryRowContext(t.ctx, "SELECT emulated FROM runners WHERE name = ?", j.RunnerName).Scan(&emulated)
+	err := t.queryRow("SELECT emulated FROM runners WHERE name = ?", j.RunnerName).Scan(&emulated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	return emulated, err
 }
 
-// backfillJobStats adds the jobs that ended before migration 0015 (and,
-// again, 0016) to the statistics and the parity records, once.
-func backfillJobStats(ctx context.Context, db *sql.DB) error {
+// BackfillJobStats adds the jobs that ended before the statistics and the
+// parity records existed (SQLite's migrations 0015 and 0016 start them
+// afresh) to both, once: it runs in tx, which the caller commits, and does
+// nothing once the task is recorded done.
+func BackfillJobStats(ctx context.Context, tx Querier, d Dialect) error {
 	const task = "job-stats-backfill"
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	w := &writeTx{readTx{ctx: ctx, q: tx, d: d}}
 	var done int64
-	switch err := tx.QueryRowContext(ctx, "SELECT done_at FROM store_tasks WHERE name = ?", task).Scan(&done); {
+	switch err := w.queryRow("SELECT done_at FROM store_tasks WHERE name = ?", task).Scan(&done); {
 	case err == nil:
 		return nil
 	case !errors.Is(err, sql.ErrNoRows):
 		return err
 	}
-	w := &writeTx{readTx{ctx: ctx, q: tx}}
 	var terminal []store.JobState
 	for _, s := range store.JobStates {
 		if s.Terminal() {
@@ -200,7 +199,7 @@ func backfillJobStats(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 		if run, _, ran, _ := j.RunTimes(); ran {
-			if _, err := tx.ExecContext(ctx, "UPDATE jobs SET run_ms = ? WHERE id = ?", max(int64(run*1000), 1), j.ID); err != nil {
+			if _, err := w.exec("UPDATE jobs SET run_ms = ? WHERE id = ?", max(int64(run*1000), 1), j.ID); err != nil {
 				return err
 			}
 		}
@@ -210,19 +209,17 @@ func backfillJobStats(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO store_tasks (name, done_at) VALUES (?, ?)", task, msOf(time.Now())); err != nil {
-		return err
-	}
-	return tx.Commit()
+	_, err = w.exec("INSERT INTO store_tasks (name, done_at) VALUES (?, ?)", task, msOf(time.Now()))
+	return err
 }
 
 // statsScope is the WHERE of a filter on job_stats_daily or jobs.
 func statsScope(w *where, f store.StatsFilter) error {
 	if f.Org != "" {
-		w.add("org = ? COLLATE NOCASE", f.Org)
+		w.add(w.d.nocase("org"), f.Org)
 	}
 	if f.Repo != "" {
-		w.add("repo = ? COLLATE NOCASE", f.Repo)
+		w.add(w.d.nocase("repo"), f.Repo)
 	}
 	return w.orgScope("org", f.Orgs)
 }
@@ -231,13 +228,13 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 	if !validLevel(f.Level) {
 		return nil, fmt.Errorf("%w: job stats: level %q", store.ErrInvalid, f.Level)
 	}
-	var w where
+	w := where{d: t.d}
 	w.add("day >= ?", dayOf(f.Since))
 	w.add("day <= ?", dayOf(f.Until))
 	if err := statsScope(&w, f); err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, `SELECT org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated,
+	rows, err := t.query(`SELECT org, repo, workflow, name, arch, jobs, ran, succeeded, failed, emulated,
 		vcpu_seconds, run_hist, queue_hist, labels FROM job_stats_daily`+w.String()+" ORDER BY day", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
@@ -250,9 +247,10 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 	}
 	groups := map[store.StatsKey]*acc{}
 	var order []store.StatsKey
+	var runHist, queueHist sql.RawBytes // valid until the next row
 	for rows.Next() {
 		var k store.StatsKey
-		var a, runHist, queueHist, labels string
+		var a, labels string
 		var jobs, ran, succeeded, failed, emulated int
 		var vcpuS float64
 		if err := rows.Scan(&k.Org, &k.Repo, &k.Workflow, &k.Name, &a, &jobs, &ran, &succeeded, &failed, &emulated,
@@ -283,12 +281,9 @@ func (t *readTx) JobStats(f store.StatsFilter) ([]store.JobStats, error) {
 			g.s.Labels = labels // rows come oldest day first: the latest wins
 		}
 		g.vcpuS += vcpuS
-		var run, queue store.Histogram
-		if err := errors.Join(json.Unmarshal([]byte(runHist), &run), json.Unmarshal([]byte(queueHist), &queue)); err != nil {
+		if err := errors.Join(g.run.MergeJSON(runHist), g.queue.MergeJSON(queueHist)); err != nil {
 			return nil, fmt.Errorf("job stats: %w", err)
 		}
-		g.run.Merge(run)
-		g.queue.Merge(queue)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("job stats: %w", err)
@@ -319,14 +314,14 @@ func (t *readTx) SlowestRuns(f store.StatsFilter, n int) ([]store.SlowRun, error
 	if n <= 0 || n > 1000 {
 		return nil, fmt.Errorf("%w: slowest runs: n %d (1 to 1000)", store.ErrInvalid, n)
 	}
-	var w where
+	w := where{d: t.d}
 	w.add("run_ms > 0")
 	w.add("completed_at >= ?", dayOf(f.Since))
 	w.add("completed_at < ?", dayOf(f.Until)+day.Milliseconds())
 	if err := statsScope(&w, f); err != nil {
 		return nil, fmt.Errorf("slowest runs: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, `SELECT id, repo, workflow, name, arch, run_ms, html_url FROM jobs INDEXED BY jobs_run_ms`+
+	rows, err := t.query(`SELECT id, repo, workflow, name, arch, run_ms, html_url FROM jobs`+t.d.indexedBy("jobs_run_ms")+
 		w.String()+` ORDER BY run_ms DESC, id LIMIT `+strconv.Itoa(n), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("slowest runs: %w", err)

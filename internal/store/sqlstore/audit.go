@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ func (t *readTx) Audit(f store.AuditFilter) ([]store.AuditEntry, error) {
 	if f.Limit < 0 || f.Before < 0 {
 		return nil, fmt.Errorf("%w: audit filter: limit %d, before %d", store.ErrInvalid, f.Limit, f.Before)
 	}
-	var w where
+	w := where{d: t.d}
 	if f.Before > 0 {
 		w.add("seq < ?", f.Before)
 	}
@@ -21,7 +21,7 @@ func (t *readTx) Audit(f store.AuditFilter) ([]store.AuditEntry, error) {
 		q += " LIMIT ?"
 		w.args = append(w.args, f.Limit)
 	}
-	rows, err := t.q.QueryContext(t.ctx, q, w.args...)
+	rows, err := t.query(q, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
@@ -42,13 +42,10 @@ func (t *writeTx) AppendAudit(e store.AuditEntry) (int64, error) {
 	if e.At.IsZero() || e.Actor == "" || e.Action == "" {
 		return 0, fmt.Errorf("%w: audit entry needs a time, an actor and an action", store.ErrInvalid)
 	}
-	res, err := t.q.ExecContext(t.ctx,
-		"INSERT INTO audit_log (at, actor, action, target, addr, via, result) VALUES (?, ?, ?, ?, ?, ?, ?)",
-		msOf(e.At), e.Actor, e.Action, e.Target, e.Addr, e.Via, e.Result)
-	if err != nil {
-		return 0, fmt.Errorf("append audit entry: %w", err)
-	}
-	seq, err := res.LastInsertId()
+	var seq int64
+	err := t.queryRow(
+		"INSERT INTO audit_log (at, actor, action, target, addr, via, result) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+		msOf(e.At), e.Actor, e.Action, e.Target, e.Addr, e.Via, e.Result).Scan(&seq)
 	if err != nil {
 		return 0, fmt.Errorf("append audit entry: %w", err)
 	}

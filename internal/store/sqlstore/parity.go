@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"database/sql"
@@ -19,6 +19,13 @@ import (
 // commit's latest on its architecture, unless a later run is already
 // recorded; or, when it is opened again (n = -1), forgets its result if it
 // is the one recorded.
+var (
+	upsertParityCommitSQL = upsert("parity_commits",
+		"org, repo, workflow, logical, sha, amd64, amd64_job, amd64_at, arm64, arm64_job, arm64_at, at",
+		"org, repo, workflow, logical, sha")
+	upsertTierSQL = upsert("parity_tiers", "repo, org, tier, reason, since, checked_at", "repo")
+)
+
 func (t *writeTx) addParityCommit(j store.Job, n int) error {
 	res := store.ResultOf(j)
 	if j.HeadSHA == "" || res == store.NoResult || !j.Arch.IsMachine() || j.CompletedAt.IsZero() {
@@ -30,7 +37,7 @@ func (t *writeTx) addParityCommit(j store.Job, n int) error {
 		res      store.Result
 		job, end int64
 	}
-	err := t.q.QueryRowContext(t.ctx, "SELECT amd64, amd64_job, amd64_at, arm64, arm64_job, arm64_at FROM parity_commits"+where, key...).
+	err := t.queryRow("SELECT amd64, amd64_job, amd64_at, arm64, arm64_job, arm64_at FROM parity_commits"+where, key...).
 		Scan(&c[0].res, &c[0].job, &c[0].end, &c[1].res, &c[1].job, &c[1].end)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return err
@@ -49,12 +56,10 @@ func (t *writeTx) addParityCommit(j store.Job, n int) error {
 		return nil
 	}
 	if c[0].res == store.NoResult && c[1].res == store.NoResult {
-		_, err := t.q.ExecContext(t.ctx, "DELETE FROM parity_commits"+where, key...)
+		_, err := t.exec("DELETE FROM parity_commits"+where, key...)
 		return err
 	}
-	_, err = t.q.ExecContext(t.ctx, `INSERT OR REPLACE INTO parity_commits
-		(org, repo, workflow, logical, sha, amd64, amd64_job, amd64_at, arm64, arm64_job, arm64_at, at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(upsertParityCommitSQL,
 		append(key, c[0].res, c[0].job, c[0].end, c[1].res, c[1].job, c[1].end, max(c[0].end, c[1].end))...)
 	return err
 }
@@ -62,18 +67,19 @@ func (t *writeTx) addParityCommit(j store.Job, n int) error {
 // ParityCommits sums up, per logical job, the commits whose later result
 // ended on the period's days and that have a result on both
 // architectures, in one pass over the period's index range; the latest
-// commit's columns come from the row of MAX(at) (SQLite's bare columns).
+// commit's columns come from the row of MAX(at) (Dialect.latest).
 func (t *readTx) ParityCommits(f store.ParityFilter) ([]store.CommitParity, error) {
-	var w where
+	w := where{d: t.d}
 	w.add("amd64 <> 0 AND arm64 <> 0")
 	w.add("at >= ?", dayOf(f.Since))
 	w.add("at < ?", dayOf(f.Until)+day.Milliseconds())
 	if err := statsScope(&w, f); err != nil {
 		return nil, fmt.Errorf("parity commits: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, `SELECT org, repo, workflow, logical, COUNT(*),
-		SUM(amd64 = 1 AND arm64 = 2), SUM(amd64 = 2 AND arm64 = 1), MAX(at), sha, amd64, arm64
-		FROM parity_commits INDEXED BY parity_commits_compared`+w.String()+` GROUP BY org, repo, workflow, logical`, w.args...)
+	rows, err := t.query(`SELECT org, repo, workflow, logical, COUNT(*),
+		SUM(CASE WHEN amd64 = 1 AND arm64 = 2 THEN 1 ELSE 0 END), SUM(CASE WHEN amd64 = 2 AND arm64 = 1 THEN 1 ELSE 0 END),
+		MAX(at), `+t.d.latest("sha")+`, `+t.d.latest("amd64")+`, `+t.d.latest("arm64")+`
+		FROM parity_commits`+t.d.indexedBy("parity_commits_compared")+w.String()+` GROUP BY org, repo, workflow, logical`, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("parity commits: %w", err)
 	}
@@ -103,11 +109,11 @@ func tierScope(w *where, f store.TierFilter) error {
 }
 
 func (t *readTx) RepoTiers(f store.TierFilter) ([]store.RepoTier, error) {
-	var w where
+	w := where{d: t.d}
 	if err := tierScope(&w, f); err != nil {
 		return nil, fmt.Errorf("repo tiers: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, "SELECT org, repo, tier, reason, since, checked_at FROM parity_tiers"+w.String()+" ORDER BY repo", w.args...)
+	rows, err := t.query("SELECT org, repo, tier, reason, since, checked_at FROM parity_tiers"+w.String()+" ORDER BY repo", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("repo tiers: %w", err)
 	}
@@ -125,14 +131,14 @@ func (t *readTx) RepoTiers(f store.TierFilter) ([]store.RepoTier, error) {
 }
 
 func (t *readTx) TierChanges(f store.TierFilter) ([]store.TierChange, error) {
-	var w where
+	w := where{d: t.d}
 	if !f.Since.IsZero() {
 		w.add("at >= ?", msOf(f.Since))
 	}
 	if err := tierScope(&w, f); err != nil {
 		return nil, fmt.Errorf("tier changes: %w", err)
 	}
-	rows, err := t.q.QueryContext(t.ctx, "SELECT seq, at, org, repo, from_tier, to_tier, reason FROM parity_tier_changes"+
+	rows, err := t.query("SELECT seq, at, org, repo, from_tier, to_tier, reason FROM parity_tier_changes"+
 		w.String()+" ORDER BY seq", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("tier changes: %w", err)
@@ -157,20 +163,19 @@ func (t *writeTx) SetRepoTier(r store.RepoTier) (bool, error) {
 	repo, org := strings.ToLower(r.Repo), strings.ToLower(r.Org)
 	var from string
 	var since int64
-	err := t.q.QueryRowContext(t.ctx, "SELECT tier, since FROM parity_tiers WHERE repo = ?", repo).Scan(&from, &since)
+	err := t.queryRow("SELECT tier, since FROM parity_tiers WHERE repo = ?", repo).Scan(&from, &since)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return false, fmt.Errorf("set tier of %s: %w", repo, err)
 	}
 	changed := from != r.Tier
 	if changed {
 		since = msOf(r.CheckedAt)
-		if _, err := t.q.ExecContext(t.ctx, `INSERT INTO parity_tier_changes (at, org, repo, from_tier, to_tier, reason)
+		if _, err := t.exec(`INSERT INTO parity_tier_changes (at, org, repo, from_tier, to_tier, reason)
 			VALUES (?, ?, ?, ?, ?, ?)`, since, org, repo, from, r.Tier, r.Reason); err != nil {
 			return false, fmt.Errorf("set tier of %s: %w", repo, err)
 		}
 	}
-	if _, err := t.q.ExecContext(t.ctx, `INSERT OR REPLACE INTO parity_tiers (repo, org, tier, reason, since, checked_at)
-		VALUES (?, ?, ?, ?, ?, ?)`, repo, org, r.Tier, r.Reason, since, msOf(r.CheckedAt)); err != nil {
+	if _, err := t.exec(upsertTierSQL, repo, org, r.Tier, r.Reason, since, msOf(r.CheckedAt)); err != nil {
 		return false, fmt.Errorf("set tier of %s: %w", repo, err)
 	}
 	return changed, nil

@@ -1,10 +1,11 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 // readTx implements store.ReadTx on a transaction.
 type readTx struct {
 	ctx context.Context
-	q   *sql.Tx
+	q   Querier
+	d   Dialect
 }
 
 // writeTx implements store.Tx on a write transaction.
@@ -29,6 +31,7 @@ var (
 
 // where accumulates the conditions of a filtered query.
 type where struct {
+	d     Dialect
 	conds []string
 	args  []any
 }
@@ -45,7 +48,7 @@ func (w *where) orgScope(col string, orgs []string) error {
 		return nil
 	}
 	if len(orgs) == 0 {
-		w.add("0")
+		w.add("1 = 0")
 		return nil
 	}
 	lower := make([]string, len(orgs))
@@ -53,20 +56,6 @@ func (w *where) orgScope(col string, orgs []string) error {
 		lower[i] = strings.ToLower(o)
 	}
 	return in(w, "lower("+col+")", lower)
-}
-
-// in adds "col IN (values)"; the values travel as one JSON array, so there
-// is no limit on how many there are.
-func in[T any](w *where, col string, values []T) error {
-	if len(values) == 0 {
-		return nil
-	}
-	arr, err := jsonOf(values)
-	if err != nil {
-		return err
-	}
-	w.add(col+" IN (SELECT value FROM json_each(?))", arr)
-	return nil
 }
 
 func (w *where) String() string {
@@ -77,7 +66,7 @@ func (w *where) String() string {
 }
 
 func (t *readTx) Job(id int64) (store.Job, error) {
-	j, err := scanJob(t.q.QueryRowContext(t.ctx, "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
+	j, err := scanJob(t.queryRow("SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Job{}, fmt.Errorf("job %d: %w", id, store.ErrNotFound)
 	}
@@ -91,7 +80,7 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("%w: job filter: limit %d", store.ErrInvalid, f.Limit)
 	}
-	var w where
+	w := where{d: t.d}
 	if err := in(&w, "id", f.IDs); err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
@@ -105,7 +94,7 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 			continue
 		}
 		if c.col == "org" || c.col == "repo" {
-			w.add(c.col+" = ? COLLATE NOCASE", c.v)
+			w.add(t.d.nocase(c.col), c.v)
 		} else {
 			w.add(c.col+" = ?", c.v)
 		}
@@ -129,14 +118,14 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 		q += " ORDER BY id"
 	}
 	if f.Limit > 0 || f.Offset > 0 {
-		q += " LIMIT ? OFFSET ?"
-		lim := f.Limit
-		if lim == 0 {
-			lim = -1 // SQLite: no limit
+		lim := t.d.noLimit()
+		if f.Limit > 0 {
+			lim = strconv.Itoa(f.Limit)
 		}
-		w.args = append(w.args, lim, f.Offset)
+		q += " LIMIT " + lim + " OFFSET ?"
+		w.args = append(w.args, f.Offset)
 	}
-	rows, err := t.q.QueryContext(t.ctx, q, w.args...)
+	rows, err := t.query(q, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
@@ -148,20 +137,20 @@ func (t *readTx) Jobs(f store.JobFilter) ([]store.Job, error) {
 }
 
 func (t *readTx) CountQueuedSince(since time.Time, orgs []string) (int, error) {
-	var w where
+	w := where{d: t.d}
 	w.add("queued_at >= ?", msOf(since))
 	if err := w.orgScope("org", orgs); err != nil {
 		return 0, fmt.Errorf("count jobs: %w", err)
 	}
 	var n int
-	if err := t.q.QueryRowContext(t.ctx, "SELECT count(*) FROM jobs"+w.String(), w.args...).Scan(&n); err != nil {
+	if err := t.queryRow("SELECT count(*) FROM jobs"+w.String(), w.args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count jobs: %w", err)
 	}
 	return n, nil
 }
 
 func (t *readTx) CountJobs() (map[store.JobState]int, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT state, count(*) FROM jobs GROUP BY state")
+	rows, err := t.query("SELECT state, count(*) FROM jobs GROUP BY state")
 	if err != nil {
 		return nil, fmt.Errorf("count jobs: %w", err)
 	}
@@ -184,7 +173,7 @@ func (t *readTx) CountJobs() (map[store.JobState]int, error) {
 }
 
 func (t *readTx) JobEvents(jobID int64) ([]store.JobEvent, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT "+eventCols+" FROM job_events WHERE job_id = ? ORDER BY seq", jobID)
+	rows, err := t.query("SELECT "+eventCols+" FROM job_events WHERE job_id = ? ORDER BY seq", jobID)
 	if err != nil {
 		return nil, fmt.Errorf("job %d events: %w", jobID, err)
 	}
@@ -196,7 +185,7 @@ func (t *readTx) JobEvents(jobID int64) ([]store.JobEvent, error) {
 }
 
 func (t *readTx) Runner(name string) (store.Runner, error) {
-	r, err := scanRunner(t.q.QueryRowContext(t.ctx, "SELECT "+runnerCols+" FROM runners WHERE name = ?", name))
+	r, err := scanRunner(t.queryRow("SELECT "+runnerCols+" FROM runners WHERE name = ?", name))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Runner{}, fmt.Errorf("runner %s: %w", name, store.ErrNotFound)
 	}
@@ -210,7 +199,7 @@ func (t *readTx) Runners(f store.RunnerFilter) ([]store.Runner, error) {
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("%w: runner filter: limit %d", store.ErrInvalid, f.Limit)
 	}
-	var w where
+	w := where{d: t.d}
 	if err := in(&w, "name", f.Names); err != nil {
 		return nil, fmt.Errorf("list runners: %w", err)
 	}
@@ -234,7 +223,7 @@ func (t *readTx) Runners(f store.RunnerFilter) ([]store.Runner, error) {
 		q += " LIMIT ?"
 		w.args = append(w.args, f.Limit)
 	}
-	rows, err := t.q.QueryContext(t.ctx, q, w.args...)
+	rows, err := t.query(q, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list runners: %w", err)
 	}
@@ -246,7 +235,7 @@ func (t *readTx) Runners(f store.RunnerFilter) ([]store.Runner, error) {
 }
 
 func (t *readTx) Host(id string) (store.Host, error) {
-	h, err := scanHost(t.q.QueryRowContext(t.ctx, "SELECT "+hostCols+" FROM hosts WHERE id = ?", id))
+	h, err := scanHost(t.queryRow("SELECT "+hostCols+" FROM hosts WHERE id = ?", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Host{}, fmt.Errorf("host %s: %w", id, store.ErrNotFound)
 	}
@@ -257,7 +246,7 @@ func (t *readTx) Host(id string) (store.Host, error) {
 }
 
 func (t *readTx) Hosts() ([]store.Host, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT "+hostCols+" FROM hosts ORDER BY id")
+	rows, err := t.query("SELECT " + hostCols + " FROM hosts ORDER BY id")
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
@@ -269,8 +258,7 @@ func (t *readTx) Hosts() ([]store.Host, error) {
 }
 
 func (t *readTx) Repos(since time.Time) ([]store.Repo, error) {
-	rows, err := t.q.QueryContext(t.ctx,
-		`SELECT full_name, installation, last_active FROM repos WHERE last_active >= ?
+	rows, err := t.query(`SELECT full_name, installation, last_active FROM repos WHERE last_active >= ?
 			AND installation NOT IN (SELECT id FROM installations WHERE state != 'active')
 			ORDER BY full_name`,
 		msOf(since))
@@ -285,7 +273,7 @@ func (t *readTx) Repos(since time.Time) ([]store.Repo, error) {
 }
 
 func (t *readTx) Counters() (map[string]int64, error) {
-	rows, err := t.q.QueryContext(t.ctx, "SELECT name, value FROM counters")
+	rows, err := t.query("SELECT name, value FROM counters")
 	if err != nil {
 		return nil, fmt.Errorf("counters: %w", err)
 	}
@@ -308,7 +296,7 @@ func (t *readTx) Counters() (map[string]int64, error) {
 }
 
 func (t *readTx) Delivery(guid string) (store.Delivery, error) {
-	d, err := scanDelivery(t.q.QueryRowContext(t.ctx, "SELECT "+deliveryCols+" FROM deliveries WHERE guid = ?", guid))
+	d, err := scanDelivery(t.queryRow("SELECT "+deliveryCols+" FROM deliveries WHERE guid = ?", guid))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Delivery{}, fmt.Errorf("delivery %s: %w", guid, store.ErrNotFound)
 	}
@@ -321,7 +309,7 @@ func (t *readTx) Delivery(guid string) (store.Delivery, error) {
 // jobState returns the stored state of job id.
 func (t *writeTx) jobState(id int64) (store.JobState, error) {
 	var s string
-	err := t.q.QueryRowContext(t.ctx, "SELECT state FROM jobs WHERE id = ?", id).Scan(&s)
+	err := t.queryRow("SELECT state FROM jobs WHERE id = ?", id).Scan(&s)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("job %d: %w", id, store.ErrNotFound)
 	}
@@ -332,7 +320,7 @@ func (t *writeTx) jobState(id int64) (store.JobState, error) {
 }
 
 func (t *writeTx) addEvent(j store.Job, from store.JobState, ev store.Event) error {
-	_, err := t.q.ExecContext(t.ctx, `INSERT INTO job_events
+	_, err := t.exec(`INSERT INTO job_events
 		(job_id, at, from_state, to_state, source, reason, runner, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
 		j.ID, msOf(j.UpdatedAt), string(from), string(j.State), ev.Source, ev.Reason, j.RunnerName, j.HostID)
 	if err != nil {
@@ -349,7 +337,7 @@ func (t *writeTx) CreateJob(j store.Job, ev store.Event) error {
 	if err != nil {
 		return err
 	}
-	res, err := t.q.ExecContext(t.ctx, "INSERT INTO jobs ("+jobCols+") VALUES ("+
+	res, err := t.exec("INSERT INTO jobs ("+jobCols+") VALUES ("+
 		placeholders(len(args))+") ON CONFLICT (id) DO NOTHING", args...)
 	if err != nil {
 		return fmt.Errorf("create job %d: %w", j.ID, err)
@@ -406,7 +394,7 @@ func (t *writeTx) UpdateJob(j store.Job, ev store.Event) error {
 		return err
 	}
 	// args[0] is the id: set the other columns, match on it.
-	if _, err := t.q.ExecContext(t.ctx, updateJobSQL, append(args[1:], j.ID)...); err != nil {
+	if _, err := t.exec(updateJobSQL, append(args[1:], j.ID)...); err != nil {
 		return fmt.Errorf("update job %d: %w", j.ID, err)
 	}
 	if !from.Terminal() && j.State.Terminal() {
@@ -417,12 +405,17 @@ func (t *writeTx) UpdateJob(j store.Job, ev store.Event) error {
 	return t.addEvent(j, from, ev)
 }
 
+var (
+	upsertRunnerSQL = upsert("runners", runnerCols, "name")
+	upsertHostSQL   = upsert("hosts", hostCols, "id")
+)
+
 func (t *writeTx) PutRunner(r store.Runner) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
 	var cur string
-	err := t.q.QueryRowContext(t.ctx, "SELECT state FROM runners WHERE name = ?", r.Name).Scan(&cur)
+	err := t.queryRow("SELECT state FROM runners WHERE name = ?", r.Name).Scan(&cur)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
@@ -434,8 +427,7 @@ func (t *writeTx) PutRunner(r store.Runner) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.q.ExecContext(t.ctx, "INSERT OR REPLACE INTO runners ("+runnerCols+") VALUES ("+
-		placeholders(len(args))+")", args...); err != nil {
+	if _, err := t.exec(upsertRunnerSQL, args...); err != nil {
 		return fmt.Errorf("put runner %s: %w", r.Name, err)
 	}
 	return nil
@@ -449,8 +441,7 @@ func (t *writeTx) PutHost(h store.Host) error {
 	if err != nil {
 		return err
 	}
-	if _, err := t.q.ExecContext(t.ctx, "INSERT OR REPLACE INTO hosts ("+hostCols+") VALUES ("+
-		placeholders(len(args))+")", args...); err != nil {
+	if _, err := t.exec(upsertHostSQL, args...); err != nil {
 		return fmt.Errorf("put host %s: %w", h.ID, err)
 	}
 	return nil
@@ -462,7 +453,7 @@ func (t *writeTx) TouchRepo(fullName string, installation int64, at time.Time) e
 	if !strings.Contains(fullName, "/") || at.IsZero() {
 		return fmt.Errorf("%w: touch repository %q at %v", store.ErrInvalid, fullName, at)
 	}
-	if _, err := t.q.ExecContext(t.ctx, `INSERT INTO repos (full_name, installation, last_active) VALUES (?, ?, ?)
+	if _, err := t.exec(`INSERT INTO repos (full_name, installation, last_active) VALUES (?, ?, ?)
 		ON CONFLICT (full_name) DO UPDATE SET
 			installation = excluded.installation,
 			last_active  = excluded.last_active
@@ -475,7 +466,7 @@ func (t *writeTx) TouchRepo(fullName string, installation int64, at time.Time) e
 
 // RemoveRepo implements store.Tx.
 func (t *writeTx) RemoveRepo(fullName string) error {
-	if _, err := t.q.ExecContext(t.ctx, "DELETE FROM repos WHERE full_name = ? COLLATE NOCASE", fullName); err != nil {
+	if _, err := t.exec("DELETE FROM repos WHERE "+t.d.nocase("full_name"), fullName); err != nil {
 		return fmt.Errorf("remove repository %s: %w", fullName, err)
 	}
 	return nil
@@ -486,7 +477,7 @@ func (t *writeTx) PutInstallation(i store.Installation) error {
 	if err := i.Validate(); err != nil {
 		return err
 	}
-	if _, err := t.q.ExecContext(t.ctx, `INSERT INTO installations (id, account, state, reason, updated_at)
+	if _, err := t.exec(`INSERT INTO installations (id, account, state, reason, updated_at)
 		VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET account = excluded.account,
 		state = excluded.state, reason = excluded.reason, updated_at = excluded.updated_at`,
 		i.ID, i.Account, string(i.State), i.Reason, msOf(i.UpdatedAt)); err != nil {
@@ -502,7 +493,7 @@ func (t *readTx) Installation(id int64) (store.Installation, error) {
 		state string
 		at    int64
 	)
-	err := t.q.QueryRowContext(t.ctx, "SELECT id, account, state, reason, updated_at FROM installations WHERE id = ?", id).
+	err := t.queryRow("SELECT id, account, state, reason, updated_at FROM installations WHERE id = ?", id).
 		Scan(&i.ID, &i.Account, &state, &i.Reason, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Installation{}, fmt.Errorf("installation %d: %w", id, store.ErrNotFound)
@@ -518,7 +509,7 @@ func (t *writeTx) AddCounter(name string, delta int64) error {
 	if name == "" {
 		return fmt.Errorf("%w: counter without a name", store.ErrInvalid)
 	}
-	if _, err := t.q.ExecContext(t.ctx, `INSERT INTO counters (name, value) VALUES (?, ?)
+	if _, err := t.exec(`INSERT INTO counters (name, value) VALUES (?, ?)
 		ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`, name, delta); err != nil {
 		return fmt.Errorf("add to counter %s: %w", name, err)
 	}
@@ -530,7 +521,7 @@ func (t *writeTx) MarkDelivery(guid string, at time.Time, errText string) error 
 	if at.IsZero() {
 		return fmt.Errorf("%w: mark delivery %s: no time", store.ErrInvalid, guid)
 	}
-	res, err := t.q.ExecContext(t.ctx, "UPDATE deliveries SET processed_at = ?, error = ? WHERE guid = ?",
+	res, err := t.exec("UPDATE deliveries SET processed_at = ?, error = ? WHERE guid = ?",
 		msOf(at), errText, guid)
 	if err != nil {
 		return fmt.Errorf("mark delivery %s: %w", guid, err)

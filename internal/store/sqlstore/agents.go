@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"database/sql"
@@ -15,8 +15,7 @@ import (
 func (t *readTx) AgentCredential(hostID string) (store.AgentCredential, error) {
 	c := store.AgentCredential{HostID: hostID}
 	var created, revoked int64
-	err := t.q.QueryRowContext(t.ctx,
-		"SELECT hash, created_at, revoked_at FROM agent_credentials WHERE host_id = ?", hostID).
+	err := t.queryRow("SELECT hash, created_at, revoked_at FROM agent_credentials WHERE host_id = ?", hostID).
 		Scan(&c.Hash, &created, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.AgentCredential{}, fmt.Errorf("credential of host %s: %w", hostID, store.ErrNotFound)
@@ -29,7 +28,7 @@ func (t *readTx) AgentCredential(hostID string) (store.AgentCredential, error) {
 }
 
 func (t *readTx) EnrollTokens() ([]store.EnrollToken, error) {
-	rows, err := t.q.QueryContext(t.ctx, `SELECT `+tokenCols+`
+	rows, err := t.query(`SELECT ` + tokenCols + `
 		FROM enroll_tokens ORDER BY created_at DESC, hash`)
 	if err != nil {
 		return nil, fmt.Errorf("enrolment tokens: %w", err)
@@ -65,7 +64,7 @@ func (t *writeTx) CreateEnrollToken(e store.EnrollToken) error {
 	if e.Readmit && e.HostID == "" {
 		return fmt.Errorf("%w: an enrolment token that re-admits names its host", store.ErrInvalid)
 	}
-	res, err := t.q.ExecContext(t.ctx, `INSERT INTO enroll_tokens (`+tokenCols+`)
+	res, err := t.exec(`INSERT INTO enroll_tokens (`+tokenCols+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
 		e.Hash, msOf(e.CreatedAt), msOf(e.ExpiresAt), msOf(e.UsedAt), e.UsedBy, e.Comment, e.HostID, e.Readmit)
 	if err != nil {
@@ -93,7 +92,7 @@ func (t *writeTx) UseEnrollToken(hash, hostID string, now time.Time) (store.Enro
 	case now.IsZero():
 		return store.EnrollToken{}, fmt.Errorf("%w: enrolment token used at the zero time", store.ErrInvalid)
 	}
-	res, err := t.q.ExecContext(t.ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ?
+	res, err := t.exec(`UPDATE enroll_tokens SET used_at = ?, used_by = ?
 		WHERE hash = ? AND used_at = 0 AND expires_at > ? AND (host_id = '' OR host_id = ?)`,
 		msOf(now), hostID, hash, msOf(now), hostID)
 	if err != nil {
@@ -103,7 +102,7 @@ func (t *writeTx) UseEnrollToken(hash, hostID string, now time.Time) (store.Enro
 	if err != nil {
 		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, err)
 	}
-	e, err := scanEnrollToken(t.q.QueryRowContext(t.ctx, "SELECT "+tokenCols+" FROM enroll_tokens WHERE hash = ?", hash))
+	e, err := scanEnrollToken(t.queryRow("SELECT "+tokenCols+" FROM enroll_tokens WHERE hash = ?", hash))
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return store.EnrollToken{}, fmt.Errorf("use enrolment token for %s: %w", hostID, store.ErrNotFound)
@@ -126,7 +125,7 @@ func (t *writeTx) PutAgentCredential(c store.AgentCredential) error {
 	case c.CreatedAt.IsZero():
 		return fmt.Errorf("%w: agent credential of host %s without a creation time", store.ErrInvalid, c.HostID)
 	}
-	_, err := t.q.ExecContext(t.ctx, `INSERT INTO agent_credentials (host_id, hash, created_at, revoked_at)
+	_, err := t.exec(`INSERT INTO agent_credentials (host_id, hash, created_at, revoked_at)
 		VALUES (?, ?, ?, ?)
 		ON CONFLICT (host_id) DO UPDATE SET
 			hash = excluded.hash, created_at = excluded.created_at, revoked_at = excluded.revoked_at`,
@@ -144,7 +143,7 @@ func (t *writeTx) RevokeAgent(hostID string, at time.Time) error {
 	case at.IsZero():
 		return fmt.Errorf("%w: revoke credential of host %s at the zero time", store.ErrInvalid, hostID)
 	}
-	res, err := t.q.ExecContext(t.ctx, `UPDATE agent_credentials
+	res, err := t.exec(`UPDATE agent_credentials
 		SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END
 		WHERE host_id = ?`, msOf(at), hostID)
 	if err != nil {
