@@ -29,6 +29,9 @@ packages=(
   # tests: lz4 is the reference encoder the kernel decompressor is checked
   # against; prometheus ships promtool, which lints the control plane's /metrics
   lz4 prometheus
+  # the PostgreSQL store's tests start servers of their own (pgtest) with
+  # postgresql-15's initdb and postgres, as the postgres system user when root
+  postgresql
   # the dashboard's browser test drives headless Chromium (chromedp)
   chromium
   # the demo talks to the API and ghfake
@@ -41,10 +44,16 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # every address.
 # Prometheus is installed for promtool only: its server would scrape and
 # store on port 9090.
+# PostgreSQL is installed for the tests' own servers: the package's main
+# cluster would listen on localhost port 5432.
 if [ -d /run/systemd/system ]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
   systemctl disable --now prometheus >/dev/null 2>&1 || true
+  systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
+# pgtest runs initdb and postgres as this user when the tests run as root
+# (they refuse to run as root); postgresql-common creates it.
+id postgres >/dev/null || { echo "install-deps.sh: no postgres user after installing postgresql" >&2; exit 1; }
 # Runner images for another architecture run that architecture's package
 # scripts through qemu-user, which the kernel finds through binfmt_misc.
 if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
