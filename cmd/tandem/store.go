@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 
 	"github.com/tandem-ci/tandem/internal/config"
@@ -20,7 +19,7 @@ func openStore(ctx context.Context, cfg *config.Config, dataDir string, log *slo
 		err error
 	)
 	if cfg.IsPostgres() {
-		err = fmt.Errorf("PostgreSQL store: not built yet") // TODO(postgres): st, err = postgres.Open(ctx, postgresOptions(cfg, log))
+		st, err = postgres.Open(ctx, postgresOptions(cfg, log))
 	} else {
 		st, err = sqlite.Open(ctx, cfg.DatabasePath(dataDir), sqlite.Options{})
 	}

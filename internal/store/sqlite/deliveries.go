@@ -35,10 +35,10 @@ func (s *Store) InsertDelivery(ctx context.Context, d store.Delivery) (bool, err
 	if err := sqlstore.ValidateDelivery(d); err != nil {
 		return false, err
 	}
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return false, err
 	}
-	defer s.inflight.Done()
+	defer s.gate.Leave()
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -174,10 +174,10 @@ func insertBatch(ctx context.Context, tx *sql.Tx, batch []*insertReq) ([]bool, e
 // PendingDeliveries implements store.Store. limit must be positive
 // (store.ErrInvalid otherwise).
 func (s *Store) PendingDeliveries(ctx context.Context, after int64, limit int) ([]store.Delivery, error) {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return nil, err
 	}
-	defer s.inflight.Done()
+	defer s.gate.Leave()
 	return sqlstore.PendingDeliveries(ctx, s.r, sqlstore.SQLite, after, limit)
 }
 
@@ -190,44 +190,30 @@ const pruneChunk = 2000
 // idempotent) and the count so far comes back with the error. An ended
 // runner's age is its EndedAt.
 func (s *Store) Prune(ctx context.Context, before time.Time) (int64, error) {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return 0, err
 	}
-	defer s.inflight.Done()
-	cut := sqlstore.MsOf(before)
-	var total int64
-	for _, q := range sqlstore.PruneSteps(sqlstore.SQLite) {
-		for {
-			if err := ctx.Err(); err != nil {
-				return total, err
-			}
-			var n int64
-			err := retryBusy(ctx, s.log, func() (bool, error) {
-				tx, err := s.w.BeginTx(ctx, nil)
-				if err != nil {
-					return isBusy(err), fmt.Errorf("begin: %w", err)
-				}
-				defer tx.Rollback() //nolint:errcheck // no-op after Commit
-				res, err := tx.ExecContext(ctx, q.SQL, cut, pruneChunk)
-				if err != nil {
-					return false, err
-				}
-				if n, err = res.RowsAffected(); err != nil {
-					return false, err
-				}
-				if err := tx.Commit(); err != nil {
-					return isBusy(err), fmt.Errorf("commit: %w", err)
-				}
-				return false, nil
-			})
+	defer s.gate.Leave()
+	return sqlstore.Prune(ctx, sqlstore.PruneSteps(sqlstore.SQLite), before, pruneChunk, func(q string, args ...any) (int64, error) {
+		var n int64
+		err := retryBusy(ctx, s.log, func() (bool, error) {
+			tx, err := s.w.BeginTx(ctx, nil)
 			if err != nil {
-				return total, fmt.Errorf("prune %s: %w", q.What, err)
+				return isBusy(err), fmt.Errorf("begin: %w", err)
 			}
-			total += n
-			if n < pruneChunk {
-				break
+			defer tx.Rollback() //nolint:errcheck // no-op after Commit
+			res, err := tx.ExecContext(ctx, q, args...)
+			if err != nil {
+				return false, err
 			}
-		}
-	}
-	return total, nil
+			if n, err = res.RowsAffected(); err != nil {
+				return false, err
+			}
+			if err := tx.Commit(); err != nil {
+				return isBusy(err), fmt.Errorf("commit: %w", err)
+			}
+			return false, nil
+		})
+		return n, err
+	})
 }

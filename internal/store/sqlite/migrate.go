@@ -5,56 +5,19 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
-	"io/fs"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/store/sqlstore"
 )
 
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
 // migration is one embedded schema step.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
+type migration = sqlstore.Migration
 
-// loadMigrations reads the embedded migrations, which must be numbered
-// 1, 2, 3, … without gaps (NNNN_description.sql).
-func loadMigrations() ([]migration, error) {
-	names, err := fs.Glob(migrationFS, "migrations/*.sql")
-	if err != nil {
-		return nil, fmt.Errorf("list migrations: %w", err)
-	}
-	ms := make([]migration, 0, len(names))
-	for _, name := range names {
-		base := path.Base(name)
-		num, _, ok := strings.Cut(base, "_")
-		if !ok {
-			return nil, fmt.Errorf("migration %s: name is not NNNN_description.sql", base)
-		}
-		v, err := strconv.Atoi(num)
-		if err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %s: bad version %q", base, num)
-		}
-		b, err := migrationFS.ReadFile(name)
-		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", base, err)
-		}
-		ms = append(ms, migration{version: v, name: base, sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: version %d, want %d", m.name, m.version, i+1)
-		}
-	}
-	return ms, nil
-}
+// loadMigrations reads the embedded migrations.
+func loadMigrations() ([]migration, error) { return sqlstore.LoadMigrations(migrationFS) }
 
 // migrate brings the schema of db up to the newest embedded migration, one
 // transaction per migration. Each transaction re-reads the current version
@@ -105,16 +68,16 @@ func migrateOne(ctx context.Context, db *sql.DB, ms []migration) (done bool, err
 		return true, nil
 	}
 	m := ms[cur]
-	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-		return false, fmt.Errorf("migrate %s: %w", m.name, err)
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+		return false, fmt.Errorf("migrate %s: %w", m.Name, err)
 	}
 	if _, err := tx.ExecContext(ctx,
 		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-		m.version, m.name, time.Now().UnixMilli()); err != nil {
-		return false, fmt.Errorf("migrate %s: record: %w", m.name, err)
+		m.Version, m.Name, time.Now().UnixMilli()); err != nil {
+		return false, fmt.Errorf("migrate %s: record: %w", m.Name, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return false, fmt.Errorf("migrate %s: commit: %w", m.name, err)
+		return false, fmt.Errorf("migrate %s: commit: %w", m.Name, err)
 	}
 	return false, nil
 }

@@ -22,7 +22,7 @@ func TestUpgradeFromV1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) < 2 || ms[1].name != "0002_agents.sql" {
+	if len(ms) < 2 || ms[1].Name != "0002_agents.sql" {
 		t.Fatalf("migrations %v: want 0002_agents.sql second", ms)
 	}
 

@@ -50,7 +50,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -120,9 +119,7 @@ type Store struct {
 	quit        chan struct{} // closed by Close
 	batcherDone chan struct{} // closed when the batcher has stopped
 
-	mu       sync.RWMutex
-	closed   bool
-	inflight sync.WaitGroup // calls in progress, waited for by Close
+	gate sqlstore.Gate // calls in progress, waited for by Close
 
 	// For tests and benchmarks: delivery batches committed, and the
 	// deliveries they held.
@@ -247,30 +244,14 @@ func checkWAL(ctx context.Context, db *sql.DB) error {
 // store.ErrClosed), waits for calls in progress and closes the database.
 // Closing twice is harmless.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.gate.Shut() {
 		return nil
 	}
-	s.closed = true
-	s.mu.Unlock()
 
 	close(s.quit)
 	<-s.batcherDone
-	s.inflight.Wait()
+	s.gate.Wait()
 	return errors.Join(s.r.Close(), s.w.Close())
-}
-
-// enter registers a call in progress, or fails once the store is closed.
-// The caller must call s.inflight.Done when it is finished.
-func (s *Store) enter() error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return store.ErrClosed
-	}
-	s.inflight.Add(1)
-	return nil
 }
 
 // Update implements store.Store. fn runs in a BEGIN IMMEDIATE transaction on
@@ -282,10 +263,10 @@ func (s *Store) enter() error {
 // write methods (Update, InsertDelivery, Prune), which would wait for it
 // forever. Reading through View from fn works but sees the state before fn.
 func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return err
 	}
-	defer s.inflight.Done()
+	defer s.gate.Leave()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -337,10 +318,10 @@ func retryBusy(ctx context.Context, log *slog.Logger, attempt func() (retry bool
 // View implements store.Store on a read-only connection: fn sees the
 // database as of its first read.
 func (s *Store) View(ctx context.Context, fn func(store.ReadTx) error) error {
-	if err := s.enter(); err != nil {
+	if err := s.gate.Enter(); err != nil {
 		return err
 	}
-	defer s.inflight.Done()
+	defer s.gate.Leave()
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -71,30 +71,35 @@ func PendingDeliveries(ctx context.Context, q Querier, d Dialect, after int64, l
 }
 
 // PruneStep is one kind of row store.Store's Prune deletes: SQL deletes up
-// to a chunk of them, taking (cutoff in unix ms, chunk size).
+// to a chunk of rows older than a cutoff, taking (cutoff in unix ms, chunk
+// size); the cutoff is Prune's time less Keep.
 type PruneStep struct {
 	What, SQL string
+	Keep      time.Duration
 }
+
+// Cutoff is the step's cutoff for Prune's time before, in unix ms.
+func (p PruneStep) Cutoff(before time.Time) int64 { return msOf(before) - p.Keep.Milliseconds() }
 
 // PruneSteps returns Prune's deletions, in d's SQL. An ended runner's age
 // is its EndedAt.
 func PruneSteps(d Dialect) []PruneStep {
 	steps := []PruneStep{
-		{"deliveries", `DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
+		{What: "deliveries", SQL: `DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
 			WHERE processed_at <> 0 AND received_at < ? LIMIT ?)`},
-		{"job events", `DELETE FROM job_events WHERE seq IN (SELECT seq FROM job_events
+		{What: "job events", SQL: `DELETE FROM job_events WHERE seq IN (SELECT seq FROM job_events
 			WHERE at < ? LIMIT ?)`},
-		{"runners", `DELETE FROM runners WHERE name IN (SELECT name FROM runners
+		{What: "runners", SQL: `DELETE FROM runners WHERE name IN (SELECT name FROM runners
 			WHERE state = 'ended' AND ended_at < ? LIMIT ?)`},
 		// Samples are made into a profile when their VM ends; any left
 		// (a VM whose end was never reported) go with the runners.
-		{"profile samples", `DELETE FROM profile_samples WHERE seq IN (SELECT seq FROM profile_samples
+		{What: "profile samples", SQL: `DELETE FROM profile_samples WHERE seq IN (SELECT seq FROM profile_samples
 			WHERE received_at < ? LIMIT ?)`},
-		{"profiles", `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
-			WHERE ended_at < ? - ` + ms(store.ProfileExtraRetention) + ` LIMIT ?)`},
-		{"parity commits", `DELETE FROM parity_commits WHERE (org, repo, workflow, logical, sha) IN (SELECT org, repo, workflow,
-			logical, sha FROM parity_commits` + d.indexedBy("parity_commits_at") + ` WHERE at < ? - ` +
-			ms(store.ParityExtraRetention) + ` LIMIT ?)`},
+		{What: "profiles", Keep: store.ProfileExtraRetention, SQL: `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
+			WHERE ended_at < ? LIMIT ?)`},
+		{What: "parity commits", Keep: store.ParityExtraRetention, SQL: `DELETE FROM parity_commits
+			WHERE (org, repo, workflow, logical, sha) IN (SELECT org, repo, workflow, logical, sha
+			FROM parity_commits` + d.indexedBy("parity_commits_at") + ` WHERE at < ? LIMIT ?)`},
 	}
 	for i := range steps {
 		steps[i].SQL = d.Rebind(steps[i].SQL)
@@ -102,8 +107,32 @@ func PruneSteps(d Dialect) []PruneStep {
 	return steps
 }
 
-func ms(d time.Duration) string { return fmt.Sprint(d.Milliseconds()) }
-
 // MsOf encodes a time as the schemas keep it: unix milliseconds, the zero
 // time as 0.
 func MsOf(t time.Time) int64 { return msOf(t) }
+
+// Prune runs steps, each in chunks of chunk rows, through exec (which runs
+// one statement, in a transaction of its own, and says how many rows it
+// deleted), and returns how many rows went. If ctx ends half-way, the
+// chunks already deleted stay deleted and the count so far comes back with
+// the error.
+func Prune(ctx context.Context, steps []PruneStep, before time.Time, chunk int,
+	exec func(sql string, args ...any) (int64, error)) (int64, error) {
+	var total int64
+	for _, step := range steps {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			n, err := exec(step.SQL, step.Cutoff(before), chunk)
+			if err != nil {
+				return total, fmt.Errorf("prune %s: %w", step.What, err)
+			}
+			total += n
+			if n < int64(chunk) {
+				break
+			}
+		}
+	}
+	return total, nil
+}

@@ -510,7 +510,7 @@ func (t *writeTx) AddCounter(name string, delta int64) error {
 		return fmt.Errorf("%w: counter without a name", store.ErrInvalid)
 	}
 	if _, err := t.exec(`INSERT INTO counters (name, value) VALUES (?, ?)
-		ON CONFLICT (name) DO UPDATE SET value = value + excluded.value`, name, delta); err != nil {
+		ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value`, name, delta); err != nil {
 		return fmt.Errorf("add to counter %s: %w", name, err)
 	}
 	return nil
