@@ -23,6 +23,12 @@
 // there is no batcher as in the SQLite store. It is idempotent by GUID and
 // so retried on any lost connection.
 //
+// # Leadership
+//
+// Store is a store.Elector: one replica leads at a time, holding an
+// advisory lock, with an epoch that fences a deposed leader's writes
+// (leader.go).
+//
 // # Schema
 //
 // Migrations are embedded and applied at Open, under a session advisory
@@ -46,6 +52,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -76,6 +83,9 @@ type Store struct {
 	where    string // host and database, for messages (no secrets)
 
 	gate sqlstore.Gate // calls in progress, waited for by Close
+
+	termsMu sync.Mutex
+	terms   map[*term]bool // leader terms in progress, resigned by Close
 }
 
 var _ store.Store = (*Store)(nil)
@@ -101,7 +111,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	db.SetMaxOpenConns(opts.MaxConns)
 	db.SetMaxIdleConns(opts.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, log: opts.Logger, retryFor: opts.RetryFor, where: where}
+	s := &Store{db: db, log: opts.Logger, retryFor: opts.RetryFor, where: where, terms: map[*term]bool{}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store (%s): %w", where, err)
@@ -181,12 +191,14 @@ func (s *Store) Close() error {
 	if !s.gate.Shut() {
 		return nil
 	}
+	s.resignAll()
 	s.gate.Wait()
 	return s.db.Close()
 }
 
 // Update implements store.Store; see the package documentation for its
-// retries.
+// retries. Under store.Fence, it commits only while the fence's epoch is
+// the leader's (store.ErrFenced otherwise, not retried).
 func (s *Store) Update(ctx context.Context, fn func(store.Tx) error) error {
 	if err := s.gate.Enter(); err != nil {
 		return err
@@ -204,6 +216,9 @@ func (s *Store) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
 			return retryable(err, false), fmt.Errorf("begin: %w", err)
 		}
 		defer tx.Rollback() //nolint:errcheck // no-op after Commit
+		if err := checkFence(ctx, tx); err != nil {
+			return retryable(err, false), err
+		}
 		if err := fn(tx); err != nil {
 			return retryable(err, false), err
 		}

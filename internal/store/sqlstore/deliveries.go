@@ -108,8 +108,11 @@ func PruneSteps(d Dialect) []PruneStep {
 }
 
 // MsOf encodes a time as the schemas keep it: unix milliseconds, the zero
-// time as 0.
+// time as 0; TimeOf decodes it.
 func MsOf(t time.Time) int64 { return msOf(t) }
+
+// TimeOf decodes MsOf.
+func TimeOf(ms int64) time.Time { return timeOf(ms) }
 
 // Prune runs steps, each in chunks of chunk rows, through exec (which runs
 // one statement, in a transaction of its own, and says how many rows it
