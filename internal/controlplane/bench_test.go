@@ -18,6 +18,9 @@ import (
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/store"
+	"github.com/tandem-ci/tandem/internal/store/postgres"
+	"github.com/tandem-ci/tandem/internal/store/postgres/pgtest"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
 
@@ -36,26 +39,50 @@ func queuedPayload(jobID int64) []byte {
 }
 
 // BenchmarkWebhookIngest measures signed workflow_job webhooks through the
-// whole ingest path over loopback HTTP: read, verify, parse, durable insert
-// into SQLite (synchronous=FULL, group commit), 202, while the apply loop
-// and placement passes run against the same store. Each sub-benchmark has
-// a number of concurrent senders; it reports webhooks/s and latency
-// percentiles. Run:
+// whole ingest path over loopback HTTP: read, verify, parse, durable insert,
+// 202, while the apply loop and placement passes run against the same
+// store. Each sub-benchmark has a number of concurrent senders; it reports
+// webhooks/s and latency percentiles. Run:
 //
 //	go test -run x -bench WebhookIngest -benchtime 20000x ./internal/controlplane/
+//
+// The store is SQLite (synchronous=FULL) or PostgreSQL with its durable
+// defaults (fsync on; a server the benchmark starts, on a unix socket):
+//
+//	go test -run x -bench 'WebhookIngest/store=postgres' -benchtime 20000x ./internal/controlplane/
 func BenchmarkWebhookIngest(b *testing.B) {
-	for _, senders := range []int{1, 8, 32, 128, 512} {
-		b.Run(fmt.Sprintf("senders=%d", senders), func(b *testing.B) { benchIngest(b, senders) })
+	var pg *pgtest.Instance // started on first use
+	stores := []struct {
+		name string
+		open func(b *testing.B) (store.Store, error)
+	}{
+		{"sqlite", func(b *testing.B) (store.Store, error) {
+			return sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), sqlite.Options{})
+		}},
+		{"postgres", func(b *testing.B) (store.Store, error) {
+			return postgres.Open(context.Background(), postgres.Options{URL: pg.NewDatabase(b), MaxConns: 64})
+		}},
+	}
+	for _, sk := range stores {
+		b.Run("store="+sk.name, func(b *testing.B) {
+			if sk.name == "postgres" && pg == nil {
+				pg = pgtest.StartDurableServer(b)
+			}
+			for _, senders := range []int{1, 8, 32, 128, 512} {
+				b.Run(fmt.Sprintf("senders=%d", senders), func(b *testing.B) {
+					st, err := sk.open(b)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer st.Close()
+					benchIngest(b, st, senders)
+				})
+			}
+		})
 	}
 }
 
-func benchIngest(b *testing.B, senders int) {
-	dir := b.TempDir()
-	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "bench.db"), sqlite.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+func benchIngest(b *testing.B, st store.Store, senders int) {
 	secret := []byte("bench-secret-bench-secret")
 	parser, _ := labels.NewParser("tandem", 2, 4096)
 	gh, _ := github.New(github.Config{BaseURL: "http://127.0.0.1:1/", AppID: 1})

@@ -13,10 +13,11 @@
 // when the tests run as root (as they do in CI), the `postgres` system user,
 // because initdb and postgres refuse to run as root.
 //
-// No server writes durably: fsync and full_page_writes are off, so a crash
-// of the machine loses its data. A crash of the server alone (Kill)
-// loses nothing committed on a private server. On the shared server
-// synchronous_commit is off too, so a Kill there can lose the last commits.
+// No server writes durably but StartDurableServer's (for benchmarks):
+// fsync and full_page_writes are off, so a crash of the machine loses its
+// data. A crash of the server alone (Kill) loses nothing committed on a
+// private server. On the shared server synchronous_commit is off too, so a
+// Kill there can lose the last commits.
 //
 // The binaries are the newest of /usr/lib/postgresql/*/bin (Debian's
 // layout), else `pg_config --bindir`, else the ones on PATH;
@@ -82,7 +83,7 @@ func Server(tb testing.TB) *Instance {
 		tb.Fatal("pgtest: the shared server needs the test binary's TestMain to run pgtest.Main, which stops it")
 	}
 	if shared.inst == nil && shared.err == nil {
-		shared.inst, shared.err = newInstance(true)
+		shared.inst, shared.err = newInstance(modeShared)
 	}
 	if shared.err != nil {
 		tb.Fatalf("pgtest: %v", shared.err)
@@ -94,7 +95,19 @@ func Server(tb testing.TB) *Instance {
 // tests, and stops it and removes its files when tb ends.
 func StartServer(tb testing.TB) *Instance {
 	tb.Helper()
-	inst, err := newInstance(false)
+	return startServer(tb, modePrivate)
+}
+
+// StartDurableServer is StartServer with PostgreSQL's durable defaults
+// (fsync on), for benchmarks that compare it with a store that fsyncs.
+func StartDurableServer(tb testing.TB) *Instance {
+	tb.Helper()
+	return startServer(tb, modeDurable)
+}
+
+func startServer(tb testing.TB, m mode) *Instance {
+	tb.Helper()
+	inst, err := newInstance(m)
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}

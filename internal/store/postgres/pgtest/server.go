@@ -95,7 +95,7 @@ func (i *Instance) Kill(tb testing.TB) {
 }
 
 // newInstance makes a data directory and starts a server on it.
-func newInstance(shared bool) (*Instance, error) {
+func newInstance(m mode) (*Instance, error) {
 	bin, err := findBin()
 	if err != nil {
 		return nil, err
@@ -109,7 +109,7 @@ func newInstance(shared bool) (*Instance, error) {
 		return nil, err
 	}
 	i := &Instance{bin: bin, dir: dir, cred: cred}
-	if err := i.initdb(shared); err != nil {
+	if err := i.initdb(m); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
@@ -246,7 +246,7 @@ local replication all trust
 `
 
 // initdb makes the data directory and configures the server.
-func (i *Instance) initdb(shared bool) error {
+func (i *Instance) initdb(m mode) error {
 	cmd := i.command("initdb", "-D", i.dataDir(), "-U", superuser, "-E", "UTF8", "--locale=C",
 		"--auth-local=trust", "--auth-host=reject", "--no-sync", "--no-instructions")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -260,15 +260,30 @@ func (i *Instance) initdb(shared bool) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(i.settings(shared))
+	_, err = f.WriteString(i.settings(m))
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return err
 }
 
+// mode is how a server trades durability for speed.
+type mode int
+
+const (
+	// modePrivate: no fsync (a crash of the machine loses data), but every
+	// commit reaches the server's WAL before it returns (Kill loses none).
+	modePrivate mode = iota
+	// modeShared: as modePrivate, and commits return before their WAL is written
+	// (a Kill may lose the last ones).
+	modeShared
+	// modeDurable: PostgreSQL's defaults, fsync included, for benchmarks
+	// that compare it with a store that fsyncs.
+	modeDurable
+)
+
 // settings are the lines added to postgresql.conf.
-func (i *Instance) settings(shared bool) string {
+func (i *Instance) settings(m mode) string {
 	lines := []string{
 		"# pgtest",
 		"listen_addresses = ''", // no TCP
@@ -277,10 +292,11 @@ func (i *Instance) settings(shared bool) string {
 		"port = " + port,
 		"max_connections = 200", // several replicas, and many parallel tests
 		"shared_buffers = 64MB",
-		"fsync = off",
-		"full_page_writes = off",
 	}
-	if shared {
+	if m != modeDurable {
+		lines = append(lines, "fsync = off", "full_page_writes = off")
+	}
+	if m == modeShared {
 		lines = append(lines, "synchronous_commit = off")
 	}
 	return "\n" + strings.Join(lines, "\n") + "\n"
