@@ -51,7 +51,7 @@ func queuedPayload(jobID int64) []byte {
 //
 //	go test -run x -bench 'WebhookIngest/store=postgres' -benchtime 20000x ./internal/controlplane/
 func BenchmarkWebhookIngest(b *testing.B) {
-	var pg *pgtest.Instance // started on first use
+	pg := pgtest.StartDurableServer(b)
 	stores := []struct {
 		name string
 		open func(b *testing.B) (store.Store, error)
@@ -65,9 +65,6 @@ func BenchmarkWebhookIngest(b *testing.B) {
 	}
 	for _, sk := range stores {
 		b.Run("store="+sk.name, func(b *testing.B) {
-			if sk.name == "postgres" && pg == nil {
-				pg = pgtest.StartDurableServer(b)
-			}
 			for _, senders := range []int{1, 8, 32, 128, 512} {
 				b.Run(fmt.Sprintf("senders=%d", senders), func(b *testing.B) {
 					st, err := sk.open(b)
