@@ -32,17 +32,25 @@ import (
 
 func serverCmd(g *globals) *cobra.Command {
 	var cfgPath string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "server --config FILE",
 		Short: "Run the control plane: webhooks, job queue, placement, reconcilers, API",
 		Long: "Run the control plane alone. Hosts join it as agents; for one machine,\n" +
-			"`tandem up` runs the control plane and this host's agent together.",
+			"`tandem up` runs the control plane and this host's agent together.\n\n" +
+			"With --check-db, only check the configured database: print which it is and\n" +
+			"its schema version beside this binary's, migrating nothing, and exit 0 if\n" +
+			"the server could use it, 1 if not.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if check {
+				return checkDB(cmd.Context(), cmd.OutOrStdout(), g, cfgPath)
+			}
 			return serve(cmd.Context(), g, cfgPath, false)
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "/etc/tandem/config.yaml", "configuration file")
+	cmd.Flags().BoolVar(&check, "check-db", false, "check the database and exit (0: usable)")
 	return cmd
 }
 
