@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -17,22 +15,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/config"
+	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/dbcopy"
 	"github.com/tandem-ci/tandem/internal/store/postgres"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
-)
-
-// The newest schema version each store's migrations reach, as this binary
-// embeds them (TestDBKnownSchema holds them to the migrations/ files).
-const (
-	sqliteSchemaKnown   = 17
-	postgresSchemaKnown = 2
 )
 
 func dbCmd(g *globals) *cobra.Command {
@@ -187,7 +180,7 @@ func dbCopy(ctx context.Context, out io.Writer, log *slog.Logger, path string, t
 		return err
 	}
 	defer src.Close()
-	cc, err := pgConnConfig(tgt)
+	cc, err := postgres.ConnConfig(tgt)
 	if err != nil {
 		return err
 	}
@@ -310,8 +303,19 @@ func checkDB(ctx context.Context, out io.Writer, g *globals, cfgPath string) err
 	default:
 		fmt.Fprintf(out, "schema: version %d, this binary's\n", v)
 	}
-	// leader: … — printed here, for PostgreSQL, once the server elects a
-	// leader (store.Elector's Leader). Nothing yet.
+	if db.pg.URL != "" && exists && v >= 2 {
+		l, err := db.leader(ctx)
+		switch {
+		case err != nil:
+			fmt.Fprintf(out, "leader: unknown (%v)\n", err)
+		case l.Held:
+			fmt.Fprintf(out, "leader: %s, term %d, since %s\n", l.Holder, l.Epoch, l.Since.Format(time.RFC3339))
+		case l.Holder != "":
+			fmt.Fprintf(out, "leader: none now (the last, %s, term %d, led from %s)\n", l.Holder, l.Epoch, l.Since.Format(time.RFC3339))
+		default:
+			fmt.Fprintln(out, "leader: none yet (no replica has led)")
+		}
+	}
 	fmt.Fprintln(out, "usable: yes")
 	return nil
 }
@@ -349,7 +353,7 @@ func (d dbTarget) String() string {
 	if d.pg.URL == "" {
 		return "sqlite " + d.sqlitePath
 	}
-	cc, err := pgConnConfig(d.pg)
+	cc, err := postgres.ConnConfig(d.pg)
 	if err != nil {
 		return "postgres (the URL does not parse)"
 	}
@@ -359,16 +363,16 @@ func (d dbTarget) String() string {
 // known is the schema version this binary brings the database to.
 func (d dbTarget) known() int {
 	if d.pg.URL != "" {
-		return postgresSchemaKnown
+		return postgres.KnownVersion()
 	}
-	return sqliteSchemaKnown
+	return sqlite.KnownVersion()
 }
 
 // version reads the database's schema version without migrating it;
 // exists is false for a database without a schema yet (v is then 0).
 func (d dbTarget) version(ctx context.Context) (v int, exists bool, err error) {
 	if d.pg.URL != "" {
-		cc, err := pgConnConfig(d.pg)
+		cc, err := postgres.ConnConfig(d.pg)
 		if err != nil {
 			return 0, false, err
 		}
@@ -399,6 +403,17 @@ func (d dbTarget) version(ctx context.Context) (v int, exists bool, err error) {
 	return v, exists, nil
 }
 
+// leader reads who leads a PostgreSQL database, without migrating it.
+func (d dbTarget) leader(ctx context.Context) (store.Leadership, error) {
+	cc, err := postgres.ConnConfig(d.pg)
+	if err != nil {
+		return store.Leadership{}, err
+	}
+	db := stdlib.OpenDB(*cc)
+	defer db.Close()
+	return postgres.ReadLeader(ctx, db)
+}
+
 // schemaVersion reads the newest migration of schema_migrations, if
 // hasTable (a query) says there is one.
 func schemaVersion(ctx context.Context, db *sql.DB, hasTable string) (v int, exists bool, err error) {
@@ -412,62 +427,6 @@ func schemaVersion(ctx context.Context, db *sql.DB, hasTable string) (v int, exi
 // pgWhere names a PostgreSQL database for messages: no password.
 func pgWhere(cc *pgx.ConnConfig) string {
 	return fmt.Sprintf("postgres database %q on %s:%d as %s", cc.Database, cc.Host, cc.Port, cc.User)
-}
-
-// pgConnConfig is how store/postgres connects for opts: the URL, the
-// password file and the TLS files.
-//
-// It repeats store/postgres's connConfig, unexported; an exported
-// postgres.ConnConfig would replace it.
-func pgConnConfig(opts postgres.Options) (*pgx.ConnConfig, error) {
-	if opts.URL == "" {
-		return nil, errors.New("no database URL")
-	}
-	cfg, err := pgx.ParseConfig(opts.URL)
-	if err != nil {
-		// pgx's message may quote the URL, and with it a password.
-		return nil, errors.New("the database URL does not parse (see postgres:// in the PostgreSQL documentation)")
-	}
-	if opts.PasswordFile != "" {
-		b, err := os.ReadFile(opts.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("password file: %w", err)
-		}
-		pw, _, _ := strings.Cut(string(b), "\n")
-		pw = strings.TrimSuffix(pw, "\r")
-		if pw == "" {
-			return nil, fmt.Errorf("password file %s is empty", opts.PasswordFile)
-		}
-		cfg.Password = pw
-	}
-	if opts.CertFile == "" && opts.KeyFile == "" && opts.CAFile == "" {
-		return cfg, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.Host}
-	if opts.CAFile != "" {
-		pem, err := os.ReadFile(opts.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", opts.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if (opts.CertFile == "") != (opts.KeyFile == "") {
-		return nil, errors.New("a client certificate needs both a certificate and a key file")
-	}
-	if opts.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	// TLS only: no plaintext fallback as sslmode=prefer would allow.
-	cfg.TLSConfig, cfg.Fallbacks = tc, nil
-	return cfg, nil
 }
 
 // sqliteAbs makes a SQLite path absolute for messages.

@@ -180,9 +180,16 @@ func (s *Store) Leader(ctx context.Context) (store.Leadership, error) {
 		return store.Leadership{}, err
 	}
 	defer s.gate.Leave()
+	return ReadLeader(ctx, s.db)
+}
+
+// ReadLeader reads who leads from the database q reaches (at schema
+// version 2 or later), without a Store: tandem server --check-db uses it
+// on a database it must not migrate.
+func ReadLeader(ctx context.Context, q sqlstore.Querier) (store.Leadership, error) {
 	var l store.Leadership
 	var since int64
-	err := s.db.QueryRowContext(ctx, `SELECT epoch, holder, since, EXISTS (SELECT 1 FROM pg_locks
+	err := q.QueryRowContext(ctx, `SELECT epoch, holder, since, EXISTS (SELECT 1 FROM pg_locks
 		WHERE locktype = 'advisory' AND granted AND objsubid = 1
 		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295))

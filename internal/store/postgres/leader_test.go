@@ -127,6 +127,10 @@ func TestLeaderElection(t *testing.T) {
 	if l, err := b.Leader(ctxT(t)); err != nil || !l.Held || l.Holder != "replica-a" || l.Epoch != 3 {
 		t.Errorf("Leader: %+v, %v", l, err)
 	}
+	// Without a Store, as tandem server --check-db reads it.
+	if l, err := ReadLeader(ctxT(t), b.db); err != nil || !l.Held || l.Holder != "replica-a" || l.Since.IsZero() {
+		t.Errorf("ReadLeader: %+v, %v", l, err)
+	}
 	// Close ends the store's terms: the lead is free again.
 	a.Close()
 	if l, err := b.Leader(ctxT(t)); err != nil || l.Held {

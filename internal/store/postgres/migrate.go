@@ -91,6 +91,15 @@ func apply(ctx context.Context, conn *sql.Conn, m migration) error {
 	return nil
 }
 
+// KnownVersion is the schema version this binary's migrations reach.
+func KnownVersion() int {
+	ms, err := loadMigrations()
+	if err != nil {
+		panic(err) // embedded at build time; TestMigrationsWellFormed
+	}
+	return len(ms)
+}
+
 // SchemaVersion returns the newest migration applied to the database.
 func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	var v int

@@ -93,7 +93,7 @@ var _ store.Store = (*Store)(nil)
 // Open connects to the database opts names, applies pending migrations
 // and returns the store.
 func Open(ctx context.Context, opts Options) (*Store, error) {
-	cfg, err := connConfig(opts)
+	cfg, err := ConnConfig(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -124,8 +124,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// connConfig parses the URL and applies the password file and TLS files.
-func connConfig(opts Options) (*pgx.ConnConfig, error) {
+// ConnConfig is how the store connects for opts: the URL parsed, the
+// password from its file, the TLS files applied (TLS only, then: no
+// plaintext fallback). Tools that reach the database beside the store
+// (tandem db) connect the same way.
+func ConnConfig(opts Options) (*pgx.ConnConfig, error) {
 	if opts.URL == "" {
 		return nil, errors.New("no database URL")
 	}

@@ -221,7 +221,7 @@ func TestPasswordFile(t *testing.T) {
 	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := connConfig(Options{URL: url, PasswordFile: pw})
+	cfg, err := ConnConfig(Options{URL: url, PasswordFile: pw})
 	if err != nil || cfg.Password != "s3cret" {
 		t.Errorf("password from file: %q, %v", cfg.Password, err)
 	}

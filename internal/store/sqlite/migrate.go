@@ -19,6 +19,15 @@ type migration = sqlstore.Migration
 // loadMigrations reads the embedded migrations.
 func loadMigrations() ([]migration, error) { return sqlstore.LoadMigrations(migrationFS) }
 
+// KnownVersion is the schema version this binary's migrations reach.
+func KnownVersion() int {
+	ms, err := loadMigrations()
+	if err != nil {
+		panic(err) // embedded at build time; TestMigrationsWellFormed
+	}
+	return len(ms)
+}
+
 // migrate brings the schema of db up to the newest embedded migration, one
 // transaction per migration. Each transaction re-reads the current version
 // after taking the write lock, so two processes opening one database at once
