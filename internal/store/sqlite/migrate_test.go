@@ -3,13 +3,16 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"net/url"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -140,7 +143,7 @@ func TestJobStatsBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As a database from before 0015: no statistics, no run times.
-	for _, q := range []string{"DELETE FROM job_stats_daily", "DELETE FROM store_tasks", "UPDATE jobs SET run_ms = 0", "DELETE FROM parity_commits"} {
+	for _, q := range []string{"DELETE FROM job_stats_daily", "DELETE FROM store_tasks", "UPDATE jobs SET run_ms = 0", "DELETE FROM parity_commits", "DELETE FROM parity_daily"} {
 		if _, err := s.w.Exec(q); err != nil {
 			t.Fatal(err)
 		}
@@ -171,5 +174,75 @@ func TestJobStatsBackfill(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.Close()
+	}
+}
+
+// Migration 0018 makes parity_daily from the commits a database at
+// schema 17 recorded: the matrix reads the same sums as before.
+func TestParityDailyMigration(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "tandem.db")
+	s, err := Open(ctx, path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 1, 22, 0, 0, 0, time.UTC)
+	id := int64(0)
+	err = s.Update(ctx, func(tx store.Tx) error {
+		for c := range 12 {
+			for _, a := range []arch.Arch{arch.AMD64, arch.ARM64} {
+				for attempt := range 1 + c%2 { // some commits run again, later
+					id++
+					end := t0.Add(time.Duration(c)*37*time.Minute + time.Duration(attempt)*time.Hour)
+					conclusion := "success"
+					if a == arch.ARM64 && (c+attempt)%3 == 0 {
+						conclusion = "failure"
+					}
+					j := store.Job{ID: id, Org: "acme", Repo: "acme/app", Workflow: "ci", Name: "unit (" + string(a) + ")", Arch: a,
+						VCPUs: 2, State: store.JobCompleted, Conclusion: conclusion, QueuedAt: end.Add(-time.Hour),
+						StartedAt: end.Add(-time.Minute), CompletedAt: end, UpdatedAt: end, HeadSHA: fmt.Sprintf("%040x", c)}
+					if err := tx.CreateJob(j, store.Event{}); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(s *Store) []store.CommitParity {
+		var pc []store.CommitParity
+		for _, d := range []time.Time{t0, t0.Add(24 * time.Hour)} { // the commits span two days
+			err := s.View(ctx, func(tx store.ReadTx) error {
+				got, err := tx.ParityCommits(store.ParityFilter{Since: d, Until: d})
+				pc = append(pc, got...)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return pc
+	}
+	want := read(s)
+	if len(want) != 2 || want[0].Compared+want[1].Compared != 12 {
+		t.Fatalf("before: %+v", want)
+	}
+	// Back to schema 17.
+	for _, q := range []string{"DROP TABLE parity_daily", "DELETE FROM schema_migrations WHERE version = 18",
+		"CREATE INDEX parity_commits_compared ON parity_commits (at, org, repo, workflow, logical, sha, amd64, arm64) WHERE amd64 <> 0 AND arm64 <> 0"} {
+		if _, err := s.w.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	if s, err = Open(ctx, path, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := read(s); !reflect.DeepEqual(got, want) {
+		t.Errorf("after 0018:\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -76,10 +76,17 @@ func PendingDeliveries(ctx context.Context, q Querier, d Dialect, after int64, l
 type PruneStep struct {
 	What, SQL string
 	Keep      time.Duration
+	Days      bool // the cutoff is the start of its UTC day
 }
 
 // Cutoff is the step's cutoff for Prune's time before, in unix ms.
-func (p PruneStep) Cutoff(before time.Time) int64 { return msOf(before) - p.Keep.Milliseconds() }
+func (p PruneStep) Cutoff(before time.Time) int64 {
+	c := msOf(before) - p.Keep.Milliseconds()
+	if p.Days {
+		c = dayOfMS(c)
+	}
+	return c
+}
 
 // PruneSteps returns Prune's deletions, in d's SQL. An ended runner's age
 // is its EndedAt.
@@ -97,9 +104,14 @@ func PruneSteps(d Dialect) []PruneStep {
 			WHERE received_at < ? LIMIT ?)`},
 		{What: "profiles", Keep: store.ProfileExtraRetention, SQL: `DELETE FROM profiles WHERE runner IN (SELECT runner FROM profiles
 			WHERE ended_at < ? LIMIT ?)`},
-		{What: "parity commits", Keep: store.ParityExtraRetention, SQL: `DELETE FROM parity_commits
+		// A commit's records go by whole days: parity_daily's sums stay
+		// those of the commits kept.
+		{What: "parity commits", Keep: store.ParityExtraRetention, Days: true, SQL: `DELETE FROM parity_commits
 			WHERE (org, repo, workflow, logical, sha) IN (SELECT org, repo, workflow, logical, sha
 			FROM parity_commits` + d.indexedBy("parity_commits_at") + ` WHERE at < ? LIMIT ?)`},
+		{What: "parity days", Keep: store.ParityExtraRetention, Days: true, SQL: `DELETE FROM parity_daily
+			WHERE (day, org, repo, workflow, logical) IN (SELECT day, org, repo, workflow, logical
+			FROM parity_daily WHERE day < ? LIMIT ?)`},
 	}
 	for i := range steps {
 		steps[i].SQL = d.Rebind(steps[i].SQL)

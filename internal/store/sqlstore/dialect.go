@@ -111,11 +111,11 @@ func (d Dialect) noLimit() string {
 	return "-1"
 }
 
-// latest is, in a GROUP BY that takes MAX(at), col of the row with the
-// greatest at: SQLite's bare column does that; PostgreSQL orders an array.
-func (d Dialect) latest(col string) string {
+// latest is, in a GROUP BY that takes MAX(by), col of the row with the
+// greatest by: SQLite's bare column does that; PostgreSQL orders an array.
+func (d Dialect) latest(col, by string) string {
 	if d == Postgres {
-		return "(array_agg(" + col + " ORDER BY at DESC))[1]"
+		return "(array_agg(" + col + " ORDER BY " + by + " DESC))[1]"
 	}
 	return col
 }
