@@ -266,3 +266,23 @@ func owner(t *testing.T, path string) string {
 	}
 	return strconv.FormatUint(uint64(fi.Sys().(*syscall.Stat_t).Uid), 10)
 }
+
+// A durable server fsyncs and waits for its WAL at commit, as
+// PostgreSQL's defaults do; a private one does neither.
+func TestDurability(t *testing.T) {
+	for _, tc := range []struct {
+		start               func(testing.TB) *pgtest.Instance
+		fsync, synchronous string
+	}{
+		{pgtest.StartDurableServer, "on", "on"},
+		{pgtest.StartServer, "off", "on"},
+	} {
+		conn := connect(t, tc.start(t).NewDatabase(t))
+		var fsync, synchronous string
+		queryRow(t, conn, "SHOW fsync", &fsync)
+		queryRow(t, conn, "SHOW synchronous_commit", &synchronous)
+		if fsync != tc.fsync || synchronous != tc.synchronous {
+			t.Errorf("fsync %s, synchronous_commit %s; want %s, %s", fsync, synchronous, tc.fsync, tc.synchronous)
+		}
+	}
+}
