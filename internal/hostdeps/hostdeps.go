@@ -14,13 +14,16 @@ package hostdeps
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -82,8 +85,16 @@ var programs = func() map[string]Requirement {
 		"qemu-aarch64-static", "qemu-x86_64-static")
 	add("docker-registry", "serves each host's registry mirror", "docker-registry")
 	add("dash", "runs shell commands", "sh")
+	add("postgresql", "runs the PostgreSQL servers of the PostgreSQL store's tests", "initdb", "postgres")
 	return m
 }()
+
+// versionedDirs are where Debian keeps programs outside PATH, one
+// directory per version (newest searched first), by program.
+var versionedDirs = map[string]string{
+	"initdb":   "/usr/lib/postgresql/*/bin",
+	"postgres": "/usr/lib/postgresql/*/bin",
+}
 
 // NativeArch is the Debian (and Go) name of this host's architecture.
 func NativeArch() string { return runtime.GOARCH }
@@ -147,7 +158,8 @@ func Tests() []Requirement {
 	}
 	r = append(r, Network()...)
 	r = append(r, Mirror()...)
-	for _, n := range []string{"ip", "nsenter", "setsid", "e2fsck", "dumpe2fs", "tar", "sh", "uname", "lz4", "gcc", "qemu-aarch64-static"} {
+	for _, n := range []string{"ip", "nsenter", "setsid", "e2fsck", "dumpe2fs", "tar", "sh", "uname", "lz4", "gcc", "qemu-aarch64-static",
+		"initdb", "postgres"} {
 		r = append(r, program(n))
 	}
 	return dedupe(r)
@@ -196,6 +208,15 @@ func Find(name string) (string, error) {
 				return p, nil
 			}
 		}
+		if glob, ok := versionedDirs[name]; ok {
+			dirs, _ := filepath.Glob(glob)
+			slices.SortFunc(dirs, func(a, b string) int { return compareVersions(b, a) }) // newest first
+			for _, d := range dirs {
+				if p, err := exec.LookPath(filepath.Join(d, name)); err == nil {
+					return p, nil
+				}
+			}
+		}
 	}
 	if r, ok := programs[name]; ok {
 		return "", &MissingError{Missing: []Status{{Requirement: r, Err: errNotFound}}}
@@ -204,6 +225,26 @@ func Find(name string) (string, error) {
 }
 
 var errNotFound = errors.New("not found")
+
+// compareVersions orders directories .../<version>/bin by their version's
+// numbers (15 before 16, 9.6 before 10).
+func compareVersions(a, b string) int {
+	va := strings.Split(filepath.Base(filepath.Dir(a)), ".")
+	vb := strings.Split(filepath.Base(filepath.Dir(b)), ".")
+	for i := range max(len(va), len(vb)) {
+		var x, y int
+		if i < len(va) {
+			x, _ = strconv.Atoi(va[i])
+		}
+		if i < len(vb) {
+			y, _ = strconv.Atoi(vb[i])
+		}
+		if c := cmp.Compare(x, y); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
 
 // binfmtDir is where the kernel lists binfmt_misc entries (a variable for
 // tests).

@@ -2,7 +2,6 @@ package pgtest
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/tandem-ci/tandem/internal/hostdeps"
 )
 
 const (
@@ -128,35 +127,21 @@ func (i *Instance) destroy() error {
 	return os.RemoveAll(i.dir)
 }
 
-// findBin returns the directory of initdb and postgres.
+// findBin returns the directory of initdb and postgres: Debian's newest
+// /usr/lib/postgresql/<version>/bin, or PATH's (hostdeps.Find).
 func findBin() (string, error) {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	slices.SortFunc(dirs, func(a, b string) int { return cmpVersion(b, a) }) // newest first
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		dirs = append(dirs, strings.TrimSpace(string(out)))
+	initdb, err := hostdeps.Find("initdb")
+	if err != nil {
+		return "", fmt.Errorf("%w: run scripts/install-deps.sh", err)
 	}
-	if p, err := exec.LookPath("postgres"); err == nil {
-		dirs = append(dirs, filepath.Dir(p))
+	postgres, err := hostdeps.Find("postgres")
+	if err != nil {
+		return "", fmt.Errorf("%w: run scripts/install-deps.sh", err)
 	}
-	for _, d := range dirs {
-		if isExecutable(filepath.Join(d, "postgres")) && isExecutable(filepath.Join(d, "initdb")) {
-			return d, nil
-		}
+	if filepath.Dir(initdb) != filepath.Dir(postgres) {
+		return "", fmt.Errorf("initdb (%s) and postgres (%s) are of different installations", initdb, postgres)
 	}
-	return "", errors.New("no PostgreSQL server binaries (initdb, postgres) in /usr/lib/postgresql/*/bin, " +
-		"`pg_config --bindir` or PATH: run scripts/install-deps.sh")
-}
-
-// cmpVersion orders /usr/lib/postgresql/<version>/bin by version.
-func cmpVersion(a, b string) int {
-	va, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(a)), 64)
-	vb, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(b)), 64)
-	return cmp.Compare(va, vb)
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+	return filepath.Dir(postgres), nil
 }
 
 // serverUser returns who the server runs as: nil for the test's own user,
