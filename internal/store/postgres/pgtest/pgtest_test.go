@@ -271,7 +271,7 @@ func owner(t *testing.T, path string) string {
 // PostgreSQL's defaults do; a private one does neither.
 func TestDurability(t *testing.T) {
 	for _, tc := range []struct {
-		start               func(testing.TB) *pgtest.Instance
+		start              func(testing.TB) *pgtest.Instance
 		fsync, synchronous string
 	}{
 		{pgtest.StartDurableServer, "on", "on"},
