@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -130,15 +131,16 @@ func TestDBKnownSchema(t *testing.T) {
 // tandem db migrate on SQLite: a new database gets the whole schema, and
 // one up to date stays so.
 func TestDBMigrate(t *testing.T) {
+	known := sqlite.KnownVersion()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tandem.db")
 	cfg := writeDBConfig(t, "database: "+path+"\n")
 	out, err := runDB(t, dir, "db", "migrate", "--config", cfg)
-	if want := "sqlite " + path + ": schema version 0 → 17\n"; err != nil || out != want {
+	if want := fmt.Sprintf("sqlite %s: schema version 0 → %d\n", path, known); err != nil || out != want {
 		t.Errorf("first migrate: %q, %v; want %q", out, err, want)
 	}
 	out, err = runDB(t, dir, "db", "migrate", "--config", cfg)
-	if want := "sqlite " + path + ": schema version 17, up to date\n"; err != nil || out != want {
+	if want := fmt.Sprintf("sqlite %s: schema version %d, up to date\n", path, known); err != nil || out != want {
 		t.Errorf("second migrate: %q, %v; want %q", out, err, want)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
@@ -150,6 +152,7 @@ func TestDBMigrate(t *testing.T) {
 // beside this binary's, migrates nothing, and fails only for a database
 // the server could not use.
 func TestServerCheckDB(t *testing.T) {
+	known := sqlite.KnownVersion()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tandem.db")
 	cfg := writeDBConfig(t, "database: "+path+"\n")
@@ -168,7 +171,7 @@ func TestServerCheckDB(t *testing.T) {
 	}
 
 	out, code := check(cfg)
-	if want := "database: sqlite " + path + "\nschema: none yet, the server makes it at start (this binary's: version 17)\nusable: yes\n"; code != 0 || out != want {
+	if want := fmt.Sprintf("database: sqlite %s\nschema: none yet, the server makes it at start (this binary's: version %d)\nusable: yes\n", path, known); code != 0 || out != want {
 		t.Errorf("no database yet: %d %q, want %q", code, out, want)
 	}
 	if _, err := os.Stat(path); err == nil {
@@ -180,16 +183,18 @@ func TestServerCheckDB(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	if out, code := check(cfg); code != 0 || !strings.Contains(out, "schema: version 17, this binary's\nusable: yes\n") {
+	if out, code := check(cfg); code != 0 || !strings.Contains(out, fmt.Sprintf("schema: version %d, this binary's\nusable: yes\n", known)) {
 		t.Errorf("current database: %d %q", code, out)
 	}
 
 	execSQLiteFile(t, path, "DELETE FROM schema_migrations WHERE version > 15")
-	if out, code := check(cfg); code != 0 || !strings.Contains(out, "schema: version 15, this binary's 17: the server applies 2 migrations at start\nusable: yes\n") {
+	if out, code := check(cfg); code != 0 || !strings.Contains(out, fmt.Sprintf("schema: version 15, this binary's %d: the server applies %d migrations at start\nusable: yes\n", known, known-15)) {
 		t.Errorf("older database: %d %q", code, out)
 	}
-	execSQLiteFile(t, path, "INSERT INTO schema_migrations VALUES (16, 'a', 0), (17, 'b', 0), (18, 'from the future', 0)")
-	if out, code := check(cfg); code != 1 || !strings.Contains(out, "schema: version 18, newer than this binary's 17\nusable: no\n") ||
+	for v := 16; v <= known+1; v++ {
+		execSQLiteFile(t, path, fmt.Sprintf("INSERT INTO schema_migrations VALUES (%d, 'm%d', 0)", v, v))
+	}
+	if out, code := check(cfg); code != 1 || !strings.Contains(out, fmt.Sprintf("schema: version %d, newer than this binary's %d\nusable: no\n", known+1, known)) ||
 		!strings.Contains(out, "upgrade tandem") {
 		t.Errorf("newer database: %d %q", code, out)
 	}
