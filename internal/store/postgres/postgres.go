@@ -80,7 +80,6 @@ type Store struct {
 	db       *sql.DB
 	log      *slog.Logger
 	retryFor time.Duration
-	where    string // host and database, for messages (no secrets)
 
 	gate sqlstore.Gate // calls in progress, waited for by Close
 
@@ -111,7 +110,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	db.SetMaxOpenConns(opts.MaxConns)
 	db.SetMaxIdleConns(opts.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, log: opts.Logger, retryFor: opts.RetryFor, where: where, terms: map[*term]bool{}}
+	s := &Store{db: db, log: opts.Logger, retryFor: opts.RetryFor, terms: map[*term]bool{}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store (%s): %w", where, err)
