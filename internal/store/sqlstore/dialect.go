@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -55,7 +56,15 @@ func NewTx(ctx context.Context, q Querier, d Dialect) store.Tx {
 	return &writeTx{readTx{ctx: ctx, q: q, d: d}}
 }
 
-var rebound sync.Map // query → PostgreSQL form
+// rebound caches queries' PostgreSQL forms, up to maxRebound of them (a
+// query names its LIMIT inline in places, so their number is bounded but
+// not small).
+var (
+	rebound      sync.Map // query → PostgreSQL form
+	reboundCount atomic.Int64
+)
+
+const maxRebound = 4096
 
 // Rebind turns the ? placeholders of query into PostgreSQL's $1, $2, …
 // (queries hold no ? of their own: no string literal here contains one).
@@ -80,7 +89,11 @@ func (d Dialect) Rebind(query string) string {
 		b.WriteRune(r)
 	}
 	q := b.String()
-	rebound.Store(query, q)
+	if reboundCount.Load() < maxRebound {
+		if _, had := rebound.LoadOrStore(query, q); !had {
+			reboundCount.Add(1)
+		}
+	}
 	return q
 }
 
