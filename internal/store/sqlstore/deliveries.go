@@ -119,11 +119,8 @@ func PruneSteps(d Dialect) []PruneStep {
 	return steps
 }
 
-// MsOf encodes a time as the schemas keep it: unix milliseconds, the zero
-// time as 0; TimeOf decodes it.
-func MsOf(t time.Time) int64 { return msOf(t) }
-
-// TimeOf decodes MsOf.
+// TimeOf decodes a time as the schemas keep it: unix milliseconds UTC, 0
+// for the zero time.
 func TimeOf(ms int64) time.Time { return timeOf(ms) }
 
 // Prune runs steps, each in chunks of chunk rows, through exec (which runs

@@ -31,13 +31,6 @@ const (
 	Postgres
 )
 
-func (d Dialect) String() string {
-	if d == Postgres {
-		return "postgres"
-	}
-	return "sqlite"
-}
-
 // Querier runs statements: a *sql.Tx, or a *sql.DB outside a transaction.
 type Querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
