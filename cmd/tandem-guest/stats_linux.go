@@ -25,7 +25,7 @@ func readStats(proc string) guest.Stats {
 		}
 	}
 	if b, err := os.ReadFile(proc + "/stat"); err == nil {
-		s.CPUSeconds = busySeconds(b)
+		s.CPUSeconds, s.CPUTotalSeconds = cpuSeconds(b)
 	}
 	if b, err := os.ReadFile(proc + "/meminfo"); err == nil {
 		mi := fields(b)
@@ -49,21 +49,26 @@ func readStats(proc string) guest.Stats {
 	return s
 }
 
-// busySeconds reads /proc/stat's "cpu" line: user, nice, system, idle,
-// iowait, irq, softirq, steal, in USER_HZ (100 per second); busy is all but
-// idle, iowait and steal.
-func busySeconds(stat []byte) float64 {
+// cpuSeconds reads /proc/stat's "cpu" line: user, nice, system, idle,
+// iowait, irq, softirq, steal, in USER_HZ (100 per second), summed over
+// the CPUs. Busy is all but idle, iowait and steal; total is all eight.
+// (guest and guest_nice, which may follow, are already in user and nice.)
+func cpuSeconds(stat []byte) (busy, total float64) {
 	line, _, _ := bytes.Cut(stat, []byte("\n"))
 	f := strings.Fields(string(line))
-	if len(f) < 8 || f[0] != "cpu" {
-		return 0
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0
 	}
-	var busy int64
-	for _, i := range []int{1, 2, 3, 6, 7} {
+	var b, t int64
+	for i := 1; i <= 8; i++ {
 		n, _ := strconv.ParseInt(f[i], 10, 64)
-		busy += n
+		n = max(n, 0)
+		t += n
+		if i != 4 && i != 5 && i != 8 {
+			b += n
+		}
 	}
-	return float64(busy) / 100
+	return float64(b) / 100, float64(t) / 100
 }
 
 // fields reads "name value ..." lines (meminfo, vmstat) into a map.

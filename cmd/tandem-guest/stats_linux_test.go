@@ -34,12 +34,32 @@ func TestReadStats(t *testing.T) {
 		os.Mkdir(filepath.Join(proc, pid), 0o755)
 	}
 	s := readStats(proc)
-	if s.CPUSeconds != 1.6 || s.Load1 != 1.5 || s.MemTotal != 2048000*1024 || s.MemAvailable != 1024000*1024 || s.OOMKills != 3 || s.Procs != 2 ||
+	if s.CPUSeconds != 1.6 || s.CPUTotalSeconds != 52.07 || s.Load1 != 1.5 || s.MemTotal != 2048000*1024 || s.MemAvailable != 1024000*1024 || s.OOMKills != 3 || s.Procs != 2 ||
 		s.DiskTotal <= 0 || s.DiskUsed <= 0 || s.DiskUsed > s.DiskTotal {
 		t.Errorf("stats %+v", s)
 	}
 	if s := readStats(filepath.Join(proc, "nowhere")); s.Load1 != 0 || s.MemTotal != 0 || s.Procs != 0 {
 		t.Errorf("stats of a missing /proc: %+v", s)
+	}
+}
+
+// The "cpu" line is read as busy and total time; a line too short or
+// unknown reads as none, and a negative count (a confused kernel) as 0.
+func TestCPUSeconds(t *testing.T) {
+	for _, c := range []struct {
+		stat        string
+		busy, total float64
+	}{
+		{"cpu  100 20 30 5000 40 5 5 7\n", 1.6, 52.07},
+		{"cpu  100 20 30 5000 40 5 5 7 300 2\ncpu0 1 1 1 1 1 1 1 1\n", 1.6, 52.07},
+		{"cpu  -100 0 0 100 0 0 0 0\n", 0, 1},
+		{"cpu  100 20 30 5000 40 5 5\n", 0, 0},
+		{"cpu0 100 20 30 5000 40 5 5 7\n", 0, 0},
+		{"", 0, 0},
+	} {
+		if b, tot := cpuSeconds([]byte(c.stat)); b != c.busy || tot != c.total {
+			t.Errorf("%q: busy %v total %v, want %v %v", c.stat, b, tot, c.busy, c.total)
+		}
 	}
 }
 

@@ -108,14 +108,20 @@ type Job struct {
 type Stats struct {
 	// CPUSeconds is the time the guest's CPUs were busy since boot (user,
 	// nice, system, irq, softirq), by the guest's own accounting.
-	CPUSeconds   float64 `json:"cpu_seconds"`
-	Load1        float64 `json:"load1"`
-	MemTotal     int64   `json:"mem_total"`
-	MemAvailable int64   `json:"mem_available"`
-	OOMKills     int64   `json:"oom_kills"`  // since boot
-	DiskTotal    int64   `json:"disk_total"` // the root filesystem
-	DiskUsed     int64   `json:"disk_used"`
-	Procs        int     `json:"procs"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// CPUTotalSeconds is all the time the guest's CPUs accounted since
+	// boot, busy or not (CPUSeconds plus idle, iowait and steal), summed
+	// over its CPUs. Busy over total between two heartbeats is the share
+	// of the CPUs that was busy, with no clock in it: neither a heartbeat
+	// that arrives late nor a guest clock that drifts skews it.
+	CPUTotalSeconds float64 `json:"cpu_total_seconds,omitempty"`
+	Load1           float64 `json:"load1"`
+	MemTotal        int64   `json:"mem_total"`
+	MemAvailable    int64   `json:"mem_available"`
+	OOMKills        int64   `json:"oom_kills"`  // since boot
+	DiskTotal       int64   `json:"disk_total"` // the root filesystem
+	DiskUsed        int64   `json:"disk_used"`
+	Procs           int     `json:"procs"`
 }
 
 // Exit reports how the job ended.

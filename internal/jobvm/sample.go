@@ -64,7 +64,7 @@ func (s *sampler) take(now time.Time) {
 	if !s.statsAt.IsZero() && now.Sub(s.statsAt) <= staleStats {
 		st := s.stats
 		smp.GuestOK = true
-		smp.GuestCPUSeconds, smp.GuestAt = st.CPUSeconds, s.statsAt
+		smp.GuestCPUSeconds, smp.GuestCPUTotal, smp.GuestAt = st.CPUSeconds, st.CPUTotalSeconds, s.statsAt
 		smp.Load1, smp.MemTotal, smp.MemAvailable, smp.OOMKills = st.Load1, st.MemTotal, st.MemAvailable, st.OOMKills
 		smp.DiskUsed, smp.DiskTotal, smp.Procs = st.DiskUsed, st.DiskTotal, st.Procs
 	}

@@ -52,6 +52,9 @@ type Sample struct {
 	// what the job asked of its vCPUs, even when a busy host gave it less
 	// (which the host side's CPUSeconds shows).
 	GuestCPUSeconds float64 `json:"guest_cpu_s,omitempty"`
+	// GuestCPUTotal is all the time the guest's CPUs accounted, busy or
+	// not (guest.Stats.CPUTotalSeconds); zero from an older guest.
+	GuestCPUTotal float64 `json:"guest_cpu_total_s,omitempty"`
 	// GuestAt is when the guest's side was read (its heartbeat's arrival),
 	// which the host's clock need not match: guest rates are taken over
 	// GuestAt's intervals. Zero: At.
@@ -178,10 +181,20 @@ func Build(samples []Sample, vcpus float64, memBytes int64, maxPoints int) Profi
 			mem: b.MemUsed(), rss: b.RSS, disk: b.DiskUsed, allo: b.DiskAlloc, load: b.Load1, procs: b.Procs}
 		iv.cpu = iv.host
 		if a.GuestOK && b.GuestOK {
-			// Over the interval between the two readings of the guest; a
-			// sample that repeats the last reading says nothing new.
-			if gs := b.guestAt().Sub(a.guestAt()).Seconds(); gs > 0 {
-				iv.cpu = max(b.GuestCPUSeconds-a.GuestCPUSeconds, 0) / gs
+			busy := max(b.GuestCPUSeconds-a.GuestCPUSeconds, 0)
+			if total := b.GuestCPUTotal - a.GuestCPUTotal; total > 0 && p.Summary.VCPUs > 0 {
+				// The share of the guest's accounted time that was busy:
+				// no clock in it, so a late heartbeat cannot skew it.
+				iv.cpu = p.Summary.VCPUs * min(busy/total, 1)
+			} else if gs := b.guestAt().Sub(a.guestAt()).Seconds(); gs > 0 {
+				// An older guest: over the interval between the two
+				// readings' arrivals, which a late one stretches or
+				// squeezes; never more than the VM's vCPUs. A sample that
+				// repeats the last reading says nothing new.
+				iv.cpu = busy / gs
+				if p.Summary.VCPUs > 0 {
+					iv.cpu = min(iv.cpu, p.Summary.VCPUs)
+				}
 			}
 		}
 		iv.cpu, iv.host = finite(iv.cpu), finite(iv.host)

@@ -163,3 +163,26 @@ func TestGuestRatesOverGuestReadings(t *testing.T) {
 		t.Errorf("points %+v: want 2 vCPUs (3 s over 1.5 s of the guest's), then the host's 0.5", p.Points)
 	}
 }
+
+// A guest that reports its CPUs' total accounted time is read as busy over
+// total, whatever the heartbeats' arrival says; an older guest's rate over
+// arrivals is bounded by the VM's vCPUs.
+func TestGuestRatesOverGuestAccounting(t *testing.T) {
+	// Arrivals 0.5 s apart, as a heartbeat held up on a busy host makes
+	// them: by arrival 2 busy seconds in 0.5 s would read 4 vCPUs.
+	ss := []Sample{
+		{At: t0, GuestOK: true, GuestAt: t0, GuestCPUSeconds: 10, GuestCPUTotal: 100},
+		{At: t0.Add(time.Second), GuestOK: true, GuestAt: t0.Add(500 * time.Millisecond), GuestCPUSeconds: 12, GuestCPUTotal: 102.5},
+		{At: t0.Add(2 * time.Second), GuestOK: true, GuestAt: t0.Add(2 * time.Second), GuestCPUSeconds: 12.5, GuestCPUTotal: 104},
+	}
+	p := Build(ss, 2, 1<<30, 0)
+	if len(p.Points) != 2 || p.Points[0].CPU != 1.6 || math.Abs(p.Points[1].CPU-0.667) > 1e-9 {
+		t.Errorf("points %+v: want 1.6 vCPUs (2 busy of 2.5 s), then 0.667", p.Points)
+	}
+	for i := range ss {
+		ss[i].GuestCPUTotal = 0
+	}
+	if p := Build(ss, 2, 1<<30, 0); p.Summary.CPUPeak != 2 {
+		t.Errorf("an older guest's peak over arrivals: %v vCPUs, want the VM's 2", p.Summary.CPUPeak)
+	}
+}
