@@ -180,6 +180,41 @@ type Host struct {
 	Version   string
 	LastSeen  time.Time
 	CreatedAt time.Time
+	// Replica is the control-plane replica that holds the host's agent
+	// ("" for none yet): it keeps LastSeen fresh and carries out the
+	// host's runner commands.
+	Replica string
+}
+
+// RunnerCommand is what the leading replica asks of a runner whose host's
+// agent another replica holds: that replica takes the command and carries
+// it out (a replica that holds the agent itself acts at once).
+type RunnerCommand struct {
+	Seq    int64 // assigned by the store, increasing
+	HostID string
+	Runner string
+	Kind   CommandKind
+	Reason string // why a stop was asked
+	At     time.Time
+}
+
+// CommandKind is what a RunnerCommand asks.
+type CommandKind string
+
+const (
+	CommandLaunch CommandKind = "launch" // boot the runner's VM and configure it
+	CommandStop   CommandKind = "stop"   // stop the runner's VM
+)
+
+// Validate checks a command before it is stored.
+func (c RunnerCommand) Validate() error {
+	if c.HostID == "" || c.Runner == "" {
+		return fmt.Errorf("%w: runner command without a host or runner", ErrInvalid)
+	}
+	if c.Kind != CommandLaunch && c.Kind != CommandStop {
+		return fmt.Errorf("%w: runner command %q", ErrInvalid, c.Kind)
+	}
+	return nil
 }
 
 // Delivery is one received webhook, kept as received until processed and

@@ -136,6 +136,16 @@ type Tx interface {
 	PutRunner(r Runner) error
 	// PutHost creates or replaces a host.
 	PutHost(h Host) error
+	// TouchHosts sets LastSeen to at for those of ids that replica holds
+	// (Host.Replica) and says how many it set.
+	TouchHosts(replica string, ids []string, at time.Time) (int, error)
+
+	// AddRunnerCommand queues a command for the replica that holds
+	// c.HostID's agent (c.Seq is assigned); TakeRunnerCommands removes
+	// and returns, oldest first, at most max of the commands queued for
+	// any of hosts.
+	AddRunnerCommand(c RunnerCommand) error
+	TakeRunnerCommands(hosts []string, max int) ([]RunnerCommand, error)
 
 	// TouchRepo records that repo had activity at t (keeping the latest).
 	TouchRepo(fullName string, installation int64, t time.Time) error

@@ -138,7 +138,7 @@ func TestCopy(t *testing.T) {
 		t.Errorf("report: %+v", rep.Tables)
 	}
 	wantSeqs := map[string]bool{"deliveries.seq": true, "job_events.seq": true, "profile_samples.seq": true,
-		"audit_log.seq": true, "parity_tier_changes.seq": true}
+		"audit_log.seq": true, "parity_tier_changes.seq": true, "runner_commands.seq": true}
 	var delivMark int64
 	for _, s := range rep.Sequences {
 		if !wantSeqs[s.Table+"."+s.Column] {

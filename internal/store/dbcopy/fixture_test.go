@@ -174,13 +174,18 @@ func fleet(tx store.Tx) error {
 	for i, id := range []string{"host-a", "host-b"} {
 		h := store.Host{ID: id, Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: i == 0}},
 			VCPUs: 63.5, MemoryMiB: 256 << 10, DiskMiB: 900 << 10, State: store.HostOnline, Version: "v1.2.3",
-			LastSeen: at(10 * time.Second), CreatedAt: at(-24 * time.Hour)}
+			LastSeen: at(10 * time.Second), CreatedAt: at(-24 * time.Hour), Replica: "cp-1"}
 		if i == 1 {
 			h.State, h.Reason = store.HostCordoned, "kernel upgrade"
 		}
 		if err := tx.PutHost(h); err != nil {
 			return err
 		}
+	}
+	// A stop no replica took yet.
+	if err := tx.AddRunnerCommand(store.RunnerCommand{HostID: "host-b", Runner: "tandem-0123456789ab", Kind: store.CommandStop,
+		Reason: "spare: no queued job needs it", At: at(11 * time.Second)}); err != nil {
+		return err
 	}
 	var loads []store.HostLoad
 	for m := range 3 {

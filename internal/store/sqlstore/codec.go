@@ -207,7 +207,7 @@ func scanRunner(sc scanner) (store.Runner, error) {
 	return r, nil
 }
 
-const hostCols = "id, arches, vcpus, memory_mib, state, reason, version, last_seen, created_at, disk_mib"
+const hostCols = "id, arches, vcpus, memory_mib, state, reason, version, last_seen, created_at, disk_mib, replica"
 
 // hostArgs returns h's values in hostCols order.
 func hostArgs(h store.Host) ([]any, error) {
@@ -216,7 +216,7 @@ func hostArgs(h store.Host) ([]any, error) {
 		return nil, fmt.Errorf("host %s: arches: %w", h.ID, err)
 	}
 	return []any{h.ID, arches, h.VCPUs, h.MemoryMiB, string(h.State), h.Reason, h.Version,
-		msOf(h.LastSeen), msOf(h.CreatedAt), h.DiskMiB}, nil
+		msOf(h.LastSeen), msOf(h.CreatedAt), h.DiskMiB, h.Replica}, nil
 }
 
 func scanHost(sc scanner) (store.Host, error) {
@@ -226,7 +226,7 @@ func scanHost(sc scanner) (store.Host, error) {
 		lastSeen, created int64
 	)
 	if err := sc.Scan(&h.ID, &arches, &h.VCPUs, &h.MemoryMiB, &state, &h.Reason, &h.Version,
-		&lastSeen, &created, &h.DiskMiB); err != nil {
+		&lastSeen, &created, &h.DiskMiB, &h.Replica); err != nil {
 		return store.Host{}, err
 	}
 	var err error

@@ -98,6 +98,10 @@ func PruneSteps(d Dialect) []PruneStep {
 			WHERE at < ? LIMIT ?)`},
 		{What: "runners", SQL: `DELETE FROM runners WHERE name IN (SELECT name FROM runners
 			WHERE state = 'ended' AND ended_at < ? LIMIT ?)`},
+		// A command no replica took (its host's agent never came back)
+		// goes with the runners it was for.
+		{What: "runner commands", SQL: `DELETE FROM runner_commands WHERE seq IN (SELECT seq FROM runner_commands
+			WHERE at < ? LIMIT ?)`},
 		// Samples are made into a profile when their VM ends; any left
 		// (a VM whose end was never reported) go with the runners.
 		{What: "profile samples", SQL: `DELETE FROM profile_samples WHERE seq IN (SELECT seq FROM profile_samples

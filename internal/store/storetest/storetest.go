@@ -101,6 +101,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RepoTiers", testRepoTiers},
 		{"CountQueuedSince", testCountQueuedSince},
 		{"HostLoad", testHostLoad},
+		{"TouchHosts", testTouchHosts},
+		{"RunnerCommands", testRunnerCommands},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -316,6 +318,7 @@ func fullHost(id string) store.Host {
 		Version:   "v1.2.3",
 		LastSeen:  at(10 * time.Second),
 		CreatedAt: at(-24 * time.Hour),
+		Replica:   "cp-1",
 	}
 }
 

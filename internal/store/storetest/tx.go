@@ -349,13 +349,28 @@ func testPrune(t *testing.T, s store.Store) {
 				return err
 			}
 		}
+		for _, c := range []store.RunnerCommand{
+			{HostID: "h", Runner: "gone", Kind: store.CommandLaunch, At: old},
+			{HostID: "h", Runner: "live-old", Kind: store.CommandStop, At: recent},
+		} {
+			if err := tx.AddRunnerCommand(c); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	n, err := s.Prune(testCtx(t), cut)
 	noErr(t, "Prune", err)
-	if n != 3 {
-		t.Errorf("Prune removed %d rows, want 3 (a delivery, an event, a runner)", n)
+	if n != 4 {
+		t.Errorf("Prune removed %d rows, want 4 (a delivery, an event, a runner, a runner command)", n)
 	}
+	update(t, s, func(tx store.Tx) error {
+		cmds, err := tx.TakeRunnerCommands([]string{"h"}, 10)
+		if len(cmds) != 1 || cmds[0].Runner != "live-old" {
+			t.Errorf("runner commands after Prune: %+v, want only the recent one", cmds)
+		}
+		return err
+	})
 	view(t, s, func(tx store.ReadTx) error {
 		for guid, kept := range map[string]bool{"old-done": false, "old-pending": true, "new-done": true} {
 			if _, err := tx.Delivery(guid); (err == nil) != kept {
