@@ -57,3 +57,19 @@ func FenceOf(ctx context.Context) (int64, bool) {
 	e, ok := ctx.Value(fenceKey{}).(int64)
 	return e, ok
 }
+
+// Notifier is implemented by stores that several control-plane replicas
+// share (store/postgres): a replica that changed what others act on wakes
+// them, instead of leaving them to find it at their next poll.
+type Notifier interface {
+	// Notify wakes the replicas subscribed to topic, this one included,
+	// once the transaction that made the change has committed (call it
+	// after Update returns).
+	Notify(ctx context.Context, topic string) error
+	// Subscribe returns a channel that receives (coalesced: one value for
+	// any number of notifications not yet received) when topic is
+	// notified, and also whenever notifications may have been missed (the
+	// store's listening connection came back). It is never closed; it
+	// stops receiving when ctx ends.
+	Subscribe(ctx context.Context, topic string) <-chan struct{}
+}

@@ -82,6 +82,12 @@ type Store struct {
 	retryFor time.Duration
 
 	gate sqlstore.Gate // calls in progress, waited for by Close
+	cfg  *pgx.ConnConfig
+	// bg ends when Close begins: what runs in the background for the
+	// store (the notification listener) stops with it.
+	bg     context.Context
+	stopBg context.CancelFunc
+	listen listener
 
 	termsMu sync.Mutex
 	terms   map[*term]bool // leader terms in progress, resigned by Close
@@ -110,12 +116,15 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	db.SetMaxOpenConns(opts.MaxConns)
 	db.SetMaxIdleConns(opts.MaxConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, log: opts.Logger, retryFor: opts.RetryFor, terms: map[*term]bool{}}
+	s := &Store{db: db, cfg: cfg, log: opts.Logger, retryFor: opts.RetryFor, terms: map[*term]bool{}}
+	s.bg, s.stopBg = context.WithCancel(context.Background())
 	if err := s.migrate(ctx); err != nil {
+		s.stopBg()
 		db.Close()
 		return nil, fmt.Errorf("open store (%s): %w", where, err)
 	}
 	if err := s.inTx(ctx, func(tx *sql.Tx) error { return sqlstore.BackfillJobStats(ctx, tx, sqlstore.Postgres) }); err != nil {
+		s.stopBg()
 		db.Close()
 		return nil, fmt.Errorf("open store (%s): job statistics backfill: %w", where, err)
 	}
@@ -193,6 +202,7 @@ func (s *Store) Close() error {
 	if !s.gate.Shut() {
 		return nil
 	}
+	s.stopBg()
 	s.resignAll()
 	s.gate.Wait()
 	return s.db.Close()
