@@ -29,7 +29,8 @@ type ImageNamer interface {
 }
 
 // Daemon is the agent's side of the protocol: it keeps a stream open to
-// the control plane (reconnecting with backoff), carries out commands,
+// the control plane (reconnecting to the client's addresses in turn, with
+// backoff after each full round), carries out commands,
 // and sends heartbeats, events and runner logs. Events that cannot be sent
 // (the control plane is down or unreachable) are kept, in order, and sent
 // when it is back; the VMs go on meanwhile.
@@ -69,6 +70,9 @@ func (d *Daemon) Bind(r Runner) {
 	d.samples = map[string][]profile.Sample{}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
+	}
+	if d.Client != nil && d.Client.Logger == nil {
+		d.Client.Logger = d.Logger // which address it connected to
 	}
 }
 
@@ -152,7 +156,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.reportLoop(ctx, cancel) }()
 	go func() { defer wg.Done(); d.heartbeatLoop(ctx) }()
 	defer wg.Wait()
-	backoff := time.Second
+	// The client moves on to its next address after each lost stream; the
+	// backoff comes between full rounds, so one replica down costs none.
+	addrs := len(d.Client.Addrs())
+	backoff, failed := time.Second, 0 // failed: addresses tried since the last wait
 	for {
 		start := time.Now()
 		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Running: d.run.Runners()}
@@ -165,8 +172,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return err
 		}
 		if time.Since(start) > 30*time.Second {
-			backoff = time.Second
+			backoff, failed = time.Second, 0
 		}
+		if failed++; failed < addrs {
+			d.Logger.Warn("connection to the control plane lost; trying the next address", "err", err)
+			continue
+		}
+		failed = 0
 		d.Logger.Warn("connection to the control plane lost; retrying", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():

@@ -37,8 +37,11 @@ func (c *Client) File(ctx context.Context, id, name string, offset int64) (io.Re
 	return resp.Body, nil
 }
 
+// get fetches from the current address only: image.Store.Fetch resumes a
+// broken transfer, from whichever address the stream has made current by
+// then.
 func (c *Client) get(ctx context.Context, hc *http.Client, path string) (*http.Response, error) {
-	req, err := c.request(ctx, path, nil)
+	req, err := c.request(ctx, c.addrs[c.current()], path, nil)
 	if err != nil {
 		return nil, err
 	}

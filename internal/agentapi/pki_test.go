@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -74,19 +75,53 @@ func TestEnrollTokenFormat(t *testing.T) {
 
 func TestCredentialsFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "creds.json")
-	c := Credentials{Server: "https://10.0.0.1:8443", Pin: strings.Repeat("cd", 32), HostID: "h1", Credential: "s3cr3t-value"}
-	if err := c.Save(p); err != nil {
-		t.Fatal(err)
+	one := Credentials{Server: "https://10.0.0.1:8443", Pin: strings.Repeat("cd", 32), HostID: "h1", Credential: "s3cr3t-value"}
+	many := one
+	many.Servers = []string{"https://10.0.0.2:8443", "https://cp3.example.test:9443"}
+	for _, c := range []Credentials{one, many} {
+		if err := c.Save(p); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+			t.Errorf("mode %v", st.Mode().Perm())
+		}
+		got, err := LoadCredentials(p)
+		if err != nil || !reflect.DeepEqual(got, c) {
+			t.Errorf("load: %+v %v", got, err)
+		}
+		if strings.Contains(c.String(), "s3cr3t") {
+			t.Error("String shows the credential")
+		}
 	}
-	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
-		t.Errorf("mode %v", st.Mode().Perm())
+	if b, _ := os.ReadFile(p); !strings.Contains(string(b), `"servers"`) {
+		t.Errorf("servers not saved:\n%s", b)
 	}
-	got, err := LoadCredentials(p)
-	if err != nil || got != c {
-		t.Errorf("load: %+v %v", got, err)
+	// A file from before Servers, its server as --server gave it then.
+	old := `{"server":"https://cp.example.test/","pin":"` + one.Pin + `","host_id":"h1","credential":"x"}`
+	os.WriteFile(p, []byte(old), 0o600)
+	if got, err := LoadCredentials(p); err != nil || got.Server != "https://cp.example.test/" || got.Servers != nil {
+		t.Errorf("old file: %+v %v", got, err)
 	}
-	if strings.Contains(c.String(), "s3cr3t") {
-		t.Error("String shows the credential")
+	for bad, want := range map[string]string{
+		`["http://10.0.0.2:8443"]`:                           `"http://10.0.0.2:8443": not https`,
+		`["https://10.0.0.2:8443/agent"]`:                    `"https://10.0.0.2:8443/agent": has a path`,
+		`["https://10.0.0.1:8443/"]`:                         `"https://10.0.0.1:8443/" is given twice`,
+		`["https://b.test:1", "https://B.test:1"]`:           `"https://B.test:1" is given twice`,
+		`["https://u:pw@b.test:1"]`:                          `"https://u:pw@b.test:1": has a user name`,
+		`["https://b.test"]`:                                 `"https://b.test": has no port`,
+		`["https://b.test:1?x=1"]`:                           `"https://b.test:1?x=1": has a path, query`,
+		`["https://b.test:99999"]`:                           `"https://b.test:99999": port out of range`,
+		`["https://:8443"]`:                                  `"https://:8443": has no host`,
+		`["https://b.test:1", "https://b.test:x"]`:           `"https://b.test:x": invalid port`,
+		`["https://b.test:1#frag"]`:                          `"https://b.test:1#frag": has a path, query`,
+		`["https://b.test:1", "https://c.test:1", ""]`:       `"": not https`,
+		`["https://b.test:1", "https://b.test:1", "https:"]`: `"https://b.test:1" is given twice`,
+	} {
+		f := `{"server":"https://10.0.0.1:8443","servers":` + bad + `,"pin":"` + one.Pin + `","host_id":"h1","credential":"x"}`
+		os.WriteFile(p, []byte(f), 0o600)
+		if _, err := LoadCredentials(p); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("servers %s: %v, want %q", bad, err, want)
+		}
 	}
 	os.WriteFile(p, []byte(`{"server":"x"}`), 0o600)
 	if _, err := LoadCredentials(p); err == nil {
