@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,20 +24,25 @@ import (
 )
 
 func agentCmd(g *globals) *cobra.Command {
-	var server, token, tokenFile, hostID, memory string
+	var token, tokenFile, hostID, memory string
 	var vcpus float64
-	var emulate []string
+	var servers, emulate []string
 	var sampleEvery time.Duration
 	nf := &hostFlags{own: true}
 	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
-		Use:   "agent --server https://HOST:8443 --enroll-token TOKEN",
+		Use:   "agent --server https://HOST:8443[,https://HOST2:8443…] --enroll-token TOKEN",
 		Short: "Run this host's agent: dial the control plane, run the VMs it assigns",
 		Long: `Run this host's agent. It dials out to the control plane over TLS (the
 host needs no inbound port), pinning the control plane's certificate by the
 fingerprint in the enrolment token. The first run enrols with a one-time
 token (tandem enroll prints one) and keeps the credential it gets in
-<data-dir>/agent/credentials.json; later runs need no token.`,
+<data-dir>/agent/credentials.json; later runs need no token.
+
+Several --server addresses are replicas of one control plane (one database,
+one agents certificate): the agent enrols at the first that answers and
+fails over between them, in order. Later runs may name a new set of
+replicas that shares an address with the enrolled one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireRoot("tandem agent"); err != nil {
@@ -69,7 +75,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 				}
 				memMiB = int(m)
 			}
-			creds, err := agentCredentials(ctx, g.dataDir, server, token, hostID)
+			creds, err := agentCredentials(ctx, g, servers, token, hostID)
 			if err != nil {
 				return err
 			}
@@ -80,6 +86,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 			}
 			defer h.close() // after the VMs (ag.Close below)
 			client := agentapi.NewClient(creds)
+			client.Logger = g.log
 			// The images the control plane names come from it, checked.
 			images := agent.NewImages(h.Host.Images, client, g.log)
 			defer images.Close()
@@ -114,7 +121,7 @@ token (tandem enroll prints one) and keeps the credential it gets in
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&server, "server", "", "the control plane's agent address, https://HOST:PORT (needed to enrol)")
+	f.StringSliceVar(&servers, "server", nil, "the control plane's agent address, https://HOST:PORT (needed to enrol); several, comma-separated or repeated, for replicas")
 	f.StringVar(&token, "enroll-token", "", "one-time enrolment token (tandem enroll)")
 	f.StringVar(&tokenFile, "enroll-token-file", "", "read the enrolment token from this file")
 	f.StringVar(&hostID, "host-id", "", "this host's id (default: the hostname)")
@@ -129,29 +136,81 @@ token (tandem enroll prints one) and keeps the credential it gets in
 }
 
 // agentCredentials loads this host's credentials, enrolling first if there
-// are none.
-func agentCredentials(ctx context.Context, dataDir, server, token, hostID string) (agentapi.Credentials, error) {
-	path := filepath.Join(dataDir, "agent", "credentials.json")
+// are none, and takes in the control-plane addresses servers names.
+func agentCredentials(ctx context.Context, g *globals, servers []string, token, hostID string) (agentapi.Credentials, error) {
+	path := filepath.Join(g.dataDir, "agent", "credentials.json")
+	addrs, err := agentapi.ParseAddrs(servers)
+	if err != nil {
+		return agentapi.Credentials{}, fmt.Errorf("--server: %w", err)
+	}
 	creds, err := agentapi.LoadCredentials(path)
 	switch {
 	case err == nil:
-		if server != "" && strings.TrimRight(server, "/") != creds.Server {
-			return creds, fmt.Errorf("this host is enrolled with %s, not %s: remove %s to enrol again", creds.Server, server, path)
-		}
-		return creds, nil
+		return updateServers(g, path, creds, addrs)
 	case !errors.Is(err, fs.ErrNotExist):
 		return creds, err
 	}
-	if server == "" || token == "" {
+	if len(addrs) == 0 || token == "" {
 		return creds, errors.New("this host is not enrolled: give --server and --enroll-token (tandem enroll prints one)")
 	}
-	if creds, err = agentapi.Enroll(ctx, server, token, hostID); err != nil {
+	if creds, err = agentapi.EnrollFirst(ctx, addrs, token, hostID); err != nil {
 		return creds, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return creds, err
 	}
 	return creds, creds.Save(path)
+}
+
+// updateServers saves the addresses given (if any) in enrolled
+// credentials when they differ from the enrolled ones (withServers).
+func updateServers(g *globals, path string, creds agentapi.Credentials, addrs []string) (agentapi.Credentials, error) {
+	next, err := withServers(creds, addrs)
+	if err != nil {
+		return creds, fmt.Errorf("%w: remove %s to enrol again", err, path)
+	}
+	if slices.Equal(next.Addrs(), creds.Addrs()) {
+		return creds, nil
+	}
+	if err := next.Save(path); err != nil {
+		return creds, err
+	}
+	g.log.Info("control-plane addresses updated", "was", creds.Addrs(), "now", next.Addrs())
+	return next, nil
+}
+
+// withServers returns creds with the control-plane addresses addrs (parsed:
+// agentapi.ParseAddrs). None, or the enrolled set in any order, changes
+// nothing. A set that shares an address with the enrolled one is the same
+// control plane (replicas on one database, which knows the credential), so
+// it replaces the enrolled addresses, in its order. A disjoint set is
+// another control plane, which needs its own enrolment.
+func withServers(creds agentapi.Credentials, addrs []string) (agentapi.Credentials, error) {
+	enrolled := creds.Addrs()
+	for i, a := range enrolled {
+		enrolled[i] = agentapi.CanonAddr(a)
+	}
+	shared := false
+	for _, a := range addrs {
+		shared = shared || slices.Contains(enrolled, a)
+	}
+	switch {
+	case len(addrs) == 0:
+		return creds, nil
+	case !shared:
+		return creds, fmt.Errorf("this host is enrolled with %s, not %s",
+			strings.Join(creds.Addrs(), ", "), strings.Join(addrs, ", "))
+	case sameSet(addrs, enrolled):
+		return creds, nil
+	}
+	creds.Server, creds.Servers = addrs[0], slices.Clone(addrs[1:])
+	return creds, nil
+}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
+	return slices.Equal(a, b)
 }
 
 // localCapacity returns what this host offers VMs: vcpus and memMiB, or
