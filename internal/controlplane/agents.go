@@ -358,33 +358,40 @@ func (s *Server) handleAgentLog(w http.ResponseWriter, r *http.Request) {
 // hostMonitor marks hosts offline whose agent missed its heartbeats: their
 // waiting jobs go elsewhere and their running jobs are reported lost.
 func (s *Server) hostMonitor(ctx context.Context) {
-	// Hosts that were remote before a restart get a timeout's grace to
-	// reconnect.
-	var hosts []store.Host
-	if err := s.st.View(ctx, func(tx store.ReadTx) error {
-		var err error
-		hosts, err = tx.Hosts()
-		return err
-	}); err == nil {
-		var ids []string
-		for _, h := range hosts {
-			if h.State != store.HostOffline {
-				ids = append(ids, h.ID)
-			}
-		}
-		s.links.await(ids, s.now())
-	}
 	t := time.NewTicker(s.cfg.HeartbeatTimeout / 5)
 	defer t.Stop()
+	reason := fmt.Sprintf("no heartbeat for %s", s.cfg.HeartbeatTimeout)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		for _, id := range s.links.silent(s.now().Add(-s.cfg.HeartbeatTimeout)) {
-			reason := fmt.Sprintf("no heartbeat for %s", s.cfg.HeartbeatTimeout)
-			if err := s.hostGone(ctx, id, failure.HostOffline, reason); err != nil && ctx.Err() == nil {
+		// The streams held here that fell silent: out of the fleet, unless
+		// the agent is with another replica now.
+		silent := s.links.silent(s.now().Add(-s.cfg.HeartbeatTimeout))
+		for _, id := range silent {
+			mine := func(h store.Host) bool { return h.Replica == "" || h.Replica == s.cfg.Replica }
+			if err := s.hostLeft(ctx, id, failure.HostOffline, reason, mine); err != nil && ctx.Err() == nil {
+				s.log.Error("marking host offline", "host", id, "err", err)
+			}
+		}
+		if err := s.touchHosts(ctx, silent); err != nil && ctx.Err() == nil {
+			s.log.Warn("recording the hosts this replica holds as seen", "err", err)
+		}
+		// The leader's: hosts no replica has seen within the timeout.
+		leading, _, since := s.lead.get()
+		if !leading {
+			continue
+		}
+		ids, err := s.staleHosts(ctx, since)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("looking for silent hosts", "err", err)
+		}
+		for _, id := range ids {
+			cutoff := s.now().Add(-s.cfg.HeartbeatTimeout)
+			stale := func(h store.Host) bool { return h.State != store.HostOffline && h.LastSeen.Before(cutoff) }
+			if err := s.hostLeft(ctx, id, failure.HostOffline, reason, stale); err != nil && ctx.Err() == nil {
 				s.log.Error("marking host offline", "host", id, "err", err)
 			}
 		}
@@ -395,9 +402,20 @@ func (s *Server) hostMonitor(ctx context.Context) {
 // closed, its live runners ended with failure (their waiting jobs are placed
 // again; running jobs are lost).
 func (s *Server) hostGone(ctx context.Context, id string, kind failure.Kind, reason string) error {
+	return s.hostLeft(ctx, id, kind, reason, nil)
+}
+
+// hostLeft is hostGone if cond (nil: always) holds for the host's record
+// in the transaction that marks it offline; otherwise it only closes this
+// replica's stream of the host.
+func (s *Server) hostLeft(ctx context.Context, id string, kind failure.Kind, reason string, cond func(store.Host) bool) error {
 	s.links.forget(id)
-	if err := s.DetachHost(ctx, id, reason); err != nil && !errors.Is(err, store.ErrNotFound) {
+	did, err := s.detach(ctx, id, reason, cond)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	if err == nil && !did {
+		return nil
 	}
 	var live []store.Runner
 	if err := s.st.View(ctx, func(tx store.ReadTx) error {
@@ -429,7 +447,7 @@ func (s *Server) hostGone(ctx context.Context, id string, kind failure.Kind, rea
 				"host", id, "runner", r.Name, "err", err)
 		}
 	}
-	kick(s.dispatchKick)
+	s.kickPlacement()
 	return nil
 }
 

@@ -77,6 +77,13 @@ type apiControl interface {
 	kickPlacement()
 	// retryJob queues an unmatched job again (groups.go).
 	retryJob(ctx context.Context, id int64, by string) (store.Job, error)
+	// health is what /healthz says of a control plane that answers.
+	health(ctx context.Context) Health
+	// reachable is the set of hosts whose agents are attached to a
+	// replica now (replicas.go); holder the replica a host's record names,
+	// when replicas share the store ("" otherwise).
+	reachable(hosts []store.Host, now time.Time) map[string]bool
+	holder(h store.Host) string
 }
 
 func newAPI(s *Server) *api {
@@ -144,9 +151,9 @@ func httpError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
-// handleHealth says whether the store answers; why not, only to a caller
-// with an API token (an error's text may say more than a stranger should
-// learn).
+// handleHealth says whether the store answers and whether this replica
+// leads; why not, and which replica leads, only to a caller with an API
+// token (an error's text may say more than a stranger should learn).
 func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -158,7 +165,14 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	h := a.cp.health(ctx)
+	if _, ok := a.authenticate(r); !ok {
+		// The listener faces GitHub, so the internet: a load balancer
+		// needs no more than this; the replicas' names are for operators.
+		writeJSON(w, http.StatusOK, map[string]any{"status": h.Status, "leading": h.Leading})
+		return
+	}
+	writeJSON(w, http.StatusOK, h)
 }
 
 // JobView is a job as the API shows it.
@@ -325,6 +339,7 @@ type HostView struct {
 	State         string              `json:"state"`
 	Reason        string              `json:"reason,omitempty"`
 	Connected     bool                `json:"connected"`
+	Replica       string              `json:"replica,omitempty"` // the replica its agent is attached to (several replicas only)
 	Arches        []store.ArchSupport `json:"arches"`
 	VCPUs         float64             `json:"vcpus"`
 	MemoryMiB     int                 `json:"memory_mib"`
@@ -360,10 +375,10 @@ func (a *api) hostViews(ctx context.Context) ([]HostView, error) {
 	}); err != nil {
 		return nil, err
 	}
-	conn := a.links.attached()
+	conn := a.cp.reachable(hosts, a.now())
 	out := make([]HostView, 0, len(hosts))
 	for _, h := range hosts {
-		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID],
+		v := HostView{ID: h.ID, State: string(h.State), Reason: h.Reason, Connected: conn[h.ID], Replica: a.cp.holder(h),
 			Arches: h.Arches, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, LastSeen: h.LastSeen}
 		seen, hb, beat := a.links.seen(h.ID)
 		if seen.After(v.LastSeen) {

@@ -141,6 +141,9 @@ type Config struct {
 	// payloads it sends at 25 MB; workflow_job payloads are a few KiB, but
 	// a valid one is never refused for its size.
 	MaxBody int64
+	// Replica names this control-plane process among those that share
+	// the store (replicas.go); default "local". Names must differ.
+	Replica string
 	Logger  *slog.Logger
 	Now     func() time.Time
 }
@@ -165,6 +168,16 @@ type Server struct {
 
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
+
+	// Replicas (replicas.go): the store's notifications (nil for a store
+	// of one process), the kicks to pass on to the other replicas by
+	// topic, this replica's standing, and the context of Run, which
+	// outlives any term as leader.
+	notifier store.Notifier
+	tell     map[string]chan struct{}
+	lead     leadership
+	runCtx   context.Context
+	endRun   context.CancelFunc // ends runCtx when Run's context ends
 
 	links  *links         // the agents attached: connections and heartbeats
 	marks  *marks         // runners being stopped, configured, held busy
@@ -238,6 +251,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Replica == "" {
+		cfg.Replica = "local"
+	}
 	s := &Server{
 		cfg: cfg, st: cfg.Store, gh: cfg.GitHub, log: cfg.Logger, now: cfg.Now,
 		applyKick:    make(chan struct{}, 1),
@@ -248,6 +264,13 @@ func New(cfg Config) (*Server, error) {
 		marks:        newMarks(),
 		groups:       newGroupResolver(cfg.GitHub, cfg.Now),
 		profiles:     newProfileIngest(),
+		tell: map[string]chan struct{}{topicApply: make(chan struct{}, 1), topicDispatch: make(chan struct{}, 1),
+			topicCommands: make(chan struct{}, 1)},
+	}
+	s.notifier, _ = cfg.Store.(store.Notifier)
+	s.runCtx, s.endRun = context.WithCancel(context.Background())
+	if _, shared := cfg.Store.(store.Elector); !shared {
+		s.lead.begin(0, cfg.Now()) // the one replica of its store leads
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
 	s.metrics = newMetrics(s)
@@ -260,14 +283,19 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Run runs the control plane's loops until ctx ends, then waits for them.
+// Run runs the control plane's loops until ctx ends, then waits for them:
+// those of every replica, and those of the leader while this replica
+// leads (replicas.go). Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	loops := []func(context.Context){s.applyLoop, s.dispatchLoop, s.eventLoop, s.rec.verifyLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop, s.parityLoop, s.statusLoop}
+	defer s.endRun()
+	leader := []func(context.Context){s.applyLoop, s.dispatchLoop, s.rec.verifyLoop, s.parityLoop, s.statusLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
-			loops = append(loops, func(ctx context.Context) { s.rec.loop(ctx, r) })
+			leader = append(leader, func(ctx context.Context) { s.rec.loop(ctx, r) })
 		}
 	}
+	loops := []func(context.Context){s.eventLoop, s.hostMonitor, s.profileLoop, s.hostLoadLoop, s.commandLoop, s.notifyLoop,
+		func(ctx context.Context) { s.campaign(ctx, leader) }}
 	for _, l := range loops {
 		s.wg.Add(1)
 		go func() {
@@ -275,14 +303,11 @@ func (s *Server) Run(ctx context.Context) error {
 			l(ctx)
 		}()
 	}
-	kick(s.applyKick)
-	kick(s.dispatchKick)
 	<-ctx.Done()
+	s.endRun()
 	s.wg.Wait()
 	return nil
 }
-
-func (s *Server) kickPlacement() { kick(s.dispatchKick) }
 
 func kick(c chan struct{}) {
 	select {
@@ -297,7 +322,7 @@ func kick(c chan struct{}) {
 // every runner the agent runs that the store does not want is stopped.
 func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, running []string) error {
 	now := s.now().UTC()
-	h.State, h.LastSeen, h.Reason = store.HostOnline, now, ""
+	h.State, h.LastSeen, h.Reason, h.Replica = store.HostOnline, now, "", s.cfg.Replica
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -353,22 +378,36 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 		a.Stop(name, "the control plane does not know this runner")
 	}
 	s.log.Info("host attached", "host", h.ID, "vcpus", h.VCPUs, "memory_mib", h.MemoryMiB,
-		"arches", h.Arches, "ended", len(gone), "stopped", len(unwanted))
-	kick(s.dispatchKick)
+		"arches", h.Arches, "ended", len(gone), "stopped", len(unwanted), "replica", s.cfg.Replica)
+	s.kickPlacement()
 	return nil
 }
 
 // DetachHost disconnects a host's agent; it stays in the store, offline.
 func (s *Server) DetachHost(ctx context.Context, id, reason string) error {
 	s.links.detach(id)
-	return s.st.Update(ctx, func(tx store.Tx) error {
+	_, err := s.detach(ctx, id, reason, nil)
+	return err
+}
+
+// detach marks host id offline, if cond (nil: always) holds for its
+// record when the transaction reads it, and says whether it did.
+func (s *Server) detach(ctx context.Context, id, reason string, cond func(store.Host) bool) (bool, error) {
+	did := false
+	err := s.st.Update(ctx, func(tx store.Tx) error {
+		did = false
 		h, err := tx.Host(id)
 		if err != nil {
 			return err
 		}
+		if cond != nil && !cond(h) {
+			return nil
+		}
+		did = true
 		h.State, h.Reason = store.HostOffline, reason
 		return tx.PutHost(h)
 	})
+	return did, err
 }
 
 // newRunnerName returns "<prefix>-<12 hex>": unique, and recognisably

@@ -46,6 +46,7 @@ type goHost struct {
 	idleOnly bool                 // runners start but never take a job
 	muted    bool                 // reports nothing: its agent died
 	images   *agent.Images        // if set, a run first fetches its image, as the real agent does
+	onLaunch func(runner string)  // if set, told of every launch it accepts
 
 	mu      sync.Mutex
 	runs    map[string]*goRun
@@ -81,6 +82,9 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 	r := &goRun{cancel: cancel, config: make(chan string, 1)}
 	h.runs[a.Runner] = r
 	h.started++
+	if h.onLaunch != nil {
+		h.onLaunch(a.Runner)
+	}
 	h.wg.Add(1)
 	release := h.images.Acquire(a.Image)
 	go func() {
@@ -131,7 +135,7 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 
 func (h *goHost) emit(e agentapi.Event) {
 	h.mu.Lock()
-	muted := h.muted
+	muted, cp := h.muted, h.cp
 	h.mu.Unlock()
 	if muted {
 		return
@@ -141,7 +145,21 @@ func (h *goHost) emit(e agentapi.Event) {
 		h.sink(e)
 		return
 	}
-	h.cp.HostEvent(e)
+	cp.HostEvent(e)
+}
+
+func (h *goHost) server() *controlplane.Server {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cp
+}
+
+// reportTo makes cp the control plane the host reports to (its agent
+// connected to another replica).
+func (h *goHost) reportTo(cp *controlplane.Server) {
+	h.mu.Lock()
+	h.cp = cp
+	h.mu.Unlock()
 }
 
 // NameImages hands the named images to the host's images (agentapi.ImageNamer).

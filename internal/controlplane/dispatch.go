@@ -25,6 +25,7 @@ const jitEnv = "ACTIONS_RUNNER_INPUT_JITCONFIG"
 // of webhooks passes are spaced at least twice their own duration apart:
 // the dispatcher never takes more than about a third of the store's time.
 func (s *Server) dispatchLoop(ctx context.Context) {
+	wake := s.subscribe(ctx, topicDispatch)
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -43,6 +44,7 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.dispatchKick:
+		case <-wake:
 		case <-t.C:
 		}
 	}
@@ -52,6 +54,7 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 type launch struct {
 	runner store.Runner
 	job    store.Job
+	routed bool // queued for the replica that holds its host (routeLaunches)
 }
 
 // dispatch is one placement pass: spare runners first go to queued jobs of
@@ -60,7 +63,6 @@ type launch struct {
 func (s *Server) dispatch(ctx context.Context) error {
 	start := time.Now()
 	now := s.now().UTC()
-	connected := s.links.attached()
 	var stops []store.Runner
 	launched := 0
 	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
@@ -73,6 +75,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		s.marks.retain(live)
 		queued, stops, err = s.giveSpares(tx, fx, queued, live, now)
 		if err != nil {
 			return err
@@ -81,7 +84,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		plan := s.place.plan(hosts, connected, live, queued)
+		plan := s.place.plan(hosts, s.reachable(hosts, now), live, queued)
 		byID := map[int64]store.Job{}
 		for _, j := range queued {
 			byID[j.ID] = j
@@ -362,7 +365,10 @@ func (s *Server) stopRunner(hostID, name, reason string) {
 	s.marks.stop(name)
 	a, ok := s.links.agent(hostID)
 	if !ok {
-		return // a disconnected host's runners end when it reattaches
+		// Another replica may hold the host's agent; else a disconnected
+		// host's runners end when it reattaches.
+		s.stopElsewhere(s.runCtx, hostID, name, reason)
+		return
 	}
 	if err := a.Stop(name, reason); err != nil {
 		s.log.Warn("stopping runner", "runner", name, "host", hostID, "err", err)
@@ -390,7 +396,7 @@ func (s *Server) eventLoop(ctx context.Context) {
 			kick(s.events.kick)
 		}
 		if n > 0 {
-			kick(s.dispatchKick)
+			s.kickPlacement()
 		}
 		select {
 		case <-ctx.Done():

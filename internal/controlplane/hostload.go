@@ -47,7 +47,13 @@ func (s *Server) recordHostLoad(ctx context.Context) error {
 			return err
 		}
 		loads := make([]store.HostLoad, 0, len(hosts))
+		leading := s.leading()
 		for _, h := range hosts {
+			// Each replica records the hosts it holds (it has their
+			// heartbeats); the leader also those no replica holds.
+			if h.Replica != s.cfg.Replica && !(leading && (h.Replica == "" || h.State == store.HostOffline)) {
+				continue
+			}
 			l := store.HostLoad{Host: h.ID, At: now, State: h.State, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB}
 			if s.place.diskPerVCPU > 0 {
 				l.DiskMiB = int64(h.DiskMiB)

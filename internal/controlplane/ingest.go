@@ -137,7 +137,7 @@ func (s *Server) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	result = "accepted"
-	kick(s.applyKick)
+	s.kickApply()
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "accepted"})
 }
 
@@ -148,6 +148,7 @@ const applyBatch = 100
 // waking when ingest stores one and every few seconds regardless (a
 // delivery stored just before a restart is applied after it).
 func (s *Server) applyLoop(ctx context.Context) {
+	wake := s.subscribe(ctx, topicApply)
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -164,6 +165,7 @@ func (s *Server) applyLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.applyKick:
+		case <-wake:
 		case <-t.C:
 		}
 	}
@@ -231,6 +233,6 @@ func (s *Server) afterApply(rs []applied) {
 		}
 	}
 	if changed {
-		kick(s.dispatchKick)
+		s.kickPlacement()
 	}
 }

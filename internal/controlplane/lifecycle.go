@@ -32,7 +32,10 @@ func (s *Server) update(ctx context.Context, fn func(store.Tx, *afterCommit) err
 	var fx *afterCommit
 	err := s.st.Update(ctx, func(tx store.Tx) error {
 		fx = &afterCommit{}
-		return fn(tx, fx)
+		if err := fn(tx, fx); err != nil {
+			return err
+		}
+		return s.routeLaunches(tx, fx)
 	})
 	if err != nil {
 		return err
@@ -49,10 +52,16 @@ func (s *Server) runAfterCommit(ctx context.Context, fx *afterCommit) {
 		s.rec.verify(id)
 	}
 	for _, l := range fx.launches {
+		if l.routed {
+			kick(s.tell[topicCommands])
+			continue
+		}
+		// A launch is this replica's to finish, whether or not it still
+		// leads: not under the leader's fence.
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.launch(ctx, l)
+			s.launch(s.runCtx, l)
 		}()
 	}
 }

@@ -18,7 +18,7 @@ type links struct {
 	mu       sync.Mutex
 	agents   map[string]HostAgent          // guarded by mu: attached agents, in process or remote
 	remotes  map[string]*remoteHost        // guarded by mu: the remote streams (each also in agents once attached)
-	lastSeen map[string]time.Time          // guarded by mu: remote hosts' last word; hostMonitor's clock
+	lastSeen map[string]time.Time          // guarded by mu: remote hosts' last word, while streaming here; hostMonitor's clock
 	beats    map[string]agentapi.Heartbeat // guarded by mu: each host's last heartbeat
 }
 
@@ -72,26 +72,15 @@ func (l *links) closeStream(rh *remoteHost) {
 }
 
 // heard records a heartbeat from host id. Its clock moves only for a host
-// that is watched: a stream is open, or one is awaited.
+// that is watched: its stream is open here. (Hosts whose agents are not
+// attached here are the leader's to watch, through the store: replicas.go.)
 func (l *links) heard(id string, hb agentapi.Heartbeat, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, remote := l.remotes[id]; remote || !l.lastSeen[id].IsZero() {
+	if _, remote := l.remotes[id]; remote {
 		l.lastSeen[id] = now
 	}
 	l.beats[id] = hb
-}
-
-// await starts watching hosts that have no agent attached: each must
-// connect within a heartbeat timeout (after a restart, say).
-func (l *links) await(ids []string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, id := range ids {
-		if _, attached := l.agents[id]; !attached {
-			l.lastSeen[id] = now
-		}
-	}
 }
 
 // silent lists the watched hosts not heard from since cutoff.

@@ -3,6 +3,8 @@ package controlplane
 import (
 	"sync"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/store"
 )
 
 // marks are what this process knows of its runners beyond the store: which
@@ -71,6 +73,29 @@ func (m *marks) ended(name string) {
 	delete(m.stopping, name)
 	delete(m.configured, name)
 	delete(m.busyHold, name)
+}
+
+// retain forgets the runners not in live: the leader's marks of runners
+// whose end another replica applied (it holds their host).
+func (m *marks) retain(live []store.Runner) {
+	keep := make(map[string]bool, len(live))
+	for _, r := range live {
+		keep[r.Name] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, set := range []map[string]bool{m.stopping, m.configured} {
+		for name := range set {
+			if !keep[name] {
+				delete(set, name)
+			}
+		}
+	}
+	for name := range m.busyHold {
+		if !keep[name] {
+			delete(m.busyHold, name)
+		}
+	}
 }
 
 func (m *marks) isStopping(name string) bool {

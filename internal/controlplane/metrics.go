@@ -32,6 +32,9 @@ type metrics struct {
 	jobQueue   *prometheus.HistogramVec
 	vmBoot     *prometheus.HistogramVec
 	samples    prometheus.Counter
+	leader     prometheus.Gauge
+	leaderEp   prometheus.Gauge
+	leaderChg  *prometheus.CounterVec
 }
 
 // Label values are bounded: never a job id, a runner's name or a
@@ -77,7 +80,16 @@ func newMetrics(s *Server) *metrics {
 		samples: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tandem_profile_samples_total", Help: "Resource profile samples of running VMs taken in from agents.",
 		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tandem_leader", Help: "1 while this control-plane replica leads (places jobs, reconciles), else 0.",
+		}),
+		leaderEp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tandem_leader_epoch", Help: "The epoch of this replica's current or last term as leader (0: none yet).",
+		}),
+		leaderChg: counters("tandem_leadership_changes_total", "Terms as leader this replica began (gained) and ended (lost).", "change"),
 	}
+	m.leaderChg.WithLabelValues("gained")
+	m.leaderChg.WithLabelValues("lost")
 	// Every reconciler's series from the start, at zero: a rate over them
 	// reads 0 rather than nothing before the first action.
 	for rec, actions := range reconcilerActions {
@@ -87,7 +99,7 @@ func newMetrics(s *Server) *metrics {
 		}
 	}
 	m.reg.MustRegister(m.webhooks, m.webhookDur, m.appliedCnt, m.placeDur, m.launched, m.started,
-		m.recActions, m.recErrors, m.jobRun, m.jobQueue, m.vmBoot, m.samples, &stateCollector{s: s},
+		m.recActions, m.recErrors, m.jobRun, m.jobQueue, m.vmBoot, m.samples, m.leader, m.leaderEp, m.leaderChg, &stateCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -111,6 +123,18 @@ func (m *metrics) webhook(result string, d time.Duration) {
 }
 
 func (m *metrics) applied(outcome string) { m.appliedCnt.WithLabelValues(outcome).Inc() }
+
+// leading records a term as leader beginning (with its epoch) or ending.
+func (m *metrics) leading(begins bool, epoch int64) {
+	if begins {
+		m.leader.Set(1)
+		m.leaderEp.Set(float64(epoch))
+		m.leaderChg.WithLabelValues("gained").Inc()
+		return
+	}
+	m.leader.Set(0)
+	m.leaderChg.WithLabelValues("lost").Inc()
+}
 
 func (m *metrics) placement(d time.Duration, launched int) {
 	m.placeDur.Observe(d.Seconds())

@@ -72,6 +72,7 @@ type reconcileControl interface {
 	count(tx store.Tx, name string, n int64) error
 	isOurRunnerName(name string) bool
 	kickPlacement()
+	leading() bool
 }
 
 func newReconcilers(s *Server) *reconcilers {
@@ -283,7 +284,13 @@ func (rc *reconcilers) refreshJob(ctx context.Context, j store.Job) error {
 
 // verify asks verifyLoop to fetch a job's state from GitHub soon. Safe to
 // call inside a transaction: it only records the wish.
-func (rc *reconcilers) verify(jobID int64) { rc.toVerify.add(jobID) }
+func (rc *reconcilers) verify(jobID int64) {
+	// Only the leader asks GitHub; another replica's request is dropped
+	// (its periodic passes bring the job up to date all the same).
+	if rc.cp.leading() {
+		rc.toVerify.add(jobID)
+	}
+}
 
 // verifyLoop brings jobs whose fate Tandem could only guess up to date with
 // GitHub.
