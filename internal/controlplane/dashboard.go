@@ -90,6 +90,16 @@ func (b dashBackend) Summary(ctx context.Context, s dashboard.Scope, since time.
 		sum.Queued += sum.States[string(st)]
 	}
 	sum.Running = sum.States[string(store.JobRunning)]
+	if err == nil {
+		// Replicas share the store when terms have epochs or another
+		// replica leads (or none, between terms).
+		if h := b.a.cp.health(ctx); h.Replica != h.Leader || h.Epoch != 0 {
+			sum.Leader, sum.Replica = h.Leader, h.Replica
+			if sum.Leader == "" {
+				sum.Leader = "none (between terms)"
+			}
+		}
+	}
 	return sum, err
 }
 
@@ -162,7 +172,7 @@ func (b dashBackend) Hosts(ctx context.Context) ([]dashboard.Host, error) {
 	}
 	out := make([]dashboard.Host, len(vs))
 	for i, v := range vs {
-		h := dashboard.Host{ID: v.ID, State: v.State, Reason: v.Reason, Connected: v.Connected, VCPUs: v.VCPUs,
+		h := dashboard.Host{ID: v.ID, State: v.State, Reason: v.Reason, Connected: v.Connected, Replica: v.Replica, VCPUs: v.VCPUs,
 			MemoryMiB: v.MemoryMiB, UsedVCPUs: v.UsedVCPUs, UsedMemoryMiB: v.UsedMemoryMiB, Runners: v.Runners,
 			LastSeen: v.LastSeen, Load1: v.Load1, DiskFreeMiB: v.DiskFreeMiB}
 		for _, a := range v.Arches {

@@ -120,6 +120,9 @@ type Summary struct {
 	Today   int // jobs Tandem learnt of since midnight UTC
 	Hosts   int
 	Online  int // hosts online
+	// Leader is the control-plane replica that leads and Replica the one
+	// serving the page, when several share the store ("" otherwise).
+	Leader, Replica string
 }
 
 // Job is a job as the dashboard shows it.
@@ -164,6 +167,7 @@ type Host struct {
 	State         string
 	Reason        string
 	Connected     bool
+	Replica       string // the control-plane replica its agent is attached to (several replicas only)
 	Arches        []string
 	VCPUs         float64
 	MemoryMiB     int

@@ -40,6 +40,8 @@ type fakeBackend struct {
 	loadSince []time.Time
 	queue     map[string][]int // queue seconds of jobs by org, started in the first hour asked for
 	qCalls    int
+	leader    string // Summary's Leader and Replica, when set
+	replica   string
 }
 
 func newFake() *fakeBackend {
@@ -66,7 +68,7 @@ func (f *fakeBackend) sees(s Scope, org string) bool {
 }
 
 func (f *fakeBackend) Summary(ctx context.Context, s Scope, since time.Time) (Summary, error) {
-	return Summary{States: map[string]int{}, Hosts: len(f.hosts)}, nil
+	return Summary{States: map[string]int{}, Hosts: len(f.hosts), Leader: f.leader, Replica: f.replica}, nil
 }
 
 func (f *fakeBackend) Jobs(ctx context.Context, s Scope, q JobQuery) ([]Job, error) {
@@ -473,5 +475,25 @@ func TestLogoutAndExpiry(t *testing.T) {
 	}
 	if w := e.do("GET", "/", &http.Cookie{Name: cookieName, Value: "read-token"}, nil, nil); w.Code != http.StatusSeeOther {
 		t.Errorf("a token as the cookie: %d, want a redirect to login", w.Code)
+	}
+}
+
+// With several control-plane replicas, the overview says which leads and
+// which serves the page, and the hosts which replica holds each agent;
+// with one, neither.
+func TestReplicasShown(t *testing.T) {
+	e := newEnv(t)
+	c := e.login("admin-token")
+	if body := e.do("GET", "/", c, nil, nil).Body.String(); strings.Contains(body, `id="leader"`) || strings.Contains(body, "connected to") {
+		t.Errorf("one control plane, yet the overview speaks of replicas:\n%s", body)
+	}
+	e.be.leader, e.be.replica = "cp-1", "cp-2"
+	e.be.hosts[0].Replica = "cp-3"
+	body := e.do("GET", "/", c, nil, nil).Body.String()
+	if !strings.Contains(body, "Control plane: cp-1 leads; this page is from cp-2.") || !strings.Contains(body, "connected to cp-3") {
+		t.Errorf("overview with replicas:\n%s", body)
+	}
+	if body := e.do("GET", "/hosts/h1", c, nil, nil).Body.String(); !strings.Contains(body, "connected to cp-3") {
+		t.Errorf("host page with replicas:\n%s", body)
 	}
 }
