@@ -161,6 +161,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		HeartbeatTimeout: cfg.Agents.HeartbeatTimeout.D(),
 		AgentPin:         pin,
 		APITokens:        tokens,
+		Replica:          replicaName(cfg),
 		Logger:           g.log,
 	})
 	if err != nil {
@@ -341,4 +342,28 @@ func loadOrCreateSecret(path string) (string, error) {
 		return "", err
 	}
 	return t, fsutil.WriteFileAtomic(path, []byte(t+"\n"), 0o600)
+}
+
+// replicaName is this control plane's name among the replicas that share
+// its database: the configured one, else the machine's host name (its
+// first label, tamed to what postgres.replica takes).
+func replicaName(cfg *config.Config) string {
+	if cfg.Postgres.Replica != "" {
+		return cfg.Postgres.Replica
+	}
+	host, _ := os.Hostname()
+	host, _, _ = strings.Cut(host, ".")
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' {
+			return r
+		}
+		return -1
+	}, host)
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	if name == "" {
+		name = "local"
+	}
+	return name
 }

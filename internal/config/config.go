@@ -87,6 +87,12 @@ type Postgres struct {
 	KeyFile  string `yaml:"key_file"`
 	// MaxConns caps the connection pool (default 16, 1 to 1000).
 	MaxConns int `yaml:"max_conns"`
+	// Replica names this `tandem server` among the replicas that share
+	// the database (default: the machine's host name): /healthz, the
+	// logs and the hosts' records say which replica leads and which holds
+	// each agent. Letters, digits, '.', '_' and '-', at most 63; replicas
+	// must not share a name.
+	Replica string `yaml:"replica"`
 }
 
 // Agents configures the TLS listener remote hosts' agents dial (and that
@@ -750,8 +756,13 @@ func (c *Config) validateDatabase() []error {
 	if p.MaxConns < 1 || p.MaxConns > 1000 {
 		bad("postgres.max_conns %d: want 1 to 1000", p.MaxConns)
 	}
+	if p.Replica != "" && !replicaName.MatchString(p.Replica) {
+		bad("postgres.replica %q: want letters, digits, '.', '_' and '-', at most 63", p.Replica)
+	}
 	return errs
 }
+
+var replicaName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,63}$`)
 
 // checkPostgresURL parses database's PostgreSQL URL and refuses what
 // belongs in the postgres section: a password, TLS files.

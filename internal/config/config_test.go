@@ -351,10 +351,10 @@ postgres:
 	if err == nil || !strings.Contains(err.Error(), "postgres.ca_file: open /nonexistent/ca.pem") {
 		t.Errorf("a missing ca_file: %v", err)
 	}
-	if c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql&sslmode=disable'\npostgres: {max_conns: 1000}\n"); err != nil {
+	if c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql&sslmode=disable'\npostgres: {max_conns: 1000, replica: cp-2.eu_west}\n"); err != nil {
 		t.Fatal(err)
 	}
-	if !c.IsPostgres() || c.Postgres != (Postgres{MaxConns: 1000}) {
+	if !c.IsPostgres() || c.Postgres != (Postgres{MaxConns: 1000, Replica: "cp-2.eu_west"}) {
 		t.Errorf("postgresql://: %+v", c.Postgres)
 	}
 
@@ -389,6 +389,8 @@ func TestPostgresRejects(t *testing.T) {
 		"key without cert":           {pg + "postgres: {key_file: pg-client-key.pem}\n", "postgres: give both cert_file and key_file, or neither"},
 		"too many conns":             {pg + "postgres: {max_conns: 2000}\n", "postgres.max_conns 2000: want 1 to 1000"},
 		"negative conns":             {pg + "postgres: {max_conns: -1}\n", "postgres.max_conns -1: want 1 to 1000"},
+		"replica with a space":       {pg + "postgres: {replica: 'cp 1'}\n", `postgres.replica "cp 1": want letters, digits`},
+		"replica too long":           {pg + "postgres: {replica: " + strings.Repeat("a", 64) + "}\n", "at most 63"},
 		"sslmode and ca":             {"database: 'postgres://db/tandem?sslmode=require'\npostgres: {ca_file: pg-ca.pem}\n", "postgres.ca_file: the server is verified (sslmode=verify-full), but database asks for sslmode=require: drop sslmode"},
 		"typo":                       {pg + "postgres: {max_con: 4}\n", "max_con"},
 		"no password file":           {pg + "postgres: {password_file: nowhere}\n", "postgres.password_file: open "},
