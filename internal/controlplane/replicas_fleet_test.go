@@ -5,14 +5,24 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,67 +38,79 @@ import (
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/postgres"
 	"github.com/tandem-ci/tandem/internal/store/postgres/pgtest"
+	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
-// haReplica is one `tandem server` of an HA control plane: its own store,
-// loops and agent listener (at an address that stays the same across its
-// restarts, as a replica's does).
+// haReplica is one `tandem server` of an HA control plane, in a process
+// of its own (TestHAReplicaChild) that the test kills with SIGKILL. Its
+// listeners keep their addresses across restarts, as a replica's do.
 type haReplica struct {
-	name string
-	addr string // the agent listener's host:port
-	cp   *controlplane.Server
-	st   *postgres.Store
-	srv  *http.Server
-	stop context.CancelFunc
-	done chan struct{}
-	up   atomic.Bool
+	name  string
+	addr  string // the agent listener's host:port ("127.0.0.1:0" until first started)
+	web   string // the webhook and API listener's host:port
+	cmd   *exec.Cmd
+	exit  chan struct{}
+	up    atomic.Bool
+	mu    sync.Mutex // guards addr, web, cmd, exit
+	proxy *httputil.ReverseProxy
 }
 
-// haFleet is the whole system: ghfake, a PostgreSQL server, replicas
-// behind a round-robin balancer, and remote agents (daemons over pinned
-// TLS) that know every replica's address.
+// haChild is what a replica's process is told (TANDEM_HA_REPLICA, JSON).
+type haChild struct {
+	Name, DB, GitHub, KeyFile, CertFile, CertKeyFile, Pin, Addr, Web string
+	Secret                                                           []byte
+}
+
+// haFleet is the whole system: ghfake, a PostgreSQL server, replica
+// processes behind a round-robin balancer, and remote agents (daemons over
+// pinned TLS, in this process) that know every replica's address.
 type haFleet struct {
-	t        *testing.T
+	t        testing.TB
 	gh       *ghfake.Server
-	ghURL    string
-	key      *rsa.PrivateKey
-	secret   []byte
+	child    haChild // the replicas' common settings
 	pg       *pgtest.Instance
-	dbURL    string
-	cert     tls.Certificate
-	pin      string
+	st       *postgres.Store // this test's own view of the database
 	lb       *httptest.Server
 	next     atomic.Int64
-	mu       sync.Mutex // guards replicas' fields set by start
 	replicas []*haReplica
 	agents   []*remoteAgent
 	launches sync.Map // runner name → host: a second launch of a name is a defect
 }
 
-func newHAFleet(t *testing.T, n int) *haFleet {
+func newHAFleet(t testing.TB, n int) *haFleet {
 	t.Helper()
 	skipUnlessRoot(t)
-	f := &haFleet{t: t, secret: []byte("ha-webhook-secret")}
-	var err error
-	if f.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	if f.cert, err = agentapi.LoadOrCreateCert(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), []string{"127.0.0.1"}); err != nil {
+	f := &haFleet{t: t, child: haChild{Secret: []byte("ha-webhook-secret"), KeyFile: filepath.Join(dir, "app.pem"),
+		CertFile: filepath.Join(dir, "cert.pem"), CertKeyFile: filepath.Join(dir, "key.pem")}}
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	if err := os.WriteFile(f.child.KeyFile, pemKey, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f.pin = agentapi.Fingerprint(f.cert.Certificate[0])
+	cert, err := agentapi.LoadOrCreateCert(f.child.CertFile, f.child.CertKeyFile, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.child.Pin = agentapi.Fingerprint(cert.Certificate[0])
 	f.lb = httptest.NewServer(http.HandlerFunc(f.balance))
 	t.Cleanup(f.lb.Close)
-	f.gh = ghfake.New(ghfake.Config{AppID: cptest.AppID, AppPublicKey: &f.key.PublicKey, WebhookURL: f.lb.URL + "/webhook",
-		WebhookSecret: f.secret, Seed: time.Now().UnixNano()})
+	f.gh = ghfake.New(ghfake.Config{AppID: cptest.AppID, AppPublicKey: &key.PublicKey, WebhookURL: f.lb.URL + "/webhook",
+		WebhookSecret: f.child.Secret, Seed: time.Now().UnixNano()})
 	ghSrv := httptest.NewServer(f.gh.Handler())
-	f.ghURL = ghSrv.URL
+	f.child.GitHub = ghSrv.URL
 	t.Cleanup(func() { f.gh.Close(); ghSrv.Close() })
 	f.pg = pgtest.StartServer(t)
-	f.dbURL = f.pg.NewDatabase(t)
+	f.child.DB = f.pg.NewDatabase(t)
+	if f.st, err = postgres.Open(context.Background(), postgres.Options{URL: f.child.DB, Logger: quietLog()}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.st.Close() })
 	for i := range n {
-		r := &haReplica{name: fmt.Sprintf("cp-%d", i+1), addr: "127.0.0.1:0"}
+		r := &haReplica{name: fmt.Sprintf("cp-%d", i+1), addr: "127.0.0.1:0", web: "127.0.0.1:0"}
 		f.replicas = append(f.replicas, r)
 		f.start(r)
 	}
@@ -107,105 +129,109 @@ func newHAFleet(t *testing.T, n int) *haFleet {
 	return f
 }
 
-// start starts replica r (again): a new store, control plane and agent
-// listener on r's address.
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// start starts replica r's process (again), on r's addresses, and waits
+// until it listens.
 func (f *haFleet) start(r *haReplica) {
 	t := f.t
-	st, err := postgres.Open(context.Background(), postgres.Options{URL: f.dbURL, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := github.New(github.Config{BaseURL: f.ghURL + "/", AppID: cptest.AppID, PrivateKey: f.key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	parser, _ := labels.NewParser("tandem", 1, 256)
-	cp, err := controlplane.New(controlplane.Config{Store: st, GitHub: client, WebhookSecret: f.secret, Labels: parser,
-		AppID: cptest.AppID, Replica: r.name, AgentPin: f.pin,
-		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: time.Minute},
-		Reconcile: controlplane.Intervals{MissedWebhooks: time.Second, FailedDeliveries: time.Second, Orphans: 2 * time.Second,
-			LostAfter: 5 * time.Second},
-		HeartbeatTimeout: 5 * fleetHeartbeat, APITokens: controlplane.APITokens{{Secret: rigAdminToken, Admin: true}},
-		LogDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ln net.Listener
-	deadline := time.Now().Add(10 * time.Second)
-	for ln, err = net.Listen("tcp", r.addr); err != nil; ln, err = net.Listen("tcp", r.addr) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: listening again on %s: %v", r.name, r.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/agent/", cp.AgentHandler())
-	mux.Handle("/", cp.Handler())
-	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{f.cert}}}
-	go srv.ServeTLS(ln, "", "")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	t.Helper()
+	c := f.child
+	r.mu.Lock()
+	c.Name, c.Addr, c.Web = r.name, r.addr, r.web
+	r.mu.Unlock()
+	env, _ := json.Marshal(c)
+	cmd, sc := testenv.StartHelper(t, "TestHAReplicaChild", "TANDEM_HA_REPLICA="+string(env))
+	exit := make(chan struct{})
 	go func() {
-		cp.Run(ctx)
-		close(done)
+		cmd.Wait()
+		close(exit)
 	}()
-	f.mu.Lock()
-	r.addr, r.cp, r.st, r.srv, r.stop, r.done = ln.Addr().String(), cp, st, srv, cancel, done
-	f.mu.Unlock()
-	r.up.Store(true)
+	ready := make(chan [2]string, 1)
+	go func() {
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "listening" {
+				ready <- [2]string{f[1], f[2]}
+			}
+		}
+	}()
+	select {
+	case addrs := <-ready:
+		web, _ := url.Parse("http://" + addrs[1])
+		r.mu.Lock()
+		r.addr, r.web, r.cmd, r.exit = addrs[0], addrs[1], cmd, exit
+		r.proxy = httputil.NewSingleHostReverseProxy(web)
+		r.proxy.ErrorLog = log.New(io.Discard, "", 0)
+		r.mu.Unlock()
+		r.up.Store(true)
+	case <-exit:
+		t.Fatalf("%s exited before it listened", r.name)
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatalf("%s did not listen", r.name)
+	}
 }
 
-// kill stops replica r as a crash does for everyone else: its agents'
-// connections drop, its loops end, its database sessions close.
+// kill kills replica r's process with SIGKILL: its agents' connections
+// drop, its database sessions end without a word.
 func (f *haFleet) kill(r *haReplica) {
 	if !r.up.Swap(false) {
 		return
 	}
-	r.srv.Close()
-	r.stop()
-	<-r.done
-	r.st.Close()
+	r.mu.Lock()
+	cmd, exit := r.cmd, r.exit
+	r.mu.Unlock()
+	cmd.Process.Kill()
+	<-exit
 }
 
-func (f *haFleet) url(r *haReplica) string { return "https://" + r.addr }
+func (f *haFleet) url(r *haReplica) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return "https://" + r.addr
+}
 
 // balance sends each request to the next replica that is up.
 func (f *haFleet) balance(w http.ResponseWriter, req *http.Request) {
 	for range len(f.replicas) {
 		r := f.replicas[int(f.next.Add(1))%len(f.replicas)]
-		f.mu.Lock()
-		cp := r.cp
-		f.mu.Unlock()
+		r.mu.Lock()
+		proxy := r.proxy
+		r.mu.Unlock()
 		if r.up.Load() {
-			cp.Handler().ServeHTTP(w, req)
+			proxy.ServeHTTP(w, req)
 			return
 		}
 	}
 	http.Error(w, "no replica", http.StatusBadGateway)
 }
 
-// someUp is a replica that is up.
-func (f *haFleet) someUp() *haReplica {
-	for _, r := range f.replicas {
-		if r.up.Load() {
-			return r
-		}
+// health is replica r's /healthz as an operator sees it (ok false: it did
+// not answer).
+func (f *haFleet) health(r *haReplica) (controlplane.Health, bool) {
+	r.mu.Lock()
+	web := r.web
+	r.mu.Unlock()
+	req, _ := http.NewRequest("GET", "http://"+web+"/healthz", nil)
+	req.Header.Set("Authorization", "Bearer "+rigAdminToken)
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return controlplane.Health{}, false
 	}
-	f.t.Fatal("no replica is up")
-	return nil
+	defer resp.Body.Close()
+	var h controlplane.Health
+	return h, resp.StatusCode == 200 && decodeJSON(resp.Body, &h) == nil
 }
 
-// leader waits until exactly one replica leads and returns it.
+// leader waits until exactly one replica that is up says it leads.
 func (f *haFleet) leader() *haReplica {
 	f.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		var lead []*haReplica
 		for _, r := range f.replicas {
-			f.mu.Lock()
-			cp := r.cp
-			f.mu.Unlock()
-			if r.up.Load() && healthOf(f.t, cp).Leading {
+			if h, ok := f.health(r); ok && r.up.Load() && h.Leading {
 				lead = append(lead, r)
 			}
 		}
@@ -218,21 +244,91 @@ func (f *haFleet) leader() *haReplica {
 	return nil
 }
 
-// join enrols a host through any replica and starts its agent, which
-// knows every replica's address.
-func (f *haFleet) join(id string) *remoteAgent {
+// TestHAReplicaChild is one replica of TestHAFleetSurvivesKills, in a
+// process of its own; it runs until killed.
+func TestHAReplicaChild(t *testing.T) {
+	env := os.Getenv("TANDEM_HA_REPLICA")
+	if env == "" {
+		t.Skip("run by TestHAFleetSurvivesKills")
+	}
+	var c haChild
+	if err := json.Unmarshal([]byte(env), &c); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	key, err := x509.ParsePKCS1PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(c.CertFile, c.CertKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := postgres.Open(context.Background(), postgres.Options{URL: c.DB, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := github.New(github.Config{BaseURL: c.GitHub + "/", AppID: cptest.AppID, PrivateKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser, _ := labels.NewParser("tandem", 1, 256)
+	cp, err := controlplane.New(controlplane.Config{Store: st, GitHub: client, WebhookSecret: c.Secret, Labels: parser,
+		AppID: cptest.AppID, Replica: c.Name, AgentPin: c.Pin,
+		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: time.Minute},
+		Reconcile: controlplane.Intervals{MissedWebhooks: time.Second, FailedDeliveries: time.Second, Orphans: 2 * time.Second,
+			LostAfter: 5 * time.Second},
+		HeartbeatTimeout: 5 * fleetHeartbeat, APITokens: controlplane.APITokens{{Secret: rigAdminToken, Admin: true}},
+		LogDir: t.TempDir(), Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := func(addr string) net.Listener {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ln, err := net.Listen("tcp", addr)
+			if err == nil {
+				return ln
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("listening on %s: %v", addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	aln, wln := listen(c.Addr), listen(c.Web)
+	mux := http.NewServeMux()
+	mux.Handle("/agent/", cp.AgentHandler())
+	asrv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	go asrv.ServeTLS(aln, "", "")
+	go (&http.Server{Handler: cp.Handler()}).Serve(wln)
+	go cp.Run(context.Background())
+	fmt.Printf("listening %s %s\n", aln.Addr(), wln.Addr())
+	select {} // until killed
+}
+
+// join enrols a host through the balancer and starts its agent, which
+// knows every replica's address, replica first first.
+func (f *haFleet) join(id string, first int) *remoteAgent {
 	f.t.Helper()
 	var addrs []string
-	for _, r := range f.replicas {
-		addrs = append(addrs, f.url(r))
+	for i := range f.replicas {
+		addrs = append(addrs, f.url(f.replicas[(first+i)%len(f.replicas)]))
 	}
-	req := httptest.NewRequest("POST", "/api/v1/enroll-tokens", nil)
+	req, _ := http.NewRequest("POST", f.lb.URL+"/api/v1/enroll-tokens", nil)
 	req.Header.Set("Authorization", "Bearer "+rigAdminToken)
-	w := httptest.NewRecorder()
-	f.someUp().cp.Handler().ServeHTTP(w, req)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
 	var tok struct{ Token string }
-	if err := decodeJSON(w.Body, &tok); err != nil || w.Code != 201 {
-		f.t.Fatalf("enroll-tokens: %d %v", w.Code, err)
+	if err := decodeJSON(resp.Body, &tok); err != nil || resp.StatusCode != 201 {
+		f.t.Fatalf("enroll-tokens: %s %v", resp.Status, err)
 	}
 	creds, err := agentapi.EnrollFirst(context.Background(), addrs, tok.Token, id)
 	if err != nil {
@@ -259,9 +355,8 @@ func (f *haFleet) join(id string) *remoteAgent {
 
 func (f *haFleet) completed(ids []int64) int {
 	n := 0
-	st := f.someUp().st
 	var jobs []store.Job
-	err := st.View(context.Background(), func(tx store.ReadTx) (err error) {
+	err := f.st.View(context.Background(), func(tx store.ReadTx) (err error) {
 		jobs, err = tx.Jobs(store.JobFilter{IDs: ids, States: []store.JobState{store.JobCompleted}})
 		return err
 	})
@@ -284,7 +379,7 @@ func TestHAFleetSurvivesKills(t *testing.T) {
 	f := newHAFleet(t, 3)
 	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app", "acme/lib")
 	for i := range 3 {
-		f.join(fmt.Sprintf("a%d", i+1))
+		f.join(fmt.Sprintf("a%d", i+1), i) // each with a replica of its own, to begin with
 	}
 	var ids []int64
 	for i := range 500 {
@@ -330,10 +425,9 @@ func TestHAFleetSurvivesKills(t *testing.T) {
 	wait("at the end", len(ids))
 
 	byHost := map[string]int{}
-	st := f.someUp().st
 	for _, id := range ids {
 		gj, _ := f.gh.Job(id)
-		j, _ := cptest.Job(st, id)
+		j, _ := cptest.Job(f.st, id)
 		if gj.Claims != 1 || gj.Conclusion != "success" || j.Conclusion != "success" {
 			t.Errorf("job %d: GitHub %+v; Tandem %+v", id, gj, j)
 		}
@@ -343,4 +437,53 @@ func TestHAFleetSurvivesKills(t *testing.T) {
 		t.Errorf("jobs by host %v, want all three hosts used", byHost)
 	}
 	t.Logf("jobs by host %v; runners launched %d", byHost, countMap(&f.launches))
+}
+
+// BenchmarkReplicaFailover kills the leading replica (SIGKILL) of two, 20
+// times, and measures from the kill to another replica leading, and to a
+// job queued at the moment of the kill being placed on a host (the new
+// leader's first placement pass, with the webhook's way through the
+// surviving replica). The killed replica is restarted between kills, as a
+// service manager would.
+//
+//	go test -run '^$' -bench BenchmarkReplicaFailover -benchtime 1x ./internal/controlplane/
+func BenchmarkReplicaFailover(b *testing.B) {
+	f := newHAFleet(b, 2)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	f.join("a1", 0)
+	f.join("a2", 1)
+	placed := func(id int64) bool {
+		j, ok := cptest.Job(f.st, id)
+		return ok && j.HostID != ""
+	}
+	const kills = 20
+	var lead, place []time.Duration
+	for range b.N {
+		for range kills {
+			l := f.leader()
+			killed := time.Now()
+			f.kill(l)
+			id, _ := f.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-1gb"}, Script: "true"})
+			f.leader() // one of those up: not l
+			lead = append(lead, time.Since(killed))
+			deadline := time.Now().Add(time.Minute)
+			for !placed(id) {
+				if time.Now().After(deadline) {
+					b.Fatalf("job %d not placed a minute after the leader died", id)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			place = append(place, time.Since(killed))
+			f.start(l)
+		}
+	}
+	slices.Sort(lead)
+	slices.Sort(place)
+	q := func(ds []time.Duration, p float64) float64 { return ds[int(p*float64(len(ds)-1))].Seconds() * 1000 }
+	b.ReportMetric(q(lead, 0.5), "lead-p50-ms")
+	b.ReportMetric(q(lead, 0.95), "lead-p95-ms")
+	b.ReportMetric(q(lead, 1), "lead-max-ms")
+	b.ReportMetric(q(place, 0.5), "placed-p50-ms")
+	b.ReportMetric(q(place, 0.95), "placed-p95-ms")
+	b.ReportMetric(q(place, 1), "placed-max-ms")
 }

@@ -52,7 +52,7 @@ type cpFleet struct {
 	twice    atomic.Int64
 }
 
-func skipUnlessRoot(t *testing.T) {
+func skipUnlessRoot(t testing.TB) {
 	if os.Geteuid() != 0 {
 		t.Skip("PostgreSQL for the tests runs as the postgres user, which needs root")
 	}
