@@ -90,19 +90,24 @@ func (f *fleet) join(id string) *remoteAgent {
 }
 
 func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
-	h := newGoHost(creds.HostID)
+	a := runAgent(creds, newGoHost(creds.HostID), agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}})
+	h := a.host
+	f.t.Cleanup(func() { a.stop(); h.stopAll() })
+	f.hosts = append(f.hosts, h)
+	f.waitHost(creds.HostID, "online", true)
+	return a
+}
+
+// runAgent runs an agent's daemon with credentials creds, offering c,
+// driving host h.
+func runAgent(creds agentapi.Credentials, h *goHost, c agentapi.Capacity) *remoteAgent {
 	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
-		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}}
-		}}
+		Capacity: func() agentapi.Capacity { return c }}
 	h.sink = d.Event
 	d.Bind(h)
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &remoteAgent{id: creds.HostID, host: h, daemon: d, cancel: cancel, done: make(chan error, 1), creds: creds}
 	go func() { a.done <- d.Run(ctx) }()
-	f.t.Cleanup(func() { a.stop(); h.stopAll() })
-	f.hosts = append(f.hosts, h)
-	f.waitHost(creds.HostID, "online", true)
 	return a
 }
 

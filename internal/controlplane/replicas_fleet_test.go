@@ -280,7 +280,10 @@ func TestHAReplicaChild(t *testing.T) {
 	cp, err := controlplane.New(controlplane.Config{Store: st, GitHub: client, WebhookSecret: c.Secret, Labels: parser,
 		AppID: cptest.AppID, Replica: c.Name, AgentPin: c.Pin,
 		Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: time.Minute},
-		Reconcile: controlplane.Intervals{MissedWebhooks: time.Second, FailedDeliveries: time.Second, Orphans: 2 * time.Second,
+		// The missed-webhook pass lists every queued run's jobs: every
+		// second over 500 queued jobs, it would spend GitHub's hourly
+		// quota (which ghfake counts) in seconds.
+		Reconcile: controlplane.Intervals{MissedWebhooks: 20 * time.Second, FailedDeliveries: time.Second, Orphans: 2 * time.Second,
 			LostAfter: 5 * time.Second},
 		HeartbeatTimeout: 5 * fleetHeartbeat, APITokens: controlplane.APITokens{{Secret: rigAdminToken, Admin: true}},
 		LogDir: t.TempDir(), Logger: quietLog()})
@@ -340,30 +343,68 @@ func (f *haFleet) join(id string, first int) *remoteAgent {
 			f.t.Errorf("runner %s launched twice", name)
 		}
 	}
-	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
-		Capacity: func() agentapi.Capacity {
-			return agentapi.Capacity{VCPUs: 8, MemoryMiB: 16384, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}}
-		}}
-	h.sink = d.Event
-	d.Bind(h)
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &remoteAgent{id: id, host: h, daemon: d, cancel: cancel, done: make(chan error, 1), creds: creds}
-	go func() { a.done <- d.Run(ctx) }()
+	a := runAgent(creds, h, agentapi.Capacity{VCPUs: 8, MemoryMiB: 16384, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}})
 	f.agents = append(f.agents, a)
 	return a
 }
 
-func (f *haFleet) completed(ids []int64) int {
-	n := 0
-	var jobs []store.Job
-	err := f.st.View(context.Background(), func(tx store.ReadTx) (err error) {
-		jobs, err = tx.Jobs(store.JobFilter{IDs: ids, States: []store.JobState{store.JobCompleted}})
-		return err
-	})
-	if err == nil {
-		n = len(jobs)
+// waitCompleted waits until n of the jobs ids are completed in st, failing
+// the test after timeout.
+func waitCompleted(t testing.TB, st func() store.Store, ids []int64, what string, n int, timeout time.Duration) {
+	t.Helper()
+	completed := func() int {
+		var jobs []store.Job
+		err := st().View(context.Background(), func(tx store.ReadTx) (err error) {
+			jobs, err = tx.Jobs(store.JobFilter{IDs: ids, States: []store.JobState{store.JobCompleted}})
+			return err
+		})
+		if err != nil {
+			return 0
+		}
+		return len(jobs)
 	}
-	return n
+	deadline := time.Now().Add(timeout)
+	for completed() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d jobs completed; %s", what, completed(), len(ids), jobsStory(st(), ids))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// jobsStory tells what became of the jobs ids that have not completed,
+// for a test that failed waiting for them: their states, and a few of
+// them with their transitions and runners.
+func jobsStory(st store.Store, ids []int64) string {
+	var b strings.Builder
+	st.View(context.Background(), func(tx store.ReadTx) error {
+		jobs, err := tx.Jobs(store.JobFilter{IDs: ids})
+		if err != nil {
+			return err
+		}
+		states := map[store.JobState]int{}
+		told := 0
+		for _, j := range jobs {
+			states[j.State]++
+			if j.State == store.JobCompleted || told >= 3 {
+				continue
+			}
+			told++
+			fmt.Fprintf(&b, "\njob %d %s (%s) runner %s host %s:", j.ID, j.State, j.Reason, j.RunnerName, j.HostID)
+			evs, _ := tx.JobEvents(j.ID)
+			for _, e := range evs {
+				fmt.Fprintf(&b, "\n  %s %s→%s %s: %s (runner %s)", e.At.Format("15:04:05.000"), e.From, e.To, e.Source, e.Reason, e.Runner)
+			}
+		}
+		live, _ := tx.Runners(store.RunnerFilter{Live: true})
+		hosts, _ := tx.Hosts()
+		fmt.Fprintf(&b, "\nstates %v; %d live runners; hosts:", states, len(live))
+		for _, h := range hosts {
+			fmt.Fprintf(&b, " %s %s via %s seen %s;", h.ID, h.State, h.Replica, h.LastSeen.Format("15:04:05.000"))
+		}
+		return nil
+	})
+	return b.String()
 }
 
 // Three replicas, three remote agents, 500 jobs at once. During the burst
@@ -389,13 +430,7 @@ func TestHAFleetSurvivesKills(t *testing.T) {
 	}
 	wait := func(what string, n int) {
 		t.Helper()
-		deadline := time.Now().Add(4 * time.Minute)
-		for f.completed(ids) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d of %d jobs completed", what, f.completed(ids), len(ids))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitCompleted(t, func() store.Store { return f.st }, ids, what, n, 4*time.Minute)
 	}
 	restart := func(r *haReplica) {
 		f.kill(r)

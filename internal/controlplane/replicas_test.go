@@ -217,17 +217,6 @@ func (f *cpFleet) live() *replica {
 	return nil
 }
 
-func (f *cpFleet) completed(ids []int64) int {
-	n := 0
-	st := f.live().st
-	for _, id := range ids {
-		if j, ok := cptest.Job(st, id); ok && j.State == store.JobCompleted {
-			n++
-		}
-	}
-	return n
-}
-
 // Three replicas share one database; each holds one host's agent. Every
 // replica takes webhooks, one leads; jobs are placed on every host, the
 // two that the leader does not hold included. The leader dies twice
@@ -247,13 +236,7 @@ func TestReplicasShareTheWork(t *testing.T) {
 	}
 	wait := func(what string, n int) {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for f.completed(ids) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d of %d jobs completed", what, f.completed(ids), len(ids))
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitCompleted(t, func() store.Store { return f.live().st }, ids, what, n, 2*time.Minute)
 	}
 	for _, done := range []int{10, 30} {
 		wait("before the leader dies", done)
