@@ -223,6 +223,9 @@ func (f *cpFleet) live() *replica {
 // during the burst (its host's agent goes to another replica): every job
 // still ends completed, run once, and no runner is launched twice.
 func TestReplicasShareTheWork(t *testing.T) {
+	if testing.Short() {
+		t.Skip("60 jobs through three replicas: not in -short")
+	}
 	f := newCPFleet(t, 3)
 	for i, r := range f.replicas {
 		f.attach(fmt.Sprintf("h%d", i+1), r)
