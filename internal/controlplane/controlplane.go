@@ -287,7 +287,6 @@ func New(cfg Config) (*Server, error) {
 // those of every replica, and those of the leader while this replica
 // leads (replicas.go). Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	defer s.endRun()
 	leader := []func(context.Context){s.applyLoop, s.dispatchLoop, s.rec.verifyLoop, s.parityLoop, s.statusLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {

@@ -40,11 +40,11 @@ func (s *Server) update(ctx context.Context, fn func(store.Tx, *afterCommit) err
 	if err != nil {
 		return err
 	}
-	s.runAfterCommit(ctx, fx)
+	s.runAfterCommit(fx)
 	return nil
 }
 
-func (s *Server) runAfterCommit(ctx context.Context, fx *afterCommit) {
+func (s *Server) runAfterCommit(fx *afterCommit) {
 	for _, f := range fx.then {
 		f()
 	}

@@ -86,13 +86,11 @@ func (s *Server) campaign(ctx context.Context, loops []func(context.Context)) {
 	for ctx.Err() == nil {
 		term, err := el.Campaign(ctx, s.cfg.Replica)
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
-				s.log.Error("campaigning for the lead", "err", err)
-				sleep(ctx, time.Second)
-			}
-			if errors.Is(err, store.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
 				return
 			}
+			s.log.Error("campaigning for the lead", "err", err)
+			sleep(ctx, time.Second)
 			continue
 		}
 		s.serveTerm(store.Fence(ctx, term.Epoch), term.Epoch, term.Lost, loops)
@@ -118,10 +116,12 @@ func (s *Server) serveTerm(ctx context.Context, epoch int64, lost <-chan struct{
 		s.log.Warn("lost the lead: the database lost touch with this replica", "replica", s.cfg.Replica, "epoch", epoch)
 	case <-ctx.Done():
 	}
-	cancel()
-	wg.Wait()
+	// No longer leading from now on (the followers' duties resume at
+	// once), though the loops may take a moment to end.
 	s.lead.end()
 	s.metrics.leading(false, epoch)
+	cancel()
+	wg.Wait()
 }
 
 func sleep(ctx context.Context, d time.Duration) {
