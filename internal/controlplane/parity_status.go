@@ -69,6 +69,7 @@ func (s *Server) statusLoop(ctx context.Context) {
 	if !s.statuses.on {
 		return
 	}
+	ctx = github.Background(ctx) // statuses may wait for the quota's reset; launches may not
 	for {
 		select {
 		case <-ctx.Done():

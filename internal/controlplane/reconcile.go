@@ -103,6 +103,9 @@ func (s *Server) Reconcile(ctx context.Context, name string) error {
 }
 
 func (rc *reconcilers) loop(ctx context.Context, r reconciler) {
+	// Reconcilers poll: they leave the last of the hour's GitHub quota to
+	// launches (github.Background), and catch up after the reset.
+	ctx = github.Background(ctx)
 	t := time.NewTicker(r.every)
 	defer t.Stop()
 	for {
@@ -295,6 +298,7 @@ func (rc *reconcilers) verify(jobID int64) {
 // verifyLoop brings jobs whose fate Tandem could only guess up to date with
 // GitHub.
 func (rc *reconcilers) verifyLoop(ctx context.Context) {
+	ctx = github.Background(ctx)
 	for {
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,7 @@ import (
 
 const (
 	headerRemaining  = "X-RateLimit-Remaining"
+	headerLimit      = "X-RateLimit-Limit"
 	headerReset      = "X-RateLimit-Reset"
 	headerRetryAfter = "Retry-After"
 
@@ -29,6 +30,9 @@ const (
 	// DefaultServerErrorRetries is the default number of retries of an
 	// idempotent request answered 502, 503 or 504.
 	DefaultServerErrorRetries = 2
+	// DefaultReserve is the share of a credential's hourly quota that
+	// background requests leave to the others (RateLimitTransport.Reserve).
+	DefaultReserve = 0.2
 
 	defaultBaseBackoff = time.Second
 	// secondaryLimitWait is GitHub's advice for a secondary rate limit that
@@ -49,12 +53,13 @@ type TransportStats struct {
 	Waits              atomic.Int64 // sleeps before a request or retry
 	WaitNanos          atomic.Int64 // total time slept
 	Exhausted          atomic.Int64 // requests failed with ErrRateLimited
+	Reserved           atomic.Int64 // background requests refused to keep the reserve (also in Exhausted)
 }
 
 // StatsSnapshot is a point-in-time copy of TransportStats.
 type StatsSnapshot struct {
-	Requests, RateLimited, Retries, ServerErrorRetries, Waits, Exhausted int64
-	WaitTime                                                             time.Duration
+	Requests, RateLimited, Retries, ServerErrorRetries, Waits, Exhausted, Reserved int64
+	WaitTime                                                                       time.Duration
 }
 
 // Snapshot returns the current counter values.
@@ -66,6 +71,7 @@ func (s *TransportStats) Snapshot() StatsSnapshot {
 		ServerErrorRetries: s.ServerErrorRetries.Load(),
 		Waits:              s.Waits.Load(),
 		Exhausted:          s.Exhausted.Load(),
+		Reserved:           s.Reserved.Load(),
 		WaitTime:           time.Duration(s.WaitNanos.Load()),
 	}
 }
@@ -82,6 +88,10 @@ func (s *TransportStats) Snapshot() StatsSnapshot {
 //     DELETE) only, honouring retry-after if present.
 //   - Whenever a response reports x-ratelimit-remaining: 0, later requests
 //     with the same credential (Authorization header) wait until the reset.
+//   - A background request (Background: reconcilers' polling) is refused
+//     with ErrRateLimited, unsent, while its credential's last response
+//     left less than Reserve of the limit until the reset: what remains is
+//     kept for the requests that launch runners.
 //
 // Retrying a 2xx or 3xx is never done, even with retry-after, since the
 // request has taken effect. Waits are bounded by the request's context; a wait
@@ -113,11 +123,35 @@ type RateLimitTransport struct {
 	// latter case; default a timer. Tests inject a fake.
 	Sleep  func(ctx context.Context, d time.Duration) error
 	Logger *slog.Logger
+	// Reserve is the share of each credential's quota that background
+	// requests leave to the others: 0 means DefaultReserve, negative none.
+	Reserve float64
 
 	Stats TransportStats
 
-	mu    sync.Mutex
-	holds map[string]time.Time // credential key → quota reset time
+	mu     sync.Mutex
+	holds  map[string]time.Time // credential key → quota reset time
+	quotas map[string]quota     // credential key → its quota as last reported
+}
+
+// quota is a credential's rate limit as its last response reported it.
+type quota struct {
+	remaining, limit int
+	reset            time.Time
+}
+
+type backgroundKey struct{}
+
+// Background marks the requests made with ctx as background work, such as
+// reconcilers' polling, that may wait for the next hour rather than spend
+// the quota the requests launching runners need (RateLimitTransport).
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+func isBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -131,6 +165,12 @@ func (t *RateLimitTransport) RoundTrip(req *http.Request) (*http.Response, error
 		if err := t.awaitHold(ctx, key); err != nil {
 			closeBody(req)
 			return nil, err
+		}
+		if isBackground(ctx) {
+			if err := t.keepReserve(key); err != nil {
+				closeBody(req)
+				return nil, err
+			}
 		}
 		r := req
 		if attempt > 0 {
@@ -277,6 +317,29 @@ func (t *RateLimitTransport) awaitHold(ctx context.Context, key string) error {
 	return t.sleep(ctx, d)
 }
 
+// keepReserve refuses a background request while the credential's quota
+// is below the reserve.
+func (t *RateLimitTransport) keepReserve(key string) error {
+	reserve := t.Reserve
+	if reserve == 0 {
+		reserve = DefaultReserve
+	}
+	if reserve < 0 {
+		return nil
+	}
+	now := t.now()
+	t.mu.Lock()
+	q, ok := t.quotas[key]
+	t.mu.Unlock()
+	if !ok || !now.Before(q.reset) || q.limit <= 0 || float64(q.remaining) >= reserve*float64(q.limit) {
+		return nil
+	}
+	t.Stats.Reserved.Add(1)
+	t.Stats.Exhausted.Add(1)
+	return fmt.Errorf("github: %w: %d of %d requests left until %s are kept for launching runners; background work waits",
+		ErrRateLimited, q.remaining, q.limit, q.reset.UTC().Format(time.RFC3339))
+}
+
 // observe records a credential's quota state from response headers.
 func (t *RateLimitTransport) observe(key string, h http.Header) {
 	remaining := h.Get(headerRemaining)
@@ -286,6 +349,19 @@ func (t *RateLimitTransport) observe(key string, h http.Header) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	left, errR := strconv.Atoi(remaining)
+	limit, errL := strconv.Atoi(h.Get(headerLimit))
+	if reset, ok := parseEpoch(h.Get(headerReset)); ok && errR == nil && errL == nil && reset.After(now) {
+		if t.quotas == nil {
+			t.quotas = make(map[string]quota)
+		}
+		for k, q := range t.quotas { // tokens rotate: drop stale entries
+			if !now.Before(q.reset) {
+				delete(t.quotas, k)
+			}
+		}
+		t.quotas[key] = quota{remaining: left, limit: limit, reset: reset}
+	}
 	if remaining != "0" {
 		delete(t.holds, key)
 		return

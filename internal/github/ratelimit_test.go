@@ -392,3 +392,56 @@ func TestAttemptTimeout(t *testing.T) {
 		t.Fatalf("read %d bytes, err %v", len(b), err)
 	}
 }
+
+// Background requests leave the last fifth of a credential's quota to the
+// others: once a response reports less, a background request is refused
+// unsent (other credentials and foreground requests go on) until the
+// reset, or until a response reports more again.
+func TestRateLimitReserveKeptFromBackground(t *testing.T) {
+	var f *rlFixture
+	remaining := 1200
+	f = newRLFixture(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Bearer a" {
+			w.Header().Set("X-RateLimit-Limit", "5000")
+			w.Header().Set("X-RateLimit-Remaining", strconv.Itoa(remaining))
+			w.Header().Set("X-RateLimit-Reset", f.epoch(10*time.Minute))
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	bg := Background(context.Background())
+	if _, err := f.do(bg, http.MethodGet, "", "Bearer a"); err != nil {
+		t.Fatalf("the first background request: %v", err)
+	}
+	// 1200 of 5000 left: over a fifth.
+	if _, err := f.do(bg, http.MethodGet, "", "Bearer a"); err != nil {
+		t.Fatalf("background with 1200 of 5000 left: %v", err)
+	}
+	remaining = 999
+	if _, err := f.do(context.Background(), http.MethodPost, "{}", "Bearer a"); err != nil {
+		t.Fatal(err)
+	}
+	hits := f.hits.Load()
+	_, err := f.do(bg, http.MethodGet, "", "Bearer a")
+	if !errors.Is(err, ErrRateLimited) || !strings.Contains(err.Error(), "999 of 5000") || f.hits.Load() != hits {
+		t.Fatalf("background with 999 of 5000 left: %v (%d hits, want %d: unsent)", err, f.hits.Load(), hits)
+	}
+	if _, err := f.do(context.Background(), http.MethodPost, "{}", "Bearer a"); err != nil {
+		t.Errorf("foreground under the reserve: %v", err)
+	}
+	if _, err := f.do(bg, http.MethodGet, "", "Bearer b"); err != nil {
+		t.Errorf("background of another credential: %v", err)
+	}
+	if s := f.rt.Stats.Snapshot(); s.Reserved != 1 {
+		t.Errorf("stats %+v, want 1 reserved", s)
+	}
+	// After the reset, background work goes again.
+	f.clock.Advance(11 * time.Minute)
+	if _, err := f.do(bg, http.MethodGet, "", "Bearer a"); err != nil {
+		t.Errorf("background after the reset: %v", err)
+	}
+	// Reserve < 0: none kept.
+	f.rt.Reserve = -1
+	if _, err := f.do(bg, http.MethodGet, "", "Bearer a"); err != nil {
+		t.Errorf("background with no reserve: %v", err)
+	}
+}
