@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -75,7 +74,7 @@ func newCPFleet(t *testing.T, n int) *cpFleet {
 	url := pgtest.StartServer(t).NewDatabase(t)
 	for i := range n {
 		r := &replica{name: fmt.Sprintf("cp-%d", i+1), done: make(chan struct{})}
-		if r.st, err = postgres.Open(context.Background(), postgres.Options{URL: url}); err != nil {
+		if r.st, err = postgres.Open(context.Background(), postgres.Options{URL: url, Logger: quietLog()}); err != nil {
 			t.Fatal(err)
 		}
 		client, err := github.New(github.Config{BaseURL: ghSrv.URL + "/", AppID: cptest.AppID, PrivateKey: key})
@@ -87,7 +86,7 @@ func newCPFleet(t *testing.T, n int) *cpFleet {
 			AppID: cptest.AppID, Replica: r.name, Runner: controlplane.RunnerSpec{GroupID: 1, Command: []string{"runner"}, IdleTimeout: time.Minute},
 			Reconcile:        controlplane.Intervals{MissedWebhooks: 500 * time.Millisecond, FailedDeliveries: 500 * time.Millisecond, Orphans: time.Second, LostAfter: 2 * time.Second},
 			HeartbeatTimeout: 3 * time.Second, APITokens: controlplane.APITokens{{Secret: rigAdminToken, Admin: true}},
-			LogDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+			LogDir: t.TempDir(), Logger: quietLog()})
 		if err != nil {
 			t.Fatal(err)
 		}
