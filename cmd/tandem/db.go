@@ -227,7 +227,7 @@ past what they know: upgrade them all.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cfg, dataDir, err := loadDBConfig(g, cfgPath)
+			cfg, dataDir, err := loadConfig(g, cfgPath)
 			if err != nil {
 				return err
 			}
@@ -279,7 +279,7 @@ func migrateDB(ctx context.Context, cfg *config.Config, dataDir string, log *slo
 // unless the server could use it. It migrates nothing: a newer binary's
 // check must not move the database past the replicas running.
 func checkDB(ctx context.Context, out io.Writer, g *globals, cfgPath string) error {
-	cfg, dataDir, err := loadDBConfig(g, cfgPath)
+	cfg, dataDir, err := loadConfig(g, cfgPath)
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
@@ -318,19 +318,6 @@ func checkDB(ctx context.Context, out io.Writer, g *globals, cfgPath string) err
 	}
 	fmt.Fprintln(out, "usable: yes")
 	return nil
-}
-
-// loadDBConfig loads the config and the data directory it means.
-func loadDBConfig(g *globals, cfgPath string) (*config.Config, string, error) {
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return nil, "", err
-	}
-	dataDir := cfg.DataDir
-	if dataDir == "" {
-		dataDir = g.dataDir
-	}
-	return cfg, dataDir, nil
 }
 
 // dbTarget is the database a config names: a SQLite file or a PostgreSQL

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/tandem-ci/tandem/internal/config"
 )
 
 // exitError carries a process exit code through cobra.
@@ -87,4 +88,18 @@ func requireRoot(what string) error {
 		return fmt.Errorf("%s needs root (it manages VMs, TAP devices and cgroups): run it with sudo", what)
 	}
 	return nil
+}
+
+// loadConfig loads the config and the data directory it means: its
+// data_dir, else --data-dir.
+func loadConfig(g *globals, cfgPath string) (*config.Config, string, error) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return nil, "", err
+	}
+	dataDir := cfg.DataDir
+	if dataDir == "" {
+		dataDir = g.dataDir
+	}
+	return cfg, dataDir, nil
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/demo"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
@@ -72,13 +71,9 @@ func seedStore(ctx context.Context, g *globals, cfgPath, dbPath string) (_ store
 		}
 		return st, filepath.Clean(dbPath), nil
 	}
-	cfg, err := config.Load(cfgPath)
+	cfg, dataDir, err := loadConfig(g, cfgPath)
 	if err != nil {
 		return nil, "", err
-	}
-	dataDir := cfg.DataDir
-	if dataDir == "" {
-		dataDir = g.dataDir
 	}
 	where = cfg.Database
 	if !cfg.IsPostgres() {

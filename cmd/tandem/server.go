@@ -74,13 +74,9 @@ func upCmd(g *globals) *cobra.Command {
 // serve runs the control plane, and with withAgent this host's agent, until
 // SIGINT or SIGTERM.
 func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) error {
-	cfg, err := config.Load(cfgPath)
+	cfg, dataDir, err := loadConfig(g, cfgPath)
 	if err != nil {
 		return err
-	}
-	dataDir := cfg.DataDir
-	if dataDir == "" {
-		dataDir = g.dataDir
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
