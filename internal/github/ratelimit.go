@@ -355,9 +355,13 @@ func (t *RateLimitTransport) observe(key string, h http.Header) {
 		if t.quotas == nil {
 			t.quotas = make(map[string]quota)
 		}
-		for k, q := range t.quotas { // tokens rotate: drop stale entries
-			if !now.Before(q.reset) {
-				delete(t.quotas, k)
+		if _, known := t.quotas[key]; !known {
+			// Tokens rotate: a new one's first response drops the stale
+			// entries (not every response: this is every request's path).
+			for k, q := range t.quotas {
+				if !now.Before(q.reset) {
+					delete(t.quotas, k)
+				}
 			}
 		}
 		t.quotas[key] = quota{remaining: left, limit: limit, reset: reset}
