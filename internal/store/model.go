@@ -145,12 +145,27 @@ type Runner struct {
 	Egress       egress.Policy
 	EgressRecord *egress.Record
 
+	// Pool is the warm pool (its label key) a pool runner was booted
+	// for, ahead of any job; "" for a runner launched for a job. A pool
+	// runner has no job, installation, org or repository until a
+	// placement pass claims it (ClaimedAt), and then it is a job's runner
+	// like any other: one job, then its VM is destroyed.
+	Pool string
+	// Image is the image id its VM booted from ("" before warm pools
+	// recorded it).
+	Image string
+
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	ReadyAt   time.Time // its guest said it was ready (pool runners)
+	ClaimedAt time.Time // a job claimed it from its pool
 	StartedAt time.Time // runner process started in the VM
 	BusyAt    time.Time
 	EndedAt   time.Time
 }
+
+// Idle reports whether r is a pool runner no job has claimed.
+func (r Runner) Idle() bool { return r.Pool != "" && r.ClaimedAt.IsZero() && r.State != RunnerEnded }
 
 // HostState is a host's standing in the fleet.
 type HostState string

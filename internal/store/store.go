@@ -230,6 +230,7 @@ type RunnerFilter struct {
 	HostID   string
 	JobID    int64
 	LabelKey string
+	Pool     string // runners of that warm pool (claimed or not)
 	// Live selects runners that have not ended (overrides nothing: it is
 	// combined with States).
 	Live  bool

@@ -215,6 +215,9 @@ func (t *readTx) Runners(f store.RunnerFilter) ([]store.Runner, error) {
 	if f.LabelKey != "" {
 		w.add("label_key = ?", f.LabelKey)
 	}
+	if f.Pool != "" {
+		w.add("pool = ?", f.Pool)
+	}
 	if f.Live {
 		w.add("state <> ?", string(store.RunnerEnded))
 	}

@@ -111,7 +111,7 @@ func filterRunners(rs []store.Runner, f store.RunnerFilter) []string {
 		if (len(f.Names) == 0 || slices.Contains(f.Names, r.Name)) &&
 			(len(f.States) == 0 || slices.Contains(f.States, r.State)) &&
 			(f.HostID == "" || r.HostID == f.HostID) && (f.JobID == 0 || r.JobID == f.JobID) &&
-			(f.LabelKey == "" || r.LabelKey == f.LabelKey) && (!f.Live || r.State != store.RunnerEnded) {
+			(f.LabelKey == "" || r.LabelKey == f.LabelKey) && (f.Pool == "" || r.Pool == f.Pool) && (!f.Live || r.State != store.RunnerEnded) {
 			out = append(out, r.Name)
 		}
 	}
@@ -128,6 +128,7 @@ func testRunnerFilters(t *testing.T, s store.Store) {
 		r.HostID = fmt.Sprintf("host-%d", i%3)
 		r.JobID = int64(i % 4)
 		r.LabelKey = []string{"k1", "k2"}[i%2]
+		r.Pool = []string{"", "k1", "k2"}[i%3]
 		rs = append(rs, r)
 	}
 	// Put them out of name order.
@@ -151,6 +152,8 @@ func testRunnerFilters(t *testing.T, s store.Store) {
 		{Live: true},
 		{Live: true, States: []store.RunnerState{store.RunnerEnded, store.RunnerIdle}},
 		{Live: true, HostID: "host-0", LabelKey: "k1"},
+		{Pool: "k2"},
+		{Live: true, Pool: "k1"},
 		{Limit: 4},
 		{Live: true, Limit: 6},
 		{HostID: "host-9"},
