@@ -29,6 +29,22 @@ func FuzzSchedule(f *testing.F) {
 		})
 		in.Limits.Default = OrgLimit{MaxVMs: limitVMs, MaxVCPUs: limitCPU}
 		in.OrgUsage["org1"] = Usage{VMs: usedMem, VCPUs: used}
+		// Warm VMs: on some hosts (and one that does not exist), keyed
+		// as some jobs are, one listed twice.
+		keys := []string{"", "k0", "k1"}
+		for i, h := range in.Hosts {
+			if i%3 == int(seed%3) && len(h.Arches) > 0 {
+				in.Warm = append(in.Warm, Warm{ID: "w" + h.ID, HostID: h.ID, Key: keys[i%3],
+					Arch: h.Arches[0].Arch, Emulated: h.Arches[0].Emulated, Ready: i%2 == 0})
+			}
+		}
+		in.Warm = append(in.Warm, Warm{ID: "ghost", HostID: "nowhere", Key: "k1", Arch: arch.AMD64})
+		if len(in.Warm) > 1 {
+			in.Warm = append(in.Warm, in.Warm[0])
+		}
+		for i := range in.Queue {
+			in.Queue[i].Warm = keys[(int(seed)+i)%3]
+		}
 		p := Schedule(in)
 		checkFuzzPlan(t, in, p)
 	})

@@ -106,6 +106,13 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 	addDisk := map[string]int{}
 	orgVMs := map[string]int{}
 	orgCPU := map[string]float64{}
+	warm := map[string]*Warm{}
+	for i := range in.Warm {
+		if _, ok := warm[in.Warm[i].ID]; !ok {
+			warm[in.Warm[i].ID] = &in.Warm[i]
+		}
+	}
+	warmTaken := map[string]int64{}
 	for _, pl := range p.Placements {
 		h, j := hosts[pl.HostID], want[pl.JobID]
 		if h == nil || !h.Schedulable {
@@ -113,6 +120,23 @@ func checkPlan(t testing.TB, in Input, p Plan) {
 		}
 		if !j.Arch.Matches(pl.Arch) {
 			t.Fatalf("job %d (%s) placed as %s", pl.JobID, j.Arch, pl.Arch)
+		}
+		if pl.Warm != "" {
+			w := warm[pl.Warm]
+			switch {
+			case w == nil:
+				t.Fatalf("job %d took unknown warm VM %q", pl.JobID, pl.Warm)
+			case warmTaken[pl.Warm] != 0:
+				t.Fatalf("warm VM %s taken by jobs %d and %d", pl.Warm, warmTaken[pl.Warm], pl.JobID)
+			case w.Key != j.Warm || j.Warm == "":
+				t.Fatalf("job %d (warm key %q) took warm VM %s of key %q", pl.JobID, j.Warm, w.ID, w.Key)
+			case w.HostID != pl.HostID || w.Arch != pl.Arch || w.Emulated != pl.Emulated:
+				t.Fatalf("job %d placed as %+v, its warm VM is %+v", pl.JobID, pl, *w)
+			}
+			warmTaken[pl.Warm] = pl.JobID
+			orgVMs[j.Org]++
+			orgCPU[j.Org] += j.VCPUs
+			continue // its room was counted already
 		}
 		native, emulated := false, false
 		for _, a := range h.Arches {

@@ -219,6 +219,14 @@ type state struct {
 	// classes[archIdx][0] is native, [1] emulated.
 	classes [2][2]*class
 	caps    [2]capacity
+	// warm holds the warm VMs that may be taken, by key, in Input order.
+	warm map[string][]*warmVM
+}
+
+type warmVM struct {
+	src   *Warm
+	host  *host
+	taken bool
 }
 
 func newState(in Input) *state {
@@ -252,6 +260,20 @@ func newState(in Input) *state {
 		s.hosts = append(s.hosts, nh)
 	}
 	slices.SortFunc(s.hosts, func(a, b *host) int { return strings.Compare(a.id, b.id) })
+	seenWarm := map[string]bool{}
+	for i := range in.Warm {
+		w := &in.Warm[i]
+		if seenWarm[w.ID] {
+			continue // listed twice: still one VM
+		}
+		seenWarm[w.ID] = true
+		if h := s.byID[w.HostID]; h != nil && h.schedulable && w.Key != "" {
+			if s.warm == nil {
+				s.warm = map[string][]*warmVM{}
+			}
+			s.warm[w.Key] = append(s.warm[w.Key], &warmVM{src: w, host: h})
+		}
+	}
 
 	var all, sched [2][]size
 	for ord, nh := range s.hosts {
@@ -379,6 +401,40 @@ func (s *state) place(j *job, r *repoQ) (Placement, string, bool) {
 		}
 	}
 	return Placement{}, reason, false
+}
+
+// takeWarm gives j the best warm VM of its key, if one is left (see the
+// package documentation for the order).
+func (s *state) takeWarm(j *job) (Placement, bool) {
+	if j.src.Warm == "" {
+		return Placement{}, false
+	}
+	var best *warmVM
+	bestRank := 0
+	for _, w := range s.warm[j.src.Warm] {
+		if w.taken || !j.src.Arch.Matches(w.src.Arch) {
+			continue
+		}
+		// Lower is better: avoided host, emulated, still booting.
+		rank := 0
+		if slices.Contains(j.avoid, w.host.ord) {
+			rank += 4
+		}
+		if w.src.Emulated {
+			rank += 2
+		}
+		if !w.src.Ready {
+			rank++
+		}
+		if best == nil || rank < bestRank {
+			best, bestRank = w, rank
+		}
+	}
+	if best == nil {
+		return Placement{}, false
+	}
+	best.taken = true
+	return Placement{JobID: j.src.ID, HostID: best.host.id, Arch: best.src.Arch, Emulated: best.src.Emulated, Warm: best.src.ID}, true
 }
 
 func (s *state) commit(j *job, h *host, cl *class) Placement {

@@ -64,6 +64,22 @@
 // rounded down to a quarter vCPU. Jobs held back by a limit are Waiting,
 // since limits can change.
 //
+// # Warm VMs
+//
+// Input.Warm lists VMs of warm pools: booted ahead of any job, waiting for
+// one, their resources already counted in their hosts' usage. When a job
+// whose Warm key matches one of them has its turn (fair share and limits
+// decide turns as for any job), it takes a warm VM instead of room on a
+// host: the placement names the VM (Placement.Warm) and its host, and the
+// job counts against its org's and repo's usage from then on, as any
+// placement does, while no host's free room changes. Among matching warm
+// VMs it prefers, in this order: a VM on a host not in its AvoidHosts, a
+// native one, a ready one (booted, rather than still booting), then the
+// one listed first. Each warm VM is taken at most once; a warm VM on a host
+// that is unknown or not schedulable, or of an architecture the job does
+// not accept, is never taken. A job with no warm VM left is placed as any
+// other.
+//
 // # Unschedulable and Waiting
 //
 // A job is Unschedulable when its request is invalid (vCPUs or memory not
@@ -126,6 +142,9 @@ type Job struct {
 	DiskMiB    int       // what its VM may write; 0: not counted
 	Queued     time.Time // FIFO order within a repo
 	AvoidHosts []string  // hosts where a launch of this job failed
+	// Warm is the key of the warm VMs the job may take (Input.Warm); "":
+	// none.
+	Warm string
 }
 
 // Usage is what an org or repo has placed right now.
@@ -172,6 +191,20 @@ type Input struct {
 	OrgUsage  map[string]Usage
 	RepoUsage map[string]Usage
 	Limits    Limits
+	// Warm lists the warm pools' VMs no job has taken yet, in the order
+	// they are preferred when all else is equal.
+	Warm []Warm
+}
+
+// Warm is a VM of a warm pool waiting for a job. Its vCPUs, memory and disk
+// are in its host's Used* already.
+type Warm struct {
+	ID       string
+	HostID   string
+	Key      string // jobs whose Warm equals it may take it
+	Arch     arch.Arch
+	Emulated bool
+	Ready    bool // its guest is ready; false: still booting
 }
 
 // Placement puts a job on a host, running Arch (never arch.Any), emulated or not.
@@ -180,6 +213,8 @@ type Placement struct {
 	HostID   string
 	Arch     arch.Arch
 	Emulated bool
+	// Warm is the warm VM (Warm.ID) the job takes; "": a new VM on HostID.
+	Warm string
 }
 
 // Decision says why a job was not placed.
@@ -404,6 +439,11 @@ func (s *state) run(orgList []*orgQ, plan *Plan) {
 
 		if reason, ok := o.admits(j); !ok {
 			plan.Waiting = append(plan.Waiting, Decision{j.src.ID, reason})
+		} else if p, ok := s.takeWarm(j); ok {
+			plan.Placements = append(plan.Placements, p)
+			o.vms++
+			o.cpu += j.cpu
+			r.vms++
 		} else if p, reason, ok := s.place(j, r); ok {
 			plan.Placements = append(plan.Placements, p)
 			o.vms++
