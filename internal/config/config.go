@@ -60,6 +60,9 @@ type Config struct {
 	// Parity is the Arm64/x86 parity policy: its period, flaky margin,
 	// support tiers and badges (internal/parity).
 	Parity parity.Policy `yaml:"parity"`
+	// Pools are warm pools: VMs booted ahead of the jobs that will claim
+	// them (pools.go).
+	Pools []Pool `yaml:"pools"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
@@ -404,6 +407,7 @@ func (c *Config) applyDefaults() {
 	def(&c.Agent.Subnet, "172.30.0.0/24")
 	c.Agent.Mirror.applyDefaults()
 	c.Parity.Defaults()
+	c.poolDefaults()
 }
 
 // IsPostgres reports whether the database is PostgreSQL (database: is a
@@ -597,6 +601,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Agent.Mirror.validate("agent.mirror")...)
 	errs = append(errs, c.validateImages()...)
+	errs = append(errs, c.validatePools()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}

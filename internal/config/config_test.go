@@ -128,6 +128,13 @@ func TestLoadRejects(t *testing.T) {
 		"parity tiers":  {minimal + "parity: {tiers: [{name: gold, min_success: 95}, {name: rest, arm64_runs: true}]}\n", "parity.tiers[0].min_success 95"},
 		"parity last":   {minimal + "parity: {tiers: [{name: gold}, {name: rest, arm64_runs: true}]}\n", "the last tier must have no conditions"},
 		"parity typo":   {minimal + "parity: {tiers: [{name: gold, min_sucess: 0.9}, {name: rest}]}\n", "min_sucess"},
+		"pool label":    {minimal + "pools: [{labels: ubuntu-latest, min_idle: 1}]\n", `pools[0]: labels "ubuntu-latest": want one Tandem label`},
+		"pool bad size": {minimal + "pools: [{labels: tandem-arm64-0cpu-4gb, min_idle: 1}]\n", `pools[0]: labels "tandem-arm64-0cpu-4gb"`},
+		"pool twice":    {minimal + "pools: [{labels: tandem-2cpu-4gb}, {labels: tandem-amd64-2cpu-4GB}]\n", "pools[1]: labels \"tandem-amd64-2cpu-4GB\": the same VM as pools[0] (tandem-amd64-2cpu-4gb)"},
+		"pool idle":     {minimal + "pools: [{labels: tandem-2cpu-4gb, min_idle: 3, max_idle: 2}]\n", "pools[0]: max_idle 2 is below min_idle 3"},
+		"pool demand":   {minimal + "pools: [{labels: tandem-2cpu-4gb, demand: true}]\n", "pools[0]: demand: give max_idle"},
+		"pool age":      {minimal + "pools: [{labels: tandem-2cpu-4gb, max_age: 10s}]\n", "pools[0]: max_age 10s: at least 1m"},
+		"pool schedule": {minimal + "pools: [{labels: tandem-2cpu-4gb, schedule: \"Mon-Fri 7am-8pm\"}]\n", `pools[0]: schedule "Mon-Fri 7am-8pm"`},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
@@ -141,6 +148,29 @@ func TestLoadRejects(t *testing.T) {
 				t.Errorf("error %v, want one mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPools(t *testing.T) {
+	c, err := load(t, minimal+`pools:
+  - {labels: tandem-arm64-2cpu-4gb, min_idle: 2, max_idle: 8, max_age: 45m, schedule: "Mon-Fri 07:00-20:00 Europe/Berlin"}
+  - {labels: tandem-4cpu-8gb, min_idle: 1}
+  - {labels: tandem-arm64-8cpu-16gb, demand: true, max_idle: 4}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Pools) != 3 {
+		t.Fatalf("pools %+v", c.Pools)
+	}
+	if p := c.Pools[0]; p.MaxIdle != 8 || p.MaxAge.D() != 45*time.Minute || p.Sizing().Schedule.String() != "Mon-Fri 07:00-20:00 Europe/Berlin" {
+		t.Errorf("pools[0] %+v", p)
+	}
+	if p := c.Pools[1]; p.MaxIdle != 1 || p.MaxAge.D() != DefaultPoolMaxAge || p.Sizing().Schedule.String() != "always" {
+		t.Errorf("pools[1]: want max_idle = min_idle and the default max_age, got %+v", p)
+	}
+	if p := c.Pools[2]; p.MinIdle != 0 || p.MaxIdle != 4 || !p.Sizing().Demand {
+		t.Errorf("pools[2] %+v", p)
 	}
 }
 
