@@ -18,6 +18,32 @@
 //	                          Stats (an older guest's is empty)
 //	host  → guest Cancel      optional: stop the job now
 //	guest → host  Exit        the job's end; the guest then syncs and powers off
+//
+// Alongside the job, a guest whose Hello lists FeatureExec serves
+// interactive exec sessions (`tandem ssh`), multiplexed on the same stream
+// by a session id the host picks (see exec.go):
+//
+//	host  → guest ExecOpen    (9, JSON)  start a session: argv (none: the user's
+//	                                     login shell), user, env, dir, tty, size
+//	host  → guest ExecInput   (10, bin)  id + bytes for the session's stdin
+//	host  → guest ExecResize  (11, JSON) a tty's new window size
+//	host  → guest ExecSignal  (12, JSON) a signal for the session (SIGKILL ends it)
+//	host  → guest ExecEOF     (13, bin)  id: no more input
+//	guest → host  ExecOutput  (14, bin)  id + stream (1 stdout, 2 stderr) + bytes
+//	guest → host  ExecExit    (15, JSON) the session's end: code, signal or error
+//	either        ExecAck     (16, bin)  id + count: the receiver consumed that many
+//	                                     bytes of the sender's ExecInput/ExecOutput
+//	host  → guest Hold        (17)       FeatureHold: after Exit, stay up (heartbeats
+//	                                     and exec sessions go on) until Release
+//	host  → guest Release     (18)       power off now if held
+//
+// Each direction of a session is flow-controlled by a window of ExecWindow
+// bytes: a side sends no more data than the other has acknowledged plus
+// ExecWindow, in frames of at most ExecChunk bytes, so that neither side
+// buffers without limit and output never starves heartbeats. A guest runs
+// at most MaxExecSessions at once; frames for unknown ids are ignored; a
+// malformed exec frame is answered with an ExecExit carrying an error (id 0
+// when the id could not be read).
 package guest
 
 import (
@@ -26,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 )
@@ -57,6 +84,17 @@ const (
 	FrameHeartbeat FrameType = 6
 	FrameCancel    FrameType = 7
 	FrameLog       FrameType = 8
+
+	FrameExecOpen   FrameType = 9
+	FrameExecInput  FrameType = 10
+	FrameExecResize FrameType = 11
+	FrameExecSignal FrameType = 12
+	FrameExecEOF    FrameType = 13
+	FrameExecOutput FrameType = 14
+	FrameExecExit   FrameType = 15
+	FrameExecAck    FrameType = 16
+	FrameHold       FrameType = 17
+	FrameRelease    FrameType = 18
 )
 
 func (t FrameType) String() string {
@@ -77,6 +115,26 @@ func (t FrameType) String() string {
 		return "cancel"
 	case FrameLog:
 		return "log"
+	case FrameExecOpen:
+		return "exec-open"
+	case FrameExecInput:
+		return "exec-input"
+	case FrameExecResize:
+		return "exec-resize"
+	case FrameExecSignal:
+		return "exec-signal"
+	case FrameExecEOF:
+		return "exec-eof"
+	case FrameExecOutput:
+		return "exec-output"
+	case FrameExecExit:
+		return "exec-exit"
+	case FrameExecAck:
+		return "exec-ack"
+	case FrameHold:
+		return "hold"
+	case FrameRelease:
+		return "release"
 	}
 	return fmt.Sprintf("frame(%d)", byte(t))
 }
@@ -90,7 +148,19 @@ type Hello struct {
 	Arch     string `json:"arch"`      // runtime.GOARCH of tandem-guest
 	Kernel   string `json:"kernel"`    // uname -r
 	UptimeMS int64  `json:"uptime_ms"` // guest clock at Hello, from /proc/uptime
+	// Features lists what the guest can do beyond the job (FeatureExec,
+	// FeatureHold); an older guest lists none.
+	Features []string `json:"features,omitempty"`
 }
+
+// Features a guest may list in Hello.
+const (
+	FeatureExec = "exec" // exec sessions (frames 9-16)
+	FeatureHold = "hold" // Hold and Release (frames 17-18)
+)
+
+// Has reports whether the guest listed feature f.
+func (h Hello) Has(f string) bool { return slices.Contains(h.Features, f) }
 
 // Job is what the host asks the guest to run.
 type Job struct {

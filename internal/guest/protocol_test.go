@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,7 @@ import (
 func TestFrameRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
 	c := NewConn(&buf)
-	hello := Hello{Version: Version, Arch: "arm64", Kernel: "6.1.0-28-cloud-arm64", UptimeMS: 812}
+	hello := Hello{Version: Version, Arch: "arm64", Kernel: "6.1.0-28-cloud-arm64", UptimeMS: 812, Features: []string{FeatureExec}}
 	if err := c.WriteJSON(FrameHello, hello); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func TestFrameRoundTrip(t *testing.T) {
 
 	typ, p, err := c.ReadFrame()
 	var gotHello Hello
-	if err != nil || typ != FrameHello || Decode(typ, p, &gotHello) != nil || gotHello != hello {
+	if err != nil || typ != FrameHello || Decode(typ, p, &gotHello) != nil || !reflect.DeepEqual(gotHello, hello) {
 		t.Fatalf("hello: %v %v %+v", typ, err, gotHello)
 	}
 	typ, p, err = c.ReadFrame()
