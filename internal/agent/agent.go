@@ -226,6 +226,12 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 			log.Info("runner VM booting", "vm", vmID)
 			a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventBooting, VMID: vmID})
 		},
+		OnReady: func(vm.Instance) {
+			if asg.Pool != "" {
+				log.Info("pool VM ready", "vm", vmID, "pool", asg.Pool)
+				a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventReady, VMID: vmID})
+			}
+		},
 		Await: func(ctx context.Context) (map[string]string, error) {
 			timeout := asg.ConfigTimeout
 			if timeout == 0 {

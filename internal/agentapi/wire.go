@@ -39,6 +39,12 @@ type Assignment struct {
 	Egress egress.Policy `json:"egress"`
 	// DiskMiB caps what the job may write to its disk (0: the disk's size).
 	DiskMiB int `json:"disk_mib,omitempty"`
+	// Pool, for a warm pool's VM, is its pool: no job has claimed it yet,
+	// and it waits up to ConfigTimeout (the pool's max_age) for the runner
+	// config of the job that will. The host reports EventReady once its
+	// guest is ready. A host that predates pools ignores it and reports
+	// no EventReady; the VM still waits for its config.
+	Pool string `json:"pool,omitempty"`
 }
 
 // EventKind says what happened to a runner's VM.
@@ -46,6 +52,9 @@ type EventKind string
 
 const (
 	EventBooting EventKind = "booting" // the VM exists and is booting
+	// EventReady: the guest is ready for its runner (a warm pool's VM
+	// only: Assignment.Pool).
+	EventReady EventKind = "ready"
 	EventStarted EventKind = "started" // the runner process was started in the guest
 	EventEnded   EventKind = "ended"   // the VM is gone; nothing of it remains
 )

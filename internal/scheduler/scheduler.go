@@ -221,6 +221,8 @@ type Placement struct {
 type Decision struct {
 	JobID  int64
 	Reason string
+	// Limited: the job waits for its org's limit, not for room.
+	Limited bool
 }
 
 // Plan is the outcome of one Schedule call. Each job ID of the Input's Queue
@@ -333,19 +335,19 @@ func (s *state) admit(queue []Job, plan *Plan) []*job {
 	kept := jobs[:0]
 	for _, j := range jobs {
 		if reason, ok := validate(j); !ok {
-			plan.Unschedulable = append(plan.Unschedulable, Decision{j.src.ID, reason})
+			plan.Unschedulable = append(plan.Unschedulable, Decision{JobID: j.src.ID, Reason: reason})
 			continue
 		}
 		if len(s.hosts) == 0 {
-			plan.Waiting = append(plan.Waiting, Decision{j.src.ID, s.noHostsReason()})
+			plan.Waiting = append(plan.Waiting, Decision{JobID: j.src.ID, Reason: s.noHostsReason()})
 			continue
 		}
 		if reason, ok := s.everFits(j); !ok {
-			plan.Unschedulable = append(plan.Unschedulable, Decision{j.src.ID, reason})
+			plan.Unschedulable = append(plan.Unschedulable, Decision{JobID: j.src.ID, Reason: reason})
 			continue
 		}
 		if reason, ok := s.fitsSchedulable(j); !ok {
-			plan.Waiting = append(plan.Waiting, Decision{j.src.ID, reason})
+			plan.Waiting = append(plan.Waiting, Decision{JobID: j.src.ID, Reason: reason})
 			continue
 		}
 		j.avoid = s.resolveAvoid(j.src.AvoidHosts)
@@ -426,7 +428,7 @@ func (s *state) run(orgList []*orgQ, plan *Plan) {
 			for _, j := range o.jobs {
 				if !j.done {
 					j.done = true
-					plan.Waiting = append(plan.Waiting, Decision{j.src.ID, reason})
+					plan.Waiting = append(plan.Waiting, Decision{JobID: j.src.ID, Reason: reason, Limited: true})
 				}
 			}
 			heapPop(&orgs, orgBefore)
@@ -438,7 +440,7 @@ func (s *state) run(orgList []*orgQ, plan *Plan) {
 		j.done = true
 
 		if reason, ok := o.admits(j); !ok {
-			plan.Waiting = append(plan.Waiting, Decision{j.src.ID, reason})
+			plan.Waiting = append(plan.Waiting, Decision{JobID: j.src.ID, Reason: reason, Limited: true})
 		} else if p, ok := s.takeWarm(j); ok {
 			plan.Placements = append(plan.Placements, p)
 			o.vms++
@@ -450,7 +452,7 @@ func (s *state) run(orgList []*orgQ, plan *Plan) {
 			o.cpu += j.cpu
 			r.vms++
 		} else {
-			plan.Waiting = append(plan.Waiting, Decision{j.src.ID, reason})
+			plan.Waiting = append(plan.Waiting, Decision{JobID: j.src.ID, Reason: reason})
 		}
 
 		if r.next == len(r.jobs) {

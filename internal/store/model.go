@@ -219,6 +219,9 @@ type CommandKind string
 const (
 	CommandLaunch CommandKind = "launch" // boot the runner's VM and configure it
 	CommandStop   CommandKind = "stop"   // stop the runner's VM
+	// CommandClaim: a job claimed the runner, a warm pool's VM: fetch its
+	// runner config and hand it to the VM.
+	CommandClaim CommandKind = "claim"
 )
 
 // Validate checks a command before it is stored.
@@ -226,7 +229,7 @@ func (c RunnerCommand) Validate() error {
 	if c.HostID == "" || c.Runner == "" {
 		return fmt.Errorf("%w: runner command without a host or runner", ErrInvalid)
 	}
-	if c.Kind != CommandLaunch && c.Kind != CommandStop {
+	if c.Kind != CommandLaunch && c.Kind != CommandStop && c.Kind != CommandClaim {
 		return fmt.Errorf("%w: runner command %q", ErrInvalid, c.Kind)
 	}
 	return nil

@@ -58,7 +58,7 @@ func testRunnerCommands(t *testing.T, s store.Store) {
 		{HostID: "b", Runner: "r2", Kind: store.CommandLaunch, At: at(1)},
 		{HostID: "a", Runner: "r1", Kind: store.CommandStop, Reason: "spare: no queued job needs it", At: at(2)},
 		{HostID: "c", Runner: "r3", Kind: store.CommandStop, At: at(3)},
-		{HostID: "a", Runner: "r4", Kind: store.CommandLaunch, At: at(4)},
+		{HostID: "a", Runner: "r4", Kind: store.CommandClaim, At: at(4)},
 	}
 	update(t, s, func(tx store.Tx) error {
 		for _, c := range cmds {
