@@ -54,7 +54,7 @@ const (
 	EventBooting EventKind = "booting" // the VM exists and is booting
 	// EventReady: the guest is ready for its runner (a warm pool's VM
 	// only: Assignment.Pool).
-	EventReady EventKind = "ready"
+	EventReady   EventKind = "ready"
 	EventStarted EventKind = "started" // the runner process was started in the guest
 	EventEnded   EventKind = "ended"   // the VM is gone; nothing of it remains
 )
