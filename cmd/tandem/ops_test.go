@@ -27,6 +27,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/pool"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/termtext"
 )
@@ -66,7 +67,7 @@ type opsRig struct {
 	data   string // the CLI's --data-dir
 }
 
-func newOpsRig(t *testing.T) *opsRig {
+func newOpsRig(t *testing.T, configure ...func(*controlplane.Config)) *opsRig {
 	t.Helper()
 	for _, k := range []string{"TANDEM_SERVER", "TANDEM_TOKEN", "TANDEM_PIN"} {
 		t.Setenv(k, "")
@@ -78,6 +79,9 @@ func newOpsRig(t *testing.T) *opsRig {
 		// Tests record parity tiers themselves, when their history is
 		// whole: the loop's first pass could record a half-written one.
 		c.ParityEvery = -1
+		for _, f := range configure {
+			f(c)
+		}
 	})
 	r.gh, r.cp, r.st, r.web = sys.GH, sys.CP, sys.Store, sys.Web
 	cp, ctx := sys.CP, sys.Ctx
@@ -457,3 +461,53 @@ func TestOpsServerErrorsCLI(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func TestOpsPools(t *testing.T) {
+	empty := newOpsRig(t)
+	res := empty.ok(empty.as(opsRead, "pools"))
+	if !strings.Contains(res.stderr, "no warm pools") {
+		t.Errorf("pools without any: stderr %q", res.stderr)
+	}
+	sched, err := pool.ParseSchedule("Mon-Fri 07:00-20:00 Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newOpsRig(t, func(c *controlplane.Config) {
+		c.Pools = []controlplane.PoolSpec{
+			{Label: "tandem-2cpu-1gb", Sizing: pool.Sizing{MinIdle: 2, MaxIdle: 3}, MaxAge: 30 * time.Minute},
+			{Label: "tandem-arm64-4cpu-2gb", Sizing: pool.Sizing{MaxIdle: 4, Demand: true, Schedule: sched}, MaxAge: time.Hour},
+		}
+	})
+	// The host records launches and reports nothing: the pool's VMs stay
+	// booting.
+	var pools struct{ Pools []controlplane.PoolView }
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := json.Unmarshal([]byte(r.ok(r.as(opsRead, "pools", "--json")).stdout), &pools); err != nil {
+			t.Fatal(err)
+		}
+		if len(pools.Pools) == 2 && pools.Pools[0].Booting == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p := pools.Pools[0]
+	if p.Label != "tandem-amd64-2cpu-1gb" || p.Booting != 2 || p.Ready != 0 || p.Target != 2 || len(p.VMs) != 2 ||
+		p.VMs[0].Host != "h1" || p.VMs[0].ExpiresAt.Sub(p.VMs[0].CreatedAt) != 30*time.Minute || p.Schedule != "always" {
+		t.Errorf("pool %+v", p)
+	}
+	if q := pools.Pools[1]; q.Label != "tandem-arm64-4cpu-2gb" || !q.Demand || q.Target != 0 || q.Booting != 0 ||
+		q.Schedule != "Mon-Fri 07:00-20:00 Europe/Berlin" || q.Active != sched.Active(time.Now()) {
+		t.Errorf("demand pool with no jobs yet %+v", q)
+	}
+	out := r.ok(r.as(opsRead, "pools", "--vms")).stdout
+	if h := table(out)[0]; strings.Join(h, " ") != "POOL READY BOOTING TARGET MIN MAX MAX-AGE SCHEDULE HITS MISSES HIT-RATE BOOT-P50" {
+		t.Errorf("pools header %q", h)
+	}
+	if row := rowOf(t, out, "tandem-amd64-2cpu-1gb"); strings.Join(row[:7], " ") != "tandem-amd64-2cpu-1gb 0 2 2 2 3 30m0s" {
+		t.Errorf("pool row %q", row)
+	}
+	if !strings.Contains(out, p.VMs[0].Runner) || !strings.Contains(out, "RECYCLED-IN") {
+		t.Errorf("pools --vms lists no VM:\n%s", out)
+	}
+}

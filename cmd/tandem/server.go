@@ -158,6 +158,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		AgentPin:         pin,
 		APITokens:        tokens,
 		Replica:          replicaName(cfg),
+		Pools:            poolSpecs(cfg),
 		Logger:           g.log,
 	})
 	if err != nil {
@@ -362,4 +363,13 @@ func replicaName(cfg *config.Config) string {
 		name = "local"
 	}
 	return name
+}
+
+// poolSpecs are the configured warm pools, for the control plane.
+func poolSpecs(cfg *config.Config) []controlplane.PoolSpec {
+	var out []controlplane.PoolSpec
+	for _, p := range cfg.Pools {
+		out = append(out, controlplane.PoolSpec{Label: p.Labels, Sizing: p.Sizing(), MaxAge: p.MaxAge.D()})
+	}
+	return out
 }

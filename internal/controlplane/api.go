@@ -84,6 +84,8 @@ type apiControl interface {
 	// when replicas share the store ("" otherwise).
 	reachable(hosts []store.Host, now time.Time) map[string]bool
 	holder(h store.Host) string
+	// poolViews shows the warm pools (pools.go).
+	poolViews(ctx context.Context) ([]PoolView, error)
 }
 
 func newAPI(s *Server) *api {
@@ -101,6 +103,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/runners", a.guard(false, a.handleRunners))
 	mux.HandleFunc("GET /api/v1/reconcilers", a.guard(false, a.handleCounters))
 	mux.HandleFunc("GET /api/v1/images", a.guard(false, a.handleImages))
+	mux.HandleFunc("GET /api/v1/pools", a.guard(false, a.handlePools))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", a.guard(false, a.handleJobEgress))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/profile", a.guard(false, a.handleJobProfile))
 	mux.HandleFunc("GET /api/v1/rightsize", a.guard(false, a.handleRightsize))
@@ -418,6 +421,10 @@ type RunnerView struct {
 	CreatedAt time.Time  `json:"created_at"`
 	StartedAt *time.Time `json:"started_at,omitempty"`
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	// Pool is the warm pool the runner's VM was booted for ahead of its
+	// job; ClaimedAt when a job claimed it.
+	Pool      string     `json:"pool,omitempty"`
+	ClaimedAt *time.Time `json:"claimed_at,omitempty"`
 }
 
 func (a *api) handleRunners(w http.ResponseWriter, r *http.Request) {
@@ -448,9 +455,21 @@ func (a *api) runnerViews(ctx context.Context, p principal, f store.RunnerFilter
 		out = append(out, RunnerView{Name: x.Name, Host: x.HostID, Job: x.JobID, Repo: x.Repo, Org: x.Org,
 			Labels: x.Labels, Arch: string(x.Arch), Emulated: x.Emulated, VCPUs: x.VCPUs, MemoryMiB: x.MemoryMiB,
 			State: string(x.State), Reason: x.Reason, VMID: x.VMID, ExitCode: x.ExitCode, CreatedAt: x.CreatedAt,
-			StartedAt: optTime(x.StartedAt), EndedAt: optTime(x.EndedAt)})
+			StartedAt: optTime(x.StartedAt), EndedAt: optTime(x.EndedAt), Pool: x.Pool, ClaimedAt: optTime(x.ClaimedAt)})
 	}
 	return out, nil
+}
+
+// handlePools shows the warm pools: the fleet's, as hosts are, so any
+// reader's. An idle pool VM belongs to no organisation; a claimed one is
+// counted, not named.
+func (a *api) handlePools(w http.ResponseWriter, r *http.Request) {
+	out, err := a.cp.poolViews(r.Context())
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"pools": out})
 }
 
 func (a *api) handleCounters(w http.ResponseWriter, r *http.Request) {

@@ -144,8 +144,10 @@ type Config struct {
 	// Replica names this control-plane process among those that share
 	// the store (replicas.go); default "local". Names must differ.
 	Replica string
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// Pools are the warm pools (pools.go).
+	Pools  []PoolSpec
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // maxGitHubConcurrency bounds JIT config requests in flight.
@@ -188,6 +190,7 @@ type Server struct {
 	// profiles buffers VMs' resource samples until they are written.
 	profiles *profileIngest
 	statuses *statusPoster // commits whose GitHub status may have changed (parity_status.go)
+	pools    *pools        // warm pools (pools.go)
 	api      *api          // the JSON API (api.go, ops.go, egress.go)
 
 	ghSlots chan struct{} // bounds concurrent JIT config requests
@@ -273,6 +276,10 @@ func New(cfg Config) (*Server, error) {
 		s.lead.begin(0, cfg.Now()) // the one replica of its store leads
 	}
 	s.place = newPlacer(cfg, s.newRunnerName)
+	var err error
+	if s.pools, err = newPools(cfg); err != nil {
+		return nil, err
+	}
 	s.metrics = newMetrics(s)
 	s.statuses = newStatusPoster(cfg.Parity.CommitStatus)
 	s.api = newAPI(s)

@@ -48,11 +48,12 @@ type goHost struct {
 	images   *agent.Images        // if set, a run first fetches its image, as the real agent does
 	onLaunch func(runner string)  // if set, told of every launch it accepts
 
-	mu      sync.Mutex
-	runs    map[string]*goRun
-	wg      sync.WaitGroup
-	started int
-	booted  []string // the image of each run that got as far as "booting"
+	mu       sync.Mutex
+	runs     map[string]*goRun
+	wg       sync.WaitGroup
+	started  int
+	booted   []string              // the image of each run that got as far as "booting"
+	assigned []agentapi.Assignment // every launch it accepted
 }
 
 type goRun struct {
@@ -82,6 +83,7 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 	r := &goRun{cancel: cancel, config: make(chan string, 1)}
 	h.runs[a.Runner] = r
 	h.started++
+	h.assigned = append(h.assigned, a)
 	if h.onLaunch != nil {
 		h.onLaunch(a.Runner)
 	}
@@ -104,6 +106,9 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 		h.booted = append(h.booted, a.Image)
 		h.mu.Unlock()
 		h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventBooting, VMID: "vm-" + a.Runner})
+		if a.Pool != "" {
+			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventReady, VMID: "vm-" + a.Runner})
+		}
 		select {
 		case jit := <-r.config:
 			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventStarted})

@@ -11,6 +11,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
+	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -54,19 +55,23 @@ func (s *Server) dispatchLoop(ctx context.Context) {
 type launch struct {
 	runner store.Runner
 	job    store.Job
+	claim  bool // a warm pool's VM, booted already: configure it only
 	routed bool // queued for the replica that holds its host (routeLaunches)
 }
 
 // dispatch is one placement pass: spare runners first go to queued jobs of
 // their label set, the rest are stopped; then the placer places the
-// remaining queued jobs, and their runners are launched.
+// remaining queued jobs, on warm pools' VMs or new ones, and their runners
+// are launched (or, warm, configured); last the pools are tended
+// (pools.go).
 func (s *Server) dispatch(ctx context.Context) error {
 	start := time.Now()
 	now := s.now().UTC()
 	var stops []store.Runner
+	var poolStops []poolStop
 	launched := 0
 	err := s.update(ctx, func(tx store.Tx, fx *afterCommit) error {
-		stops, launched = nil, 0
+		stops, poolStops, launched = nil, nil, 0
 		queued, err := tx.Jobs(store.JobFilter{States: []store.JobState{store.JobQueued}})
 		if err != nil {
 			return err
@@ -84,14 +89,44 @@ func (s *Server) dispatch(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		plan := s.place.plan(hosts, s.reachable(hosts, now), live, queued)
+		connected := s.reachable(hosts, now)
+		var warm []scheduler.Warm
+		var warmKeys map[int64]string
+		if s.pools.on() {
+			warmKeys = s.pools.observe(queued, s.cfg.Labels, s.place.policyFor, now)
+			warm = warmVMs(live, func(r store.Runner) bool { return s.marks.isStopping(r.Name) })
+		}
+		plan := s.place.plan(hosts, connected, live, queued, warm, warmKeys)
 		byID := map[int64]store.Job{}
 		for _, j := range queued {
 			byID[j.ID] = j
 		}
+		var liveByName map[string]store.Runner
+		if len(warm) > 0 {
+			liveByName = make(map[string]store.Runner, len(live))
+			for _, r := range live {
+				liveByName[r.Name] = r
+			}
+		}
+		claimed := map[string]bool{}
+		var placed []store.Runner
 		for _, p := range plan.Placements {
 			j := byID[p.JobID]
+			if p.Warm != "" {
+				if err := s.claim(tx, fx, liveByName[p.Warm], j, now); err != nil {
+					return err
+				}
+				claimed[p.Warm] = true
+				continue
+			}
+			if k := warmKeys[j.ID]; k != "" {
+				fx.do(func() { s.metrics.poolClaimed(k, false, 0) })
+				if err := s.count(tx, "pools/"+k+"/misses", 1); err != nil {
+					return err
+				}
+			}
 			r := s.place.newRunner(j, p, now)
+			placed = append(placed, r)
 			if err := tx.PutRunner(r); err != nil {
 				return err
 			}
@@ -118,12 +153,35 @@ func (s *Server) dispatch(ctx context.Context) error {
 				return err
 			}
 		}
-		return nil
+		if !s.pools.on() {
+			return nil
+		}
+		var waiting []store.Job
+		for _, d := range plan.Waiting {
+			if !d.Limited {
+				waiting = append(waiting, byID[d.JobID])
+			}
+		}
+		poolStops, err = s.tendPools(tx, fx, hosts, connected, live, placed, claimed, waiting, now)
+		return err
 	})
 	if err != nil {
 		return err
 	}
 	s.metrics.placement(time.Since(start), launched)
+	for _, ps := range poolStops {
+		// Marked now, so that the next pass hands it to no job.
+		s.marks.stop(ps.runner.Name)
+		s.metrics.poolRecycled(ps.runner.Pool, ps.cause)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.noteRunner(ctx, ps.runner.Name, ps.reason, 0); err != nil {
+				s.log.Warn("recording why a pool VM stops", "runner", ps.runner.Name, "err", err)
+			}
+			s.stopRunner(ps.runner.HostID, ps.runner.Name, ps.reason)
+		}()
+	}
 	for _, r := range stops {
 		s.wg.Add(1)
 		go func() {
@@ -183,6 +241,10 @@ func (s *Server) launch(ctx context.Context, l launch) {
 			Failure: failure.Launch, Detail: "host disconnected before the launch"})
 		return
 	}
+	if r.Pool != "" && r.ClaimedAt.IsZero() {
+		s.startVM(a, r) // a warm pool's: it waits for a job to claim it
+		return
+	}
 	gid, err := s.runnerGroupID(ctx, r, l.job)
 	var nr *notRoutedError
 	if errors.As(err, &nr) {
@@ -195,6 +257,15 @@ func (s *Server) launch(ctx context.Context, l launch) {
 			Failure: failure.Launch, Detail: fmt.Sprintf("looking up runner group %q: %v", r.Group, err)})
 		return
 	}
+	if !l.claim && !s.startVM(a, r) {
+		return
+	}
+	s.configure(ctx, a, r, gid)
+}
+
+// startVM asks r's host to boot its VM, and says whether it took the
+// assignment; if not, r has ended.
+func (s *Server) startVM(a HostAgent, r store.Runner) bool {
 	// The image is chosen and the launch queued under imgMu: a host hears
 	// of a newly named image only after the launches of the old one.
 	s.imgMu.RLock()
@@ -204,13 +275,29 @@ func (s *Server) launch(ctx context.Context, l launch) {
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.place.diskFor(r.VCPUs),
 	}
-	err = a.Launch(asg)
+	if r.Pool != "" {
+		// It waits for a job as long as its pool keeps it, and a little
+		// longer: the pool recycles it first, and a control plane that is
+		// gone leaves no VM waiting for ever.
+		asg.Pool = r.Pool
+		if wp := s.pools.byKey[r.Pool]; wp != nil {
+			asg.ConfigTimeout = wp.spec.MaxAge + time.Minute
+		}
+	}
+	err := a.Launch(asg)
 	s.imgMu.RUnlock()
 	if err != nil {
 		s.HostEvent(agentapi.Event{Host: r.HostID, Runner: r.Name, Kind: agentapi.EventEnded,
 			Failure: failure.Launch, Detail: err.Error()})
-		return
+		return false
 	}
+	return true
+}
+
+// configure fetches r's JIT config from GitHub (for runner group gid) and
+// hands it to its VM, which boots meanwhile or, warm, waits for it.
+func (s *Server) configure(ctx context.Context, a HostAgent, r store.Runner, gid int64) {
+	log := s.log.With("runner", r.Name, "job", r.JobID, "host", r.HostID)
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	// GitHub asks integrators not to send many requests at once (its
@@ -457,6 +544,17 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 				return err
 			}
 			return tx.PutRunner(r)
+		case agentapi.EventReady:
+			if r.ReadyAt.IsZero() {
+				r.ReadyAt = now
+				if r.Pool != "" && !r.CreatedAt.IsZero() && now.After(r.CreatedAt) {
+					fx.do(func() {
+						s.pools.ready(r.Pool, now.Sub(r.CreatedAt))
+						s.metrics.poolReady(r.Pool, now.Sub(r.CreatedAt))
+					})
+				}
+			}
+			return tx.PutRunner(r)
 		case agentapi.EventStarted:
 			if _, err := moveRunner(&r, lifecycle.RunnerStarted); err != nil {
 				return err
@@ -476,7 +574,12 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 		case agentapi.EventEnded:
 			return s.runnerEnded(tx, fx, r, e, buffered, now)
 		}
-		return fmt.Errorf("unknown host event kind %q", e.Kind)
+		// A newer agent's event this control plane does not know: kept
+		// out of the store, and not retried (it would block the queue).
+		fx.do(func() {
+			s.log.Warn("host event of an unknown kind ignored", "host", e.Host, "runner", e.Runner, "kind", e.Kind)
+		})
+		return nil
 	})
 	if err == nil && e.Kind == agentapi.EventEnded {
 		s.marks.ended(e.Runner)

@@ -73,6 +73,7 @@ type jobStep struct {
 	facts lifecycle.Facts // Attempts and MaxAttempts are filled in by move
 	host  string          // lifecycle.AvoidHost: the host that failed
 	run   store.Runner    // lifecycle.Launch: the runner to launch
+	claim bool            // lifecycle.Launch: run is a warm VM, to configure only
 }
 
 // move applies one event to j: it finds the rule, sets j's state and the
@@ -125,7 +126,7 @@ func (s *Server) move(fx *afterCommit, j *store.Job, st jobStep, now time.Time) 
 				j.AvoidHosts = appendUnique(j.AvoidHosts, st.host)
 			}
 		case lifecycle.Launch:
-			fx.launches = append(fx.launches, launch{runner: st.run, job: *j})
+			fx.launches = append(fx.launches, launch{runner: st.run, job: *j, claim: st.claim})
 		case lifecycle.Verify:
 			fx.verify = append(fx.verify, j.ID)
 		case lifecycle.BindTaker, lifecycle.FreeRunner:

@@ -35,6 +35,12 @@ type metrics struct {
 	leader     prometheus.Gauge
 	leaderEp   prometheus.Gauge
 	leaderChg  *prometheus.CounterVec
+	poolVMs    *prometheus.GaugeVec
+	poolTarget *prometheus.GaugeVec
+	poolClaims *prometheus.CounterVec
+	poolRecyc  *prometheus.CounterVec
+	poolWait   *prometheus.HistogramVec
+	poolBoot   *prometheus.HistogramVec
 }
 
 // Label values are bounded: never a job id, a runner's name or a
@@ -87,6 +93,30 @@ func newMetrics(s *Server) *metrics {
 			Name: "tandem_leader_epoch", Help: "The epoch of this replica's current or last term as leader (0: none yet).",
 		}),
 		leaderChg: counters("tandem_leadership_changes_total", "Terms as leader this replica began (gained) and ended (lost).", "change"),
+		poolVMs: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_pool_idle_vms",
+			Help: "Warm pool VMs no job has claimed, by pool (its label) and state (booting, ready), as the leader's last placement pass saw them."},
+			[]string{"pool", "state"}),
+		poolTarget: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tandem_pool_target_vms",
+			Help: "How many idle VMs each warm pool aims to hold now (0 outside its schedule)."}, []string{"pool"}),
+		poolClaims: counters("tandem_pool_claims_total",
+			"Jobs of a warm pool's label placed: on a warm VM (hit) or on a new one because none was left (miss).", "pool", "result"),
+		poolRecyc: counters("tandem_pool_vms_recycled_total",
+			"Warm pool VMs stopped without a job, by pool and reason (max-age, image, host, excess, schedule).", "pool", "reason"),
+		poolWait: histograms("tandem_pool_ready_to_claim_seconds",
+			"How long a warm pool VM waited, ready, before a job claimed it (0 for one claimed still booting).",
+			prometheus.ExponentialBuckets(0.5, 2, 14), "pool"), // 0.5 s to 68 min
+		poolBoot: histograms("tandem_pool_boot_seconds",
+			"From a warm pool VM being placed to its guest being ready.", prometheus.ExponentialBuckets(0.25, 1.6, 16), "pool"),
+	}
+	for _, wp := range s.pools.list {
+		m.poolVMs.WithLabelValues(wp.key, "booting")
+		m.poolVMs.WithLabelValues(wp.key, "ready")
+		m.poolTarget.WithLabelValues(wp.key)
+		m.poolClaims.WithLabelValues(wp.key, "hit")
+		m.poolClaims.WithLabelValues(wp.key, "miss")
+		for _, why := range []string{"max-age", "image", "host", "excess", "schedule"} {
+			m.poolRecyc.WithLabelValues(wp.key, why)
+		}
 	}
 	m.leaderChg.WithLabelValues("gained")
 	m.leaderChg.WithLabelValues("lost")
@@ -100,6 +130,7 @@ func newMetrics(s *Server) *metrics {
 	}
 	m.reg.MustRegister(m.webhooks, m.webhookDur, m.appliedCnt, m.placeDur, m.launched, m.started,
 		m.recActions, m.recErrors, m.jobRun, m.jobQueue, m.vmBoot, m.samples, m.leader, m.leaderEp, m.leaderChg, &stateCollector{s: s},
+		m.poolVMs, m.poolTarget, m.poolClaims, m.poolRecyc, m.poolWait, m.poolBoot,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -134,6 +165,36 @@ func (m *metrics) leading(begins bool, epoch int64) {
 	}
 	m.leader.Set(0)
 	m.leaderChg.WithLabelValues("lost").Inc()
+}
+
+// poolIdle sets a pool's idle VMs (keep) and its target, after a pass.
+func (m *metrics) poolIdle(pool string, keep []store.Runner, target int) {
+	ready := 0
+	for _, r := range keep {
+		if !r.ReadyAt.IsZero() {
+			ready++
+		}
+	}
+	m.poolVMs.WithLabelValues(pool, "ready").Set(float64(ready))
+	m.poolVMs.WithLabelValues(pool, "booting").Set(float64(len(keep) - ready))
+	m.poolTarget.WithLabelValues(pool).Set(float64(target))
+}
+
+// poolClaimed counts a job of a pool's label placed: on a warm VM that had
+// waited ready for waited, or (hit false) on a new one.
+func (m *metrics) poolClaimed(pool string, hit bool, waited time.Duration) {
+	if !hit {
+		m.poolClaims.WithLabelValues(pool, "miss").Inc()
+		return
+	}
+	m.poolClaims.WithLabelValues(pool, "hit").Inc()
+	m.poolWait.WithLabelValues(pool).Observe(waited.Seconds())
+}
+
+func (m *metrics) poolRecycled(pool, reason string) { m.poolRecyc.WithLabelValues(pool, reason).Inc() }
+
+func (m *metrics) poolReady(pool string, d time.Duration) {
+	m.poolBoot.WithLabelValues(pool).Observe(d.Seconds())
 }
 
 func (m *metrics) placement(d time.Duration, launched int) {

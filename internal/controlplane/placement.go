@@ -45,8 +45,8 @@ type spareMatch struct {
 func (p *placer) matchSpares(queued []store.Job, live []store.Runner, skip func(store.Runner) bool) (pairs []spareMatch, rest []store.Job, unneeded []store.Runner) {
 	taken := map[int64]bool{}
 	for _, r := range live {
-		if r.JobID != 0 || r.State == store.RunnerBusy || skip(r) {
-			continue
+		if r.JobID != 0 || r.State == store.RunnerBusy || r.Idle() || skip(r) {
+			continue // bound, busy, a warm pool's (claimed by placement), or passed over
 		}
 		var pick *store.Job
 		for i := range queued {
@@ -89,8 +89,18 @@ func (p *placer) serves(r store.Runner, j store.Job) bool {
 // plan places queued jobs on the hosts that are online and connected,
 // counting what the live runners hold, and remembers why the jobs it does
 // not place wait.
-func (p *placer) plan(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job) scheduler.Plan {
-	plan := scheduler.Schedule(p.input(hosts, connected, live, queued))
+// Warm VMs may be claimed by the queued jobs whose pool key (warmKeys)
+// is theirs.
+func (p *placer) plan(hosts []store.Host, connected map[string]bool, live []store.Runner, queued []store.Job,
+	warm []scheduler.Warm, warmKeys map[int64]string) scheduler.Plan {
+	in := p.input(hosts, connected, live, queued)
+	if len(warm) > 0 {
+		in.Warm = warm
+		for i := range in.Queue {
+			in.Queue[i].Warm = warmKeys[in.Queue[i].ID]
+		}
+	}
+	plan := scheduler.Schedule(in)
 	// Why a job waits changes with every pass; it is shown by the API but
 	// not written to the store, which would cost a write per queued job
 	// per pass.
@@ -141,6 +151,9 @@ func (p *placer) input(hosts []store.Host, connected map[string]bool, live []sto
 			h.UsedMemoryMiB += r.MemoryMiB
 			h.UsedDiskMiB += p.diskFor(r.VCPUs)
 		}
+		if r.Idle() {
+			continue // a warm pool's VM counts against no organisation until claimed
+		}
 		ou := in.OrgUsage[r.Org]
 		ou.VMs++
 		ou.VCPUs += r.VCPUs
@@ -172,24 +185,37 @@ func (p *placer) diskFor(vcpus float64) int {
 // newRunner is the runner a placement launches for job j.
 func (p *placer) newRunner(j store.Job, pl scheduler.Placement, now time.Time) store.Runner {
 	r := store.Runner{
-		Name: p.newName(), HostID: pl.HostID, JobID: j.ID, Installation: j.Installation,
-		Org: j.Org, Labels: j.Labels, LabelKey: j.LabelKey, Arch: pl.Arch, Emulated: pl.Emulated,
+		Name: p.newName(), HostID: pl.HostID, Arch: pl.Arch, Emulated: pl.Emulated,
 		VCPUs: j.VCPUs, MemoryMiB: j.MemoryMiB, State: store.RunnerAssigned,
 		CreatedAt: now, UpdatedAt: now,
 	}
+	p.bind(&r, j)
+	r.Egress = p.policyFor(j)
+	return r
+}
+
+// bind makes r job j's runner: bound to it, registered where GitHub will
+// give it j (its repository, or its organisation and runner group), with
+// its labels. The VM's egress policy is set apart (policyFor): a warm VM
+// that a job claims keeps the one it booted under, which is the job's.
+func (p *placer) bind(r *store.Runner, j store.Job) {
+	r.JobID, r.Installation, r.Org, r.Labels, r.LabelKey = j.ID, j.Installation, j.Org, j.Labels, j.LabelKey
+	r.Repo, r.Group = "", ""
 	if p.scope == "repo" {
 		r.Repo = j.Repo
 	} else {
 		r.Group = p.groupFor(j.Org, j.Repo)
 	}
-	// The runner's policy: its repository's, for a repository runner; an
-	// organisation runner may take any of the org's jobs, so its org's. A
-	// public repository's job (a stranger's pull request, maybe) gets its
-	// org's, never a looser one its repository was given.
-	if j.Public {
-		r.Egress = p.egress.For(r.Org, "")
-	} else {
-		r.Egress = p.egress.For(r.Org, r.Repo)
+}
+
+// policyFor is the egress policy of j's VM: its repository's, for a
+// repository runner; an organisation runner may take any of the org's
+// jobs, so its org's. A public repository's job (a stranger's pull
+// request, maybe) gets its org's, never a looser one its repository was
+// given.
+func (p *placer) policyFor(j store.Job) egress.Policy {
+	if p.scope == "repo" && !j.Public {
+		return p.egress.For(j.Org, j.Repo)
 	}
-	return r
+	return p.egress.For(j.Org, "")
 }

@@ -161,7 +161,7 @@ func TestPlacerWaiting(t *testing.T) {
 		{ID: 1, Org: "o", Repo: "o/a", Arch: arch.AMD64, VCPUs: 2, MemoryMiB: 4096},
 		{ID: 2, Org: "o", Repo: "o/a", Arch: arch.AMD64, VCPUs: 2, MemoryMiB: 4096, QueuedAt: time.Unix(1, 0)},
 	}
-	plan := p.plan(hosts, connected, nil, q)
+	plan := p.plan(hosts, connected, nil, q, nil, nil)
 	if len(plan.Placements) != 1 || plan.Placements[0].JobID != 1 {
 		t.Fatalf("placements %+v", plan.Placements)
 	}
@@ -172,11 +172,11 @@ func TestPlacerWaiting(t *testing.T) {
 	if r.Repo != "" || r.Org != "o" || r.HostID != "h1" || r.JobID != 1 || r.Egress.Mode != egress.Open {
 		t.Errorf("org-scoped runner %+v", r)
 	}
-	p.plan(hosts, connected, []store.Runner{r}, q[1:])
+	p.plan(hosts, connected, []store.Runner{r}, q[1:], nil, nil)
 	if why, ok := p.whyWaiting(2); !ok || why == "" {
 		t.Errorf("job 2 should still wait behind the runner of job 1 (%q, %v)", why, ok)
 	}
-	p.plan(hosts, connected, nil, q[1:])
+	p.plan(hosts, connected, nil, q[1:], nil, nil)
 	if _, ok := p.whyWaiting(2); ok {
 		t.Error("job 2 placed, but still has the last pass's reason to wait")
 	}

@@ -544,8 +544,14 @@ func (rc *reconcilers) reconcileOrphans(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
-		stuck := rc.configTimeout + 10*time.Minute
-		if (r.State == store.RunnerAssigned || r.State == store.RunnerBooting) && now.Sub(r.CreatedAt) >= stuck {
+		// A warm pool's VM waits for a job up to its pool's max_age (the
+		// pool pass recycles it); once claimed, it has as long to start
+		// as any runner.
+		stuck, since := rc.configTimeout+10*time.Minute, r.CreatedAt
+		if r.Pool != "" {
+			since = r.ClaimedAt
+		}
+		if (r.State == store.RunnerAssigned || r.State == store.RunnerBooting) && !since.IsZero() && now.Sub(since) >= stuck {
 			if rc.cp.retire(ctx, r, fmt.Sprintf("did not start within %s", stuck), "reconciler/"+RecOrphans+"/stuck-vms-stopped") {
 				rc.metrics.reconciled(RecOrphans, "stuck-vms-stopped")
 			}

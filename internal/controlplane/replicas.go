@@ -208,8 +208,12 @@ func (s *Server) routeLaunches(tx store.Tx, fx *afterCommit) error {
 		if h.Replica == "" || h.Replica == s.cfg.Replica {
 			continue
 		}
+		kind := store.CommandLaunch
+		if l.claim {
+			kind = store.CommandClaim
+		}
 		if err := tx.AddRunnerCommand(store.RunnerCommand{HostID: h.ID, Runner: l.runner.Name,
-			Kind: store.CommandLaunch, At: s.now().UTC()}); err != nil {
+			Kind: kind, At: s.now().UTC()}); err != nil {
 			return err
 		}
 		fx.launches[i].routed = true
@@ -301,15 +305,21 @@ func (s *Server) takeCommands(ctx context.Context) (int, error) {
 		}
 		for _, c := range cmds {
 			td := todo{cmd: c, ok: true}
-			if c.Kind == store.CommandLaunch {
+			if c.Kind == store.CommandLaunch || c.Kind == store.CommandClaim {
 				r, err := tx.Runner(c.Runner)
 				if errors.Is(err, store.ErrNotFound) {
 					td.ok = false
 				} else if err != nil {
 					return err
 				}
-				td.ok = td.ok && r.State == store.RunnerAssigned && r.HostID == c.HostID
-				td.launch.runner = r
+				if c.Kind == store.CommandClaim {
+					// Its VM runs; it waits for the config once.
+					td.ok = td.ok && r.State != store.RunnerEnded && !r.ClaimedAt.IsZero() && r.GitHubID == 0
+				} else {
+					td.ok = td.ok && r.State == store.RunnerAssigned
+				}
+				td.ok = td.ok && r.HostID == c.HostID
+				td.launch.runner, td.launch.claim = r, c.Kind == store.CommandClaim
 				if td.ok && r.JobID != 0 {
 					if td.launch.job, err = tx.Job(r.JobID); err != nil && !errors.Is(err, store.ErrNotFound) {
 						return err

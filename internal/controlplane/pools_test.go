@@ -1,0 +1,167 @@
+package controlplane_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/pool"
+	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+const poolLabel = "tandem-amd64-2cpu-1gb"
+
+func poolRig(t *testing.T, o rigOptions, specs ...controlplane.PoolSpec) *rig {
+	t.Helper()
+	prev := o.configure
+	o.configure = func(c *controlplane.Config) {
+		c.Pools = specs
+		if prev != nil {
+			prev(c)
+		}
+	}
+	return newRig(t, o)
+}
+
+// idlePool is the pool runners no job has claimed yet, and how many of
+// them are ready.
+func (r *rig) idlePool() (idle []store.Runner, ready int) {
+	for _, x := range r.liveRunners() {
+		if x.Idle() {
+			idle = append(idle, x)
+			if !x.ReadyAt.IsZero() {
+				ready++
+			}
+		}
+	}
+	return idle, ready
+}
+
+func (r *rig) waitIdle(n int) {
+	r.t.Helper()
+	r.waitFor("pool to hold "+strconv.Itoa(n)+" ready VMs", 20*time.Second, func() bool {
+		idle, ready := r.idlePool()
+		return len(idle) == n && ready == n
+	})
+}
+
+func (r *rig) runner(name string) store.Runner {
+	var x store.Runner
+	r.st.View(r.t.Context(), func(tx store.ReadTx) error {
+		var err error
+		x, err = tx.Runner(name)
+		return err
+	})
+	return x
+}
+
+// A job of a pool's label runs on a warm VM, configured rather than
+// booted; a replacement boots at once; the warm VM counts against no org
+// until it is claimed.
+func TestWarmPoolServesAJob(t *testing.T) {
+	r := poolRig(t, rigOptions{limits: scheduler.Limits{Default: scheduler.OrgLimit{MaxVMs: 1}}},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 2, MaxIdle: 2}, MaxAge: time.Hour})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	r.waitIdle(2)
+	for _, a := range r.hosts[0].assigned {
+		if a.Pool != poolLabel || a.ConfigTimeout != time.Hour+time.Minute {
+			t.Fatalf("pool launch %+v: want pool %s and a config timeout of max_age + 1m", a, poolLabel)
+		}
+	}
+	// Written as the workflow may write it: other labels beside, another
+	// spelling of the same VM. It runs a second, so that its in_progress
+	// webhook is in before its runner ends (else, as for any runner, the
+	// job looks taken by another runner, and is placed again).
+	id, _ := r.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"self-hosted", "Tandem-2cpu-1gb"}, Script: "sleep 1"})
+	r.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(id)
+	ran := r.runner(j.RunnerName)
+	if ran.Pool != poolLabel || ran.ClaimedAt.IsZero() || ran.ReadyAt.IsZero() || ran.Org != "acme" || ran.Repo != "acme/app" ||
+		ran.Installation == 0 || store.LabelKey(ran.Labels) != j.LabelKey {
+		t.Fatalf("job %+v ran on %+v: want a claimed pool runner in the job's scope", j, ran)
+	}
+	if gj, _ := r.gh.Job(id); gj.Claims != 1 || gj.Conclusion != "success" {
+		t.Fatalf("GitHub: %+v", gj)
+	}
+	r.waitIdle(2)
+	if n := r.hosts[0].launches(); n != 3 {
+		t.Errorf("%d VMs launched; want 3 (two for the pool, one to replace the claimed)", n)
+	}
+	c := r.counters()
+	if c["pools/"+poolLabel+"/hits"] != 1 || c["pools/"+poolLabel+"/misses"] != 0 {
+		t.Errorf("counters %v", c)
+	}
+}
+
+// A burst larger than the pool: the warm VMs take the first jobs, the rest
+// boot cold, every job runs once, and the pool is full again after.
+func TestWarmPoolRefillsAfterABurst(t *testing.T) {
+	r := poolRig(t, rigOptions{vcpus: 8},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 2, MaxIdle: 2}, MaxAge: time.Hour})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	r.waitIdle(2)
+	var ids []int64
+	for range 6 {
+		ids = append(ids, r.queue("acme/app", poolLabel, "sleep 0.2"))
+	}
+	r.waitStates(ids, 40*time.Second, store.JobCompleted)
+	for _, id := range ids {
+		if gj, _ := r.gh.Job(id); gj.Claims != 1 || gj.Conclusion != "success" {
+			t.Errorf("job %d on GitHub: %+v", id, gj)
+		}
+	}
+	r.waitIdle(2)
+	c := r.counters()
+	hits, misses := c["pools/"+poolLabel+"/hits"], c["pools/"+poolLabel+"/misses"]
+	if hits < 2 || hits+misses < 6 {
+		t.Errorf("hits %d, misses %d: want at least the two warm VMs used, and every job counted", hits, misses)
+	}
+}
+
+// Idle VMs are recycled at max_age; a pool outside its schedule holds none;
+// a job whose egress policy differs from the pool's boots its own VM.
+func TestWarmPoolRecycles(t *testing.T) {
+	never, err := pool.ParseSchedule("Mon 00:00-00:01; Tue 00:00-00:01 Pacific/Kiritimati")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pols, err := egress.Config{Overrides: map[string]egress.Rule{"strict": {Mode: "audit"}}}.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := poolRig(t, rigOptions{configure: func(c *controlplane.Config) { c.Egress = pols }},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 1, MaxIdle: 1}, MaxAge: 700 * time.Millisecond},
+		controlplane.PoolSpec{Label: "tandem-amd64-1cpu-1gb", Sizing: pool.Sizing{MinIdle: 1, MaxIdle: 1, Schedule: never}, MaxAge: time.Hour})
+	r.gh.AddInstallation("strict", ghfake.AccountOrganization, "strict/app")
+	aged := func() (n int) {
+		var rs []store.Runner
+		r.st.View(r.t.Context(), func(tx store.ReadTx) (err error) {
+			rs, err = tx.Runners(store.RunnerFilter{Pool: poolLabel, States: []store.RunnerState{store.RunnerEnded}})
+			return err
+		})
+		for _, x := range rs {
+			if !strings.Contains(x.Reason, "took no job within its max_age of 700ms") {
+				t.Fatalf("pool VM %s ended: %q", x.Name, x.Reason)
+			}
+			n++
+		}
+		return n
+	}
+	r.waitFor("two pool VMs recycled at max_age", 20*time.Second, func() bool { return aged() >= 2 })
+	for _, a := range r.hosts[0].assigned {
+		if a.Pool == "tandem-amd64-1cpu-1gb" && !never.Active(time.Now()) {
+			t.Errorf("a VM booted for a pool outside its schedule: %+v", a)
+		}
+	}
+	id := r.queue("strict/app", poolLabel, "echo hi")
+	r.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(id)
+	if ran := r.runner(j.RunnerName); ran.Pool != "" || ran.Egress.Mode != egress.Audit {
+		t.Errorf("a job under its own egress policy ran on %+v; want a VM of its own, under audit", ran)
+	}
+}
