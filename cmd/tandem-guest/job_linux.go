@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -56,34 +57,9 @@ func (jr *jobRunner) run(ctx context.Context, job guest.Job, stdout, stderr io.W
 		e.DurationMS = time.Since(start).Milliseconds()
 		return e
 	}
-	if len(job.Argv) == 0 || job.Argv[0] == "" {
-		return done(guest.Exit{Code: codeBadJob, Error: "job has no argv"})
-	}
-	base := jr.baseEnv
-	var cred *syscall.Credential
-	if job.User != "" {
-		acct, err := lookupAccount(job.User)
-		if err != nil {
-			return done(guest.Exit{Code: codeBadJob, Error: err.Error()})
-		}
-		cred = acct.credential()
-		base = mergeEnv(base, acct.env())
-		if job.Dir == "" {
-			job.Dir = acct.home
-		}
-	}
-	env := mergeEnv(base, job.Env)
-	path, err := lookPath(job.Argv[0], envValue(env, "PATH"), job.Dir)
+	l, code, err := jr.resolve(job.Argv, job.User, job.Env, job.Dir, false)
 	if err != nil {
-		return done(guest.Exit{Code: startErrorCode(err), Error: err.Error()})
-	}
-	if job.Dir != "" {
-		if st, err := os.Stat(job.Dir); err != nil || !st.IsDir() {
-			if err == nil {
-				err = fmt.Errorf("%s: not a directory", job.Dir)
-			}
-			return done(guest.Exit{Code: codeBadJob, Error: "job dir: " + err.Error()})
-		}
+		return done(guest.Exit{Code: code, Error: err.Error()})
 	}
 
 	outR, outW, err := os.Pipe()
@@ -100,19 +76,19 @@ func (jr *jobRunner) run(ctx context.Context, job guest.Job, stdout, stderr io.W
 	defer errR.Close()
 	stdin, _ := os.Open(os.DevNull) // nil if missing: the job gets a closed fd 0
 	attr := &os.ProcAttr{
-		Dir:   job.Dir,
-		Env:   env,
+		Dir:   l.dir,
+		Env:   l.env,
 		Files: []*os.File{stdin, outW, errW},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: cred},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: l.cred},
 	}
-	p, waitCh, err := jr.reaper.start(path, job.Argv, attr)
+	p, waitCh, err := jr.reaper.start(l.path, l.argv, attr)
 	outW.Close()
 	errW.Close()
 	if stdin != nil {
 		stdin.Close()
 	}
 	if err != nil {
-		return done(startFailure(path, err))
+		return done(startFailure(l.path, err))
 	}
 	defer p.Release()
 
@@ -180,6 +156,77 @@ wait:
 		e.Code = codeCancelled
 	}
 	return done(e)
+}
+
+// launch is a program resolved and ready to start, as a job or an exec
+// session.
+type launch struct {
+	path string
+	argv []string
+	env  []string
+	dir  string
+	cred *syscall.Credential // nil: as the guest (root)
+}
+
+// resolve finds the account, environment, working directory and program
+// for argv run as user ("" root) with extra variables set. On failure it
+// returns the exit code to report (125, 126 or 127) and why.
+//
+// For an exec session (login): no argv starts the account's login shell
+// ("-sh"), and a home that does not exist gives / as the directory, as
+// login does; a job needs argv and a directory that exists.
+func (jr *jobRunner) resolve(argv []string, user string, extra map[string]string, dir string, login bool) (launch, int, error) {
+	l := launch{argv: argv, env: jr.baseEnv, dir: dir}
+	if !login && (len(argv) == 0 || argv[0] == "") {
+		return l, codeBadJob, errors.New("job has no argv")
+	}
+	var acct *account
+	switch {
+	case user != "":
+		a, err := lookupAccount(user)
+		if err != nil {
+			return l, codeBadJob, err
+		}
+		acct, l.cred = a, a.credential()
+	case login:
+		acct, _ = lookupAccount("root") // for its shell and variables; none is fine
+	}
+	if acct != nil {
+		l.env = mergeEnv(l.env, acct.env())
+	}
+	l.env = mergeEnv(l.env, extra)
+	if l.dir == "" && (acct != nil || login) {
+		if acct != nil {
+			l.dir = acct.home
+		} else {
+			l.dir = envValue(l.env, "HOME")
+		}
+		if st, err := os.Stat(l.dir); login && (err != nil || !st.IsDir()) {
+			l.dir = "/"
+		}
+	}
+	if len(argv) == 0 || argv[0] == "" {
+		shell := "/bin/sh"
+		if acct != nil && acct.shell != "" {
+			shell = acct.shell
+		}
+		l.argv = []string{"-" + filepath.Base(shell)}
+		argv = []string{shell}
+	}
+	path, err := lookPath(argv[0], envValue(l.env, "PATH"), l.dir)
+	if err != nil {
+		return l, startErrorCode(err), err
+	}
+	l.path = path
+	if l.dir != "" {
+		if st, err := os.Stat(l.dir); err != nil || !st.IsDir() {
+			if err == nil {
+				err = fmt.Errorf("%s: not a directory", l.dir)
+			}
+			return l, codeBadJob, fmt.Errorf("job dir: %w", err)
+		}
+	}
+	return l, 0, nil
 }
 
 // pump copies a job's output to the host. If the host stops taking it,

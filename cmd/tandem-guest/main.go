@@ -8,6 +8,10 @@
 // virtio-serial port named guest.PortName, says Hello, runs the one Job the
 // host sends while streaming its output and sending heartbeats, reports its
 // Exit, syncs and restarts the VM (QEMU runs with -no-reboot, so it exits).
+// Beside the job it serves the host's exec sessions (`tandem ssh`: a
+// program or login shell, with a pty or pipes; exec_linux.go); after a
+// Hold from the host it stays up past Exit, sessions and heartbeats going
+// on, until Release.
 //
 // Exit codes it reports besides the job's own: 124 timed out, 125 could not
 // start (bad job, bad dir), 126 not executable, 127 not found, 130 cancelled;

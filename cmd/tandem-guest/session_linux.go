@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/guest"
@@ -28,32 +30,52 @@ type sessionConfig struct {
 	Stats func() guest.Stats
 }
 
+// errJobEnded ends the exec sessions still open when the job has ended and
+// the VM is about to power off.
+var errJobEnded = errors.New("the job ended: the VM is powering off")
+
+// execCloseWait bounds how long the end of the job waits for the exec
+// sessions it ends to report their ends.
+const execCloseWait = 2 * time.Second
+
 // runSession speaks the guest's side of the protocol on c: Hello,
 // heartbeats, one Job, its output, Exit. ctx ending (the guest was told to
 // shut down) stops the job like a Cancel. It returns the Exit it sent, or an
 // error if the session broke before one could be sent.
+//
+// From Hello on it also serves exec sessions (execServer). Those still
+// open when the job ends are ended before Exit, unless the host sent Hold:
+// then Exit is sent, heartbeats and exec sessions go on, and runSession
+// returns (and the guest powers off) on Release, when the host goes away,
+// or when ctx ends.
 func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Exit, error) {
 	con := cfg.Con
-	if err := c.WriteJSON(guest.FrameHello, cfg.Hello); err != nil {
+	hello := cfg.Hello
+	hello.Features = append(slices.Clone(hello.Features), guest.FeatureExec, guest.FeatureHold)
+	if err := c.WriteJSON(guest.FrameHello, hello); err != nil {
 		return guest.Exit{}, fmt.Errorf("channel: send hello: %w", err)
 	}
 	hb := &heartbeat{c: c, stats: cfg.Stats}
 	hb.start(cfg.Heartbeat)
+	x := newExecServer(c, cfg.Runner, con)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	jobs := make(chan []byte, 1)
 	gone := make(chan struct{})
+	release := make(chan struct{})
+	var held atomic.Bool
 	var readErr error
 	goSafe(func() {
 		defer close(gone)
-		gotJob := false
+		gotJob, released := false, false
 		ignored := map[guest.FrameType]bool{}
 		for {
 			t, p, err := c.ReadFrame()
 			if err != nil {
 				readErr = err
 				cancel(errHostGone)
+				go x.closeAll(errHostGone, 0)
 				return
 			}
 			switch {
@@ -62,6 +84,13 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 				jobs <- p
 			case t == guest.FrameCancel:
 				cancel(errHostCancel)
+			case isExecFrame(t):
+				x.handle(t, p)
+			case t == guest.FrameHold:
+				held.Store(true)
+			case t == guest.FrameRelease && !released:
+				released = true
+				close(release)
 			case !ignored[t]:
 				ignored[t] = true
 				con.logf("channel: ignoring %s frames", t)
@@ -97,6 +126,11 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 		con.logf("job: %s", ex.Error)
 	}
 
+	if held.Load() && ctx.Err() == nil {
+		return ex, holdAfterExit(ctx, c, x, hb, ex, release, gone)
+	}
+	x.closeAll(errJobEnded, execCloseWait)
+
 	// Send Exit, never after a heartbeat's turn, and don't hang on a host
 	// that is gone (a virtio port without a host blocks writes).
 	sent := make(chan error, 1)
@@ -118,6 +152,23 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 		return ex, fmt.Errorf("channel: send exit: %w", err)
 	}
 	return ex, nil
+}
+
+// holdAfterExit sends Exit and keeps the guest up, heartbeats and exec
+// sessions going, until the host sends Release or goes away, or ctx ends.
+func holdAfterExit(ctx context.Context, c *guest.Conn, x *execServer, hb *heartbeat, ex guest.Exit, release, gone <-chan struct{}) error {
+	if err := c.WriteJSON(guest.FrameExit, ex); err != nil {
+		hb.stop()
+		return fmt.Errorf("channel: send exit: %w", err)
+	}
+	select {
+	case <-release:
+	case <-gone:
+	case <-ctx.Done():
+	}
+	x.closeAll(errExecShutdown, execCloseWait)
+	hb.stop()
+	return nil
 }
 
 // heartbeat sends Heartbeat frames, each carrying the guest's Stats, until
