@@ -105,6 +105,11 @@ type Request struct {
 	// way: they never touch the host's disk or logs). An error ends the run
 	// with Failure "cancelled" and the error as Detail.
 	Await func(context.Context) (map[string]string, error)
+	// OnExec, if set, is called once the guest agent is ready, after
+	// OnReady, with the Execer that runs exec sessions in the VM while it
+	// lives (`tandem ssh`); its Done is closed when the VM is going away.
+	// It must not block.
+	OnExec func(*Execer)
 }
 
 // maxBoots is how many times Run boots a VM whose guest kernel lost its
@@ -275,6 +280,9 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	res.Timings.Boot = ms(time.Since(tb))
 	if r.OnReady != nil {
 		r.OnReady(inst)
+	}
+	if r.OnExec != nil {
+		r.OnExec(s.exec)
 	}
 	if r.Await != nil {
 		env, err := r.Await(ctx)

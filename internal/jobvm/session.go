@@ -24,6 +24,7 @@ type session struct {
 	frames chan frame    // from the reader goroutine; closed when the channel ends
 	exited chan struct{} // closed when the VM has stopped
 	sample *sampler      // nil: the job is not profiled
+	exec   *Execer       // the guest's exec sessions, routed by read
 }
 
 type frame struct {
@@ -64,6 +65,7 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 		return s.bootFailed(ctx, bctx, timeout, err)
 	}
 	s.conn, s.closer = guest.NewConn(rw), rw
+	s.exec = newExecer(s.conn, s.h.Log)
 	s.frames = make(chan frame, 64)
 	go s.read()
 	watch := time.NewTicker(250 * time.Millisecond)
@@ -90,6 +92,7 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 				return s.fail(failure.GuestCrash, fmt.Sprintf("guest speaks protocol %d, host %d: rebuild the image", h.Version, guest.Version))
 			}
 			s.res.GuestKernel = h.Kernel
+			s.exec.ready(h)
 			return nil
 		case <-s.exited:
 			return s.bootFailed(ctx, bctx, timeout, nil)
@@ -196,12 +199,18 @@ func isExited(c chan struct{}) bool {
 	}
 }
 
+// read is the channel's one reader: exec frames go to the Execer (which
+// never blocks), the rest to run.
 func (s *session) read() {
 	defer close(s.frames)
+	defer s.exec.close()
 	for {
 		t, p, err := s.conn.ReadFrame()
 		if err != nil {
 			return
+		}
+		if s.exec.route(t, p) {
+			continue
 		}
 		s.frames <- frame{t, p}
 	}
