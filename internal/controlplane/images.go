@@ -196,6 +196,7 @@ func (s *Server) Images() ImageSet {
 func (s *Server) SetImages(set ImageSet) {
 	s.imgMu.Lock()
 	defer s.imgMu.Unlock()
+	defer s.kickPlacement() // warm pools recycle VMs of replaced images
 	old := s.images
 	s.images = set
 	for _, rh := range s.links.streams() {

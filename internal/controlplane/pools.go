@@ -30,8 +30,8 @@ import (
 // one job, then it is destroyed, as every VM.
 //
 // The same pass, in the same transaction, tends the pools: it recycles
-// idle VMs past max_age, of an image no longer named, or on a host that no
-// longer takes VMs; stops those over max_idle (or all of them outside the
+// idle VMs past max_age, of an image no longer named, or on a host being
+// drained or cordoned; stops those over max_idle (or all of them outside the
 // pool's schedule); and boots new ones up to the pool's target on the
 // room the queued jobs leave (a pool never boots a VM while a job of its
 // architecture waits for room). Pool VMs count against their hosts'
@@ -250,13 +250,22 @@ type poolStop struct {
 // waiting the jobs it left queued. It returns the pool VMs to stop.
 func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, connected map[string]bool,
 	live, placed []store.Runner, claimed map[string]bool, waiting []store.Job, now time.Time) ([]poolStop, error) {
-	schedulable := map[string]bool{}
+	// A host the operator drains or cordons is to empty: its idle pool
+	// VMs go. One that is merely disconnected (its agent restarting) keeps
+	// them; no job claims them meanwhile, and if the host is lost they end
+	// with it.
+	closing := map[string]bool{}
 	for _, h := range hosts {
-		schedulable[h.ID] = h.State == store.HostOnline && connected[h.ID]
+		closing[h.ID] = h.State == store.HostDraining || h.State == store.HostCordoned
 	}
 	idle := map[string][]store.Runner{}
+	starting := map[string]int{} // claimed VMs whose runner has not started yet
 	for _, r := range live {
-		if r.Idle() && !claimed[r.Name] && !s.marks.isStopping(r.Name) {
+		switch {
+		case r.Pool == "":
+		case claimed[r.Name] || !r.ClaimedAt.IsZero() && r.StartedAt.IsZero():
+			starting[r.Pool]++
+		case r.Idle() && !s.marks.isStopping(r.Name):
 			idle[r.Pool] = append(idle[r.Pool], r)
 		}
 	}
@@ -273,8 +282,8 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 				stops = append(stops, poolStop{r, fmt.Sprintf("pool VM took no job within its max_age of %s", wp.spec.MaxAge), "max-age"})
 			case r.Image != s.imageFor(r):
 				stops = append(stops, poolStop{r, "pool VM of a replaced image", "image"})
-			case !schedulable[r.HostID]:
-				stops = append(stops, poolStop{r, "pool VM on a host that takes no new VMs", "host"})
+			case closing[r.HostID]:
+				stops = append(stops, poolStop{r, "pool VM on a host being drained or cordoned", "host"})
 			default:
 				keep = append(keep, r)
 			}
@@ -301,7 +310,10 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 		if starved(wp, waiting) {
 			continue // the room is a queued job's
 		}
-		for range target - len(keep) {
+		// A claimed VM's replacement boots once its runner has started:
+		// the job that waits comes first, and a booting VM would take
+		// CPU from its start (much of it under TCG).
+		for range target - len(keep) - starting[wp.key] {
 			id := -int64(len(queue) + 1)
 			want[id] = wp
 			queue = append(queue, scheduler.Job{ID: id, Org: "pool", Repo: "pool/" + wp.key, Arch: wp.req.Arch,

@@ -6,9 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/egress"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/image/imagetest"
+	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/pool"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
@@ -163,5 +166,36 @@ func TestWarmPoolRecycles(t *testing.T) {
 	j, _ := r.job(id)
 	if ran := r.runner(j.RunnerName); ran.Pool != "" || ran.Egress.Mode != egress.Audit {
 		t.Errorf("a job under its own egress policy ran on %+v; want a VM of its own, under audit", ran)
+	}
+}
+
+// A new version of the pool's image: the idle VMs of the old one are
+// recycled, and the pool boots the new one.
+func TestWarmPoolRecyclesOnANewImage(t *testing.T) {
+	cpImages := openImages(t, "cp-images")
+	v1 := imagetest.Add(t, cpImages, imagetest.Options{Seed: 1, Ref: "test-amd64"})
+	r := poolRig(t, rigOptions{configure: func(c *controlplane.Config) {
+		c.Images = cpImages
+		c.Runner.Images = map[arch.Arch]string{arch.AMD64: "test-amd64"}
+	}}, controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 1, MaxIdle: 1}, MaxAge: time.Hour})
+	r.waitIdle(1)
+	idle, _ := r.idlePool()
+	old := idle[0]
+	if old.Image != v1.ID {
+		t.Fatalf("pool VM %+v: want image %s recorded", old, v1.ID)
+	}
+	v2 := imagetest.Add(t, cpImages, imagetest.Options{Seed: 2, Ref: "test-amd64"})
+	parser, _ := labels.NewParser("tandem", 1, 256)
+	set, err := controlplane.ResolveImages(cpImages, parser, map[arch.Arch]string{arch.AMD64: "test-amd64"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cp.SetImages(set)
+	r.waitFor("a pool VM of the new image", 20*time.Second, func() bool {
+		idle, ready := r.idlePool()
+		return len(idle) == 1 && ready == 1 && idle[0].Image == v2.ID
+	})
+	if x := r.runner(old.Name); x.State != store.RunnerEnded || !strings.Contains(x.Reason, "replaced image") {
+		t.Errorf("the old image's pool VM: %+v", x)
 	}
 }
