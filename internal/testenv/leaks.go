@@ -49,7 +49,9 @@ func QEMUPIDs(dir string) []string {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.HasPrefix(b, []byte("qemu-system")) && bytes.Contains(b, []byte(dir)) {
+		argv0, _, _ := bytes.Cut(b, []byte{0})
+		// QEMU is started by its path (/usr/bin/qemu-system-x86_64).
+		if err == nil && bytes.HasPrefix([]byte(filepath.Base(string(argv0))), []byte("qemu-system")) && bytes.Contains(b, []byte(dir)) {
 			pids = append(pids, e.Name())
 		}
 	}
