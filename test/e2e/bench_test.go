@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,4 +97,62 @@ func bareEnv(b *testing.B) func() time.Duration {
 		}
 		return time.Duration(res.Timings.Prepare+res.Timings.Boot) * time.Millisecond
 	}
+}
+
+// BenchmarkWarmVsCold measures, with real VMs in the same run, the time
+// from a job being queued on GitHub (ghfake sends the webhook at once) to
+// a runner claiming it: on a warm pool's VM, booted and waiting before the
+// job came, and on a cold one booted for the job (a label of the same
+// image that no pool keeps). The two alternate, each with the pool full
+// and nothing else booting. It also reports the memory an idle pool VM
+// holds on the host (its QEMU's resident set, test image).
+//
+//	TANDEM_BIN=$PWD/bin go test -run x -bench WarmVsCold -benchtime 8x ./test/e2e/
+func BenchmarkWarmVsCold(b *testing.B) {
+	s := newSystem(b, poolOptions(1))
+	s.install("acme", "app")
+	var warm, cold []time.Duration
+	var rss []float64
+	for i := 0; i < b.N; i++ {
+		s.waitWarm(1, 3*time.Minute)
+		if pids := testenv.QEMUPIDs(s.data); len(pids) == 1 {
+			if kib, err := residentKiB(pids[0]); err == nil {
+				rss = append(rss, float64(kib)/1024)
+			}
+		}
+		id, d := s.claimTime(warmLabel)
+		warm = append(warm, d)
+		s.waitGitHubDone([]int64{id}, 3*time.Minute)
+		s.waitWarm(1, 3*time.Minute)
+		id, d = s.claimTime(coldLabel)
+		cold = append(cold, d)
+		s.waitGitHubDone([]int64{id}, 3*time.Minute)
+	}
+	b.StopTimer()
+	wp50, wp95 := percentiles(warm)
+	cp50, cp95 := percentiles(cold)
+	b.ReportMetric(float64(wp50.Milliseconds()), "warm_p50_ms")
+	b.ReportMetric(float64(wp95.Milliseconds()), "warm_p95_ms")
+	b.ReportMetric(float64(cp50.Milliseconds()), "cold_p50_ms")
+	b.ReportMetric(float64(cp95.Milliseconds()), "cold_p95_ms")
+	b.ReportMetric(float64(wp50)/float64(cp50), "ratio_p50")
+	if len(rss) > 0 {
+		sort.Float64s(rss)
+		b.ReportMetric(rss[len(rss)/2], "idle_rss_MiB")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// residentKiB is a process's resident set (VmRSS), in KiB.
+func residentKiB(pid string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%s/status", pid)
 }
