@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 )
 
 // fakeGuest speaks the guest's side of exec sessions over net.Pipe, with
@@ -167,7 +168,7 @@ func TestExecRoundTripAndResize(t *testing.T) {
 	resize <- WindowSize{Rows: 40, Cols: 120}
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	sw := &syncWriter{}
+	sw := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.Exec(context.Background(), ExecRequest{TTY: true}, pr, sw, nil, resize)
@@ -280,23 +281,6 @@ func TestExecConcurrentSessions(t *testing.T) {
 	if n := stuck.n(); n != 1000000 {
 		t.Fatalf("the slow session got %d bytes", n)
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 // blockedWriter takes nothing until unblock is closed.

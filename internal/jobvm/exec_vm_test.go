@@ -6,30 +6,15 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 )
 
 // screen is a terminal's output as a test reads it.
-type screen struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *screen) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *screen) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type screen struct{ syncbuf.Buffer }
 
 // waitFor waits until the screen shows want after what it showed at from.
 func (s *screen) waitFor(t *testing.T, from int, want string, within time.Duration) {
