@@ -199,3 +199,34 @@ func TestWarmPoolRecyclesOnANewImage(t *testing.T) {
 		t.Errorf("the old image's pool VM: %+v", x)
 	}
 }
+
+// Demand mode: a pool with no floor holds nothing until its jobs arrive,
+// then as many VMs as the jobs expected while one boots, within max_idle.
+func TestWarmPoolSizedByDemand(t *testing.T) {
+	r := poolRig(t, rigOptions{vcpus: 16},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MaxIdle: 3, Demand: true}, MaxAge: time.Hour})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	time.Sleep(300 * time.Millisecond) // several placement passes
+	if idle, _ := r.idlePool(); len(idle) != 0 {
+		t.Fatalf("a demand pool with no arrivals holds %d VMs", len(idle))
+	}
+	// 40 jobs in the window: ceil(40 × boot time / 10 min) VMs, 2 while
+	// the boot time is the assumed 30 s, 1 once measured (milliseconds
+	// here), never above max_idle.
+	var ids []int64
+	for range 40 {
+		ids = append(ids, r.queue("acme/app", poolLabel, "true"))
+	}
+	r.waitStates(ids, time.Minute, store.JobCompleted)
+	r.waitFor("the pool to hold VMs for the demand", 20*time.Second, func() bool {
+		idle, ready := r.idlePool()
+		return len(idle) >= 1 && len(idle) <= 3 && ready == len(idle)
+	})
+	var out struct{ Pools []controlplane.PoolView }
+	if code := r.call("GET", "/api/v1/pools", rigReadToken, &out); code != 200 {
+		t.Fatalf("GET /api/v1/pools: %d", code)
+	}
+	if pools := out.Pools; len(pools) != 1 || pools[0].Arrivals != 40 || pools[0].Target < 1 || pools[0].Target > 3 || pools[0].BootP50 <= 0 {
+		t.Errorf("pools %+v: want 40 arrivals, a target of 1 to 3, a measured boot time", pools)
+	}
+}
