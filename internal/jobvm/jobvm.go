@@ -285,11 +285,9 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		r.OnExec(s.exec)
 	}
 	if r.Await != nil {
-		env, err := r.Await(ctx)
+		env, err := s.await(ctx, r.Await)
 		if err != nil {
-			s.closer.Close()
-			res.Failure, res.Detail = failure.Cancelled, err.Error()
-			return res, &FailureError{Kind: failure.Cancelled, Detail: err.Error()}
+			return res, err
 		}
 		s.r.Env = mergeEnv(r.Env, env)
 	}

@@ -177,3 +177,44 @@ func cpuQuota(t *testing.T, id string) string {
 	t.Errorf("no cgroup for %s", id)
 	return ""
 }
+
+// A VM waiting for its runner config (a warm pool's, for minutes) is
+// watched as a running job is: a long wait with a healthy guest is no
+// failure, and a guest that falls silent while it waits ends the wait.
+func TestWaitingVMIsWatched(t *testing.T) {
+	h := newHost(t)
+	r := req()
+	r.Argv = []string{"sh", "-c", "echo $FROM_CONFIG"}
+	r.HeartbeatTimeout = 3 * time.Second
+	var out bytes.Buffer
+	r.Stdout = &out
+	r.Await = func(ctx context.Context) (map[string]string, error) {
+		select {
+		case <-time.After(2 * r.HeartbeatTimeout):
+			return map[string]string{"FROM_CONFIG": "configured late"}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	res, err := h.Run(context.Background(), r)
+	if err != nil || res.Failure != "" || res.ExitCode != 0 || out.String() != "configured late\n" {
+		t.Fatalf("a healthy guest configured after %s: result %+v, err %v, stdout %q", 2*r.HeartbeatTimeout, res, err, out.String())
+	}
+
+	r.Await = func(ctx context.Context) (map[string]string, error) {
+		<-ctx.Done() // no job comes
+		return nil, ctx.Err()
+	}
+	r.OnReady = func(in vm.Instance) {
+		if err := in.Pause(context.Background()); err != nil {
+			t.Errorf("pause: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err = h.Run(ctx, r)
+	var fe *jobvm.FailureError
+	if !errors.As(err, &fe) || res.Failure != failure.GuestHang || ctx.Err() != nil {
+		t.Errorf("a guest silent while it waits: result %+v, err %v; want a hang, before the wait's context ends", res, err)
+	}
+}

@@ -216,6 +216,57 @@ func (s *session) read() {
 	}
 }
 
+// await runs fn (Request.Await: the runner config, which may take as long
+// as a warm pool keeps its VMs) while it keeps the channel read and
+// watches the guest: one that dies or falls silent ends the wait with its
+// failure, as it would end a job. Heartbeats only show it is alive.
+func (s *session) await(ctx context.Context, fn func(context.Context) (map[string]string, error)) (map[string]string, error) {
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		env map[string]string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		env, err := fn(actx)
+		done <- result{env, err}
+	}()
+	hb := s.r.HeartbeatTimeout
+	if hb == 0 {
+		hb = defaultHeartbeat
+	}
+	silence := time.NewTimer(hb)
+	defer silence.Stop()
+	for {
+		select {
+		case res := <-done:
+			if res.err != nil {
+				s.closer.Close()
+				s.res.Failure, s.res.Detail = failure.Cancelled, res.err.Error()
+				return nil, &FailureError{Kind: failure.Cancelled, Detail: res.err.Error()}
+			}
+			return res.env, nil
+		case f, ok := <-s.frames:
+			if !ok {
+				select {
+				case <-s.exited:
+				case <-time.After(5 * time.Second):
+				}
+				kind := s.crashKind()
+				return nil, s.fail(kind, s.why(kind, "the guest ended while its VM waited for a job"))
+			}
+			silence.Reset(hb)
+			if f.t == guest.FrameStdout || f.t == guest.FrameStderr {
+				// Nothing runs yet: whatever the guest writes is its own.
+				writeTo(s.r.Stderr, f.p)
+			}
+		case <-silence.C:
+			return nil, s.fail(failure.GuestHang, fmt.Sprintf("no word from the guest for %s while its VM waited for a job", hb))
+		}
+	}
+}
+
 // run sends the job and relays frames until the guest reports the exit, the
 // VM dies, the guest falls silent, the timeout passes, or ctx ends. It says
 // whether the guest reported the job's exit.
