@@ -20,6 +20,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/pool"
 	"github.com/tandem-ci/tandem/internal/scheduler"
 	"github.com/tandem-ci/tandem/internal/store"
 )
@@ -149,6 +150,8 @@ func metricsFleet(t *testing.T) (*fleet, string) {
 	f := newFleetWith(t, func(c *controlplane.Config) {
 		c.Runner.DiskPerVCPU = 1024
 		c.Limits = scheduler.Limits{Org: map[string]scheduler.OrgLimit{"slow": {MaxVMs: 1}}}
+		// A pool no job uses, holding nothing: its series, at zero.
+		c.Pools = []controlplane.PoolSpec{{Label: "tandem-arm64-1cpu-0.25gb", Sizing: pool.Sizing{MaxIdle: 1}, MaxAge: time.Hour}}
 	})
 	h := newGoHost("h1")
 	h.cp = f.cp
