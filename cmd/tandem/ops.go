@@ -157,7 +157,7 @@ func printJSON(w io.Writer, raw []byte) error {
 // opsCommands returns the operator commands: hosts, jobs, job, logs,
 // drain, cordon, uncordon, revoke, enroll.
 func opsCommands(g *globals) []*cobra.Command {
-	cmds := []*cobra.Command{hostsCmd(g), poolsCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g), rightsizeCmd(g), insightsCmd(g), parityCmd(g)}
+	cmds := []*cobra.Command{hostsCmd(g), poolsCmd(g), sshCmd(g), jobsCmd(g), jobCmd(g), logsCmd(g), imagesCmd(g), egressCmd(g), rightsizeCmd(g), insightsCmd(g), parityCmd(g)}
 	for _, a := range hostActions {
 		cmds = append(cmds, hostActionCmd(g, a))
 	}

@@ -159,6 +159,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		APITokens:        tokens,
 		Replica:          replicaName(cfg),
 		Pools:            poolSpecs(cfg),
+		DebugOrgs:        cfg.Debug.Orgs,
 		Logger:           g.log,
 	})
 	if err != nil {

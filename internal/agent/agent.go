@@ -10,6 +10,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +79,15 @@ type run struct {
 	once   sync.Once
 	// release ends the run's hold on its image.
 	release func()
+
+	mu     sync.Mutex
+	execer *jobvm.Execer // once the guest is ready: exec sessions in the VM
+}
+
+func (r *run) execs() *jobvm.Execer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.execer
 }
 
 // New returns an agent; it runs nothing until Launch.
@@ -168,6 +178,84 @@ func (a *Agent) Stop(runner, reason string) error {
 	return nil
 }
 
+// Exec runs an exec session (agentapi's exec.go) in runner's VM, beside its
+// job and as the job's user, until the session ends or ctx does. An error
+// is why no session ran, or why it broke off; a session that ran to its end
+// has sent its ExecMsgExit.
+func (a *Agent) Exec(ctx context.Context, runner string, c agentapi.ExecConn) error {
+	a.mu.Lock()
+	r, ok := a.runs[runner]
+	a.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s (its VM has ended)", ErrUnknown, runner)
+	}
+	ex := r.execs()
+	switch {
+	case ex == nil:
+		return errors.New("the runner's VM is still booting: try again in a moment")
+	case !ex.Supported():
+		return errors.New("the VM's image predates exec sessions: rebuild it (tandem image build)")
+	}
+	k, p, err := c.Read(ctx)
+	if err != nil {
+		return err
+	}
+	var open agentapi.ExecOpen
+	if k != agentapi.ExecMsgOpen {
+		return fmt.Errorf("%w: the first message must open the session", agentapi.ErrExecMessage)
+	}
+	if err := json.Unmarshal(p, &open); err != nil {
+		return fmt.Errorf("%w: open: %v", agentapi.ErrExecMessage, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stdin, input := io.Pipe()
+	resize := make(chan jobvm.WindowSize, 1)
+	go func() {
+		// The far end gone, or a message out of the protocol: the session
+		// is killed.
+		defer cancel()
+		for {
+			k, p, err := c.Read(ctx)
+			if err != nil {
+				input.CloseWithError(err)
+				return
+			}
+			switch k {
+			case agentapi.ExecMsgStdin:
+				if _, err := input.Write(p); err != nil {
+					return
+				}
+			case agentapi.ExecMsgEOF:
+				input.Close()
+			case agentapi.ExecMsgResize:
+				var sz agentapi.ExecSize
+				if json.Unmarshal(p, &sz) != nil {
+					return
+				}
+				// Only the newest size counts: one not yet applied is
+				// replaced (this goroutine alone sends, so there is room).
+				select {
+				case <-resize:
+				default:
+				}
+				resize <- jobvm.WindowSize{Rows: sz.Rows, Cols: sz.Cols}
+			default:
+				input.CloseWithError(agentapi.ErrExecMessage)
+				return
+			}
+		}
+	}()
+	res, err := ex.Exec(ctx, jobvm.ExecRequest{Argv: open.Argv, User: ex.JobUser(), TTY: open.TTY,
+		Size: jobvm.WindowSize{Rows: open.Rows, Cols: open.Cols}, Term: open.Term},
+		stdin, agentapi.ExecWriter{Ctx: ctx, Conn: c, Kind: agentapi.ExecMsgStdout},
+		agentapi.ExecWriter{Ctx: ctx, Conn: c, Kind: agentapi.ExecMsgStderr}, resize)
+	if err != nil {
+		return err
+	}
+	return agentapi.WriteJSON(ctx, c, agentapi.ExecMsgExit, agentapi.ExecResult{Code: res.Code, Signal: res.Signal, Error: res.Error})
+}
+
 // NameImages hands the image ids the control plane names to Config.Images
 // (agentapi.ImageNamer).
 func (a *Agent) NameImages(ids []string) { a.cfg.Images.SetNamed(ids) }
@@ -225,6 +313,11 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 			vmID = inst.Info().ID
 			log.Info("runner VM booting", "vm", vmID)
 			a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventBooting, VMID: vmID})
+		},
+		OnExec: func(ex *jobvm.Execer) {
+			r.mu.Lock()
+			r.execer = ex
+			r.mu.Unlock()
 		},
 		OnReady: func(vm.Instance) {
 			if asg.Pool != "" {

@@ -22,6 +22,15 @@ type Runner interface {
 	Runners() []string
 }
 
+// ExecRunner is a Runner that runs exec sessions in its runners' VMs
+// (CmdExec): *agent.Agent.
+type ExecRunner interface {
+	Exec(ctx context.Context, runner string, c ExecConn) error
+}
+
+// ExecDialTimeout bounds an agent's dial back for an exec session.
+const ExecDialTimeout = 15 * time.Second
+
 // ImageNamer is a Runner that keeps its images in step with the ids the
 // control plane names (CmdImages): *agent.Agent.
 type ImageNamer interface {
@@ -48,6 +57,7 @@ type Daemon struct {
 	HeartbeatInterval time.Duration
 
 	run Runner
+	ctx context.Context // Run's: exec sessions end with it
 
 	mu      sync.Mutex
 	events  []Event
@@ -151,6 +161,9 @@ func (d *Daemon) putBackSamples(rs []RunnerSamples) {
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	d.mu.Lock()
+	d.ctx = ctx
+	d.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); d.reportLoop(ctx, cancel) }()
@@ -213,10 +226,45 @@ func (d *Daemon) handle(c Command) {
 		if n, ok := d.run.(ImageNamer); ok {
 			n.NameImages(c.Images)
 		}
+	case CmdExec:
+		if c.Exec != nil {
+			go d.exec(*c.Exec)
+		}
 	}
 	if err != nil {
 		d.Logger.Warn("command failed", "command", c.Type, "runner", c.Runner, "err", err)
 	}
+}
+
+// exec dials back to the control plane for an exec session and runs it in
+// the runner's VM. Whatever fails is told to the far end as the session's
+// end.
+func (d *Daemon) exec(c ExecCommand) {
+	d.mu.Lock()
+	ctx := d.ctx
+	d.mu.Unlock()
+	if ctx == nil {
+		return
+	}
+	er, ok := d.run.(ExecRunner)
+	if !ok {
+		d.Logger.Warn("exec session asked of an agent that runs none", "runner", c.Runner)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, ExecDialTimeout)
+	conn, err := d.Client.DialExec(dctx, d.Client.StreamAddr(), c.Session)
+	cancel()
+	if err != nil {
+		d.Logger.Warn("exec session: dialing back to the control plane", "runner", c.Runner, "err", err)
+		return
+	}
+	d.Logger.Info("exec session opened", "runner", c.Runner)
+	err = er.Exec(ctx, c.Runner, conn)
+	if err != nil {
+		WriteJSON(ctx, conn, ExecMsgExit, ExecResult{Code: 125, Error: err.Error()})
+	}
+	conn.Close("session over")
+	d.Logger.Info("exec session closed", "runner", c.Runner, "err", err)
 }
 
 // reportLoop sends queued events (and logs) as soon as they come, in order;

@@ -11,6 +11,8 @@
 //	POST /agent/v1/report   Report (heartbeat and VM events) → 204
 //	POST /agent/v1/logs     ?runner=NAME, body: the next chunk of its console/runner log
 //	GET  /agent/v1/images/ID/manifest       an image the control plane names: its manifest.json
+//	GET  /agent/v1/exec/SESSION             a WebSocket: the agent's end of an exec session
+//	                        it was asked for (CmdExec; exec.go)
 //	GET  /agent/v1/images/ID/files/NAME     ?offset=N, one of its files as a sparse stream
 //	                        (image.WriteSparse) from offset N on; 404 for an
 //	                        image it does not name, 503 when too many are being sent
@@ -130,6 +132,10 @@ const (
 	// the agent fetches the ones it lacks in the background and removes
 	// fetched images no longer named once no VM uses them.
 	CmdImages = "images"
+	// CmdExec asks the agent to dial back for an exec session
+	// (Command.Exec; exec.go). An agent that predates it ignores it, and
+	// the session fails when nothing dials back.
+	CmdExec = "exec"
 )
 
 // Command is one line of the stream.
@@ -140,6 +146,7 @@ type Command struct {
 	Env        map[string]string `json:"env,omitempty"` // secret (the JIT config): never logged
 	Reason     string            `json:"reason,omitempty"`
 	Images     []string          `json:"images,omitempty"` // CmdImages: the named image ids
+	Exec       *ExecCommand      `json:"exec,omitempty"`   // CmdExec
 	// SentAt is when the control plane queued the command (assignment
 	// latency is measured against it).
 	SentAt time.Time `json:"sent_at"`

@@ -63,6 +63,9 @@ type Config struct {
 	// Pools are warm pools: VMs booted ahead of the jobs that will claim
 	// them (pools.go).
 	Pools []Pool `yaml:"pools"`
+	// Debug says who may open debug sessions in jobs' VMs, and which
+	// failed jobs' VMs are kept for them (debug.go).
+	Debug Debug `yaml:"debug"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
@@ -602,6 +605,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.Agent.Mirror.validate("agent.mirror")...)
 	errs = append(errs, c.validateImages()...)
 	errs = append(errs, c.validatePools()...)
+	errs = append(errs, c.Debug.validate()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}

@@ -135,6 +135,9 @@ func TestLoadRejects(t *testing.T) {
 		"pool demand":   {minimal + "pools: [{labels: tandem-2cpu-4gb, demand: true}]\n", "pools[0]: demand: give max_idle"},
 		"pool age":      {minimal + "pools: [{labels: tandem-2cpu-4gb, max_age: 10s}]\n", "pools[0]: max_age 10s: at least 1m"},
 		"pool schedule": {minimal + "pools: [{labels: tandem-2cpu-4gb, schedule: \"Mon-Fri 7am-8pm\"}]\n", `pools[0]: schedule "Mon-Fri 7am-8pm"`},
+		"debug org":     {minimal + "debug: {orgs: [\"a b\"]}\n", `debug.orgs: "a b"`},
+		"debug key":     {minimal + "debug: {keep_failed: {a/b/c: 1m}}\n", `debug.keep_failed: key "a/b/c"`},
+		"debug long":    {minimal + "debug: {keep_failed: {acme: 48h}}\n", "debug.keep_failed.acme: 48h0m0s: want 0 to 24h0m0s"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
@@ -171,6 +174,26 @@ func TestPools(t *testing.T) {
 	}
 	if p := c.Pools[2]; p.MinIdle != 0 || p.MaxIdle != 4 || !p.Sizing().Demand {
 		t.Errorf("pools[2] %+v", p)
+	}
+}
+
+func TestDebugKeepFailed(t *testing.T) {
+	c, err := load(t, minimal+"debug: {orgs: [acme], keep_failed: {\"*\": 5m, Acme: 15m, acme/App: 30m, initech/api: 0s}}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		org, repo string
+		want      time.Duration
+	}{
+		{"acme", "acme/app", 30 * time.Minute},
+		{"ACME", "acme/other", 15 * time.Minute},
+		{"initech", "initech/api", 0},
+		{"initech", "initech/web", 5 * time.Minute},
+	} {
+		if got := c.Debug.KeepFailedFor(tc.org, tc.repo); got != tc.want {
+			t.Errorf("%s: keep %s, want %s", tc.repo, got, tc.want)
+		}
 	}
 }
 

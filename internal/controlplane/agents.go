@@ -79,6 +79,7 @@ func (s *Server) AgentHandler() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathStream, s.handleStream)
 	mux.HandleFunc("POST "+agentapi.PathReport, readWithin(time.Minute, s.handleReport))
 	mux.HandleFunc("POST "+agentapi.PathLogs, readWithin(time.Minute, s.handleAgentLog))
+	mux.HandleFunc("GET "+agentapi.PathExec+"{session}", readWithin(30*time.Second, s.handleAgentExec))
 	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/manifest", readWithin(30*time.Second, s.handleImageManifest))
 	mux.HandleFunc("GET "+agentapi.PathImages+"{id}/files/{name}", readWithin(30*time.Second, s.handleImageFile))
 	return mux

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/dashboard"
 	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/labels"
@@ -35,6 +36,9 @@ import (
 //	GET  /api/v1/hosts/{id}/load  ?hours=24: the host's load, a record a minute (hostload.go)
 //	GET  /api/v1/egress/suggest   ?repo=OWNER/NAME&last=N: an allowlist from recent jobs
 //	GET  /api/v1/audit            operator actions, newest first (admin; audit.go)
+//	GET  /api/v1/pools            warm pools: idle VMs, target, hits (pools.go)
+//	GET  /api/v1/jobs/{id}/ssh    a WebSocket: a debug session in the job's VM (debug.go)
+//	GET  /api/v1/ssh              the jobs the token may open a debug session in
 //	GET  /api/v1/parity[/check|/report], /badge/parity/ORG/REPO.svg  Arm64/x86 parity (parity.go)
 //	GET  /, /jobs, /hosts, ...    the web dashboard (internal/dashboard; dashboard.go)
 //
@@ -67,6 +71,9 @@ type api struct {
 	advice   *adviceCache         // right-sizing's recent answers
 	dash     *dashboard.Dashboard // its sessions live in memory
 	parity   parity.Policy        // the parity policy (parity.go)
+	// debugOrgs are the organisations whose scoped read tokens may open
+	// debug sessions in their jobs (debug.go).
+	debugOrgs []string
 }
 
 // apiControl is what the operator endpoints ask of the control plane.
@@ -86,11 +93,16 @@ type apiControl interface {
 	holder(h store.Host) string
 	// poolViews shows the warm pools (pools.go).
 	poolViews(ctx context.Context) ([]PoolView, error)
+	// execIn runs a debug session in a runner's VM; execs counts them
+	// (debug.go).
+	execIn(ctx context.Context, hostID, runner string, c agentapi.ExecConn) error
+	execs() *execWaits
 }
 
 func newAPI(s *Server) *api {
 	a := &api{st: s.st, links: s.links, place: s.place, images: s.Images, tokens: s.cfg.APITokens,
-		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels, advice: newAdviceCache(), parity: s.cfg.Parity}
+		logDir: s.cfg.LogDir, agentPin: s.cfg.AgentPin, cp: s, log: s.log, now: s.now, labels: s.cfg.Labels, advice: newAdviceCache(), parity: s.cfg.Parity,
+		debugOrgs: s.cfg.DebugOrgs}
 	a.dash = dashboard.New(dashboard.Config{Backend: dashBackend{a}, Logger: s.log.With("part", "dashboard"), Now: s.now})
 	return a
 }
@@ -104,6 +116,8 @@ func (a *api) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/reconcilers", a.guard(false, a.handleCounters))
 	mux.HandleFunc("GET /api/v1/images", a.guard(false, a.handleImages))
 	mux.HandleFunc("GET /api/v1/pools", a.guard(false, a.handlePools))
+	mux.HandleFunc("GET /api/v1/jobs/{id}/ssh", a.guard(false, a.handleSSH))
+	mux.HandleFunc("GET /api/v1/ssh", a.guard(false, a.handleDebuggable))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/egress", a.guard(false, a.handleJobEgress))
 	mux.HandleFunc("GET /api/v1/jobs/{id}/profile", a.guard(false, a.handleJobProfile))
 	mux.HandleFunc("GET /api/v1/rightsize", a.guard(false, a.handleRightsize))

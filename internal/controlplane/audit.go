@@ -19,13 +19,18 @@ type auditActor struct {
 // record appends an entry for action on target to the audit log, in tx:
 // the action and its record commit together or not at all.
 func (by auditActor) record(tx store.Tx, at time.Time, action, target string) error {
+	_, err := tx.AppendAudit(by.entry(at, action, target, "ok"))
+	return err
+}
+
+// entry is by's audit entry for action on target, with its result ("ok",
+// or why it failed).
+func (by auditActor) entry(at time.Time, action, target, result string) store.AuditEntry {
 	label := by.label
 	if label == "" {
 		label = "unknown"
 	}
-	_, err := tx.AppendAudit(store.AuditEntry{At: at, Actor: label, Action: action, Target: target,
-		Addr: by.addr, Via: by.via, Result: "ok"})
-	return err
+	return store.AuditEntry{At: at, Actor: label, Action: action, Target: target, Addr: by.addr, Via: by.via, Result: result}
 }
 
 // AuditView is an audit entry as the API shows it.

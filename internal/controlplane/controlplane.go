@@ -145,9 +145,13 @@ type Config struct {
 	// the store (replicas.go); default "local". Names must differ.
 	Replica string
 	// Pools are the warm pools (pools.go).
-	Pools  []PoolSpec
-	Logger *slog.Logger
-	Now    func() time.Time
+	Pools []PoolSpec
+	// DebugOrgs are the organisations whose read tokens scoped to them may
+	// open debug sessions in their jobs' VMs (debug.go); admin tokens may
+	// in any job's.
+	DebugOrgs []string
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // maxGitHubConcurrency bounds JIT config requests in flight.
@@ -191,6 +195,7 @@ type Server struct {
 	profiles *profileIngest
 	statuses *statusPoster // commits whose GitHub status may have changed (parity_status.go)
 	pools    *pools        // warm pools (pools.go)
+	execWait *execWaits    // debug sessions waiting for, or joined to, their agents (debug.go)
 	api      *api          // the JSON API (api.go, ops.go, egress.go)
 
 	ghSlots chan struct{} // bounds concurrent JIT config requests
@@ -267,6 +272,7 @@ func New(cfg Config) (*Server, error) {
 		marks:        newMarks(),
 		groups:       newGroupResolver(cfg.GitHub, cfg.Now),
 		profiles:     newProfileIngest(),
+		execWait:     newExecWaits(),
 		tell: map[string]chan struct{}{topicApply: make(chan struct{}, 1), topicDispatch: make(chan struct{}, 1),
 			topicCommands: make(chan struct{}, 1)},
 	}

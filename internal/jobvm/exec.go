@@ -69,8 +69,9 @@ const execStopWait = 5 * time.Second
 // holds more than guest.ExecWindow bytes, and a slow reader of one
 // session's output holds up neither the job's frames nor the others.
 type Execer struct {
-	conn *guest.Conn
-	log  *slog.Logger
+	conn    *guest.Conn
+	log     *slog.Logger
+	jobUser string // the account the job runs as ("" root)
 
 	mu        sync.Mutex
 	supported bool
@@ -97,6 +98,10 @@ func (e *Execer) Supported() bool {
 	defer e.mu.Unlock()
 	return e.supported
 }
+
+// JobUser is the guest account the VM's job runs as ("" root): the one an
+// exec session into the job runs as.
+func (e *Execer) JobUser() string { return e.jobUser }
 
 // Done is closed when the guest has gone away: no session runs any more,
 // and Exec fails with ErrGuestGone.

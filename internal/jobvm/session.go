@@ -66,6 +66,7 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 	}
 	s.conn, s.closer = guest.NewConn(rw), rw
 	s.exec = newExecer(s.conn, s.h.Log)
+	s.exec.jobUser = s.r.User
 	s.frames = make(chan frame, 64)
 	go s.read()
 	watch := time.NewTicker(250 * time.Millisecond)

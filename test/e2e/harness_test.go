@@ -88,6 +88,9 @@ type options struct {
 	// dataDir is the shared data dir whose images/ the system uses; "":
 	// testimages.DataDir (the test images).
 	dataDir string
+	// files are written into the data dir (the config's directory) before
+	// the start, by name, mode 0600: token files, say.
+	files map[string]string
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -226,6 +229,11 @@ agent:
 		cfg += fmt.Sprintf("agents:\n  listen: %s:%d\n  tls_hosts: [%s]\n  heartbeat_timeout: 6s\napi:\n  admin_token_file: admin-token\n",
 			fleetGateway, agentPort, fleetGateway)
 		if err := os.WriteFile(filepath.Join(data, "admin-token"), []byte(fleetAdminToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, body := range o.files {
+		if err := os.WriteFile(filepath.Join(data, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
