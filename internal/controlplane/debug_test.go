@@ -1,0 +1,141 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tandem-ci/tandem/internal/agentapi"
+	"github.com/tandem-ci/tandem/internal/apiclient"
+	"github.com/tandem-ci/tandem/internal/controlplane"
+	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/store"
+)
+
+// Exec makes goHost an agentapi.ExecRunner: a session in one of its runs
+// echoes its input in upper case, then exits with as many as the words
+// of its command.
+func (h *goHost) Exec(ctx context.Context, runner string, c agentapi.ExecConn) error {
+	h.mu.Lock()
+	_, ok := h.runs[runner]
+	h.mu.Unlock()
+	if !ok {
+		return errors.New("no such runner on this host")
+	}
+	k, p, err := c.Read(ctx)
+	if err != nil || k != agentapi.ExecMsgOpen {
+		return errors.New("the first message must open the session")
+	}
+	var open agentapi.ExecOpen
+	if err := json.Unmarshal(p, &open); err != nil {
+		return err
+	}
+	for {
+		k, p, err := c.Read(ctx)
+		if err != nil {
+			return err
+		}
+		switch k {
+		case agentapi.ExecMsgStdin:
+			if err := c.Write(ctx, agentapi.ExecMsgStdout, bytes.ToUpper(p)); err != nil {
+				return err
+			}
+		case agentapi.ExecMsgEOF:
+			return agentapi.WriteJSON(ctx, c, agentapi.ExecMsgExit, agentapi.ExecResult{Code: len(open.Argv)})
+		}
+	}
+}
+
+// session opens a debug session in job id as token, sends input, and
+// returns what came back and the exit.
+func (f *fleet) session(t *testing.T, token string, id int64, argv []string, input string) (string, agentapi.ExecResult, error) {
+	t.Helper()
+	c, err := apiclient.New(apiclient.Options{Server: f.tlsSrv.URL, Token: token, Pin: f.pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := c.Dial(ctx, "/api/v1/jobs/"+strconv.FormatInt(id, 10)+"/ssh")
+	if err != nil {
+		return "", agentapi.ExecResult{}, err
+	}
+	defer conn.Close("done")
+	agentapi.WriteJSON(ctx, conn, agentapi.ExecMsgOpen, agentapi.ExecOpen{Argv: argv})
+	conn.Write(ctx, agentapi.ExecMsgStdin, []byte(input))
+	conn.Write(ctx, agentapi.ExecMsgEOF, nil)
+	var out strings.Builder
+	for {
+		k, p, err := conn.Read(ctx)
+		if err != nil {
+			return out.String(), agentapi.ExecResult{}, err
+		}
+		switch k {
+		case agentapi.ExecMsgStdout:
+			out.Write(p)
+		case agentapi.ExecMsgExit:
+			var res agentapi.ExecResult
+			json.Unmarshal(p, &res)
+			return out.String(), res, nil
+		}
+	}
+}
+
+// A debug session through a remote agent: the control plane asks it on its
+// stream, it dials back with its credentials, and the two WebSockets are
+// joined. Nobody but that agent may take the session's dial-back.
+func TestDebugSessionThroughARemoteAgent(t *testing.T) {
+	f := newFleetWith(t, func(c *controlplane.Config) { c.DebugOrgs = []string{"acme"} })
+	a := f.join("a1")
+	a.host.set(nil, true) // its runners start and wait
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	id := f.queue("acme/app", "tandem-2cpu-1gb", "true")
+	f.waitFor("the job's runner to start", 20*time.Second, func() bool {
+		j, _ := f.job(id)
+		x := f.runner(j.RunnerName)
+		return j.RunnerName != "" && !x.StartedAt.IsZero()
+	})
+	out, res, err := f.session(t, rigAdminToken, id, []string{"sh", "-c", "cat"}, "hello there")
+	if err != nil || out != "HELLO THERE" || res.Code != 3 || res.Error != "" {
+		t.Fatalf("session: output %q, exit %+v, err %v", out, res, err)
+	}
+	// A read token: may read, not run.
+	_, _, err = f.session(t, rigReadToken, id, nil, "x")
+	var ae *apiclient.Error
+	if !errors.As(err, &ae) || ae.Status != 403 {
+		t.Errorf("a read token's session: %v, want 403", err)
+	}
+	// A dial-back for a session nobody asked for, or by another host.
+	for _, who := range []struct{ host, secret string }{{a.creds.HostID, a.creds.Credential}, {"a2", "nope"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, resp, err := websocket.Dial(ctx, f.tlsSrv.URL+agentapi.PathExec+"0123456789abcdef0123456789abcdef",
+			&websocket.DialOptions{HTTPClient: f.tlsSrv.Client(), HTTPHeader: map[string][]string{
+				agentapi.HeaderVersion: {strconv.Itoa(agentapi.Version)}, agentapi.HeaderHost: {who.host},
+				"Authorization": {"Bearer " + who.secret}}})
+		cancel()
+		if err == nil || resp == nil || (resp.StatusCode != 404 && resp.StatusCode != 401) {
+			t.Errorf("a dial-back by %s for an unknown session: %v (%v)", who.host, err, resp)
+		}
+	}
+	var audit struct{ Audit []controlplane.AuditView }
+	f.call("GET", "/api/v1/audit", rigAdminToken, &audit)
+	n := 0
+	for _, e := range audit.Audit {
+		if strings.HasPrefix(e.Action, "debug.session.") && strings.Contains(e.Target, "job "+strconv.FormatInt(id, 10)) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("audit: %d debug entries for the job, want a start and an end: %+v", n, audit.Audit)
+	}
+	if j, _ := f.job(id); j.State == store.JobCompleted {
+		t.Errorf("the job ended with the session")
+	}
+}
