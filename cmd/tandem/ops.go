@@ -505,6 +505,9 @@ func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
 	}
 	field("runner", j.Runner)
 	field("host", j.Host)
+	if j.VMKeptUntil != nil {
+		field("VM kept", fmt.Sprintf("for debugging until %s (tandem ssh %d)", j.VMKeptUntil.Local().Format("15:04:05"), j.ID))
+	}
 	attempts := strconv.Itoa(j.Attempts)
 	if j.Reopens > 0 {
 		attempts += fmt.Sprintf(" (opened again %d times)", j.Reopens)

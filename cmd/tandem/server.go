@@ -160,6 +160,8 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		Replica:          replicaName(cfg),
 		Pools:            poolSpecs(cfg),
 		DebugOrgs:        cfg.Debug.Orgs,
+		KeepFailed:       cfg.Debug.KeepFailedFor,
+		KeepFailedAny:    cfg.Debug.KeepsAny(),
 		Logger:           g.log,
 	})
 	if err != nil {

@@ -82,6 +82,8 @@ type run struct {
 
 	mu     sync.Mutex
 	execer *jobvm.Execer // once the guest is ready: exec sessions in the VM
+
+	keep chan time.Time // the control plane's word on keeping the VM after its job (Hold)
 }
 
 func (r *run) execs() *jobvm.Execer {
@@ -128,7 +130,7 @@ func (a *Agent) Launch(asg agentapi.Assignment) error {
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1),
-		release: a.cfg.Images.Acquire(asg.Image)}
+		release: a.cfg.Images.Acquire(asg.Image), keep: make(chan time.Time, 1)}
 	a.runs[asg.Runner] = r
 	a.wg.Add(1)
 	go func() {
@@ -163,6 +165,24 @@ func (a *Agent) Configure(runner string, env map[string]string) error {
 	if !sent {
 		return fmt.Errorf("agent: runner %s already configured", runner)
 	}
+	return nil
+}
+
+// Hold says until when to keep runner's VM after its job (zero: not at
+// all), for one that may be kept (Assignment.MayKeep). The latest word
+// counts.
+func (a *Agent) Hold(runner string, until time.Time) error {
+	a.mu.Lock()
+	r, ok := a.runs[runner]
+	a.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknown, runner)
+	}
+	select {
+	case <-r.keep:
+	default:
+	}
+	r.keep <- until
 	return nil
 }
 
@@ -342,6 +362,23 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 				return nil, context.Cause(ctx)
 			}
 		},
+	}
+	if asg.MayKeep {
+		req.AfterExit = func(ctx context.Context, code int) time.Time {
+			t := time.NewTimer(agentapi.KeepVerdictWait)
+			defer t.Stop()
+			select {
+			case until := <-r.keep:
+				if until.After(a.cfg.Now()) {
+					log.Info("runner VM kept after its job, for debugging", "vm", vmID, "until", until.Format(time.RFC3339))
+				}
+				return until
+			case <-t.C:
+				return time.Time{}
+			case <-ctx.Done():
+				return time.Time{}
+			}
+		}
 	}
 	if sink := a.cfg.SampleSink; sink != nil {
 		req.SampleEvery = a.cfg.SampleEvery

@@ -28,6 +28,12 @@ type ExecRunner interface {
 	Exec(ctx context.Context, runner string, c ExecConn) error
 }
 
+// Holder is a Runner that keeps VMs after their jobs (CmdHold):
+// *agent.Agent.
+type Holder interface {
+	Hold(runner string, until time.Time) error
+}
+
 // ExecDialTimeout bounds an agent's dial back for an exec session.
 const ExecDialTimeout = 15 * time.Second
 
@@ -229,6 +235,10 @@ func (d *Daemon) handle(c Command) {
 	case CmdExec:
 		if c.Exec != nil {
 			go d.exec(*c.Exec)
+		}
+	case CmdHold:
+		if h, ok := d.run.(Holder); ok {
+			err = h.Hold(c.Runner, c.Until)
 		}
 	}
 	if err != nil {

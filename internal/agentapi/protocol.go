@@ -136,6 +136,10 @@ const (
 	// (Command.Exec; exec.go). An agent that predates it ignores it, and
 	// the session fails when nothing dials back.
 	CmdExec = "exec"
+	// CmdHold says until when to keep a runner's VM after its job
+	// (Command.Until; zero: not at all) once the runner has exited:
+	// Assignment.MayKeep. An agent that predates it ignores it.
+	CmdHold = "hold"
 )
 
 // Command is one line of the stream.
@@ -147,6 +151,7 @@ type Command struct {
 	Reason     string            `json:"reason,omitempty"`
 	Images     []string          `json:"images,omitempty"` // CmdImages: the named image ids
 	Exec       *ExecCommand      `json:"exec,omitempty"`   // CmdExec
+	Until      time.Time         `json:"until,omitzero"`   // CmdHold
 	// SentAt is when the control plane queued the command (assignment
 	// latency is measured against it).
 	SentAt time.Time `json:"sent_at"`

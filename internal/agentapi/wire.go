@@ -45,7 +45,15 @@ type Assignment struct {
 	// guest is ready. A host that predates pools ignores it and reports
 	// no EventReady; the VM still waits for its config.
 	Pool string `json:"pool,omitempty"`
+	// MayKeep: the VM may be kept after its job, for debugging. The guest
+	// waits after the runner's exit for the control plane's word (CmdHold)
+	// up to KeepVerdictWait, then powers off unless told to stay.
+	MayKeep bool `json:"may_keep,omitempty"`
 }
+
+// KeepVerdictWait is how long a VM that MayKeep waits after its runner's
+// exit for CmdHold before it powers off.
+const KeepVerdictWait = 15 * time.Second
 
 // EventKind says what happened to a runner's VM.
 type EventKind string

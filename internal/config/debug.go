@@ -46,6 +46,16 @@ func (d Debug) KeepFailedFor(org, repo string) time.Duration {
 	return v
 }
 
+// KeepsAny reports whether any failed job's VM may be kept.
+func (d Debug) KeepsAny() bool {
+	for _, v := range d.KeepFailed {
+		if v > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func (d Debug) validate() []error {
 	var errs []error
 	for _, o := range d.Orgs {

@@ -63,6 +63,11 @@ func (h *remoteHost) Configure(runner string, env map[string]string) error {
 	return h.send(agentapi.Command{Type: agentapi.CmdConfigure, Runner: runner, Env: env})
 }
 
+// Hold tells the agent until when to keep runner's VM after its job.
+func (h *remoteHost) Hold(runner string, until time.Time) error {
+	return h.send(agentapi.Command{Type: agentapi.CmdHold, Runner: runner, Until: until})
+}
+
 func (h *remoteHost) Stop(runner, reason string) error {
 	return h.send(agentapi.Command{Type: agentapi.CmdStop, Runner: runner, Reason: reason})
 }

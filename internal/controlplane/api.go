@@ -223,9 +223,12 @@ type JobView struct {
 	StartedAt   *time.Time `json:"started_at,omitempty"`
 	CompletedAt *time.Time `json:"completed_at,omitempty"`
 	// GitHub's own times (StartedAt and CompletedAt are Tandem's).
-	GitHubStartedAt   *time.Time  `json:"github_started_at,omitempty"`
-	GitHubCompletedAt *time.Time  `json:"github_completed_at,omitempty"`
-	Events            []EventView `json:"events,omitempty"`
+	GitHubStartedAt   *time.Time `json:"github_started_at,omitempty"`
+	GitHubCompletedAt *time.Time `json:"github_completed_at,omitempty"`
+	// VMKeptUntil: the failed job's VM is kept for debugging until then
+	// (debug.keep_failed; the job's detail only).
+	VMKeptUntil *time.Time  `json:"vm_kept_until,omitempty"`
+	Events      []EventView `json:"events,omitempty"`
 }
 
 // EventView is one transition of a job.
@@ -328,6 +331,7 @@ func (a *api) handleJob(w http.ResponseWriter, r *http.Request) {
 func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, error) {
 	var j store.Job
 	var evs []store.JobEvent
+	var run store.Runner
 	err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		if j, err = tx.Job(id); err != nil {
@@ -336,13 +340,21 @@ func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, er
 		if !p.sees(j.Org) {
 			return store.ErrNotFound // another tenant's: not even its existence
 		}
-		evs, err = tx.JobEvents(id)
+		if evs, err = tx.JobEvents(id); err != nil || j.RunnerName == "" {
+			return err
+		}
+		if run, err = tx.Runner(j.RunnerName); errors.Is(err, store.ErrNotFound) {
+			err = nil
+		}
 		return err
 	})
 	if err != nil {
 		return JobView{}, err
 	}
 	v := a.jobView(j)
+	if run.State != store.RunnerEnded && run.KeptUntil.After(a.now()) {
+		v.VMKeptUntil = optTime(run.KeptUntil)
+	}
 	for _, e := range evs {
 		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),
 			Source: e.Source, Reason: e.Reason, Runner: e.Runner, Host: e.Host})

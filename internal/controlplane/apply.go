@@ -462,6 +462,11 @@ func (s *Server) complete(tx store.Tx, fx *afterCommit, job store.Job, ev lifecy
 	if err := tx.UpdateJob(job, store.Event{Source: source, Reason: job.Reason}); err != nil {
 		return applied{}, err
 	}
+	if job.State == store.JobCompleted && s.cfg.KeepFailedAny {
+		if err := s.keepVerdict(tx, fx, job, now); err != nil {
+			return applied{}, err
+		}
+	}
 	if rule.Does(lifecycle.FreeRunner) && held != "" {
 		if err := s.unbind(tx, held, job.ID, now); err != nil {
 			return applied{}, err

@@ -150,8 +150,14 @@ type Config struct {
 	// open debug sessions in their jobs' VMs (debug.go); admin tokens may
 	// in any job's.
 	DebugOrgs []string
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// KeepFailed is how long a failed job's VM is kept for debugging, by
+	// its organisation and repository (nil or 0: not); KeepFailedAny says
+	// whether any is ever kept (a warm pool's VM, whose job is not known
+	// at its launch, may then be).
+	KeepFailed    func(org, repo string) time.Duration
+	KeepFailedAny bool
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // maxGitHubConcurrency bounds JIT config requests in flight.

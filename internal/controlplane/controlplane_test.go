@@ -54,11 +54,34 @@ type goHost struct {
 	started  int
 	booted   []string              // the image of each run that got as far as "booting"
 	assigned []agentapi.Assignment // every launch it accepted
+	verdicts []verdict             // Hold's words, as they came
+}
+
+type verdict struct {
+	runner string
+	until  time.Time
+}
+
+// Hold delivers the control plane's word on keeping a run's "VM".
+func (h *goHost) Hold(runner string, until time.Time) error {
+	h.mu.Lock()
+	r, ok := h.runs[runner]
+	h.mu.Unlock()
+	if !ok {
+		return agent.ErrUnknown
+	}
+	select {
+	case <-r.keep:
+	default:
+	}
+	r.keep <- until
+	return nil
 }
 
 type goRun struct {
 	cancel context.CancelCauseFunc
 	config chan string
+	keep   chan time.Time // Hold's word, for a run that MayKeep
 }
 
 func newGoHost(id string) *goHost { return &goHost{id: id, runs: map[string]*goRun{}} }
@@ -80,7 +103,7 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 		return agentapi.ErrDuplicate
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
-	r := &goRun{cancel: cancel, config: make(chan string, 1)}
+	r := &goRun{cancel: cancel, config: make(chan string, 1), keep: make(chan time.Time, 1)}
 	h.runs[a.Runner] = r
 	h.started++
 	h.assigned = append(h.assigned, a)
@@ -124,6 +147,22 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 			}
 		case <-ctx.Done():
 			ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
+		}
+		if a.MayKeep && ctx.Err() == nil {
+			// As the agent does: wait for the control plane's word, then
+			// keep the "VM" until then.
+			select {
+			case until := <-r.keep:
+				h.mu.Lock()
+				h.verdicts = append(h.verdicts, verdict{a.Runner, until})
+				h.mu.Unlock()
+				select {
+				case <-time.After(time.Until(until)):
+				case <-ctx.Done():
+				}
+			case <-time.After(agentapi.KeepVerdictWait):
+			case <-ctx.Done():
+			}
 		}
 		if a.Egress.Mode.Records() {
 			// What a real VM's egress rules would have recorded: one flow.

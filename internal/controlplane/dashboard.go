@@ -230,7 +230,7 @@ func dashJob(v JobView) dashboard.Job {
 		}
 		return *t
 	}
-	j.StartedAt, j.CompletedAt = deref(v.StartedAt), deref(v.CompletedAt)
+	j.StartedAt, j.CompletedAt, j.VMKeptUntil = deref(v.StartedAt), deref(v.CompletedAt), deref(v.VMKeptUntil)
 	for _, e := range v.Events {
 		j.Events = append(j.Events, dashboard.Event{At: e.At, From: e.From, To: e.To, Source: e.Source,
 			Reason: e.Reason, Runner: e.Runner, Host: e.Host})

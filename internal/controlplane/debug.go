@@ -323,3 +323,70 @@ func (a *api) handleDebuggable(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) execs() *execWaits { return s.execWait }
+
+// Keeping a failed job's VM (debug.keep_failed): a VM that may be kept
+// (agentapi.Assignment.MayKeep) waits after its runner's exit for the
+// control plane's word. When GitHub reports its job completed, the word
+// is sent: keep it until now + keep_failed when the job failed, else let
+// it go. Its runner stays live (its capacity counted) until the VM ends;
+// the job shows until when it is kept.
+
+// keepFor is how long a failed job of org/repo keeps its VM.
+func (s *Server) keepFor(org, repo string) time.Duration {
+	if s.cfg.KeepFailed == nil {
+		return 0
+	}
+	return s.cfg.KeepFailed(org, repo)
+}
+
+// holder is a host agent that keeps VMs after their jobs.
+type holder interface {
+	Hold(runner string, until time.Time) error
+}
+
+// keepVerdict tells the VM of completed job j whether to stay, in the
+// transaction that completes it.
+func (s *Server) keepVerdict(tx store.Tx, fx *afterCommit, j store.Job, now time.Time) error {
+	if j.RunnerName == "" {
+		return nil
+	}
+	r, err := tx.Runner(j.RunnerName)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil || r.State == store.RunnerEnded || r.JobID != j.ID {
+		return err
+	}
+	var until time.Time
+	if j.Conclusion == "failure" || j.Conclusion == "timed_out" {
+		if d := s.keepFor(j.Org, j.Repo); d > 0 {
+			until = now.Add(d).Truncate(time.Millisecond) // as the store keeps it
+		}
+	}
+	a, local := s.links.agent(r.HostID)
+	h, ok := a.(holder)
+	if !local || !ok {
+		if !until.IsZero() {
+			fx.do(func() {
+				s.log.Warn("not keeping a failed job's VM: its host's agent is attached to another replica, or keeps none",
+					"job", j.ID, "runner", r.Name, "host", r.HostID)
+			})
+		}
+		return nil
+	}
+	if !until.IsZero() {
+		r.KeptUntil, r.UpdatedAt = until, now
+		if err := tx.PutRunner(r); err != nil {
+			return err
+		}
+		fx.do(func() {
+			s.log.Info("keeping a failed job's VM for debugging", "job", j.ID, "runner", r.Name, "until", until)
+		})
+	}
+	fx.do(func() {
+		if err := h.Hold(r.Name, until); err != nil {
+			s.log.Warn("telling a host whether to keep a VM", "runner", r.Name, "host", r.HostID, "err", err)
+		}
+	})
+	return nil
+}

@@ -139,3 +139,62 @@ func TestDebugSessionThroughARemoteAgent(t *testing.T) {
 		t.Errorf("the job ended with the session")
 	}
 }
+
+// A failed job's VM is kept for debug.keep_failed after its job, its
+// runner live (capacity counted) and the job saying until when; then it
+// goes. A job that succeeds lets its VM go at once.
+func TestFailedJobsVMIsKept(t *testing.T) {
+	keep := 1500 * time.Millisecond
+	r := newRig(t, rigOptions{configure: func(c *controlplane.Config) {
+		c.KeepFailedAny = true
+		c.KeepFailed = func(org, repo string) time.Duration {
+			if repo == "acme/app" {
+				return keep
+			}
+			return 0
+		}
+	}})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app", "acme/web")
+	failed := r.queue("acme/app", "tandem-2cpu-1gb", "echo failing; exit 3")
+	passed := r.queue("acme/app", "tandem-2cpu-1gb", "echo ok")
+	other := r.queue("acme/web", "tandem-2cpu-1gb", "exit 1") // keeps none
+	r.waitStates([]int64{failed, passed, other}, 20*time.Second, store.JobCompleted)
+	j, _ := r.job(failed)
+	run := r.runner(j.RunnerName)
+	if j.Conclusion != "failure" || run.KeptUntil.IsZero() || run.State == store.RunnerEnded {
+		t.Fatalf("the failed job %+v: its runner %+v, want it live and kept", j, run)
+	}
+	var v controlplane.JobView
+	if code := r.call("GET", "/api/v1/jobs/"+strconv.FormatInt(failed, 10), rigReadToken, &v); code != 200 ||
+		v.VMKeptUntil == nil || !v.VMKeptUntil.Equal(run.KeptUntil) {
+		t.Errorf("the job's detail: %d, vm_kept_until %v, want %v", code, v.VMKeptUntil, run.KeptUntil)
+	}
+	r.waitFor("the kept VM to go", 20*time.Second, func() bool { return r.runner(j.RunnerName).State == store.RunnerEnded })
+	if ended := r.runner(j.RunnerName).EndedAt; ended.Before(run.KeptUntil) {
+		t.Errorf("the kept VM ended at %s, before its time %s", ended, run.KeptUntil)
+	}
+	r.waitFor("every runner to end", 20*time.Second, func() bool { return len(r.liveRunners()) == 0 })
+	h := r.hosts[0]
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	words := map[string]time.Time{}
+	for _, w := range h.verdicts {
+		words[w.runner] = w.until
+	}
+	pj, _ := r.job(passed)
+	oj, _ := r.job(other)
+	if u, ok := words[pj.RunnerName]; !ok || !u.IsZero() {
+		t.Errorf("the passed job's VM: word %v (given %v), want let go", u, ok)
+	}
+	for _, a := range h.assigned {
+		if a.Runner == oj.RunnerName && a.MayKeep {
+			t.Errorf("a VM of a repository that keeps none was launched to wait for a word: %+v", a)
+		}
+		if a.Runner == pj.RunnerName && !a.MayKeep {
+			t.Errorf("a VM of a repository that keeps failed VMs was not launched to wait for a word: %+v", a)
+		}
+	}
+	if u := words[j.RunnerName]; !u.Equal(run.KeptUntil) {
+		t.Errorf("the failed job's VM: kept until %v, the store says %v", u, run.KeptUntil)
+	}
+}

@@ -242,7 +242,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 		return
 	}
 	if r.Pool != "" && r.ClaimedAt.IsZero() {
-		s.startVM(a, r) // a warm pool's: it waits for a job to claim it
+		s.startVM(a, r, s.cfg.KeepFailedAny) // a warm pool's: it waits for a job to claim it
 		return
 	}
 	gid, err := s.runnerGroupID(ctx, r, l.job)
@@ -257,15 +257,16 @@ func (s *Server) launch(ctx context.Context, l launch) {
 			Failure: failure.Launch, Detail: fmt.Sprintf("looking up runner group %q: %v", r.Group, err)})
 		return
 	}
-	if !l.claim && !s.startVM(a, r) {
+	if !l.claim && !s.startVM(a, r, s.keepFor(l.job.Org, l.job.Repo) > 0) {
 		return
 	}
 	s.configure(ctx, a, r, gid)
 }
 
 // startVM asks r's host to boot its VM, and says whether it took the
-// assignment; if not, r has ended.
-func (s *Server) startVM(a HostAgent, r store.Runner) bool {
+// assignment; if not, r has ended. mayKeep: the VM may be kept after its
+// job for debugging (debug.go).
+func (s *Server) startVM(a HostAgent, r store.Runner, mayKeep bool) bool {
 	// The image is chosen and the launch queued under imgMu: a host hears
 	// of a newly named image only after the launches of the old one.
 	s.imgMu.RLock()
@@ -274,6 +275,7 @@ func (s *Server) startVM(a HostAgent, r store.Runner) bool {
 		Runner: r.Name, Arch: r.Arch, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Image: img,
 		Command: s.cfg.Runner.Command, User: s.cfg.Runner.User, Timeout: s.cfg.Runner.MaxJobTime, ConfigTimeout: s.cfg.Runner.ConfigTimeout,
 		Env: map[string]string{"TANDEM_RUNNER_NAME": r.Name}, Egress: r.Egress, DiskMiB: s.place.diskFor(r.VCPUs),
+		MayKeep: mayKeep,
 	}
 	if r.Pool != "" {
 		// It waits for a job as long as its pool keeps it, and a little

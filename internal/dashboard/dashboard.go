@@ -150,6 +150,9 @@ type Job struct {
 	UpdatedAt   time.Time
 	StartedAt   time.Time
 	CompletedAt time.Time
+	// VMKeptUntil: the failed job's VM is kept for debugging until then
+	// (zero: it is not).
+	VMKeptUntil time.Time
 	Events      []Event
 }
 

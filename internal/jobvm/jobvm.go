@@ -110,6 +110,14 @@ type Request struct {
 	// lives (`tandem ssh`); its Done is closed when the VM is going away.
 	// It must not block.
 	OnExec func(*Execer)
+	// AfterExit, if set, may keep the VM up after its job has exited, for
+	// someone to look around in it (exec sessions go on): the guest is
+	// told at the job's start to wait after its exit, and AfterExit,
+	// called with the job's exit code, says until when to keep it (zero,
+	// or a time past: not at all). It may block while it finds out. The
+	// guest is watched meanwhile; ctx ending lets it go at once. A guest
+	// too old to wait gets no such call.
+	AfterExit func(ctx context.Context, exitCode int) time.Time
 }
 
 // maxBoots is how many times Run boots a VM whose guest kernel lost its
@@ -144,6 +152,9 @@ type Result struct {
 	// Egress is what the VM did under an auditing or allowlist policy;
 	// nil for an open one.
 	Egress *egress.Record `json:"egress,omitempty"`
+	// KeptUntil is until when the VM was kept after its job's exit
+	// (Request.AfterExit), when it was.
+	KeptUntil time.Time `json:"kept_until,omitzero"`
 }
 
 // ErrBadRequest marks errors in the request itself.

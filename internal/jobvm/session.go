@@ -24,6 +24,7 @@ type session struct {
 	frames chan frame    // from the reader goroutine; closed when the channel ends
 	exited chan struct{} // closed when the VM has stopped
 	sample *sampler      // nil: the job is not profiled
+	hold   bool          // the guest can wait after its job's exit (guest.FeatureHold)
 	exec   *Execer       // the guest's exec sessions, routed by read
 }
 
@@ -94,6 +95,7 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 			}
 			s.res.GuestKernel = h.Kernel
 			s.exec.ready(h)
+			s.hold = h.Has(guest.FeatureHold)
 			return nil
 		case <-s.exited:
 			return s.bootFailed(ctx, bctx, timeout, nil)
@@ -274,6 +276,13 @@ func (s *session) await(ctx context.Context, fn func(context.Context) (map[strin
 func (s *session) run(ctx context.Context) (reported bool) {
 	defer s.closer.Close()
 	job := guest.Job{Argv: s.r.Argv, User: s.r.User, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
+	keep := s.r.AfterExit != nil && s.hold
+	if keep {
+		if err := s.conn.WriteFrame(guest.FrameHold, nil); err != nil {
+			s.fail(failure.GuestCrash, "send hold: "+err.Error())
+			return false
+		}
+	}
 	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
 		s.fail(failure.GuestCrash, "send job: "+err.Error())
 		return false
@@ -331,6 +340,9 @@ func (s *session) run(ctx context.Context) (reported bool) {
 				} else if e.Error != "" {
 					s.res.Detail = e.Error
 				}
+				if keep {
+					s.keep(ctx, e.Code, hb)
+				}
 				return true
 			}
 		case <-silence.C:
@@ -345,6 +357,43 @@ func (s *session) run(ctx context.Context) (reported bool) {
 			s.conn.WriteFrame(guest.FrameCancel, nil)
 			s.fail(failure.Cancelled, "cancelled")
 			return false
+		}
+	}
+}
+
+// keep keeps a guest that has reported its job's exit up for as long as
+// Request.AfterExit says, watching it meanwhile, then lets it go (Release:
+// it powers off).
+func (s *session) keep(ctx context.Context, code int, hb time.Duration) {
+	defer s.conn.WriteFrame(guest.FrameRelease, nil)
+	decided := make(chan time.Time, 1)
+	go func() { decided <- s.r.AfterExit(ctx, code) }()
+	silence := time.NewTimer(hb)
+	defer silence.Stop()
+	var until <-chan time.Time
+	for {
+		select {
+		case t := <-decided:
+			if !t.After(time.Now()) {
+				return
+			}
+			s.res.KeptUntil = t
+			s.h.Log.Info("VM kept after its job's exit", "vm", s.inst.Info().ID, "until", t.Format(time.RFC3339))
+			timer := time.NewTimer(time.Until(t))
+			defer timer.Stop()
+			until = timer.C
+		case <-until:
+			return
+		case _, ok := <-s.frames:
+			if !ok {
+				return // the VM went down
+			}
+			silence.Reset(hb)
+		case <-silence.C:
+			s.h.Log.Warn("a kept VM's guest fell silent; letting it go", "vm", s.inst.Info().ID)
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }

@@ -159,6 +159,7 @@ type Runner struct {
 	UpdatedAt time.Time
 	ReadyAt   time.Time // its guest said it was ready (pool runners)
 	ClaimedAt time.Time // a job claimed it from its pool
+	KeptUntil time.Time // its failed job's VM is kept for debugging until then
 	StartedAt time.Time // runner process started in the VM
 	BusyAt    time.Time
 	EndedAt   time.Time

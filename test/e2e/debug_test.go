@@ -88,7 +88,7 @@ func (s *screen) waitShown(t *testing.T, from int, want string) int {
 // and may not, and the audit log.
 func TestDebugSessionInRealVM(t *testing.T) {
 	s := newSystem(t, options{
-		extra: "api:\n  read_token_file: read-tokens\ndebug:\n  orgs: [acme]\n",
+		extra: "api:\n  read_token_file: read-tokens\ndebug:\n  orgs: [acme]\n  keep_failed: {acme/app: 20s}\n",
 		files: map[string]string{"read-tokens": acmeReader + " read:acme\n" + initechReader + " read:initech\n" + anyReader + " read\n"},
 	})
 	s.install("acme", "app")
@@ -178,6 +178,34 @@ func TestDebugSessionInRealVM(t *testing.T) {
 	if j, _ := s.gh.Job(id); j.Status != "in_progress" {
 		t.Errorf("the job after the sessions: %s (want it still running)", j.Status)
 	}
+
+	// A job that fails keeps its VM for debug.keep_failed: the job says so,
+	// a session goes in, and the VM goes at its time.
+	failed, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: "echo breaking > /tmp/evidence; exit 3"})
+	s.waitTandemState([]int64{failed}, 3*time.Minute, "completed")
+	fj, _ := s.job(failed)
+	if fj.Conclusion != "failure" || fj.VMKeptUntil == nil {
+		t.Fatalf("the failed job: %+v, want its VM kept", fj)
+	}
+	if out := s.cli("job", strconv.FormatInt(failed, 10)); !strings.Contains(out, "VM kept") {
+		t.Errorf("tandem job does not say the VM is kept:\n%s", out)
+	}
+	if code, out := exitCode(t, s.sshCmd("", strconv.FormatInt(failed, 10), "--command", "cat /tmp/evidence")); code != 0 || !strings.Contains(out, "breaking") {
+		t.Errorf("a session in the kept VM: exit %d, output %q", code, out)
+	}
+	s.waitFor("the kept VM to go", time.Minute, func() bool {
+		var out struct{ Runners []controlplane.RunnerView }
+		s.getJSON("/api/v1/runners", &out)
+		for _, r := range out.Runners {
+			if r.Name == fj.Runner {
+				if r.State == "ended" && r.EndedAt.Before(*fj.VMKeptUntil) {
+					t.Errorf("the kept VM ended at %s, before its time %s", r.EndedAt, fj.VMKeptUntil)
+				}
+				return r.State == "ended"
+			}
+		}
+		return false
+	})
 }
 
 func copyAll(dst *screen, src *os.File) (int64, error) {

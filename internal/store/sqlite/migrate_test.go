@@ -232,7 +232,7 @@ func TestParityDailyMigration(t *testing.T) {
 	}
 	// Back to schema 17 (undoing 0020 and 0019 on the way).
 	for _, q := range []string{"DROP INDEX runners_pool", "ALTER TABLE runners DROP COLUMN pool", "ALTER TABLE runners DROP COLUMN image",
-		"ALTER TABLE runners DROP COLUMN ready_at", "ALTER TABLE runners DROP COLUMN claimed_at", "DELETE FROM schema_migrations WHERE version = 20",
+		"ALTER TABLE runners DROP COLUMN ready_at", "ALTER TABLE runners DROP COLUMN claimed_at", "ALTER TABLE runners DROP COLUMN kept_until", "DELETE FROM schema_migrations WHERE version = 20",
 		"DROP TABLE runner_commands", "ALTER TABLE hosts DROP COLUMN replica", "DELETE FROM schema_migrations WHERE version = 19",
 		"DROP TABLE parity_daily", "DELETE FROM schema_migrations WHERE version = 18",
 		"CREATE INDEX parity_commits_compared ON parity_commits (at, org, repo, workflow, logical, sha, amd64, arm64) WHERE amd64 <> 0 AND arm64 <> 0"} {

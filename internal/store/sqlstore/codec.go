@@ -146,7 +146,7 @@ func scanEvent(sc scanner) (store.JobEvent, error) {
 const runnerCols = `name, host_id, job_id, installation, org, repo, labels, label_key,
 	arch, emulated, vcpus, memory_mib, state, reason, github_id, vm_id, exit_code,
 	created_at, updated_at, started_at, busy_at, ended_at, egress, egress_record, runner_group,
-	pool, image, ready_at, claimed_at`
+	pool, image, ready_at, claimed_at, kept_until`
 
 // runnerArgs returns r's values in runnerCols order.
 func runnerArgs(r store.Runner) ([]any, error) {
@@ -165,7 +165,7 @@ func runnerArgs(r store.Runner) ([]any, error) {
 	return []any{r.Name, r.HostID, r.JobID, r.Installation, r.Org, r.Repo, ls, r.LabelKey,
 		string(r.Arch), r.Emulated, r.VCPUs, r.MemoryMiB, string(r.State), r.Reason, r.GitHubID, r.VMID, r.ExitCode,
 		msOf(r.CreatedAt), msOf(r.UpdatedAt), msOf(r.StartedAt), msOf(r.BusyAt), msOf(r.EndedAt), pol, rec, r.Group,
-		r.Pool, r.Image, msOf(r.ReadyAt), msOf(r.ClaimedAt)}, nil
+		r.Pool, r.Image, msOf(r.ReadyAt), msOf(r.ClaimedAt), msOf(r.KeptUntil)}, nil
 }
 
 // objectJSON encodes v as a JSON column; empty: "".
@@ -182,12 +182,12 @@ func scanRunner(sc scanner) (store.Runner, error) {
 		r                                  store.Runner
 		ls, archName, state, pol, rec      string
 		created, updated, started, busy, e int64
-		ready, claimed                     int64
+		ready, claimed, kept               int64
 	)
 	if err := sc.Scan(&r.Name, &r.HostID, &r.JobID, &r.Installation, &r.Org, &r.Repo, &ls, &r.LabelKey,
 		&archName, &r.Emulated, &r.VCPUs, &r.MemoryMiB, &state, &r.Reason, &r.GitHubID, &r.VMID, &r.ExitCode,
 		&created, &updated, &started, &busy, &e, &pol, &rec, &r.Group,
-		&r.Pool, &r.Image, &ready, &claimed); err != nil {
+		&r.Pool, &r.Image, &ready, &claimed, &kept); err != nil {
 		return store.Runner{}, err
 	}
 	var err error
@@ -208,7 +208,7 @@ func scanRunner(sc scanner) (store.Runner, error) {
 	r.Arch, r.State = arch.Arch(archName), store.RunnerState(state)
 	r.CreatedAt, r.UpdatedAt, r.StartedAt = timeOf(created), timeOf(updated), timeOf(started)
 	r.BusyAt, r.EndedAt = timeOf(busy), timeOf(e)
-	r.ReadyAt, r.ClaimedAt = timeOf(ready), timeOf(claimed)
+	r.ReadyAt, r.ClaimedAt, r.KeptUntil = timeOf(ready), timeOf(claimed), timeOf(kept)
 	return r, nil
 }
 

@@ -296,6 +296,7 @@ func fullRunner(name string, state store.RunnerState) store.Runner {
 		UpdatedAt:    at(time.Second),
 		ReadyAt:      at(1500 * time.Millisecond),
 		ClaimedAt:    at(1700 * time.Millisecond),
+		KeptUntil:    at(15 * time.Minute),
 		StartedAt:    at(2 * time.Second),
 		BusyAt:       at(3 * time.Second),
 		EndedAt:      at(4 * time.Second),

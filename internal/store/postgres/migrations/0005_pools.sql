@@ -6,4 +6,6 @@ ALTER TABLE runners ADD COLUMN pool TEXT NOT NULL DEFAULT '';
 ALTER TABLE runners ADD COLUMN image TEXT NOT NULL DEFAULT '';
 ALTER TABLE runners ADD COLUMN ready_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runners ADD COLUMN claimed_at BIGINT NOT NULL DEFAULT 0;
+-- kept_until: a failed job's VM kept for debugging until then (0: not).
+ALTER TABLE runners ADD COLUMN kept_until BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX runners_pool ON runners (pool, state);
