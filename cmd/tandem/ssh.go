@@ -30,13 +30,14 @@ func sshCmd(g *globals) *cobra.Command {
 	var command string
 	var forceTTY, noTTY bool
 	cmd := &cobra.Command{
-		Use:     "ssh JOB | ssh ls",
+		Use:     "ssh JOB|RUNNER | ssh ls",
 		Aliases: []string{"debug"},
 		Short:   "Open a shell in a running job's VM (or run one command: --command)",
 		Long: "Open an interactive shell in a running job's VM, as the job's user, beside the\n" +
 			"job: carried over the control plane's and the agent's own connections (no SSH\n" +
 			"daemon, nothing listening in the VM). Exit the shell (or ^D) to leave; the job\n" +
-			"goes on. With --command, run one command and exit with its status.\n\n" +
+			"goes on. With --command, run one command and exit with its status. A runner's\n" +
+			"name (as tandem-debug-pause prints it in a job's log) names its job too.\n\n" +
 			"`tandem ssh ls` lists the jobs you may open a session in. An admin token may\n" +
 			"open one in any job; a read token scoped to organisations, in their jobs when\n" +
 			"the config's debug.orgs lists them. Every session is in the audit log.",
@@ -46,7 +47,7 @@ func sshCmd(g *globals) *cobra.Command {
 		if args[0] == "ls" {
 			return sshList(cmd, o, c)
 		}
-		id, err := parseJobID(args[0])
+		id, err := sshTarget(cmd, c, args[0])
 		if err != nil {
 			return err
 		}
@@ -95,6 +96,26 @@ func sshList(cmd *cobra.Command, o *apiOptions, c *apiclient.Client) error {
 			termtext.Ago(now, j.Since), j.Command)
 	}
 	return tb.Flush()
+}
+
+// sshTarget is the job a session goes into: a job id, or the job of a
+// runner's name (among those the token may open a session in).
+func sshTarget(cmd *cobra.Command, c *apiclient.Client, arg string) (int64, error) {
+	if _, err := strconv.ParseInt(arg, 10, 64); err == nil {
+		return parseJobID(arg)
+	}
+	var res struct {
+		Jobs []controlplane.DebuggableView `json:"jobs"`
+	}
+	if _, err := c.Call(cmd.Context(), http.MethodGet, "/api/v1/ssh", nil, nil, &res); err != nil {
+		return 0, err
+	}
+	for _, j := range res.Jobs {
+		if j.Runner == arg {
+			return j.Job, nil
+		}
+	}
+	return 0, fmt.Errorf("%q: not a job id, nor the runner of a running job you may open a session in (tandem ssh ls lists them)", arg)
 }
 
 // runSSH runs one session in job id's VM and returns its exit status; an

@@ -145,6 +145,11 @@ func TestDebugSessionInRealVM(t *testing.T) {
 	if code != 7 || !strings.Contains(out, "root") || !strings.Contains(out, "to-stderr") {
 		t.Errorf("--command: exit %d, output %q", code, out)
 	}
+	// The runner's name (as tandem-debug-pause prints it) names the job.
+	jv, _ := s.job(id)
+	if code, out := exitCode(t, s.sshCmd("", jv.Runner, "--command", "echo by-runner")); code != 0 || !strings.Contains(out, "by-runner") {
+		t.Errorf("tandem ssh %s: exit %d, output %q", jv.Runner, code, out)
+	}
 	// A read token of the job's organisation, which debug.orgs lists, may.
 	if code, out := exitCode(t, s.sshCmd(acmeReader, job, "--command", "true")); code != 0 {
 		t.Errorf("acme's read token: exit %d\n%s", code, out)
@@ -172,8 +177,8 @@ func TestDebugSessionInRealVM(t *testing.T) {
 			ends++
 		}
 	}
-	if starts != 3 || ends != 3 {
-		t.Errorf("audit log: %d session starts and %d ends for job %s, want 3 of each: %+v", starts, ends, job, audit.Audit)
+	if starts != 4 || ends != 4 {
+		t.Errorf("audit log: %d session starts and %d ends for job %s, want 4 of each: %+v", starts, ends, job, audit.Audit)
 	}
 	if j, _ := s.gh.Job(id); j.Status != "in_progress" {
 		t.Errorf("the job after the sessions: %s (want it still running)", j.Status)
