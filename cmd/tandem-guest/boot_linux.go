@@ -144,7 +144,8 @@ func (a *agent) run() error {
 	runner := &jobRunner{reaper: reaper, baseEnv: os.Environ(), drain: drainWait}
 	_, err = runSession(a.ctx, conn, sessionConfig{
 		Hello: hello, Heartbeat: guest.HeartbeatInterval, Runner: runner, Con: con,
-		Stats: func() guest.Stats { return readStats("/proc") },
+		Stats:     func() guest.Stats { return readStats("/proc") },
+		ExecState: execStatePath,
 	})
 	return err
 }

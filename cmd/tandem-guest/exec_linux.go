@@ -40,6 +40,7 @@ type execServer struct {
 	jr    *jobRunner
 	con   *console
 	drain time.Duration
+	state *execStateFile // the session count, for tandem-debug-pause
 
 	mu     sync.Mutex
 	byID   map[uint32]*execSession
@@ -47,8 +48,12 @@ type execServer struct {
 	wg     sync.WaitGroup
 }
 
-func newExecServer(c *guest.Conn, jr *jobRunner, con *console) *execServer {
-	return &execServer{c: c, jr: jr, con: con, drain: jr.drain, byID: map[uint32]*execSession{}}
+// newExecServer makes the exec server and writes its session count to
+// statePath ("": none).
+func newExecServer(c *guest.Conn, jr *jobRunner, con *console, statePath string) *execServer {
+	st := &execStateFile{path: statePath, logf: con.logf}
+	st.start()
+	return &execServer{c: c, jr: jr, con: con, drain: jr.drain, state: st, byID: map[uint32]*execSession{}}
 }
 
 // isExecFrame says whether t is for the exec server.
@@ -188,10 +193,12 @@ func (x *execServer) open(o guest.ExecOpen) {
 		refuse(code, err)
 		return
 	}
+	x.state.opened()
 	goSafe(func() {
 		defer x.wg.Done()
 		e := s.run(wait)
 		x.forget(s)
+		x.state.closed()
 		x.con.logf("exec %d: exit %d %s", o.ID, e.Code, e.Error)
 		x.c.WriteJSON(guest.FrameExecExit, e)
 	})

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -28,6 +29,7 @@ type execHost struct {
 	hc net.Conn
 
 	hello      guest.Hello
+	state      string // the session count's file
 	guestDone  chan error
 	readerDone chan struct{}
 
@@ -50,6 +52,7 @@ func startExecHost(t *testing.T) *execHost {
 	x := &execHost{t: t, h: guest.NewConn(hc), hc: hc, guestDone: make(chan error, 1), readerDone: make(chan struct{}),
 		out: map[uint32]*bytes.Buffer{}, errOut: map[uint32]*bytes.Buffer{}, exits: map[uint32]guest.ExecExit{}}
 	x.cond.L = &x.mu
+	x.state = filepath.Join(t.TempDir(), "tandem", "exec-sessions")
 	go func() {
 		defer gc.Close()
 		_, err := runSession(context.Background(), guest.NewConn(gc), sessionConfig{
@@ -57,6 +60,7 @@ func startExecHost(t *testing.T) *execHost {
 			Heartbeat: 20 * time.Millisecond,
 			Runner:    testRunner(),
 			Con:       newConsole(io.Discard, nil),
+			ExecState: x.state,
 		})
 		x.guestDone <- err
 	}()

@@ -17,6 +17,10 @@
 // start (bad job, bad dir), 126 not executable, 127 not found, 130 cancelled;
 // a job killed by a signal reports 128+n and the signal's name.
 //
+// Called as tandem-debug-pause (a link to it in the images' PATH) it is
+// instead that workflow step: it holds the job until a `tandem ssh`
+// session has come and gone, or a timeout (pause.go).
+//
 // Any fatal error is printed on the console as "tandem-guest: fatal: ..."
 // and the VM is restarted (powered off) the same way: init never exits.
 package main
@@ -24,6 +28,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/tandem-ci/tandem/internal/guest"
@@ -38,6 +43,9 @@ func versionString() string {
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == pauseName && os.Getpid() != 1 {
+		os.Exit(pauseMain(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	// As PID 1 the arguments are whatever the kernel passed on: ignore them.
 	if os.Getpid() != 1 && len(os.Args) > 1 {
 		switch os.Args[1] {
@@ -45,7 +53,7 @@ func main() {
 			fmt.Println(versionString())
 			return
 		case "-h", "--help", "help":
-			fmt.Println("usage: tandem-guest [--version]\n\nRuns as /init (PID 1) of a Tandem VM, or as its systemd service.")
+			fmt.Println("usage: tandem-guest [--version]\n\nRuns as /init (PID 1) of a Tandem VM, or as its systemd service.\nCalled as " + pauseName + ", it pauses a job for tandem ssh (see " + pauseName + " --help).")
 			return
 		default:
 			fmt.Fprintf(os.Stderr, "tandem-guest: unknown argument %q (usage: tandem-guest [--version])\n", os.Args[1])

@@ -28,6 +28,9 @@ type sessionConfig struct {
 	Con       *console
 	// Stats, if set, is read for each heartbeat.
 	Stats func() guest.Stats
+	// ExecState is the file the exec sessions' count is kept in for
+	// tandem-debug-pause (execStatePath); "": none.
+	ExecState string
 }
 
 // errJobEnded ends the exec sessions still open when the job has ended and
@@ -52,12 +55,12 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 	con := cfg.Con
 	hello := cfg.Hello
 	hello.Features = append(slices.Clone(hello.Features), guest.FeatureExec, guest.FeatureHold)
+	x := newExecServer(c, cfg.Runner, con, cfg.ExecState) // its count is there once the host hears of us
 	if err := c.WriteJSON(guest.FrameHello, hello); err != nil {
 		return guest.Exit{}, fmt.Errorf("channel: send hello: %w", err)
 	}
 	hb := &heartbeat{c: c, stats: cfg.Stats}
 	hb.start(cfg.Heartbeat)
-	x := newExecServer(c, cfg.Runner, con)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
