@@ -209,6 +209,9 @@ func checkImage(t *testing.T, im *Image, arch, guest string) {
 	if out := debugfs("stat /usr/bin/tandem-guest"); !strings.Contains(out, "Type: regular") || !strings.Contains(out, "Mode:  0755") {
 		t.Errorf("rootfs /usr/bin/tandem-guest:\n%s", out)
 	}
+	if out := debugfs("stat /usr/local/bin/tandem-debug-pause"); !strings.Contains(out, `"/usr/bin/tandem-guest"`) {
+		t.Errorf("rootfs /usr/local/bin/tandem-debug-pause is not a link to tandem-guest:\n%s", out)
+	}
 	if out := debugfs("stat /bin/sh"); !strings.Contains(out, `"/bin/busybox"`) {
 		t.Errorf("rootfs /bin/sh:\n%s", out)
 	}

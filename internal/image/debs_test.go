@@ -131,6 +131,9 @@ func TestStageRootfsDeterministic(t *testing.T) {
 		if l, err := os.Readlink(filepath.Join(root, "usr/bin/[")); err != nil || l != "/bin/busybox" {
 			t.Errorf("applet link: %q %v", l, err)
 		}
+		if l, err := os.Readlink(filepath.Join(root, "usr/local/bin/tandem-debug-pause")); err != nil || l != "/usr/bin/tandem-guest" {
+			t.Errorf("tandem-debug-pause: %q %v, want a link to /usr/bin/tandem-guest", l, err)
+		}
 		if fi, err := os.Stat(filepath.Join(root, "tmp")); err != nil || fi.Mode().Perm() != 0o777 || fi.Mode()&os.ModeSticky == 0 {
 			t.Errorf("/tmp: %v %v", fi.Mode(), err)
 		}

@@ -150,6 +150,11 @@ func stageTestRootfs(root string, bbBin, guestBin, fakeRunner []byte, bbVersion 
 			return err
 		}
 	}
+	// tandem-guest is also the workflow step tandem-debug-pause, by that
+	// name on the job's PATH.
+	if err := os.Symlink("/usr/bin/tandem-guest", filepath.Join(root, debugPauseLink)); err != nil {
+		return err
+	}
 	for _, a := range applets {
 		a = strings.TrimPrefix(a, "/")
 		if a == "" || a == "bin/busybox" || !fs.ValidPath(a) {

@@ -39,6 +39,9 @@ const (
 	runnerEntry    = "/usr/local/bin/tandem-runner"
 	fakeRunnerPath = "/usr/bin/tandem-fakerunner"
 	guestPath      = "/usr/sbin/tandem-guest"
+	// debugPauseLink is tandem-guest as the workflow step
+	// tandem-debug-pause (tandem-guest's pause.go), in both images.
+	debugPauseLink = "/usr/local/bin/tandem-debug-pause"
 	// ContentsFile lists every file of a runner image's root filesystem
 	// with its sha256, mode and owner.
 	ContentsFile = "rootfs-contents.txt"
@@ -222,7 +225,10 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 			return nil, err
 		}
 	}
-	links := map[string]string{"/etc/systemd/system/multi-user.target.wants/tandem-guest.service": "/usr/lib/systemd/system/tandem-guest.service"}
+	links := map[string]string{
+		"/etc/systemd/system/multi-user.target.wants/tandem-guest.service": "/usr/lib/systemd/system/tandem-guest.service",
+		debugPauseLink: guestPath,
+	}
 	for _, u := range maskedUnits {
 		links["/etc/systemd/system/"+u] = "/dev/null"
 	}

@@ -28,15 +28,14 @@ func (s *screen) waitFor(t *testing.T, from int, want string, within time.Durati
 	}
 }
 
-// Exec sessions in a real VM while its job runs: an interactive shell on
-// a terminal (output, window size and its change, ^C, exit code), a
-// one-shot command on pipes beside it, and a command as another user.
-func TestExecSessionsInAJobsVM(t *testing.T) {
+// startExecJob runs r's job in a VM of a new host and returns the VM's
+// Execer once the guest is ready, the job's result to come (closed after
+// it), and what stops the job. On the test's end the job is stopped and
+// its end awaited, before the host's cleanup checks that nothing is left.
+func startExecJob(t *testing.T, r jobvm.Request) (*jobvm.Execer, <-chan jobvm.Result, context.CancelFunc) {
+	t.Helper()
 	h := newHost(t)
-	r := req()
-	r.Argv = []string{"sleep", "600"}
 	ctx, stopJob := context.WithCancel(context.Background())
-	defer stopJob()
 	execers := make(chan *jobvm.Execer, 1)
 	r.OnExec = func(e *jobvm.Execer) { execers <- e }
 	ran := make(chan jobvm.Result, 1)
@@ -48,13 +47,23 @@ func TestExecSessionsInAJobsVM(t *testing.T) {
 		ran <- res
 		close(ran)
 	}()
-	defer func() { stopJob(); <-ran }() // before the host's cleanup checks that nothing is left
-	var e *jobvm.Execer
+	t.Cleanup(func() { stopJob(); <-ran })
 	select {
-	case e = <-execers:
+	case e := <-execers:
+		return e, ran, stopJob
 	case res := <-ran:
 		t.Fatalf("the VM ended before the guest was ready: %+v", res)
+		return nil, nil, nil
 	}
+}
+
+// Exec sessions in a real VM while its job runs: an interactive shell on
+// a terminal (output, window size and its change, ^C, exit code), a
+// one-shot command on pipes beside it, and a command as another user.
+func TestExecSessionsInAJobsVM(t *testing.T) {
+	r := req()
+	r.Argv = []string{"sleep", "600"}
+	e, _, stopJob := startExecJob(t, r)
 	if !e.Supported() {
 		t.Fatal("the test image's guest does not support exec")
 	}
@@ -140,4 +149,42 @@ func TestExecSessionsInAJobsVM(t *testing.T) {
 		t.Fatal("an open session outlived the VM")
 	}
 	<-e.Done()
+}
+
+// tandem-debug-pause in a real VM: the job says how to reach it, waits for
+// a session to come and go, then goes on, long before its timeout.
+func TestDebugPauseInAJobsVM(t *testing.T) {
+	r := req()
+	r.Argv = []string{"sh", "-c", "tandem-debug-pause 2m; echo resumed"}
+	r.Env = map[string]string{"TANDEM_RUNNER_NAME": "tandem-test"}
+	var out syncbuf.Buffer
+	r.Stdout = &out
+	e, ran, _ := startExecJob(t, r)
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "tandem ssh tandem-test\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the job did not say how to reach its VM; it said:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(out.String(), "resumes when your session ends, or in 2m0s") {
+		t.Errorf("the job does not say when it resumes:\n%s", out.String())
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var hi bytes.Buffer
+	x, err := e.Exec(sctx, jobvm.ExecRequest{Argv: []string{"echo", "hi"}}, nil, &hi, nil, nil)
+	if err != nil || x.Code != 0 || hi.String() != "hi\n" {
+		t.Fatalf("session: %+v %v, output %q", x, err, hi.String())
+	}
+	detached := time.Now()
+	select {
+	case res := <-ran:
+		if res.ExitCode != 0 || res.Failure != "" || !strings.HasSuffix(out.String(), "resuming the job\nresumed\n") {
+			t.Fatalf("result %+v, output:\n%s", res, out.String())
+		}
+		t.Logf("resumed %s after the session ended; the job said:\n%s", time.Since(detached).Round(time.Millisecond), out.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the job did not resume within 60 s of the session's end; it said:\n%s", out.String())
+	}
 }
