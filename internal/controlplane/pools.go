@@ -259,13 +259,8 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 		closing[h.ID] = h.State == store.HostDraining || h.State == store.HostCordoned
 	}
 	idle := map[string][]store.Runner{}
-	starting := map[string]int{} // claimed VMs whose runner has not started yet
 	for _, r := range live {
-		switch {
-		case r.Pool == "":
-		case claimed[r.Name] || !r.ClaimedAt.IsZero() && r.StartedAt.IsZero():
-			starting[r.Pool]++
-		case r.Idle() && !s.marks.isStopping(r.Name):
+		if r.Idle() && !claimed[r.Name] && !s.marks.isStopping(r.Name) {
 			idle[r.Pool] = append(idle[r.Pool], r)
 		}
 	}
@@ -310,10 +305,10 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 		if starved(wp, waiting) {
 			continue // the room is a queued job's
 		}
-		// A claimed VM's replacement boots once its runner has started:
-		// the job that waits comes first, and a booting VM would take
-		// CPU from its start (much of it under TCG).
-		for range target - len(keep) - starting[wp.key] {
+		// A claimed VM's replacement boots at once. (Booting it only once
+		// the claimed runner had started was measured slower under TCG:
+		// the boot then competed with the runner's first request.)
+		for range target - len(keep) {
 			id := -int64(len(queue) + 1)
 			want[id] = wp
 			queue = append(queue, scheduler.Job{ID: id, Org: "pool", Repo: "pool/" + wp.key, Arch: wp.req.Arch,
