@@ -213,6 +213,9 @@ func (s *Server) createJob(tx store.Tx, fx *afterCommit, ev github.WorkflowJobEv
 	if err := tx.CreateJob(job, store.Event{Source: source, Reason: reason}); err != nil {
 		return job, err
 	}
+	if s.pools.on() && job.State != store.JobRefused && perr == nil {
+		fx.do(func() { s.pools.arrive(job, s.cfg.Labels, s.place.policyFor) })
+	}
 	if source != "webhook" {
 		if err := s.count(tx, source+"/jobs-found", 1); err != nil {
 			return job, err

@@ -81,6 +81,12 @@ func (s *Server) dispatch(ctx context.Context) error {
 			return err
 		}
 		s.marks.retain(live)
+		var warmKeys map[int64]string
+		if s.pools.on() {
+			// Every queued job is an arrival for demand mode, whether a
+			// spare runner, a warm VM or a new one serves it.
+			warmKeys = s.pools.observe(queued, s.cfg.Labels, s.place.policyFor, now)
+		}
 		queued, stops, err = s.giveSpares(tx, fx, queued, live, now)
 		if err != nil {
 			return err
@@ -91,9 +97,7 @@ func (s *Server) dispatch(ctx context.Context) error {
 		}
 		connected := s.reachable(hosts, now)
 		var warm []scheduler.Warm
-		var warmKeys map[int64]string
 		if s.pools.on() {
-			warmKeys = s.pools.observe(queued, s.cfg.Labels, s.place.policyFor, now)
 			warm = warmVMs(live, func(r store.Runner) bool { return s.marks.isStopping(r.Name) })
 		}
 		plan := s.place.plan(hosts, connected, live, queued, warm, warmKeys)

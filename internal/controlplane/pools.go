@@ -116,25 +116,15 @@ func (p *pools) keyFor(j store.Job, parser *labels.Parser, policy func(store.Job
 	return key
 }
 
-// observe notes the jobs queued in this pass: their keys (forgetting the
-// jobs no longer queued) and, for demand mode, their arrivals.
+// observe notes the keys of the jobs queued in this pass (forgetting the
+// jobs no longer queued), and forgets arrivals older than the demand
+// window.
 func (p *pools) observe(queued []store.Job, parser *labels.Parser, policy func(store.Job) egress.Policy, now time.Time) map[int64]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	keys := make(map[int64]string, len(queued))
 	for _, j := range queued {
-		k := p.keyFor(j, parser, policy)
-		keys[j.ID] = k
-		if k != "" {
-			a := p.arrivals[k]
-			if a == nil {
-				a = map[int64]time.Time{}
-				p.arrivals[k] = a
-			}
-			if _, seen := a[j.ID]; !seen {
-				a[j.ID] = j.QueuedAt
-			}
-		}
+		keys[j.ID] = p.keyFor(j, parser, policy)
 	}
 	for id := range p.keyOf {
 		if _, ok := keys[id]; !ok {
@@ -149,6 +139,24 @@ func (p *pools) observe(queued []store.Job, parser *labels.Parser, policy func(s
 		}
 	}
 	return keys
+}
+
+// arrive notes a job Tandem has just learnt of, for demand mode: every job
+// of a pool's label counts, however it is then served (a spare runner, a
+// warm VM, a new one, or a runner that took it before it was seen queued).
+func (p *pools) arrive(j store.Job, parser *labels.Parser, policy func(store.Job) egress.Policy) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := p.keyFor(j, parser, policy)
+	if k == "" {
+		return
+	}
+	a := p.arrivals[k]
+	if a == nil {
+		a = map[int64]time.Time{}
+		p.arrivals[k] = a
+	}
+	a[j.ID] = j.QueuedAt
 }
 
 // ready notes how long one of a pool's VMs took from placement to ready.
