@@ -219,6 +219,18 @@ func (s *session) read() {
 	}
 }
 
+// channelEnded records the failure of a guest whose channel ended
+// unexpectedly (what: when), once its VM has stopped or a moment has
+// passed, and returns it.
+func (s *session) channelEnded(what string) error {
+	select {
+	case <-s.exited:
+	case <-time.After(5 * time.Second):
+	}
+	kind := s.crashKind()
+	return s.fail(kind, s.why(kind, what))
+}
+
 // await runs fn (Request.Await: the runner config, which may take as long
 // as a warm pool keeps its VMs) while it keeps the channel read and
 // watches the guest: one that dies or falls silent ends the wait with its
@@ -252,12 +264,7 @@ func (s *session) await(ctx context.Context, fn func(context.Context) (map[strin
 			return res.env, nil
 		case f, ok := <-s.frames:
 			if !ok {
-				select {
-				case <-s.exited:
-				case <-time.After(5 * time.Second):
-				}
-				kind := s.crashKind()
-				return nil, s.fail(kind, s.why(kind, "the guest ended while its VM waited for a job"))
+				return nil, s.channelEnded("the guest ended while its VM waited for a job")
 			}
 			silence.Reset(hb)
 			if f.t == guest.FrameStdout || f.t == guest.FrameStderr {
@@ -312,12 +319,7 @@ func (s *session) run(ctx context.Context) (reported bool) {
 		case f, ok := <-s.frames:
 			if !ok {
 				// The channel ended without an Exit: the VM is going down.
-				select {
-				case <-s.exited:
-				case <-time.After(5 * time.Second):
-				}
-				kind := s.crashKind()
-				s.fail(kind, s.why(kind, "the guest ended without reporting the job's exit"))
+				s.channelEnded("the guest ended without reporting the job's exit")
 				return false
 			}
 			silence.Reset(hb)

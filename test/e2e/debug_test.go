@@ -1,13 +1,12 @@
 package e2e
 
 import (
-	"bytes"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 )
 
 // Read tokens of the debug tests: one scoped to the job's organisation,
@@ -49,22 +49,7 @@ func exitCode(t *testing.T, cmd *exec.Cmd) (int, string) {
 }
 
 // screen collects what a pty shows, for waiting on.
-type screen struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *screen) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *screen) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type screen struct{ syncbuf.Buffer }
 
 // waitShown waits until the screen shows want (after from bytes of it).
 func (s *screen) waitShown(t *testing.T, from int, want string) int {
@@ -109,7 +94,7 @@ func TestDebugSessionInRealVM(t *testing.T) {
 	}
 	defer tty.Close()
 	scr := &screen{}
-	go func() { _, _ = copyAll(scr, tty) }()
+	go io.Copy(scr, tty)
 	send := func(text string) {
 		if _, err := tty.Write([]byte(text)); err != nil {
 			t.Fatalf("typing %q: %v", text, err)
@@ -213,17 +198,3 @@ func TestDebugSessionInRealVM(t *testing.T) {
 	})
 }
 
-func copyAll(dst *screen, src *os.File) (int64, error) {
-	buf := make([]byte, 4096)
-	var n int64
-	for {
-		k, err := src.Read(buf)
-		if k > 0 {
-			dst.Write(buf[:k])
-			n += int64(k)
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-}
