@@ -197,4 +197,3 @@ func TestDebugSessionInRealVM(t *testing.T) {
 		return false
 	})
 }
-
