@@ -291,6 +291,7 @@ type rigOptions struct {
 	heartbeat   time.Duration // remote hosts' heartbeat timeout
 	agentPin    string
 	configure   func(*controlplane.Config) // last say on the control plane's config
+	hostFail    error                      // the in-process hosts refuse every launch with it
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -326,6 +327,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	for i := 0; i < o.hosts; i++ {
 		h := newGoHost(fmt.Sprintf("h%d", i+1))
 		h.cp = cp
+		h.fail = o.hostFail
 		r.hosts = append(r.hosts, h)
 		err := cp.AttachHost(ctx, store.Host{ID: h.id, VCPUs: o.vcpus, MemoryMiB: 64 << 10,
 			Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, nil)

@@ -578,6 +578,9 @@ func (s *Server) applyHostEvent(ctx context.Context, e agentapi.Event) error {
 			}
 			return tx.PutRunner(r)
 		case agentapi.EventEnded:
+			if r.Idle() {
+				fx.do(func() { s.pools.ended(r, e, now, s.log) })
+			}
 			return s.runnerEnded(tx, fx, r, e, buffered, now)
 		}
 		// A newer agent's event this control plane does not know: kept

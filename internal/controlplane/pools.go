@@ -4,13 +4,16 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/labels"
 	"github.com/tandem-ci/tandem/internal/lifecycle"
 	"github.com/tandem-ci/tandem/internal/pool"
@@ -70,11 +73,22 @@ type pools struct {
 	keyOf    map[int64]string               // queued job → its pool key ("" none), from the last pass
 	arrivals map[string]map[int64]time.Time // pool key → job → queued at, within demandWindow
 	leads    map[string][]time.Duration     // pool key → recent created-to-ready times
+	failed   map[string]int                 // pool key → VMs in a row that ended before they were ready
+	retryAt  map[string]time.Time           // pool key → no new VM before then (after failures)
 }
+
+// Backoff of a pool whose VMs fail before they are ready (a broken image,
+// a host that cannot boot them): the first failure waits poolBackoff, each
+// next one twice as long, up to poolBackoffMax.
+const (
+	poolBackoff    = 5 * time.Second
+	poolBackoffMax = 5 * time.Minute
+)
 
 func newPools(cfg Config) (*pools, error) {
 	p := &pools{byKey: map[string]*warmPool{}, keyOf: map[int64]string{},
 		arrivals: map[string]map[int64]time.Time{}, leads: map[string][]time.Duration{},
+		failed: map[string]int{}, retryAt: map[string]time.Time{},
 		policy: cfg.Egress.For("", "")}
 	for _, spec := range cfg.Pools {
 		req, ok, err := cfg.Labels.Parse([]string{spec.Label})
@@ -163,11 +177,41 @@ func (p *pools) arrive(j store.Job, parser *labels.Parser, policy func(store.Job
 func (p *pools) ready(key string, d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.failed, key)
+	delete(p.retryAt, key)
 	l := append(p.leads[key], d)
 	if len(l) > 16 {
 		l = l[len(l)-16:]
 	}
 	p.leads[key] = l
+}
+
+// ended notes the end of a pool VM no job had claimed: one that failed
+// before it was ready holds the pool's next boots back, longer at each
+// failure in a row, so that a broken image is not booted in a loop.
+func (p *pools) ended(r store.Runner, e agentapi.Event, now time.Time, log *slog.Logger) {
+	if !r.ReadyAt.IsZero() || e.Failure == "" || e.Failure == failure.Cancelled {
+		return
+	}
+	p.mu.Lock()
+	n := p.failed[r.Pool] + 1
+	p.failed[r.Pool] = n
+	wait := poolBackoffMax
+	if n <= 7 {
+		wait = min(poolBackoff<<(n-1), poolBackoffMax)
+	}
+	p.retryAt[r.Pool] = now.Add(wait)
+	p.mu.Unlock()
+	log.Warn("a pool VM failed before it was ready; the pool waits before it boots another",
+		"pool", r.Pool, "runner", r.Name, "host", r.HostID, "failure", e.Failure, "detail", firstLine(e.Detail),
+		"failures_in_a_row", n, "wait", wait)
+}
+
+// holdsBack reports whether a pool boots nothing now, after failures.
+func (p *pools) holdsBack(key string, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return now.Before(p.retryAt[key])
 }
 
 // lead is the median of a pool's recent created-to-ready times.
@@ -310,8 +354,8 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 			keep = keep[over:]
 		}
 		fx.do(func() { s.metrics.poolIdle(wp.key, keep, target) })
-		if starved(wp, waiting) {
-			continue // the room is a queued job's
+		if starved(wp, waiting) || s.pools.holdsBack(wp.key, now) {
+			continue // the room is a queued job's, or the pool's VMs keep failing
 		}
 		// A claimed VM's replacement boots at once. (Booting it only once
 		// the claimed runner had started was measured slower under TCG:

@@ -1,6 +1,7 @@
 package controlplane_test
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -229,4 +230,23 @@ func TestWarmPoolSizedByDemand(t *testing.T) {
 	if pools := out.Pools; len(pools) != 1 || pools[0].Arrivals != 40 || pools[0].Target < 1 || pools[0].Target > 3 || pools[0].BootP50 <= 0 {
 		t.Errorf("pools %+v: want 40 arrivals, a target of 1 to 3, a measured boot time", pools)
 	}
+}
+
+// A pool whose VMs fail before they are ready (a broken image, a host that
+// cannot boot them) does not boot them in a loop: each failure in a row
+// holds its next boot back longer.
+func TestWarmPoolBacksOffFailingVMs(t *testing.T) {
+	r := poolRig(t, rigOptions{hostFail: errors.New("no such image")},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 2, MaxIdle: 2}, MaxAge: time.Hour})
+	r.waitFor("the pool's first launches to fail", 10*time.Second, func() bool { return r.counters()["pools/vms-booted"] >= 2 })
+	time.Sleep(3 * time.Second) // many placement passes (each failure kicks one)
+	if n := r.counters()["pools/vms-booted"]; n > 4 {
+		t.Errorf("%d pool VMs launched in 3 s of failures; want the pool held back (at most 4)", n)
+	}
+	// Once the host boots VMs again the pool fills after its wait.
+	r.hosts[0].set(nil, false)
+	r.waitFor("the pool to fill once VMs boot", 30*time.Second, func() bool {
+		_, ready := r.idlePool()
+		return ready == 2
+	})
 }
