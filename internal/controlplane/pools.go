@@ -35,10 +35,10 @@ import (
 // The same pass, in the same transaction, tends the pools: it recycles
 // idle VMs past max_age, of an image no longer named, or on a host being
 // drained or cordoned; stops those over max_idle (or all of them outside the
-// pool's schedule); and boots new ones up to the pool's target on the
-// room the queued jobs leave (a pool never boots a VM while a job of its
-// architecture waits for room). Pool VMs count against their hosts'
-// capacity but against no organisation's quota until claimed.
+// pool's schedule); and boots new ones up to the pool's target, natively
+// only, on the room the queued jobs leave (a pool never boots a VM while a
+// job of its architecture waits for room). Pool VMs count against their
+// hosts' capacity but against no organisation's quota until claimed.
 
 // PoolSpec is one warm pool.
 type PoolSpec struct {
@@ -373,7 +373,14 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 	in := s.place.input(hosts, connected, append(slices.Clone(live), placed...), nil)
 	in.Queue, in.Limits = queue, scheduler.Limits{}
 	plan := scheduler.Schedule(in)
+	booted := 0
 	for _, pl := range plan.Placements {
+		if pl.Emulated {
+			// A warm VM is for speed: one emulated would make a job of its
+			// arch run 10-20x slower than a native VM booted for it.
+			continue
+		}
+		booted++
 		wp := want[pl.JobID]
 		r := store.Runner{Name: s.place.newName(), HostID: pl.HostID, Labels: []string{wp.key},
 			LabelKey: store.LabelKey([]string{wp.key}), Arch: pl.Arch, Emulated: pl.Emulated,
@@ -385,8 +392,8 @@ func (s *Server) tendPools(tx store.Tx, fx *afterCommit, hosts []store.Host, con
 		}
 		fx.launches = append(fx.launches, launch{runner: r})
 	}
-	if n := len(plan.Placements); n > 0 {
-		if err := s.count(tx, "pools/vms-booted", int64(n)); err != nil {
+	if booted > 0 {
+		if err := s.count(tx, "pools/vms-booted", int64(booted)); err != nil {
 			return nil, err
 		}
 	}

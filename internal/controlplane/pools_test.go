@@ -250,3 +250,18 @@ func TestWarmPoolBacksOffFailingVMs(t *testing.T) {
 		return ready == 2
 	})
 }
+
+// A warm VM is for speed: a pool boots none under emulation (the rig's
+// host runs arm64 only emulated).
+func TestWarmPoolBootsNoEmulatedVM(t *testing.T) {
+	r := poolRig(t, rigOptions{},
+		controlplane.PoolSpec{Label: "tandem-arm64-2cpu-1gb", Sizing: pool.Sizing{MinIdle: 1, MaxIdle: 1}, MaxAge: time.Hour},
+		controlplane.PoolSpec{Label: poolLabel, Sizing: pool.Sizing{MinIdle: 1, MaxIdle: 1}, MaxAge: time.Hour})
+	r.waitIdle(1) // the amd64 pool's
+	time.Sleep(500 * time.Millisecond)
+	for _, a := range r.hosts[0].assigned {
+		if a.Arch != "amd64" {
+			t.Errorf("a pool VM booted emulated: %+v", a)
+		}
+	}
+}
