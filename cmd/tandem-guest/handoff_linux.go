@@ -41,12 +41,91 @@ func handOffInit() (string, error) {
 }
 
 // execInit replaces tandem-guest, PID 1, with init. It returns only if the
-// exec failed.
+// exec failed. /tmp is emptied first: the image's init does not wait for
+// its own boot-time cleaning before it starts tandem-guest again (the
+// runner image's tmpfiles.d leaves /tmp alone), so this is where the job's
+// /tmp is made clean, before anything runs.
 func (a *agent) execInit(init string) error {
+	if err := emptyDir(tmpDir); err != nil {
+		return fmt.Errorf("empty %s: %w", tmpDir, err)
+	}
+	devname := filepath.Join("/lib/modules", kernelRelease(), "modules.devname")
+	if n, err := makeStaticNodes(devname, "/dev"); err != nil {
+		a.con.logf("static device nodes: %d made; %v", n, err)
+	}
 	a.con.logf("handing over to %s", init)
 	drainConsole()
 	err := unix.Exec(init, []string{init}, os.Environ())
 	return fmt.Errorf("exec %s: %w", init, err)
+}
+
+// tmpDir is the root filesystem's /tmp, emptied before init starts.
+var tmpDir = "/tmp"
+
+// emptyDir removes everything in dir, not dir itself, nor anything a
+// symlink in it points to. A missing dir is made (mode 1777, as /tmp).
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		return os.Chmod(dir, 0o777|fs.ModeSticky)
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// makeStaticNodes makes the device nodes modules.devname lists (fuse,
+// loop-control, net/tun, mapper/control…) under dev, mode 0600, so that
+// opening one loads its module. systemd's kmod-static-nodes and
+// systemd-tmpfiles-setup-dev make the same nodes (and set their modes), but
+// during sysinit.target, which the runner image's tandem-guest no longer
+// waits for: a job could find them missing. Nodes already there are left
+// alone. It returns how many it made; a missing file is not an error.
+func makeStaticNodes(devname, dev string) (int, error) {
+	b, err := os.ReadFile(devname)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	made := 0
+	var errs []error
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		var typ byte
+		var major, minor uint32
+		if _, err := fmt.Sscanf(f[2], "%c%d:%d", &typ, &major, &minor); err != nil || (typ != 'c' && typ != 'b') {
+			errs = append(errs, fmt.Errorf("%s: bad device %q", f[1], f[2]))
+			continue
+		}
+		path := filepath.Join(dev, filepath.Clean("/"+f[1]))
+		mode := uint32(unix.S_IFCHR)
+		if typ == 'b' {
+			mode = unix.S_IFBLK
+		}
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		err := unix.Mknod(path, mode|0o600, int(unix.Mkdev(major, minor)))
+		switch {
+		case err == nil:
+			made++
+		case !errors.Is(err, unix.EEXIST):
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+	}
+	return made, errors.Join(errs...)
 }
 
 // dockerConfig is the Docker daemon's configuration file in the guest.
