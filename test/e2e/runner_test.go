@@ -77,6 +77,8 @@ docker run --rm tandem-hub:1 cat /etc/hub-image
 `
 	script := fmt.Sprintf(`set -eux
 echo "user=$(id -un) groups=$(id -Gn) runner=$(readlink /proc/$PPID/exe)"
+echo "tmp=[$(ls -A /tmp | grep -vxE '[.](X11|ICE|XIM|font)-unix|systemd-private-.*' | tr '\n' ' ')]"
+echo early > /tmp/early
 sudo -n true && echo sudo-ok
 echo "docker=$(docker info --format '{{.CgroupVersion}}/{{.Driver}} mirrors={{.RegistryConfig.Mirrors}}')"
 curl -fsS -o /tmp/busybox.tar http://%[1]s/busybox.tar
@@ -86,10 +88,15 @@ printf 'FROM tandem-test/busybox:1\nRUN echo built-in-the-vm > /built\n' > /tmp/
 docker build -t tandem-test/built:1 /tmp/ctx
 docker run --rm tandem-test/built:1 cat /built
 docker run --rm tandem-test/busybox:1 wget -O - http://%[1]s/hello
+echo "kept=$(cat /tmp/early)"
 `, hostport) + pull
 	up.take() // the push
 	j := runJob(t, s, script)
-	for _, want := range []string{"user=runner", " docker", "sudo-ok", "docker=2/overlay2",
+	// tmp=[]: the job's /tmp holds nothing but what systemd makes there
+	// (X11 socket directories, services' private /tmp), though the runner no longer waits for systemd's
+	// boot-time cleaning of it (tandem-guest empties it before systemd
+	// starts); kept=early: nothing emptied it under the running job.
+	for _, want := range []string{"user=runner", "tmp=[]", "kept=early", " docker", "sudo-ok", "docker=2/overlay2",
 		"mirrors=[http://" + s.gateway + ":5000/]", "built-in-the-vm", "hello-from-the-host", "pulled-through-the-mirror"} {
 		if !strings.Contains(j.Output, want) {
 			t.Errorf("job output lacks %q", want)
