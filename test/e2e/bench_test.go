@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 )
@@ -32,21 +31,8 @@ func BenchmarkQueueToRunnerStarted(b *testing.B) {
 	bare := bareEnv(b)
 	var queued, boots []time.Duration
 	for i := 0; i < b.N; i++ {
-		id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: "true"})
-		created := time.Now()
-		deadline := created.Add(2 * time.Minute)
-		var j ghfake.JobInfo
-		for {
-			j, _ = s.gh.Job(id)
-			if !j.StartedAt.IsZero() && j.Status != "queued" {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("job %d not claimed within 2 minutes", id)
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		queued = append(queued, j.StartedAt.Sub(j.CreatedAt))
+		id, d := s.claimTime("tandem-1cpu-0.25gb", "true", 2*time.Minute)
+		queued = append(queued, d)
 		s.waitGitHubDone([]int64{id}, time.Minute)
 		// Let the runner VM go before the bare boot.
 		s.waitFor("the runner VM to end", time.Minute, func() bool {
@@ -57,14 +43,20 @@ func BenchmarkQueueToRunnerStarted(b *testing.B) {
 		boots = append(boots, bare())
 	}
 	b.StopTimer()
-	qp50, qp95 := percentiles(queued)
-	bp50, bp95 := percentiles(boots)
-	b.ReportMetric(float64(qp50.Milliseconds()), "queue_p50_ms")
-	b.ReportMetric(float64(qp95.Milliseconds()), "queue_p95_ms")
-	b.ReportMetric(float64(bp50.Milliseconds()), "bare_p50_ms")
-	b.ReportMetric(float64(bp95.Milliseconds()), "bare_p95_ms")
-	b.ReportMetric(float64(qp50)/float64(bp50), "ratio_p50")
+	reportVersus(b, "queue", queued, "bare", boots)
 	b.ReportMetric(0, "ns/op")
+}
+
+// reportVersus reports the p50 and p95 of two sides measured in one run,
+// and the ratio of their p50s (a over b).
+func reportVersus(b *testing.B, aName string, a []time.Duration, bName string, bs []time.Duration) {
+	ap50, ap95 := percentiles(a)
+	bp50, bp95 := percentiles(bs)
+	b.ReportMetric(float64(ap50.Milliseconds()), aName+"_p50_ms")
+	b.ReportMetric(float64(ap95.Milliseconds()), aName+"_p95_ms")
+	b.ReportMetric(float64(bp50.Milliseconds()), bName+"_p50_ms")
+	b.ReportMetric(float64(bp95.Milliseconds()), bName+"_p95_ms")
+	b.ReportMetric(float64(ap50)/float64(bp50), "ratio_p50")
 }
 
 func percentiles(ds []time.Duration) (p50, p95 time.Duration) {
@@ -120,22 +112,16 @@ func BenchmarkWarmVsCold(b *testing.B) {
 				rss = append(rss, float64(kib)/1024)
 			}
 		}
-		id, d := s.claimTime(warmLabel)
+		id, d := s.claimTime(warmLabel, warmScript, 3*time.Minute)
 		warm = append(warm, d)
 		s.waitGitHubDone([]int64{id}, 3*time.Minute)
 		s.waitWarm(1, 3*time.Minute)
-		id, d = s.claimTime(coldLabel)
+		id, d = s.claimTime(coldLabel, warmScript, 3*time.Minute)
 		cold = append(cold, d)
 		s.waitGitHubDone([]int64{id}, 3*time.Minute)
 	}
 	b.StopTimer()
-	wp50, wp95 := percentiles(warm)
-	cp50, cp95 := percentiles(cold)
-	b.ReportMetric(float64(wp50.Milliseconds()), "warm_p50_ms")
-	b.ReportMetric(float64(wp95.Milliseconds()), "warm_p95_ms")
-	b.ReportMetric(float64(cp50.Milliseconds()), "cold_p50_ms")
-	b.ReportMetric(float64(cp95.Milliseconds()), "cold_p95_ms")
-	b.ReportMetric(float64(wp50)/float64(cp50), "ratio_p50")
+	reportVersus(b, "warm", warm, "cold", cold)
 	if len(rss) > 0 {
 		sort.Float64s(rss)
 		b.ReportMetric(rss[len(rss)/2], "idle_rss_MiB")

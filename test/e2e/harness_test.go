@@ -497,3 +497,22 @@ func (s *system) postWebhook(event, guid string, body []byte, signature string) 
 	resp.Body.Close()
 	return resp
 }
+
+// claimTime queues a job of label in acme/app running script and returns
+// it and how long GitHub's runner took to claim it from its creation
+// (ghfake sends the webhook at once); past within the test fails.
+func (s *system) claimTime(label, script string, within time.Duration) (int64, time.Duration) {
+	s.t.Helper()
+	id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{label}, Script: script})
+	deadline := time.Now().Add(within)
+	for {
+		j, _ := s.gh.Job(id)
+		if !j.StartedAt.IsZero() && j.Status != "queued" {
+			return id, j.StartedAt.Sub(j.CreatedAt)
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("job %d not claimed within %s", id, within)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/controlplane"
-	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/testenv"
 )
 
@@ -17,6 +16,8 @@ import (
 const (
 	warmLabel = "tandem-1cpu-0.25gb"
 	coldLabel = "tandem-1cpu-0.5gb"
+	// warmScript shows in the job's log which runner ran it.
+	warmScript = "echo ran on $TANDEM_RUNNER_NAME"
 )
 
 func poolOptions(minIdle int) options {
@@ -52,24 +53,6 @@ func (s *system) waitWarm(n int, timeout time.Duration, not ...controlplane.Pool
 	return vms
 }
 
-// claimTime queues a job and returns how long GitHub's runner took to
-// claim it from its creation (the webhook is sent at once).
-func (s *system) claimTime(label string) (int64, time.Duration) {
-	s.t.Helper()
-	id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{label}, Script: "echo ran on $TANDEM_RUNNER_NAME"})
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		j, _ := s.gh.Job(id)
-		if !j.StartedAt.IsZero() && j.Status != "queued" {
-			return id, j.StartedAt.Sub(j.CreatedAt)
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("job %d not claimed within 3 minutes", id)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // A warm pool in real VMs: a job of its label runs on the warm VM (booted
 // before the job was queued) and one of another size boots its own; a
 // replacement boots at once; `tandem up` killed with SIGKILL leaves no pool
@@ -79,8 +62,8 @@ func TestWarmPoolInRealVMs(t *testing.T) {
 	s.install("acme", "app")
 	first := s.waitWarm(1, 3*time.Minute)
 
-	warmID, warm := s.claimTime(warmLabel)
-	coldID, cold := s.claimTime(coldLabel)
+	warmID, warm := s.claimTime(warmLabel, warmScript, 3*time.Minute)
+	coldID, cold := s.claimTime(coldLabel, warmScript, 3*time.Minute)
 	s.waitGitHubDone([]int64{warmID, coldID}, 3*time.Minute)
 	t.Logf("queued to claimed: warm %s, cold %s (TCG; the benchmark measures this)", warm, cold)
 	wj, _ := s.job(warmID)
