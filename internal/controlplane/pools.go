@@ -214,16 +214,26 @@ func (p *pools) holdsBack(key string, now time.Time) bool {
 	return now.Before(p.retryAt[key])
 }
 
-// lead is the median of a pool's recent created-to-ready times.
+// lead is the median of a pool's recent created-to-ready times, or
+// defaultLead before it has measured any.
 func (p *pools) lead(key string) time.Duration {
+	if d, ok := p.measuredLead(key); ok {
+		return d
+	}
+	return defaultLead
+}
+
+// measuredLead is the median of a pool's recent created-to-ready times,
+// and whether it has any.
+func (p *pools) measuredLead(key string) (time.Duration, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := slices.Clone(p.leads[key])
 	if len(l) == 0 {
-		return defaultLead
+		return 0, false
 	}
 	slices.Sort(l)
-	return l[len(l)/2]
+	return l[len(l)/2], true
 }
 
 // target is how many idle VMs wp should hold at now.
@@ -470,12 +480,8 @@ func (s *Server) poolViews(ctx context.Context) ([]PoolView, error) {
 			Schedule: z.Schedule.String(), Demand: z.Demand, Active: z.Schedule.Active(now),
 			Target: s.pools.target(wp, now), Hits: counters["pools/"+wp.key+"/hits"],
 			Misses: counters["pools/"+wp.key+"/misses"], Arrivals: s.pools.arrived(wp), VMs: []PoolVM{}}
-		s.pools.mu.Lock()
-		if len(s.pools.leads[wp.key]) > 0 {
-			s.pools.mu.Unlock()
-			v.BootP50 = s.pools.lead(wp.key).Seconds()
-		} else {
-			s.pools.mu.Unlock()
+		if d, ok := s.pools.measuredLead(wp.key); ok {
+			v.BootP50 = d.Seconds()
 		}
 		for _, r := range live {
 			if r.Pool != wp.key {
