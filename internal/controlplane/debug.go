@@ -282,11 +282,11 @@ type DebuggableView struct {
 // session in now.
 func (a *api) handleDebuggable(w http.ResponseWriter, r *http.Request) {
 	p := who(r)
-	var runners []store.Runner
-	jobs := map[int64]store.Job{}
+	out := []DebuggableView{}
 	err := a.st.View(r.Context(), func(tx store.ReadTx) error {
-		var err error
-		if runners, err = tx.Runners(store.RunnerFilter{Live: true}); err != nil {
+		out = out[:0]
+		runners, err := tx.Runners(store.RunnerFilter{Live: true})
+		if err != nil {
 			return err
 		}
 		for _, x := range runners {
@@ -294,30 +294,20 @@ func (a *api) handleDebuggable(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			j, err := tx.Job(x.JobID)
-			if errors.Is(err, store.ErrNotFound) {
+			if errors.Is(err, store.ErrNotFound) || err == nil && j.RunnerName != x.Name {
 				continue
 			}
 			if err != nil {
 				return err
 			}
-			if j.RunnerName == x.Name {
-				jobs[j.ID] = j
-			}
+			out = append(out, DebuggableView{Job: j.ID, Repo: j.Repo, Name: j.Name, State: string(j.State), Runner: x.Name,
+				Host: x.HostID, Arch: string(x.Arch), Since: x.StartedAt, Command: "tandem ssh " + strconv.FormatInt(j.ID, 10)})
 		}
 		return nil
 	})
 	if err != nil {
 		httpError(w, http.StatusInternalServerError, err.Error())
 		return
-	}
-	out := []DebuggableView{}
-	for _, x := range runners {
-		j, ok := jobs[x.JobID]
-		if !ok || j.RunnerName != x.Name {
-			continue
-		}
-		out = append(out, DebuggableView{Job: j.ID, Repo: j.Repo, Name: j.Name, State: string(j.State), Runner: x.Name,
-			Host: x.HostID, Arch: string(x.Arch), Since: x.StartedAt, Command: "tandem ssh " + strconv.FormatInt(j.ID, 10)})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"jobs": out})
 }
