@@ -75,6 +75,36 @@ type Spec struct {
 	// DiskMiB caps what the VM may write to its root disk's overlay (0:
 	// the disk's own size): past it, the VM is stopped (ExitDiskFull).
 	DiskMiB int
+	// CPUWeight is the VM's share of the host's CPUs against the driver's
+	// other VMs when they want more than the host has (0: CPUWeightNormal).
+	// Instance.SetCPUWeight changes it.
+	CPUWeight int
+}
+
+// CPU weights order VMs that contend for the host's CPUs, on cgroup v2's
+// scale (cpu.weight): a VM of weight 10 beside one of weight 100 gets a
+// tenth of what that one gets while both are busy. A weight takes nothing
+// from a VM while the CPUs have room, and never raises one past its vCPU
+// cap.
+const (
+	CPUWeightMin    = 1
+	CPUWeightMax    = 10000
+	CPUWeightNormal = 100 // cgroup v2's default: a VM running a job
+	// CPUWeightIdle is a warm pool's VM's until a job claims it: it boots
+	// and waits on what the VMs running jobs leave. A tenth keeps it
+	// moving (its boot and its guest's heartbeats need some CPU, or it
+	// would fail its boot or heartbeat timeout behind a busy VM) while a
+	// claimed VM's runner, starting beside a booting replacement, gets
+	// ten elevenths of a contended CPU.
+	CPUWeightIdle = 10
+)
+
+// CheckCPUWeight says whether w is a weight a VM may have.
+func CheckCPUWeight(w int) error {
+	if w < CPUWeightMin || w > CPUWeightMax {
+		return fmt.Errorf("cpu weight must be from %d to %d, got %d", CPUWeightMin, CPUWeightMax, w)
+	}
+	return nil
 }
 
 // IOLimits caps a VM's disk I/O, in bytes and operations per second (0:
@@ -151,6 +181,9 @@ func (s Spec) Validate(l Limits) error {
 	}
 	if s.Kernel == "" || s.Initrd == "" {
 		return errors.New("kernel and initrd are required")
+	}
+	if s.CPUWeight != 0 {
+		return CheckCPUWeight(s.CPUWeight)
 	}
 	return nil
 }
@@ -271,4 +304,9 @@ type Instance interface {
 	GuestChannel(ctx context.Context) (io.ReadWriteCloser, error)
 	// ConsoleLog is the path of the guest's console log.
 	ConsoleLog() string
+	// SetCPUWeight changes the VM's CPU weight (Spec.CPUWeight), before it
+	// starts or while it runs. A VM the driver could not cap (no CPU
+	// controller, run only when the operator allows uncapped VMs) has no
+	// weight to change: that is no error.
+	SetCPUWeight(weight int) error
 }

@@ -37,6 +37,7 @@ func TestSpecValidate(t *testing.T) {
 		"unknown architecture":               func(s *Spec) { s.Arch = "mips" },
 		"must be resolved":                   func(s *Spec) { s.Accel = AccelAuto },
 		"invalid vm id":                      func(s *Spec) { s.ID = "x" },
+		"cpu weight must be from 1 to 10000": func(s *Spec) { s.CPUWeight = 10001 },
 	}
 	for want, mut := range cases {
 		s := ok
@@ -45,6 +46,16 @@ func TestSpecValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("want error containing %q, got %v", want, err)
 		}
+	}
+	for _, w := range []int{CPUWeightMin, CPUWeightIdle, CPUWeightNormal, CPUWeightMax} {
+		s := ok
+		s.CPUWeight = w
+		if err := s.Validate(lim); err != nil {
+			t.Errorf("cpu weight %d refused: %v", w, err)
+		}
+	}
+	if err := CheckCPUWeight(0); err == nil {
+		t.Error("cpu weight 0 accepted (only a Spec may leave it unset)")
 	}
 	if ok.GuestCPUs() != 1 {
 		t.Errorf("0.5 vCPU should round up to 1 guest CPU, got %d", ok.GuestCPUs())

@@ -26,6 +26,14 @@ import (
 // processes, never take each other's cgroups for leftovers of their own).
 // QEMU is placed in its cgroup before it runs a single instruction (see
 // jail.go).
+//
+// Each VM's cgroup also has a CPU weight (vm.Spec.CPUWeight; setWeight),
+// which orders VMs only while they contend for the host's CPUs. A weight
+// counts against siblings alone, and all VMs of one driver are siblings:
+// tandem/<scope>/<id>, one scope per state directory, so one per agent
+// (`tandem run` over the agent's data directory shares it too). A second
+// Tandem host on the same machine has a scope of its own, which competes
+// with this one's as a whole, at the default weight.
 type cgroups struct {
 	v2 bool
 	// scopes are this driver's scope directories: one under v2, one per
@@ -236,6 +244,31 @@ func (c *cgroups) limit(ctl, dir string, cp caps) error {
 	}
 	return nil
 }
+
+// setWeight sets the CPU weight of the VM's cgroup (vm.Spec.CPUWeight):
+// cpu.weight under v2, cpu.shares under v1. Without a CPU controller it
+// does nothing: the VM runs uncapped, which the driver allows only when
+// told to, and says (see place).
+func (c *cgroups) setWeight(id string, weight int) error {
+	scope, ok := c.scopes["cpu"]
+	if !ok {
+		return nil
+	}
+	file, v := "cpu.weight", strconv.Itoa(weight)
+	if !c.v2 {
+		file, v = "cpu.shares", strconv.Itoa(cpuShares(weight))
+	}
+	if err := os.WriteFile(filepath.Join(scope, id, file), []byte(v), 0); err != nil {
+		return fmt.Errorf("cpu weight: %w", err)
+	}
+	return nil
+}
+
+// cpuShares turns a cgroup v2 weight into cgroup v1's cpu.shares, whose
+// default is 1024 where v2's is 100 (systemd maps CPUWeight to CPUShares
+// the same way): vm.CPUWeightIdle (10) is 102, a tenth of the default
+// on either. The kernel's least is 2.
+func cpuShares(weight int) int { return max(weight*1024/100, 2) }
 
 func ioMax(v int64) string {
 	if v <= 0 {

@@ -36,6 +36,13 @@ type instance struct {
 	exit    vm.ExitStatus
 	done    chan struct{} // closed when the QEMU process has exited
 	stopped bool          // done is closed
+
+	// cpuMu orders SetCPUWeight against Start placing QEMU in its
+	// cgroups: a weight set before then is the one placed, one set after
+	// is written to the cgroup.
+	cpuMu  sync.Mutex
+	weight int  // the VM's CPU weight, now or once placed
+	placed bool // in its cgroups (or recovered running): weights are written there
 }
 
 var _ vm.Instance = (*instance)(nil)
@@ -103,6 +110,7 @@ func (in *instance) Start(ctx context.Context) error {
 		}
 		in.d.warnUncapped(err)
 	}
+	in.placeWeight()
 	if _, err := start.Write([]byte{1}); err != nil {
 		in.kill()
 		<-in.done
@@ -264,6 +272,37 @@ func (in *instance) caps() caps {
 	return c
 }
 
+// placeWeight gives the VM, just placed in its cgroups, its CPU weight.
+// The weight is written even when it is the kernel's default, as for a VM
+// outside a warm pool: one path for every VM, and the cgroup says what the
+// VM runs at. A weight that cannot be written costs the VM its place in
+// line, not its job: it is logged.
+func (in *instance) placeWeight() {
+	in.cpuMu.Lock()
+	defer in.cpuMu.Unlock()
+	in.placed = true
+	if err := in.d.cg.setWeight(in.spec.ID, in.weight); err != nil {
+		in.d.log.Warn("cannot set the VM's CPU weight: it contends for the CPUs at the default", "vm", in.spec.ID, "weight", in.weight, "err", err)
+	}
+}
+
+// SetCPUWeight implements vm.Instance.
+func (in *instance) SetCPUWeight(weight int) error {
+	if err := vm.CheckCPUWeight(weight); err != nil {
+		return fmt.Errorf("vm %s: %w", in.spec.ID, err)
+	}
+	in.cpuMu.Lock()
+	defer in.cpuMu.Unlock()
+	in.weight = weight
+	if !in.placed {
+		return nil
+	}
+	if err := in.d.cg.setWeight(in.spec.ID, weight); err != nil {
+		return fmt.Errorf("vm %s: %w", in.spec.ID, err)
+	}
+	return nil
+}
+
 // watchForeign watches a QEMU process this process did not start (recovery).
 func (in *instance) watchForeign(ctx context.Context, pid int) error {
 	fd, err := unix.PidfdOpen(pid, 0)
@@ -273,6 +312,9 @@ func (in *instance) watchForeign(ctx context.Context, pid int) error {
 	in.mu.Lock()
 	in.pid, in.started = pid, true
 	in.mu.Unlock()
+	in.cpuMu.Lock()
+	in.placed = true
+	in.cpuMu.Unlock()
 	go func() {
 		defer unix.Close(fd)
 		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

@@ -225,7 +225,11 @@ func (d *Driver) newInstance(s vm.Spec, created time.Time) *instance {
 	if s.BaseDisk != "" {
 		p.Disk = filepath.Join(run, "overlay.qcow2")
 	}
-	return &instance{d: d, spec: s, dir: dir, paths: p, created: created, done: make(chan struct{})}
+	w := s.CPUWeight
+	if w == 0 {
+		w = vm.CPUWeightNormal
+	}
+	return &instance{d: d, spec: s, dir: dir, paths: p, created: created, done: make(chan struct{}), weight: w}
 }
 
 func (d *Driver) track(in *instance) {

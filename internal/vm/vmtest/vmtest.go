@@ -190,6 +190,16 @@ func (s *suite) bootRunExit(t *testing.T) {
 			t.Errorf("usage of a running VM: %+v, %v", u, err)
 		}
 	}
+	// A running VM's CPU weight changes, within its range, and the VM
+	// runs on.
+	for _, w := range []int{vm.CPUWeightIdle, vm.CPUWeightNormal} {
+		if err := in.SetCPUWeight(w); err != nil {
+			t.Errorf("SetCPUWeight(%d) on a running VM: %v", w, err)
+		}
+	}
+	if err := in.SetCPUWeight(vm.CPUWeightMax + 1); err == nil {
+		t.Errorf("SetCPUWeight(%d) succeeded", vm.CPUWeightMax+1)
+	}
 	out, _, ex := job(t, c, "uname", "-m")
 	if strings.TrimSpace(out) != s.c.Arch.UnameMachine() || ex.Code != 0 {
 		t.Fatalf("uname -m: %q exit %d, want %q exit 0", out, ex.Code, s.c.Arch.UnameMachine())
@@ -429,6 +439,7 @@ func (s *suite) invalidSpec(t *testing.T) {
 		func(s *vm.Spec) { s.Arch = "riscv64" },
 		func(s *vm.Spec) { s.ID = "../escape" },
 		func(s *vm.Spec) { s.Kernel = "/nonexistent/vmlinux" },
+		func(s *vm.Spec) { s.CPUWeight = vm.CPUWeightMax + 1 },
 	}
 	for i, mut := range bad {
 		sp := s.spec()
