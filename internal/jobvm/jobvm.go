@@ -105,6 +105,10 @@ type Request struct {
 	// way: they never touch the host's disk or logs). An error ends the run
 	// with Failure "cancelled" and the error as Detail.
 	Await func(context.Context) (map[string]string, error)
+	// Standby, if set, makes the VM one booted ahead of its job (a warm
+	// pool's): it yields the host's CPUs to VMs running jobs until
+	// Standby.Claim, or until the job is sent (see Standby).
+	Standby *Standby
 	// OnExec, if set, is called once the guest agent is ready, after
 	// OnReady, with the Execer that runs exec sessions in the VM while it
 	// lives (`tandem ssh`); its Done is closed when the VM is going away.
@@ -205,6 +209,9 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		Accel: choice.Accel, Owner: r.Owner, DieWithOwner: r.DieWithOwner,
 		IO: h.IOPerVCPU.Scaled(r.VCPUs), DiskMiB: r.DiskMiB,
 	}
+	if r.Standby != nil {
+		spec.CPUWeight = vm.CPUWeightIdle
+	}
 	res = Result{VMID: spec.ID, Arch: r.Arch, Accel: choice.Accel, AccelReason: choice.Reason,
 		Emulated: choice.Emulated, Image: im.ID}
 	boot := guest.BootParams{Root: h.Driver.Capabilities().RootDevice, Hostname: spec.ID, Mirror: h.Mirror}
@@ -220,6 +227,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		if h.DNS != nil {
 			h.DNS.Forget(spec.ID)
 		}
+		r.Standby.attach(nil) // a late Claim finds no VM to raise
 		if terr := h.teardown(inst, spec.ID, attached, reported); terr != nil {
 			err = errors.Join(err, terr)
 		}
@@ -252,6 +260,9 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		if err != nil {
 			return res, err
 		}
+		if err := r.Standby.attach(inst); err != nil {
+			h.Log.Warn("cannot raise a claimed VM's CPU weight; its job runs on", "vm", spec.ID, "err", err)
+		}
 		unlock()
 		unlock = nil
 		if attempt == 1 {
@@ -277,6 +288,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 			"vm", spec.ID, "attempt", attempt)
 		res.BootRetries++
 		res.Failure, res.Detail = "", ""
+		r.Standby.attach(nil)
 		if err := inst.Destroy(ctx); err != nil {
 			return res, fmt.Errorf("destroying a VM to boot it again: %w", err)
 		}
@@ -301,6 +313,11 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 			return res, err
 		}
 		s.r.Env = mergeEnv(r.Env, env)
+	}
+	// The job is about to be sent: its VM is claimed, if its caller has
+	// not said so already.
+	if err := r.Standby.Claim(); err != nil {
+		h.Log.Warn("cannot raise a claimed VM's CPU weight; its job runs on", "vm", spec.ID, "err", err)
 	}
 
 	if r.OnSample != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +35,8 @@ func TestRunStreamsOutputAndExit(t *testing.T) {
 	r.Argv = []string{"sh", "-c", "for i in 1 2 3; do echo line $i; done; exit 5"}
 	r.Stdout = &out
 	r.VCPUs = 0.5
-	var quota string
-	r.OnReady = func(in vm.Instance) { quota = cpuQuota(t, in.ID()) }
+	var quota, weight string
+	r.OnReady = func(in vm.Instance) { quota, weight = cpuQuota(t, in.ID()), cpuWeight(t, in.ID()) }
 	res, err := h.Run(context.Background(), r)
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +46,9 @@ func TestRunStreamsOutputAndExit(t *testing.T) {
 	}
 	if quota != "50000" && quota != "50000 100000" {
 		t.Errorf("a 0.5-vCPU VM's CPU quota is %q, want half a CPU", quota)
+	}
+	if !slices.Contains(normalWeight, weight) {
+		t.Errorf("a VM outside a warm pool has CPU weight %q, want the normal one (%v)", weight, normalWeight)
 	}
 	if res.Timings.Boot <= 0 || res.Timings.Total < res.Timings.Prepare+res.Timings.Boot+res.Timings.Run {
 		t.Errorf("timings do not add up: %+v", res.Timings)
@@ -164,8 +168,21 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 }
 
 // cpuQuota reads the CPU quota of a VM's cgroup (v1 cfs_quota_us or v2 cpu.max).
-func cpuQuota(t *testing.T, id string) string {
-	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/cpu.cfs_quota_us", "/sys/fs/cgroup/tandem/*/" + id + "/cpu.max"} {
+func cpuQuota(t *testing.T, id string) string { return cpuCgroup(t, id, "cpu.cfs_quota_us", "cpu.max") }
+
+// cpuWeight reads the CPU weight of a VM's cgroup (v1 cpu.shares or v2
+// cpu.weight).
+func cpuWeight(t *testing.T, id string) string { return cpuCgroup(t, id, "cpu.shares", "cpu.weight") }
+
+// Weights as either cgroup version writes them.
+var (
+	idleWeight   = []string{"102", "10"}
+	normalWeight = []string{"1024", "100"}
+)
+
+// cpuCgroup reads a file of a VM's cpu cgroup: v1's, or v2's.
+func cpuCgroup(t *testing.T, id, v1, v2 string) string {
+	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/" + v1, "/sys/fs/cgroup/tandem/*/" + id + "/" + v2} {
 		if m, _ := filepath.Glob(pat); len(m) == 1 {
 			b, err := os.ReadFile(m[0])
 			if err != nil {
@@ -216,5 +233,37 @@ func TestWaitingVMIsWatched(t *testing.T) {
 	var fe *jobvm.FailureError
 	if !errors.As(err, &fe) || res.Failure != failure.GuestHang || ctx.Err() != nil {
 		t.Errorf("a guest silent while it waits: result %+v, err %v; want a hang, before the wait's context ends", res, err)
+	}
+}
+
+// A VM on standby (a warm pool's) boots and waits at the idle CPU weight,
+// and is raised to the normal one when claimed, before its job is sent.
+func TestStandbyVMYieldsUntilClaimed(t *testing.T) {
+	h := newHost(t)
+	r := req()
+	r.Argv = []string{"true"}
+	r.Standby = &jobvm.Standby{}
+	var id, atReady, atClaim string
+	r.OnCreate = func(in vm.Instance) { id = in.ID() }
+	r.OnReady = func(in vm.Instance) { atReady = cpuWeight(t, id) }
+	r.Await = func(ctx context.Context) (map[string]string, error) {
+		if err := r.Standby.Claim(); err != nil {
+			t.Errorf("claim: %v", err)
+		}
+		atClaim = cpuWeight(t, id)
+		return nil, nil
+	}
+	res, err := h.Run(context.Background(), r)
+	if err != nil || res.Failure != "" || res.ExitCode != 0 {
+		t.Fatalf("run: %+v, %v", res, err)
+	}
+	if !slices.Contains(idleWeight, atReady) {
+		t.Errorf("booted: CPU weight %q, want the idle one (%v)", atReady, idleWeight)
+	}
+	if !slices.Contains(normalWeight, atClaim) {
+		t.Errorf("claimed: CPU weight %q, want the normal one (%v)", atClaim, normalWeight)
+	}
+	if err := r.Standby.Claim(); err != nil {
+		t.Errorf("a second claim, after the VM is gone: %v", err)
 	}
 }
