@@ -4,7 +4,9 @@
 // An assignment arrives before the runner's JIT config does: the agent boots
 // the VM at once and hands the guest its runner command only when Configure
 // delivers the config (the control plane fetches it from GitHub while the VM
-// boots). Every VM ends in a report (Event kind "ended") and leaves nothing on
+// boots). A warm pool's VM (Assignment.Pool) boots and waits at the idle
+// CPU weight, behind the VMs running jobs, until Configure claims it for
+// one. Every VM ends in a report (Event kind "ended") and leaves nothing on
 // the host: jobvm tears it down on every path.
 package agent
 
@@ -77,6 +79,8 @@ type run struct {
 	cancel context.CancelCauseFunc
 	config chan map[string]string // receives the secret env once
 	once   sync.Once
+	// standby is a warm pool's VM's: Configure claims it (nil otherwise).
+	standby *jobvm.Standby
 	// release ends the run's hold on its image.
 	release func()
 
@@ -131,6 +135,9 @@ func (a *Agent) Launch(asg agentapi.Assignment) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1),
 		release: a.cfg.Images.Acquire(asg.Image), keep: make(chan time.Time, 1)}
+	if asg.Pool != "" {
+		r.standby = &jobvm.Standby{}
+	}
 	a.runs[asg.Runner] = r
 	a.wg.Add(1)
 	go func() {
@@ -149,7 +156,10 @@ func (a *Agent) Launch(asg agentapi.Assignment) error {
 }
 
 // Configure delivers a runner's secret environment (its JIT config); the
-// guest gets its command once both this and the VM are ready.
+// guest gets its command once both this and the VM are ready. A warm
+// pool's VM, booted or still booting, is claimed first: it gets the normal
+// CPU weight before the config, so that its runner starts ahead of the
+// replacement that begins to boot beside it now.
 func (a *Agent) Configure(runner string, env map[string]string) error {
 	a.mu.Lock()
 	r, ok := a.runs[runner]
@@ -159,6 +169,9 @@ func (a *Agent) Configure(runner string, env map[string]string) error {
 	}
 	sent := false
 	r.once.Do(func() {
+		if err := r.standby.Claim(); err != nil {
+			a.log.Warn("cannot raise a claimed pool VM's CPU weight; its job runs on", "runner", runner, "err", err)
+		}
 		r.config <- maps.Clone(env)
 		sent = true
 	})
@@ -328,7 +341,7 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
 		Argv: asg.Command, User: asg.User, Env: asg.Env, Timeout: asg.Timeout,
 		Stdout: out, Stderr: out, Egress: asg.Egress, DiskMiB: asg.DiskMiB,
-		Owner: vm.ProcessOwner(), DieWithOwner: true,
+		Owner: vm.ProcessOwner(), DieWithOwner: true, Standby: r.standby,
 		OnCreate: func(inst vm.Instance) {
 			vmID = inst.Info().ID
 			log.Info("runner VM booting", "vm", vmID)

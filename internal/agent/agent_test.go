@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -183,4 +184,70 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err := a.Launch(asg("c3", "true")); !errors.Is(err, agent.ErrClosed) {
 		t.Errorf("launch after Close: %v, want ErrClosed", err)
 	}
+}
+
+// cpuWeight reads the CPU weight of a VM's cgroup: v1's cpu.shares or
+// v2's cpu.weight.
+func cpuWeight(t *testing.T, id string) string {
+	t.Helper()
+	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/cpu.shares", "/sys/fs/cgroup/tandem/*/" + id + "/cpu.weight"} {
+		if m, _ := filepath.Glob(pat); len(m) == 1 {
+			b, err := os.ReadFile(m[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.TrimSpace(string(b))
+		}
+	}
+	t.Errorf("no cpu cgroup for %s", id)
+	return ""
+}
+
+// A warm pool's VM boots and waits at the idle CPU weight (v1's shares or
+// v2's weight), behind VMs running jobs; Configure raises it to the normal
+// one before the runner gets its config, whether the VM was ready or still
+// booting when claimed.
+func TestPoolVMYieldsUntilConfigured(t *testing.T) {
+	idle, normal := []string{"102", "10"}, []string{"1024", "100"}
+	rec := newRecorder()
+	a, _ := newAgent(t, rec)
+
+	x := asg("p1", "sleep", "600")
+	x.Pool = "tandem-1cpu"
+	if err := a.Launch(x); err != nil {
+		t.Fatal(err)
+	}
+	boot := rec.wait(t, "p1", agentapi.EventBooting)
+	rec.wait(t, "p1", agentapi.EventReady)
+	if w := cpuWeight(t, boot.VMID); !slices.Contains(idle, w) {
+		t.Errorf("ready pool VM: CPU weight %q, want the idle one (%v)", w, idle)
+	}
+	if err := a.Configure("p1", map[string]string{"SECRET": "s"}); err != nil {
+		t.Fatal(err)
+	}
+	// Raised when Configure returns: before the guest has its config.
+	if w := cpuWeight(t, boot.VMID); !slices.Contains(normal, w) {
+		t.Errorf("claimed pool VM: CPU weight %q, want the normal one (%v)", w, normal)
+	}
+	rec.wait(t, "p1", agentapi.EventStarted)
+	a.Stop("p1", "test over")
+	rec.wait(t, "p1", agentapi.EventEnded)
+
+	// Claimed as soon as it is made, while it boots (very likely before
+	// its cgroup exists): its job runs at the normal weight all the same.
+	x = asg("p2", "sleep", "600")
+	x.Pool = "tandem-1cpu"
+	if err := a.Launch(x); err != nil {
+		t.Fatal(err)
+	}
+	boot = rec.wait(t, "p2", agentapi.EventBooting)
+	if err := a.Configure("p2", map[string]string{"SECRET": "s"}); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t, "p2", agentapi.EventStarted)
+	if w := cpuWeight(t, boot.VMID); !slices.Contains(normal, w) {
+		t.Errorf("pool VM claimed while booting: CPU weight %q, want the normal one (%v)", w, normal)
+	}
+	a.Stop("p2", "test over")
+	rec.wait(t, "p2", agentapi.EventEnded)
 }
