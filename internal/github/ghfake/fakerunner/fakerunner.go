@@ -2,7 +2,11 @@
 // that works against ghfake: given a JIT config it opens a session, takes one
 // job, runs its script with /bin/sh -c, heartbeats, reports the result and
 // returns, as an ephemeral runner does. It speaks Tandem's own protocol
-// (package runnerapi), not the official runner's undocumented one.
+// (package runnerapi), not the official runner's undocumented one. As
+// GitHub's runner, it runs the script that ACTIONS_RUNNER_HOOK_JOB_STARTED
+// names (with bash -e, or sh -e without bash) before the job's script, in
+// the job, and fails the job without running its script when the hook
+// fails.
 package fakerunner
 
 import (
@@ -265,9 +269,17 @@ func runScript(ctx context.Context, c *client, job runnerapi.Job, cfg runnerapi.
 		return runnerapi.Completion{Conclusion: runnerapi.ConclusionFailure, ExitCode: 127,
 			Output: err.Error()}, fmt.Errorf("start script: %w", err)
 	}
+	env := jobEnv(opts.Env, job, cfg)
 	cmd := exec.Command("/bin/sh", "-c", job.Script)
+	if hook := lookupEnv(env, EnvJobStartedHook); hook != "" {
+		shell := "sh"
+		if _, err := exec.LookPath("bash"); err == nil {
+			shell = "bash"
+		}
+		cmd = exec.Command("/bin/sh", "-c", `"$0" -e "$1" || exit; exec /bin/sh -c "$2"`, shell, hook, job.Script)
+	}
 	cmd.Dir = opts.Dir
-	cmd.Env = jobEnv(opts.Env, job, cfg)
+	cmd.Env = env
 	setProcessGroup(cmd)
 	// Own pipes, so that Wait does not wait for background processes that
 	// keep them open: those are killed with the group when the script ends.
@@ -369,6 +381,22 @@ func (c *client) heartbeat(ctx context.Context, id int64, every time.Duration, e
 			return true
 		}
 	}
+}
+
+// EnvJobStartedHook names a script the runner runs before each job (GitHub
+// documents it in "Running scripts before or after a job").
+const EnvJobStartedHook = "ACTIONS_RUNNER_HOOK_JOB_STARTED"
+
+// lookupEnv is key's value in env, the last one if it is there twice, as
+// getenv sees it.
+func lookupEnv(env []string, key string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
 }
 
 // jobEnv is the script's environment: base (or ours) without the JIT

@@ -91,6 +91,49 @@ func TestOutputAndEnv(t *testing.T) {
 	}
 }
 
+// TestJobStartedHook: the hook runs before the job's script, in its
+// environment; a failing hook fails the job, whose script does not run.
+func TestJobStartedHook(t *testing.T) {
+	dir := t.TempDir()
+	hook := filepath.Join(dir, "started.sh")
+	if err := os.WriteFile(hook, []byte("echo hook repo=$GITHUB_REPOSITORY\n[ ! -e \"$HOOK_FAILS\" ]\necho hook-after-the-check\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, fails  string
+		exit         int
+		want, absent []string
+	}{
+		{"passes", filepath.Join(dir, "absent"), 0, []string{"hook repo=acme/app\nhook-after-the-check\nscript\n"}, nil},
+		// -e: the hook stops at its failed check.
+		{"fails", dir, 1, []string{"hook repo=acme/app\n"}, []string{"hook-after-the-check", "script"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, jit := setup(t, nil)
+			id := queue(t, srv, "echo script")
+			o := opts()
+			o.Env = []string{"PATH=" + os.Getenv("PATH"), fakerunner.EnvJobStartedHook + "=" + hook, "HOOK_FAILS=" + tc.fails}
+			if err := fakerunner.Run(context.Background(), jit, o); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			j := job(t, srv, id)
+			if j.ExitCode != tc.exit || (tc.exit == 0) != (j.Conclusion == ghfake.ConclusionSuccess) {
+				t.Errorf("exit %d, conclusion %s; want exit %d", j.ExitCode, j.Conclusion, tc.exit)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(j.Output, w) {
+					t.Errorf("output %q lacks %q", j.Output, w)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(j.Output, a) {
+					t.Errorf("output %q has %q", j.Output, a)
+				}
+			}
+		})
+	}
+}
+
 func TestOutputCapped(t *testing.T) {
 	srv, jit := setup(t, nil)
 	id := queue(t, srv, `i=0; while [ $i -lt 2000 ]; do echo "line $i $(printf '%060d' 0)"; i=$((i+1)); done; echo END`)
