@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -34,6 +35,7 @@ type agent struct {
 	con      *console
 	ctx      context.Context // ends when the guest is told to shut down
 	shutOnce sync.Once
+	lock     *os.File // held while this is the VM's guest agent (not as PID 1)
 }
 
 // boot is the whole life of the guest. It never returns as PID 1.
@@ -58,7 +60,11 @@ func boot() {
 	if early != nil {
 		a.fail(early)
 	}
-	if err := a.run(); err != nil {
+	if err := a.run(); errors.Is(err, errAgentRunning) {
+		a.con.logf("%v: this one exits", err)
+		drainConsole()
+		os.Exit(0)
+	} else if err != nil {
 		a.fail(err)
 	}
 	a.powerOff()
@@ -72,8 +78,13 @@ func (a *agent) run() error {
 	}
 	cmdline := string(b)
 	a.inVM = strings.Contains(cmdline, "tandem.")
+	early := os.Getenv(earlyEnv) != ""
+	os.Unsetenv(earlyEnv) // not for the job
 	mode := "pid 1"
-	if !a.pid1 {
+	switch {
+	case early:
+		mode = fmt.Sprintf("started before init, pid %d", os.Getpid())
+	case !a.pid1:
 		mode = fmt.Sprintf("service, pid %d", os.Getpid())
 	}
 	release := kernelRelease()
@@ -106,8 +117,13 @@ func (a *agent) run() error {
 			return err
 		}
 		if init == "" {
-			// systemd mounts these itself, as it likes them.
-			mountRuntime(con)
+			mountRuntime(con, runtimeMounts)
+		} else {
+			// The guest agent, and with it the runner, starts before init:
+			// what they need of /dev and /run is mounted now, as systemd
+			// would mount it (systemd keeps what it finds mounted); /tmp
+			// is the root's and cgroup2 is left to systemd.
+			mountRuntime(con, handOffMounts)
 		}
 		if err := setupNetwork(con, bp); err != nil {
 			return err
@@ -127,7 +143,12 @@ func (a *agent) run() error {
 		os.Setenv("PATH", jobPath)
 		os.Setenv("HOME", jobHome)
 	} else {
-		// systemd has mounted, loaded and configured everything.
+		// Started by PID 1 just before it handed the VM to init, or by
+		// init as a service: PID 1 has mounted and configured what the
+		// runner needs.
+		if err := a.claimAgent(early); err != nil {
+			return err
+		}
 		setenvDefault("PATH", jobPath)
 		setenvDefault("HOME", jobHome)
 	}

@@ -10,15 +10,80 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
 // initFile, in the root filesystem, names the init that tandem-guest hands
 // the VM to once it has mounted the root and set up the network: a runner
-// image's systemd, which then starts tandem-guest again as a service. The
-// test image has none, and tandem-guest stays PID 1.
+// image's systemd. Just before, it starts the guest agent again as a child
+// (earlyEnv), which talks to the host and starts the runner while init
+// boots the rest (Docker, the journal, logind): the runner waits for none
+// of that, and a job's first step waits for Docker's socket in the image's
+// job-started hook. The test image has no initFile, and tandem-guest stays
+// PID 1.
 const initFile = "/etc/tandem/init"
+
+// earlyEnv, set to 1, tells tandem-guest that PID 1 started it before init.
+const earlyEnv = "TANDEM_GUEST_EARLY"
+
+// agentLock is locked (flock) by the VM's guest agent for as long as it
+// runs, so that a second one, started by an image's own
+// tandem-guest.service, stands down (errAgentRunning).
+const agentLock = "/run/tandem/guest.lock"
+
+// errAgentRunning: the guest agent started before init runs already.
+var errAgentRunning = errors.New("the guest agent runs already, started before init")
+
+// startEarlyAgent starts the guest agent as a child of PID 1 (itself, until
+// it execs init), in its own session, on the console. /proc/self/exe is the
+// initramfs's tandem-guest, the very binary that booted the VM, though
+// switching root has unlinked it.
+func (a *agent) startEarlyAgent() error {
+	attr := &os.ProcAttr{
+		Env:   append(os.Environ(), earlyEnv+"=1"),
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	}
+	p, _, err := startReaper().start("/proc/self/exe", []string{"tandem-guest"}, attr)
+	if err != nil {
+		return fmt.Errorf("start the guest agent: %w", err)
+	}
+	a.con.logf("guest agent started before init, pid %d", p.Pid)
+	return p.Release()
+}
+
+// claimAgent makes this process the VM's guest agent, not PID 1: it takes
+// agentLock, or returns errAgentRunning when the agent started before init
+// has it; the one started before init also shields itself from the OOM
+// killer, as the image's unit did (OOMScoreAdjust=-900), so that a job
+// that runs the VM out of memory is killed rather than the agent.
+func (a *agent) claimAgent(early bool) error {
+	if err := os.MkdirAll(filepath.Dir(agentLock), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(agentLock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return errAgentRunning
+		}
+		return fmt.Errorf("lock %s: %w", agentLock, err)
+	}
+	a.lock = f
+	if early {
+		if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-900"), 0); err != nil {
+			a.con.logf("oom_score_adj: %v", err)
+		}
+		// Started as /proc/self/exe, it would show in ps as "exe".
+		os.WriteFile("/proc/self/comm", []byte("tandem-guest"), 0)
+	}
+	return nil
+}
 
 // handOffInit reads initFile: the path of the init to hand over to, or ""
 // when there is none.
@@ -40,11 +105,12 @@ func handOffInit() (string, error) {
 	return p, nil
 }
 
-// execInit replaces tandem-guest, PID 1, with init. It returns only if the
-// exec failed. /tmp is emptied first: the image's init does not wait for
-// its own boot-time cleaning before it starts tandem-guest again (the
-// runner image's tmpfiles.d leaves /tmp alone), so this is where the job's
-// /tmp is made clean, before anything runs.
+// execInit starts the guest agent and replaces tandem-guest, PID 1, with
+// init. It returns only if either failed. /tmp is emptied and the static
+// /dev nodes are made first, before the agent can start a job: the runner
+// does not wait for init's own boot-time cleaning (the runner image's
+// tmpfiles.d leaves /tmp alone), so this is where the job's /tmp is made
+// clean.
 func (a *agent) execInit(init string) error {
 	if err := emptyDir(tmpDir); err != nil {
 		return fmt.Errorf("empty %s: %w", tmpDir, err)
@@ -52,6 +118,9 @@ func (a *agent) execInit(init string) error {
 	devname := filepath.Join("/lib/modules", kernelRelease(), "modules.devname")
 	if n, err := makeStaticNodes(devname, "/dev"); err != nil {
 		a.con.logf("static device nodes: %d made; %v", n, err)
+	}
+	if err := a.startEarlyAgent(); err != nil {
+		return err
 	}
 	a.con.logf("handing over to %s", init)
 	drainConsole()

@@ -99,12 +99,22 @@ func fixConsole() {
 	}
 }
 
-// mountRuntime mounts devpts, /dev/shm, /tmp, /run and cgroup2 and adds the
-// /dev symlinks devtmpfs lacks. Problems are printed, not returned: a job
-// may well run without them.
-func mountRuntime(con *console) {
+// handOffMounts are what a guest agent started before init needs, mounted
+// as systemd mounts them (systemd's mount_setup leaves a mounted target as
+// it is): a PTY for tandem ssh, /dev/shm for the job, /run for the agent's
+// state.
+var handOffMounts = []mountSpec{
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,gid=5"},
+	{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_STRICTATIME, "mode=01777"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_STRICTATIME, "mode=0755,size=20%,nr_inodes=800k"},
+}
+
+// mountRuntime mounts mounts (runtimeMounts: devpts, /dev/shm, /tmp, /run
+// and cgroup2) and adds the /dev symlinks devtmpfs lacks. Problems are
+// printed, not returned: a job may well run without them.
+func mountRuntime(con *console, mounts []mountSpec) {
 	var done []string
-	for _, m := range runtimeMounts {
+	for _, m := range mounts {
 		if m.fstype == "cgroup2" {
 			if _, err := os.Stat(m.target); err != nil {
 				continue // kernel without cgroup2: skip silently

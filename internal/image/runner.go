@@ -101,58 +101,55 @@ var maskedGenerators = []string{
 	"systemd-sysv-generator", "systemd-rc-local-generator", "systemd-system-update-generator",
 }
 
-// dropIns order units around tandem-guest: Docker starts once the runner
-// has, so that the two do not share the VM's CPUs on the runner's way up
-// (the Docker socket listens from the start: a job's first docker command
-// waits for the daemon, it does not fail). The socket itself listens before
-// sysinit.target, as tandem-guest starts before it (see guestUnit): it needs
-// nothing but /run, which systemd mounts first.
+// dropIns: Docker's socket listens before sysinit.target, as it needs
+// nothing but /run, so that a job's first step finds it sooner (see
+// jobStartedHook). Docker itself starts at boot beside the runner, which
+// tandem-guest started before systemd (its handoff_linux.go); a docker
+// command sent before the daemon is up waits for it on the socket.
 var dropIns = map[string]string{
-	"containerd.service": "[Unit]\nAfter=tandem-guest.service\n",
-	"docker.service":     "[Unit]\nAfter=tandem-guest.service\n",
-	"docker.socket":      "[Unit]\nDefaultDependencies=no\nBefore=sockets.target\n",
+	"docker.socket": "[Unit]\nDefaultDependencies=no\nBefore=sockets.target\n",
 }
 
 // tmpConf replaces Debian's /usr/lib/tmpfiles.d/tmp.conf ("D /tmp", emptied
 // by systemd-tmpfiles at boot): /tmp is made if missing, never emptied.
-// systemd-tmpfiles-setup runs during sysinit.target, which tandem-guest no
-// longer waits for; emptying /tmp then could take files from a runner that
+// systemd-tmpfiles-setup runs under the runner, which tandem-guest starts
+// before systemd; emptying /tmp then could take files from a runner that
 // has started. The job's /tmp is clean all the same: tandem-guest empties it
 // before it hands the VM to systemd (its emptyDir), and each VM's disk is a
 // fresh overlay of an image whose /tmp is empty.
 const tmpConf = `# Tandem: /tmp is emptied by tandem-guest before systemd starts, not here
-# (a runner may be using it while systemd-tmpfiles runs).
+# (the runner may be using it while systemd-tmpfiles runs).
 d /tmp 1777 root root -
 `
 
-// guestUnit runs tandem-guest early, beside sysinit.target rather than
-// after it: systemd's early boot (journald, tmpfiles, sysctl, the static
-// /dev nodes) costs seconds under emulation and the runner needs none of
-// it. What it needs is there already or ordered here: the root file system,
-// network, a clean /tmp and the static /dev nodes (tandem-guest made them
-// as PID 1 before handing over),
-// journald's socket (implied by its journal output) and Docker's socket, so
-// that a job's first docker command finds it. Docker itself starts after
-// it (dropIns).
-const guestUnit = `[Unit]
-Description=Tandem guest agent: runs this VM's runner and powers the VM off
-DefaultDependencies=no
-Wants=docker.socket
-After=docker.socket
-Conflicts=shutdown.target
-Before=shutdown.target
-
-[Service]
-Type=simple
-ExecStart=` + guestPath + `
-StandardOutput=journal+console
-StandardError=journal+console
-OOMScoreAdjust=-900
-Restart=no
-
-[Install]
-WantedBy=multi-user.target
+// jobStartedHook is the runner's job-started hook (GitHub's runner runs
+// the script that ACTIONS_RUNNER_HOOK_JOB_STARTED names before a job's
+// first step, and fails the job if it fails). The runner starts before
+// systemd has started anything, so this is where a job waits for Docker's
+// socket: a job's first `docker` command, or the runner's own container
+// set-up, finds it. A VM whose socket never comes runs the job all the
+// same, with a warning in its log: a job that does not use Docker passes.
+const (
+	jobStartedHook       = "/usr/local/lib/tandem/job-started.sh"
+	jobStartedHookScript = `#!/bin/sh
+# Tandem: GitHub's runner runs this before the job's first step
+# (ACTIONS_RUNNER_HOOK_JOB_STARTED). The runner started before systemd did;
+# wait here for Docker's socket, which systemd makes early in its boot.
+sock=/run/docker.sock
+i=0
+while [ ! -S "$sock" ]; do
+	if [ "$i" -ge 1200 ]; then
+		echo "::warning::Tandem: Docker's socket $sock did not appear within 120 s of the job's start; docker commands will fail"
+		exit 0
+	fi
+	sleep 0.1
+	i=$((i + 1))
+done
 `
+)
+
+// hookEnv sets the runner's job-started hook (jobStartedHook).
+const hookEnv = "ACTIONS_RUNNER_HOOK_JOB_STARTED=" + jobStartedHook
 
 // runnerEntryScript starts GitHub's runner as `run.sh --jitconfig`,
 // taking the config from the environment tandem-guest set, so that it is
@@ -162,6 +159,7 @@ const runnerEntryScript = `#!/bin/sh
 # Starts GitHub's runner (` + actionsRunner + `) for one job with the
 # just-in-time config tandem-guest received from the host.
 set -eu
+export ` + hookEnv + `
 jit="${ACTIONS_RUNNER_INPUT_JITCONFIG:?tandem-runner: no JIT config in ACTIONS_RUNNER_INPUT_JITCONFIG}"
 unset ACTIONS_RUNNER_INPUT_JITCONFIG
 cd ` + actionsRunner + `
@@ -250,7 +248,7 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 	files := []treeFile{
 		{"/etc/sudoers.d/runner", 0o440, []byte(runnerUser + " ALL=(ALL) NOPASSWD:ALL\n")},
 		{guestPath, 0o755, guestBin},
-		{"/usr/lib/systemd/system/tandem-guest.service", 0o644, []byte(guestUnit)},
+		{jobStartedHook, 0o755, []byte(jobStartedHookScript)},
 		{"/etc/tmpfiles.d/tmp.conf", 0o644, []byte(tmpConf)},
 		{"/etc/tandem/init", 0o644, []byte("/sbin/init\n")},
 		{"/etc/hostname", 0o644, []byte("tandem\n")},
@@ -272,7 +270,6 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 		}
 	}
 	links := map[string]string{
-		"/etc/systemd/system/multi-user.target.wants/tandem-guest.service": "/usr/lib/systemd/system/tandem-guest.service",
 		debugPauseLink: guestPath,
 	}
 	for _, u := range maskedUnits {
@@ -319,7 +316,7 @@ func bootstrapRunner(ctx context.Context, p *progress, work string, o BuildOptio
 		t.runner = &RunnerInfo{Command: []string{runnerEntry}, User: runnerUser, TarballSHA256: sum}
 		p.step("GitHub's runner from %s (sha256 %.16s…) in %s", filepath.Base(o.RunnerTarball), sum, actionsRunner)
 	case fakeRunner != nil:
-		t.runner = &RunnerInfo{Command: []string{fakeRunnerPath}, User: runnerUser}
+		t.runner = &RunnerInfo{Command: []string{"/usr/bin/env", hookEnv, fakeRunnerPath}, User: runnerUser}
 		p.step("NOTE: no --runner-tarball given: this image has no GitHub runner, only tandem-fakerunner (for tests against ghfake). "+
 			"GitHub's runner cannot be downloaded here: fetch actions-runner-linux-%s-<version>.tar.gz from the actions/runner releases and pass it with --runner-tarball",
 			runnerTarballArch(o.Arch))

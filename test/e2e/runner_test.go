@@ -77,6 +77,7 @@ docker run --rm tandem-hub:1 cat /etc/hub-image
 `
 	script := fmt.Sprintf(`set -eux
 echo "user=$(id -un) groups=$(id -Gn) runner=$(readlink /proc/$PPID/exe)"
+echo "init=$(cat /proc/1/comm) agents=$(pgrep -xc tandem-guest) agent-cgroup=$(cat /proc/$(pgrep -xo tandem-guest)/cgroup) docker-socket=$(test -S /run/docker.sock && echo yes)"
 echo "tmp=[$(ls -A /tmp | grep -vxE '[.](X11|ICE|XIM|font)-unix|systemd-private-.*' | tr '\n' ' ')]"
 echo early > /tmp/early
 sudo -n true && echo sudo-ok
@@ -96,7 +97,12 @@ echo "kept=$(cat /tmp/early)"
 	// (X11 socket directories, services' private /tmp), though the runner no longer waits for systemd's
 	// boot-time cleaning of it (tandem-guest empties it before systemd
 	// starts); kept=early: nothing emptied it under the running job.
-	for _, want := range []string{"user=runner", "tmp=[]", "kept=early", " docker", "sudo-ok", "docker=2/overlay2",
+	// init=systemd agents=1 agent-cgroup=0::/init.scope: the guest agent
+	// that PID 1 started before handing over to systemd runs the job
+	// (systemd moved it into its own scope, as all it found running, not a
+	// unit's), and no second one; docker-socket=yes: the image's
+	// job-started hook held the first step until Docker's socket was there.
+	for _, want := range []string{"user=runner", "init=systemd agents=1 agent-cgroup=0::/init.scope docker-socket=yes", "tmp=[]", "kept=early", " docker", "sudo-ok", "docker=2/overlay2",
 		"mirrors=[http://" + s.gateway + ":5000/]", "built-in-the-vm", "hello-from-the-host", "pulled-through-the-mirror"} {
 		if !strings.Contains(j.Output, want) {
 			t.Errorf("job output lacks %q", want)
