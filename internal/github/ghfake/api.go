@@ -31,6 +31,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs", s.instHandler(s.listRuns))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}", s.instHandler(s.getRun))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", s.instHandler(s.listJobs))
+	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/attempts/{attempt_number}/jobs", s.instHandler(s.listAttemptJobs))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/jobs/{job_id}", s.instHandler(s.getJob))
 	m.HandleFunc("POST /repos/{owner}/{repo}/statuses/{sha}", s.instHandler(s.createStatus))
 	m.HandleFunc("GET /repos/{owner}/{repo}/commits/{ref}/statuses", s.instHandler(s.listStatuses))
@@ -366,12 +367,23 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request, inst *installati
 	writeJSON(w, http.StatusOK, rn.api())
 }
 
+// listJobs lists a run's jobs: with ?filter=latest (the default) those of
+// its latest attempt, with ?filter=all every attempt's.
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, inst *installation) {
+	filter := cmp.Or(r.URL.Query().Get("filter"), "latest")
+	if filter != "latest" && filter != "all" {
+		invalid(w, `"filter" must be one of: latest, all.`)
+		return
+	}
 	s.mu.Lock()
 	rn, ok := s.runLocked(r, inst)
 	var all []apiJob
 	if ok {
-		for _, j := range rn.jobs {
+		jobs := rn.jobs
+		if filter == "latest" {
+			jobs = rn.latest()
+		}
+		for _, j := range jobs {
 			all = append(all, j.api())
 		}
 	}
@@ -380,20 +392,46 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, inst *installa
 		notFound(w)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": paginate(w, r, all)})
+	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": nonNil(paginate(w, r, all))})
+}
+
+// listAttemptJobs lists the jobs of one attempt of a run: the run as it
+// stood then (see run.jobsAt).
+func (s *Server) listAttemptJobs(w http.ResponseWriter, r *http.Request, inst *installation) {
+	s.mu.Lock()
+	rn, ok := s.runLocked(r, inst)
+	n, err := strconv.Atoi(r.PathValue("attempt_number"))
+	ok = ok && err == nil && n >= 1 && n <= rn.attempt
+	var all []apiJob
+	if ok {
+		for _, j := range rn.jobsAt(n) {
+			all = append(all, j.api())
+		}
+	}
+	s.mu.Unlock()
+	if !ok {
+		notFound(w)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": nonNil(paginate(w, r, all))})
+}
+
+// jobLocked finds job {job_id} of the request's repository.
+func (s *Server) jobLocked(r *http.Request, inst *installation) (*job, bool) {
+	sc, ok := s.scopeLocked(r, inst)
+	id, idOK := pathID(r, "job_id")
+	if !ok || !idOK {
+		return nil, false
+	}
+	j, ok := s.jobs[id]
+	return j, ok && j.run.repo == sc.repo
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request, inst *installation) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sc, ok := s.scopeLocked(r, inst)
-	id, idOK := pathID(r, "job_id")
-	if !ok || !idOK {
-		notFound(w)
-		return
-	}
-	j, ok := s.jobs[id]
-	if !ok || j.run.repo != sc.repo {
+	j, ok := s.jobLocked(r, inst)
+	if !ok {
 		notFound(w)
 		return
 	}

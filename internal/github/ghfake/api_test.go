@@ -373,6 +373,26 @@ func TestRunsAndJobs(t *testing.T) {
 	}
 	f.expect(404, "GET", "/repos/acme/app/actions/jobs/1", tok, nil, nil)
 	f.expect(404, "GET", "/repos/acme/app/actions/runs/1/jobs", tok, nil, nil)
+	// One attempt so far: every filter and attempt 1 list the same jobs.
+	for _, path := range []string{"/jobs?filter=latest", "/jobs?filter=all", "/attempts/1/jobs"} {
+		var again struct {
+			TotalCount int `json:"total_count"`
+			Jobs       []struct {
+				ID         int64 `json:"id"`
+				RunAttempt int   `json:"run_attempt"`
+			} `json:"jobs"`
+		}
+		f.expect(200, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d%s", runID, path), tok, nil, &again)
+		if again.TotalCount != 2 || again.Jobs[0].ID != ids[0] || again.Jobs[1].RunAttempt != 1 {
+			t.Errorf("%s: %+v", path, again)
+		}
+	}
+	f.expect(422, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d/jobs?filter=newest", runID), tok, nil, nil)
+	f.expect(404, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d/attempts/2/jobs", runID), tok, nil, nil)
+	f.expect(404, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d/attempts/0/jobs", runID), tok, nil, nil)
+	if j := f.job(ids[0]); j.RunAttempt != 1 || j.RerunOf != 0 || j.RerunAs != 0 {
+		t.Errorf("job info = %+v", j)
+	}
 	f.expect(200, "GET", fmt.Sprintf("/repos/acme/app/actions/runs/%d", runID), tok, nil, nil)
 	for _, id := range ids {
 		if j := f.job(id); j.Claims != 1 {

@@ -81,4 +81,11 @@
 //   - Only workflow_job webhooks are sent (no workflow_run, check_run, ...).
 //   - Token requests cannot narrow repositories or permissions (the body is
 //     ignored).
+//   - A run's attempt n holds the jobs that attempt ran and, for the others,
+//     their job of the newest earlier attempt: a job that is not re-run
+//     belongs to every later attempt, with its own (earlier) run_attempt.
+//     So the jobs listing's filter=latest, and the run's status and
+//     conclusion, cover each job's newest attempt; attempts/{n}/jobs lists
+//     the run as it stood at attempt n. A filter other than latest or all
+//     is a 422.
 package ghfake

@@ -14,15 +14,17 @@ type run struct {
 	number    int64
 	name      string
 	headSHA   string
+	attempt   int // its latest attempt: 1, and one more at each re-run
 	createdAt time.Time
 	updatedAt time.Time
-	startedAt time.Time
-	jobs      []*job
+	startedAt time.Time // when its latest attempt started
+	jobs      []*job    // every attempt's, oldest first
 }
 
 type job struct {
 	id              int64
 	run             *run
+	attempt         int // the run attempt it belongs to
 	name            string
 	script          string
 	labels          []string
@@ -33,6 +35,9 @@ type job struct {
 	groupID         int64
 	groupName       string
 	group           string // the runner group it targets (runs-on: group:); "": any
+	environment     string // the protected environment it waits for; "": none
+	rerunOf         *job   // the job of an earlier attempt it re-runs; nil: none
+	rerunAs         *job   // the job of a later attempt that re-runs it; nil: none
 	createdAt       time.Time
 	startedAt       time.Time // zero until claimed
 	completedAt     time.Time
@@ -120,21 +125,47 @@ func (rr *runner) info() RunnerInfo {
 }
 
 func (j *job) info() JobInfo {
-	return JobInfo{
-		ID: j.id, RunID: j.run.id, Repo: j.run.repo.fullName(), Name: j.name,
+	ji := JobInfo{
+		ID: j.id, RunID: j.run.id, RunAttempt: j.attempt, Repo: j.run.repo.fullName(), Name: j.name,
 		Labels: slices.Clone(j.labels), Script: j.script, Status: j.status, Conclusion: j.conclusion,
 		RunnerID: j.runnerID, RunnerName: j.runnerName, RunnerGroupID: j.groupID,
 		ExitCode: j.exitCode, Output: j.output, CancelRequested: j.cancelRequested, Annotation: j.annotation, Claims: j.claims,
 		CreatedAt: j.createdAt, StartedAt: j.startedAt, CompletedAt: j.completedAt,
 	}
+	if j.rerunOf != nil {
+		ji.RerunOf = j.rerunOf.id
+	}
+	if j.rerunAs != nil {
+		ji.RerunAs = j.rerunAs.id
+	}
+	return ji
 }
 
-// status of a run: queued (waiting, while a job waits for an approval)
-// until a job starts, in_progress until all complete, then completed.
+// jobsAt returns the jobs of the run as it stood at attempt n, oldest
+// first: each job of an attempt up to n that no attempt up to n re-ran.
+// A job that was not re-run belongs to every later attempt too.
+func (rn *run) jobsAt(n int) []*job {
+	var out []*job
+	for _, j := range rn.jobs {
+		if j.attempt <= n && (j.rerunAs == nil || j.rerunAs.attempt > n) {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// latest returns the jobs of the run's latest attempt.
+func (rn *run) latest() []*job { return rn.jobsAt(rn.attempt) }
+
+// status of a run, over its latest attempt's jobs: queued (waiting, while
+// a job waits for an approval) until a job starts, in_progress until all
+// complete, then completed. A re-run thus puts a completed run back in
+// progress.
 func (rn *run) status() (status, conclusion string) {
 	started, done, waiting := false, 0, false
 	failed, cancelled := false, false
-	for _, j := range rn.jobs {
+	jobs := rn.latest()
+	for _, j := range jobs {
 		switch j.status {
 		case StatusWaiting:
 			waiting = true
@@ -148,7 +179,7 @@ func (rn *run) status() (status, conclusion string) {
 		}
 	}
 	switch {
-	case done == len(rn.jobs):
+	case done == len(jobs):
 		switch {
 		case failed:
 			return StatusCompleted, ConclusionFailure
@@ -286,7 +317,7 @@ type apiJob struct {
 func (j *job) api() apiJob {
 	full := j.run.repo.fullName()
 	a := apiJob{
-		ID: j.id, RunID: j.run.id, RunAttempt: 1,
+		ID: j.id, RunID: j.run.id, RunAttempt: j.attempt,
 		RunURL:      fmt.Sprintf("https://api.github.com/repos/%s/actions/runs/%d", full, j.run.id),
 		URL:         fmt.Sprintf("https://api.github.com/repos/%s/actions/jobs/%d", full, j.id),
 		HTMLURL:     fmt.Sprintf("https://github.com/%s/actions/runs/%d/job/%d", full, j.run.id, j.id),
@@ -337,13 +368,13 @@ func (rn *run) api() apiRun {
 	st, concl := rn.status()
 	a := apiRun{
 		ID: rn.id, Name: rn.name, NodeID: nodeID("WFR_", rn.id), HeadBranch: "main",
-		HeadSHA: rn.headSHA, RunNumber: rn.number, RunAttempt: 1, Event: "push", Status: st,
+		HeadSHA: rn.headSHA, RunNumber: rn.number, RunAttempt: rn.attempt, Event: "push", Status: st,
 		WorkflowID: 1000 + rn.repo.id%1000,
 		URL:        fmt.Sprintf("https://api.github.com/repos/%s/actions/runs/%d", full, rn.id),
 		HTMLURL:    fmt.Sprintf("https://github.com/%s/actions/runs/%d", full, rn.id),
 		JobsURL:    fmt.Sprintf("https://api.github.com/repos/%s/actions/runs/%d/jobs", full, rn.id),
 		CreatedAt:  timestamp(rn.createdAt), UpdatedAt: timestamp(rn.updatedAt),
-		RunStartedAt: timestamp(rn.createdAt), Repository: rn.repo.api(),
+		RunStartedAt: timestamp(rn.startedAt), Repository: rn.repo.api(),
 	}
 	if concl != "" {
 		a.Conclusion = &concl

@@ -106,6 +106,7 @@ type JobSpec struct {
 type JobInfo struct {
 	ID              int64     `json:"id"`
 	RunID           int64     `json:"run_id"`
+	RunAttempt      int       `json:"run_attempt"` // the run attempt it belongs to (1, and more once re-run)
 	Repo            string    `json:"repo"`
 	Name            string    `json:"name"`
 	Labels          []string  `json:"labels"`
@@ -123,6 +124,10 @@ type JobInfo struct {
 	CreatedAt       time.Time `json:"created_at"`
 	StartedAt       time.Time `json:"started_at,omitzero"` // when a runner claimed it
 	CompletedAt     time.Time `json:"completed_at,omitzero"`
+	// RerunOf is the job of an earlier attempt that this one re-runs, and
+	// RerunAs the job of a later attempt that re-runs this one; 0: none.
+	RerunOf int64 `json:"rerun_of,omitempty"`
+	RerunAs int64 `json:"rerun_as,omitempty"`
 }
 
 // RunnerInfo is a snapshot of a registered runner.
@@ -524,26 +529,19 @@ func (s *Server) QueueRun(repoName string, specs ...JobSpec) (runID int64, jobID
 	s.ids.run++
 	s.ids.runNumber++
 	rn := &run{
-		id: s.ids.run, repo: r, number: s.ids.runNumber, name: "CI",
-		headSHA: s.randHexLocked(20), createdAt: now, updatedAt: now,
+		id: s.ids.run, repo: r, number: s.ids.runNumber, name: "CI", attempt: 1,
+		headSHA: s.randHexLocked(20), createdAt: now, updatedAt: now, startedAt: now,
 	}
 	s.runs[rn.id] = rn
 	for _, sp := range specs {
-		s.ids.job++
 		jname := sp.Name
 		if jname == "" {
 			jname = "build"
 		}
-		j := &job{
-			id: s.ids.job, run: rn, name: jname, script: sp.Script,
-			labels: slices.Clone(sp.Labels), status: StatusQueued, createdAt: now, group: sp.RunnerGroup,
-		}
-		if sp.Environment != "" {
-			j.status = StatusWaiting
-		}
-		s.jobs[j.id] = j
-		s.jobOrder = append(s.jobOrder, j.id)
-		rn.jobs = append(rn.jobs, j)
+		j := s.addJobLocked(&job{
+			run: rn, name: jname, script: sp.Script, labels: slices.Clone(sp.Labels),
+			group: sp.RunnerGroup, environment: sp.Environment,
+		})
 		jobIDs = append(jobIDs, j.id)
 	}
 	for _, j := range rn.jobs {
@@ -551,6 +549,21 @@ func (s *Server) QueueRun(repoName string, specs ...JobSpec) (runID int64, jobID
 	}
 	s.wakeRunnersLocked()
 	return rn.id, jobIDs, nil
+}
+
+// addJobLocked gives j an id and adds it to its run's latest attempt,
+// queued, or waiting when it deploys to an environment.
+func (s *Server) addJobLocked(j *job) *job {
+	s.ids.job++
+	j.id, j.attempt, j.createdAt = s.ids.job, j.run.attempt, s.now()
+	j.status = StatusQueued
+	if j.environment != "" {
+		j.status = StatusWaiting
+	}
+	s.jobs[j.id] = j
+	s.jobOrder = append(s.jobOrder, j.id)
+	j.run.jobs = append(j.run.jobs, j)
+	return j
 }
 
 // CancelJob cancels a job. A queued job completes at once as cancelled; a
