@@ -3,6 +3,7 @@ package ghfake
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -67,11 +68,23 @@ type apiInstallation struct {
 	UpdatedAt           string            `json:"updated_at"`
 }
 
-func permissions() map[string]string {
+// defaultPermissions are an installation's permissions until
+// SetPermissions changes them.
+func defaultPermissions() map[string]string {
 	return map[string]string{
 		"actions": "read", "administration": "write", "metadata": "read",
 		"organization_self_hosted_runners": "write",
 	}
+}
+
+// permissionLevels ranks the access levels of a permission.
+var permissionLevels = map[string]int{"read": 1, "write": 2, "admin": 3}
+
+// can reports whether the installation has permission perm at level or
+// above ("read" < "write" < "admin").
+func (in *installation) can(perm, level string) bool {
+	want := permissionLevels[level]
+	return want > 0 && permissionLevels[in.permissions[perm]] >= want
 }
 
 func (s *Server) listInstallations(w http.ResponseWriter, r *http.Request) {
@@ -83,7 +96,7 @@ func (s *Server) listInstallations(w http.ResponseWriter, r *http.Request) {
 			TargetID: in.account.id, TargetType: in.account.typ, RepositorySelection: "selected",
 			AccessTokensURL: fmt.Sprintf("https://api.github.com/app/installations/%d/access_tokens", in.id),
 			RepositoriesURL: "https://api.github.com/installation/repositories",
-			Permissions:     permissions(), Events: []string{"workflow_job"},
+			Permissions:     maps.Clone(in.permissions), Events: []string{"workflow_job"},
 			CreatedAt: timestamp(in.createdAt), UpdatedAt: timestamp(in.createdAt),
 		})
 	}
@@ -113,7 +126,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	exp := s.now().Add(s.cfg.TokenTTL)
 	s.tokens[tok] = &instToken{installID: id, expires: exp}
 	writeJSON(w, http.StatusCreated, map[string]any{
-		"token": tok, "expires_at": timestamp(exp), "permissions": permissions(),
+		"token": tok, "expires_at": timestamp(exp), "permissions": maps.Clone(in.permissions),
 		"repository_selection": "selected",
 	})
 }

@@ -3,6 +3,7 @@ package ghfake_test
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -450,5 +451,70 @@ func TestUnknownRoute(t *testing.T) {
 	resp, body := f.do("GET", "/nope", "", nil)
 	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), "Not Found") {
 		t.Errorf("%d %s", resp.StatusCode, body)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	f := newFixture(t)
+	inst := f.srv.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	other := f.srv.AddInstallation("bob", ghfake.AccountUser, "bob/lib")
+	perms := func() (token, installation map[string]string) {
+		t.Helper()
+		var tok struct {
+			Permissions map[string]string `json:"permissions"`
+		}
+		f.expect(201, "POST", fmt.Sprintf("/app/installations/%d/access_tokens", inst), "Bearer "+f.jwt(), nil, &tok)
+		var insts []struct {
+			ID          int64             `json:"id"`
+			Permissions map[string]string `json:"permissions"`
+		}
+		f.expect(200, "GET", "/app/installations", "Bearer "+f.jwt(), nil, &insts)
+		for _, in := range insts {
+			if in.ID == inst {
+				installation = in.Permissions
+			}
+		}
+		return tok.Permissions, installation
+	}
+	tok, in := perms()
+	if tok["actions"] != "read" || in["actions"] != "read" || tok["administration"] != "write" || in["metadata"] != "read" {
+		t.Fatalf("default permissions: token %v, installation %v", tok, in)
+	}
+
+	if err := f.srv.SetPermissions(inst, map[string]string{"actions": "write", "metadata": ""}); err != nil {
+		t.Fatal(err)
+	}
+	tok, in = perms()
+	if tok["actions"] != "write" || in["actions"] != "write" || tok["administration"] != "write" {
+		t.Errorf("after SetPermissions: token %v, installation %v", tok, in)
+	}
+	if _, ok := in["metadata"]; ok {
+		t.Errorf("metadata not taken away: %v", in)
+	}
+	if err := f.srv.SetPermissions(inst, map[string]string{"actions": "execute"}); !errors.Is(err, ghfake.ErrInvalid) {
+		t.Errorf("bad level: %v, want ErrInvalid", err)
+	}
+	if err := f.srv.SetPermissions(999, map[string]string{"actions": "write"}); !errors.Is(err, ghfake.ErrNotFound) {
+		t.Errorf("unknown installation: %v, want ErrNotFound", err)
+	}
+
+	// The control API does the same, and leaves other installations alone.
+	path := fmt.Sprintf("/_ghfake/installations/%d/permissions", inst)
+	f.expect(204, "PUT", path, "", map[string]string{"actions": "read"}, nil)
+	if tok, _ := perms(); tok["actions"] != "read" {
+		t.Errorf("after PUT: token %v", tok)
+	}
+	f.expect(422, "PUT", path, "", map[string]string{"actions": "all"}, nil)
+	f.expect(400, "PUT", path, "", []string{"actions"}, nil)
+	f.expect(404, "PUT", "/_ghfake/installations/999/permissions", "", map[string]string{"actions": "write"}, nil)
+	var insts []struct {
+		ID          int64             `json:"id"`
+		Permissions map[string]string `json:"permissions"`
+	}
+	f.expect(200, "GET", "/app/installations", "Bearer "+f.jwt(), nil, &insts)
+	for _, in := range insts {
+		if in.ID == other && (in.Permissions["actions"] != "read" || in.Permissions["metadata"] != "read") {
+			t.Errorf("other installation's permissions changed: %v", in.Permissions)
+		}
 	}
 }

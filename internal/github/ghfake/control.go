@@ -10,6 +10,7 @@ import (
 // ghfake as a standalone process (tandem dev ghfake):
 //
 //	POST /_ghfake/installations        {"account","account_type","repos":[...]} → 201 {"id"}
+//	PUT  /_ghfake/installations/{id}/permissions {"actions":"write",...} → 204 (see SetPermissions)
 //	POST /_ghfake/jobs                 {"repo","labels","script","name"} or {"repo","jobs":[...]}
 //	                                   → 201 {"run_id","job_ids"}
 //	POST /_ghfake/jobs/{id}/cancel     → 204
@@ -21,6 +22,7 @@ import (
 //	POST /_ghfake/runner-groups        {"org","name","visibility","repos":[...],"allows_public_repositories"} → 201 {"id"}
 func (s *Server) controlRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /_ghfake/installations", s.ctlInstallation)
+	m.HandleFunc("PUT /_ghfake/installations/{id}/permissions", s.ctlPermissions)
 	m.HandleFunc("POST /_ghfake/jobs", s.ctlQueue)
 	m.HandleFunc("POST /_ghfake/jobs/{id}/cancel", s.ctlCancel)
 	m.HandleFunc("POST /_ghfake/jobs/{id}/approve", s.ctlApprove)
@@ -58,6 +60,27 @@ func (s *Server) ctlInstallation(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]int64{"id": id})
+}
+
+func (s *Server) ctlPermissions(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(r, "id")
+	if !ok {
+		notFound(w)
+		return
+	}
+	var perms map[string]string
+	if err := decodeBody(r, &perms); err != nil {
+		writeError(w, http.StatusBadRequest, "Problems parsing JSON")
+		return
+	}
+	switch err := s.SetPermissions(id, perms); {
+	case errors.Is(err, ErrNotFound):
+		notFound(w)
+	case err != nil:
+		invalid(w, err.Error())
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
 }
 
 func (s *Server) ctlRunnerGroup(w http.ResponseWriter, r *http.Request) {

@@ -50,9 +50,9 @@
 //
 // # Test control
 //
-// Tests drive the emulator through Go methods (AddInstallation, QueueJob,
-// QueueRun, CancelJob, Job, Jobs, Runners, Deliveries, Redeliver, SetFaults,
-// RateLimit, Quiesce, Flush) or, when it runs as a standalone process
+// Tests drive the emulator through Go methods (AddInstallation,
+// SetPermissions, QueueJob, QueueRun, CancelJob, Job, Jobs, Runners,
+// Deliveries, Redeliver, SetFaults, RateLimit, Quiesce, Flush) or, when it runs as a standalone process
 // (tandem dev ghfake), through the unauthenticated HTTP control API under
 // /_ghfake/. All state sits behind one mutex; Close ends long polls and
 // waits for every webhook sender.
@@ -81,6 +81,10 @@
 //   - Only workflow_job webhooks are sent (no workflow_run, check_run, ...).
 //   - Token requests cannot narrow repositories or permissions (the body is
 //     ignored).
+//   - Permissions (SetPermissions) are checked as the installation has them
+//     at the request, whatever they were when its token was created. Only
+//     the endpoints that say so check them; the others answer whatever the
+//     installation's permissions.
 //   - A run's attempt n holds the jobs that attempt ran and, for the others,
 //     their job of the newest earlier attempt: a job that is not re-run
 //     belongs to every later attempt, with its own (earlier) run_attempt.

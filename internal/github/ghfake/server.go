@@ -197,11 +197,12 @@ type account struct {
 }
 
 type installation struct {
-	id        int64
-	account   *account
-	repos     []string // lower-case full names, in order added
-	createdAt time.Time
-	suspended bool // GitHub sends it no webhooks and refuses its tokens
+	id          int64
+	account     *account
+	repos       []string // lower-case full names, in order added
+	createdAt   time.Time
+	suspended   bool              // GitHub sends it no webhooks and refuses its tokens
+	permissions map[string]string // permission → "read", "write" or "admin"
 }
 
 type instToken struct {
@@ -328,7 +329,7 @@ func (s *Server) AddInstallation(accountLogin, accountType string, repos ...stri
 	}
 	if inst == nil {
 		s.ids.install++
-		inst = &installation{id: s.ids.install, account: acct, createdAt: s.now()}
+		inst = &installation{id: s.ids.install, account: acct, createdAt: s.now(), permissions: defaultPermissions()}
 		s.installations[inst.id] = inst
 	}
 	for _, full := range repos {
@@ -407,6 +408,36 @@ func (s *Server) SetPublic(full string, public bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.repoLocked(owner, name).public = public
+	return nil
+}
+
+// SetPermissions changes an installation's permissions, as an owner does
+// by accepting the App's request for new ones: each permission of perms
+// ("actions", "administration", ...) gets its level, "read", "write" or
+// "admin", or is taken away by "". Installations start with actions: read,
+// administration: write, metadata: read and
+// organization_self_hosted_runners: write. The installation and token
+// payloads list the permissions, and requests are checked against them as
+// they are now, tokens created before included. No webhook is sent.
+func (s *Server) SetPermissions(id int64, perms map[string]string) error {
+	for p, level := range perms {
+		if p == "" || (level != "" && permissionLevels[level] == 0) {
+			return fmt.Errorf("%w: permission %q: level %q is not read, write, admin or empty", ErrInvalid, p, level)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.installations[id]
+	if !ok {
+		return fmt.Errorf("set permissions of installation %d: %w", id, ErrNotFound)
+	}
+	for p, level := range perms {
+		if level == "" {
+			delete(in.permissions, p)
+		} else {
+			in.permissions[p] = level
+		}
+	}
 	return nil
 }
 
