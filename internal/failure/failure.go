@@ -42,3 +42,19 @@ func (k Kind) HostLeft() bool { return k == HostOffline || k == HostRevoked }
 // HostAtFault reports whether a launch that ended with k should be tried on
 // another host: any failure but a VM that was merely gone after a restart.
 func (k Kind) HostAtFault() bool { return k != None && k != VMGone }
+
+// Infrastructure reports whether a job that was running when its VM ended
+// with k was lost to Tandem or its host rather than to anything the job
+// did: its host left (offline, revoked), its agent lost the VM, the guest
+// crashed, panicked, hung or lost its clock. A job that overran its time,
+// filled its disk or console, or was cancelled ended by its own doing.
+// A job can bring a few of these on itself (a job that panics its VM's
+// kernel on purpose); that is why a retry on such a loss is opt-in and
+// made once per cause.
+func (k Kind) Infrastructure() bool {
+	switch k {
+	case GuestPanic, GuestCrash, GuestHang, GuestClock, BootTimeout, Launch, VMGone, HostOffline, HostRevoked:
+		return true
+	}
+	return false
+}
