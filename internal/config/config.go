@@ -66,6 +66,9 @@ type Config struct {
 	// Debug says who may open debug sessions in jobs' VMs, and which
 	// failed jobs' VMs are kept for them (debug.go).
 	Debug Debug `yaml:"debug"`
+	// Retry says which jobs lost to Tandem or its hosts are re-run on
+	// GitHub (retry.go).
+	Retry Retry `yaml:"retry"`
 
 	// Secrets read from the files named above.
 	AppKey        *rsa.PrivateKey `yaml:"-"`
@@ -606,6 +609,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateImages()...)
 	errs = append(errs, c.validatePools()...)
 	errs = append(errs, c.Debug.validate()...)
+	errs = append(errs, c.Retry.validate()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}

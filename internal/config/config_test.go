@@ -138,6 +138,8 @@ func TestLoadRejects(t *testing.T) {
 		"debug org":     {minimal + "debug: {orgs: [\"a b\"]}\n", `debug.orgs: "a b"`},
 		"debug key":     {minimal + "debug: {keep_failed: {a/b/c: 1m}}\n", `debug.keep_failed: key "a/b/c"`},
 		"debug long":    {minimal + "debug: {keep_failed: {acme: 48h}}\n", "debug.keep_failed.acme: 48h0m0s: want 0 to 24h0m0s"},
+		"retry key":     {minimal + "retry: {infra_losses: {\"acme/\": true}}\n", `retry.infra_losses: key "acme/"`},
+		"retry value":   {minimal + "retry: {infra_losses: {acme: 2}}\n", "line 6: cannot unmarshal"},
 		"not yaml":      {"{{{", "config"},
 		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
@@ -194,6 +196,30 @@ func TestDebugKeepFailed(t *testing.T) {
 		if got := c.Debug.KeepFailedFor(tc.org, tc.repo); got != tc.want {
 			t.Errorf("%s: keep %s, want %s", tc.repo, got, tc.want)
 		}
+	}
+}
+
+// retry.infra_losses: the most specific key wins; off when none says.
+func TestRetryInfraLosses(t *testing.T) {
+	c, err := load(t, minimal+"retry: {infra_losses: {Acme: true, acme/Legacy: false, \"*\": false, initech/api: true}}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		org, repo string
+		want      bool
+	}{
+		{"acme", "acme/app", true},
+		{"ACME", "acme/legacy", false},
+		{"initech", "initech/api", true},
+		{"initech", "initech/web", false},
+	} {
+		if got := c.Retry.RetriesInfraLosses(tc.org, tc.repo); got != tc.want {
+			t.Errorf("%s: retries %v, want %v", tc.repo, got, tc.want)
+		}
+	}
+	if c, err := load(t, minimal); err != nil || c.Retry.RetriesInfraLosses("acme", "acme/app") {
+		t.Errorf("default: %v, %v", err, c.Retry)
 	}
 }
 

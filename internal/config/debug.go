@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -26,24 +27,45 @@ const MaxKeepFailed = 24 * time.Hour
 
 // KeepFailedFor is how long a failed job of org/repo keeps its VM.
 func (d Debug) KeepFailedFor(org, repo string) time.Duration {
-	find := func(k string) (time.Duration, bool) {
-		for key, v := range d.KeepFailed {
+	v, _ := forScope(d.KeepFailed, org, repo)
+	return v.D()
+}
+
+// forScope is m's value for a job of org and repo ("owner/name"): the
+// most specific of the keys "ORG/REPO", "ORG" and "*", compared without
+// case, as GitHub's names are; ok is false when none is there.
+func forScope[V any](m map[string]V, org, repo string) (v V, ok bool) {
+	find := func(k string) (V, bool) {
+		for key, v := range m {
 			if strings.EqualFold(key, k) {
-				return v.D(), true
+				return v, true
 			}
 		}
-		return 0, false
+		var zero V
+		return zero, false
 	}
 	if repo != "" {
 		if v, ok := find(repo); ok {
-			return v
+			return v, true
 		}
 	}
 	if v, ok := find(org); ok {
-		return v
+		return v, true
 	}
-	v, _ := find("*")
-	return v
+	return find("*")
+}
+
+// scopeKeyErrors checks the keys of a map that forScope reads: each ORG,
+// ORG/REPO or *, in the order of the sorted keys.
+func scopeKeyErrors[V any](field string, m map[string]V) []error {
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		owner, repo, hasRepo := strings.Cut(k, "/")
+		if k != "*" && (!githubName(owner) || hasRepo && !githubName(repo)) {
+			errs = append(errs, fmt.Errorf("%s: key %q: want ORG, ORG/REPO or *", field, k))
+		}
+	}
+	return errs
 }
 
 // KeepsAny reports whether any failed job's VM may be kept.
@@ -63,16 +85,8 @@ func (d Debug) validate() []error {
 			errs = append(errs, fmt.Errorf("debug.orgs: %q is not an organisation's name", o))
 		}
 	}
-	keys := make([]string, 0, len(d.KeepFailed))
-	for k := range d.KeepFailed {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		owner, repo, hasRepo := strings.Cut(k, "/")
-		if k != "*" && (!githubName(owner) || hasRepo && !githubName(repo)) {
-			errs = append(errs, fmt.Errorf("debug.keep_failed: key %q: want ORG, ORG/REPO or *", k))
-		}
+	errs = append(errs, scopeKeyErrors("debug.keep_failed", d.KeepFailed)...)
+	for _, k := range slices.Sorted(maps.Keys(d.KeepFailed)) {
 		if v := d.KeepFailed[k].D(); v < 0 || v > MaxKeepFailed {
 			errs = append(errs, fmt.Errorf("debug.keep_failed.%s: %s: want 0 to %s", k, v, MaxKeepFailed))
 		}
