@@ -116,6 +116,8 @@ type ReadTx interface {
 	HostLoad(host string, since time.Time) ([]HostLoad, error)
 	// Audit lists audit entries, newest (highest Seq) first.
 	Audit(f AuditFilter) ([]AuditEntry, error)
+	// Retries lists retries of lost jobs (see Retry).
+	Retries(f RetryFilter) ([]Retry, error)
 }
 
 // Tx reads and writes within a transaction.
@@ -198,6 +200,14 @@ type Tx interface {
 	// entry needs a time, an actor and an action (ErrInvalid otherwise).
 	// Prune keeps the audit log.
 	AppendAudit(e AuditEntry) (int64, error)
+
+	// AddRetry records a retry of a lost job and reports whether it did:
+	// false, with nothing written, when one exists already for the job or
+	// for its repository, run, name and cause. PutRetry replaces a
+	// stored retry (ErrNotFound for one not there). A retry needs a job,
+	// a repository, a run, a cause and a valid state (ErrInvalid).
+	AddRetry(r Retry) (bool, error)
+	PutRetry(r Retry) error
 }
 
 // JobFilter selects jobs. Zero fields do not filter.

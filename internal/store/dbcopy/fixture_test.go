@@ -12,6 +12,7 @@ import (
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/egress"
+	"github.com/tandem-ci/tandem/internal/failure"
 	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
@@ -49,6 +50,7 @@ func fill(t *testing.T, s store.Store) {
 	update(t, s, profiles)
 	update(t, s, audit)
 	update(t, s, tiers)
+	update(t, s, retries)
 	// The newest delivery, pruned: SQLite's AUTOINCREMENT remembers its
 	// number, which the copy's sequence must pass.
 	if _, err := s.InsertDelivery(ctx, store.Delivery{GUID: "d-old", Event: "ping", Payload: []byte("{}"), ReceivedAt: at(-30 * 24 * time.Hour)}); err != nil {
@@ -272,6 +274,19 @@ func tiers(tx store.Tx) error {
 	return nil
 }
 
+// retries: a pending retry of a lost job and a requested one.
+func retries(tx store.Tx) error {
+	for i, st := range []store.RetryState{store.RetryPending, store.RetryRequested} {
+		r := store.Retry{JobID: int64(500 + i), Installation: 7, Org: "acme", Repo: "acme/widgets", RunID: 77, Name: fmt.Sprintf("job %d", i),
+			Cause: failure.HostOffline, State: st, Detail: "’quoted’ \"text\"", Tries: i, NextAt: at(time.Duration(i) * time.Minute),
+			CreatedAt: at(0), UpdatedAt: at(time.Duration(i) * time.Second)}
+		if _, err := tx.AddRetry(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // contents is everything a store returns, read through its API.
 type contents struct {
 	Jobs         []store.Job
@@ -296,6 +311,7 @@ type contents struct {
 	Tiers        []store.RepoTier
 	TierChanges  []store.TierChange
 	Audit        []store.AuditEntry
+	Retries      []store.Retry
 }
 
 // read reads c from s.
@@ -306,6 +322,8 @@ func read(ctx context.Context, s store.Store) (c contents, err error) {
 		e := func(err error) { errs = append(errs, err) }
 		var err error
 		c.Jobs, err = tx.Jobs(store.JobFilter{})
+		e(err)
+		c.Retries, err = tx.Retries(store.RetryFilter{})
 		e(err)
 		c.Events = map[int64][]store.JobEvent{}
 		for _, j := range c.Jobs {

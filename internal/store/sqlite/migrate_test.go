@@ -230,8 +230,8 @@ func TestParityDailyMigration(t *testing.T) {
 	if len(want) != 2 || want[0].Compared+want[1].Compared != 12 {
 		t.Fatalf("before: %+v", want)
 	}
-	// Back to schema 17 (undoing 0020 and 0019 on the way).
-	for _, q := range []string{"DROP INDEX runners_pool", "ALTER TABLE runners DROP COLUMN pool", "ALTER TABLE runners DROP COLUMN image",
+	// Back to schema 17 (undoing 0021, 0020 and 0019 on the way).
+	for _, q := range []string{"DROP TABLE job_retries", "DELETE FROM schema_migrations WHERE version = 21", "DROP INDEX runners_pool", "ALTER TABLE runners DROP COLUMN pool", "ALTER TABLE runners DROP COLUMN image",
 		"ALTER TABLE runners DROP COLUMN ready_at", "ALTER TABLE runners DROP COLUMN claimed_at", "ALTER TABLE runners DROP COLUMN kept_until", "DELETE FROM schema_migrations WHERE version = 20",
 		"DROP TABLE runner_commands", "ALTER TABLE hosts DROP COLUMN replica", "DELETE FROM schema_migrations WHERE version = 19",
 		"DROP TABLE parity_daily", "DELETE FROM schema_migrations WHERE version = 18",
