@@ -34,6 +34,7 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/jobs", s.instHandler(s.listJobs))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/runs/{run_id}/attempts/{attempt_number}/jobs", s.instHandler(s.listAttemptJobs))
 	m.HandleFunc("GET /repos/{owner}/{repo}/actions/jobs/{job_id}", s.instHandler(s.getJob))
+	m.HandleFunc("POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun", s.instHandler(s.postJobRerun))
 	m.HandleFunc("POST /repos/{owner}/{repo}/statuses/{sha}", s.instHandler(s.createStatus))
 	m.HandleFunc("GET /repos/{owner}/{repo}/commits/{ref}/statuses", s.instHandler(s.listStatuses))
 	// Fake runner protocol.

@@ -14,6 +14,7 @@ import (
 //	POST /_ghfake/jobs                 {"repo","labels","script","name"} or {"repo","jobs":[...]}
 //	                                   → 201 {"run_id","job_ids"}
 //	POST /_ghfake/jobs/{id}/cancel     → 204
+//	POST /_ghfake/jobs/{id}/rerun      → 201 {"job_id"} (see RerunJob)
 //	GET  /_ghfake/jobs                 → [JobInfo]
 //	GET  /_ghfake/runners              → [RunnerInfo]
 //	PUT  /_ghfake/faults               {"lose","fail","duplicate","reorder","max_delay":"250ms"} → 204
@@ -26,6 +27,7 @@ func (s *Server) controlRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /_ghfake/jobs", s.ctlQueue)
 	m.HandleFunc("POST /_ghfake/jobs/{id}/cancel", s.ctlCancel)
 	m.HandleFunc("POST /_ghfake/jobs/{id}/approve", s.ctlApprove)
+	m.HandleFunc("POST /_ghfake/jobs/{id}/rerun", s.ctlRerun)
 	m.HandleFunc("GET /_ghfake/jobs", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.Jobs())
 	})
@@ -147,6 +149,22 @@ func (s *Server) ctlApprove(w http.ResponseWriter, r *http.Request) {
 		invalid(w, err.Error())
 	default:
 		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (s *Server) ctlRerun(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(r, "id")
+	if !ok {
+		notFound(w)
+		return
+	}
+	switch newID, err := s.RerunJob(id); {
+	case errors.Is(err, ErrNotFound):
+		notFound(w)
+	case err != nil:
+		invalid(w, err.Error())
+	default:
+		writeJSON(w, http.StatusCreated, map[string]int64{"job_id": newID})
 	}
 }
 

@@ -34,6 +34,12 @@
 //   - Job, run and delivery ids exceed 2^31, as GitHub's do.
 //   - An in-progress job that is cancelled completes only when its runner
 //     learns of it (at a heartbeat) and reports.
+//   - Re-running a job (POST .../actions/jobs/{job_id}/rerun, or RerunJob)
+//     starts a new attempt of its run, in which the job runs again as a new
+//     job (new id, run_attempt one more, a "queued" webhook); the old job
+//     keeps its id, attempt and conclusion, and the run is in progress again
+//     until the new job completes. The App needs actions: write
+//     (SetPermissions); installations have actions: read by default.
 //   - A job whose runner is not heard from (no heartbeat) for
 //     Config.RunnerLostAfter fails, as GitHub's do when "the self-hosted
 //     runner lost communication with the server", and the runner is removed.
@@ -51,10 +57,10 @@
 // # Test control
 //
 // Tests drive the emulator through Go methods (AddInstallation,
-// SetPermissions, QueueJob, QueueRun, CancelJob, Job, Jobs, Runners,
-// Deliveries, Redeliver, SetFaults, RateLimit, Quiesce, Flush) or, when it runs as a standalone process
-// (tandem dev ghfake), through the unauthenticated HTTP control API under
-// /_ghfake/. All state sits behind one mutex; Close ends long polls and
+// SetPermissions, QueueJob, QueueRun, CancelJob, RerunJob, Job, Jobs,
+// Runners, Deliveries, Redeliver, SetFaults, RateLimit, Quiesce, Flush)
+// or, when it runs as a standalone process (tandem dev ghfake), through the
+// unauthenticated HTTP control API under /_ghfake/. All state sits behind one mutex; Close ends long polls and
 // waits for every webhook sender.
 //
 // # Guesses
@@ -78,7 +84,10 @@
 //     of clock skew) follow the documentation.
 //   - Jobs in repositories where no installation exists are queued and can
 //     run, but no webhook is sent for them (the App is not installed there).
-//   - Only workflow_job webhooks are sent (no workflow_run, check_run, ...).
+//   - Only workflow_job webhooks, and the installation and
+//     installation_repositories ones of SuspendInstallation,
+//     RemoveInstallation and RemoveRepos, are sent (no workflow_run,
+//     check_run, ...).
 //   - Token requests cannot narrow repositories or permissions (the body is
 //     ignored).
 //   - Permissions (SetPermissions) are checked as the installation has them
@@ -92,4 +101,19 @@
 //     conclusion, cover each job's newest attempt; attempts/{n}/jobs lists
 //     the run as it stood at attempt n. A filter other than latest or all
 //     is a 422.
+//   - Re-running a job: a repository the token cannot see is a 404, then an
+//     installation without actions: write gets 403 "Resource not accessible
+//     by integration" even for a job that does not exist, then an unknown
+//     job is a 404. A job whose run has not completed gets 403 "This
+//     workflow is already running" (the answer reported for re-runs of live
+//     runs); a job that a later attempt re-ran gets a 403 (message guessed:
+//     only a job's latest attempt can be re-run); so does a run re-run 50
+//     times already (the limit is documented, the message guessed). A body
+//     that is not JSON, or whose enable_debug_logging is not a boolean, is
+//     a 400; the flag changes nothing. Only the job itself runs again
+//     (GitHub also re-runs the jobs that need it; ghfake's jobs need
+//     none), and one that deploys to an environment waits for approval
+//     again. Re-runs through the REST API are for the App's installed
+//     repositories only; RerunJob re-runs any job, without a webhook where
+//     the App is not installed.
 package ghfake

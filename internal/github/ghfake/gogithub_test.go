@@ -144,4 +144,36 @@ func TestGoGitHub(t *testing.T) {
 	if !errors.As(err, &ghErr) || ghErr.Response.StatusCode != 404 || !strings.Contains(ghErr.Message, "Not Found") {
 		t.Fatalf("foreign repository: %v", err)
 	}
+
+	// Re-running a job: refused without actions: write, and while its run
+	// runs; then a second attempt, listed by attempt and by filter.
+	_, err = gh.Actions.RerunJobByID(ctx, "acme", "app", jobID)
+	if !errors.As(err, &ghErr) || ghErr.Response.StatusCode != http.StatusForbidden ||
+		ghErr.Message != "Resource not accessible by integration" {
+		t.Fatalf("RerunJobByID with actions: read: %v", err)
+	}
+	if err := f.srv.SetPermissions(inst, map[string]string{"actions": "write"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = gh.Actions.RerunJobByID(ctx, "acme", "app", jobID); !errors.As(err, &ghErr) || ghErr.Response.StatusCode != http.StatusForbidden {
+		t.Fatalf("RerunJobByID of a queued job: %v", err)
+	}
+	if err := f.srv.CancelJob(jobID); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := gh.Actions.RerunJobByID(ctx, "acme", "app", jobID); err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("RerunJobByID = %v", err)
+	}
+	run, _, err := gh.Actions.GetWorkflowRunByID(ctx, "acme", "app", runID)
+	if err != nil || run.GetRunAttempt() != 2 || run.GetStatus() != "queued" {
+		t.Fatalf("GetWorkflowRunByID after a re-run = %+v, %v", run, err)
+	}
+	jobs, _, err = gh.Actions.ListWorkflowJobs(ctx, "acme", "app", runID, &github.ListWorkflowJobsOptions{Filter: "all"})
+	if err != nil || jobs.GetTotalCount() != 2 || jobs.Jobs[0].GetID() != jobID || jobs.Jobs[1].GetRunAttempt() != 2 {
+		t.Fatalf("ListWorkflowJobs(all) = %+v, %v", jobs, err)
+	}
+	jobs, _, err = gh.Actions.ListWorkflowJobsAttempt(ctx, "acme", "app", runID, 2, nil)
+	if err != nil || jobs.GetTotalCount() != 1 || jobs.Jobs[0].GetID() == jobID || jobs.Jobs[0].GetStatus() != "queued" {
+		t.Fatalf("ListWorkflowJobsAttempt(2) = %+v, %v", jobs, err)
+	}
 }

@@ -100,6 +100,7 @@ type jobHook struct {
 	WorkflowJob struct {
 		ID              int64    `json:"id"`
 		RunID           int64    `json:"run_id"`
+		RunAttempt      int      `json:"run_attempt"`
 		Status          string   `json:"status"`
 		Conclusion      *string  `json:"conclusion"`
 		Labels          []string `json:"labels"`
