@@ -152,6 +152,10 @@ type API interface {
 	// in-progress runs (latest attempt of each run).
 	ListQueuedJobs(ctx context.Context, installation int64, repo string) ([]Job, error)
 	GetJob(ctx context.Context, installation int64, repo string, jobID int64) (Job, error)
+	// RerunJob re-runs a job of a completed run (the App needs "actions:
+	// write"). The job comes again as a new job: a new id, the run's next
+	// run_attempt, a workflow_job "queued" webhook.
+	RerunJob(ctx context.Context, installation int64, repo string, jobID int64) error
 	// ListInstallations returns the App's installations (App JWT).
 	ListInstallations(ctx context.Context) ([]Installation, error)
 	ListInstallationRepos(ctx context.Context, installation int64) ([]Repository, error)
@@ -604,6 +608,46 @@ func (c *Client) GetJob(ctx context.Context, installation int64, repo string, jo
 		return Job{}, wrapErr(fmt.Sprintf("get job %d in %s", jobID, repo), err)
 	}
 	return convertJob(j, repo), nil
+}
+
+// msgNoPermission is GitHub's 403 message to an App that lacks the
+// permission an endpoint needs.
+const msgNoPermission = "Resource not accessible by integration"
+
+// RerunJob asks GitHub to re-run a job: POST
+// /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun, answered 201. GitHub
+// starts a new attempt of the job's run in which the job runs again as a
+// new job; the answer does not say which. Errors:
+//
+//   - ErrUnauthorized, saying the App needs "actions: write", when GitHub
+//     answers 403 "Resource not accessible by integration";
+//   - ErrConflict for any other 403 that is not a rate limit: GitHub
+//     refuses the job in its state, e.g. "This workflow is already
+//     running" while the job's run has not completed (retry once it has);
+//   - ErrNotFound for a job or repository the installation cannot see.
+func (c *Client) RerunJob(ctx context.Context, installation int64, repo string, jobID int64) error {
+	if err := validateID("installation id", installation); err != nil {
+		return err
+	}
+	if err := validateID("job id", jobID); err != nil {
+		return err
+	}
+	owner, name, err := splitRepo(repo)
+	if err != nil {
+		return err
+	}
+	_, err = c.gh.Actions.RerunJobByID(asInstallation(ctx, installation), owner, name, jobID)
+	op := fmt.Sprintf("rerun job %d in %s", jobID, repo)
+	var er *gh.ErrorResponse
+	if !errors.As(err, &er) || er.Response == nil || er.Response.StatusCode != http.StatusForbidden ||
+		classifyStatus(http.StatusForbidden, er.Response.Header) != ErrUnauthorized {
+		return wrapErr(op, err)
+	}
+	if strings.Contains(er.Message, msgNoPermission) {
+		return fmt.Errorf("github: %s: the App needs the \"actions: write\" permission: %w",
+			op, newStatusError(er.Response, er.Message, ErrUnauthorized))
+	}
+	return fmt.Errorf("github: %s: %w", op, newStatusError(er.Response, er.Message, ErrConflict))
 }
 
 // ListInstallations returns every installation of the App.

@@ -35,4 +35,9 @@
 //     GitHub's documentation recommends.
 //   - Listing workflow runs filtered by status returns at most 1,000 runs per
 //     status (a documented GitHub limit); ListQueuedJobs cannot see beyond it.
+//   - GitHub answers a re-run it refuses with 403 whatever the reason. RerunJob
+//     takes "Resource not accessible by integration" for the App's missing
+//     "actions: write" (ErrUnauthorized) and any other 403 that is not a rate
+//     limit for a refusal of the job's state (ErrConflict): "This workflow is
+//     already running" while its run has not completed.
 package github

@@ -19,9 +19,12 @@ var (
 	// transport gave up (retries exhausted, or the required wait is longer than
 	// allowed).
 	ErrRateLimited = errors.New("rate limited")
-	// ErrUnauthorized: 401, or 403 that is not a rate limit.
+	// ErrUnauthorized: 401, or 403 that is not a rate limit (nor, for
+	// RerunJob, a refusal of the job's state).
 	ErrUnauthorized = errors.New("unauthorized")
-	// ErrConflict: 409, e.g. a runner with the requested name already exists.
+	// ErrConflict: 409, e.g. a runner with the requested name already exists;
+	// or a request that the resource's state refuses, e.g. RerunJob while
+	// the job's run has not completed (GitHub answers 403).
 	ErrConflict = errors.New("conflict")
 	// ErrUnprocessable: 422, e.g. deleting a runner that is running a job.
 	ErrUnprocessable = errors.New("unprocessable")
