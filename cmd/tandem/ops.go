@@ -508,6 +508,12 @@ func printJob(w io.Writer, j controlplane.JobView, now time.Time) error {
 	if j.VMKeptUntil != nil {
 		field("VM kept", fmt.Sprintf("for debugging until %s (tandem ssh %d)", j.VMKeptUntil.Local().Format("15:04:05"), j.ID))
 	}
+	if r := j.Rerun; r != nil {
+		field("re-run", fmt.Sprintf("%s (lost: %s): %s", r.State, r.Cause, r.Detail))
+	}
+	if r := j.RerunOf; r != nil {
+		field("re-run of", fmt.Sprintf("job %d, lost: %s", r.Job, r.Cause))
+	}
 	attempts := strconv.Itoa(j.Attempts)
 	if j.Reopens > 0 {
 		attempts += fmt.Sprintf(" (opened again %d times)", j.Reopens)

@@ -162,6 +162,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		DebugOrgs:        cfg.Debug.Orgs,
 		KeepFailed:       cfg.Debug.KeepFailedFor,
 		KeepFailedAny:    cfg.Debug.KeepsAny(),
+		RetryInfraLosses: retryInfraLosses(cfg.Retry),
 		Logger:           g.log,
 	})
 	if err != nil {
@@ -375,4 +376,13 @@ func poolSpecs(cfg *config.Config) []controlplane.PoolSpec {
 		out = append(out, controlplane.PoolSpec{Label: p.Labels, Sizing: p.Sizing(), MaxAge: p.MaxAge.D()})
 	}
 	return out
+}
+
+// retryInfraLosses is the control plane's retry.infra_losses: nil when no
+// organisation or repository asks for it, so that no retry loop runs.
+func retryInfraLosses(r config.Retry) func(org, repo string) bool {
+	if len(r.InfraLosses) == 0 {
+		return nil
+	}
+	return r.RetriesInfraLosses
 }

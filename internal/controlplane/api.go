@@ -227,8 +227,26 @@ type JobView struct {
 	GitHubCompletedAt *time.Time `json:"github_completed_at,omitempty"`
 	// VMKeptUntil: the failed job's VM is kept for debugging until then
 	// (debug.keep_failed; the job's detail only).
-	VMKeptUntil *time.Time  `json:"vm_kept_until,omitempty"`
-	Events      []EventView `json:"events,omitempty"`
+	VMKeptUntil *time.Time `json:"vm_kept_until,omitempty"`
+	// Rerun: the job was lost to Tandem or its host, and this is its
+	// re-run on GitHub (retry.infra_losses); RerunOf: the job is the
+	// re-run of that one, lost for that cause (the job's detail only).
+	Rerun   *RetryView  `json:"rerun,omitempty"`
+	RerunOf *RetryView  `json:"rerun_of,omitempty"`
+	Events  []EventView `json:"events,omitempty"`
+}
+
+// RetryView is the re-run of a job lost to Tandem or its host.
+type RetryView struct {
+	Job       int64     `json:"job"` // the lost job
+	Cause     string    `json:"cause"`
+	State     string    `json:"state"` // pending, requested, moot or refused
+	Detail    string    `json:"detail,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+func retryView(r store.Retry) *RetryView {
+	return &RetryView{Job: r.JobID, Cause: string(r.Cause), State: string(r.State), Detail: r.Detail, UpdatedAt: r.UpdatedAt}
 }
 
 // EventView is one transition of a job.
@@ -332,6 +350,7 @@ func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, er
 	var j store.Job
 	var evs []store.JobEvent
 	var run store.Runner
+	var retries []store.Retry
 	err := a.st.View(ctx, func(tx store.ReadTx) error {
 		var err error
 		if j, err = tx.Job(id); err != nil {
@@ -339,6 +358,13 @@ func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, er
 		}
 		if !p.sees(j.Org) {
 			return store.ErrNotFound // another tenant's: not even its existence
+		}
+		if j.RunID != 0 {
+			// Its own retry, and those of its name in its run: what it
+			// re-runs.
+			if retries, err = tx.Retries(store.RetryFilter{Repo: j.Repo, RunID: j.RunID, Name: j.Name}); err != nil {
+				return err
+			}
 		}
 		if evs, err = tx.JobEvents(id); err != nil || j.RunnerName == "" {
 			return err
@@ -354,6 +380,16 @@ func (a *api) jobDetail(ctx context.Context, p principal, id int64) (JobView, er
 	v := a.jobView(j)
 	if run.State != store.RunnerEnded && run.KeptUntil.After(a.now()) {
 		v.VMKeptUntil = optTime(run.KeptUntil)
+	}
+	for _, r := range retries {
+		switch {
+		case r.JobID == j.ID:
+			v.Rerun = retryView(r)
+		case r.State == store.RetryRequested && r.JobID < j.ID && (v.RerunOf == nil || r.JobID > v.RerunOf.Job):
+			// GitHub's job ids grow: the re-run of the latest
+			// earlier job of its name.
+			v.RerunOf = retryView(r)
+		}
 	}
 	for _, e := range evs {
 		v.Events = append(v.Events, EventView{At: e.At, From: string(e.From), To: string(e.To),

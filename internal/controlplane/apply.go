@@ -431,6 +431,11 @@ func (s *Server) unbind(tx store.Tx, name string, jobID int64, now time.Time) er
 // GHCancelled). A job that ended before any runner took it frees the runner
 // VM made for it.
 func (s *Server) complete(tx store.Tx, fx *afterCommit, job store.Job, ev lifecycle.Event, gj github.Job, source string, now time.Time) (applied, error) {
+	// Whatever Tandem makes of it (a lost job has ended here already),
+	// GitHub's end of a job may be what a retry of its run waits for.
+	if err := s.wakeRetries(tx, fx, job, now); err != nil {
+		return applied{}, err
+	}
 	if gj.RunnerName != "" && job.RunnerName != gj.RunnerName && !job.State.Terminal() && job.State != store.JobRunning {
 		// The in_progress event was missed: bind first, so runner
 		// accounting (and the trade) stays right.

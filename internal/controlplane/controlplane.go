@@ -156,8 +156,12 @@ type Config struct {
 	// at its launch, may then be).
 	KeepFailed    func(org, repo string) time.Duration
 	KeepFailedAny bool
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// RetryInfraLosses says whether a job of org/repo that Tandem or its
+	// host lost while it ran is re-run on GitHub once GitHub has failed
+	// it (retries.go; nil: none is).
+	RetryInfraLosses func(org, repo string) bool
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 // maxGitHubConcurrency bounds JIT config requests in flight.
@@ -180,6 +184,7 @@ type Server struct {
 
 	applyKick    chan struct{}
 	dispatchKick chan struct{}
+	retryKick    chan struct{} // pending retries of lost jobs to look at (retries.go)
 
 	// Replicas (replicas.go): the store's notifications (nil for a store
 	// of one process), the kicks to pass on to the other replicas by
@@ -272,6 +277,7 @@ func New(cfg Config) (*Server, error) {
 		cfg: cfg, st: cfg.Store, gh: cfg.GitHub, log: cfg.Logger, now: cfg.Now,
 		applyKick:    make(chan struct{}, 1),
 		dispatchKick: make(chan struct{}, 1),
+		retryKick:    make(chan struct{}, 1),
 		events:       newEventQueue(),
 		ghSlots:      make(chan struct{}, maxGitHubConcurrency),
 		links:        newLinks(),
@@ -306,7 +312,7 @@ func New(cfg Config) (*Server, error) {
 // those of every replica, and those of the leader while this replica
 // leads (replicas.go). Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	leader := []func(context.Context){s.applyLoop, s.dispatchLoop, s.rec.verifyLoop, s.parityLoop, s.statusLoop}
+	leader := []func(context.Context){s.applyLoop, s.dispatchLoop, s.rec.verifyLoop, s.parityLoop, s.statusLoop, s.retryLoop}
 	for _, r := range s.rec.list() {
 		if r.every > 0 {
 			leader = append(leader, func(ctx context.Context) { s.rec.loop(ctx, r) })

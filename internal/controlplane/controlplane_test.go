@@ -82,6 +82,7 @@ type goRun struct {
 	cancel context.CancelCauseFunc
 	config chan string
 	keep   chan time.Time // Hold's word, for a run that MayKeep
+	ended  bool           // its end was reported already (crashRun)
 }
 
 func newGoHost(id string) *goHost { return &goHost{id: id, runs: map[string]*goRun{}} }
@@ -171,10 +172,33 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 		}
 		h.mu.Lock()
 		delete(h.runs, a.Runner)
+		reported := r.ended
 		h.mu.Unlock()
-		h.emit(ev)
+		if !reported {
+			h.emit(ev)
+		}
 	}()
 	return nil
+}
+
+// crashRun ends a run's "VM" with kind, as the agent reports a VM that
+// crashed under its job, and returns what stops the run's runner. In a
+// real crash the runner dies with the VM and GitHub fails its job minutes
+// later; call the stop once the control plane has the report, and the
+// fake runner, cancelled, reports its job failed: GitHub's conclusion.
+func (h *goHost) crashRun(runner string, kind failure.Kind) (stop func()) {
+	h.mu.Lock()
+	r, ok := h.runs[runner]
+	if ok {
+		r.ended = true
+	}
+	h.mu.Unlock()
+	if !ok {
+		return func() {}
+	}
+	h.emit(agentapi.Event{Host: h.id, Runner: runner, Kind: agentapi.EventEnded, Failure: kind,
+		Detail: "qemu: terminating on signal 9"})
+	return func() { r.cancel(errors.New("crashed")) }
 }
 
 func (h *goHost) emit(e agentapi.Event) {

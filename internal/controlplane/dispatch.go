@@ -639,6 +639,13 @@ func (s *Server) runnerEnded(tx store.Tx, fx *afterCommit, r store.Runner, e age
 	// whose in_progress webhook has not arrived (the table refunds the
 	// attempt and asks GitHub).
 	clean := e.Failure == failure.None && e.ExitCode == 0 && why == ""
+	if j.State == store.JobRunning {
+		// Lost while it ran, if that was Tandem's or its host's doing: to
+		// be re-run, where its repository asks for it.
+		if err := s.noteLoss(tx, fx, j, r, e.Failure, now); err != nil {
+			return err
+		}
+	}
 	rule, err := s.move(fx, &j, jobStep{ev: lifecycle.RunnerExited, host: r.HostID, facts: lifecycle.Facts{
 		Clean: clean, HostLeft: e.Failure.HostLeft(), HostAtFault: e.Failure.HostAtFault()}}, now)
 	if err != nil || rule.To == lifecycle.Unchanged {

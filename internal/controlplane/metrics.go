@@ -41,6 +41,7 @@ type metrics struct {
 	poolRecyc  *prometheus.CounterVec
 	poolWait   *prometheus.HistogramVec
 	poolBoot   *prometheus.HistogramVec
+	retries    *prometheus.CounterVec
 }
 
 // Label values are bounded: never a job id, a runner's name or a
@@ -107,6 +108,13 @@ func newMetrics(s *Server) *metrics {
 			prometheus.ExponentialBuckets(0.5, 2, 14), "pool"), // 0.5 s to 68 min
 		poolBoot: histograms("tandem_pool_boot_seconds",
 			"From a warm pool VM being placed to its guest being ready.", prometheus.ExponentialBuckets(0.25, 1.6, 16), "pool"),
+		retries: counters("tandem_job_retries_total",
+			"Jobs lost to Tandem or their host, and their re-runs on GitHub: noted (to be re-run), requested (GitHub re-runs it), "+
+				"moot (GitHub ended it other than as failed), refused (GitHub would not, or never ended it), once-only (re-run for the cause before).",
+			"result"),
+	}
+	for _, r := range []string{"noted", "requested", "moot", "refused", "once-only"} {
+		m.retries.WithLabelValues(r)
 	}
 	for _, wp := range s.pools.list {
 		m.poolVMs.WithLabelValues(wp.key, "booting")
@@ -130,7 +138,7 @@ func newMetrics(s *Server) *metrics {
 	}
 	m.reg.MustRegister(m.webhooks, m.webhookDur, m.appliedCnt, m.placeDur, m.launched, m.started,
 		m.recActions, m.recErrors, m.jobRun, m.jobQueue, m.vmBoot, m.samples, m.leader, m.leaderEp, m.leaderChg, &stateCollector{s: s},
-		m.poolVMs, m.poolTarget, m.poolClaims, m.poolRecyc, m.poolWait, m.poolBoot,
+		m.poolVMs, m.poolTarget, m.poolClaims, m.poolRecyc, m.poolWait, m.poolBoot, m.retries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -182,6 +190,9 @@ func (m *metrics) poolIdle(pool string, keep []store.Runner, target int) {
 
 // poolClaimed counts a job of a pool's label placed: on a warm VM that had
 // waited ready for waited, or (hit false) on a new one.
+// retried counts a step of a lost job's retry (retries.go).
+func (m *metrics) retried(result string) { m.retries.WithLabelValues(result).Inc() }
+
 func (m *metrics) poolClaimed(pool string, hit bool, waited time.Duration) {
 	if !hit {
 		m.poolClaims.WithLabelValues(pool, "miss").Inc()
