@@ -73,6 +73,22 @@ func (r *rig) waitRerun(id int64) ghfake.JobInfo {
 	return next
 }
 
+// crashUnder crashes the "VM" of running job id on a's host with kind, as
+// the agent reports it, and once the control plane has the report stops the
+// runner, whose job then fails on GitHub.
+func (f *fleet) crashUnder(a *remoteAgent, id int64, kind failure.Kind) {
+	f.t.Helper()
+	f.waitStates([]int64{id}, 20*time.Second, store.JobRunning)
+	j, _ := f.job(id)
+	stop := a.host.crashRun(j.RunnerName, kind)
+	f.waitFor("the crashed runner's end", 10*time.Second, func() bool {
+		var r store.Runner
+		f.st.View(context.Background(), func(tx store.ReadTx) (err error) { r, err = tx.Runner(j.RunnerName); return err })
+		return r.State == store.RunnerEnded
+	})
+	stop()
+}
+
 // A host that leaves the fleet while it runs a job: the job is lost, then
 // re-run on GitHub once GitHub has failed it, and the re-run completes on
 // the host that is left.
@@ -130,25 +146,13 @@ func TestCrashedJobRerunOncePerCause(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := f.join("s1")
-	crash := func(id int64) {
-		t.Helper()
-		f.waitStates([]int64{id}, 20*time.Second, store.JobRunning)
-		j, _ := f.job(id)
-		stop := a.host.crashRun(j.RunnerName, failure.GuestCrash)
-		f.waitFor("the crashed runner's end", 10*time.Second, func() bool {
-			var r store.Runner
-			f.st.View(context.Background(), func(tx store.ReadTx) (err error) { r, err = tx.Runner(j.RunnerName); return err })
-			return r.State == store.RunnerEnded
-		})
-		stop()
-	}
 	id := f.queue("acme/app", "tandem", "sleep 60")
-	crash(id)
+	f.crashUnder(a, id, failure.GuestCrash)
 	rerun := f.waitRerun(id)
 	if r := f.waitRetry(id, store.RetryRequested); r.Cause != failure.GuestCrash {
 		t.Errorf("retry %+v", r)
 	}
-	crash(rerun.ID)
+	f.crashUnder(a, rerun.ID, failure.GuestCrash)
 	f.waitStates([]int64{rerun.ID}, 20*time.Second, store.JobCompleted)
 	time.Sleep(time.Second) // a retry pass, were there a retry
 	if rs := f.retriesOf(rerun.ID); len(rs) != 0 {
@@ -175,15 +179,7 @@ func TestNoRerun(t *testing.T) {
 	crashed := map[string]int64{}
 	for _, repo := range []string{"acme/legacy", "initech/api"} {
 		id := f.queue(repo, "tandem", "sleep 60")
-		f.waitStates([]int64{id}, 20*time.Second, store.JobRunning)
-		j, _ := f.job(id)
-		stop := a.host.crashRun(j.RunnerName, failure.GuestHang)
-		f.waitFor("the runner's end", 10*time.Second, func() bool {
-			var r store.Runner
-			f.st.View(context.Background(), func(tx store.ReadTx) (err error) { r, err = tx.Runner(j.RunnerName); return err })
-			return r.State == store.RunnerEnded
-		})
-		stop()
+		f.crashUnder(a, id, failure.GuestHang)
 		f.waitStates([]int64{id}, 20*time.Second, store.JobCompleted)
 		crashed[repo] = id
 	}

@@ -389,16 +389,26 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, inst *installa
 		invalid(w, `"filter" must be one of: latest, all.`)
 		return
 	}
+	s.writeRunJobs(w, r, inst, func(rn *run) ([]*job, bool) {
+		if filter == "latest" {
+			return rn.latest(), true
+		}
+		return rn.jobs, true
+	})
+}
+
+// writeRunJobs answers with the jobs of the request's run that pick
+// chooses (under s.mu), or 404 when there is no such run or pick says so.
+func (s *Server) writeRunJobs(w http.ResponseWriter, r *http.Request, inst *installation, pick func(*run) ([]*job, bool)) {
 	s.mu.Lock()
 	rn, ok := s.runLocked(r, inst)
 	var all []apiJob
 	if ok {
-		jobs := rn.jobs
-		if filter == "latest" {
-			jobs = rn.latest()
-		}
-		for _, j := range jobs {
-			all = append(all, j.api())
+		var jobs []*job
+		if jobs, ok = pick(rn); ok {
+			for _, j := range jobs {
+				all = append(all, j.api())
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -412,22 +422,13 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, inst *installa
 // listAttemptJobs lists the jobs of one attempt of a run: the run as it
 // stood then (see run.jobsAt).
 func (s *Server) listAttemptJobs(w http.ResponseWriter, r *http.Request, inst *installation) {
-	s.mu.Lock()
-	rn, ok := s.runLocked(r, inst)
-	n, err := strconv.Atoi(r.PathValue("attempt_number"))
-	ok = ok && err == nil && n >= 1 && n <= rn.attempt
-	var all []apiJob
-	if ok {
-		for _, j := range rn.jobsAt(n) {
-			all = append(all, j.api())
+	s.writeRunJobs(w, r, inst, func(rn *run) ([]*job, bool) {
+		n, err := strconv.Atoi(r.PathValue("attempt_number"))
+		if err != nil || n < 1 || n > rn.attempt {
+			return nil, false
 		}
-	}
-	s.mu.Unlock()
-	if !ok {
-		notFound(w)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"total_count": len(all), "jobs": nonNil(paginate(w, r, all))})
+		return rn.jobsAt(n), true
+	})
 }
 
 // jobLocked finds job {job_id} of the request's repository.
