@@ -186,21 +186,10 @@ func TestCloseStopsEverything(t *testing.T) {
 	}
 }
 
-// cpuWeight reads the CPU weight of a VM's cgroup: v1's cpu.shares or
-// v2's cpu.weight.
+// cpuWeight reads the CPU weight of a VM's cgroup (v1 cpu.shares or v2
+// cpu.weight).
 func cpuWeight(t *testing.T, id string) string {
-	t.Helper()
-	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/cpu.shares", "/sys/fs/cgroup/tandem/*/" + id + "/cpu.weight"} {
-		if m, _ := filepath.Glob(pat); len(m) == 1 {
-			b, err := os.ReadFile(m[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			return strings.TrimSpace(string(b))
-		}
-	}
-	t.Errorf("no cpu cgroup for %s", id)
-	return ""
+	return testenv.VMCPUCgroup(t, id, "cpu.shares", "cpu.weight")
 }
 
 // A warm pool's VM boots and waits at the idle CPU weight (v1's shares or

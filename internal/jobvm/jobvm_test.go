@@ -5,9 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -168,32 +166,21 @@ func TestCollectReclaimsDeadOwnersVMs(t *testing.T) {
 }
 
 // cpuQuota reads the CPU quota of a VM's cgroup (v1 cfs_quota_us or v2 cpu.max).
-func cpuQuota(t *testing.T, id string) string { return cpuCgroup(t, id, "cpu.cfs_quota_us", "cpu.max") }
+func cpuQuota(t *testing.T, id string) string {
+	return testenv.VMCPUCgroup(t, id, "cpu.cfs_quota_us", "cpu.max")
+}
 
 // cpuWeight reads the CPU weight of a VM's cgroup (v1 cpu.shares or v2
 // cpu.weight).
-func cpuWeight(t *testing.T, id string) string { return cpuCgroup(t, id, "cpu.shares", "cpu.weight") }
+func cpuWeight(t *testing.T, id string) string {
+	return testenv.VMCPUCgroup(t, id, "cpu.shares", "cpu.weight")
+}
 
 // Weights as either cgroup version writes them.
 var (
 	idleWeight   = []string{"102", "10"}
 	normalWeight = []string{"1024", "100"}
 )
-
-// cpuCgroup reads a file of a VM's cpu cgroup: v1's, or v2's.
-func cpuCgroup(t *testing.T, id, v1, v2 string) string {
-	for _, pat := range []string{"/sys/fs/cgroup/cpu/tandem/*/" + id + "/" + v1, "/sys/fs/cgroup/tandem/*/" + id + "/" + v2} {
-		if m, _ := filepath.Glob(pat); len(m) == 1 {
-			b, err := os.ReadFile(m[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			return strings.TrimSpace(string(b))
-		}
-	}
-	t.Errorf("no cgroup for %s", id)
-	return ""
-}
 
 // A VM waiting for its runner config (a warm pool's, for minutes) is
 // watched as a running job is: a long wait with a healthy guest is no
