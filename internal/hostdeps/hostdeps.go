@@ -85,6 +85,7 @@ var programs = func() map[string]Requirement {
 		"qemu-aarch64-static", "qemu-x86_64-static")
 	add("docker-registry", "serves each host's registry mirror", "docker-registry")
 	add("dash", "runs shell commands", "sh")
+	add("bash", "runs a job-started hook as GitHub's runner does (tandem-fakerunner; sh without it)", "bash")
 	add("postgresql", "runs the PostgreSQL servers of the PostgreSQL store's tests", "initdb", "postgres")
 	return m
 }()

@@ -16,7 +16,7 @@ import (
 
 // essential packages are on every Debian system (Essential: yes, or apt
 // itself); install-deps.sh need not name them.
-var essential = map[string]bool{"apt": true, "dpkg": true, "coreutils": true, "util-linux": true, "tar": true, "dash": true}
+var essential = map[string]bool{"apt": true, "dpkg": true, "coreutils": true, "util-linux": true, "tar": true, "dash": true, "bash": true}
 
 // repoRoot is the repository's top directory.
 func repoRoot(t *testing.T) string {
