@@ -207,11 +207,14 @@ func (s *Server) retry(ctx context.Context, r store.Retry) error {
 }
 
 // putRetry stores next unless the stored retry moved on from was (another
-// pass, or a replica that led before, got there first).
+// pass, or a replica that led before, got there first): an outcome only
+// over a retry still pending, a further wait only over the look it
+// follows.
 func (s *Server) putRetry(ctx context.Context, was, next store.Retry) error {
 	return s.update(ctx, func(tx store.Tx, _ *afterCommit) error {
 		cur, err := tx.Retries(store.RetryFilter{JobIDs: []int64{was.JobID}})
-		if err != nil || len(cur) == 0 || cur[0].State != store.RetryPending || cur[0].Tries != was.Tries {
+		if err != nil || len(cur) == 0 || cur[0].State != store.RetryPending ||
+			(next.State == store.RetryPending && cur[0].Tries != was.Tries) {
 			return err
 		}
 		// A webhook may have brought it forward meanwhile: keep the
