@@ -100,7 +100,7 @@ func (s *Server) runnerAcquire(w http.ResponseWriter, r *http.Request) {
 		if j := s.pickJobLocked(rr); j != nil {
 			job := runnerapi.Job{
 				ID: j.id, RunID: j.run.id, Repo: j.run.repo.fullName(), Name: j.name,
-				Script: j.script, Labels: append([]string(nil), j.labels...),
+				Script: j.script, RunAttempt: j.attempt, Labels: append([]string(nil), j.labels...),
 			}
 			s.mu.Unlock()
 			writeJSON(w, http.StatusOK, job)

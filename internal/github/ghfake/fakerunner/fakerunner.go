@@ -416,6 +416,7 @@ func jobEnv(base []string, job runnerapi.Job, cfg runnerapi.JITConfig) []string 
 		"GITHUB_ACTIONS=true",
 		"GITHUB_REPOSITORY="+job.Repo,
 		"GITHUB_RUN_ID="+strconv.FormatInt(job.RunID, 10),
+		"GITHUB_RUN_ATTEMPT="+strconv.Itoa(max(job.RunAttempt, 1)),
 		"GITHUB_JOB="+job.Name,
 		"RUNNER_NAME="+cfg.RunnerName,
 	)

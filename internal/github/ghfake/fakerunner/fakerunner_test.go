@@ -73,7 +73,7 @@ func opts() fakerunner.Options {
 
 func TestOutputAndEnv(t *testing.T) {
 	srv, jit := setup(t, nil)
-	id := queue(t, srv, `echo "jit=[${`+runnerapi.EnvJITConfig+`-unset}] repo=$GITHUB_REPOSITORY runner=$RUNNER_NAME ci=$CI keep=$KEEP"; echo err >&2; exit 3`)
+	id := queue(t, srv, `echo "jit=[${`+runnerapi.EnvJITConfig+`-unset}] repo=$GITHUB_REPOSITORY attempt=$GITHUB_RUN_ATTEMPT runner=$RUNNER_NAME ci=$CI keep=$KEEP"; echo err >&2; exit 3`)
 	var stdout, stderr bytes.Buffer
 	o := opts()
 	o.Stdout, o.Stderr = &stdout, &stderr
@@ -82,7 +82,7 @@ func TestOutputAndEnv(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	j := job(t, srv, id)
-	want := "jit=[unset] repo=acme/app runner=runner-1 ci=true keep=kept"
+	want := "jit=[unset] repo=acme/app attempt=1 runner=runner-1 ci=true keep=kept"
 	if j.Conclusion != ghfake.ConclusionFailure || j.ExitCode != 3 || !strings.Contains(j.Output, want) || !strings.Contains(j.Output, "err") {
 		t.Fatalf("job = %+v", j)
 	}

@@ -113,12 +113,15 @@ type Session struct {
 
 // Job is a job handed to a runner.
 type Job struct {
-	ID     int64    `json:"id"`
-	RunID  int64    `json:"run_id"`
-	Repo   string   `json:"repo"`
-	Name   string   `json:"name"`
-	Script string   `json:"script"`
-	Labels []string `json:"labels"`
+	ID     int64  `json:"id"`
+	RunID  int64  `json:"run_id"`
+	Repo   string `json:"repo"`
+	Name   string `json:"name"`
+	Script string `json:"script"`
+	// RunAttempt is the run's attempt the job belongs to (1, and more
+	// once re-run); 0 from a server that does not say.
+	RunAttempt int      `json:"run_attempt,omitempty"`
+	Labels     []string `json:"labels"`
 }
 
 // Heartbeat is the answer to a heartbeat.
