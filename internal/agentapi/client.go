@@ -162,9 +162,18 @@ func Enroll(ctx context.Context, server, token, hostID string) (Credentials, err
 	return EnrollFirst(ctx, []string{strings.TrimRight(server, "/")}, token, hostID)
 }
 
+// EnrollRetryFor bounds how long enrolment tries again while no control
+// plane answers at all; enrollRetryFirst is its first wait, doubled after
+// each try up to 10 s.
+var (
+	EnrollRetryFor   = 2 * time.Minute
+	enrollRetryFirst = time.Second
+)
+
 // EnrollFirst enrols at the first of servers (replicas of one control
 // plane) that answers; the credentials keep that one as Server and the
-// others, in order, as Servers.
+// others, in order, as Servers. While none answers, it tries again, for
+// up to EnrollRetryFor.
 func EnrollFirst(ctx context.Context, servers []string, token, hostID string) (Credentials, error) {
 	if len(servers) == 0 {
 		return Credentials{}, errors.New("enrol: no control-plane address")
@@ -175,8 +184,25 @@ func EnrollFirst(ctx context.Context, servers []string, token, hostID string) (C
 	}
 	c := NewClient(Credentials{Server: servers[0], Servers: servers[1:], Pin: pin, HostID: hostID})
 	var resp EnrollResponse
-	if err := c.call(ctx, PathEnroll, EnrollRequest{Token: secret, HostID: hostID}, &resp); err != nil {
-		return Credentials{}, fmt.Errorf("enrolling: %w", err)
+	start, wait := time.Now(), enrollRetryFirst
+	for {
+		err := c.call(ctx, PathEnroll, EnrollRequest{Token: secret, HostID: hostID}, &resp)
+		if err == nil {
+			break
+		}
+		// No control plane answered (not up yet, the network not yet
+		// there, a packet lost in the TLS handshake): try again for a
+		// while. An answer, or the wrong certificate, is final.
+		if !unreachable(err) || errors.Is(err, ErrPinMismatch) || ctx.Err() != nil || time.Since(start)+wait > EnrollRetryFor {
+			return Credentials{}, fmt.Errorf("enrolling: %w", err)
+		}
+		slog.Warn("enrolling: no control plane answered; trying again", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return Credentials{}, fmt.Errorf("enrolling: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
 	}
 	at := c.addrs[c.current()]
 	creds := Credentials{Server: at, Pin: pin, HostID: hostID, Credential: resp.Credential}

@@ -342,6 +342,69 @@ func TestEnrollFirst(t *testing.T) {
 	}
 }
 
+// Enrolment tries again while no control plane answers: one that starts
+// listening a moment later enrols the host. The wrong certificate fails at
+// once, and so does a control plane that stays away past EnrollRetryFor.
+func TestEnrollWaitsForTheControlPlane(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := LoadOrCreateCert(filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolled := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req EnrollRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		json.NewEncoder(w).Encode(EnrollResponse{HostID: req.HostID, Credential: "cred-" + req.HostID})
+	}))
+	enrolled.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	addr := refusedAddr(t) // nothing listens there yet
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		l, err := net.Listen("tcp", strings.TrimPrefix(addr, "https://"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		enrolled.Listener = l
+		enrolled.StartTLS()
+	}()
+	t.Cleanup(func() {
+		if enrolled.Listener != nil {
+			enrolled.Close()
+		}
+	})
+	tok, _, err := NewEnrollToken(Fingerprint(cert.Certificate[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	creds, err := Enroll(context.Background(), addr, tok, "h1")
+	if err != nil || creds.Credential != "cred-h1" {
+		t.Fatalf("enrol while the control plane comes up: %+v, %v", creds, err)
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("enrolled after %s, before the control plane listened", d)
+	}
+
+	// A token of another control plane: the certificate is not pinned.
+	other, _, err := NewEnrollToken(strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if _, err := Enroll(context.Background(), addr, other, "h2"); !errors.Is(err, ErrPinMismatch) || time.Since(start) > time.Second {
+		t.Errorf("wrong pin: %v after %s, want ErrPinMismatch at once", err, time.Since(start))
+	}
+
+	// Nobody, for longer than the wait.
+	defer func(d time.Duration) { EnrollRetryFor = d }(EnrollRetryFor)
+	EnrollRetryFor = 2 * time.Second
+	start = time.Now()
+	if _, err := Enroll(context.Background(), refusedAddr(t), tok, "h3"); err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("no control plane: %v after %s", err, time.Since(start))
+	}
+}
+
 func TestParseAddrs(t *testing.T) {
 	got, err := ParseAddrs([]string{" https://CP1.example.test:8443/", "https://[::1]:8443", "https://10.0.0.1:443"})
 	want := []string{"https://cp1.example.test:8443", "https://[::1]:8443", "https://10.0.0.1:443"}

@@ -103,7 +103,7 @@ func PinnedTLS(pin string) *tls.Config {
 				return errors.New("tls: the server sent no certificate")
 			}
 			if subtle.ConstantTimeCompare([]byte(Fingerprint(raw[0])), []byte(pin)) != 1 {
-				return fmt.Errorf("tls: the server's certificate %s… is not the pinned %s…", Fingerprint(raw[0])[:16], pin[:min(16, len(pin))])
+				return fmt.Errorf("%w: the server's certificate %s… is not the pinned %s…", ErrPinMismatch, Fingerprint(raw[0])[:16], pin[:min(16, len(pin))])
 			}
 			return nil
 		},
@@ -114,6 +114,10 @@ func PinnedTLS(pin string) *tls.Config {
 // (base64url, 32 bytes) and the fingerprint of the control plane's
 // certificate. Only the secret's hash is stored.
 const tokenPrefix = "tdm1"
+
+// ErrPinMismatch: the server's certificate is not the one pinned (the
+// wrong control plane, or a token of another one).
+var ErrPinMismatch = errors.New("tls: certificate pin mismatch")
 
 // ErrBadToken reports a malformed enrolment token.
 var ErrBadToken = errors.New("malformed enrolment token")
