@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -195,8 +196,14 @@ func (s *system) waitHost(id, state string, connected bool, timeout time.Duratio
 func TestFleet(t *testing.T) {
 	testenv.RequireVM(t)
 	setupFleetNet(t)
-	s := newSystem(t, options{fleet: true})
-	s.install("acme", "app")
+	// Jobs of acme/app lost to a host are re-run (those of acme/legacy
+	// not); GitHub gives up on a silent runner after 20 s.
+	s := newSystem(t, options{fleet: true, runnerLostAfter: 20 * time.Second,
+		extra: "retry:\n  infra_losses:\n    acme: true\n    acme/legacy: false\n"})
+	s.install("acme", "app", "legacy")
+	if err := s.gh.SetPermissions(s.installs["acme"], map[string]string{"actions": "write"}); err != nil {
+		t.Fatal(err)
+	}
 	var hosts []*fleetHost
 	for i := 1; i <= 3; i++ {
 		h := newFleetHost(t, i)
@@ -207,19 +214,22 @@ func TestFleet(t *testing.T) {
 		s.waitHost(h.id, "online", true, time.Minute)
 	}
 	var all []int64
-	queue := func(n int, script string) []int64 {
+	queueIn := func(repo string, n int, script string) []int64 {
 		var ids []int64
 		for i := 0; i < n; i++ {
-			id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: script})
+			id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: repo, Labels: []string{"tandem-1cpu-0.25gb"}, Script: script})
 			ids = append(ids, id)
 		}
 		all = append(all, ids...)
 		return ids
 	}
+	queue := func(n int, script string) []int64 { return queueIn("acme/app", n, script) }
 
-	// 1. Jobs spread over the fleet.
+	// 1. Jobs spread over the fleet; one fails by itself (and is not
+	// re-run: see the end).
 	first := queue(6, "sleep 1; echo ok")
-	s.waitTandemState(first, 3*time.Minute, "completed")
+	failed := queue(1, "echo failing; exit 1")
+	s.waitTandemState(append(first, failed...), 3*time.Minute, "completed")
 	onHost := map[string]bool{}
 	for _, id := range first {
 		v, _ := s.job(id)
@@ -242,12 +252,14 @@ func TestFleet(t *testing.T) {
 	// 2. Drain h2 and h3: the next job goes to h1; then kill h1's agent with
 	// SIGKILL while that job runs. The host goes offline, the job is lost
 	// with the reason, and h1 rejoins on restart with nothing left over.
+	// GitHub fails the lost job, and Tandem has it re-run: the re-run (its
+	// run's second attempt, quick) completes.
 	for _, id := range []string{"h2", "h3"} {
 		if code := s.admin("POST", "/api/v1/hosts/"+id+"/drain", nil, nil); code != 200 {
 			t.Fatalf("drain %s: %d", id, code)
 		}
 	}
-	long := queue(1, "sleep 300")
+	long := queue(1, `if [ "$GITHUB_RUN_ATTEMPT" = 1 ]; then sleep 300; fi; echo "attempt $GITHUB_RUN_ATTEMPT"`)
 	s.waitTandemState(long, 2*time.Minute, "running")
 	if v, _ := s.job(long[0]); v.Host != "h1" {
 		t.Fatalf("the job ran on %s with h2 and h3 drained", v.Host)
@@ -260,12 +272,23 @@ func TestFleet(t *testing.T) {
 	for _, id := range []string{"h2", "h3"} {
 		s.admin("POST", "/api/v1/hosts/"+id+"/uncordon", nil, nil)
 	}
+	var rerun ghfake.JobInfo
+	s.waitFor("GitHub to re-run the lost job", 2*time.Minute, func() bool {
+		gj, _ := s.gh.Job(long[0])
+		rerun, _ = s.gh.Job(gj.RerunAs)
+		return gj.RerunAs != 0
+	})
+	s.waitTandemState([]int64{rerun.ID}, 3*time.Minute, "completed")
+	if rerun, _ = s.gh.Job(rerun.ID); rerun.Conclusion != "success" || rerun.RunAttempt != 2 || !strings.Contains(rerun.Output, "attempt 2") {
+		t.Errorf("the lost job's re-run: %+v", rerun)
+	}
 
-	// 3. Cut h2 off while it runs a job; heal it. Its VM, unwanted now, is
-	// destroyed when its agent reconnects.
+	// 3. Cut h2 off while it runs a job of acme/legacy (whose lost jobs are
+	// not re-run); heal it. Its VM, unwanted now, is destroyed when its
+	// agent reconnects.
 	s.admin("POST", "/api/v1/hosts/h1/drain", nil, nil)
 	s.admin("POST", "/api/v1/hosts/h3/drain", nil, nil)
-	cut := queue(1, "sleep 300")
+	cut := queueIn("acme/legacy", 1, "sleep 300")
 	s.waitTandemState(cut, 2*time.Minute, "running")
 	hosts[1].cut()
 	s.waitHost("h2", "offline", false, time.Minute)
@@ -284,7 +307,8 @@ func TestFleet(t *testing.T) {
 	s.start()
 	s.waitTandemState(later, 4*time.Minute, "completed")
 
-	// Every job: completed once, or lost with a reason; none twice.
+	// Every job: completed once, or lost with a reason; none twice. Only
+	// the job lost on acme/app was re-run, once.
 	for _, id := range all {
 		gj, _ := s.gh.Job(id)
 		v, _ := s.job(id)
@@ -294,6 +318,12 @@ func TestFleet(t *testing.T) {
 		if v.State != "completed" && !(v.State == "lost" && v.Reason != "") {
 			t.Errorf("job %d ended %s (%s)", id, v.State, v.Reason)
 		}
+		if rerunWanted := id == long[0]; (gj.RerunAs != 0) != rerunWanted {
+			t.Errorf("job %d (%s, %s): re-run as %d", id, v.State, gj.Conclusion, gj.RerunAs)
+		}
+	}
+	if gj, _ := s.gh.Job(rerun.ID); gj.RerunAs != 0 {
+		t.Errorf("the re-run was re-run: %+v", gj)
 	}
 	t.Logf("counters: %v", s.counters())
 	// Everything winds down: stop the agents (cleanup checks each host).

@@ -91,6 +91,9 @@ type options struct {
 	// files are written into the data dir (the config's directory) before
 	// the start, by name, mode 0600: token files, say.
 	files map[string]string
+	// runnerLostAfter is how long GitHub waits to hear from a job's runner
+	// before it fails the job (0: ghfake's default, 10 minutes).
+	runnerLostAfter time.Duration
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -181,10 +184,11 @@ func newSystem(t testing.TB, o options) *system {
 	ghAddr := ghLn.Addr().String()
 	gh := ghfake.New(ghfake.Config{
 		AppID: 4242, AppPublicKey: &key.PublicKey,
-		WebhookURL:    fmt.Sprintf("http://127.0.0.1:%d/webhook", tandemPort),
-		WebhookSecret: secret,
-		RunnerURL:     "http://" + ghAddr,
-		Seed:          time.Now().UnixNano(),
+		WebhookURL:      fmt.Sprintf("http://127.0.0.1:%d/webhook", tandemPort),
+		WebhookSecret:   secret,
+		RunnerURL:       "http://" + ghAddr,
+		Seed:            time.Now().UnixNano(),
+		RunnerLostAfter: o.runnerLostAfter,
 	})
 	ghSrv := &http.Server{Handler: gh.Handler()}
 	go ghSrv.Serve(ghLn)
