@@ -313,8 +313,9 @@ func TestClientReportFailsOver(t *testing.T) {
 	}
 }
 
-// Enrolment takes the first address that answers; the others are kept.
-func TestEnrollFirst(t *testing.T) {
+// enrollServer is an unstarted control plane that enrols any host as
+// "cred-<host>", with its certificate.
+func enrollServer(t *testing.T) (*httptest.Server, tls.Certificate) {
 	dir := t.TempDir()
 	cert, err := LoadOrCreateCert(filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), nil)
 	if err != nil {
@@ -326,6 +327,12 @@ func TestEnrollFirst(t *testing.T) {
 		json.NewEncoder(w).Encode(EnrollResponse{HostID: req.HostID, Credential: "cred-" + req.HostID})
 	}))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	return srv, cert
+}
+
+// Enrolment takes the first address that answers; the others are kept.
+func TestEnrollFirst(t *testing.T) {
+	srv, cert := enrollServer(t)
 	srv.StartTLS()
 	defer srv.Close()
 	tok, _, err := NewEnrollToken(Fingerprint(cert.Certificate[0]))
@@ -346,17 +353,7 @@ func TestEnrollFirst(t *testing.T) {
 // listening a moment later enrols the host. The wrong certificate fails at
 // once, and so does a control plane that stays away past EnrollRetryFor.
 func TestEnrollWaitsForTheControlPlane(t *testing.T) {
-	dir := t.TempDir()
-	cert, err := LoadOrCreateCert(filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enrolled := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req EnrollRequest
-		json.NewDecoder(r.Body).Decode(&req)
-		json.NewEncoder(w).Encode(EnrollResponse{HostID: req.HostID, Credential: "cred-" + req.HostID})
-	}))
-	enrolled.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	enrolled, cert := enrollServer(t)
 	addr := refusedAddr(t) // nothing listens there yet
 	go func() {
 		time.Sleep(1500 * time.Millisecond)

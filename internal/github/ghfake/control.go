@@ -75,14 +75,24 @@ func (s *Server) ctlPermissions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "Problems parsing JSON")
 		return
 	}
-	switch err := s.SetPermissions(id, perms); {
+	if ctlFailed(w, s.SetPermissions(id, perms)) {
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ctlFailed answers a control call's error, if any: 404 for ErrNotFound,
+// 422 with the error for any other; it reports whether it answered.
+func ctlFailed(w http.ResponseWriter, err error) bool {
+	switch {
 	case errors.Is(err, ErrNotFound):
 		notFound(w)
 	case err != nil:
 		invalid(w, err.Error())
 	default:
-		w.WriteHeader(http.StatusNoContent)
+		return false
 	}
+	return true
 }
 
 func (s *Server) ctlRunnerGroup(w http.ResponseWriter, r *http.Request) {
@@ -142,14 +152,10 @@ func (s *Server) ctlApprove(w http.ResponseWriter, r *http.Request) {
 		notFound(w)
 		return
 	}
-	switch err := s.ApproveJob(id); {
-	case errors.Is(err, ErrNotFound):
-		notFound(w)
-	case err != nil:
-		invalid(w, err.Error())
-	default:
-		w.WriteHeader(http.StatusNoContent)
+	if ctlFailed(w, s.ApproveJob(id)) {
+		return
 	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) ctlRerun(w http.ResponseWriter, r *http.Request) {
@@ -158,14 +164,11 @@ func (s *Server) ctlRerun(w http.ResponseWriter, r *http.Request) {
 		notFound(w)
 		return
 	}
-	switch newID, err := s.RerunJob(id); {
-	case errors.Is(err, ErrNotFound):
-		notFound(w)
-	case err != nil:
-		invalid(w, err.Error())
-	default:
-		writeJSON(w, http.StatusCreated, map[string]int64{"job_id": newID})
+	newID, err := s.RerunJob(id)
+	if ctlFailed(w, err) {
+		return
 	}
+	writeJSON(w, http.StatusCreated, map[string]int64{"job_id": newID})
 }
 
 func (s *Server) ctlFaults(w http.ResponseWriter, r *http.Request) {
