@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -231,6 +232,12 @@ func dashJob(v JobView) dashboard.Job {
 		return *t
 	}
 	j.StartedAt, j.CompletedAt, j.VMKeptUntil = deref(v.StartedAt), deref(v.CompletedAt), deref(v.VMKeptUntil)
+	if r := v.Rerun; r != nil {
+		j.Rerun = fmt.Sprintf("%s (lost: %s): %s", r.State, r.Cause, r.Detail)
+	}
+	if r := v.RerunOf; r != nil {
+		j.RerunOf, j.RerunCause = r.Job, r.Cause
+	}
 	for _, e := range v.Events {
 		j.Events = append(j.Events, dashboard.Event{At: e.At, From: e.From, To: e.To, Source: e.Source,
 			Reason: e.Reason, Runner: e.Runner, Host: e.Host})

@@ -131,6 +131,17 @@ func TestLostJobRerun(t *testing.T) {
 		again.RerunOf == nil || again.RerunOf.Job != id || again.Rerun != nil {
 		t.Errorf("re-run's view (%d): rerun %+v, rerun of %+v", code, again.Rerun, again.RerunOf)
 	}
+	// And so do their pages.
+	b := newBrowser(t, f.web.URL)
+	b.login(rigReadToken)
+	if code, page := b.do("GET", fmt.Sprintf("/jobs/%d", id), nil); code != 200 ||
+		!strings.Contains(page, `id="rerun">requested (lost: host-offline)`) {
+		t.Errorf("lost job's page (%d) does not say it was re-run:\n%s", code, page)
+	}
+	if code, page := b.do("GET", fmt.Sprintf("/jobs/%d", rerun.ID), nil); code != 200 ||
+		!strings.Contains(page, fmt.Sprintf(`id="rerun-of"><a href="/jobs/%d">job %d</a>, lost: host-offline`, id, id)) {
+		t.Errorf("re-run's page (%d) does not say what it re-runs:\n%s", code, page)
+	}
 }
 
 // A VM that crashes under its job, on a host that stays: re-run once; the

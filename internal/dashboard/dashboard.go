@@ -153,7 +153,13 @@ type Job struct {
 	// VMKeptUntil: the failed job's VM is kept for debugging until then
 	// (zero: it is not).
 	VMKeptUntil time.Time
-	Events      []Event
+	// Rerun says what became of re-running the job on GitHub after
+	// Tandem or its host lost it ("": no re-run); RerunOf is the lost job
+	// this one re-runs (0: none) and RerunCause what lost it.
+	Rerun      string
+	RerunOf    int64
+	RerunCause string
+	Events     []Event
 }
 
 // Event is one transition of a job.
