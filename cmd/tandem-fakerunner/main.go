@@ -78,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	start := time.Now()
 	err := fakerunner.Run(ctx, *jit, fakerunner.Options{
 		Stdout: stdout, Stderr: stderr, IdleTimeout: *idle, Dir: *dir, Logger: log,
+		JobStartedHook: os.Getenv(fakerunner.EnvJobStartedHook),
 	})
 	switch {
 	case err == nil:

@@ -7,10 +7,12 @@ import (
 	"crypto/rsa"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
+	"github.com/tandem-ci/tandem/internal/github/ghfake/fakerunner"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/ghfaketest"
 	"github.com/tandem-ci/tandem/internal/github/ghfake/runnerapi"
 )
@@ -73,6 +75,24 @@ func TestRunFromFlag(t *testing.T) {
 	if code := run(context.Background(), []string{"--jitconfig", jit}, &stdout, &stderr); code != exitError ||
 		!strings.Contains(stderr.String(), "already used") {
 		t.Errorf("reuse: exit %d: %s", code, stderr.String())
+	}
+}
+
+// The job-started hook comes from the runner's environment, as GitHub's
+// runner takes it, and runs before the job's script.
+func TestRunJobStartedHook(t *testing.T) {
+	hook := filepath.Join(t.TempDir(), "started.sh")
+	if err := os.WriteFile(hook, []byte("echo hook\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, jobID, jit := newJIT(t, "echo script")
+	t.Setenv(fakerunner.EnvJobStartedHook, hook)
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--jitconfig", jit}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if j, _ := srv.Job(jobID); j.Conclusion != ghfake.ConclusionSuccess || stdout.String() != "hook\nscript\n" {
+		t.Errorf("job = %+v, stdout %q", j, stdout.String())
 	}
 }
 

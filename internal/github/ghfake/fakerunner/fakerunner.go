@@ -3,10 +3,10 @@
 // job, runs its script with /bin/sh -c, heartbeats, reports the result and
 // returns, as an ephemeral runner does. It speaks Tandem's own protocol
 // (package runnerapi), not the official runner's undocumented one. As
-// GitHub's runner, it runs the script that ACTIONS_RUNNER_HOOK_JOB_STARTED
-// names (with bash -e, or sh -e without bash) before the job's script, in
-// the job, and fails the job without running its script when the hook
-// fails.
+// GitHub's runner, it runs a job-started hook (Options.JobStartedHook,
+// which tandem-fakerunner takes from ACTIONS_RUNNER_HOOK_JOB_STARTED) with
+// bash -e, or sh -e without bash, before the job's script, in the job, and
+// fails the job without running its script when the hook fails.
 package fakerunner
 
 import (
@@ -63,6 +63,10 @@ type Options struct {
 	Env []string
 	// Dir is the script's working directory (default: the current one).
 	Dir string
+	// JobStartedHook is the script run before the job's (see the package
+	// comment): tandem-fakerunner takes it from EnvJobStartedHook in its
+	// environment, as GitHub's runner does. "": none.
+	JobStartedHook string
 	// HTTPClient talks to the server (default: a plain client; every
 	// request gets its own deadline).
 	HTTPClient *http.Client
@@ -271,7 +275,7 @@ func runScript(ctx context.Context, c *client, job runnerapi.Job, cfg runnerapi.
 	}
 	env := jobEnv(opts.Env, job, cfg)
 	cmd := exec.Command("/bin/sh", "-c", job.Script)
-	if hook := lookupEnv(env, EnvJobStartedHook); hook != "" {
+	if hook := opts.JobStartedHook; hook != "" {
 		shell := "sh"
 		if _, err := exec.LookPath("bash"); err == nil {
 			shell = "bash"
@@ -386,18 +390,6 @@ func (c *client) heartbeat(ctx context.Context, id int64, every time.Duration, e
 // EnvJobStartedHook names a script the runner runs before each job (GitHub
 // documents it in "Running scripts before or after a job").
 const EnvJobStartedHook = "ACTIONS_RUNNER_HOOK_JOB_STARTED"
-
-// lookupEnv is key's value in env, the last one if it is there twice, as
-// getenv sees it.
-func lookupEnv(env []string, key string) string {
-	v := ""
-	for _, kv := range env {
-		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
-			v = val
-		}
-	}
-	return v
-}
 
 // jobEnv is the script's environment: base (or ours) without the JIT
 // config, plus what a job expects to find.

@@ -112,7 +112,8 @@ func TestJobStartedHook(t *testing.T) {
 			srv, jit := setup(t, nil)
 			id := queue(t, srv, "echo script")
 			o := opts()
-			o.Env = []string{"PATH=" + os.Getenv("PATH"), fakerunner.EnvJobStartedHook + "=" + hook, "HOOK_FAILS=" + tc.fails}
+			o.Env = []string{"PATH=" + os.Getenv("PATH"), "HOOK_FAILS=" + tc.fails}
+			o.JobStartedHook = hook
 			if err := fakerunner.Run(context.Background(), jit, o); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
