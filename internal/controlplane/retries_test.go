@@ -27,6 +27,16 @@ func retryFleet(t *testing.T) *fleet {
 // succeeds at once on a re-run (the runner says which attempt a job is of).
 const onceThenQuick = `if [ "$GITHUB_RUN_ATTEMPT" = 1 ]; then sleep 60; fi; echo attempt-$GITHUB_RUN_ATTEMPT`
 
+// installRerunning installs the App for org's repos with "Actions: write",
+// which re-running a job needs.
+func (r *rig) installRerunning(org string, repos ...string) {
+	r.t.Helper()
+	inst := r.gh.AddInstallation(org, ghfake.AccountOrganization, repos...)
+	if err := r.gh.SetPermissions(inst, map[string]string{"actions": "write"}); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
 func (r *rig) retriesOf(ids ...int64) []store.Retry {
 	r.t.Helper()
 	var rs []store.Retry
@@ -90,10 +100,7 @@ func (f *fleet) crashUnder(a *remoteAgent, id int64, kind failure.Kind) {
 // the host that is left.
 func TestLostJobRerun(t *testing.T) {
 	f := retryFleet(t)
-	inst := f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
-	if err := f.gh.SetPermissions(inst, map[string]string{"actions": "write"}); err != nil {
-		t.Fatal(err)
-	}
+	f.installRerunning("acme", "acme/app")
 	a1 := f.join("s1")
 	id := f.queue("acme/app", "tandem", onceThenQuick)
 	f.waitStates([]int64{id}, 20*time.Second, store.JobRunning)
@@ -148,10 +155,7 @@ func TestLostJobRerun(t *testing.T) {
 // re-run's VM crashes too, and for the same cause it is not re-run again.
 func TestCrashedJobRerunOncePerCause(t *testing.T) {
 	f := retryFleet(t)
-	inst := f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
-	if err := f.gh.SetPermissions(inst, map[string]string{"actions": "write"}); err != nil {
-		t.Fatal(err)
-	}
+	f.installRerunning("acme", "acme/app")
 	a := f.join("s1")
 	id := f.queue("acme/app", "tandem", "sleep 60")
 	f.crashUnder(a, id, failure.GuestCrash)
@@ -175,10 +179,7 @@ func TestCrashedJobRerunOncePerCause(t *testing.T) {
 // "Actions: write".
 func TestNoRerun(t *testing.T) {
 	f := retryFleet(t)
-	acme := f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app", "acme/legacy")
-	if err := f.gh.SetPermissions(acme, map[string]string{"actions": "write"}); err != nil {
-		t.Fatal(err)
-	}
+	f.installRerunning("acme", "acme/app", "acme/legacy")
 	f.gh.AddInstallation("initech", ghfake.AccountOrganization, "initech/api") // actions: read
 	a := f.join("s1")
 	own := f.queue("acme/app", "tandem", "exit 1")
