@@ -42,6 +42,9 @@ const (
 	// given up (GitHub fails a job whose runner is gone within minutes,
 	// and a run ends when its jobs have).
 	retryGiveUp = 24 * time.Hour
+	// retryBatch is how many due retries one pass looks at; a full batch
+	// asks for another pass at once.
+	retryBatch = 50
 )
 
 // retries reports whether a job of org/repo lost to Tandem or its host is
@@ -126,7 +129,7 @@ func (s *Server) retryLoop(ctx context.Context) {
 func (s *Server) retryPass(ctx context.Context) error {
 	var due []store.Retry
 	err := s.st.View(ctx, func(tx store.ReadTx) (err error) {
-		due, err = tx.Retries(store.RetryFilter{States: []store.RetryState{store.RetryPending}, DueBy: s.now(), Limit: 50})
+		due, err = tx.Retries(store.RetryFilter{States: []store.RetryState{store.RetryPending}, DueBy: s.now(), Limit: retryBatch})
 		return err
 	})
 	if err != nil {
@@ -139,8 +142,8 @@ func (s *Server) retryPass(ctx context.Context) error {
 		}
 		errs = append(errs, s.retry(ctx, r))
 	}
-	if len(due) == 50 {
-		kick(s.retryKick) // more are due
+	if len(due) == retryBatch {
+		kick(s.retryKick) // more may be due
 	}
 	return errors.Join(errs...)
 }
