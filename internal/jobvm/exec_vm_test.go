@@ -160,15 +160,19 @@ func TestDebugPauseInAJobsVM(t *testing.T) {
 	var out syncbuf.Buffer
 	r.Stdout = &out
 	e, ran, _ := startExecJob(t, r)
+	// Both lines, which may reach the host in separate chunks: how to
+	// reach the VM, and when the job resumes.
 	deadline := time.Now().Add(90 * time.Second)
-	for !strings.Contains(out.String(), "tandem ssh tandem-test\n") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the job did not say how to reach its VM; it said:\n%s", out.String())
+	for _, line := range []struct{ text, missing string }{
+		{"tandem ssh tandem-test\n", "the job did not say how to reach its VM"},
+		{"resumes when your session ends, or in 2m0s", "the job does not say when it resumes"},
+	} {
+		for !strings.Contains(out.String(), line.text) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; it said:\n%s", line.missing, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.Contains(out.String(), "resumes when your session ends, or in 2m0s") {
-		t.Errorf("the job does not say when it resumes:\n%s", out.String())
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
