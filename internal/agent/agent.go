@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
@@ -79,6 +80,8 @@ type run struct {
 	cancel context.CancelCauseFunc
 	config chan map[string]string // receives the secret env once
 	once   sync.Once
+	// configured: Configure has delivered the env (inside once).
+	configured atomic.Bool
 	// standby is a warm pool's VM's: Configure claims it (nil otherwise).
 	standby *jobvm.Standby
 	// release ends the run's hold on its image.
@@ -173,6 +176,7 @@ func (a *Agent) Configure(runner string, env map[string]string) error {
 			a.log.Warn("cannot raise a claimed pool VM's CPU weight; its job runs on", "runner", runner, "err", err)
 		}
 		r.config <- maps.Clone(env)
+		r.configured.Store(true)
 		sent = true
 	})
 	if !sent {
@@ -298,6 +302,22 @@ func (a *Agent) Runners() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	names := slices.Collect(maps.Keys(a.runs))
+	slices.Sort(names)
+	return names
+}
+
+// AwaitingConfig lists the runners whose VMs still wait for Configure
+// (agentapi.ConfigWaiter): the control plane a reconnecting agent reaches
+// sends their configs, which the one it left may never have.
+func (a *Agent) AwaitingConfig() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var names []string
+	for name, r := range a.runs {
+		if !r.configured.Load() {
+			names = append(names, name)
+		}
+	}
 	slices.Sort(names)
 	return names
 }

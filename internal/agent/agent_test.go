@@ -84,11 +84,17 @@ func TestLaunchConfigureRun(t *testing.T) {
 	if boot.VMID == "" || boot.Host != "h1" {
 		t.Errorf("booting event %+v: want a VM id and host h1", boot)
 	}
+	if inv := agentapi.InventoryOf(a); !slices.Equal(inv.Running, []string{"r1"}) || !slices.Equal(inv.AwaitingConfig, []string{"r1"}) {
+		t.Errorf("inventory before Configure %+v: want r1 running and waiting", inv)
+	}
 	if err := a.Configure("r1", map[string]string{"SECRET": "s3cr3t"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Configure("r1", map[string]string{"SECRET": "again"}); err == nil {
 		t.Error("a second Configure succeeded")
+	}
+	if w := a.AwaitingConfig(); len(w) != 0 {
+		t.Errorf("still waiting for their config after Configure: %v", w)
 	}
 	rec.wait(t, "r1", agentapi.EventStarted)
 	end := rec.wait(t, "r1", agentapi.EventEnded)

@@ -37,6 +37,21 @@ type Holder interface {
 // ExecDialTimeout bounds an agent's dial back for an exec session.
 const ExecDialTimeout = 15 * time.Second
 
+// ConfigWaiter is a Runner that says which of its runners' VMs still wait
+// for their runner config (Hello.AwaitingConfig): *agent.Agent.
+type ConfigWaiter interface {
+	AwaitingConfig() []string
+}
+
+// InventoryOf is what r runs now.
+func InventoryOf(r Runner) Inventory {
+	inv := Inventory{Running: r.Runners()}
+	if w, ok := r.(ConfigWaiter); ok {
+		inv.AwaitingConfig = w.AwaitingConfig()
+	}
+	return inv
+}
+
 // ImageNamer is a Runner that keeps its images in step with the ids the
 // control plane names (CmdImages): *agent.Agent.
 type ImageNamer interface {
@@ -181,7 +196,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	backoff, failed := time.Second, 0 // failed: addresses tried since the last wait
 	for {
 		start := time.Now()
-		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Running: d.run.Runners()}
+		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Inventory: InventoryOf(d.run)}
 		err := d.Client.Stream(ctx, hello, d.handle)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)

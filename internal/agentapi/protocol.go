@@ -93,7 +93,18 @@ type Capacity struct {
 type Hello struct {
 	AgentVersion string   `json:"agent_version"`
 	Capacity     Capacity `json:"capacity"`
-	Running      []string `json:"running"`
+	Inventory
+}
+
+// Inventory is what an agent runs when it connects.
+type Inventory struct {
+	Running []string `json:"running"`
+	// AwaitingConfig are the runners of Running whose VMs still wait for
+	// their runner config (CmdConfigure): the replica that was to send it
+	// may have died first, or the command was lost with the stream. The
+	// control plane the agent connects to sends it. An agent that predates
+	// it leaves it out, and a control plane that predates it ignores it.
+	AwaitingConfig []string `json:"awaiting_config,omitempty"`
 }
 
 // Heartbeat reports a host's state every HeartbeatInterval.
