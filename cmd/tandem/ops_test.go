@@ -86,7 +86,7 @@ func newOpsRig(t *testing.T, configure ...func(*controlplane.Config)) *opsRig {
 	r.gh, r.cp, r.st, r.web = sys.GH, sys.CP, sys.Store, sys.Web
 	cp, ctx := sys.CP, sys.Ctx
 	if err := cp.AttachHost(ctx, store.Host{ID: "h1", VCPUs: 8, MemoryMiB: 16 << 10,
-		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, &opsHost{}, nil); err != nil {
+		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, &opsHost{}, agentapi.Inventory{}); err != nil {
 		t.Fatal(err)
 	}
 	return r

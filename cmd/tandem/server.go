@@ -306,7 +306,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		h.close()
 		return nil, nil, err
 	}
-	if err := cp.AttachHost(ctx, rec, ag, ag.Runners()); err != nil {
+	if err := cp.AttachHost(ctx, rec, ag, agentapi.InventoryOf(ag)); err != nil {
 		ag.Close()
 		h.close()
 		return nil, nil, err

@@ -269,7 +269,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		s.imgMu.RUnlock()
 	}
 	h := HostRecord(id, hello.AgentVersion, hello.Capacity)
-	if err := s.AttachHost(r.Context(), h, rh, hello.Running); err != nil {
+	if err := s.AttachHost(r.Context(), h, rh, hello.Inventory); err != nil {
 		s.links.closeStream(rh)
 		httpError(w, http.StatusServiceUnavailable, err.Error())
 		return

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -341,23 +342,30 @@ func kick(c chan struct{}) {
 }
 
 // AttachHost records a host as online with its capacity and connects its
-// agent. running lists the runners the agent still runs: every live runner
-// the store places on this host and the agent does not run has ended, and
-// every runner the agent runs that the store does not want is stopped.
-func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, running []string) error {
+// agent. inv is what the agent still runs: every live runner the store
+// places on this host and the agent does not run has ended, every runner
+// the agent runs that the store does not want is stopped, and every one
+// whose VM still waits for its runner config is handed it (a warm pool's
+// unclaimed VMs wait on).
+func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, inv agentapi.Inventory) error {
 	now := s.now().UTC()
 	h.State, h.LastSeen, h.Reason, h.Replica = store.HostOnline, now, "", s.cfg.Replica
 	if err := h.Validate(); err != nil {
 		return err
 	}
 	runningSet := map[string]bool{}
-	for _, r := range running {
+	for _, r := range inv.Running {
 		runningSet[r] = true
+	}
+	type waiting struct {
+		r store.Runner
+		j store.Job
 	}
 	var gone []store.Runner
 	var unwanted []string
+	var unconfigured []waiting
 	err := s.st.Update(ctx, func(tx store.Tx) error {
-		gone, unwanted = nil, nil
+		gone, unwanted, unconfigured = nil, nil, nil
 		old, err := tx.Host(h.ID)
 		if err == nil {
 			h.CreatedAt = old.CreatedAt
@@ -379,8 +387,18 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 		known := map[string]bool{}
 		for _, r := range live {
 			known[r.Name] = true
-			if !runningSet[r.Name] {
+			switch {
+			case !runningSet[r.Name]:
 				gone = append(gone, r)
+			case !slices.Contains(inv.AwaitingConfig, r.Name) || r.Pool != "" && r.ClaimedAt.IsZero():
+			default:
+				w := waiting{r: r}
+				if r.JobID != 0 {
+					if w.j, err = tx.Job(r.JobID); err != nil && !errors.Is(err, store.ErrNotFound) {
+						return err
+					}
+				}
+				unconfigured = append(unconfigured, w)
 			}
 		}
 		for name := range runningSet {
@@ -401,8 +419,12 @@ func (s *Server) AttachHost(ctx context.Context, h store.Host, a HostAgent, runn
 	for _, name := range unwanted {
 		a.Stop(name, "the control plane does not know this runner")
 	}
+	for _, w := range unconfigured {
+		s.reconfigure(w.r, w.j, a)
+	}
 	s.log.Info("host attached", "host", h.ID, "vcpus", h.VCPUs, "memory_mib", h.MemoryMiB,
-		"arches", h.Arches, "ended", len(gone), "stopped", len(unwanted), "replica", s.cfg.Replica)
+		"arches", h.Arches, "ended", len(gone), "stopped", len(unwanted), "configuring", len(unconfigured),
+		"replica", s.cfg.Replica)
 	s.kickPlacement()
 	return nil
 }

@@ -79,10 +79,11 @@ func (h *goHost) Hold(runner string, until time.Time) error {
 }
 
 type goRun struct {
-	cancel context.CancelCauseFunc
-	config chan string
-	keep   chan time.Time // Hold's word, for a run that MayKeep
-	ended  bool           // its end was reported already (crashRun)
+	cancel     context.CancelCauseFunc
+	config     chan string
+	configured bool           // guarded by goHost.mu: Configure delivered
+	keep       chan time.Time // Hold's word, for a run that MayKeep
+	ended      bool           // its end was reported already (crashRun)
 }
 
 func newGoHost(id string) *goHost { return &goHost{id: id, runs: map[string]*goRun{}} }
@@ -133,7 +134,16 @@ func (h *goHost) Launch(a agentapi.Assignment) error {
 		if a.Pool != "" {
 			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventReady, VMID: "vm-" + a.Runner})
 		}
+		// As the agent does: a VM whose config does not come in time ends.
+		waitConfig := a.ConfigTimeout
+		if waitConfig == 0 {
+			waitConfig = 2 * time.Minute
+		}
+		t := time.NewTimer(waitConfig)
+		defer t.Stop()
 		select {
+		case <-t.C:
+			ev.Failure, ev.Detail = failure.Launch, fmt.Sprintf("no runner config within %s", waitConfig)
 		case jit := <-r.config:
 			h.emit(agentapi.Event{Host: h.id, Runner: a.Runner, Kind: agentapi.EventStarted})
 			if idleOnly {
@@ -261,13 +271,32 @@ func (h *goHost) stopAll() {
 
 func (h *goHost) Configure(name string, env map[string]string) error {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	r, ok := h.runs[name]
-	h.mu.Unlock()
 	if !ok {
 		return agent.ErrUnknown
 	}
+	if r.configured {
+		return fmt.Errorf("runner %s already configured", name)
+	}
+	r.configured = true
 	r.config <- env["ACTIONS_RUNNER_INPUT_JITCONFIG"]
 	return nil
+}
+
+// AwaitingConfig lists the runs that Configure has not reached
+// (agentapi.ConfigWaiter), as the agent does.
+func (h *goHost) AwaitingConfig() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var names []string
+	for name, r := range h.runs {
+		if !r.configured {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 func (h *goHost) Stop(name, reason string) error {
@@ -354,7 +383,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		h.fail = o.hostFail
 		r.hosts = append(r.hosts, h)
 		err := cp.AttachHost(ctx, store.Host{ID: h.id, VCPUs: o.vcpus, MemoryMiB: 64 << 10,
-			Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, nil)
+			Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, agentapi.Inventory{})
 		if err != nil {
 			t.Fatal(err)
 		}

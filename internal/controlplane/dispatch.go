@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -264,7 +265,7 @@ func (s *Server) launch(ctx context.Context, l launch) {
 	if !l.claim && !s.startVM(a, r, s.keepFor(l.job.Org, l.job.Repo) > 0) {
 		return
 	}
-	s.configure(ctx, a, r, gid)
+	s.configure(ctx, r, gid)
 }
 
 // startVM asks r's host to boot its VM, and says whether it took the
@@ -301,8 +302,43 @@ func (s *Server) startVM(a HostAgent, r store.Runner, mayKeep bool) bool {
 }
 
 // configure fetches r's JIT config from GitHub (for runner group gid) and
-// hands it to its VM, which boots meanwhile or, warm, waits for it.
-func (s *Server) configure(ctx context.Context, a HostAgent, r store.Runner, gid int64) {
+// hands it to its VM, which boots meanwhile or, warm, waits for it. The
+// config goes through the link the host's agent has when it arrives: an
+// agent that reconnected meanwhile has a new one, and one that is not
+// connected gets it from whichever replica it reaches next, which hears
+// from its hello that the VM still waits (reconfigure).
+func (s *Server) configure(ctx context.Context, r store.Runner, gid int64) {
+	if !s.marks.beginConfigure(r.Name, nil) {
+		return // being configured already, or stopped
+	}
+	s.handConfig(ctx, r, gid)
+}
+
+// reconfigure hands a runner its config again, in the background: the
+// host's agent, which has just attached through link a, says that its VM
+// still waits for one. j is the runner's job (zero: none now).
+func (s *Server) reconfigure(r store.Runner, j store.Job, a HostAgent) {
+	if !s.marks.beginConfigure(r.Name, a) {
+		return // being configured already, or the config went through a
+	}
+	s.log.Info("runner VM still waits for its config; handing it over again", "runner", r.Name, "host", r.HostID)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		gid, err := s.runnerGroupID(s.runCtx, r, j)
+		if err != nil {
+			s.marks.endConfigure(r.Name)
+			s.log.Warn("looking up the runner group; stopping the runner", "runner", r.Name, "group", r.Group, "err", err)
+			s.stopRunner(r.HostID, r.Name, fmt.Sprintf("no runner config: looking up runner group %q: %v", r.Group, err))
+			return
+		}
+		s.handConfig(s.runCtx, r, gid)
+	}()
+}
+
+// handConfig is configure once marks.beginConfigure said yes.
+func (s *Server) handConfig(ctx context.Context, r store.Runner, gid int64) {
+	defer s.marks.endConfigure(r.Name)
 	log := s.log.With("runner", r.Name, "job", r.JobID, "host", r.HostID)
 	jctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -314,9 +350,7 @@ func (s *Server) configure(ctx context.Context, a HostAgent, r store.Runner, gid
 		s.stopRunner(r.HostID, r.Name, "no runner config: "+jctx.Err().Error())
 		return
 	}
-	jit, err := s.gh.GenerateJITConfig(jctx, r.Installation, runnerScope(r), github.JITRequest{
-		Name: r.Name, RunnerGroupID: gid, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder,
-	})
+	jit, err := s.jitConfig(jctx, r, gid)
 	<-s.ghSlots
 	if err != nil {
 		if errors.Is(err, github.ErrNotFound) && r.Group != "" {
@@ -330,17 +364,51 @@ func (s *Server) configure(ctx context.Context, a HostAgent, r store.Runner, gid
 	if err := s.noteRunner(ctx, r.Name, "", jit.RunnerID); err != nil {
 		log.Warn("recording runner id", "err", err)
 	}
+	a, connected := s.links.agent(r.HostID)
 	// A runner being retired must not get its config: it could take a job
 	// just before its VM is stopped.
-	if !s.marks.configure(r.Name) {
+	if !s.marks.configure(r.Name, a) {
 		if err := s.gh.DeleteRunner(jctx, r.Installation, runnerScope(r), jit.RunnerID); err != nil && !errors.Is(err, github.ErrNotFound) {
 			log.Warn("deleting a retired runner's registration (the orphan reconciler will retry)", "err", err)
 		}
 		return
 	}
+	if !connected {
+		log.Info("host disconnected before its runner's config could be handed over; it goes when the agent is back")
+		return
+	}
 	if err := a.Configure(r.Name, map[string]string{jitEnv: jit.EncodedConfig}); err != nil {
 		log.Warn("handing the runner its config", "err", err)
 	}
+}
+
+// jitConfig registers r with GitHub and returns its JIT config. A runner
+// of r's name registered already is an earlier attempt's for this same
+// VM (names are unique per VM) whose config never reached it: its replica
+// died, or the stream it went into broke. GitHub refuses a second one of
+// the name (409), so that registration is deleted and the config asked
+// for once more.
+func (s *Server) jitConfig(ctx context.Context, r store.Runner, gid int64) (github.JITConfig, error) {
+	req := github.JITRequest{Name: r.Name, RunnerGroupID: gid, Labels: r.Labels, WorkFolder: s.cfg.Runner.WorkFolder}
+	scope := runnerScope(r)
+	jit, err := s.gh.GenerateJITConfig(ctx, r.Installation, scope, req)
+	if !errors.Is(err, github.ErrConflict) {
+		return jit, err
+	}
+	runners, lerr := s.gh.ListRunners(ctx, r.Installation, scope)
+	if lerr != nil {
+		return jit, fmt.Errorf("%w (and listing the runners to find the earlier one: %v)", err, lerr)
+	}
+	i := slices.IndexFunc(runners, func(g github.Runner) bool { return g.Name == r.Name })
+	if i < 0 {
+		return jit, err
+	}
+	if derr := s.gh.DeleteRunner(ctx, r.Installation, scope, runners[i].ID); derr != nil && !errors.Is(derr, github.ErrNotFound) {
+		return jit, fmt.Errorf("%w (and deleting the earlier registration: %v)", err, derr)
+	}
+	s.log.Info("runner registered by an earlier attempt whose config never reached its VM; registering it again",
+		"runner", r.Name, "github_id", runners[i].ID)
+	return s.gh.GenerateJITConfig(ctx, r.Installation, scope, req)
 }
 
 // noteRunner records a runner's GitHub id (moving its job to launching) or,

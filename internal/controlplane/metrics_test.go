@@ -157,7 +157,7 @@ func metricsFleet(t *testing.T) (*fleet, string) {
 	h.cp = f.cp
 	f.hosts = append(f.hosts, h)
 	err := f.cp.AttachHost(context.Background(), store.Host{ID: "h1", VCPUs: 8, MemoryMiB: 16 << 10, DiskMiB: 64 << 10,
-		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, nil)
+		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, agentapi.Inventory{})
 	if err != nil {
 		t.Fatal(err)
 	}

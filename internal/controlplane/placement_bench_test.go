@@ -71,7 +71,7 @@ func benchPlacement(b *testing.B, st store.Store, jobs, hosts int) {
 	}
 	for i := range hosts {
 		h := store.Host{ID: fmt.Sprintf("host-%04d", i), VCPUs: 16, MemoryMiB: 64 << 10, Arches: []store.ArchSupport{{Arch: arch.AMD64}}}
-		if err := cp.AttachHost(ctx, h, nullAgent{}, nil); err != nil {
+		if err := cp.AttachHost(ctx, h, nullAgent{}, agentapi.Inventory{}); err != nil {
 			b.Fatal(err)
 		}
 	}

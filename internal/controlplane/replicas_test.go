@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/controlplane"
 	"github.com/tandem-ci/tandem/internal/controlplane/cptest"
@@ -155,7 +156,7 @@ func (f *cpFleet) attach(id string, r *replica) *goHost {
 func (f *cpFleet) reattach(h *goHost, r *replica) {
 	h.reportTo(r.cp)
 	err := r.cp.AttachHost(context.Background(), store.Host{ID: h.id, VCPUs: 8, MemoryMiB: 64 << 10,
-		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, h.Runners())
+		Arches: []store.ArchSupport{{Arch: arch.AMD64}, {Arch: arch.ARM64, Emulated: true}}}, h, agentapi.InventoryOf(h))
 	if err != nil {
 		f.t.Fatal(err)
 	}
