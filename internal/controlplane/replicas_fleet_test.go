@@ -398,7 +398,17 @@ func jobsStory(st store.Store, ids []int64) string {
 		}
 		live, _ := tx.Runners(store.RunnerFilter{Live: true})
 		hosts, _ := tx.Hosts()
-		fmt.Fprintf(&b, "\nstates %v; %d live runners; hosts:", states, len(live))
+		fmt.Fprintf(&b, "\nstates %v; %d live runners", states, len(live))
+		for i, r := range live {
+			if i == 10 {
+				fmt.Fprintf(&b, "\n  …")
+				break
+			}
+			fmt.Fprintf(&b, "\n  runner %s %s on %s, job %d, GitHub id %d, pool %q, created %s, updated %s: %s",
+				r.Name, r.State, r.HostID, r.JobID, r.GitHubID, r.Pool, r.CreatedAt.Format("15:04:05.000"),
+				r.UpdatedAt.Format("15:04:05.000"), r.Reason)
+		}
+		fmt.Fprintf(&b, "\nhosts:")
 		for _, h := range hosts {
 			fmt.Fprintf(&b, " %s %s via %s seen %s;", h.ID, h.State, h.Replica, h.LastSeen.Format("15:04:05.000"))
 		}
