@@ -146,13 +146,15 @@ func (a *Agent) Launch(asg agentapi.Assignment) error {
 	go func() {
 		defer a.wg.Done()
 		end := a.execute(ctx, r)
+		r.release()
+		cancel(nil)
 		a.mu.Lock()
 		delete(a.runs, asg.Runner)
 		a.mu.Unlock()
-		r.release()
-		cancel(nil)
 		// Only now is the runner gone from the agent too: whoever hears
-		// "ended" and asks finds nothing of it.
+		// "ended" and asks finds nothing of it. Nothing comes between
+		// the two: a hello in that gap would not name it at all
+		// (Daemon.inventory).
 		a.emit(end)
 	}()
 	return nil

@@ -196,7 +196,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	backoff, failed := time.Second, 0 // failed: addresses tried since the last wait
 	for {
 		start := time.Now()
-		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Inventory: InventoryOf(d.run)}
+		hello := Hello{AgentVersion: d.AgentVersion, Capacity: d.Capacity(), Inventory: d.inventory()}
 		err := d.Client.Stream(ctx, hello, d.handle)
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
@@ -221,6 +221,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}
+}
+
+// inventory is what a hello says the agent runs: its runner's inventory,
+// and the runners whose "ended" is still queued here. A control plane
+// ends a runner the hello does not name as gone with the agent, without
+// its exit; named, it is kept until its own "ended" comes, with the exit
+// code and the failure, whatever happened while the stream was down.
+func (d *Daemon) inventory() Inventory {
+	inv := InventoryOf(d.run)
+	d.mu.Lock()
+	for _, e := range d.events {
+		if e.Kind == EventEnded && !slices.Contains(inv.Running, e.Runner) {
+			inv.Running = append(inv.Running, e.Runner)
+		}
+	}
+	d.mu.Unlock()
+	slices.Sort(inv.Running)
+	return inv
 }
 
 func (d *Daemon) handle(c Command) {

@@ -31,6 +31,7 @@ type fakeCP struct {
 	srv     *httptest.Server
 	cred    string
 	refuse  atomic.Bool  // 401 to everything
+	down    atomic.Bool  // 503 to reports
 	streams chan Hello   // a stream opened
 	reports chan Report  // a report arrived
 	logs    chan string  // a log chunk arrived
@@ -94,6 +95,10 @@ func (f *fakeCP) stream(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeCP) report(w http.ResponseWriter, r *http.Request) {
+	if f.down.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
 	var rep Report
 	if err := json.NewDecoder(r.Body).Decode(&rep); err != nil {
 		w.WriteHeader(http.StatusBadRequest)
@@ -213,7 +218,7 @@ func TestDaemonFailsOver(t *testing.T) {
 	var logBuf syncBuffer
 	d := &Daemon{Client: NewClient(creds), AgentVersion: "test", Capacity: func() Capacity { return Capacity{} },
 		HeartbeatInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(&logBuf, nil))}
-	d.Bind(fakeRunner{})
+	d.Bind(fakeRunner(nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -241,6 +246,43 @@ func TestDaemonFailsOver(t *testing.T) {
 	}
 	if strings.Contains(logs, creds.Credential) {
 		t.Errorf("the credential was logged:\n%s", logs)
+	}
+}
+
+// A runner that ends while its end cannot be reported is named running in
+// the next hello, so that the control plane waits for that end, with its
+// exit, rather than end the runner as gone with the agent; once the end is
+// reported, the hello names it no more.
+func TestHelloNamesRunnersWhoseEndIsQueued(t *testing.T) {
+	cps, creds := replicas(t, 1)
+	cp := cps[0]
+	d := &Daemon{Client: NewClient(creds), AgentVersion: "test", Capacity: func() Capacity { return Capacity{} },
+		HeartbeatInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	d.Bind(fakeRunner{"r1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); recv(t, done, "daemon's end") }()
+
+	if h := recv(t, cp.streams, "the first stream"); !slices.Equal(h.Running, []string{"r1"}) {
+		t.Fatalf("first hello runs %v, want r1", h.Running)
+	}
+	cp.down.Store(true)
+	d.Event(Event{Runner: "r2", Kind: EventEnded, ExitCode: 3})
+	cp.hangup <- struct{}{}
+	if h := recv(t, cp.streams, "the stream again"); !slices.Equal(h.Running, []string{"r1", "r2"}) {
+		t.Errorf("hello with r2's end queued runs %v, want r1 and r2", h.Running)
+	}
+	cp.down.Store(false)
+	for {
+		rep := recv(t, cp.reports, "r2's end")
+		if len(rep.Events) == 1 && rep.Events[0].Runner == "r2" && rep.Events[0].ExitCode == 3 {
+			break
+		}
+	}
+	cp.hangup <- struct{}{}
+	if h := recv(t, cp.streams, "the third stream"); !slices.Equal(h.Running, []string{"r1"}) {
+		t.Errorf("hello after r2's end was reported runs %v, want r1", h.Running)
 	}
 }
 
@@ -272,7 +314,7 @@ func TestClientRevokedDoesNotFailOver(t *testing.T) {
 
 	d := &Daemon{Client: c, Capacity: func() Capacity { return Capacity{} }, HeartbeatInterval: time.Hour,
 		Logger: slog.New(slog.DiscardHandler)}
-	d.Bind(fakeRunner{})
+	d.Bind(fakeRunner(nil))
 	if err := d.Run(ctx); !errors.Is(err, ErrRevoked) {
 		t.Errorf("daemon: %v", err)
 	}
@@ -416,12 +458,13 @@ func TestParseAddrs(t *testing.T) {
 	}
 }
 
-type fakeRunner struct{}
+// fakeRunner runs the runners it names, and does nothing.
+type fakeRunner []string
 
 func (fakeRunner) Launch(Assignment) error                   { return nil }
 func (fakeRunner) Configure(string, map[string]string) error { return nil }
 func (fakeRunner) Stop(string, string) error                 { return nil }
-func (fakeRunner) Runners() []string                         { return nil }
+func (f fakeRunner) Runners() []string                       { return slices.Clone(f) }
 
 // syncBuffer is a bytes.Buffer for a logger and a test at once.
 type syncBuffer struct {
