@@ -103,7 +103,9 @@ func (f *fleet) start(creds agentapi.Credentials) *remoteAgent {
 func runAgent(creds agentapi.Credentials, h *goHost, c agentapi.Capacity) *remoteAgent {
 	d := &agentapi.Daemon{Client: agentapi.NewClient(creds), AgentVersion: "test", HeartbeatInterval: fleetHeartbeat,
 		Capacity: func() agentapi.Capacity { return c }}
-	h.sink = d.Event
+	h.mu.Lock()
+	h.sink = d.Event // a restarted agent's: the "VMs" report to it from now on
+	h.mu.Unlock()
 	d.Bind(h)
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &remoteAgent{id: creds.HostID, host: h, daemon: d, cancel: cancel, done: make(chan error, 1), creds: creds}
@@ -273,6 +275,40 @@ func TestRevokedAgentStops(t *testing.T) {
 		a.done <- err
 	case <-time.After(10 * time.Second):
 		t.Fatal("the revoked agent's daemon kept running")
+	}
+}
+
+// An agent that restarts while its VMs run on (an upgrade, or a crash with
+// VMs that outlive it) and is back within the heartbeat timeout is the
+// same host with the same runners: its running job completes on the
+// runner it had, nothing is lost or launched again, and a job queued
+// while it was away runs once it is back.
+func TestAgentRestartKeepsItsRunningJobs(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	a := f.join("u1")
+	long := f.queue("acme/app", "tandem", "sleep 2; echo done")
+	f.waitStates([]int64{long}, 20*time.Second, store.JobRunning)
+	before, _ := f.job(long)
+
+	a.stop() // the old binary exits; its "VMs" (goroutines here) go on
+	queued := f.queue("acme/app", "tandem", "echo while away")
+	b := runAgent(a.creds, a.host, agentapi.Capacity{VCPUs: 4, MemoryMiB: 8192, Arches: []agentapi.ArchSupport{{Arch: arch.AMD64}}})
+	f.t.Cleanup(b.stop)
+	f.waitStates([]int64{long, queued}, 30*time.Second, store.JobCompleted)
+
+	after, _ := f.job(long)
+	gj, _ := f.gh.Job(long)
+	if after.RunnerName != before.RunnerName || gj.Claims != 1 || gj.Conclusion != "success" || after.Attempts != 1 {
+		t.Errorf("the running job after the restart: %+v; GitHub %+v; want it completed by runner %s, once", after, gj, before.RunnerName)
+	}
+	for _, e := range f.jobEvents(long) {
+		if e.To == store.JobLost || e.To == store.JobQueued && e.From != "" {
+			t.Errorf("the running job: %s→%s: %s; want no loss and no second placement", e.From, e.To, e.Reason)
+		}
+	}
+	if gj, _ := f.gh.Job(queued); gj.Claims != 1 || gj.Conclusion != "success" {
+		t.Errorf("the job queued while the agent was away: GitHub %+v", gj)
 	}
 }
 

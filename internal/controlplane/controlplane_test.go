@@ -213,14 +213,14 @@ func (h *goHost) crashRun(runner string, kind failure.Kind) (stop func()) {
 
 func (h *goHost) emit(e agentapi.Event) {
 	h.mu.Lock()
-	muted, cp := h.muted, h.cp
+	muted, cp, sink := h.muted, h.cp, h.sink
 	h.mu.Unlock()
 	if muted {
 		return
 	}
 	e.At = time.Now()
-	if h.sink != nil {
-		h.sink(e)
+	if sink != nil {
+		sink(e)
 		return
 	}
 	cp.HostEvent(e)
@@ -403,6 +403,19 @@ func newRig(t *testing.T, o rigOptions) *rig {
 
 func (r *rig) job(id int64) (store.Job, bool) { return cptest.Job(r.st, id) }
 
+// jobEvents is a job's story in the store, oldest first.
+func (r *rig) jobEvents(id int64) []store.JobEvent {
+	r.t.Helper()
+	var evs []store.JobEvent
+	if err := r.st.View(r.t.Context(), func(tx store.ReadTx) (err error) {
+		evs, err = tx.JobEvents(id)
+		return err
+	}); err != nil {
+		r.t.Fatal(err)
+	}
+	return evs
+}
+
 func (r *rig) waitFor(what string, timeout time.Duration, cond func() bool) {
 	r.t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -532,12 +545,7 @@ func TestAnyRunnerTakesAnyJob(t *testing.T) {
 		if gj.Claims != 1 {
 			t.Errorf("job %d claimed %d times", id, gj.Claims)
 		}
-		var evs []store.JobEvent
-		r.st.View(context.Background(), func(tx store.ReadTx) error {
-			var err error
-			evs, err = tx.JobEvents(id)
-			return err
-		})
+		evs := r.jobEvents(id)
 		scheduled := ""
 		for _, e := range evs {
 			if e.To == store.JobScheduled && scheduled == "" {
