@@ -44,6 +44,62 @@
 // at most MaxExecSessions at once; frames for unknown ids are ignored; a
 // malformed exec frame is answered with an ExecExit carrying an error (id 0
 // when the id could not be read).
+//
+// # Resumable jobs
+//
+// A guest whose Hello lists FeatureResume keeps a Job with Resumable set
+// running when its host goes away, so that a new host process (the agent
+// restarted) can take the job over. The transport's semantics shape this
+// part of the protocol. On a virtio-serial port whose host end QEMU serves
+// as a Unix socket: while no host is connected the guest's reads return
+// EOF at once and its writes block; once a host connects, blocked writes
+// complete into that host; the guest kernel splits a write at 32 KiB, so a
+// larger frame could reach two hosts; and bytes in flight when a host goes
+// away may be lost. Hence, on a Resumable job:
+//
+//   - Every frame the guest sends fits one write of MaxWrite bytes, header
+//     included, so that a host only ever receives whole frames.
+//   - Job output travels in Output frames (19, bin: stream 1 byte, offset 8
+//     bytes big-endian, data; see EncodeOutput) instead of Stdout/Stderr.
+//     The offset counts every output byte of the job, both streams, from 0;
+//     each frame carries at most OutputChunk bytes. The guest keeps the
+//     job's most recent output (about 8 MiB) in memory so that it can send
+//     it again; it drops the oldest first, and never makes the job wait for
+//     the host. A frame whose offset is past the end of what the host has
+//     received means the bytes in between were dropped.
+//   - When a read returns EOF the guest takes the host as gone ("detached"):
+//     it stops heartbeats, ends the open exec sessions, keeps the job
+//     running and buffering, and polls the port for a new host.
+//   - A host that connects to a guest mid-job sends Resume (20, JSON) as its
+//     first frame, with the offset up to which it has the output. The guest
+//     ignores every frame of a new host before Resume. It answers Resumed
+//     (21, JSON): whether the job is "running" or has "exited" (then with
+//     its Exit) and Oldest, the offset of the oldest output it still holds.
+//     It then sends again the output from max(Resume.Offset, Oldest) on,
+//     in order, and goes on live; heartbeats and exec sessions resume. The
+//     host must skip what it receives before Resumed: frames written
+//     before it connected (one per guest writer at most) reach it first.
+//   - The guest sends Exit once all output before it has been sent, and
+//     again after each Resume until the host answers ExitAck (22, empty).
+//     It powers off on ExitAck (or, after Hold, on Release), or when
+//     Job.DetachTimeoutMS (0: DefaultDetachTimeout) has passed since the
+//     job ended without one. It also prints the Exit on its console as one
+//     line, ExitLinePrefix followed by the Exit's JSON, for a host that
+//     never comes back in time.
+//
+// The sequence for a host that reconnects:
+//
+//	host  → guest Resume      {"offset": N}
+//	guest → host  Resumed     {"state": "running"|"exited", "exit": {…}, "oldest": O}
+//	guest → host  Output      from max(N, O) on; then live output and heartbeats
+//	guest → host  Exit        when the job has ended and its output was sent
+//	host  → guest ExitAck     the guest may power off
+//
+// Cancel, Hold, Release and exec sessions work as usual on the host that
+// resumed. A Resume that arrives while the guest still takes its host as
+// connected (the host reconnected before the guest read EOF) is served the
+// same way. For a job without Resumable the guest sends Stdout and Stderr
+// as before, never Output or Resumed, and ignores Resume and ExitAck.
 package guest
 
 import (
@@ -95,6 +151,11 @@ const (
 	FrameExecAck    FrameType = 16
 	FrameHold       FrameType = 17
 	FrameRelease    FrameType = 18
+
+	FrameOutput  FrameType = 19
+	FrameResume  FrameType = 20
+	FrameResumed FrameType = 21
+	FrameExitAck FrameType = 22
 )
 
 func (t FrameType) String() string {
@@ -135,6 +196,14 @@ func (t FrameType) String() string {
 		return "hold"
 	case FrameRelease:
 		return "release"
+	case FrameOutput:
+		return "output"
+	case FrameResume:
+		return "resume"
+	case FrameResumed:
+		return "resumed"
+	case FrameExitAck:
+		return "exit-ack"
 	}
 	return fmt.Sprintf("frame(%d)", byte(t))
 }
@@ -157,6 +226,8 @@ type Hello struct {
 const (
 	FeatureExec = "exec" // exec sessions (frames 9-16)
 	FeatureHold = "hold" // Hold and Release (frames 17-18)
+	// FeatureResume: resumable jobs (Job.Resumable, frames 19-22).
+	FeatureResume = "resume"
 )
 
 // Has reports whether the guest listed feature f.
@@ -171,6 +242,15 @@ type Job struct {
 	// User, if set, is the guest account the job runs as (with its groups,
 	// HOME, USER, LOGNAME and SHELL; Dir defaults to its home); "": root.
 	User string `json:"user,omitempty"`
+	// Resumable asks a guest with FeatureResume to keep the job running
+	// when the host goes away and to let a new host resume it (see the
+	// package comment). Without it a host going away cancels the job.
+	Resumable bool `json:"resumable,omitempty"`
+	// DetachTimeoutMS bounds, for a Resumable job, how long after the
+	// job's end the guest waits for a host to acknowledge its Exit
+	// (ExitAck), reconnecting if need be, before it powers off anyway;
+	// 0: DefaultDetachTimeout.
+	DetachTimeoutMS int64 `json:"detach_timeout_ms,omitempty"`
 }
 
 // Stats is what the guest says of itself in each Heartbeat: the guest half
