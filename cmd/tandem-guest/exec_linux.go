@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,9 @@ type execServer struct {
 	con   *console
 	drain time.Duration
 	state *execStateFile // the session count, for tandem-debug-pause
+
+	// chunk bounds the data of one ExecOutput frame; 0: guest.ExecChunk.
+	chunk atomic.Int32
 
 	mu     sync.Mutex
 	byID   map[uint32]*execSession
@@ -200,14 +204,37 @@ func (x *execServer) open(o guest.ExecOpen) {
 		x.forget(s)
 		x.state.closed()
 		x.con.logf("exec %d: exit %d %s", o.ID, e.Code, e.Error)
-		x.c.WriteJSON(guest.FrameExecExit, e)
+		if !s.detached() {
+			x.c.WriteJSON(guest.FrameExecExit, e)
+		}
 	})
 }
 
 func (x *execServer) forget(s *execSession) {
 	x.mu.Lock()
-	delete(x.byID, s.id)
+	if x.byID[s.id] == s {
+		delete(x.byID, s.id)
+	}
 	x.mu.Unlock()
+}
+
+// endAll ends every session with cause, without waiting, and forgets them,
+// so that a new host may open sessions of the same ids.
+func (x *execServer) endAll(cause error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for id, s := range x.byID {
+		s.stop(cause)
+		delete(x.byID, id)
+	}
+}
+
+// outChunk is the most data one ExecOutput frame carries.
+func (x *execServer) outChunk() int {
+	if n := x.chunk.Load(); n > 0 {
+		return int(n)
+	}
+	return guest.ExecChunk
 }
 
 // closeAll ends every session with cause and refuses new ones, then waits
@@ -401,8 +428,8 @@ func (s *execSession) pump(r io.Reader, stream guest.Stream) {
 	for {
 		m, rerr := r.Read(buf)
 		for p := buf[:m]; len(p) > 0; {
-			n, err := s.out.Take(len(p))
-			if err != nil {
+			n, err := s.out.Take(min(len(p), s.x.outChunk()))
+			if err != nil || s.detached() {
 				return
 			}
 			if err := s.x.c.WriteFrame(guest.FrameExecOutput, guest.EncodeExecOutput(s.id, stream, p[:n])); err != nil {
@@ -414,6 +441,12 @@ func (s *execSession) pump(r io.Reader, stream guest.Stream) {
 			return
 		}
 	}
+}
+
+// detached says whether the session was ended because its host went
+// away: a new host knows nothing of it, so nothing more is sent for it.
+func (s *execSession) detached() bool {
+	return context.Cause(s.ctx) == errHostDetached
 }
 
 // input queues data from the host for the program's stdin.

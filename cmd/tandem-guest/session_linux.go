@@ -31,6 +31,9 @@ type sessionConfig struct {
 	// ExecState is the file the exec sessions' count is kept in for
 	// tandem-debug-pause (execStatePath); "": none.
 	ExecState string
+	// RingSize bounds the output a Resumable job keeps for a host that
+	// resumes; 0: defaultRingSize.
+	RingSize int
 }
 
 // errJobEnded ends the exec sessions still open when the job has ended and
@@ -51,10 +54,15 @@ const execCloseWait = 2 * time.Second
 // then Exit is sent, heartbeats and exec sessions go on, and runSession
 // returns (and the guest powers off) on Release, when the host goes away,
 // or when ctx ends.
+//
+// A Job with Resumable set outlives its host instead (resumer): a read of
+// EOF lets the host go, the port is polled for a new host, whose frames
+// count from its Resume on; the guest powers off once a host acknowledges
+// the Exit, or the job's detach timeout has passed.
 func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Exit, error) {
 	con := cfg.Con
 	hello := cfg.Hello
-	hello.Features = append(slices.Clone(hello.Features), guest.FeatureExec, guest.FeatureHold)
+	hello.Features = append(slices.Clone(hello.Features), guest.FeatureExec, guest.FeatureHold, guest.FeatureResume)
 	x := newExecServer(c, cfg.Runner, con, cfg.ExecState) // its count is there once the host hears of us
 	if err := c.WriteJSON(guest.FrameHello, hello); err != nil {
 		return guest.Exit{}, fmt.Errorf("channel: send hello: %w", err)
@@ -64,7 +72,7 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	jobs := make(chan []byte, 1)
+	jobs := make(chan jobFrame, 1)
 	gone := make(chan struct{})
 	release := make(chan struct{})
 	var held atomic.Bool
@@ -73,8 +81,20 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 		defer close(gone)
 		gotJob, released := false, false
 		ignored := map[guest.FrameType]bool{}
+		var rs *resumer
+		awaitResume := false // the host went: skip frames until a new one resumes
 		for {
 			t, p, err := c.ReadFrame()
+			if err != nil && rs != nil && !portClosed(err) {
+				rs.detach(err)
+				awaitResume = true
+				time.Sleep(pollInterval)
+				continue
+			}
+			if err == nil && awaitResume && t != guest.FrameResume {
+				continue
+			}
+			awaitResume = false
 			if err != nil {
 				readErr = err
 				cancel(errHostGone)
@@ -84,7 +104,15 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 			switch {
 			case t == guest.FrameJob && !gotJob:
 				gotJob = true
-				jobs <- p
+				var job guest.Job
+				if guest.Decode(t, p, &job) == nil && job.Resumable {
+					rs = newResumer(c, cfg, x, hb, job)
+				}
+				jobs <- jobFrame{p, rs}
+			case t == guest.FrameResume && rs != nil:
+				rs.resume(p)
+			case t == guest.FrameExitAck && rs != nil:
+				rs.ack()
 			case t == guest.FrameCancel:
 				cancel(errHostCancel)
 			case isExecFrame(t):
@@ -103,9 +131,9 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 
 	var ex guest.Exit
 	select {
-	case p := <-jobs:
+	case jf := <-jobs:
 		var job guest.Job
-		if err := guest.Decode(guest.FrameJob, p, &job); err != nil {
+		if err := guest.Decode(guest.FrameJob, jf.p, &job); err != nil {
 			ex = guest.Exit{Code: codeBadJob, Error: err.Error()}
 			con.logf("job: %v", err)
 			break
@@ -116,6 +144,14 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 			timeout = ms(time.Duration(job.TimeoutMS) * time.Millisecond)
 		}
 		con.logf("job: %s, %d args, %d env, timeout %s", firstArg(job.Argv), max(len(job.Argv)-1, 0), len(job.Env), timeout)
+		if rs := jf.rs; rs != nil {
+			con.logf("job: resumable, detach timeout %s", ms(rs.timeout))
+			// The ring never blocks: no hostGone.
+			ex = cfg.Runner.run(ctx, job, rs.output(guest.StreamStdout), rs.output(guest.StreamStderr), nil)
+			con.logf("job: %s", describeExit(ex, context.Cause(ctx)))
+			rs.end(ctx, ex, &held, release, gone)
+			return ex, nil
+		}
 		ex = cfg.Runner.run(ctx, job,
 			guest.StreamWriter{C: c, Type: guest.FrameStdout},
 			guest.StreamWriter{C: c, Type: guest.FrameStderr}, gone)
@@ -155,6 +191,13 @@ func runSession(ctx context.Context, c *guest.Conn, cfg sessionConfig) (guest.Ex
 		return ex, fmt.Errorf("channel: send exit: %w", err)
 	}
 	return ex, nil
+}
+
+// jobFrame is a Job frame as read, with its resumer if the job is
+// Resumable.
+type jobFrame struct {
+	p  []byte
+	rs *resumer
 }
 
 // holdAfterExit sends Exit and keeps the guest up, heartbeats and exec
