@@ -185,7 +185,8 @@ type testHost struct {
 	t       *testing.T
 	nc      net.Conn
 	c       *guest.Conn
-	resumed bool // frames count (Resumed seen, or the first host)
+	resumed bool              // frames count (Resumed seen, or the first host)
+	stale   []guest.FrameType // frames before Resumed
 }
 
 // firstHost connects, reads Hello and sends job.
@@ -245,8 +246,10 @@ func (h *testHost) read(o *jobOutput, until func() bool) {
 				}
 				o.resumed = append(o.resumed, r)
 				h.resumed = true
+			} else {
+				h.stale = append(h.stale, typ) // written before this host resumed
 			}
-			continue // written before this host resumed
+			continue
 		}
 		switch typ {
 		case guest.FrameOutput:
