@@ -11,7 +11,11 @@
 // Beside the job it serves the host's exec sessions (`tandem ssh`: a
 // program or login shell, with a pty or pipes; exec_linux.go); after a
 // Hold from the host it stays up past Exit, sessions and heartbeats going
-// on, until Release.
+// on, until Release. A job the host marks Resumable outlives its host: the
+// output is kept in memory while no host is connected and sent again to
+// the next one that resumes, and the VM powers off once a host has
+// acknowledged the Exit, or after the job's detach timeout
+// (resume_linux.go).
 //
 // Exit codes it reports besides the job's own: 124 timed out, 125 could not
 // start (bad job, bad dir), 126 not executable, 127 not found, 130 cancelled;

@@ -70,8 +70,8 @@
 //   - When a read returns EOF the guest takes the host as gone ("detached"):
 //     it stops heartbeats, ends the open exec sessions, keeps the job
 //     running and buffering, and polls the port for a new host.
-//   - A host that connects to a guest mid-job sends Resume (20, JSON) as its
-//     first frame, with the offset up to which it has the output. The guest
+//   - A host that connects to a guest mid-job (it gets no Hello) sends
+//     Resume (20, JSON) as its first frame, with the offset up to which it has the output. The guest
 //     ignores every frame of a new host before Resume. It answers Resumed
 //     (21, JSON): whether the job is "running" or has "exited" (then with
 //     its Exit) and Oldest, the offset of the oldest output it still holds.
@@ -80,7 +80,8 @@
 //     host must skip what it receives before Resumed: frames written
 //     before it connected (one per guest writer at most) reach it first.
 //   - The guest sends Exit once all output before it has been sent, and
-//     again after each Resume until the host answers ExitAck (22, empty).
+//     again after each Resume until a host answers ExitAck (22, empty);
+//     the host that sent the Job answers it too.
 //     It powers off on ExitAck (or, after Hold, on Release), or when
 //     Job.DetachTimeoutMS (0: DefaultDetachTimeout) has passed since the
 //     job ended without one. It also prints the Exit on its console as one
@@ -96,9 +97,14 @@
 //	host  → guest ExitAck     the guest may power off
 //
 // Cancel, Hold, Release and exec sessions work as usual on the host that
-// resumed. A Resume that arrives while the guest still takes its host as
-// connected (the host reconnected before the guest read EOF) is served the
-// same way. For a job without Resumable the guest sends Stdout and Stderr
+// resumed. The exec sessions of a host that went away are ended and
+// forgotten: the guest sends nothing more for them but, at most, a frame
+// it was writing, so a host ignores exec frames for ids it did not open.
+// Hold lasts across hosts: a held guest powers off on Release, or when the
+// host that acknowledged the Exit goes away. A Resume that arrives while
+// the guest still takes its host as connected (it reconnected before the
+// guest read EOF) is served the same way, provided the old host's last
+// frame reached the guest whole. For a job without Resumable the guest sends Stdout and Stderr
 // as before, never Output or Resumed, and ignores Resume and ExitAck.
 package guest
 
