@@ -71,8 +71,9 @@
 //     it stops heartbeats, ends the open exec sessions, keeps the job
 //     running and buffering, and polls the port for a new host.
 //   - A host that connects to a guest mid-job (it gets no Hello) sends
-//     Resume (20, JSON) as its first frame, with the offset up to which it has the output. The guest
-//     ignores every frame of a new host before Resume. It answers Resumed
+//     Resume (20, JSON) as its first frame, with the offset up to which
+//     it has the output. The guest ignores every frame of a new host
+//     before Resume. It answers Resumed
 //     (21, JSON): whether the job is "running" or has "exited" (then with
 //     its Exit) and Oldest, the offset of the oldest output it still holds.
 //     It then sends again the output from max(Resume.Offset, Oldest) on,
@@ -104,8 +105,9 @@
 // host that acknowledged the Exit goes away. A Resume that arrives while
 // the guest still takes its host as connected (it reconnected before the
 // guest read EOF) is served the same way, provided the old host's last
-// frame reached the guest whole. For a job without Resumable the guest sends Stdout and Stderr
-// as before, never Output or Resumed, and ignores Resume and ExitAck.
+// frame reached the guest whole. For a job without Resumable the guest
+// sends Stdout and Stderr as before, never Output or Resumed, and ignores
+// Resume and ExitAck.
 package guest
 
 import (
