@@ -219,7 +219,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return context.Cause(ctx)
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 30*time.Second)
+		backoff = min(2*backoff, MaxReconnectBackoff)
 	}
 }
 

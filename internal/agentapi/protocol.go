@@ -61,6 +61,11 @@ const (
 	// StreamIdle is how long an agent waits for any line (a ping at
 	// least) before it reconnects.
 	StreamIdle = 3 * PingInterval
+	// MaxReconnectBackoff bounds an agent's wait between rounds of
+	// attempts to reach its control plane: one that comes back is
+	// reached within this, and gives its hosts that long beyond the
+	// heartbeat timeout before it takes any for gone.
+	MaxReconnectBackoff = 10 * time.Second
 )
 
 // EnrollRequest exchanges a one-time token for a credential.

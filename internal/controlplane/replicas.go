@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/store"
 )
 
@@ -433,6 +434,15 @@ func (s *Server) touchHosts(ctx context.Context, silent []string) error {
 // holds them within the heartbeat timeout (counted from no earlier than
 // the start of the term, so that the agents of a replica that just
 // restarted have the time to come back).
+// reconnectGrace is what a leader adds to the heartbeat timeout after it
+// starts before it takes a silent host for gone: an agent's longest wait
+// between attempts to reconnect, or the timeout itself if shorter (whoever
+// set a timeout that short wants silent hosts gone fast, and gets twice
+// it).
+func reconnectGrace(heartbeatTimeout time.Duration) time.Duration {
+	return min(heartbeatTimeout, agentapi.MaxReconnectBackoff)
+}
+
 func (s *Server) staleHosts(ctx context.Context, since time.Time) ([]string, error) {
 	var hosts []store.Host
 	if err := s.st.View(ctx, func(tx store.ReadTx) (err error) {
@@ -443,7 +453,13 @@ func (s *Server) staleHosts(ctx context.Context, since time.Time) ([]string, err
 	}
 	local := s.links.attached()
 	cutoff := s.now().Add(-s.cfg.HeartbeatTimeout)
-	if !since.Before(cutoff) {
+	// A leader that has just started (or taken over) has heard from no
+	// host yet: their agents are still waiting out their reconnect
+	// backoff (at most agentapi.MaxReconnectBackoff) after the outage.
+	// Until they have had that and a heartbeat timeout, no host is taken
+	// for gone: a restart of the control plane must not lose the jobs
+	// that ran on through it.
+	if !since.Before(cutoff.Add(-reconnectGrace(s.cfg.HeartbeatTimeout))) {
 		return nil, nil
 	}
 	var ids []string

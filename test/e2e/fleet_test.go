@@ -301,11 +301,39 @@ func TestFleet(t *testing.T) {
 	s.admin("POST", "/api/v1/hosts/h1/uncordon", nil, nil)
 	s.admin("POST", "/api/v1/hosts/h3/uncordon", nil, nil)
 
-	// 4. Restart the control plane with SIGKILL while jobs are queued.
+	// 4. Kill the control plane (SIGKILL) while two jobs run and four are
+	// queued; one of the two ends while it is down. The agents keep their
+	// VMs and reconnect: the running job completes on the VM it had, the
+	// one that ended meanwhile is recorded with its own end (not as a VM
+	// lost with a restart, which would count as a loss to re-run), and
+	// the queued ones run.
+	runs := queue(1, "sleep 25; echo survived")
+	ends := queue(1, "sleep 8; echo ended while away")
+	s.waitTandemState(append(runs, ends...), 2*time.Minute, "running")
+	before := map[int64]string{}
+	for _, id := range append(runs, ends...) {
+		v, _ := s.job(id)
+		before[id] = v.Runner
+	}
 	later := queue(4, "sleep 1; echo ok")
 	s.kill()
+	s.waitFor("a job to end on GitHub while the control plane is down", time.Minute, func() bool {
+		gj, _ := s.gh.Job(ends[0])
+		return gj.Status == "completed"
+	})
 	s.start()
-	s.waitTandemState(later, 4*time.Minute, "completed")
+	s.waitTandemState(append(append(runs, ends...), later...), 4*time.Minute, "completed")
+	for _, id := range append(runs, ends...) {
+		gj, _ := s.gh.Job(id)
+		v, _ := s.job(id)
+		if gj.Conclusion != "success" || gj.Claims != 1 || v.Runner != before[id] || v.Attempts != 1 || v.Rerun != nil {
+			t.Errorf("job %d across the control plane's restart: Tandem %+v, GitHub %+v; want it done once by runner %s",
+				id, v, gj, before[id])
+		}
+	}
+	if gj, _ := s.gh.Job(runs[0]); !strings.Contains(gj.Output, "survived") {
+		t.Errorf("the job running across the restart printed %q", gj.Output)
+	}
 
 	// Every job: completed once, or lost with a reason; none twice. Only
 	// the job lost on acme/app was re-run, once.
