@@ -122,6 +122,15 @@ type Request struct {
 	// guest is watched meanwhile; ctx ending lets it go at once. A guest
 	// too old to wait gets no such call.
 	AfterExit func(ctx context.Context, exitCode int) time.Time
+	// Resumable asks for a job that can outlive this process: Run's ctx
+	// ending with cause ErrDetached lets go of it, VM and network left as
+	// they are, and a later process takes it over with Reattach (the VM
+	// must then not die with its owner: DieWithOwner false). A guest that
+	// cannot resume jobs runs it as any other, and a detach cancels it.
+	// DetachTimeout bounds how long the guest keeps the VM after the job
+	// has ended while no host was attached (0: guest.DefaultDetachTimeout).
+	Resumable     bool
+	DetachTimeout time.Duration
 }
 
 // maxBoots is how many times Run boots a VM whose guest kernel lost its
@@ -166,7 +175,10 @@ var ErrBadRequest = errors.New("bad request")
 
 // Run runs one job in a fresh VM. A non-nil error means no job ran (bad
 // input, missing image, no room); a job that ran and failed is a Result with
-// Failure set. Either way nothing is left on the host.
+// Failure set. Either way nothing is left on the host, but for a Resumable
+// job detached (ctx ended with cause ErrDetached once the job was sent):
+// then the error is a *Detached, which Reattach takes, and the job, its VM
+// and its network are left running.
 func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 	t0 := time.Now()
 	if !r.Arch.IsMachine() {
@@ -216,22 +228,17 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		Emulated: choice.Emulated, Image: im.ID}
 	boot := guest.BootParams{Root: h.Driver.Capabilities().RootDevice, Hostname: spec.ID, Mirror: h.Mirror}
 
-	// From here on, every path ends in teardown.
+	// From here on, every path ends in teardown, but a detach.
 	var inst vm.Instance
-	var attached, reported bool
+	var attached bool
+	out := failed
 	defer func() {
-		tt := time.Now()
-		if attached && r.Egress.Mode.Records() {
-			res.Egress = h.egressRecord(spec.ID, r.Egress.Mode)
-		}
-		if h.DNS != nil {
-			h.DNS.Forget(spec.ID)
-		}
 		r.Standby.attach(nil) // a late Claim finds no VM to raise
-		if terr := h.teardown(inst, spec.ID, attached, reported); terr != nil {
-			err = errors.Join(err, terr)
+		if out != detached {
+			if terr := h.finish(&res, inst, spec.ID, r.Egress.Mode, attached, out == reported); terr != nil {
+				err = errors.Join(err, terr)
+			}
 		}
-		res.Timings.Teardown = ms(time.Since(tt))
 		res.Timings.Total = ms(time.Since(t0))
 	}()
 	unlock, err := h.hostLock(ctx, false)
@@ -320,20 +327,30 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 		h.Log.Warn("cannot raise a claimed VM's CPU weight; its job runs on", "vm", spec.ID, "err", err)
 	}
 
-	if r.OnSample != nil {
-		every := r.SampleEvery
-		if every <= 0 {
-			every = DefaultSampleEvery
-		}
-		s.sample = &sampler{inst: inst, every: every, emit: r.OnSample}
-		if spec.NIC != nil {
-			s.sample.tap = spec.NIC.TAP
-		}
-	}
+	s.profile()
 	tr := time.Now()
-	reported = s.run(ctx)
+	out = s.run(ctx)
 	res.Timings.Run = ms(time.Since(tr))
+	if out == detached {
+		return res, s.detached(t0, tr)
+	}
 	return res, nil
+}
+
+// finish records the VM's egress (mode) and tears the VM down, as the end
+// of every run that is not detached; attached says whether it may have a
+// network, reported whether its guest reported the job's exit.
+func (h *Host) finish(res *Result, inst vm.Instance, id string, mode egress.Mode, attached, reported bool) error {
+	tt := time.Now()
+	if attached && mode.Records() {
+		res.Egress = h.egressRecord(id, mode)
+	}
+	if h.DNS != nil {
+		h.DNS.Forget(id)
+	}
+	err := h.teardown(inst, id, attached, reported)
+	res.Timings.Teardown = ms(time.Since(tt))
+	return err
 }
 
 // teardown destroys the VM and its network. A guest that reported its job's

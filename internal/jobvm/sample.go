@@ -80,3 +80,18 @@ func netCounter(dev, name string) int64 {
 	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	return n
 }
+
+// profile sets the session up to sample its VM, if its request asks.
+func (s *session) profile() {
+	if s.r.OnSample == nil {
+		return
+	}
+	every := s.r.SampleEvery
+	if every <= 0 {
+		every = DefaultSampleEvery
+	}
+	s.sample = &sampler{inst: s.inst, every: every, emit: s.r.OnSample}
+	if nic := s.inst.Info().Spec.NIC; nic != nil {
+		s.sample.tap = nic.TAP
+	}
+}

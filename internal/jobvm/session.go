@@ -2,8 +2,10 @@ package jobvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,7 +28,31 @@ type session struct {
 	sample *sampler      // nil: the job is not profiled
 	hold   bool          // the guest can wait after its job's exit (guest.FeatureHold)
 	exec   *Execer       // the guest's exec sessions, routed by read
+	// unwatch stops watching the VM for its exit (the job was detached).
+	unwatch context.CancelFunc
+	// features are those the guest's Hello listed.
+	features []string
+	// resumable: the job was sent Resumable to a guest that can resume
+	// it; its output comes in Output frames, offset counts what of it
+	// has been received, and its Exit is acknowledged.
+	resumable bool
+	offset    int64
+	// deadline is when the host stops waiting for the guest to report
+	// the job's timeout itself (zero: no timeout).
+	deadline time.Time
 }
+
+// outcome is how a session's relay ended.
+type outcome int
+
+const (
+	// failed: the guest did not report the job's exit; res says why.
+	failed outcome = iota
+	// reported: the guest reported the job's exit; it ends its VM itself.
+	reported
+	// detached: the host let go of a resumable job, which runs on.
+	detached
+)
 
 type frame struct {
 	t guest.FrameType
@@ -47,11 +73,7 @@ const (
 // boot waits for the guest agent's Hello. An error here means the VM never
 // became usable; it is also recorded in res.
 func (s *session) boot(ctx context.Context, accel vm.Accel) error {
-	s.exited = make(chan struct{})
-	go func() {
-		s.inst.Wait(context.Background())
-		close(s.exited)
-	}()
+	s.watch()
 	timeout := s.r.BootTimeout
 	if timeout == 0 {
 		timeout = defaultBootTimeoutTCG
@@ -61,15 +83,9 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 	}
 	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	rw, err := s.inst.GuestChannel(bctx)
-	if err != nil {
+	if err := s.open(bctx); err != nil {
 		return s.bootFailed(ctx, bctx, timeout, err)
 	}
-	s.conn, s.closer = guest.NewConn(rw), rw
-	s.exec = newExecer(s.conn, s.h.Log)
-	s.exec.jobUser = s.r.User
-	s.frames = make(chan frame, 64)
-	go s.read()
 	watch := time.NewTicker(250 * time.Millisecond)
 	defer watch.Stop()
 	for {
@@ -96,6 +112,7 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 			s.res.GuestKernel = h.Kernel
 			s.exec.ready(h)
 			s.hold = h.Has(guest.FeatureHold)
+			s.features = h.Features
 			return nil
 		case <-s.exited:
 			return s.bootFailed(ctx, bctx, timeout, nil)
@@ -103,6 +120,34 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 			return s.bootFailed(ctx, bctx, timeout, nil)
 		}
 	}
+}
+
+// watch closes s.exited once the VM has stopped, unless s.unwatch is
+// called first.
+func (s *session) watch() {
+	s.exited = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	s.unwatch = cancel
+	go func() {
+		s.inst.Wait(ctx)
+		if ctx.Err() == nil {
+			close(s.exited)
+		}
+	}()
+}
+
+// open connects to the guest channel and starts its one reader.
+func (s *session) open(ctx context.Context) error {
+	rw, err := s.inst.GuestChannel(ctx)
+	if err != nil {
+		return err
+	}
+	s.conn, s.closer = guest.NewConn(rw), rw
+	s.exec = newExecer(s.conn, s.h.Log)
+	s.exec.jobUser = s.r.User
+	s.frames = make(chan frame, 64)
+	go s.read()
+	return nil
 }
 
 // timerLost returns the console line by which an x86 guest kernel says it
@@ -247,10 +292,7 @@ func (s *session) await(ctx context.Context, fn func(context.Context) (map[strin
 		env, err := fn(actx)
 		done <- result{env, err}
 	}()
-	hb := s.r.HeartbeatTimeout
-	if hb == 0 {
-		hb = defaultHeartbeat
-	}
+	hb := s.heartbeat()
 	silence := time.NewTimer(hb)
 	defer silence.Stop()
 	for {
@@ -278,31 +320,53 @@ func (s *session) await(ctx context.Context, fn func(context.Context) (map[strin
 }
 
 // run sends the job and relays frames until the guest reports the exit, the
-// VM dies, the guest falls silent, the timeout passes, or ctx ends. It says
-// whether the guest reported the job's exit.
-func (s *session) run(ctx context.Context) (reported bool) {
-	defer s.closer.Close()
+// VM dies, the guest falls silent, the timeout passes, or ctx ends (see
+// relay). A Resumable request to a guest that can resume jobs is sent
+// Resumable; to any other guest, as a job that ends with its host.
+func (s *session) run(ctx context.Context) outcome {
 	job := guest.Job{Argv: s.r.Argv, User: s.r.User, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
+	if s.r.Resumable && slices.Contains(s.features, guest.FeatureResume) {
+		s.resumable = true
+		job.Resumable, job.DetachTimeoutMS = true, s.r.DetachTimeout.Milliseconds()
+	}
 	keep := s.r.AfterExit != nil && s.hold
 	if keep {
 		if err := s.conn.WriteFrame(guest.FrameHold, nil); err != nil {
 			s.fail(failure.GuestCrash, "send hold: "+err.Error())
-			return false
+			return failed
 		}
 	}
 	if err := s.conn.WriteJSON(guest.FrameJob, job); err != nil {
 		s.fail(failure.GuestCrash, "send job: "+err.Error())
-		return false
+		return failed
 	}
-	hb := s.r.HeartbeatTimeout
-	if hb == 0 {
-		hb = defaultHeartbeat
+	if s.r.Timeout > 0 {
+		s.deadline = time.Now().Add(s.r.Timeout + exitGrace)
 	}
+	return s.relay(ctx, keep)
+}
+
+// heartbeat is how long the guest may stay silent.
+func (s *session) heartbeat() time.Duration {
+	if s.r.HeartbeatTimeout == 0 {
+		return defaultHeartbeat
+	}
+	return s.r.HeartbeatTimeout
+}
+
+// relay relays the frames of a running job until the guest reports the
+// exit (kept after it if keep), the VM dies, the guest falls silent, the
+// deadline passes, or ctx ends: with ErrDetached as its cause, a resumable
+// job is let go and runs on; otherwise the job is cancelled. It closes the
+// channel when it returns.
+func (s *session) relay(ctx context.Context, keep bool) outcome {
+	defer s.closer.Close()
+	hb := s.heartbeat()
 	silence := time.NewTimer(hb)
 	defer silence.Stop()
 	var deadline <-chan time.Time
-	if s.r.Timeout > 0 {
-		t := time.NewTimer(s.r.Timeout + exitGrace)
+	if !s.deadline.IsZero() {
+		t := time.NewTimer(time.Until(s.deadline))
 		defer t.Stop()
 		deadline = t.C
 	}
@@ -320,7 +384,7 @@ func (s *session) run(ctx context.Context) (reported bool) {
 			if !ok {
 				// The channel ended without an Exit: the VM is going down.
 				s.channelEnded("the guest ended without reporting the job's exit")
-				return false
+				return failed
 			}
 			silence.Reset(hb)
 			switch f.t {
@@ -328,39 +392,100 @@ func (s *session) run(ctx context.Context) (reported bool) {
 				writeTo(s.r.Stdout, f.p)
 			case guest.FrameStderr:
 				writeTo(s.r.Stderr, f.p)
+			case guest.FrameOutput:
+				if err := s.output(f.p); err != nil {
+					s.h.Log.Warn("a bad output frame from the guest", "vm", s.inst.ID(), "err", err)
+				}
 			case guest.FrameHeartbeat:
 				s.sample.heartbeat(time.Now(), f.p)
 			case guest.FrameExit:
 				var e guest.Exit
 				if err := guest.Decode(f.t, f.p, &e); err != nil {
 					s.fail(failure.GuestCrash, err.Error())
-					return false
+					return failed
 				}
-				s.res.ExitCode = e.Code
-				if e.TimedOut {
-					s.res.Failure, s.res.Detail = failure.Timeout, fmt.Sprintf("the job ran longer than %s and was killed", s.r.Timeout)
-				} else if e.Error != "" {
-					s.res.Detail = e.Error
+				s.recordExit(e)
+				if s.resumable {
+					// The guest sends its Exit again until it is acknowledged.
+					if err := s.conn.WriteFrame(guest.FrameExitAck, nil); err != nil {
+						s.h.Log.Warn("cannot acknowledge the job's exit; the VM is destroyed anyway", "vm", s.inst.ID(), "err", err)
+					}
 				}
 				if keep {
 					s.keep(ctx, e.Code, hb)
 				}
-				return true
+				return reported
 			}
 		case <-silence.C:
 			s.fail(failure.GuestHang, fmt.Sprintf("no word from the guest for %s", hb))
-			return false
+			return failed
 		case <-deadline:
 			s.res.ExitCode = 124
 			s.fail(failure.Timeout, fmt.Sprintf("the job ran longer than %s and the guest did not stop it", s.r.Timeout))
-			return false
+			return failed
 		case <-ctx.Done():
-			// Ask the guest to stop the job; teardown kills the VM regardless.
-			s.conn.WriteFrame(guest.FrameCancel, nil)
-			s.fail(failure.Cancelled, "cancelled")
-			return false
+			return s.ended(ctx)
 		}
 	}
+}
+
+// ended handles ctx's end while a job runs: a resumable job detached
+// (ErrDetached) is let go, and runs on; any other is cancelled.
+func (s *session) ended(ctx context.Context) outcome {
+	if s.resumable && errors.Is(context.Cause(ctx), ErrDetached) {
+		s.unwatch()
+		return detached
+	}
+	// Ask the guest to stop the job; teardown kills the VM regardless.
+	if s.conn != nil {
+		s.conn.WriteFrame(guest.FrameCancel, nil)
+	}
+	s.fail(failure.Cancelled, "cancelled")
+	return failed
+}
+
+// recordExit records the job's exit as the guest reported it.
+func (s *session) recordExit(e guest.Exit) {
+	s.res.ExitCode = e.Code
+	if e.TimedOut {
+		s.res.Failure, s.res.Detail = failure.Timeout, fmt.Sprintf("the job ran longer than %s and was killed", s.r.Timeout)
+	} else if e.Error != "" {
+		s.res.Detail = e.Error
+	}
+}
+
+// output writes the data of an Output frame to its stream, past what was
+// received already (the guest sends output again after a Resume).
+func (s *session) output(p []byte) error {
+	stream, off, data, err := guest.DecodeOutput(p)
+	if err != nil {
+		return err
+	}
+	s.skipTo(off)
+	if off < s.offset {
+		data = data[min(s.offset-off, int64(len(data))):]
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	w := s.r.Stdout
+	if stream == guest.StreamStderr {
+		w = s.r.Stderr
+	}
+	writeTo(w, data)
+	s.offset += int64(len(data))
+	return nil
+}
+
+// skipTo moves the output offset on to off, where the guest's output goes
+// on, saying on Stderr how much of it the guest dropped before the host
+// could read it.
+func (s *session) skipTo(off int64) {
+	if off <= s.offset {
+		return
+	}
+	writeTo(s.r.Stderr, fmt.Appendf(nil, "[tandem: %d bytes of the job's output were lost: the guest dropped them before the host read them]\n", off-s.offset))
+	s.offset = off
 }
 
 // keep keeps a guest that has reported its job's exit up for as long as
