@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/tandem-ci/tandem/internal/hostnet"
+	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/jobvm"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
@@ -26,7 +27,27 @@ func New(t testing.TB, mods ...func(*qemu.Config)) *jobvm.Host {
 	t.Helper()
 	testenv.RequireVM(t)
 	images := testimages.Store(t)
-	state := testenv.ShortTempDir(t)
+	h := open(t, images, testenv.ShortTempDir(t), mods)
+	t.Cleanup(func() { AssertEmpty(t, h) })
+	return h
+}
+
+// Restart plays h's process exiting and a new one starting on the same
+// host: h's driver lets go of its VMs, which run on, and the host
+// returned, with a driver and network of its own over h's state (its
+// driver config changed by mods, as New's), can recover them. New's
+// cleanup checks what remains.
+func Restart(t testing.TB, h *jobvm.Host, mods ...func(*qemu.Config)) *jobvm.Host {
+	t.Helper()
+	if err := h.Driver.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return open(t, h.Images, h.StateDir, mods)
+}
+
+// open makes a host over the state in dir.
+func open(t testing.TB, images *image.Store, state string, mods []func(*qemu.Config)) *jobvm.Host {
+	t.Helper()
 	cfg := qemu.Config{StateDir: state, Limits: vm.Limits{VCPUs: 2, MemoryMiB: 4096}}
 	for _, m := range mods {
 		m(&cfg)
@@ -43,9 +64,7 @@ func New(t testing.TB, mods ...func(*qemu.Config)) *jobvm.Host {
 	if err := n.Ensure(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h := &jobvm.Host{Driver: drv, Images: images, Net: n, Log: slog.Default(), StateDir: state}
-	t.Cleanup(func() { AssertEmpty(t, h) })
-	return h
+	return &jobvm.Host{Driver: drv, Images: images, Net: n, Log: slog.Default(), StateDir: state}
 }
 
 // AssertEmpty fails t for every VM or address lease h still holds.
