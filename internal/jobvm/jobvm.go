@@ -2,7 +2,9 @@
 // it resolves and verifies the image, picks the accelerator, attaches the VM
 // to the host network, boots it, hands the job to tandem-guest, streams its
 // output, and on every exit path destroys the VM and everything named after
-// it. `tandem run` is a thin shell around it; the host agent uses it too.
+// it; but a resumable job that its caller detaches runs on, for a later
+// process to take over (Host.Reattach). `tandem run` is a thin shell around
+// it; the host agent uses it too.
 package jobvm
 
 import (

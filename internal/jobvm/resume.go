@@ -83,7 +83,12 @@ type ReattachRequest struct {
 // console (guest.ExitLinePrefix), its output past d.Offset lost; without
 // that line it failed. Reattach may be detached again (ErrDetached). A
 // non-nil error other than a *Detached means the request was wrong or the
-// teardown failed.
+// teardown failed. The Result's Run and Total count from d.Sent and
+// d.Started, the time detached included.
+//
+// inst is the VM as this process's driver has it (vm.Driver.Get or
+// Recover). Until it is reattached, a Collect of this host must keep it:
+// its owner (Request.Owner) may be a process that is gone.
 func (h *Host) Reattach(ctx context.Context, inst vm.Instance, d Detached, rr ReattachRequest) (res Result, err error) {
 	if inst.ID() != d.VMID {
 		return res, fmt.Errorf("%w: reattaching the job of VM %s to VM %s", ErrBadRequest, d.VMID, inst.ID())
