@@ -98,6 +98,11 @@ func reattach(t *testing.T, h *jobvm.Host, d jobvm.Detached) (jobvm.Result, *syn
 	if _, err := os.Stat(filepath.Join("/sys/class/net", hostnet.TAPName(d.VMID))); err == nil {
 		t.Errorf("TAP device %s left", hostnet.TAPName(d.VMID))
 	}
+	for _, root := range []string{"/sys/fs/cgroup/tandem", "/sys/fs/cgroup/cpu/tandem"} {
+		if m, _ := filepath.Glob(filepath.Join(root, "*", d.VMID)); len(m) > 0 {
+			t.Errorf("cgroup left: %v", m)
+		}
+	}
 	testhost.AssertEmpty(t, h2)
 	return res, &stdout, &stderr
 }
