@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/guest"
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 )
 
 // fakePort models the guest's end of a virtio-serial port whose host end
@@ -108,24 +109,6 @@ func (p *fakePort) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// syncBuffer is a console for tests.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // jobOutput is what the hosts of one resumable job saw, together.
 type jobOutput struct {
 	stdout, stderr bytes.Buffer
@@ -143,7 +126,7 @@ type jobOutput struct {
 type resumableGuest struct {
 	t    *testing.T
 	port *fakePort
-	con  *syncBuffer
+	con  *syncbuf.Buffer
 	done chan error
 	ex   guest.Exit
 }
@@ -151,7 +134,7 @@ type resumableGuest struct {
 func startResumable(t *testing.T, ringSize int) *resumableGuest {
 	t.Helper()
 	needSh(t)
-	g := &resumableGuest{t: t, port: newFakePort(), con: &syncBuffer{}, done: make(chan error, 1)}
+	g := &resumableGuest{t: t, port: newFakePort(), con: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	go func() {
 		ex, err := runSession(context.Background(), guest.NewConn(g.port), sessionConfig{
 			Hello:     guest.Hello{Version: guest.Version, Arch: runtime.GOARCH, Kernel: "test", UptimeMS: 1},

@@ -1,7 +1,6 @@
 package agentapi
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -14,10 +13,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/syncbuf"
 )
 
 // wait bounds every wait for something the client should do: generous,
@@ -215,7 +215,7 @@ func TestClientRoundRobin(t *testing.T) {
 // logs reach that one. The move is logged, without the credential.
 func TestDaemonFailsOver(t *testing.T) {
 	cps, creds := replicas(t, 2)
-	var logBuf syncBuffer
+	var logBuf syncbuf.Buffer
 	d := &Daemon{Client: NewClient(creds), AgentVersion: "test", Capacity: func() Capacity { return Capacity{} },
 		HeartbeatInterval: time.Hour, Logger: slog.New(slog.NewTextHandler(&logBuf, nil))}
 	d.Bind(fakeRunner(nil))
@@ -465,21 +465,3 @@ func (fakeRunner) Launch(Assignment) error                   { return nil }
 func (fakeRunner) Configure(string, map[string]string) error { return nil }
 func (fakeRunner) Stop(string, string) error                 { return nil }
 func (f fakeRunner) Runners() []string                       { return slices.Clone(f) }
-
-// syncBuffer is a bytes.Buffer for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
