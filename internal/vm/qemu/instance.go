@@ -332,6 +332,9 @@ func (in *instance) watchForeign(ctx context.Context, pid int) error {
 		in.qmp = q
 		in.mu.Unlock()
 	}
+	// Its console and disk stay bounded under this process too: a job
+	// taken over after a restart runs on with the same limits.
+	go in.watch()
 	return nil
 }
 
