@@ -436,9 +436,13 @@ func (s *Server) complete(tx store.Tx, fx *afterCommit, job store.Job, ev lifecy
 	if err := s.wakeRetries(tx, fx, job, now); err != nil {
 		return applied{}, err
 	}
-	if gj.RunnerName != "" && job.RunnerName != gj.RunnerName && !job.State.Terminal() && job.State != store.JobRunning {
-		// The in_progress event was missed: bind first, so runner
-		// accounting (and the trade) stays right.
+	if gj.RunnerName != "" && !job.State.Terminal() && job.State != store.JobRunning {
+		// The in_progress event was missed (or comes late): bind first,
+		// so runner accounting (and the trade) stays right, and the
+		// runner that ran it, ours for it or another, is taken for busy
+		// with it rather than freed for another job (a spare, which
+		// would be stopped before its VM ends by itself, or is kept
+		// after a failure).
 		if _, err := s.bindRunning(tx, fx, job, gj.RunnerName, source, now); err != nil {
 			return applied{}, err
 		}

@@ -198,3 +198,48 @@ func TestFailedJobsVMIsKept(t *testing.T) {
 		t.Errorf("the failed job's VM: kept until %v, the store says %v", u, run.KeptUntil)
 	}
 }
+
+// A job whose completed webhook comes before its in_progress one (lost,
+// or late) was done by the runner made for it: that runner is taken for
+// busy with it, not freed as a spare, which would be stopped before its
+// VM ends by itself, and the VM of a failed job is kept as it should be.
+func TestCompletedBeforeInProgressKeepsTheRunnersVM(t *testing.T) {
+	r := newRig(t, rigOptions{noReconcile: true, faults: ghfake.Faults{Fail: 1}, configure: func(c *controlplane.Config) {
+		c.KeepFailedAny = true
+		c.KeepFailed = func(string, string) time.Duration { return time.Minute }
+	}})
+	r.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	id := r.queue("acme/app", "tandem-2cpu-1gb", "echo failing; exit 3")
+	redeliver := func(action string) {
+		t.Helper()
+		r.gh.Quiesce()
+		for _, d := range r.gh.Deliveries() {
+			if d.JobID == id && d.Action == action && !d.Redelivery {
+				if err := r.gh.Redeliver(d.ID); err != nil {
+					t.Fatal(err)
+				}
+				r.gh.Quiesce()
+				return
+			}
+		}
+		t.Fatalf("no %s delivery of job %d", action, id)
+	}
+	redeliver("queued")
+	r.waitFor("the job to be done on GitHub", 20*time.Second, func() bool {
+		gj, _ := r.gh.Job(id)
+		return gj.Status == "completed"
+	})
+	redeliver("completed") // its in_progress never comes
+	r.waitStates([]int64{id}, 10*time.Second, store.JobCompleted)
+	j, _ := r.job(id)
+	gj, _ := r.gh.Job(id)
+	if j.RunnerName != gj.RunnerName || j.Conclusion != "failure" {
+		t.Fatalf("job %+v, GitHub %+v: want it failed on its runner", j, gj)
+	}
+	r.waitFor("the failed job's VM to be kept", 10*time.Second, func() bool {
+		return !r.runner(j.RunnerName).KeptUntil.IsZero()
+	})
+	if run := r.runner(j.RunnerName); run.State == store.RunnerEnded || run.JobID != id {
+		t.Errorf("the runner that ran the job: %+v; want it live, kept, still bound to job %d", run, id)
+	}
+}
