@@ -49,7 +49,7 @@ func TestConfigLostWithTheLinkIsHandedOverAgain(t *testing.T) {
 	idle, _ := r.idlePool()
 	warm := idle[0].Name
 
-	id := r.queue("acme/app", "tandem-1cpu-1gb", "echo hi")
+	id := r.queue("acme/app", "tandem-1cpu-1gb", "sleep 1; echo hi") // long enough for its in_progress to come before its VM ends
 	var name string
 	var first int64
 	r.waitFor("the job's runner registered, its config lost", 20*time.Second, func() bool {
@@ -93,9 +93,12 @@ func TestConfigLostWithTheLinkIsHandedOverAgain(t *testing.T) {
 		t.Errorf("the pool's VM %s was handed a config with no job to claim it", warm)
 	}
 	h.mu.Lock()
-	started := h.started
+	started, assigned := h.started, slices.Clone(h.assigned)
 	h.mu.Unlock()
 	if started != 2 {
-		t.Errorf("%d VMs launched, want 2 (the pool's and the job's)", started)
+		t.Errorf("%d VMs launched, want 2 (the pool's and the job's): %+v", started, assigned)
+		for _, e := range r.jobEvents(id) {
+			t.Logf("job %s→%s %s: %s (runner %s)", e.From, e.To, e.Source, e.Reason, e.Runner)
+		}
 	}
 }
