@@ -67,10 +67,10 @@ func (r *outRing) add(s guest.Stream, p []byte) {
 }
 
 // next returns the output held from offset from on (or from the oldest
-// byte held, if later): up to max bytes of one stream, with their offset.
+// byte held, if later): up to n bytes of one stream, with their offset.
 // It returns no data when nothing is held past from.
-func (r *outRing) next(from int64, max int) (guest.Stream, int64, []byte) {
-	from = maxInt64(from, r.oldest)
+func (r *outRing) next(from int64, n int) (guest.Stream, int64, []byte) {
+	from = max(from, r.oldest)
 	if from >= r.end {
 		return 0, from, nil
 	}
@@ -86,12 +86,5 @@ func (r *outRing) next(from int64, max int) (guest.Stream, int64, []byte) {
 	}
 	c := r.chunks[lo]
 	d := c.data[from-c.off:]
-	return c.stream, from, d[:min(len(d), max)]
-}
-
-func maxInt64(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
+	return c.stream, from, d[:min(len(d), n)]
 }
