@@ -94,23 +94,27 @@ func DecodeExecInput(p []byte) (id uint32, data []byte, err error) {
 
 // EncodeExecOutput builds an ExecOutput payload: id, stream, then data.
 func EncodeExecOutput(id uint32, s Stream, data []byte) []byte {
-	b := make([]byte, 5+len(data))
+	b := make([]byte, execOutputHeader+len(data))
 	binary.BigEndian.PutUint32(b, id)
 	b[4] = byte(s)
-	copy(b[5:], data)
+	copy(b[execOutputHeader:], data)
 	return b
 }
 
+// execOutputHeader is an ExecOutput payload's session id and stream,
+// before its data.
+const execOutputHeader = 5
+
 // DecodeExecOutput splits an ExecOutput payload. data aliases p.
 func DecodeExecOutput(p []byte) (id uint32, s Stream, data []byte, err error) {
-	if len(p) < 5 {
+	if len(p) < execOutputHeader {
 		return 0, 0, nil, fmt.Errorf("%w: %d bytes", ErrShortFrame, len(p))
 	}
 	id, s = binary.BigEndian.Uint32(p), Stream(p[4])
 	if s != StreamStdout && s != StreamStderr {
 		return id, 0, nil, fmt.Errorf("guest protocol: unknown stream %d", s)
 	}
-	return id, s, p[5:], nil
+	return id, s, p[execOutputHeader:], nil
 }
 
 // EncodeExecID builds an ExecEOF payload.

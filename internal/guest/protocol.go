@@ -291,12 +291,15 @@ type Exit struct {
 	DurationMS int64  `json:"duration_ms"`
 }
 
+// frameHeader is a frame's type and length, before its payload.
+const frameHeader = 5
+
 // Conn frames a byte stream. Writes are safe from several goroutines; reads
 // must come from one.
 type Conn struct {
 	rw  io.ReadWriter
 	wmu sync.Mutex
-	hdr [5]byte
+	hdr [frameHeader]byte
 }
 
 // NewConn wraps a stream.
@@ -307,10 +310,10 @@ func (c *Conn) WriteFrame(t FrameType, payload []byte) error {
 	if len(payload) > MaxPayload {
 		return ErrFrameTooLarge
 	}
-	buf := make([]byte, 5+len(payload))
+	buf := make([]byte, frameHeader+len(payload))
 	buf[0] = byte(t)
-	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
-	copy(buf[5:], payload)
+	binary.BigEndian.PutUint32(buf[1:frameHeader], uint32(len(payload)))
+	copy(buf[frameHeader:], payload)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_, err := c.rw.Write(buf)
@@ -331,7 +334,7 @@ func (c *Conn) ReadFrame() (FrameType, []byte, error) {
 	if _, err := io.ReadFull(c.rw, c.hdr[:]); err != nil {
 		return 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(c.hdr[1:5])
+	n := binary.BigEndian.Uint32(c.hdr[1:frameHeader])
 	if n > MaxPayload {
 		return 0, nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
 	}

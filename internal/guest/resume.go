@@ -16,16 +16,14 @@ const (
 	OutputChunk = MaxWrite - frameHeader - outputHeader
 	// ResumableExecChunk is the most data one ExecOutput frame carries on
 	// a Resumable job (ExecChunk otherwise).
-	ResumableExecChunk = MaxWrite - frameHeader - 5
+	ResumableExecChunk = MaxWrite - frameHeader - execOutputHeader
 	// DefaultDetachTimeout is the guest's wait for ExitAck after a
 	// Resumable job's end when Job.DetachTimeoutMS is 0.
 	DefaultDetachTimeout = 5 * time.Minute
 )
 
-const (
-	frameHeader  = 5 // type, length
-	outputHeader = 9 // stream, offset
-)
+// outputHeader is an Output payload's stream and offset, before its data.
+const outputHeader = 9
 
 // ExitLinePrefix starts the console line on which a guest prints a
 // Resumable job's Exit as JSON, e.g. `tandem-exit:{"code":0,...}`.
