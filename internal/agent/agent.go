@@ -60,8 +60,20 @@ type Config struct {
 	// control plane when the host lacks it, before the VM boots, and keeps
 	// it while the VM runs (see Images).
 	Images *Images
-	Logger *slog.Logger
-	Now    func() time.Time
+	// RunDir, if set, makes jobs outlive the agent (see "Jobs that
+	// outlive the agent" in resume.go): the agent records there each
+	// runner whose job was sent, and Recover takes them over. Its VMs do
+	// not die with the agent; Owner must then name an owner that outlives
+	// this process as long as a successor may come (vm.AgentOwner).
+	RunDir string
+	// Owner is the VMs' owner (vm.Spec.Owner; default: this process).
+	Owner string
+	// DetachTimeout is how long a VM whose job ended while no agent was
+	// attached waits for one before it powers off (0: the guest's
+	// default).
+	DetachTimeout time.Duration
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 // Agent runs runner VMs on one host.
@@ -73,6 +85,8 @@ type Agent struct {
 	runs   map[string]*run
 	closed bool
 	wg     sync.WaitGroup
+	// detached counts the jobs let go by Detach.
+	detached atomic.Int32
 }
 
 type run struct {
@@ -82,6 +96,9 @@ type run struct {
 	once   sync.Once
 	// configured: Configure has delivered the env (inside once).
 	configured atomic.Bool
+	// sent: the job was sent resumable and recorded in RunDir: Detach
+	// lets it go rather than stopping it.
+	sent atomic.Bool
 	// standby is a warm pool's VM's: Configure claims it (nil otherwise).
 	standby *jobvm.Standby
 	// release ends the run's hold on its image.
@@ -99,6 +116,12 @@ func (r *run) execs() *jobvm.Execer {
 	return r.execer
 }
 
+func (r *run) setExecer(ex *jobvm.Execer) {
+	r.mu.Lock()
+	r.execer = ex
+	r.mu.Unlock()
+}
+
 // New returns an agent; it runs nothing until Launch.
 func New(cfg Config) (*Agent, error) {
 	if cfg.Host == nil || cfg.Sink == nil || cfg.HostID == "" {
@@ -113,9 +136,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.LogLimit == 0 {
 		cfg.LogLimit = 8 << 20
 	}
-	if cfg.LogDir != "" {
-		if err := os.MkdirAll(cfg.LogDir, 0o700); err != nil {
-			return nil, fmt.Errorf("agent: log dir: %w", err)
+	if cfg.Owner == "" {
+		cfg.Owner = vm.ProcessOwner()
+	}
+	for _, dir := range []string{cfg.LogDir, cfg.RunDir} {
+		if dir == "" {
+			continue
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
 	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), runs: map[string]*run{}}, nil
@@ -124,9 +153,17 @@ func New(cfg Config) (*Agent, error) {
 // Launch starts a runner's VM and returns at once; its progress arrives as
 // events.
 func (a *Agent) Launch(asg agentapi.Assignment) error {
-	if asg.Runner == "" {
-		return errors.New("agent: assignment without runner name")
+	if !validRunner(asg.Runner) {
+		return fmt.Errorf("agent: assignment with a bad runner name %q", asg.Runner)
 	}
+	return a.start(asg, a.execute, false)
+}
+
+// start runs body for asg's runner in a goroutine of its own, as the
+// runner's run, until it returns the runner's "ended" event, which start
+// emits, or says that it let the job go (Detach). A recovered run is one
+// whose job was sent by an earlier agent: it is configured already.
+func (a *Agent) start(asg agentapi.Assignment, body func(context.Context, *run) (agentapi.Event, bool), recovered bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -138,24 +175,36 @@ func (a *Agent) Launch(asg agentapi.Assignment) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &run{asg: asg, cancel: cancel, config: make(chan map[string]string, 1),
 		release: a.cfg.Images.Acquire(asg.Image), keep: make(chan time.Time, 1)}
-	if asg.Pool != "" {
+	if asg.Pool != "" && !recovered {
 		r.standby = &jobvm.Standby{}
+	}
+	if recovered {
+		r.once.Do(func() {})
+		r.configured.Store(true)
+		r.sent.Store(true)
 	}
 	a.runs[asg.Runner] = r
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		end := a.execute(ctx, r)
+		end, let := body(ctx, r)
 		r.release()
 		cancel(nil)
 		a.mu.Lock()
 		delete(a.runs, asg.Runner)
 		a.mu.Unlock()
+		if let {
+			a.detached.Add(1)
+			return
+		}
 		// Only now is the runner gone from the agent too: whoever hears
 		// "ended" and asks finds nothing of it. Nothing comes between
 		// the two: a hello in that gap would not name it at all
 		// (Daemon.inventory).
 		a.emit(end)
+		// Once its end is out of the agent's hands, a later agent has
+		// nothing of it to report.
+		a.dropRecord(asg.Runner)
 	}()
 	return nil
 }
@@ -343,11 +392,12 @@ func (a *Agent) emit(e agentapi.Event) {
 	a.cfg.Sink(e)
 }
 
-// execute runs one runner's VM to its end and returns the "ended" event.
-func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
+// execute runs one runner's VM to its end and returns the "ended" event,
+// or says that its job was let go (Detach).
+func (a *Agent) execute(ctx context.Context, r *run) (agentapi.Event, bool) {
 	asg := r.asg
 	log := a.log.With("runner", asg.Runner)
-	out, closeOut := a.output(asg.Runner)
+	out, closeOut := a.output(asg.Runner, false)
 	defer closeOut()
 	if err := a.cfg.Images.Ensure(ctx, asg.Image); err != nil {
 		// Never booted: a missing or corrupt image is the launch's failure.
@@ -356,24 +406,20 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 			ev.Failure, ev.Detail = failure.Cancelled, context.Cause(ctx).Error()
 		}
 		log.Warn("runner VM not launched: no intact image", "image", asg.Image, "err", err)
-		return ev
+		return ev, false
 	}
 	var vmID string
 	req := jobvm.Request{
 		Arch: asg.Arch, VCPUs: asg.VCPUs, MemoryMiB: asg.MemoryMiB, Image: asg.Image,
 		Argv: asg.Command, User: asg.User, Env: asg.Env, Timeout: asg.Timeout,
 		Stdout: out, Stderr: out, Egress: asg.Egress, DiskMiB: asg.DiskMiB,
-		Owner: vm.ProcessOwner(), DieWithOwner: true, Standby: r.standby,
+		Owner: a.cfg.Owner, DieWithOwner: true, Standby: r.standby,
 		OnCreate: func(inst vm.Instance) {
 			vmID = inst.Info().ID
 			log.Info("runner VM booting", "vm", vmID)
 			a.emit(agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventBooting, VMID: vmID})
 		},
-		OnExec: func(ex *jobvm.Execer) {
-			r.mu.Lock()
-			r.execer = ex
-			r.mu.Unlock()
-		},
+		OnExec: r.setExecer,
 		OnReady: func(vm.Instance) {
 			if asg.Pool != "" {
 				log.Info("pool VM ready", "vm", vmID, "pool", asg.Pool)
@@ -398,6 +444,16 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 			}
 		},
 	}
+	if a.cfg.RunDir != "" {
+		req.Resumable, req.DieWithOwner, req.DetachTimeout = true, false, a.cfg.DetachTimeout
+		req.OnSent = func(d jobvm.Detached) {
+			if err := a.saveRecord(record{Assignment: asg, Detached: d, LogBase: out.written()}); err != nil {
+				log.Error("cannot record the runner's job: it ends with this agent", "err", err)
+				return
+			}
+			r.sent.Store(true)
+		}
+	}
 	if asg.MayKeep {
 		req.AfterExit = func(ctx context.Context, code int) time.Time {
 			t := time.NewTimer(agentapi.KeepVerdictWait)
@@ -420,6 +476,25 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 		req.OnSample = func(s profile.Sample) { sink(asg.Runner, s) }
 	}
 	res, err := a.cfg.Host.Run(ctx, req)
+	return a.outcome(ctx, r, out, res, err)
+}
+
+// outcome turns what Run or Reattach returned for r's job into its
+// "ended" event, or, for a job let go, records how much of its output was
+// written and says so.
+func (a *Agent) outcome(ctx context.Context, r *run, out *capped, res jobvm.Result, err error) (agentapi.Event, bool) {
+	asg := r.asg
+	log := a.log.With("runner", asg.Runner)
+	var d *jobvm.Detached
+	if errors.As(err, &d) {
+		// The record written when the job was sent stands if this one
+		// cannot be: the next agent then goes by the log's size.
+		if err := a.saveRecord(record{Assignment: asg, Detached: *d, Exact: true}); err != nil {
+			log.Warn("cannot record how much of the job's output was written", "err", err)
+		}
+		log.Info("runner's job let go; it runs on in its VM for the next agent", "vm", d.VMID, "offset", d.Offset)
+		return agentapi.Event{}, true
+	}
 	ev := agentapi.Event{Runner: asg.Runner, Kind: agentapi.EventEnded, VMID: res.VMID, Accel: res.Accel,
 		Emulated: res.Emulated, ExitCode: res.ExitCode, Failure: res.Failure, Detail: res.Detail, Egress: res.Egress}
 	var fe *jobvm.FailureError
@@ -432,19 +507,29 @@ func (a *Agent) execute(ctx context.Context, r *run) agentapi.Event {
 	}
 	log.Info("runner VM ended", "vm", res.VMID, "exit_code", ev.ExitCode, "failure", ev.Failure,
 		"boot_ms", res.Timings.Boot, "run_ms", res.Timings.Run, "total_ms", res.Timings.Total)
-	return ev
+	return ev, false
 }
 
 // output is where a runner's output goes: its log file (without a LogDir,
-// nowhere) and the LogSink, together capped at LogLimit bytes.
-func (a *Agent) output(runner string) (io.Writer, func()) {
+// nowhere) and the LogSink, together capped at LogLimit bytes. A run taken
+// over from an earlier agent (resume) writes on where the log ends.
+func (a *Agent) output(runner string, resume bool) (*capped, func()) {
 	var ws []io.Writer
+	c := &capped{left: a.cfg.LogLimit}
 	closer := func() {}
 	if a.cfg.LogDir != "" {
-		f, err := os.OpenFile(filepath.Join(a.cfg.LogDir, runner+".log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+		if resume {
+			flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+		}
+		f, err := os.OpenFile(filepath.Join(a.cfg.LogDir, runner+".log"), flags, 0o600)
 		if err != nil {
 			a.log.Warn("runner log", "err", err)
 		} else {
+			if fi, err := f.Stat(); err == nil && resume {
+				c.n = fi.Size()
+				c.left = max(c.left-c.n, 0)
+			}
 			ws = append(ws, f)
 			closer = func() { f.Close() }
 		}
@@ -452,10 +537,8 @@ func (a *Agent) output(runner string) (io.Writer, func()) {
 	if sink := a.cfg.LogSink; sink != nil {
 		ws = append(ws, sinkWriter(func(p []byte) { sink(runner, p) }))
 	}
-	if len(ws) == 0 {
-		return io.Discard, closer
-	}
-	return &capped{w: io.MultiWriter(ws...), left: a.cfg.LogLimit}, closer
+	c.w = io.MultiWriter(ws...)
+	return c, closer
 }
 
 // sinkWriter hands each write's bytes (copied) to a function.
@@ -471,6 +554,7 @@ type capped struct {
 	mu   sync.Mutex
 	w    io.Writer
 	left int64
+	n    int64 // written in all, an earlier agent's part of the log included
 }
 
 func (c *capped) Write(p []byte) (int, error) {
@@ -485,6 +569,14 @@ func (c *capped) Write(p []byte) (int, error) {
 			return n, nil // a full disk must not kill the runner's output stream
 		}
 		c.left -= int64(len(p))
+		c.n += int64(len(p))
 	}
 	return n, nil
+}
+
+// written is how much of the output went out.
+func (c *capped) written() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }

@@ -133,6 +133,13 @@ type Request struct {
 	// has ended while no host was attached (0: guest.DefaultDetachTimeout).
 	Resumable     bool
 	DetachTimeout time.Duration
+	// OnSent, if set, is called once a Resumable job has been sent to a
+	// guest that can resume it, before any of its output is relayed, with
+	// what Reattach needs to take the job over (Offset 0). A caller that
+	// keeps it where a later process finds it can take the job over even
+	// after this process was killed, with the offset it has written since
+	// (see Detached). A job sent to a guest that cannot resume gets no call.
+	OnSent func(Detached)
 }
 
 // maxBoots is how many times Run boots a VM whose guest kernel lost its
@@ -331,7 +338,7 @@ func (h *Host) Run(ctx context.Context, r Request) (res Result, err error) {
 
 	s.profile()
 	tr := time.Now()
-	out = s.run(ctx)
+	out = s.run(ctx, t0)
 	res.Timings.Run = ms(time.Since(tr))
 	if out == detached {
 		return res, s.detached(t0, tr)

@@ -322,8 +322,9 @@ func (s *session) await(ctx context.Context, fn func(context.Context) (map[strin
 // run sends the job and relays frames until the guest reports the exit, the
 // VM dies, the guest falls silent, the timeout passes, or ctx ends (see
 // relay). A Resumable request to a guest that can resume jobs is sent
-// Resumable; to any other guest, as a job that ends with its host.
-func (s *session) run(ctx context.Context) outcome {
+// Resumable (and OnSent told, the run having begun at started); to any
+// other guest, as a job that ends with its host.
+func (s *session) run(ctx context.Context, started time.Time) outcome {
 	job := guest.Job{Argv: s.r.Argv, User: s.r.User, Env: s.r.Env, Dir: s.r.Dir, TimeoutMS: s.r.Timeout.Milliseconds()}
 	if s.r.Resumable && slices.Contains(s.features, guest.FeatureResume) {
 		s.resumable = true
@@ -340,8 +341,12 @@ func (s *session) run(ctx context.Context) outcome {
 		s.fail(failure.GuestCrash, "send job: "+err.Error())
 		return failed
 	}
+	sent := time.Now()
 	if s.r.Timeout > 0 {
-		s.deadline = time.Now().Add(s.r.Timeout + exitGrace)
+		s.deadline = sent.Add(s.r.Timeout + exitGrace)
+	}
+	if s.resumable && s.r.OnSent != nil {
+		s.r.OnSent(*s.detached(started, sent))
 	}
 	return s.relay(ctx, keep)
 }
