@@ -41,15 +41,27 @@ func ProcessOwner() string {
 	return fmt.Sprintf("run:%d:%d", pid, st)
 }
 
-// OwnerAlive reports whether the owner of a VM still exists. Owners that are
-// not processes (an agent, which re-attaches after a restart) count as alive;
-// an empty or malformed owner does not.
+// OwnerAlive reports whether the owner of a VM still exists:
+//
+//   - "run:<pid>:<start>" (ProcessOwner): while that process exists.
+//   - "agent:<path>" (AgentOwner): while the process named in the lease file
+//     at path exists, or until the lease's returns_by (the time a successor
+//     has to re-attach). A lease file that is missing, unreadable or garbled,
+//     or a path that is not absolute, is not alive.
+//   - "agent" (legacy: an agent without a lease): always.
+//
+// An empty or malformed owner is not alive; an owner of any other kind is
+// (it is not known to be gone).
 func OwnerAlive(owner string) bool {
 	kind, rest, ok := strings.Cut(owner, ":")
 	if !ok {
 		return owner == "agent"
 	}
-	if kind != "run" {
+	switch kind {
+	case "run":
+	case "agent":
+		return agentAlive(rest)
+	default:
 		return true
 	}
 	ps, ss, ok := strings.Cut(rest, ":")

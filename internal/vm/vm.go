@@ -66,7 +66,7 @@ type Spec struct {
 	BaseDisk  string // read-only raw root filesystem; each VM writes to its own overlay
 	NIC       *NIC   // optional
 	Accel     Accel  // AccelKVM or AccelTCG; resolve AccelAuto before Create
-	Owner     string // who owns the VM: "run:<pid>:<starttime>" or "agent"; see OwnerAlive
+	Owner     string // who owns the VM: "run:<pid>:<starttime>", "agent:<lease path>" or "agent"; see OwnerAlive
 	// DieWithOwner kills the VM if the creating process dies (even by SIGKILL).
 	// `tandem run` sets it; an agent, whose VMs must outlive its restarts, does not.
 	DieWithOwner bool
