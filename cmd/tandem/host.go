@@ -47,6 +47,18 @@ func (n *hostFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&n.allowUncapped, "allow-uncapped", false, "run VMs though cgroups cannot cap their memory and tasks here (unsafe: a VM may take the host's memory)")
 }
 
+// joinArgs renders, as flags add defines, what newHost needs to join this
+// host's network as it is (own false): the bridge and subnet, or
+// --no-network. A process that joins an agent's network (its watchdog)
+// gets them; the policy flags are left out, for joining keeps the rules
+// there.
+func (n *hostFlags) joinArgs() []string {
+	if n.noNetwork {
+		return []string{"--no-network"}
+	}
+	return []string{"--bridge=" + n.bridge, "--subnet=" + n.subnet}
+}
+
 // addPolicy adds the flags of what VMs may reach (for the agent; tandem up
 // reads agent.network).
 func (n *hostFlags) addPolicy(cmd *cobra.Command) {
