@@ -120,8 +120,9 @@ func TestUnits(t *testing.T) {
 					t.Errorf("%s=%s, but %s", k, v, why)
 				}
 			}
-			if km := u.get("Service", "KillMode"); km != "mixed" {
-				t.Errorf("KillMode=%q, want mixed: the agent stops its VMs and reports their ends before anything else is killed", km)
+			if km := u.get("Service", "KillMode"); km != "process" {
+				t.Errorf("KillMode=%q, want process: on SIGTERM the agent detaches from its VMs, which run on for the next agent "+
+					"(or until its watchdog stops them); QEMU and the watchdog must not be killed with the service", km)
 			}
 			caps := u.get("Service", "CapabilityBoundingSet")
 			if !strings.HasPrefix(caps, "~") {
