@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tandem-ci/tandem/internal/arch"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/termtext"
+	"github.com/tandem-ci/tandem/internal/vm"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -181,21 +183,33 @@ func imageRemoveCmd(g *globals) *cobra.Command {
 
 func gcCmd(g *globals) *cobra.Command {
 	var nf hostFlags
+	var abandoned bool
 	cmd := &cobra.Command{
 		Use:   "gc",
 		Short: "Reclaim VMs, TAP devices, disks and address leases left by dead processes",
-		Args:  cobra.NoArgs,
+		Long: `Reclaim what dead processes left: VMs whose owner is gone (a tandem run
+killed, say), and TAP devices, disks and address leases of no live VM. The VMs
+of an agent that is running, or that stopped and may come back for them
+(within its --return-within), are spared; with --abandoned, those of a
+stopped agent are reclaimed too: it is not coming back (the package is being
+removed, the host retired).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireRoot("tandem gc"); err != nil {
 				return err
 			}
 			nf.allowUncapped = true // gc starts no VM
+			var keep func(vm.Info) bool
+			if abandoned {
+				nf.existing = true // a network half taken away is not set up again
+				keep = agentRunning
+			}
 			h, closeHost, err := newHost(cmd.Context(), g, &nf)
 			if err != nil {
 				return err
 			}
 			defer closeHost()
-			ids, err := h.Collect(cmd.Context(), nil)
+			ids, err := h.Collect(cmd.Context(), keep)
 			for _, id := range ids {
 				fmt.Println("reclaimed", id)
 			}
@@ -206,5 +220,18 @@ func gcCmd(g *globals) *cobra.Command {
 		},
 	}
 	nf.add(cmd)
+	cmd.Flags().BoolVar(&abandoned, "abandoned", false, "also reclaim the VMs of agents that stopped: none is coming back for them")
 	return cmd
+}
+
+// agentRunning keeps a VM of an agent (vm.AgentOwner) only while the
+// agent's process runs, whatever time its lease gave it to come back; a
+// VM of any other owner is kept as Collect decides.
+func agentRunning(info vm.Info) bool {
+	path, ok := strings.CutPrefix(info.Spec.Owner, "agent:")
+	if !ok {
+		return true
+	}
+	r, err := vm.ReadLease(path)
+	return err == nil && r.ProcessAlive()
 }

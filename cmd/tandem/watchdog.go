@@ -88,6 +88,10 @@ func watchAgent(ctx context.Context, g *globals, leasePath string, nf *hostFlags
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
+		if _, err := os.Stat(filepath.Dir(leasePath)); errors.Is(err, os.ErrNotExist) {
+			g.log.Info("the agent's data directory is gone: nothing left to watch", "lease", leasePath)
+			return nil
+		}
 		if !vm.OwnerAlive(owner) {
 			done, err := stopDeadAgent(ctx, g, leasePath, nf)
 			if err != nil {
@@ -121,8 +125,10 @@ func stopDeadAgent(ctx context.Context, g *globals, leasePath string, nf *hostFl
 	if r, err := vm.ReadLease(leasePath); err == nil {
 		why = fmt.Sprintf("its agent (pid %d) did not return by %s", r.PID, r.ReturnsBy.Local().Format(time.RFC3339))
 	}
+	// It joins the network as it is, if it is there (a package removed
+	// took it away: nothing may set it up again), and starts no VM.
 	join := hostFlags{bridge: nf.bridge, subnet: nf.subnet, noNetwork: nf.noNetwork,
-		allowUncapped: true} // joins the network as it is; starts no VM
+		allowUncapped: true, existing: true}
 	h, closeHost, err := newHost(ctx, g, &join)
 	if err != nil {
 		return false, err

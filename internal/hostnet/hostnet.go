@@ -394,6 +394,16 @@ func (n *Network) Join(ctx context.Context) error {
 	return nil
 }
 
+// Exists says whether the network is set up here: its tables and its
+// bridge.
+func (n *Network) Exists(ctx context.Context) bool {
+	if !n.hasTables(ctx) {
+		return false
+	}
+	_, err := n.bridge()
+	return err == nil
+}
+
 // Attach gives vmID its network under policy pol: it leases an address
 // (the same one again if vmID holds a lease already), creates the
 // persistent TAP TAPName(vmID) as an isolated port of the bridge, sets it

@@ -32,8 +32,16 @@ type Network struct {
 	HostFirewall string
 	// DNSUpstreams are the forwarder's resolvers (default: the host's).
 	DNSUpstreams []string
-	Logger       *slog.Logger
+	// Existing joins the network only if it is set up already (a
+	// watchdog, a package's removal): otherwise SetUpNetwork returns
+	// ErrNoNetwork and makes nothing.
+	Existing bool
+	Logger   *slog.Logger
 }
+
+// ErrNoNetwork is SetUpNetwork's error for a network that is not there to
+// join (Network.Existing).
+var ErrNoNetwork = errors.New("the VM network is not set up here")
 
 // SetUpNetwork gives h's VMs their network: VMs resolve through the
 // forwarder on the gateway address and may reach it and the mirror there,
@@ -53,6 +61,9 @@ func (h *Host) SetUpNetwork(ctx context.Context, c Network) (stop func(), err er
 		DNS: []netip.Addr{gw}, HostPorts: ports, Allow: c.Allow, Deny: c.Deny, HostFirewall: c.HostFirewall, Logger: log})
 	if err != nil {
 		return nil, err
+	}
+	if c.Existing && !n.Exists(ctx) {
+		return nil, ErrNoNetwork
 	}
 	setup := n.Join
 	if c.Own {
