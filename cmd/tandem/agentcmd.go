@@ -27,7 +27,7 @@ func agentCmd(g *globals) *cobra.Command {
 	var token, tokenFile, hostID, memory string
 	var vcpus float64
 	var servers, emulate []string
-	var sampleEvery time.Duration
+	var sampleEvery, returnWithin time.Duration
 	nf := &hostFlags{own: true}
 	mf := &mirrorFlags{}
 	cmd := &cobra.Command{
@@ -79,29 +79,32 @@ replicas that shares an address with the enrolled one.`,
 			if err != nil {
 				return err
 			}
-			h, err := startHost(ctx, g, hostSetup{net: nf, mirror: mc, mirrorPassword: mpw,
-				vcpus: vcpus, memoryMiB: memMiB, emulate: emulate})
-			if err != nil {
-				return err
+			if returnWithin < config.MinReturnWithin {
+				return fmt.Errorf("--return-within %s: at least %s (the agent must have time to start again)", returnWithin, config.MinReturnWithin)
 			}
-			defer h.close() // after the VMs (ag.Close below)
-			client := agentapi.NewClient(creds)
-			client.Logger = g.log
-			// The images the control plane names come from it, checked.
-			images := agent.NewImages(h.Host.Images, client, g.log)
-			defer images.Close()
-			d := &agentapi.Daemon{Client: client, AgentVersion: version,
-				Capacity: h.capacity, Load: loadAvg, MemAvailable: memAvailable, Logger: g.log}
 			if sampleEvery < 100*time.Millisecond {
 				return fmt.Errorf("--sample-every %s: at least 100ms", sampleEvery)
 			}
-			ag, err := agent.New(agent.Config{HostID: creds.HostID, Host: h.Host, Sink: d.Event, LogSink: d.Log,
-				SampleSink: d.Sample, SampleEvery: sampleEvery,
-				LogDir: filepath.Join(g.dataDir, "logs", "runners"), Images: images, Logger: g.log})
+			client := agentapi.NewClient(creds)
+			client.Logger = g.log
+			d := &agentapi.Daemon{Client: client, AgentVersion: version, Load: loadAvg, MemAvailable: memAvailable, Logger: g.log}
+			var images *agent.Images
+			ha, err := startHostAgent(ctx, g, hostSetup{net: nf, mirror: mc, mirrorPassword: mpw,
+				vcpus: vcpus, memoryMiB: memMiB, emulate: emulate}, returnWithin,
+				func(h *runningHost) agent.Config {
+					d.Capacity = h.capacity
+					// The images the control plane names come from it, checked.
+					images = agent.NewImages(h.Host.Images, client, g.log)
+					return agent.Config{HostID: creds.HostID, Sink: d.Event, LogSink: d.Log,
+						SampleSink: d.Sample, SampleEvery: sampleEvery, Images: images}
+				})
+			if images != nil {
+				defer images.Close() // after the VMs (ha.detach below)
+			}
 			if err != nil {
 				return err
 			}
-			d.Bind(ag)
+			d.Bind(ha.Agent)
 			dctx, dcancel := context.WithCancel(context.Background())
 			defer dcancel()
 			done := make(chan error, 1)
@@ -110,11 +113,13 @@ replicas that shares an address with the enrolled one.`,
 			select {
 			case <-ctx.Done():
 			case err = <-done:
-				ag.Close()
+				// Revoked, or refused: nothing will take the jobs over.
+				ha.close()
 				return err
 			}
-			// Stop every VM while the daemon can still report their ends.
-			ag.Close()
+			// Let the jobs go for the next agent, and stop the rest while
+			// the daemon can still report their ends.
+			ha.detach()
 			dcancel()
 			<-done
 			return nil
@@ -129,6 +134,7 @@ replicas that shares an address with the enrolled one.`,
 	f.DurationVar(&sampleEvery, "sample-every", time.Second, "how often a running job's VM is sampled for its resource profile (at least 100ms)")
 	f.StringVar(&memory, "memory", "", "memory VMs may use in all, e.g. 64GiB (default: all but 1 GiB)")
 	f.StringSliceVar(&emulate, "emulate", nil, "foreign architectures to offer under emulation (arm64, amd64)")
+	f.DurationVar(&returnWithin, "return-within", config.DefaultReturnWithin, "how long running jobs' VMs wait for the agent to come back after it stops or dies (a restart, an upgrade) before a watchdog stops them")
 	nf.add(cmd)
 	nf.addPolicy(cmd)
 	mf.add(cmd, true)

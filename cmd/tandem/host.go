@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,9 +11,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandem-ci/tandem/internal/agent"
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/image"
@@ -38,6 +41,10 @@ type hostFlags struct {
 	// disk I/O.
 	allowUncapped bool
 	ioPerVCPU     config.IOPerVCPU
+	// existing joins the network only if it is set up; if not, the host
+	// has none (it reclaims VMs, and starts none: a watchdog, gc
+	// --abandoned).
+	existing bool
 }
 
 func (n *hostFlags) add(cmd *cobra.Command) {
@@ -119,7 +126,11 @@ func newHost(ctx context.Context, g *globals, nf *hostFlags) (h *jobvm.Host, clo
 	}
 	close, err = h.SetUpNetwork(ctx, jobvm.Network{Bridge: nf.bridge, Subnet: subnet, StateDir: filepath.Join(state, "net"),
 		Own: nf.own, MirrorPort: nf.mirrorPort, Allow: spec.Allow, Deny: spec.Deny, HostFirewall: spec.HostFirewall,
-		DNSUpstreams: spec.DNSUpstreams, Logger: g.log})
+		DNSUpstreams: spec.DNSUpstreams, Existing: nf.existing, Logger: g.log})
+	if errors.Is(err, jobvm.ErrNoNetwork) {
+		g.log.Info("no VM network to join here: reclaiming VMs only", "bridge", nf.bridge)
+		return h, func() {}, nil
+	}
 	if err != nil {
 		return nil, func() {}, err
 	}
@@ -169,6 +180,9 @@ type hostSetup struct {
 	vcpus          float64 // for VMs in all; 0: every CPU
 	memoryMiB      int     // for VMs in all; 0: all but 1 GiB
 	emulate        []string
+	// keep, if set, is what the host's reclaiming of leftovers must keep
+	// besides the VMs of live owners (jobvm.Host.Collect).
+	keep func(vm.Info) bool
 }
 
 // runningHost is a host that startHost brought up.
@@ -202,7 +216,7 @@ func startHost(ctx context.Context, g *globals, s hostSetup) (_ *runningHost, er
 			closeHost()
 		}
 	}()
-	if ids, err := h.Collect(ctx, nil); err != nil {
+	if ids, err := h.Collect(ctx, s.keep); err != nil {
 		return nil, fmt.Errorf("reclaiming leftovers: %w", err)
 	} else if len(ids) > 0 {
 		g.log.Warn("reclaimed VMs a previous run left behind", "vms", ids)
@@ -213,6 +227,94 @@ func startHost(ctx context.Context, g *globals, s hostSetup) (_ *runningHost, er
 	}
 	return &runningHost{Host: h, capacity: func() agentapi.Capacity { return capacity(g.dataDir) },
 		close: func() { stopMirror(); closeHost() }}, nil
+}
+
+// hostAgent is this host's agent, as tandem agent and tandem up run it:
+// its jobs outlive it (see "Jobs that outlive the agent" in
+// internal/agent). It holds the host's agent lease, which owns its VMs
+// and keeps them alive while it lives and for ReturnWithin after, and a
+// watchdog stops them if no agent has come back by then.
+type hostAgent struct {
+	*agent.Agent
+	host  *runningHost
+	lease *vm.Lease
+	// returnWithin is how long its VMs wait for the next agent.
+	returnWithin time.Duration
+}
+
+// startHostAgent brings up the host (startHost) and its agent, configured
+// by configure (the sinks, host id, images), which it calls once the host
+// is up, and taking over the jobs an earlier agent on this data directory
+// left running, before anything can reach it.
+func startHostAgent(ctx context.Context, g *globals, s hostSetup, returnWithin time.Duration,
+	configure func(*runningHost) agent.Config) (_ *hostAgent, err error) {
+	dir := filepath.Join(g.dataDir, "agent")
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	lease, err := vm.AcquireLease(lctx, filepath.Join(dir, "lease"), returnWithin)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lease.Release(true) // whatever an earlier agent left runs on, for the next try
+		}
+	}()
+	if err := spawnWatchdog(g, lease.Path(), s.net); err != nil {
+		g.log.Warn("no watchdog: if this agent goes and no other comes back, its VMs run until their jobs end", "err", err)
+	}
+	runDir := filepath.Join(dir, "runs")
+	if s.keep, err = agent.Keep(runDir, lease.Owner()); err != nil {
+		return nil, fmt.Errorf("the jobs an earlier agent left: %w", err)
+	}
+	h, err := startHost(ctx, g, s)
+	if err != nil {
+		return nil, err
+	}
+	cfg := configure(h)
+	cfg.Host, cfg.RunDir, cfg.Owner, cfg.DetachTimeout = h.Host, runDir, lease.Owner(), returnWithin
+	cfg.LogDir, cfg.Logger = filepath.Join(g.dataDir, "logs", "runners"), g.log
+	ag, err := agent.New(cfg)
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	t0 := time.Now()
+	taken, err := ag.Recover(ctx)
+	if len(taken) > 0 {
+		g.log.Info("took over the jobs an earlier agent left running", "runners", taken)
+		go func() {
+			if ag.WaitTakenOver(ctx) == nil {
+				g.log.Info("every job taken over is attached again", "jobs", len(taken), "ms", time.Since(t0).Milliseconds())
+			}
+		}()
+	}
+	if err != nil {
+		ag.Detach()
+		h.close()
+		return nil, err
+	}
+	return &hostAgent{Agent: ag, host: h, lease: lease, returnWithin: returnWithin}, nil
+}
+
+// detach lets go of the agent's jobs for the next agent (an upgrade, a
+// restart) and stops the rest, then the host's services.
+func (x *hostAgent) detach() {
+	n := x.Detach()
+	x.host.close()
+	x.lease.Release(n > 0)
+	if n > 0 {
+		fmt.Fprintf(os.Stderr, "tandem: %d job(s) run on in their VMs: start the agent again within %s to take them over\n",
+			n, x.returnWithin)
+	}
+}
+
+// close stops every VM, then the host's services: the agent is not coming
+// back (the control plane revoked it).
+func (x *hostAgent) close() {
+	x.Close()
+	x.host.close()
+	x.lease.Release(false)
 }
 
 // defaultHostID is this host's id when none is given: its hostname, in

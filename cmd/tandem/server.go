@@ -28,6 +28,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/profile"
 	"github.com/tandem-ci/tandem/internal/scheduler"
+	"github.com/tandem-ci/tandem/internal/store"
 )
 
 func serverCmd(g *globals) *cobra.Command {
@@ -229,15 +230,13 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		return servers.Wait()
 	}
 
-	var ag *agent.Agent
+	var ha *hostAgent
 	if withAgent {
-		var stopHost func()
-		if ag, stopHost, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
+		if ha, err = startLocalAgent(ctx, g, cfg, dataDir, cp); err != nil {
 			closeServers()
 			stopCP()
 			return err
 		}
-		defer stopHost() // the mirror and the DNS forwarder, after the VMs (ag.Close below)
 	}
 	g.log.Info("tandem is up", "listen", ln.Addr().String(), "agent", withAgent, "data_dir", dataDir)
 	fmt.Fprintf(os.Stderr, "tandem: listening on %s (webhook: POST /webhook, API: /api/v1/jobs)\n", ln.Addr())
@@ -250,8 +249,10 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 		asrv.Close() // agent streams never end by themselves
 	}
 	err = servers.Wait()
-	if ag != nil {
-		ag.Close()
+	if ha != nil {
+		// The jobs run on for the next tandem up; the VMs that were
+		// still booting stop, their ends recorded before the store closes.
+		ha.detach()
 		cp.FlushEvents(shctx)
 	}
 	return errors.Join(err, stopCP())
@@ -275,41 +276,37 @@ func schedulerLimits(cfg *config.Config) scheduler.Limits {
 	return l
 }
 
-// startLocalAgent runs this host's agent in process and attaches it; the
-// function it returns stops the host's registry mirror and DNS forwarder.
-func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *agent.Agent, stop func(), err error) {
+// startLocalAgent runs this host's agent in process and attaches it, after
+// it has taken over the jobs an earlier tandem up left running.
+func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDir string, cp *controlplane.Server) (_ *hostAgent, err error) {
 	gg := *g
 	gg.dataDir = dataDir
 	hostID := cfg.Agent.HostID
 	if hostID == "" {
 		if hostID, err = defaultHostID(); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	h, err := startHost(ctx, &gg, hostSetup{
+	var rec store.Host
+	ha, err := startHostAgent(ctx, &gg, hostSetup{
 		net: &hostFlags{bridge: cfg.Agent.Bridge, subnet: cfg.Agent.Subnet, network: cfg.Agent.Network, own: true,
 			allowUncapped: cfg.Agent.AllowUncapped, ioPerVCPU: cfg.Agent.IOPerVCPU},
 		mirror: cfg.Agent.Mirror, mirrorPassword: cfg.MirrorPassword,
 		vcpus: cfg.Agent.VCPUs, memoryMiB: int(cfg.Agent.Memory), emulate: cfg.Agent.Emulate,
+	}, cfg.Agent.ReturnWithin.D(), func(h *runningHost) agent.Config {
+		rec = controlplane.HostRecord(hostID, version, h.capacity())
+		return agent.Config{HostID: hostID, Sink: cp.HostEvent,
+			SampleSink: func(runner string, s profile.Sample) {
+				cp.HostSamples(hostID, []agentapi.RunnerSamples{{Runner: runner, Samples: []profile.Sample{s}}})
+			},
+			SampleEvery: cfg.Agent.SampleEvery.D()}
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	rec := controlplane.HostRecord(hostID, version, h.capacity())
-	ag, err := agent.New(agent.Config{HostID: hostID, Host: h.Host, Sink: cp.HostEvent,
-		SampleSink: func(runner string, s profile.Sample) {
-			cp.HostSamples(hostID, []agentapi.RunnerSamples{{Runner: runner, Samples: []profile.Sample{s}}})
-		},
-		SampleEvery: cfg.Agent.SampleEvery.D(),
-		LogDir:      filepath.Join(dataDir, "logs", "runners"), Logger: g.log})
-	if err != nil {
-		h.close()
-		return nil, nil, err
-	}
-	if err := cp.AttachHost(ctx, rec, ag, agentapi.InventoryOf(ag)); err != nil {
-		ag.Close()
-		h.close()
-		return nil, nil, err
+	if err := cp.AttachHost(ctx, rec, ha.Agent, agentapi.InventoryOf(ha.Agent)); err != nil {
+		ha.detach()
+		return nil, err
 	}
 	g.log.Info("local agent attached", "host", hostID, "vcpus", rec.VCPUs, "memory_mib", rec.MemoryMiB,
 		"arches", rec.Arches)
@@ -326,7 +323,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 			}
 		}
 	}()
-	return ag, h.close, nil
+	return ha, nil
 }
 
 // loadOrCreateSecret returns the secret in path (its line ending trimmed,

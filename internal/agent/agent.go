@@ -87,6 +87,9 @@ type Agent struct {
 	wg     sync.WaitGroup
 	// detached counts the jobs let go by Detach.
 	detached atomic.Int32
+	// takeover counts the jobs Recover took over whose guests have not
+	// answered yet.
+	takeover sync.WaitGroup
 }
 
 type run struct {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/failure"
@@ -164,9 +165,14 @@ func (a *Agent) Recover(ctx context.Context) ([]string, error) {
 			a.dropRecord(name)
 			continue
 		}
+		a.takeover.Add(1)
+		var once sync.Once
+		done := func() { once.Do(a.takeover.Done) }
 		if err := a.start(rec.Assignment, func(ctx context.Context, r *run) (agentapi.Event, bool) {
-			return a.reattach(ctx, r, inst, rec)
+			defer done()
+			return a.reattach(ctx, r, inst, rec, done)
 		}, true); err != nil {
+			done()
 			return taken, err
 		}
 		taken = append(taken, name)
@@ -183,10 +189,26 @@ func (rec record) ended() agentapi.Event {
 		Accel: res.Accel, Emulated: res.Emulated}
 }
 
+// WaitTakenOver waits until every job Recover took over has its guest
+// answering again (or has ended), or ctx ends.
+func (a *Agent) WaitTakenOver(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		a.takeover.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // reattach takes over rec's job in its VM inst, writing its output on
 // where the runner's log ends, and returns its "ended" event, or says that
-// it was let go again.
-func (a *Agent) reattach(ctx context.Context, r *run, inst vm.Instance, rec record) (agentapi.Event, bool) {
+// it was let go again. It calls live once the guest has answered.
+func (a *Agent) reattach(ctx context.Context, r *run, inst vm.Instance, rec record, live func()) (agentapi.Event, bool) {
 	name := rec.Assignment.Runner
 	log := a.log.With("runner", name, "vm", rec.Detached.VMID)
 	out, closeOut := a.output(name, true)
@@ -201,7 +223,10 @@ func (a *Agent) reattach(ctx context.Context, r *run, inst vm.Instance, rec reco
 	}
 	log.Info("taking over a runner's job from an earlier agent", "offset", d.Offset, "exact", rec.Exact)
 	rr := jobvm.ReattachRequest{Stdout: out, Stderr: out,
-		OnExec: func(ex *jobvm.Execer) { r.setExecer(ex) }}
+		OnExec: func(ex *jobvm.Execer) {
+			r.setExecer(ex)
+			live()
+		}}
 	if sink := a.cfg.SampleSink; sink != nil {
 		rr.SampleEvery = a.cfg.SampleEvery
 		rr.OnSample = func(s profile.Sample) { sink(name, s) }

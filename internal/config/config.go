@@ -264,6 +264,10 @@ type Agent struct {
 	// IOPerVCPU caps each VM's disk I/O, per vCPU (a 4-vCPU VM gets four
 	// times as much); zero fields: uncapped.
 	IOPerVCPU IOPerVCPU `yaml:"io_per_vcpu"`
+	// ReturnWithin is how long the host's VMs wait for the agent to come
+	// back after it went (a restart, an upgrade, a crash) before a
+	// watchdog stops them (default 10m, at least 10s).
+	ReturnWithin Duration `yaml:"return_within"`
 }
 
 // IOPerVCPU is a VM's disk I/O cap per vCPU.
@@ -322,6 +326,13 @@ func ParseSize(s string) (Size, error) {
 	}
 	return Size(mib), nil
 }
+
+// DefaultReturnWithin and MinReturnWithin bound agent.return_within (and
+// tandem agent --return-within).
+const (
+	DefaultReturnWithin = 10 * time.Minute
+	MinReturnWithin     = 10 * time.Second
+)
 
 // Duration is a time.Duration written as "90s", "5m", "6h".
 type Duration time.Duration
@@ -409,6 +420,7 @@ func (c *Config) applyDefaults() {
 		c.Agents.MaxConnsPerSource = 64
 	}
 	defDur(&c.Agent.SampleEvery, time.Second)
+	defDur(&c.Agent.ReturnWithin, DefaultReturnWithin)
 	def(&c.Agent.Bridge, "tandem0")
 	def(&c.Agent.Subnet, "172.30.0.0/24")
 	c.Agent.Mirror.applyDefaults()
@@ -604,6 +616,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Agent.SampleEvery.D() < 100*time.Millisecond {
 		bad("agent.sample_every %s: at least 100ms", c.Agent.SampleEvery.D())
+	}
+	if c.Agent.ReturnWithin.D() < MinReturnWithin {
+		bad("agent.return_within %s: at least %s (the agent must have time to start again)", c.Agent.ReturnWithin.D(), MinReturnWithin)
 	}
 	errs = append(errs, c.Agent.Mirror.validate("agent.mirror")...)
 	errs = append(errs, c.validateImages()...)

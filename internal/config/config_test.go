@@ -124,6 +124,7 @@ func TestLoadRejects(t *testing.T) {
 		"group name":    {minimal + "runner: {scope: org, groups: {acme: \"a\\tb\"}}\n", "want a runner group's name"},
 		"empty group":   {minimal + "runner: {scope: org, group: \" \"}\n", "want a runner group's name"},
 		"sample fast":   {minimal + "agent: {sample_every: 10ms}\n", "agent.sample_every 10ms: at least 100ms"},
+		"return fast":   {minimal + "agent: {return_within: 2s}\n", "agent.return_within 2s: at least 10s"},
 		"parity days":   {minimal + "parity: {days: 365}\n", "parity.days 365: want 1 to 90"},
 		"parity tiers":  {minimal + "parity: {tiers: [{name: gold, min_success: 95}, {name: rest, arm64_runs: true}]}\n", "parity.tiers[0].min_success 95"},
 		"parity last":   {minimal + "parity: {tiers: [{name: gold}, {name: rest, arm64_runs: true}]}\n", "the last tier must have no conditions"},

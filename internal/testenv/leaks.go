@@ -5,15 +5,34 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // AssertNoLeaks fails t for anything of a VM that remains under a Tandem
 // data directory: a QEMU process, VM state, a TAP device, an address lease,
-// and for the VMs named in ids, a cgroup.
+// and for the VMs named in ids, a cgroup. An agent's watchdog gets a few
+// seconds to see that its agent left for good; one still there is killed,
+// and fails t too.
 func AssertNoLeaks(t testing.TB, dataDir string, ids []string) {
 	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for pids := processesOf("tandem", "agent-watchdog", dataDir); len(pids) > 0; pids = processesOf("tandem", "agent-watchdog", dataDir) {
+		if time.Now().After(deadline) {
+			t.Errorf("agent watchdogs left: %v", pids)
+			for _, p := range pids {
+				if pid, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if pids := QEMUPIDs(dataDir); len(pids) > 0 {
 		t.Errorf("qemu processes left: %v", pids)
 	}
@@ -45,13 +64,23 @@ func AssertNoLeaks(t testing.TB, dataDir string, ids []string) {
 
 // QEMUPIDs lists QEMU processes whose command line mentions dir.
 func QEMUPIDs(dir string) []string {
+	// QEMU is started by its path (/usr/bin/qemu-system-x86_64).
+	return processesOf("qemu-system", "", dir)
+}
+
+// processesOf lists the processes whose program's name begins with prog
+// and whose command line holds the arguments arg (if not "") and dir.
+func processesOf(prog, arg, dir string) []string {
 	var pids []string
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		argv0, _, _ := bytes.Cut(b, []byte{0})
-		// QEMU is started by its path (/usr/bin/qemu-system-x86_64).
-		if err == nil && bytes.HasPrefix([]byte(filepath.Base(string(argv0))), []byte("qemu-system")) && bytes.Contains(b, []byte(dir)) {
+		if err != nil {
+			continue
+		}
+		args := bytes.Split(b, []byte{0})
+		if strings.HasPrefix(filepath.Base(string(args[0])), prog) && bytes.Contains(b, []byte(dir)) &&
+			(arg == "" || slices.ContainsFunc(args, func(a []byte) bool { return string(a) == arg })) {
 			pids = append(pids, e.Name())
 		}
 	}

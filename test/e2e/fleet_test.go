@@ -102,7 +102,7 @@ func (h *fleetHost) start(server, token string) {
 		h.t.Fatal(err)
 	}
 	args := []string{"--net=/run/netns/" + h.ns, "--", binary(h.t), "--data-dir", h.data, "--log-level", "info",
-		"agent", "--host-id", h.id, "--vcpus", "2", "--memory", "1GiB", "--emulate", "arm64"}
+		"agent", "--host-id", h.id, "--vcpus", "2", "--memory", "1GiB", "--emulate", "arm64", "--return-within", "10s"}
 	if token != "" {
 		args = append(args, "--server", server, "--enroll-token", token)
 	}
@@ -250,10 +250,12 @@ func TestFleet(t *testing.T) {
 	})
 
 	// 2. Drain h2 and h3: the next job goes to h1; then kill h1's agent with
-	// SIGKILL while that job runs. The host goes offline, the job is lost
-	// with the reason, and h1 rejoins on restart with nothing left over.
-	// GitHub fails the lost job, and Tandem has it re-run: the re-run (its
-	// run's second attempt, quick) completes.
+	// SIGKILL while that job runs, and keep it down. The host goes
+	// offline, the job is lost with the reason, and h1's watchdog stops
+	// the job's VM once the agent has not come back in time
+	// (--return-within); h1 rejoins on restart with nothing left over.
+	// GitHub fails the lost job once its runner is silent, and Tandem has
+	// it re-run: the re-run (its run's second attempt, quick) completes.
 	for _, id := range []string{"h2", "h3"} {
 		if code := s.admin("POST", "/api/v1/hosts/"+id+"/drain", nil, nil); code != 200 {
 			t.Fatalf("drain %s: %d", id, code)
@@ -267,6 +269,12 @@ func TestFleet(t *testing.T) {
 	hosts[0].kill()
 	s.waitHost("h1", "offline", false, time.Minute)
 	s.waitTandemState(long, time.Minute, "lost")
+	if len(testenv.QEMUPIDs(hosts[0].data)) == 0 {
+		t.Errorf("the job's VM went with its agent")
+	}
+	s.waitFor("h1's watchdog to stop the VM of its gone agent", time.Minute, func() bool {
+		return len(testenv.QEMUPIDs(hosts[0].data)) == 0
+	})
 	hosts[0].start("", "") // enrolled already: no token
 	s.waitHost("h1", "online", true, time.Minute)
 	for _, id := range []string{"h2", "h3"} {
@@ -334,6 +342,23 @@ func TestFleet(t *testing.T) {
 	if gj, _ := s.gh.Job(runs[0]); !strings.Contains(gj.Output, "survived") {
 		t.Errorf("the job running across the restart printed %q", gj.Output)
 	}
+
+	// 5. Kill h1's agent (SIGKILL) while it runs a job on each
+	// architecture, and start it again: it takes both over, and they
+	// complete once on the runners they had, their logs whole.
+	s.admin("POST", "/api/v1/hosts/h2/drain", nil, nil)
+	s.admin("POST", "/api/v1/hosts/h3/drain", nil, nil)
+	both := s.queueBothArches(countingScript(20))
+	all = append(all, both...)
+	runners := s.waitRunning(hosts[0].data, both, 3)
+	hosts[0].kill()
+	hosts[0].start("", "")
+	s.checkSurvived(hosts[0].data, both, runners, 20)
+	if b, _ := os.ReadFile(hosts[0].logPath); !strings.Contains(string(b), "took over the jobs an earlier agent left running") {
+		t.Errorf("h1's agent did not say it took the jobs over")
+	}
+	s.admin("POST", "/api/v1/hosts/h2/uncordon", nil, nil)
+	s.admin("POST", "/api/v1/hosts/h3/uncordon", nil, nil)
 
 	// Every job: completed once, or lost with a reason; none twice. Only
 	// the job lost on acme/app was re-run, once.

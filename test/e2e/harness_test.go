@@ -94,6 +94,8 @@ type options struct {
 	// runnerLostAfter is how long GitHub waits to hear from a job's runner
 	// before it fails the job (0: ghfake's default, 10 minutes).
 	runnerLostAfter time.Duration
+	// bin is the tandem binary to start (default: this tree's).
+	bin string
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -112,6 +114,7 @@ type system struct {
 	fleet    bool
 	agentURL string // the agent listener, in fleet mode
 	gateway  string // the VMs' gateway: this host as the VMs reach it (its mirror)
+	bin      string // the tandem binary start runs ("": this tree's)
 }
 
 // sign signs a webhook body as GitHub does, with the real secret.
@@ -248,7 +251,7 @@ agent:
 	s := &system{t: t, gh: gh, ghSrv: ghSrv, data: data, cfgPath: cfgPath,
 		apiURL: fmt.Sprintf("http://127.0.0.1:%d", tandemPort), logPath: filepath.Join(data, "tandem.log"),
 		secret: secret, installs: map[string]int64{}, fleet: o.fleet,
-		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw}
+		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw, bin: o.bin}
 	gh.SetFaults(o.faults)
 	t.Cleanup(func() {
 		s.stop()
@@ -284,7 +287,11 @@ func (s *system) start() {
 	if s.fleet {
 		mode = "server"
 	}
-	cmd := exec.Command(binary(t), "--data-dir", s.data, "--log-level", "info", mode, "--config", s.cfgPath)
+	bin := s.bin
+	if bin == "" {
+		bin = binary(t)
+	}
+	cmd := exec.Command(bin, "--data-dir", s.data, "--log-level", "info", mode, "--config", s.cfgPath)
 	cmd.Env = append(os.Environ(), "TANDEM_DATA_DIR=")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -316,6 +323,12 @@ func (s *system) start() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// log is what the tandem processes of this system have logged so far.
+func (s *system) log() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
 }
 
 // cli runs an operator command of the tandem binary against this system
