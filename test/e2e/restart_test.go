@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -109,3 +110,55 @@ func TestKilledUpKeepsRunningJobs(t *testing.T) {
 	}
 }
 
+// An upgrade: `tandem up` of the previous commit runs a job on each
+// architecture and is stopped (SIGTERM, as systemd does); this commit's
+// starts on the same data directory mid-job. Both jobs complete once,
+// their logs whole.
+func TestUpgradeKeepsRunningJobs(t *testing.T) {
+	old := previousBinary(t)
+	s := newSystem(t, options{vcpus: 2, memoryMiB: 1024, bin: old})
+	s.install("acme", "app")
+	ids := s.queueBothArches(countingScript(25))
+	runners := s.waitRunning(s.data, ids, 3)
+	s.stop()
+	if pids := testenv.QEMUPIDs(s.data); len(pids) != 2 {
+		t.Fatalf("after SIGTERM of the old tandem up, %d QEMU processes run, want the 2 jobs' VMs", len(pids))
+	}
+	s.bin = ""
+	s.start()
+	s.checkSurvived(s.data, ids, runners, 25)
+}
+
+// previousBinary builds tandem from this commit's parent, once per run.
+func previousBinary(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := exec.Command("git", "-C", root, "rev-parse", "--verify", "HEAD~1").Output()
+	if err != nil {
+		t.Skipf("SKIPPED LOUDLY: no parent commit to upgrade from (a shallow clone?): %v", err)
+	}
+	parent := strings.TrimSpace(string(rev))
+	dir := filepath.Join(os.TempDir(), "tandem-e2e-prev-"+parent[:12])
+	bin := filepath.Join(dir, "tandem")
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	src := t.TempDir()
+	archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", root, parent, src)
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("extracting %s: %v\n%s", parent, err, out)
+	}
+	build := exec.Command("go", "build", "-o", bin+".tmp", "./cmd/tandem")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building tandem of %s: %v\n%s", parent, err, out)
+	}
+	if err := os.Rename(bin+".tmp", bin); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("upgrading from tandem built from %s", parent)
+	return bin
+}
