@@ -285,7 +285,8 @@ func startHostAgent(ctx context.Context, g *globals, s hostSetup, returnWithin t
 		g.log.Info("took over the jobs an earlier agent left running", "runners", taken)
 		go func() {
 			if ag.WaitTakenOver(ctx) == nil {
-				g.log.Info("every job taken over is attached again", "jobs", len(taken), "ms", time.Since(t0).Milliseconds())
+				g.log.Info("every job taken over is attached again", "jobs", len(taken), "ms", time.Since(t0).Milliseconds(),
+					"since_process_start_ms", time.Since(processStarted).Milliseconds())
 			}
 		}()
 	}

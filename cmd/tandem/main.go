@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/tandem-ci/tandem/internal/config"
@@ -74,6 +75,10 @@ func main() {
 
 // version is set at link time (-ldflags "-X main.version=…").
 var version = "dev"
+
+// processStarted is about when this process started (restarts are timed
+// from it).
+var processStarted = time.Now()
 
 func versionCmd() *cobra.Command {
 	return &cobra.Command{

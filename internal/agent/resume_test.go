@@ -25,7 +25,7 @@ type resumable struct {
 	logs, runDir string
 }
 
-func (x resumable) start(t *testing.T, rec *recorder) *agent.Agent {
+func (x resumable) start(t testing.TB, rec *recorder) *agent.Agent {
 	t.Helper()
 	a, err := agent.New(agent.Config{HostID: "h1", Host: x.h, Sink: rec.sink, LogDir: x.logs, RunDir: x.runDir,
 		Owner: "agent"})
@@ -43,7 +43,7 @@ func countingJob(name string, n, code int) agentapi.Assignment {
 }
 
 // waitLog waits until runner's log holds s.
-func waitLog(t *testing.T, logs, runner, s string) {
+func waitLog(t testing.TB, logs, runner, s string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {

@@ -354,9 +354,8 @@ func TestFleet(t *testing.T) {
 	hosts[0].kill()
 	hosts[0].start("", "")
 	s.checkSurvived(hosts[0].data, both, runners, 20)
-	if b, _ := os.ReadFile(hosts[0].logPath); !strings.Contains(string(b), "took over the jobs an earlier agent left running") {
-		t.Errorf("h1's agent did not say it took the jobs over")
-	}
+	b, _ := os.ReadFile(hosts[0].logPath)
+	logTakeover(t, string(b))
 	s.admin("POST", "/api/v1/hosts/h2/uncordon", nil, nil)
 	s.admin("POST", "/api/v1/hosts/h3/uncordon", nil, nil)
 

@@ -105,8 +105,20 @@ func TestKilledUpKeepsRunningJobs(t *testing.T) {
 	}
 	s.start()
 	s.checkSurvived(s.data, ids, runners, 25)
-	if log := s.log(); !strings.Contains(log, "took over the jobs an earlier agent left running") {
-		t.Errorf("the restarted tandem up did not say it took the jobs over")
+	logTakeover(t, s.log())
+}
+
+// logTakeover fails t unless an agent's log says it took jobs over, and
+// logs how long their reattaching took.
+func logTakeover(t *testing.T, log string) {
+	t.Helper()
+	if !strings.Contains(log, "took over the jobs an earlier agent left running") {
+		t.Errorf("the restarted agent did not say it took the jobs over")
+	}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "every job taken over is attached again") {
+			t.Logf("restart: %s", l)
+		}
 	}
 }
 
@@ -127,6 +139,7 @@ func TestUpgradeKeepsRunningJobs(t *testing.T) {
 	s.bin = ""
 	s.start()
 	s.checkSurvived(s.data, ids, runners, 25)
+	logTakeover(t, s.log())
 }
 
 // previousBinary builds tandem from this commit's parent, once per run.
