@@ -80,6 +80,7 @@ var programs = func() map[string]Requirement {
 	add("lz4", "checks the kernel decompressor against the reference encoder (tests)", "lz4")
 	add("prometheus", "lints the control plane's /metrics exposition (tests)", "promtool")
 	add("gcc", "compiles the race detector's runtime (go test -race)", "gcc")
+	add("git", "extracts the previous commit to build the binary an upgrade starts from (tests)", "git")
 	add("tar", "packs and unpacks runner tarballs", "tar")
 	add("qemu-user-static", "runs another architecture's programs (image builds, arm64 tests)",
 		"qemu-aarch64-static", "qemu-x86_64-static")
@@ -159,7 +160,7 @@ func Tests() []Requirement {
 	}
 	r = append(r, Network()...)
 	r = append(r, Mirror()...)
-	for _, n := range []string{"ip", "nsenter", "setsid", "e2fsck", "dumpe2fs", "tar", "sh", "uname", "lz4", "gcc", "qemu-aarch64-static",
+	for _, n := range []string{"ip", "nsenter", "setsid", "e2fsck", "dumpe2fs", "tar", "sh", "uname", "lz4", "gcc", "git", "qemu-aarch64-static",
 		"initdb", "postgres"} {
 		r = append(r, program(n))
 	}

@@ -45,6 +45,7 @@ type fleetHost struct {
 	logPath string
 	cmd     *exec.Cmd
 	done    chan struct{}
+	bin     string // the tandem binary start runs ("": this tree's)
 }
 
 func setupFleetNet(t testing.TB) {
@@ -101,7 +102,11 @@ func (h *fleetHost) start(server, token string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	args := []string{"--net=/run/netns/" + h.ns, "--", binary(h.t), "--data-dir", h.data, "--log-level", "info",
+	bin := h.bin
+	if bin == "" {
+		bin = binary(h.t)
+	}
+	args := []string{"--net=/run/netns/" + h.ns, "--", bin, "--data-dir", h.data, "--log-level", "info",
 		"agent", "--host-id", h.id, "--vcpus", "2", "--memory", "1GiB", "--emulate", "arm64", "--return-within", "10s"}
 	if token != "" {
 		args = append(args, "--server", server, "--enroll-token", token)

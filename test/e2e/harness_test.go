@@ -115,6 +115,8 @@ type system struct {
 	agentURL string // the agent listener, in fleet mode
 	gateway  string // the VMs' gateway: this host as the VMs reach it (its mirror)
 	bin      string // the tandem binary start runs ("": this tree's)
+	// bridge and subnet are tandem up's VM network.
+	bridge, subnet string
 }
 
 // sign signs a webhook body as GitHub does, with the real secret.
@@ -251,7 +253,7 @@ agent:
 	s := &system{t: t, gh: gh, ghSrv: ghSrv, data: data, cfgPath: cfgPath,
 		apiURL: fmt.Sprintf("http://127.0.0.1:%d", tandemPort), logPath: filepath.Join(data, "tandem.log"),
 		secret: secret, installs: map[string]int64{}, fleet: o.fleet,
-		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw, bin: o.bin}
+		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw, bin: o.bin, bridge: bridge, subnet: subnet}
 	gh.SetFaults(o.faults)
 	t.Cleanup(func() {
 		s.stop()

@@ -103,6 +103,14 @@ func TestKilledUpKeepsRunningJobs(t *testing.T) {
 	if pids := testenv.QEMUPIDs(s.data); len(pids) != 2 {
 		t.Fatalf("after SIGKILL of tandem up, %d QEMU processes run, want the 2 jobs' VMs", len(pids))
 	}
+	// The VMs of an agent that may still come back are not leftovers.
+	gc := exec.Command(binary(t), "--data-dir", s.data, "gc", "--bridge", s.bridge, "--subnet", s.subnet)
+	if out, err := gc.CombinedOutput(); err != nil || !strings.Contains(string(out), "nothing to reclaim") {
+		t.Errorf("tandem gc while the agent is away: %v\n%s", err, out)
+	}
+	if pids := testenv.QEMUPIDs(s.data); len(pids) != 2 {
+		t.Fatalf("tandem gc left %d of the 2 jobs' VMs", len(pids))
+	}
 	s.start()
 	s.checkSurvived(s.data, ids, runners, 25)
 	logTakeover(t, s.log())
@@ -174,4 +182,64 @@ func previousBinary(t *testing.T) string {
 	}
 	t.Logf("upgrading from tandem built from %s", parent)
 	return bin
+}
+
+// A fleet upgraded one part at a time, from the previous commit's binary,
+// without draining: each step restarts a part mid-job (SIGTERM), and the
+// job running across it completes once, its log whole. The steps take the
+// agent protocol across the version step both ways: a new agent with the
+// old control plane (an agent upgraded first), then an old agent with the
+// new control plane (the control plane upgraded first).
+func TestFleetUpgradeKeepsRunningJobs(t *testing.T) {
+	testenv.RequireVM(t)
+	old := previousBinary(t)
+	setupFleetNet(t)
+	s := newSystem(t, options{fleet: true, bin: old})
+	s.install("acme", "app")
+	var hosts []*fleetHost
+	for i := 1; i <= 2; i++ {
+		h := newFleetHost(t, i)
+		h.bin = old
+		h.start(s.agentURL, s.enrollToken())
+		hosts = append(hosts, h)
+	}
+	for _, h := range hosts {
+		s.waitHost(h.id, "online", true, time.Minute)
+	}
+	// across runs a job on host, the other host drained, across restart.
+	across := func(host *fleetHost, other string, restart func()) {
+		t.Helper()
+		s.admin("POST", "/api/v1/hosts/"+other+"/drain", nil, nil)
+		defer s.admin("POST", "/api/v1/hosts/"+other+"/uncordon", nil, nil)
+		id, _ := s.gh.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem-1cpu-0.25gb"}, Script: countingScript(15)})
+		runners := s.waitRunning(host.data, []int64{id}, 3)
+		if v, _ := s.job(id); v.Host != host.id {
+			t.Fatalf("the job ran on %s, want %s", v.Host, host.id)
+		}
+		restart()
+		s.checkSurvived(host.data, []int64{id}, runners, 15)
+	}
+	// 1. h1's agent upgraded: the new agent takes its job over and talks
+	// to the old control plane.
+	across(hosts[0], "h2", func() {
+		hosts[0].stop()
+		hosts[0].bin = ""
+		hosts[0].start("", "")
+	})
+	// 2. The control plane upgraded: h2's old agent reconnects to it with
+	// its job running.
+	across(hosts[1], "h1", func() {
+		s.stop()
+		s.bin = ""
+		s.start()
+	})
+	// 3. h2's agent upgraded too.
+	across(hosts[1], "h1", func() {
+		hosts[1].stop()
+		hosts[1].bin = ""
+		hosts[1].start("", "")
+	})
+	for _, h := range hosts {
+		h.stop()
+	}
 }
