@@ -5,10 +5,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 
+	"github.com/tandem-ci/tandem/internal/netnsutil"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -260,34 +260,5 @@ func makeInternet() (netns.NsHandle, error) {
 	return ns, nil
 }
 
-// InNetns runs fn on a locked OS thread in ns (-1: where the thread is) and
-// then returns the thread to the namespace it started in; if that fails,
-// the thread is not unlocked, so it ends with its goroutine instead of
-// serving others in the wrong namespace. Sockets fn opens stay in ns.
-func InNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if ns != -1 {
-			if err := netns.Set(ns); err != nil {
-				errc <- fmt.Errorf("enter netns: %w", err)
-				return
-			}
-		}
-		err = fn()
-		if serr := netns.Set(orig); serr != nil {
-			errc <- fmt.Errorf("back to the test's namespace: %w (after %v)", serr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+// InNetns runs fn on a locked OS thread in ns (netnsutil.InNetns).
+func InNetns(ns netns.NsHandle, fn func() error) error { return netnsutil.InNetns(ns, fn) }
