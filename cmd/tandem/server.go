@@ -57,18 +57,41 @@ func serverCmd(g *globals) *cobra.Command {
 
 func upCmd(g *globals) *cobra.Command {
 	var cfgPath string
+	var demoMode, demoExit bool
 	cmd := &cobra.Command{
-		Use:   "up --config FILE",
+		Use:   "up --config FILE | --demo",
 		Short: "Run everything on this machine: control plane, SQLite, and this host's agent",
-		Args:  cobra.NoArgs,
+		Long: `Run everything on this machine: the control plane, its SQLite database, and
+this host's agent.
+
+With --demo, Tandem runs against ghfake, a GitHub emulator in this process,
+with no GitHub account, App or config: it builds the test images it lacks,
+fills the dashboard with four weeks of made-up history, queues a job on each
+architecture, prints what each job's VM printed and the dashboard's address,
+and keeps running until Ctrl-C (--demo-exit: exits once the jobs are done).
+The emulated GitHub and the control plane are on addresses of this machine
+alone (198.51.100.1-2, in a network namespace of the demo's); the demo's
+files are in <data-dir>/demo, made anew at each start.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireRoot("tandem up"); err != nil {
 				return err
+			}
+			if demoMode {
+				if cmd.Flags().Changed("config") {
+					return errors.New("--demo makes its own config: give --config or --demo, not both")
+				}
+				return runDemo(cmd.Context(), g, demoExit)
+			}
+			if demoExit {
+				return errors.New("--demo-exit is for --demo")
 			}
 			return serve(cmd.Context(), g, cfgPath, true)
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "/etc/tandem/config.yaml", "configuration file")
+	cmd.Flags().BoolVar(&demoMode, "demo", false, "try Tandem without GitHub: against an emulator, with a job on each architecture")
+	cmd.Flags().BoolVar(&demoExit, "demo-exit", false, "with --demo: exit once the demo's jobs are done (non-zero if one failed)")
 	return cmd
 }
 
