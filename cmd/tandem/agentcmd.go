@@ -42,7 +42,13 @@ token (tandem enroll prints one) and keeps the credential it gets in
 Several --server addresses are replicas of one control plane (one database,
 one agents certificate): the agent enrols at the first that answers and
 fails over between them, in order. Later runs may name a new set of
-replicas that shares an address with the enrolled one.`,
+replicas that shares an address with the enrolled one.
+
+Running jobs outlive the agent: SIGTERM (systemctl stop or restart, an
+upgrade) lets them go on in their VMs, and the next agent started on the
+same data directory takes them over, as it does after a crash or SIGKILL.
+VMs still booting or waiting for their runner config are stopped. If no
+agent comes back within --return-within, a watchdog stops the VMs.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireRoot("tandem agent"); err != nil {
