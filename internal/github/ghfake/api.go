@@ -43,6 +43,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST "+runnerapi.PathJobs+"{id}/heartbeat", s.runnerHeartbeat)
 	m.HandleFunc("POST "+runnerapi.PathJobs+"{id}/complete", s.runnerComplete)
 	s.controlRoutes(m)
+	s.manifestRoutes(m)
 	m.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { notFound(w) })
 	s.mux = m
 }
@@ -93,7 +94,7 @@ func (s *Server) listInstallations(w http.ResponseWriter, r *http.Request) {
 	all := make([]apiInstallation, 0, len(s.installations))
 	for _, in := range s.installations {
 		all = append(all, apiInstallation{
-			ID: in.id, Account: in.account.api(), AppID: s.cfg.AppID,
+			ID: in.id, Account: in.account.api(), AppID: s.app.id,
 			TargetID: in.account.id, TargetType: in.account.typ, RepositorySelection: "selected",
 			AccessTokensURL: fmt.Sprintf("https://api.github.com/app/installations/%d/access_tokens", in.id),
 			RepositoriesURL: "https://api.github.com/installation/repositories",

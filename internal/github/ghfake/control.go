@@ -20,6 +20,7 @@ import (
 //	PUT  /_ghfake/faults               {"lose","fail","duplicate","reorder","max_delay":"250ms"} → 204
 //	POST /_ghfake/ratelimit            {"n":3,"mode":"primary"|"secondary"} → 204
 //	POST /_ghfake/flush                → 204 once no webhook is in flight
+//	GET  /_ghfake/app                  → AppInfo (the App, id 0 before the manifest flow makes one)
 //	POST /_ghfake/runner-groups        {"org","name","visibility","repos":[...],"allows_public_repositories"} → 201 {"id"}
 func (s *Server) controlRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /_ghfake/installations", s.ctlInstallation)

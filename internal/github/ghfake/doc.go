@@ -44,6 +44,16 @@
 //     Config.RunnerLostAfter fails, as GitHub's do when "the self-hosted
 //     runner lost communication with the server", and the runner is removed.
 //
+// # The App
+//
+// Config names the App (AppID, AppPublicKey, WebhookURL, WebhookSecret), or
+// the App-manifest flow makes it (manifest.go): POST /settings/apps/new or
+// /organizations/{org}/settings/apps/new with a manifest form field
+// redirects at once (GitHub first asks for confirmation) to the manifest's
+// redirect_url with a code, and POST /app-manifests/{code}/conversions
+// exchanges the code, once and within the hour, for the new App's id, key
+// and webhook secret. ghfake emulates one App at a time.
+//
 // # Runners
 //
 // generate-jitconfig answers with encoded_jit_config, which for GitHub is an

@@ -165,12 +165,15 @@ func (s *Server) appHandler(h http.HandlerFunc) http.HandlerFunc {
 
 // verifyJWT checks an App JWT and returns "" or the reason it is refused.
 func (s *Server) verifyJWT(raw string) string {
-	if s.cfg.AppPublicKey == nil {
+	s.mu.Lock()
+	appID, key := s.app.id, s.app.key
+	s.mu.Unlock()
+	if key == nil {
 		return "A JSON web token could not be decoded"
 	}
 	claims := jwt.MapClaims{}
 	_, err := jwt.ParseWithClaims(raw, claims,
-		func(*jwt.Token) (any, error) { return s.cfg.AppPublicKey, nil },
+		func(*jwt.Token) (any, error) { return key, nil },
 		jwt.WithValidMethods([]string{"RS256"}), jwt.WithLeeway(jwtSkew),
 		jwt.WithTimeFunc(s.cfg.Now), jwt.WithExpirationRequired(), jwt.WithIssuedAt())
 	switch {
@@ -201,7 +204,7 @@ func (s *Server) verifyJWT(raw string) string {
 	default:
 		err = errors.New("missing")
 	}
-	if err != nil || iss != s.cfg.AppID {
+	if err != nil || iss != appID {
 		return "'Issuer' claim ('iss') must be an Integer"
 	}
 	return ""

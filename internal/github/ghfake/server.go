@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -159,7 +160,9 @@ type Server struct {
 	mux    *http.ServeMux
 
 	mu            sync.Mutex
-	idle          *sync.Cond // signalled when inflight drops to zero
+	idle          *sync.Cond             // signalled when inflight drops to zero
+	app           app                    // the App: from Config, or made by the manifest flow (manifest.go)
+	conversions   map[string]*conversion // manifest codes not yet exchanged, by code (manifest.go)
 	closed        bool
 	rng           *mrand.Rand
 	ids           idCounters
@@ -187,7 +190,7 @@ type Server struct {
 }
 
 type idCounters struct {
-	account, install, repo, runner, label, run, job, delivery, runNumber, group, status int64
+	account, install, repo, runner, label, run, job, delivery, runNumber, group, status, app int64
 }
 
 type account struct {
@@ -262,6 +265,7 @@ func New(cfg Config) *Server {
 			account: 1000, install: 40_000_000, repo: 700_000_000, runner: 0,
 			label: 0, run: 10_000_000_000, job: 30_000_000_000, delivery: 90_000_000_000,
 			group: defaultGroupID, // every organization's Default group
+			app:   2_000_000,
 		},
 		accounts:      map[string]*account{},
 		installations: map[int64]*installation{},
@@ -276,6 +280,10 @@ func New(cfg Config) *Server {
 		runs:          map[int64]*run{},
 		jobs:          map[int64]*job{},
 		jobsChanged:   make(chan struct{}),
+		conversions:   map[string]*conversion{},
+		app: app{id: cfg.AppID, key: cfg.AppPublicKey, hook: hook{
+			url: cfg.WebhookURL, secret: slices.Clone(cfg.WebhookSecret), appID: cfg.AppID,
+		}},
 	}
 	s.idle = sync.NewCond(&s.mu)
 	s.rate.reset = s.now().Add(time.Hour)
@@ -321,6 +329,11 @@ func (s *Server) AddInstallation(accountLogin, accountType string, repos ...stri
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	acct := s.accountLocked(accountLogin, accountType)
+	if !s.installableLocked(acct) {
+		s.log.Warn("ghfake: a private App is installed only on its owner's account",
+			"account", accountLogin, "owner", s.app.owner.login)
+		return 0
+	}
 	var inst *installation
 	for _, in := range s.installations {
 		if in.account == acct {
@@ -329,7 +342,11 @@ func (s *Server) AddInstallation(accountLogin, accountType string, repos ...stri
 	}
 	if inst == nil {
 		s.ids.install++
-		inst = &installation{id: s.ids.install, account: acct, createdAt: s.now(), permissions: defaultPermissions()}
+		perms := defaultPermissions()
+		if s.app.permissions != nil { // made by the manifest flow: what it asked for
+			perms = maps.Clone(s.app.permissions)
+		}
+		inst = &installation{id: s.ids.install, account: acct, createdAt: s.now(), permissions: perms}
 		s.installations[inst.id] = inst
 	}
 	for _, full := range repos {

@@ -145,6 +145,7 @@ type outgoing struct {
 	delay                    time.Duration
 	after                    <-chan struct{} // sent only once this is closed
 	dup                      *outgoing       // a duplicate to send after this one
+	hook                     hook            // where and how: the App's hook when it started
 	done                     chan struct{}
 }
 
@@ -172,7 +173,7 @@ type payloadIdentity struct {
 // subject to Faults.
 func (s *Server) emitLocked(action string, j *job) {
 	rp := j.run.repo
-	if s.closed || s.cfg.WebhookURL == "" || rp.installID == 0 || s.installations[rp.installID].suspended {
+	if s.closed || s.app.hook.url == "" || rp.installID == 0 || s.installations[rp.installID].suspended {
 		return
 	}
 	p := webhookPayload{
@@ -200,7 +201,7 @@ func (s *Server) emitLocked(action string, j *job) {
 // "suspend", "unsuspend") or, with removed repositories, an
 // installation_repositories "removed" one, subject to Faults.
 func (s *Server) emitInstallationLocked(in *installation, action string, removed []*repo) {
-	if s.closed || s.cfg.WebhookURL == "" {
+	if s.closed || s.app.hook.url == "" {
 		return
 	}
 	type repoRef struct {
@@ -212,7 +213,7 @@ func (s *Server) emitInstallationLocked(in *installation, action string, removed
 	p := map[string]any{
 		"action": action,
 		"installation": map[string]any{"id": in.id, "account": in.account.api(),
-			"app_id": s.cfg.AppID, "target_type": in.account.typ},
+			"app_id": s.app.id, "target_type": in.account.typ},
 		"sender": payloadIdentity{Login: "monalisa", ID: 1, Type: "User"},
 	}
 	event := "installation"
@@ -272,6 +273,7 @@ func (s *Server) startLocked(o *outgoing) {
 		return
 	}
 	o.done = make(chan struct{})
+	o.hook = s.app.hook
 	s.inflight++
 	s.senders.Add(1)
 	go s.send(o)
@@ -312,7 +314,7 @@ func (s *Server) send(o *outgoing) {
 	}
 	d := &Delivery{
 		GUID: o.guid, Event: o.event, Action: o.action, DeliveredAt: s.now(), Redelivery: o.redelivery,
-		InstallationID: o.installID, RepositoryID: o.repoID, JobID: o.jobID, URL: s.cfg.WebhookURL,
+		InstallationID: o.installID, RepositoryID: o.repoID, JobID: o.jobID, URL: o.hook.url,
 		RequestHeaders: s.hookHeaders(o), Payload: o.payload,
 	}
 	start := time.Now()
@@ -341,11 +343,11 @@ func (s *Server) hookHeaders(o *outgoing) map[string]string {
 		"X-GitHub-Delivery":                      o.guid,
 		"X-GitHub-Hook-ID":                       strconv.Itoa(hookID),
 		"X-GitHub-Hook-Installation-Target-Type": "integration",
-		"X-GitHub-Hook-Installation-Target-ID":   strconv.FormatInt(s.cfg.AppID, 10),
+		"X-GitHub-Hook-Installation-Target-ID":   strconv.FormatInt(o.hook.appID, 10),
 	}
-	if len(s.cfg.WebhookSecret) > 0 {
-		h["X-Hub-Signature"] = "sha1=" + mac(sha1.New, s.cfg.WebhookSecret, o.payload)
-		h["X-Hub-Signature-256"] = "sha256=" + mac(sha256.New, s.cfg.WebhookSecret, o.payload)
+	if len(o.hook.secret) > 0 {
+		h["X-Hub-Signature"] = "sha1=" + mac(sha1.New, o.hook.secret, o.payload)
+		h["X-Hub-Signature-256"] = "sha256=" + mac(sha256.New, o.hook.secret, o.payload)
 	}
 	return h
 }
@@ -359,7 +361,7 @@ func mac(h func() hash.Hash, key, msg []byte) string {
 // post sends d's request and records the outcome in d. It reports false if
 // the server closed meanwhile.
 func (s *Server) post(d *Delivery) bool {
-	req, err := http.NewRequestWithContext(s.ctx, http.MethodPost, s.cfg.WebhookURL, bytes.NewReader(d.Payload))
+	req, err := http.NewRequestWithContext(s.ctx, http.MethodPost, d.URL, bytes.NewReader(d.Payload))
 	if err != nil {
 		d.Status = "invalid webhook url"
 		return true
