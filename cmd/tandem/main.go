@@ -55,7 +55,7 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", defData, "where Tandem keeps images and VM state ($TANDEM_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
-	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), agentWatchdogCmd(g), devCmd(g), dbCmd(g), depsCmd(), versionCmd())
+	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), agentWatchdogCmd(g), devCmd(g), dbCmd(g), initCmd(g), depsCmd(), versionCmd())
 	root.AddCommand(opsCommands(g)...)
 
 	err := root.Execute()
