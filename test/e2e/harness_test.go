@@ -96,6 +96,10 @@ type options struct {
 	runnerLostAfter time.Duration
 	// bin is the tandem binary to start (default: this tree's).
 	bin string
+	// viaInit: ghfake starts with no App; `tandem init` makes it through
+	// the manifest flow and writes the key, the secret and the config,
+	// which the test then adjusts as an operator would (init_test.go).
+	viaInit bool
 }
 
 // system is one test's Tandem (a `tandem up` process) and its GitHub.
@@ -169,6 +173,9 @@ func newSystem(t testing.TB, o options) *system {
 	secret := []byte(fmt.Sprintf("e2e-webhook-secret-%d", time.Now().UnixNano()))
 	secretPath := filepath.Join(data, "webhook-secret")
 	for p, b := range map[string][]byte{keyPath: pemBytes, secretPath: secret} {
+		if o.viaInit {
+			break // tandem init writes them
+		}
 		if err := os.WriteFile(p, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -187,14 +194,18 @@ func newSystem(t testing.TB, o options) *system {
 	// VMs' runners through their host's NAT, as they reach GitHub.
 	ghLn := testenv.Internet(t).Listen(t, 0)
 	ghAddr := ghLn.Addr().String()
-	gh := ghfake.New(ghfake.Config{
+	ghCfg := ghfake.Config{
 		AppID: 4242, AppPublicKey: &key.PublicKey,
 		WebhookURL:      fmt.Sprintf("http://127.0.0.1:%d/webhook", tandemPort),
 		WebhookSecret:   secret,
 		RunnerURL:       "http://" + ghAddr,
 		Seed:            time.Now().UnixNano(),
 		RunnerLostAfter: o.runnerLostAfter,
-	})
+	}
+	if o.viaInit {
+		ghCfg.AppID, ghCfg.AppPublicKey, ghCfg.WebhookURL, ghCfg.WebhookSecret = 0, nil, "", nil
+	}
+	gh := ghfake.New(ghCfg)
 	ghSrv := &http.Server{Handler: gh.Handler()}
 	go ghSrv.Serve(ghLn)
 	if o.vcpus == 0 {
@@ -247,6 +258,10 @@ agent:
 		}
 	}
 	cfgPath := filepath.Join(data, "config.yaml")
+	if o.viaInit {
+		secret = initApp(t, o, data, ghAddr, tandemPort)
+		cfg = adaptInitConfig(t, cfgPath, tandemPort, o, bridge, subnet)
+	}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
