@@ -31,6 +31,7 @@ func devCmd(g *globals) *cobra.Command {
 func devGHFakeCmd(g *globals) *cobra.Command {
 	var listen, keyPath, secretPath, webhookURL, runnerURL string
 	var appID, seed int64
+	var noApp bool
 	cmd := &cobra.Command{
 		Use:   "ghfake",
 		Short: "Run ghfake, a stateful GitHub emulator (App API, JIT runners, webhooks)",
@@ -40,7 +41,10 @@ It serves GitHub's REST API at its root (point github.api_url at it), sends
 signed workflow_job webhooks to --webhook-url, and hands queued jobs to the
 fake runners (tandem-fakerunner in the test image) that present its JIT
 configs. The App's private key and the webhook secret are read from the
-given files, or generated into them (mode 0600) when absent.
+given files, or generated into them (mode 0600) when absent. With --no-app
+there is no App until the App-manifest flow makes one: try tandem init
+--github-url http://ADDR --api-url http://ADDR/ against it (GET /_ghfake/app
+shows the App).
 
 Drive it over HTTP (unauthenticated: keep it on a private address):
   POST /_ghfake/installations {"account":"acme","type":"Organization","repos":["acme/app"]}
@@ -50,27 +54,34 @@ Drive it over HTTP (unauthenticated: keep it on a private address):
   PUT  /_ghfake/faults        {"lose":0.1,"duplicate":0.1,"reorder":0.1,"max_delay":"500ms"}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			key, err := loadOrCreateKey(keyPath)
-			if err != nil {
-				return err
-			}
-			secret, err := loadOrCreateSecret(secretPath)
-			if err != nil {
-				return err
-			}
 			if seed == 0 {
 				seed = time.Now().UnixNano()
 			}
-			gh := ghfake.New(ghfake.Config{AppID: appID, AppPublicKey: &key.PublicKey,
-				WebhookURL: webhookURL, WebhookSecret: []byte(secret), RunnerURL: runnerURL, Seed: seed, Logger: g.log})
+			ghCfg := ghfake.Config{RunnerURL: runnerURL, Seed: seed, Logger: g.log}
+			if !noApp {
+				key, err := loadOrCreateKey(keyPath)
+				if err != nil {
+					return err
+				}
+				secret, err := loadOrCreateSecret(secretPath)
+				if err != nil {
+					return err
+				}
+				ghCfg.AppID, ghCfg.AppPublicKey, ghCfg.WebhookURL, ghCfg.WebhookSecret = appID, &key.PublicKey, webhookURL, []byte(secret)
+			}
+			gh := ghfake.New(ghCfg)
 			defer gh.Close()
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
 			}
 			srv := &http.Server{Handler: gh.Handler(), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(os.Stderr, "ghfake: GitHub API at http://%s/ for app %d (key %s); webhooks to %s\n",
-				ln.Addr(), appID, keyPath, orText(webhookURL, "nowhere"))
+			if noApp {
+				fmt.Fprintf(os.Stderr, "ghfake: GitHub API at http://%s/, with no App until the manifest flow (tandem init) makes one\n", ln.Addr())
+			} else {
+				fmt.Fprintf(os.Stderr, "ghfake: GitHub API at http://%s/ for app %d (key %s); webhooks to %s\n",
+					ln.Addr(), appID, keyPath, orText(webhookURL, "nowhere"))
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			go func() {
@@ -91,6 +102,7 @@ Drive it over HTTP (unauthenticated: keep it on a private address):
 	f.StringVar(&webhookURL, "webhook-url", "http://127.0.0.1:8080/webhook", "where to send webhooks")
 	f.StringVar(&runnerURL, "runner-url", "", "base URL the fake runners in VMs reach ghfake at (default: as the control plane reached it)")
 	f.Int64Var(&seed, "seed", 0, "seed for its random choices (0: time)")
+	f.BoolVar(&noApp, "no-app", false, "start with no App: the App-manifest flow (tandem init) makes it (--app-id, --app-key, --webhook-secret-file and --webhook-url unused)")
 	return cmd
 }
 
