@@ -147,7 +147,7 @@ func runInit(ctx context.Context, o initOptions, stdout io.Writer, log *slog.Log
 	case err := <-served:
 		return fmt.Errorf("init: the local page stopped: %w", err)
 	case <-timer.C:
-		return fmt.Errorf("init: the GitHub App was not created within %s: open %s and create it, or run tandem init again (with a longer --timeout)", o.timeout, fl.pageURL)
+		return fmt.Errorf("init: the GitHub App was not created within %s: run tandem init again, with a longer --timeout if need be", o.timeout)
 	case <-ctx.Done():
 		return fmt.Errorf("init: interrupted before the GitHub App was created: %w", ctx.Err())
 	}
@@ -395,7 +395,9 @@ func (fl *initFlow) callback(w http.ResponseWriter, r *http.Request, log *slog.L
 		http.Error(w, "tandem init has finished already.", http.StatusGone)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+	// Not cancelled with the request: GitHub may consume the code even if
+	// the browser goes away meanwhile.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Minute)
 	defer cancel()
 	var err error
 	if fl.app == nil {
