@@ -307,6 +307,31 @@ func TestInitFlow(t *testing.T) {
 		t.Fatalf("tandem init ended on a forged redirect: %v", err)
 	default:
 	}
+	// A code GitHub does not know: 502, nothing written, still waiting.
+	bogus := *callback
+	q = bogus.Query()
+	q.Set("code", "0123abcd")
+	bogus.RawQuery = q.Encode()
+	if resp, err := http.Get(bogus.String()); err != nil || resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("an unknown code: %v %v, want 502", resp, err)
+	}
+	// The files cannot be written (a file where the directory should be):
+	// 502; once they can, the same redirect again writes them, though
+	// GitHub's code works only once.
+	if err := os.WriteFile(r.dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.Get(callback.String()); err != nil || resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("no config directory: %v %v, want 502", resp, err)
+	}
+	if err := os.Remove(r.dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.result:
+		t.Fatalf("tandem init ended on a failed exchange: %v", err)
+	default:
+	}
 	resp, err = http.Get(callback.String())
 	if err != nil {
 		t.Fatal(err)
