@@ -67,7 +67,7 @@
 // # Test control
 //
 // Tests drive the emulator through Go methods (AddInstallation,
-// SetPermissions, QueueJob, QueueRun, CancelJob, RerunJob, Job, Jobs,
+// SetPermissions, QueueJob, QueueRun, CancelJob, RerunJob, App, Job, Jobs,
 // Runners, Deliveries, Redeliver, SetFaults, RateLimit, Quiesce, Flush)
 // or, when it runs as a standalone process (tandem dev ghfake), through the
 // unauthenticated HTTP control API under /_ghfake/. All state sits behind one mutex; Close ends long polls and

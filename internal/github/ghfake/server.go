@@ -52,7 +52,9 @@ type Config struct {
 	// AppID is the GitHub App's id, the iss claim of its JWTs.
 	AppID int64
 	// AppPublicKey verifies the App's RS256 JWTs. Without it every
-	// JWT-authenticated request is refused.
+	// JWT-authenticated request is refused until the App-manifest flow
+	// makes an App (manifest.go), which then replaces AppID, AppPublicKey,
+	// WebhookURL and WebhookSecret.
 	AppPublicKey *rsa.PublicKey
 	// WebhookURL receives the App's webhooks; empty sends none.
 	WebhookURL string
