@@ -38,6 +38,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"html/template"
 	"maps"
 	"net/http"
 	"net/url"
@@ -87,6 +88,7 @@ type AppInfo struct {
 	Name        string            `json:"name,omitempty"`
 	Slug        string            `json:"slug,omitempty"`
 	Owner       string            `json:"owner,omitempty"`
+	OwnerType   string            `json:"owner_type,omitempty"` // "Organization" or "User"
 	Public      bool              `json:"public"`
 	WebhookURL  string            `json:"webhook_url,omitempty"`
 	Permissions map[string]string `json:"permissions,omitempty"`
@@ -103,7 +105,7 @@ func (s *Server) App() AppInfo {
 		Permissions: maps.Clone(a.permissions), Events: slices.Clone(a.events),
 	}
 	if a.owner != nil {
-		info.Owner = a.owner.login
+		info.Owner, info.OwnerType = a.owner.login, a.owner.typ
 	}
 	return info
 }
@@ -151,6 +153,8 @@ func (s *Server) manifestRoutes(m *http.ServeMux) {
 	m.HandleFunc("POST /settings/apps/new", s.newAppFromManifest)
 	m.HandleFunc("POST /organizations/{org}/settings/apps/new", s.newAppFromManifest)
 	m.HandleFunc("POST /app-manifests/{code}/conversions", s.convertManifest)
+	m.HandleFunc("GET /apps/{slug}/installations/new", s.installPage)
+	m.HandleFunc("POST /apps/{slug}/installations/new", s.installFromPage)
 	m.HandleFunc("GET /_ghfake/app", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, s.App())
 	})
@@ -299,6 +303,56 @@ func (s *Server) convertManifest(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusCreated, c.body)
 }
+
+// installPage is the App's install link (html_url/installations/new): a
+// form for the account and its repositories. GitHub asks the signed-in
+// user to choose among the accounts they may install on.
+func (s *Server) installPage(w http.ResponseWriter, r *http.Request) {
+	info := s.App()
+	if info.Slug == "" || r.PathValue("slug") != info.Slug {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = installTmpl.Execute(w, info)
+}
+
+// installFromPage installs the App as the form says (AddInstallation).
+func (s *Server) installFromPage(w http.ResponseWriter, r *http.Request) {
+	info := s.App()
+	if info.Slug == "" || r.PathValue("slug") != info.Slug {
+		http.NotFound(w, r)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "the form does not parse", http.StatusBadRequest)
+		return
+	}
+	acct, typ := r.PostForm.Get("account"), r.PostForm.Get("account_type")
+	var repos []string
+	for _, name := range strings.FieldsFunc(r.PostForm.Get("repos"), func(c rune) bool { return c == ',' || c == ' ' || c == '\n' || c == '\r' }) {
+		repos = append(repos, acct+"/"+name)
+	}
+	id := s.AddInstallation(acct, typ, repos...)
+	if id == 0 {
+		http.Error(w, "ghfake: the App cannot be installed there (a bad name, or a private App and not its owner)", http.StatusUnprocessableEntity)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "ghfake: %s is installed on %s (installation %d)\n", info.Name, acct, id)
+}
+
+var installTmpl = template.Must(template.New("install").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Install {{.Name}}</title></head>
+<body><main><h1>Install {{.Name}}</h1>
+<form method="post">
+<p><label>Account <input name="account" value="{{.Owner}}"></label>
+<select name="account_type"><option>Organization</option><option{{if eq .OwnerType "User"}} selected{{end}}>User</option></select></p>
+<p><label>Repositories (names, comma-separated) <input name="repos" value="app"></label></p>
+<p><button id="install" type="submit">Install</button></p>
+</form></main></body></html>
+`))
 
 // webURL reports whether s is an absolute http(s) URL.
 func webURL(s string) bool {

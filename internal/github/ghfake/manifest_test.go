@@ -243,3 +243,40 @@ func TestManifestRefused(t *testing.T) {
 		t.Errorf("with an App already: %d, want 422: %s", resp.StatusCode, body)
 	}
 }
+
+// TestManifestInstallPage: the App's install link serves a form that
+// installs it.
+func TestManifestInstallPage(t *testing.T) {
+	f := newManifestFixture(t)
+	f.expect(http.StatusCreated, "POST", "/app-manifests/"+f.createApp("/organizations/acme/settings/apps/new", f.manifest(f.sink.URL))+"/conversions", "", nil, nil)
+	resp, page := f.do("GET", "/apps/tandem-test/installations/new", "", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), `value="acme"`) {
+		t.Fatalf("install page: %d\n%s", resp.StatusCode, page)
+	}
+	if resp, _ := f.do("GET", "/apps/other/installations/new", "", nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("another App's install page: %d, want 404", resp.StatusCode)
+	}
+	resp, err := f.api.Client().PostForm(f.api.URL+"/apps/tandem-test/installations/new",
+		url.Values{"account": {"acme"}, "account_type": {"Organization"}, "repos": {"app, web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("install: %d %s", resp.StatusCode, body)
+	}
+	id := f.srv.AddInstallation("acme", ghfake.AccountOrganization)
+	if id == 0 || !strings.Contains(string(body), strconv.FormatInt(id, 10)) {
+		t.Errorf("installed: %s; the installation is %d", body, id)
+	}
+	resp, err = f.api.Client().PostForm(f.api.URL+"/apps/tandem-test/installations/new",
+		url.Values{"account": {"globex"}, "account_type": {"Organization"}, "repos": {"web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity {
+		t.Errorf("a private App on another account: %d, want 422", resp.StatusCode)
+	}
+}
