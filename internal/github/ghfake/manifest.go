@@ -28,7 +28,9 @@ package ghfake
 // name or redirect_url is refused (GitHub would ask for a name on its page,
 // and show the code when there is nowhere to redirect); the signed-in user
 // of the user flow is "monalisa"; html_url is on ghfake's own host
-// (https://github.com/apps/SLUG on GitHub), where nothing is served.
+// (https://github.com/apps/SLUG on GitHub), and its installations/new is a
+// plain form for an account and repositories that calls AddInstallation
+// (GitHub offers the signed-in user's accounts and their repositories).
 
 import (
 	"cmp"
