@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"net"
 	"net/url"
@@ -448,23 +449,57 @@ func (c *Config) DatabasePath(dataDir string) string {
 
 // Load reads, decodes, validates a config file and reads the secrets it
 // names. Relative secret paths are taken from the config file's directory.
+// A file that is not there is a *NotFoundError; every other error names the
+// file, the line and the key of each problem, and its fix (locate.go).
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &NotFoundError{Path: path}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	c, err := Parse(b)
 	if err != nil {
-		return nil, err
+		return nil, locate(path, b, err)
 	}
 	if err := c.Validate(); err != nil {
-		return nil, err
+		return nil, locate(path, b, err)
 	}
 	if err := c.readSecrets(filepath.Dir(path)); err != nil {
-		return nil, err
+		return nil, locate(path, b, err)
 	}
 	return c, nil
 }
+
+// NotFoundError is Load's error for a config file that does not exist.
+type NotFoundError struct{ Path string }
+
+func (e *NotFoundError) Error() string {
+	return "config: " + e.Path + ": no such file"
+}
+
+func (e *NotFoundError) Unwrap() error { return fs.ErrNotExist }
+
+// secretFileError says what is wrong with the secret file that key names
+// (at the path resolved) and how to put it right.
+func secretFileError(key, resolved string, err error, fix string) error {
+	problem := err.Error()
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		problem = resolved + ": " + pe.Err.Error()
+	}
+	return &FieldError{Key: key, Problem: problem, Fix: fix}
+}
+
+// The fixes for each secret file.
+const (
+	fixPrivateKey = "download the App's private key (GitHub: Settings → Developer settings → GitHub Apps → the App → " +
+		"Private keys → Generate a private key) to that path, mode 0600, or point github.private_key_file at it"
+	fixWebhookSecret = "write the App's webhook secret, at least 16 characters, to that path, mode 0600 " +
+		"(e.g. `openssl rand -hex 32`, the same value in the App's settings), or point github.webhook_secret_file at it"
+	fixTokenFile = "write one token per line (at least 16 characters, e.g. `openssl rand -hex 24`), mode 0600, or remove the key"
+)
 
 func (c *Config) readSecrets(dir string) error {
 	abs := func(p string) string {
@@ -475,35 +510,37 @@ func (c *Config) readSecrets(dir string) error {
 	}
 	key, err := os.ReadFile(abs(c.GitHub.PrivateKeyFile))
 	if err != nil {
-		return fmt.Errorf("config: github.private_key_file: %w", err)
+		return secretFileError("github.private_key_file", abs(c.GitHub.PrivateKeyFile), err, fixPrivateKey)
 	}
 	if c.AppKey, err = github.ParsePrivateKey(key); err != nil {
-		return fmt.Errorf("config: github.private_key_file %s: %w", c.GitHub.PrivateKeyFile, err)
+		return secretFileError("github.private_key_file", abs(c.GitHub.PrivateKeyFile),
+			fmt.Errorf("%s: %w", abs(c.GitHub.PrivateKeyFile), err), fixPrivateKey)
 	}
 	for _, f := range []struct {
+		key   string
 		path  string
 		admin bool
-	}{{c.API.AdminTokenFile, true}, {c.API.ReadTokenFile, false}} {
+	}{{"api.admin_token_file", c.API.AdminTokenFile, true}, {"api.read_token_file", c.API.ReadTokenFile, false}} {
 		if f.path == "" {
 			continue
 		}
 		b, err := os.ReadFile(abs(f.path))
 		if err != nil {
-			return fmt.Errorf("config: api token file: %w", err)
+			return secretFileError(f.key, abs(f.path), err, fixTokenFile)
 		}
 		toks, err := parseTokens(b, f.admin)
 		if err != nil {
-			return fmt.Errorf("config: api token file %s: %w", f.path, err)
+			return &FieldError{Key: f.key, Problem: fmt.Sprintf("api token file %s: %v", abs(f.path), err)}
 		}
 		c.APITokens = append(c.APITokens, toks...)
 	}
 	sec, err := os.ReadFile(abs(c.GitHub.WebhookSecretFile))
 	if err != nil {
-		return fmt.Errorf("config: github.webhook_secret_file: %w", err)
+		return secretFileError("github.webhook_secret_file", abs(c.GitHub.WebhookSecretFile), err, fixWebhookSecret)
 	}
 	sec = bytes.TrimRight(sec, "\r\n")
 	if len(sec) < 16 {
-		return fmt.Errorf("config: github.webhook_secret_file %s: the secret is shorter than 16 bytes", c.GitHub.WebhookSecretFile)
+		return &FieldError{Key: "github.webhook_secret_file", Problem: abs(c.GitHub.WebhookSecretFile) + ": the secret is shorter than 16 bytes", Fix: fixWebhookSecret}
 	}
 	c.WebhookSecret = Secret(sec)
 	if c.MirrorPassword, err = c.Agent.Mirror.readPassword(dir, "agent.mirror"); err != nil {
@@ -523,13 +560,13 @@ func (c *Config) Validate() error {
 		bad("github.api_url %q: want an http(s) URL", c.GitHub.APIURL)
 	}
 	if c.GitHub.AppID <= 0 {
-		bad("github.app_id: required")
+		bad("github.app_id: required (the App's ID, on its settings page: GitHub → Settings → Developer settings → GitHub Apps; `tandem init` writes a config with it)")
 	}
 	if c.GitHub.PrivateKeyFile == "" {
-		bad("github.private_key_file: required")
+		bad("github.private_key_file: required (a file holding the App's private key, as GitHub's \"Generate a private key\" downloads it)")
 	}
 	if c.GitHub.WebhookSecretFile == "" {
-		bad("github.webhook_secret_file: required")
+		bad("github.webhook_secret_file: required (a file holding the App's webhook secret, at least 16 characters)")
 	}
 	if _, err := labels.NewParser(c.Labels.Prefix, c.Labels.DefaultVCPUs, int(c.Labels.DefaultMemory)); err != nil {
 		bad("labels: %v", err)

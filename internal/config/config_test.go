@@ -140,9 +140,9 @@ func TestLoadRejects(t *testing.T) {
 		"debug key":     {minimal + "debug: {keep_failed: {a/b/c: 1m}}\n", `debug.keep_failed: key "a/b/c"`},
 		"debug long":    {minimal + "debug: {keep_failed: {acme: 48h}}\n", "debug.keep_failed.acme: 48h0m0s: want 0 to 24h0m0s"},
 		"retry key":     {minimal + "retry: {infra_losses: {\"acme/\": true}}\n", `retry.infra_losses: key "acme/"`},
-		"retry value":   {minimal + "retry: {infra_losses: {acme: 2}}\n", "line 6: cannot unmarshal"},
+		"retry value":   {minimal + "retry: {infra_losses: {acme: 2}}\n", ":6: retry.infra_losses.acme: cannot unmarshal !!int `2` into bool (want true or false)"},
 		"not yaml":      {"{{{", "config"},
-		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", "line 6"},
+		"wrong type":    {minimal + "labels: {default_vcpus: many}\n", ":6: labels.default_vcpus: cannot unmarshal !!str `many` into float64 (want a number)"},
 		"two documents": {minimal + "---\nlisten: x\n", ""},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -87,7 +87,7 @@ func TestMirrorInvalid(t *testing.T) {
 		{"agent: {mirror: {password_file: p}}", "give both username and password_file"},
 		{"agent: {mirror: {cache_dir: rel/dir}}", `cache_dir "rel/dir": want an absolute path`},
 		{"agent: {mirror: {enabled: maybe}}", "cannot unmarshal"},
-		{"agent: {mirror: {prot: 5000}}", "field prot not found"},
+		{"agent: {mirror: {prot: 5000}}", "agent.mirror.prot: unknown key (did you mean agent.mirror.port?)"},
 		{"agent: {mirror: {upstream: 'https://registry.example', username: u, password_file: missing}}", "agent.mirror.password_file"},
 	} {
 		_, err := load(t, minimal+tc.yaml+"\n")
