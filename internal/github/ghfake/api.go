@@ -15,6 +15,7 @@ import (
 func (s *Server) routes() {
 	m := http.NewServeMux()
 	// App (JWT) endpoints.
+	m.HandleFunc("GET /app", s.appHandler(s.getApp))
 	m.HandleFunc("GET /app/installations", s.appHandler(s.listInstallations))
 	m.HandleFunc("POST /app/installations/{id}/access_tokens", s.appHandler(s.createToken))
 	m.HandleFunc("GET /app/hook/deliveries", s.appHandler(s.listDeliveries))

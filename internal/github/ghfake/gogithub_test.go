@@ -32,6 +32,17 @@ func TestGoGitHub(t *testing.T) {
 	}
 	app := client(f.jwt())
 
+	// GET /app: the App, its permissions and events.
+	a, _, err := app.Apps.Get(ctx, "")
+	if err != nil || a.GetID() != appID || a.GetPermissions().GetAdministration() != "write" ||
+		a.GetPermissions().GetOrganizationSelfHostedRunners() != "write" || len(a.Events) != 1 || a.Events[0] != "workflow_job" ||
+		a.GetInstallationsCount() != 1 {
+		t.Fatalf("Apps.Get = %+v, %v", a, err)
+	}
+	if _, _, err := client("not-a-jwt").Apps.Get(ctx, ""); err == nil {
+		t.Fatal("GET /app without the App's JWT succeeded")
+	}
+
 	insts, _, err := app.Apps.ListInstallations(ctx, nil)
 	if err != nil || len(insts) != 1 || insts[0].GetID() != inst || insts[0].GetAccount().GetLogin() != "acme" {
 		t.Fatalf("ListInstallations = %v, %v", insts, err)

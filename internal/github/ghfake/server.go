@@ -82,6 +82,12 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives debug and warning logs (default: discard).
 	Logger *slog.Logger
+	// AppPermissions and AppEvents are what GET /app reports the App asks
+	// for: its permissions (default: those installations get until
+	// SetPermissions) and the webhook events it subscribes to (default:
+	// workflow_job).
+	AppPermissions map[string]string
+	AppEvents      []string
 }
 
 // JobSpec describes a job to queue.
