@@ -39,11 +39,34 @@ func (c chainRef) String() string { return c.Family + " " + c.Table + " " + c.Na
 // dropForwardChains lists the forward base chains of the ip and inet
 // families, outside this network's tables, whose policy is drop.
 func (n *Network) dropForwardChains(ctx context.Context) ([]chainRef, error) {
+	return dropForwardChains(ctx, n.cfg.Bridge)
+}
+
+// DropForwardChains names ("FAMILY TABLE CHAIN") the forward base chains of
+// this network namespace, outside the tables of bridge's network, whose
+// policy drops: the ones Config.HostFirewall is about. For `tandem doctor`.
+func DropForwardChains(ctx context.Context, bridge string) ([]string, error) {
+	chains, err := dropForwardChains(ctx, bridge)
+	var out []string
+	for _, c := range chains {
+		out = append(out, c.String())
+	}
+	return out, err
+}
+
+// FirewallFix says what to do about chains that drop the forwarded
+// traffic of bridge's VMs: the advice of HostFirewall's "refuse".
+func FirewallFix(bridge, chain string) string {
+	return fmt.Sprintf("accept %s's traffic in them (e.g. `nft insert rule %s iifname %s accept` and the same with oifname and ct state established,related), "+
+		"or let Tandem add these rules (host_firewall: add)", bridge, chain, quote(bridge))
+}
+
+func dropForwardChains(ctx context.Context, bridge string) ([]chainRef, error) {
 	objs, err := listJSON(ctx, "chains")
 	if err != nil {
 		return nil, err
 	}
-	own := tableName(n.cfg.Bridge)
+	own := tableName(bridge)
 	var out []chainRef
 	for _, o := range objs {
 		raw, ok := o["chain"]
@@ -78,10 +101,8 @@ func (n *Network) ensureFirewall(ctx context.Context) error {
 		for i, c := range chains {
 			names[i] = c.String()
 		}
-		return fmt.Errorf("host firewall: forward chain(s) %s drop by default, so VM traffic would be dropped there: "+
-			"accept %s's traffic in them (e.g. `nft insert rule %s iifname %s accept` and the same with oifname and ct state established,related), "+
-			"or let Tandem add these rules (host_firewall: add)",
-			strings.Join(names, ", "), n.cfg.Bridge, chains[0], quote(n.cfg.Bridge))
+		return fmt.Errorf("host firewall: forward chain(s) %s drop by default, so VM traffic would be dropped there: %s",
+			strings.Join(names, ", "), FirewallFix(n.cfg.Bridge, chains[0].String()))
 	}
 	comment := n.firewallComment()
 	for _, c := range chains {

@@ -383,3 +383,26 @@ func memoryCap(s vm.Spec) int64 {
 	}
 	return m
 }
+
+// CgroupSupport is what the driver finds of cgroups on this host, as a
+// driver's newCgroups sees it: for `tandem doctor`.
+type CgroupSupport struct {
+	V2 bool
+	// Controllers are the usable ones of cpu, memory, pids and io.
+	Controllers []string
+	// Missing says why VMs could not be capped here (Driver.Capped's
+	// words), "" when they can.
+	Missing string
+}
+
+// Cgroups reports the host's cgroup support.
+func Cgroups() CgroupSupport {
+	c := newCgroups(os.TempDir())
+	s := CgroupSupport{V2: c.v2, Missing: c.missing}
+	for _, ctl := range append(required, "io") {
+		if c.scopes[ctl] != "" {
+			s.Controllers = append(s.Controllers, ctl)
+		}
+	}
+	return s
+}
