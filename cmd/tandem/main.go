@@ -57,6 +57,7 @@ func main() {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "debug, info, warn or error")
 	root.AddCommand(runCmd(g), imageCmd(g), gcCmd(g), benchCmd(g), serverCmd(g), upCmd(g), agentCmd(g), agentWatchdogCmd(g), devCmd(g), dbCmd(g), initCmd(g), depsCmd(), versionCmd())
 	root.AddCommand(opsCommands(g)...)
+	root.AddCommand(doctorCmd(g))
 
 	err := root.Execute()
 	if err == nil {
@@ -100,7 +101,7 @@ func requireRoot(what string) error {
 func loadConfig(g *globals, cfgPath string) (*config.Config, string, error) {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
-		return nil, "", err
+		return nil, "", firstRun(err)
 	}
 	dataDir := cfg.DataDir
 	if dataDir == "" {

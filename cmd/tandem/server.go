@@ -107,6 +107,7 @@ func serve(parent context.Context, g *globals, cfgPath string, withAgent bool) e
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	startupDoctor(ctx, g, cfg, dataDir, nil, withAgent)
 
 	st, err := openStore(ctx, cfg, dataDir, g.log)
 	if err != nil {
