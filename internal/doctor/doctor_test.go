@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/tandem-ci/tandem/internal/agentapi"
 	"github.com/tandem-ci/tandem/internal/config"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 )
@@ -124,5 +126,40 @@ func TestReport(t *testing.T) {
 	var back []map[string]string
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || back[0]["fix"] != "" || len(back[0]) != 4 {
 		t.Errorf("JSON: %s", b.String())
+	}
+}
+
+// TestControlPlanePin: an agent's enrolled control plane answers with the
+// certificate it enrolled with, or the check fails naming both.
+func TestControlPlanePin(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	pin := agentapi.Fingerprint(srv.Certificate().Raw)
+	addr := "https://" + srv.Listener.Addr().String()
+	creds := filepath.Join(t.TempDir(), "credentials.json")
+	save := func(pin string) {
+		c := agentapi.Credentials{Server: addr, Pin: pin, HostID: "h1", Credential: "cred-0123456789abcdef"}
+		if err := c.Save(creds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save(pin)
+	e := &Env{DataDir: t.TempDir(), CredentialsFile: creds}
+	if r := run(t, e, "control_plane")["control_plane"]; r.Status != OK || !strings.Contains(r.Detail, addr) {
+		t.Errorf("enrolled pin: %+v", r)
+	}
+	save(strings.Repeat("ab", 32))
+	if r := run(t, e, "control_plane")["control_plane"]; r.Status != Fail || !strings.Contains(r.Detail, "not the one this host enrolled with (abababab") ||
+		!strings.Contains(r.Fix, "enrol again") {
+		t.Errorf("another certificate: %+v", r)
+	}
+	// Not enrolled: --server is dialled, and enrolment is the fix.
+	e = &Env{DataDir: t.TempDir(), CredentialsFile: filepath.Join(t.TempDir(), "none.json"), Servers: []string{addr}}
+	if r := run(t, e, "control_plane")["control_plane"]; r.Status != Warn || !strings.Contains(r.Detail, pin[:16]) || !strings.Contains(r.Fix, "--enroll-token") {
+		t.Errorf("not enrolled: %+v", r)
+	}
+	srv.Close()
+	if r := run(t, e, "control_plane")["control_plane"]; r.Status != Fail {
+		t.Errorf("nothing answers: %+v", r)
 	}
 }
