@@ -277,6 +277,9 @@ func checkMemory(_ context.Context, e *Env) Result {
 // checkTUN opens /dev/net/tun, which every VM's TAP device needs.
 func checkTUN(_ context.Context, e *Env) Result {
 	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if errors.Is(err, fs.ErrPermission) && !e.Root {
+		return needsRoot("opening /dev/net/tun")
+	}
 	if err != nil {
 		return fail(fmt.Sprintf("/dev/net/tun: %v: VMs get no network", unwrapPath(err)),
 			"load the tun module (modprobe tun) or create the device (mkdir -p /dev/net && mknod /dev/net/tun c 10 200)")
