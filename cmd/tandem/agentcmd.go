@@ -91,7 +91,7 @@ agent comes back within --return-within, a watchdog stops the VMs.`,
 			if sampleEvery < 100*time.Millisecond {
 				return fmt.Errorf("--sample-every %s: at least 100ms", sampleEvery)
 			}
-			startupDoctor(ctx, g, nil, g.dataDir, emulate, true)
+			agentStartupDoctor(ctx, g, nf, emulate)
 			client := agentapi.NewClient(creds)
 			client.Logger = g.log
 			d := &agentapi.Daemon{Client: client, AgentVersion: version, Load: loadAvg, MemAvailable: memAvailable, Logger: g.log}

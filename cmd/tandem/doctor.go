@@ -95,19 +95,32 @@ func doctorEnv(g *globals, cfg *config.Config, dataDir string, emulate []string)
 // startupDoctor logs one line per problem the quick checks find, as
 // `tandem up` and `tandem agent` start; it never stops them (what would,
 // stops them later, as before). Without an agent here, there is nothing
-// of this host to check. An agent's images come from its control plane,
-// so their absence at start is no problem.
+// of this host to check.
 func startupDoctor(ctx context.Context, g *globals, cfg *config.Config, dataDir string, emulate []string, withAgent bool) {
-	if !withAgent {
-		return
+	if withAgent {
+		runStartupDoctor(ctx, g, doctorEnv(g, cfg, dataDir, emulate))
 	}
+}
+
+// agentStartupDoctor is startupDoctor for tandem agent, whose VM network is
+// its flags'.
+func agentStartupDoctor(ctx context.Context, g *globals, nf *hostFlags, emulate []string) {
+	env := doctorEnv(g, nil, g.dataDir, emulate)
+	env.Bridge, env.HostFirewall = nf.bridge, nf.network.HostFirewall
+	runStartupDoctor(ctx, g, env)
+}
+
+// runStartupDoctor runs the quick checks and logs their problems. A
+// remote agent's images come from its control plane, so their absence at
+// start is no problem: without a config, images are not checked.
+func runStartupDoctor(ctx context.Context, g *globals, env *doctor.Env) {
 	var only []string
 	for _, n := range doctor.Names() {
-		if n != "images" || cfg != nil {
+		if n != "images" || env.Config != nil {
 			only = append(only, n)
 		}
 	}
-	rs, err := doctor.Run(ctx, doctorEnv(g, cfg, dataDir, emulate), only, true)
+	rs, err := doctor.Run(ctx, env, only, true)
 	if err != nil {
 		g.log.Warn("doctor", "err", err)
 		return

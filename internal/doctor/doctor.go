@@ -67,6 +67,10 @@ type Env struct {
 	// control-plane check unless Config names a listener.
 	CredentialsFile string
 	Servers         []string
+	// Bridge and HostFirewall are the VM network's bridge and
+	// host-firewall mode (hostnet.FirewallAdd or FirewallRefuse) when
+	// there is no config: tandem agent's flags. "": the defaults.
+	Bridge, HostFirewall string
 	// MemAvailableMiB and MemTotalMiB read the host's memory (the
 	// agent's own helpers).
 	MemAvailableMiB func() int

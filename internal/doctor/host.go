@@ -353,6 +353,12 @@ func checkHostFirewall(ctx context.Context, e *Env) Result {
 		return needsRoot("listing nftables chains")
 	}
 	bridge, mode := "tandem0", hostnet.FirewallAdd
+	if e.Bridge != "" {
+		bridge = e.Bridge
+	}
+	if e.HostFirewall != "" {
+		mode = e.HostFirewall
+	}
 	if c := e.Config; c != nil {
 		bridge = c.Agent.Bridge
 		if c.Agent.Network.HostFirewall != "" {
