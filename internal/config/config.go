@@ -894,7 +894,8 @@ func (p *Postgres) checkFiles(dir string) error {
 	if p.PasswordFile != "" {
 		b, err := os.ReadFile(abs(p.PasswordFile))
 		if err != nil {
-			return fmt.Errorf("config: postgres.password_file: %w", err)
+			return secretFileError("postgres.password_file", abs(p.PasswordFile), err,
+				"write the database user's password to that file, on one line, mode 0600, or point postgres.password_file at it")
 		}
 		b = bytes.TrimRight(b, "\r\n")
 		if len(b) == 0 {
@@ -907,7 +908,8 @@ func (p *Postgres) checkFiles(dir string) error {
 	if p.CAFile != "" {
 		b, err := os.ReadFile(abs(p.CAFile))
 		if err != nil {
-			return fmt.Errorf("config: postgres.ca_file: %w", err)
+			return secretFileError("postgres.ca_file", abs(p.CAFile), err,
+				"put the PEM certificate(s) of the CA that signed the server's certificate there, or point postgres.ca_file at them")
 		}
 		if !x509.NewCertPool().AppendCertsFromPEM(b) {
 			return fmt.Errorf("config: postgres.ca_file %s: no PEM certificate in it", p.CAFile)

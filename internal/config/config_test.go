@@ -428,7 +428,7 @@ postgres:
 
 	// The least: a URL; absolute paths stay; postgresql:// too.
 	c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql'\npostgres: {max_conns: 1000, ca_file: /nonexistent/ca.pem}\n")
-	if err == nil || !strings.Contains(err.Error(), "postgres.ca_file: open /nonexistent/ca.pem") {
+	if err == nil || !strings.Contains(err.Error(), "postgres.ca_file: /nonexistent/ca.pem: no such file or directory (put the PEM certificate(s)") {
 		t.Errorf("a missing ca_file: %v", err)
 	}
 	if c, err = load(t, minimal+"database: 'postgresql:///tandem?host=/run/postgresql&sslmode=disable'\npostgres: {max_conns: 1000, replica: cp-2.eu_west}\n"); err != nil {
@@ -473,7 +473,7 @@ func TestPostgresRejects(t *testing.T) {
 		"replica too long":           {pg + "postgres: {replica: " + strings.Repeat("a", 64) + "}\n", "at most 63"},
 		"sslmode and ca":             {"database: 'postgres://db/tandem?sslmode=require'\npostgres: {ca_file: pg-ca.pem}\n", "postgres.ca_file: the server is verified (sslmode=verify-full), but database asks for sslmode=require: drop sslmode"},
 		"typo":                       {pg + "postgres: {max_con: 4}\n", "max_con"},
-		"no password file":           {pg + "postgres: {password_file: nowhere}\n", "postgres.password_file: open "},
+		"no password file":           {pg + "postgres: {password_file: nowhere}\n", "nowhere: no such file or directory (write the database user's password"},
 		"empty password file":        {pg + "postgres: {password_file: pg-empty}\n", "postgres.password_file pg-empty: empty"},
 		"two-line password file":     {pg + "postgres: {password_file: pg-two-lines}\n", "postgres.password_file pg-two-lines: more than one line"},
 		"ca not pem":                 {pg + "postgres: {ca_file: pg-password}\n", "postgres.ca_file pg-password: no PEM certificate in it"},

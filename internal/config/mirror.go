@@ -106,7 +106,8 @@ func (m *Mirror) readPassword(dir, prefix string) (Secret, error) {
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("config: %s.password_file: %w", prefix, err)
+		return nil, secretFileError(prefix+".password_file", p, err,
+			"write the upstream registry's password to that file, on one line, mode 0600, or point "+prefix+".password_file at it")
 	}
 	b = bytes.TrimRight(b, "\r\n")
 	if len(b) == 0 {
