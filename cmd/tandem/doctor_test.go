@@ -227,7 +227,7 @@ func TestMissingConfigFirstRun(t *testing.T) {
 		if err == nil {
 			t.Fatalf("tandem %s without a config ran", sub)
 		}
-		for _, want := range []string{"no config file at " + missing, "tandem init --config " + missing, "tandem up --demo", "--config FILE"} {
+		for _, want := range []string{"no config file at " + missing, "tandem init --org ORG --webhook-url", "--config-dir " + filepath.Dir(missing), "tandem up --demo", "--config FILE"} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("tandem %s: %s\nwant it to contain %q", sub, out, want)
 			}

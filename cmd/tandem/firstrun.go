@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/tandem-ci/tandem/internal/config"
 )
@@ -15,9 +16,9 @@ func firstRun(err error) error {
 	if !errors.As(err, &nf) {
 		return err
 	}
-	return fmt.Errorf("no config file at %s. To make one:\n"+
-		"  tandem init --config %s      # asks for your GitHub App's ID, key and webhook secret, and writes the file\n"+
+	return fmt.Errorf("no config file at %s. To make one, with a GitHub App made for it:\n"+
+		"  tandem init --org ORG --webhook-url https://THIS-HOST/webhook --config-dir %s\n"+
 		"or try Tandem first without GitHub:\n"+
-		"  tandem up --demo               # a local emulated GitHub, a test image, and jobs to run\n"+
-		"or point at another file with --config FILE: %w", nf.Path, nf.Path, err)
+		"  tandem up --demo     # an emulated GitHub in this process, and a job on each architecture\n"+
+		"or point at another file with --config FILE: %w", nf.Path, filepath.Dir(nf.Path), err)
 }
