@@ -42,9 +42,9 @@ func runDB(t *testing.T, dataDir string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// writeDBConfig writes a config (its GitHub secrets too) with extra
+// writeTestConfig writes a config (its GitHub secrets too) with extra
 // appended and returns its path.
-func writeDBConfig(t *testing.T, extra string) string {
+func writeTestConfig(t *testing.T, extra string) string {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -67,7 +67,7 @@ func writeDBConfig(t *testing.T, extra string) string {
 func TestDBCopyArgs(t *testing.T) {
 	dir := t.TempDir()
 	lite := filepath.Join(dir, "tandem.db")
-	sqliteCfg := writeDBConfig(t, "database: "+lite+"\n")
+	sqliteCfg := writeTestConfig(t, "database: "+lite+"\n")
 	const pg = "postgres://tandem@127.0.0.1:1/tandem"
 	for name, tc := range map[string]struct {
 		args []string
@@ -134,7 +134,7 @@ func TestDBMigrate(t *testing.T) {
 	known := sqlite.KnownVersion()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tandem.db")
-	cfg := writeDBConfig(t, "database: "+path+"\n")
+	cfg := writeTestConfig(t, "database: "+path+"\n")
 	out, err := runDB(t, dir, "db", "migrate", "--config", cfg)
 	if want := fmt.Sprintf("sqlite %s: schema version 0 → %d\n", path, known); err != nil || out != want {
 		t.Errorf("first migrate: %q, %v; want %q", out, err, want)
@@ -155,7 +155,7 @@ func TestServerCheckDB(t *testing.T) {
 	known := sqlite.KnownVersion()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tandem.db")
-	cfg := writeDBConfig(t, "database: "+path+"\n")
+	cfg := writeTestConfig(t, "database: "+path+"\n")
 	check := func(cfg string) (string, int) {
 		t.Helper()
 		out, err := runDB(t, dir, "server", "--check-db", "--config", cfg)
@@ -203,7 +203,7 @@ func TestServerCheckDB(t *testing.T) {
 	}
 
 	// PostgreSQL out of reach: named without its password, not usable.
-	pgCfg := writeDBConfig(t, "database: postgres://tandem@127.0.0.1:1/tandemdb\npostgres: {password_file: pg-password}\n")
+	pgCfg := writeTestConfig(t, "database: postgres://tandem@127.0.0.1:1/tandemdb\npostgres: {password_file: pg-password}\n")
 	out, code = check(pgCfg)
 	if code != 1 || !strings.HasPrefix(out, `database: postgres database "tandemdb" on 127.0.0.1:1 as tandem`+"\nusable: no\n") {
 		t.Errorf("unreachable PostgreSQL: %d %q", code, out)

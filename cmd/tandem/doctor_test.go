@@ -3,11 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -102,25 +98,6 @@ func firewallNetns(t *testing.T) []string {
 	return enter
 }
 
-// doctorConfig writes a config (with the secret files it names) whose
-// agent section is extra.
-func doctorConfig(t *testing.T, extra string) string {
-	t.Helper()
-	dir := t.TempDir()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, "app.pem"), pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
-	os.WriteFile(filepath.Join(dir, "webhook-secret"), []byte("doctor-test-webhook-secret-0123"), 0o600)
-	p := filepath.Join(dir, "config.yaml")
-	cfg := "github: {app_id: 7, private_key_file: app.pem, webhook_secret_file: webhook-secret}\n" + extra
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestDoctorHostFirewall: a forward chain that drops by default is
 // reported with its fix: a warning when the agent will add its rules (the
 // default), a failure (exit 1) with host_firewall: refuse.
@@ -146,7 +123,7 @@ func TestDoctorHostFirewall(t *testing.T) {
 		t.Errorf("results: %+v", got)
 	}
 
-	cfg := doctorConfig(t, "agent: {bridge: tdmdoc0, network: {host_firewall: refuse}}\n")
+	cfg := writeTestConfig(t, "agent: {bridge: tdmdoc0, network: {host_firewall: refuse}}\n")
 	out, stderr, code = doctorRun(t, enter, data, "--config", cfg, "--check", "host_firewall")
 	if code != 1 {
 		t.Fatalf("exit %d, want 1 (a failure): %s%s", code, out, stderr)
@@ -178,7 +155,7 @@ func TestDoctorExitCodes(t *testing.T) {
 	}
 	// A config that does not load is a failure of its own, with the
 	// host's checks after it.
-	bad := doctorConfig(t, "agent: {vcpu: 2}\n")
+	bad := writeTestConfig(t, "agent: {vcpu: 2}\n")
 	out, _, code = doctorRun(t, nil, data, "--json", "--config", bad, "--check", "tun")
 	got := decodeDoctor(t, out)
 	if r := got["config"]; code != 1 || r.Status != "fail" || !strings.Contains(r.Detail, "config.yaml:2: agent.vcpu: unknown key (did you mean agent.vcpus?)") ||

@@ -33,6 +33,26 @@ type apiApp struct {
 var appEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	body := s.apiAppLocked()
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, body)
+}
+
+// apiAppLocked is the App as GitHub shows it: the one the manifest flow
+// made, or Config's (whose permissions and events Config.AppPermissions and
+// AppEvents may set). s.mu must be held.
+func (s *Server) apiAppLocked() apiApp {
+	a := s.app
+	if a.slug != "" { // made by the manifest flow
+		return apiApp{
+			ID: a.id, Slug: a.slug, ClientID: a.clientID, NodeID: nodeID("A_", a.id), Owner: a.owner.api(),
+			Name: a.name, Description: a.description, ExternalURL: a.externalURL, HTMLURL: a.htmlURL,
+			CreatedAt: timestamp(a.created), UpdatedAt: timestamp(a.created),
+			Permissions: maps.Clone(a.permissions), Events: nonNil(slices.Clone(a.events)),
+			InstallationsCount: len(s.installations),
+		}
+	}
 	perms := s.cfg.AppPermissions
 	if perms == nil {
 		perms = defaultPermissions()
@@ -41,15 +61,12 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	if events == nil {
 		events = []string{"workflow_job"}
 	}
-	s.mu.Lock()
-	n := len(s.installations)
-	s.mu.Unlock()
-	slug := fmt.Sprintf("tandem-%d", s.cfg.AppID)
+	slug := fmt.Sprintf("tandem-%d", a.id)
 	owner := &account{login: "tandem-ci", id: 1, typ: "Organization"}
-	writeJSON(w, http.StatusOK, apiApp{
-		ID: s.cfg.AppID, Slug: slug, ClientID: fmt.Sprintf("Iv1.%016x", s.cfg.AppID), NodeID: nodeID("A_", s.cfg.AppID),
+	return apiApp{
+		ID: a.id, Slug: slug, ClientID: fmt.Sprintf("Iv1.%016x", a.id), NodeID: nodeID("A_", a.id),
 		Owner: owner.api(), Name: slug, ExternalURL: "https://github.com/tandem-ci/tandem",
 		HTMLURL: "https://github.com/apps/" + slug, CreatedAt: timestamp(appEpoch), UpdatedAt: timestamp(appEpoch),
-		Permissions: maps.Clone(perms), Events: slices.Clone(events), InstallationsCount: n,
-	})
+		Permissions: maps.Clone(perms), Events: slices.Clone(events), InstallationsCount: len(s.installations),
+	}
 }

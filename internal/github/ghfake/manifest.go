@@ -69,6 +69,11 @@ type app struct {
 	public      bool
 	permissions map[string]string // what its installations get
 	events      []string
+	clientID    string
+	description *string
+	externalURL string
+	htmlURL     string
+	created     time.Time
 }
 
 // hook is where the App's webhooks go and how they are signed.
@@ -131,24 +136,13 @@ type appManifest struct {
 	SetupOnUpdate         bool              `json:"setup_on_update"`
 }
 
-// apiAppConversion is the conversions endpoint's answer.
+// apiAppConversion is the conversions endpoint's answer: the App, as GET
+// /app shows it, with its secrets.
 type apiAppConversion struct {
-	ID            int64             `json:"id"`
-	Slug          string            `json:"slug"`
-	NodeID        string            `json:"node_id"`
-	Owner         apiAccount        `json:"owner"`
-	Name          string            `json:"name"`
-	Description   string            `json:"description"`
-	ExternalURL   string            `json:"external_url"`
-	HTMLURL       string            `json:"html_url"`
-	CreatedAt     string            `json:"created_at"`
-	UpdatedAt     string            `json:"updated_at"`
-	Permissions   map[string]string `json:"permissions"`
-	Events        []string          `json:"events"`
-	ClientID      string            `json:"client_id"`
-	ClientSecret  string            `json:"client_secret"`
-	WebhookSecret string            `json:"webhook_secret"`
-	PEM           string            `json:"pem"`
+	apiApp
+	ClientSecret  string `json:"client_secret"`
+	WebhookSecret string `json:"webhook_secret"`
+	PEM           string `json:"pem"`
 }
 
 func (s *Server) manifestRoutes(m *http.ServeMux) {
@@ -264,6 +258,11 @@ func (s *Server) createApp(m appManifest, org string, key *rsa.PrivateKey, web s
 	a := app{
 		id: s.ids.app, key: &key.PublicKey, name: m.Name, slug: slugOf(m.Name), owner: owner,
 		public: m.Public, permissions: maps.Clone(m.DefaultPermissions), events: slices.Clone(m.DefaultEvents),
+		clientID: "Iv1." + s.randHexLocked(8), externalURL: m.URL, created: now,
+	}
+	a.htmlURL = web + "/apps/" + a.slug
+	if m.Description != "" {
+		a.description = &m.Description
 	}
 	if a.permissions == nil {
 		a.permissions = map[string]string{}
@@ -274,14 +273,8 @@ func (s *Server) createApp(m appManifest, org string, key *rsa.PrivateKey, web s
 		a.hook = hook{url: h.URL, secret: secretBytes, appID: a.id}
 	}
 	s.app = a
-	body := apiAppConversion{
-		ID: a.id, Slug: a.slug, NodeID: nodeID("A_", a.id), Owner: owner.api(), Name: a.name,
-		Description: m.Description, ExternalURL: m.URL, HTMLURL: web + "/apps/" + a.slug,
-		CreatedAt: timestamp(now), UpdatedAt: timestamp(now),
-		Permissions: maps.Clone(a.permissions), Events: nonNil(slices.Clone(a.events)),
-		ClientID: "Iv1." + s.randHexLocked(8), ClientSecret: secret(""), WebhookSecret: string(secretBytes),
-		PEM: string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})),
-	}
+	body := apiAppConversion{apiApp: s.apiAppLocked(), ClientSecret: secret(""), WebhookSecret: string(secretBytes),
+		PEM: string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))}
 	code = s.randHexLocked(20)
 	s.conversions[code] = &conversion{expires: now.Add(manifestCodeTTL), body: body}
 	return code, ""

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -153,6 +154,16 @@ func TestManifestFlow(t *testing.T) {
 	}
 	if info := f.srv.App(); info.ID != c.ID || info.Owner != "acme" || info.WebhookURL != f.sink.URL {
 		t.Errorf("App() = %+v", info)
+	}
+	// GET /app shows the App the manifest made, as the conversion did.
+	var got conversion
+	f.expect(http.StatusOK, "GET", "/app", "Bearer "+tok, nil, &got)
+	if got.ID != c.ID || got.Slug != c.Slug || got.Owner.Login != "acme" || got.HTMLURL != c.HTMLURL ||
+		got.ClientID != c.ClientID || !maps.Equal(got.Permissions, c.Permissions) || !slices.Equal(got.Events, c.Events) {
+		t.Errorf("GET /app = %+v, want the App of the conversion %+v", got, c)
+	}
+	if got.PEM != "" || got.ClientSecret != "" || got.WebhookSecret != "" {
+		t.Errorf("GET /app shows the App's secrets")
 	}
 
 	f.srv.QueueJob(ghfake.JobSpec{Repo: "acme/app", Labels: []string{"tandem"}})
