@@ -121,8 +121,12 @@ func checkCgroups(_ context.Context, e *Env) Result {
 // hostdeps' table (the agent refuses an architecture without them).
 func checkQEMU(_ context.Context, e *Env) Result {
 	var found, missing, pkgs, fixes []string
+	var user []string // emulated arches' image builds lack qemu-user
 	for _, a := range e.arches() {
 		for _, s := range hostdeps.Probe(hostdeps.QEMU(string(a))) {
+			if slices.Contains(found, s.Path) {
+				continue
+			}
 			if s.Err != nil {
 				missing = append(missing, fmt.Sprintf("%s (%s VMs): %v", s.Name, a, s.Err))
 				if !slices.Contains(pkgs, s.Package) {
@@ -135,9 +139,21 @@ func checkQEMU(_ context.Context, e *Env) Result {
 			}
 			found = append(found, s.Path)
 		}
+		if string(a) != hostdeps.NativeArch() {
+			// Emulated VMs need only qemu-system; building their runner
+			// image here runs its package scripts through qemu-user.
+			b := hostdeps.Binfmt(string(a))
+			if st := hostdeps.Probe([]hostdeps.Requirement{b}); st[0].Err != nil {
+				user = append(user, fmt.Sprintf("%s (to build %s runner images here): %v", b.Name, a, st[0].Err))
+				fixes = append(fixes, b.Fix)
+			}
+		}
 	}
 	if len(missing) > 0 {
-		return fail("missing: "+strings.Join(missing, "; "), strings.Join(append([]string{"apt-get install " + strings.Join(pkgs, " ")}, fixes...), "; "))
+		return fail("missing: "+strings.Join(append(missing, user...), "; "), strings.Join(append([]string{"apt-get install " + strings.Join(pkgs, " ")}, fixes...), "; "))
+	}
+	if len(user) > 0 {
+		return warn(strings.Join(found, ", ")+"; missing: "+strings.Join(user, "; "), strings.Join(fixes, "; "))
 	}
 	return ok(strings.Join(found, ", "))
 }
