@@ -34,8 +34,6 @@ packages=(
   postgresql
   # the dashboard's browser test drives headless Chromium (chromedp)
   chromium
-  # the demo talks to the API and ghfake
-  curl jq
 )
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
