@@ -196,4 +196,15 @@ func TestDebugSessionInRealVM(t *testing.T) {
 		}
 		return false
 	})
+	// The first job would run on past the test: it is cancelled, and its
+	// VM goes.
+	if err := s.gh.CancelJob(id); err != nil {
+		t.Fatal(err)
+	}
+	s.waitTandemState([]int64{id}, 2*time.Minute, "cancelled")
+	s.waitFor("the cancelled job's VM to go", 2*time.Minute, func() bool {
+		var out struct{ Runners []struct{ Name string } }
+		s.getJSON("/api/v1/runners?live=1", &out)
+		return len(out.Runners) == 0
+	})
 }

@@ -86,6 +86,7 @@ func newFleetHost(t testing.TB, i int) *fleetHost {
 				t.Logf("agent %s log (tail):\n%s", h.id, tail(string(b), 6000))
 			}
 		}
+		reclaimDetached(t, h.data, []string{"nsenter", "--net=/run/netns/" + h.ns, "--"})
 		testenv.AssertNoLeaks(t, h.data, nil)
 		if out, _ := exec.Command("ip", "-n", h.ns, "-o", "link", "show").CombinedOutput(); bytes.Contains(out, []byte(": tdm-")) {
 			t.Errorf("TAP devices left in %s: %s", h.ns, out)

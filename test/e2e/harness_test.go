@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -279,6 +280,7 @@ agent:
 				t.Logf("tandem log (tail):\n%s", tail(string(b), 12000))
 			}
 		}
+		reclaimDetached(t, data, nil, "--bridge", bridge, "--subnet", subnet)
 		testenv.AssertNoLeaks(t, data, nil)
 	})
 	s.start()
@@ -339,6 +341,28 @@ func (s *system) start() {
 			t.Fatal("tandem up did not become healthy within a minute")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// reclaimDetached fails t for every job a stopped agent (of data dir data)
+// let go for a next agent: the test ended with it running, which the test
+// should not. It then reclaims their VMs (tandem gc --abandoned, run with
+// prefix, e.g. nsenter into a host's namespace, and the host's network
+// flags) so that the tests after this one start clean.
+func reclaimDetached(t testing.TB, data string, prefix []string, netFlags ...string) {
+	t.Helper()
+	runs, _ := os.ReadDir(filepath.Join(data, "agent", "runs"))
+	if len(runs) == 0 {
+		return
+	}
+	var names []string
+	for _, r := range runs {
+		names = append(names, r.Name())
+	}
+	t.Errorf("the test ended with jobs running, left for a next agent: %v; end them before the test does", names)
+	args := append(append(slices.Clone(prefix), binary(t), "--data-dir", data, "gc", "--abandoned"), netFlags...)
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Errorf("tandem gc --abandoned: %v\n%s", err, out)
 	}
 }
 
