@@ -80,7 +80,7 @@ func newFleetHost(t testing.TB, i int) *fleetHost {
 	}
 	h.logPath = filepath.Join(h.data, "agent.log")
 	t.Cleanup(func() {
-		h.stop()
+		h.stopWhenIdle()
 		if t.Failed() {
 			if b, err := os.ReadFile(h.logPath); err == nil {
 				t.Logf("agent %s log (tail):\n%s", h.id, tail(string(b), 6000))
@@ -139,6 +139,15 @@ func (h *fleetHost) signal(sig syscall.Signal) {
 }
 
 func (h *fleetHost) stop() { h.signal(syscall.SIGTERM) }
+
+// stopWhenIdle stops the agent once no job runs on the host (waitNoRuns),
+// as a test ends.
+func (h *fleetHost) stopWhenIdle() {
+	if h.cmd != nil {
+		waitNoRuns(h.data)
+	}
+	h.stop()
+}
 func (h *fleetHost) kill() { h.signal(syscall.SIGKILL) }
 
 // cut drops the host's link to the fleet; heal restores it.
@@ -386,6 +395,6 @@ func TestFleet(t *testing.T) {
 	t.Logf("counters: %v", s.counters())
 	// Everything winds down: stop the agents (cleanup checks each host).
 	for _, h := range hosts {
-		h.stop()
+		h.stopWhenIdle()
 	}
 }

@@ -272,7 +272,7 @@ agent:
 		agentURL: fmt.Sprintf("https://%s:%d", fleetGateway, agentPort), gateway: gw, bin: o.bin, bridge: bridge, subnet: subnet}
 	gh.SetFaults(o.faults)
 	t.Cleanup(func() {
-		s.stop()
+		s.stopWhenIdle()
 		gh.Close()
 		ghSrv.Close()
 		if t.Failed() {
@@ -342,6 +342,28 @@ func (s *system) start() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// waitNoRuns waits up to a minute for the agent of data dir data to have
+// no job running: a job GitHub and Tandem call completed may still have
+// its VM for a moment, which a stop would let go for a next agent.
+func waitNoRuns(data string) {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if runs, _ := os.ReadDir(filepath.Join(data, "agent", "runs")); len(runs) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// stopWhenIdle stops `tandem up` once no job runs (waitNoRuns), as a test
+// ends.
+func (s *system) stopWhenIdle() {
+	if s.cmd != nil && !s.fleet {
+		waitNoRuns(s.data)
+	}
+	s.stop()
 }
 
 // reclaimDetached fails t for every job a stopped agent (of data dir data)

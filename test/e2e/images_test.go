@@ -53,5 +53,5 @@ func TestFleetAgentFetchesImages(t *testing.T) {
 	if !strings.Contains(string(log), "image fetched and verified") {
 		t.Errorf("the agent's log does not report the fetch")
 	}
-	h.stop()
+	h.stopWhenIdle()
 }

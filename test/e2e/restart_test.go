@@ -244,6 +244,6 @@ func TestFleetUpgradeKeepsRunningJobs(t *testing.T) {
 		hosts[1].start("", "")
 	})
 	for _, h := range hosts {
-		h.stop()
+		h.stopWhenIdle()
 	}
 }
