@@ -88,12 +88,23 @@ func (s *session) boot(ctx context.Context, accel vm.Accel) error {
 	}
 	watch := time.NewTicker(250 * time.Millisecond)
 	defer watch.Stop()
+	var stuck time.Time // since when the console has ended in clockStuck's line
 	for {
 		select {
-		case <-watch.C:
-			if line := timerLost(consoleTail(s.inst, 8<<10)); line != "" {
+		case now := <-watch.C:
+			tail := consoleTail(s.inst, 8<<10)
+			if line := timerLost(tail); line != "" {
 				return s.fail(failure.GuestClock, "the guest kernel lost its timer while booting ("+line+
 					"): the host stalled the VM while the kernel calibrated its APIC timer")
+			}
+			switch line := clockStuck(tail); {
+			case line == "":
+				stuck = time.Time{}
+			case stuck.IsZero():
+				stuck = now
+			case now.Sub(stuck) >= clockStuckAfter:
+				return s.fail(failure.GuestClock, fmt.Sprintf("the guest kernel could not calibrate its clock while booting (%s) "+
+					"and has said nothing for %s since: the host stalled the VM while it calibrated", line, clockStuckAfter))
 			}
 		case f, ok := <-s.frames:
 			if !ok {
@@ -161,6 +172,28 @@ func (s *session) open(ctx context.Context) error {
 func timerLost(console string) string {
 	const sign = "APIC frequency too slow, disabling apic timer"
 	if strings.Contains(console, sign) {
+		return sign
+	}
+	return ""
+}
+
+// clockStuckAfter is how long a booting kernel may stay silent after
+// clockStuck's line before it is taken for hung: a TCG boot prints its
+// next line within a second or two.
+const clockStuckAfter = 15 * time.Second
+
+// clockStuck returns the console's last line if it is the kernel failing
+// to calibrate its TSC against the PIT (the host stalled it meanwhile):
+// a kernel left there hangs before userspace. The kernel may also recover
+// (another reference clock), so the line counts only while nothing
+// follows it.
+func clockStuck(console string) string {
+	const sign = "tsc: Unable to calibrate against PIT"
+	last := strings.TrimRight(console, "\r\n ")
+	if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+		last = last[i+1:]
+	}
+	if strings.HasSuffix(strings.TrimSpace(last), sign) {
 		return sign
 	}
 	return ""

@@ -22,7 +22,9 @@ var (
 
 // hostTSCkHz measures the rate of the host's cycle counter against the
 // monotonic clock, once per process: two 10 ms windows, and the result only
-// if they agree within 0.1% (else 0, and the guest calibrates as it would).
+// if they agree within 0.1%. A busy host can stall one window: it tries up
+// to five pairs (at most 100 ms) before it gives up (0: the guest
+// calibrates as it would, and may hang; jobvm boots it again).
 func hostTSCkHz() uint64 {
 	tscOnce.Do(func() {
 		measure := func() float64 {
@@ -31,9 +33,12 @@ func hostTSCkHz() uint64 {
 			c1, t1 := rdtsc(), time.Now()
 			return float64(c1-c0) / (float64(t1.Sub(t0).Nanoseconds()) / 1e6)
 		}
-		a, b := measure(), measure()
-		if a > 0 && b > 0 && abs(a-b)/a < 0.001 {
-			tscKHz = uint64((a + b) / 2)
+		for range 5 {
+			a, b := measure(), measure()
+			if a > 0 && b > 0 && abs(a-b)/a < 0.001 {
+				tscKHz = uint64((a + b) / 2)
+				return
+			}
 		}
 	})
 	return tscKHz
