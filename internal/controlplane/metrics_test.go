@@ -177,13 +177,16 @@ func metricsFleet(t *testing.T) (*fleet, string) {
 	}
 	f.waitStates(done, 30*time.Second, store.JobCompleted)
 	f.waitStates([]int64{huge}, 10*time.Second, store.JobUnschedulable)
-	f.waitFor("one slow job running, two queued, one live runner", 20*time.Second, func() bool {
+	f.waitFor("one slow job running on a started runner, two queued", 20*time.Second, func() bool {
 		n := map[store.JobState]int{}
 		for _, id := range slow {
 			j, _ := f.job(id)
 			n[j.State]++
 		}
-		return n[store.JobRunning] == 1 && n[store.JobQueued] == 2 && len(f.liveRunners()) == 1
+		live := f.liveRunners()
+		// The job's in_progress can come before its host's "started"
+		// event, which is what observes the VM's boot: wait for both.
+		return n[store.JobRunning] == 1 && n[store.JobQueued] == 2 && len(live) == 1 && !live[0].StartedAt.IsZero()
 	})
 	f.waitFor("a1's heartbeat", 10*time.Second, func() bool {
 		v, ok := f.hostView("a1")
