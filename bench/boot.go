@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +31,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/guest"
 	"github.com/tandem-ci/tandem/internal/image"
 	"github.com/tandem-ci/tandem/internal/jobvm"
+	"github.com/tandem-ci/tandem/internal/stats"
 	"github.com/tandem-ci/tandem/internal/vm"
 	"github.com/tandem-ci/tandem/internal/vm/qemu"
 )
@@ -257,14 +257,7 @@ func rssMiB(pid int) float64 {
 	return 0
 }
 
-func pct(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	i := int(float64(len(s)-1)*p/100 + 0.5)
-	return round2(s[i])
-}
+// pct is the p-th percentile of xs, rounded to two places; 0 for none.
+func pct(xs []float64, p float64) float64 { return round2(stats.Quantile(xs, p/100)) }
 
 func round2(x float64) float64 { return float64(int64(x*100+0.5)) / 100 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tandem-ci/tandem/internal/agent"
+	"github.com/tandem-ci/tandem/internal/stats"
 	"github.com/tandem-ci/tandem/internal/testenv/testhost"
 )
 
@@ -89,19 +90,11 @@ func benchReattach(b *testing.B, n int) {
 		waitLog(b, x.logs, name, strings.Repeat("tick\n", strings.Count(string(before), "tick\n")+1))
 	}
 	a.Close()
-	p50, p95 := percentiles(took)
-	bp50, _ := percentiles(boots)
+	p50, p95 := stats.P50P95(took)
+	bp50, _ := stats.P50P95(boots)
 	b.ReportMetric(float64(p50.Milliseconds()), "reattach-p50-ms")
 	b.ReportMetric(float64(p95.Milliseconds()), "reattach-p95-ms")
 	b.ReportMetric(float64(bp50.Milliseconds()), "boot-p50-ms")
 	b.ReportMetric(float64(p50)/float64(bp50), "reattach/boot")
 	b.ReportMetric(float64(lost)/float64(b.N), "lost/restart")
-}
-
-// percentiles returns the 50th and 95th percentiles of ds (nearest rank).
-func percentiles(ds []time.Duration) (p50, p95 time.Duration) {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	at := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
-	return at(0.50), at(0.95)
 }

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +32,7 @@ import (
 	"github.com/tandem-ci/tandem/internal/github"
 	"github.com/tandem-ci/tandem/internal/github/ghfake"
 	"github.com/tandem-ci/tandem/internal/labels"
+	"github.com/tandem-ci/tandem/internal/stats"
 	"github.com/tandem-ci/tandem/internal/store"
 	"github.com/tandem-ci/tandem/internal/store/sqlite"
 )
@@ -113,8 +113,8 @@ func benchIdle(b *testing.B, f *fleetRig) {
 	time.Sleep(fleetIdle)
 	s := w.end()
 	b.ReportMetric(s.reqPerSec, "agent_req/s")
-	b.ReportMetric(ms(percentile(s.beats, 0.50)), "report_p50_ms")
-	b.ReportMetric(ms(percentile(s.beats, 0.99)), "report_p99_ms")
+	b.ReportMetric(ms(stats.Quantile(s.beats, 0.50)), "report_p50_ms")
+	b.ReportMetric(ms(stats.Quantile(s.beats, 0.99)), "report_p99_ms")
 	b.ReportMetric(s.cpuCores, "proc_cpu_cores")
 }
 
@@ -174,12 +174,12 @@ func benchAssign(b *testing.B, f *fleetRig, rate int) {
 	if len(fromHook) != len(launches) {
 		b.Errorf("webhook arrival known for %d of %d launches", len(fromHook), len(launches))
 	}
-	b.ReportMetric(ms(percentile(assign, 0.50)), "assign_p50_ms")
-	b.ReportMetric(ms(percentile(assign, 0.99)), "assign_p99_ms")
-	b.ReportMetric(ms(percentile(fromHook, 0.50)), "hook_to_cmd_p50_ms")
-	b.ReportMetric(ms(percentile(fromHook, 0.99)), "hook_to_cmd_p99_ms")
+	b.ReportMetric(ms(stats.Quantile(assign, 0.50)), "assign_p50_ms")
+	b.ReportMetric(ms(stats.Quantile(assign, 0.99)), "assign_p99_ms")
+	b.ReportMetric(ms(stats.Quantile(fromHook, 0.50)), "hook_to_cmd_p50_ms")
+	b.ReportMetric(ms(stats.Quantile(fromHook, 0.99)), "hook_to_cmd_p99_ms")
 	b.ReportMetric(fleetJobs/last.Sub(start).Seconds(), "jobs_placed/s")
-	b.ReportMetric(ms(percentile(s.beats, 0.99)), "report_p99_ms")
+	b.ReportMetric(ms(stats.Quantile(s.beats, 0.99)), "report_p99_ms")
 }
 
 // fleetRunner stands in for a host's VMs (this benchmark only): it records
@@ -633,16 +633,6 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// percentile returns the p-quantile (nearest rank) of ds; 0 for none.
-func percentile(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[int(p*float64(len(s)-1)+0.5)]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tandem-ci/tandem/internal/stats"
 	"github.com/tandem-ci/tandem/internal/testenv"
 	"github.com/tandem-ci/tandem/internal/testenv/testimages"
 )
@@ -50,19 +51,13 @@ func BenchmarkQueueToRunnerStarted(b *testing.B) {
 // reportVersus reports the p50 and p95 of two sides measured in one run,
 // and the ratio of their p50s (a over b).
 func reportVersus(b *testing.B, aName string, a []time.Duration, bName string, bs []time.Duration) {
-	ap50, ap95 := percentiles(a)
-	bp50, bp95 := percentiles(bs)
+	ap50, ap95 := stats.P50P95(a)
+	bp50, bp95 := stats.P50P95(bs)
 	b.ReportMetric(float64(ap50.Milliseconds()), aName+"_p50_ms")
 	b.ReportMetric(float64(ap95.Milliseconds()), aName+"_p95_ms")
 	b.ReportMetric(float64(bp50.Milliseconds()), bName+"_p50_ms")
 	b.ReportMetric(float64(bp95.Milliseconds()), bName+"_p95_ms")
 	b.ReportMetric(float64(ap50)/float64(bp50), "ratio_p50")
-}
-
-func percentiles(ds []time.Duration) (p50, p95 time.Duration) {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2], s[(len(s)*95)/100]
 }
 
 // bareEnv returns a function that boots the test image once with a bare
