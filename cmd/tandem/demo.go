@@ -264,38 +264,25 @@ func demoNetwork(ctx context.Context) (close func(), err error) {
 	return close, nil
 }
 
-// waitHealthy waits until the control plane at base answers, or serve ends.
+// waitHealthy waits until the control plane at base answers.
 func waitHealthy(ctx context.Context, base string, served chan error) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
+	return demoPoll(ctx, served, 100*time.Millisecond, time.Minute, "the control plane to answer", func() (bool, error) {
 		resp, err := http.Get(base + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if err != nil {
+			return false, nil
 		}
-		select {
-		case err := <-served:
-			return fmt.Errorf("demo: tandem up ended at start: %w", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.New("demo: the control plane did not answer within a minute")
-		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
 }
 
 // waitDemoJobs follows the demo's jobs on GitHub until each is done,
 // printing Tandem's view of each (tandem job) and its output as its runner
 // reported it, and says whether all succeeded.
 func waitDemoJobs(ctx context.Context, out io.Writer, gh *ghfake.Server, api *apiclient.Client, jobs []demoJob, served chan error) (bool, error) {
-	deadline := time.Now().Add(10 * time.Minute)
 	done := map[int64]bool{}
 	ok := true
-	for len(done) < len(jobs) {
+	err := demoPoll(ctx, served, 200*time.Millisecond, 10*time.Minute, "the jobs to finish", func() (bool, error) {
 		for _, j := range jobs {
 			info, _ := gh.Job(j.id)
 			if done[j.id] || info.Status != "completed" {
@@ -312,35 +299,43 @@ func waitDemoJobs(ctx context.Context, out io.Writer, gh *ghfake.Server, api *ap
 			fmt.Fprintf(out, "# the job's output, as the runner in the VM reported it to GitHub:\n%s\n",
 				strings.TrimRight(info.Output, "\n"))
 		}
-		select {
-		case err := <-served:
-			served <- err
-			return false, fmt.Errorf("demo: tandem up ended: %v", err)
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return false, errors.New("demo: the jobs did not finish within 10 minutes")
-		}
-	}
-	return ok, nil
+		return len(done) == len(jobs), nil
+	})
+	return ok && err == nil, err
 }
 
 // demoJobView is Tandem's view of a job GitHub has completed, once Tandem
 // has heard so too (the completed webhook may come a moment later).
 func demoJobView(ctx context.Context, api *apiclient.Client, id int64) (controlplane.JobView, error) {
 	var v controlplane.JobView
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err := demoPoll(ctx, nil, 200*time.Millisecond, 30*time.Second, "Tandem to hear the job completed", func() (bool, error) {
 		_, err := api.Call(ctx, http.MethodGet, fmt.Sprintf("/api/v1/jobs/%d", id), nil, nil, &v)
-		if err != nil || v.CompletedAt != nil || time.Now().After(deadline) {
-			return v, err
+		return v.CompletedAt != nil, err
+	})
+	return v, err
+}
+
+// demoPoll calls check every interval until it reports done or fails. It
+// gives up when ctx ends, after limit, or when tandem up ends (a value on
+// served, which it puts back for runDemo's deferred wait; nil: not
+// watched).
+func demoPoll(ctx context.Context, served chan error, every, limit time.Duration, what string, check func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	for {
+		done, err := check()
+		if done || err != nil {
+			return err
 		}
 		select {
+		case err := <-served:
+			served <- err
+			return fmt.Errorf("demo: tandem up ended while waiting for %s: %v", what, err)
 		case <-ctx.Done():
-			return v, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+			return ctx.Err()
+		case <-time.After(every):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: waited %s for %s", limit, what)
 		}
 	}
 }
