@@ -220,6 +220,15 @@ func (a *Agent) reattach(ctx context.Context, r *run, inst vm.Instance, rec reco
 		// the guest sends again up to the real offset is dropped by the
 		// same cap.
 		d.Offset = max(out.written()-rec.LogBase, 0)
+	} else if a.cfg.LogDir != "" {
+		// Let go on purpose: the offset is exact, but only until this
+		// agent writes more. Should it be killed in turn, the next one
+		// must go by the log's size again, so the record says where the
+		// job's output starts in the log.
+		rec.LogBase, rec.Exact = out.written()-d.Offset, false
+		if err := a.saveRecord(rec); err != nil {
+			log.Warn("cannot record where the job's output starts in the runner's log; should this agent be killed, the next one repeats some", "err", err)
+		}
 	}
 	log.Info("taking over a runner's job from an earlier agent", "offset", d.Offset, "exact", rec.Exact)
 	rr := jobvm.ReattachRequest{Stdout: out, Stderr: out,

@@ -60,15 +60,12 @@ func waitLog(t testing.TB, logs, runner, s string) {
 // order.
 func checkCounted(t *testing.T, logs, runner string, n int) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(logs, runner+".log"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readLog(t, logs, runner)
 	var want []string
 	for i := 1; i <= n; i++ {
 		want = append(want, fmt.Sprintf("line %d", i))
 	}
-	if got := strings.Split(strings.TrimSpace(string(b)), "\n"); !slices.Equal(got, want) {
+	if got := strings.Split(strings.TrimSpace(b), "\n"); !slices.Equal(got, want) {
 		t.Errorf("%s's log:\n%s\nwant lines 1..%d, each once", runner, b, n)
 	}
 }
@@ -76,12 +73,13 @@ func checkCounted(t *testing.T, logs, runner string, n int) {
 // An agent that lets go of its jobs (Detach, as on SIGTERM) leaves them
 // running; the next agent process takes them over before anyone asks it
 // what runs, and reports their ends, the logs whole. A runner still
-// waiting for its config is stopped, as before.
+// waiting for its config is stopped, as before. The agent that took a job
+// over can be killed in turn: the next one goes on where the log ends.
 func TestDetachAndRecover(t *testing.T) {
 	x := resumable{h: testhost.New(t), logs: t.TempDir(), runDir: t.TempDir()}
 	rec := newRecorder()
 	a := x.start(t, rec)
-	for _, r := range []agentapi.Assignment{countingJob("r1", 40, 5), asg("idle", "true")} {
+	for _, r := range []agentapi.Assignment{countingJob("r1", 60, 5), asg("idle", "true")} {
 		if err := a.Launch(r); err != nil {
 			t.Fatal(err)
 		}
@@ -124,12 +122,46 @@ func TestDetachAndRecover(t *testing.T) {
 	if w := b.AwaitingConfig(); len(w) != 0 {
 		t.Errorf("a taken-over runner waits for a config: %v", w)
 	}
-	end = rec2.wait(t, "r1", agentapi.EventEnded)
+	// This agent is killed in turn, mid-job: what it left on disk is the
+	// record as it stood while it ran (Detach rewrites it; the test puts
+	// it back). The third agent resumes the output where the log ends,
+	// repeating none of what the second one wrote.
+	if err := b.WaitTakenOver(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(x.runDir, "r1.json")
+	running, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := strings.Count(readLog(t, x.logs, "r1"), "\n")
+	waitLog(t, x.logs, "r1", fmt.Sprintf("line %d\n", at+3))
+	if n := b.Detach(); n != 1 {
+		t.Fatalf("the second agent let %d jobs go, want 1 (the job ended too soon?)", n)
+	}
+	if err := os.WriteFile(file, running, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec3 := newRecorder()
+	c := resumable{h: testhost.Restart(t, h2), logs: x.logs, runDir: x.runDir}.start(t, rec3)
+	if taken, err := c.Recover(context.Background()); err != nil || !slices.Equal(taken, []string{"r1"}) {
+		t.Fatalf("Recover after a kill: %v, %v; want r1", taken, err)
+	}
+	end = rec3.wait(t, "r1", agentapi.EventEnded)
 	if end.ExitCode != 5 || end.Failure != "" || end.VMID == "" {
 		t.Errorf("ended %+v: want exit 5, no failure", end)
 	}
-	checkCounted(t, x.logs, "r1", 40)
+	checkCounted(t, x.logs, "r1", 60)
 	waitNoRecords(t, x.runDir)
+}
+
+func readLog(t *testing.T, logs, runner string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(logs, runner+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // waitNoRecords waits a moment for the records in runDir to go: a
