@@ -370,7 +370,7 @@ func TestFleet(t *testing.T) {
 	hosts[0].start("", "")
 	s.checkSurvived(hosts[0].data, both, runners, 20)
 	b, _ := os.ReadFile(hosts[0].logPath)
-	logTakeover(t, string(b))
+	logTakeover(t, string(b), 1)
 	s.admin("POST", "/api/v1/hosts/h2/uncordon", nil, nil)
 	s.admin("POST", "/api/v1/hosts/h3/uncordon", nil, nil)
 
