@@ -102,7 +102,7 @@ agent comes back within --return-within, a watchdog stops the VMs.`,
 					d.Capacity = h.capacity
 					// The images the control plane names come from it, checked.
 					images = agent.NewImages(h.Host.Images, client, g.log)
-					return agent.Config{HostID: creds.HostID, Sink: d.Event, LogSink: d.Log,
+					return agent.Config{HostID: creds.HostID, Sink: d.Send, LogSink: d.Log,
 						SampleSink: d.Sample, SampleEvery: sampleEvery, Images: images}
 				})
 			if images != nil {

@@ -319,7 +319,7 @@ func startLocalAgent(ctx context.Context, g *globals, cfg *config.Config, dataDi
 		vcpus: cfg.Agent.VCPUs, memoryMiB: int(cfg.Agent.Memory), emulate: cfg.Agent.Emulate,
 	}, cfg.Agent.ReturnWithin.D(), func(h *runningHost) agent.Config {
 		rec = controlplane.HostRecord(hostID, version, h.capacity())
-		return agent.Config{HostID: hostID, Sink: cp.HostEvent,
+		return agent.Config{HostID: hostID, Sink: func(e agentapi.Event) <-chan struct{} { return cp.HostEvents(e) },
 			SampleSink: func(runner string, s profile.Sample) {
 				cp.HostSamples(hostID, []agentapi.RunnerSamples{{Runner: runner, Samples: []profile.Sample{s}}})
 			},

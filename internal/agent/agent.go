@@ -43,8 +43,12 @@ type Config struct {
 	HostID string
 	Host   *jobvm.Host
 	// Sink receives every event, from the agent's goroutines, in order per
-	// runner. It must not block for long.
-	Sink func(agentapi.Event)
+	// runner. It must not block for long. It returns a channel closed once
+	// the control plane has the event for good (applied to its store), or
+	// nil if it has it once Sink returns. A runner's record in RunDir,
+	// with its end, stays until then: an agent started before that
+	// reports the end again.
+	Sink func(agentapi.Event) <-chan struct{}
 	// LogDir, if set, receives each runner's output as <runner>.log, capped
 	// at LogLimit bytes (default 8 MiB).
 	LogDir   string
@@ -90,6 +94,12 @@ type Agent struct {
 	// takeover counts the jobs Recover took over whose guests have not
 	// answered yet.
 	takeover sync.WaitGroup
+	// stopping is closed by Close and Detach; delivering counts the
+	// goroutines that wait for an end to reach the control plane, which
+	// stop waiting then (forgetOnceDelivered).
+	stopping   chan struct{}
+	stopOnce   sync.Once
+	delivering sync.WaitGroup
 }
 
 type run struct {
@@ -150,7 +160,7 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), runs: map[string]*run{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostID), runs: map[string]*run{}, stopping: make(chan struct{})}, nil
 }
 
 // Launch starts a runner's VM and returns at once; its progress arrives as
@@ -200,14 +210,22 @@ func (a *Agent) start(asg agentapi.Assignment, body func(context.Context, *run) 
 			a.detached.Add(1)
 			return
 		}
+		// A job that was sent: its record, with its end, stays until the
+		// control plane has the end, so that an agent killed before
+		// then reports it again. Lost, the end would reach the control
+		// plane as "VM gone", an infrastructure loss, whatever the job
+		// did.
+		if end.At.IsZero() {
+			end.At = a.cfg.Now() // the same in the record and the event
+		}
+		if r.sent.Load() {
+			a.recordEnd(asg.Runner, end)
+		}
 		// Only now is the runner gone from the agent too: whoever hears
 		// "ended" and asks finds nothing of it. Nothing comes between
 		// the two: a hello in that gap would not name it at all
 		// (Daemon.inventory).
-		a.emit(end)
-		// Once its end is out of the agent's hands, a later agent has
-		// nothing of it to report.
-		a.dropRecord(asg.Runner)
+		a.forgetOnceDelivered(asg.Runner, a.emit(end))
 	}()
 	return nil
 }
@@ -385,14 +403,17 @@ func (a *Agent) Close() {
 	}
 	a.mu.Unlock()
 	a.wg.Wait()
+	a.stopDelivering()
 }
 
-func (a *Agent) emit(e agentapi.Event) {
+// emit hands e to the Sink and returns the Sink's channel, closed once the
+// control plane has e for good (nil: it has it now).
+func (a *Agent) emit(e agentapi.Event) <-chan struct{} {
 	e.Host = a.cfg.HostID
 	if e.At.IsZero() {
 		e.At = a.cfg.Now()
 	}
-	a.cfg.Sink(e)
+	return a.cfg.Sink(e)
 }
 
 // execute runs one runner's VM to its end and returns the "ended" event,

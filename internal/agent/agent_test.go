@@ -20,20 +20,23 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.RunInNetns(m)) }
 
-// recorder collects events and lets a test wait for one.
+// recorder collects events and lets a test wait for one. The control
+// plane has each for good at once, or, with hold set, once hold closes.
 type recorder struct {
-	mu  sync.Mutex
-	evs []agentapi.Event
-	ch  chan agentapi.Event
+	mu   sync.Mutex
+	evs  []agentapi.Event
+	ch   chan agentapi.Event
+	hold chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{ch: make(chan agentapi.Event, 64)} }
 
-func (r *recorder) sink(e agentapi.Event) {
+func (r *recorder) sink(e agentapi.Event) <-chan struct{} {
 	r.mu.Lock()
 	r.evs = append(r.evs, e)
 	r.mu.Unlock()
 	r.ch <- e
+	return r.hold
 }
 
 func (r *recorder) wait(t *testing.T, runner string, kind agentapi.EventKind) agentapi.Event {

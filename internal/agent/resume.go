@@ -33,8 +33,11 @@ import (
 // on purpose (SIGTERM: the agent is being replaced) and records exactly how
 // much of each one's output it wrote.
 //
-// A runner's record is removed once its end has been handed to the Sink.
-// VMs that were still booting or waiting for their config have no record:
+// When a runner's VM ends, its end is written into its record, which is
+// removed once the control plane has the end for good (the Sink's
+// channel); an agent started before that reports the end again rather
+// than the VM as gone. VMs that were still booting or waiting for their
+// config have no record:
 // the next agent's Collect reclaims them (Keep names the ones it
 // must keep), and the control plane places their jobs again.
 
@@ -48,6 +51,9 @@ type record struct {
 	// Exact: Detached.Offset is what the agent had written when it let
 	// the job go (Detach); otherwise the log's size says (a SIGKILL).
 	Exact bool `json:"exact,omitempty"`
+	// Ended is the runner's end, once its VM has ended, until the
+	// control plane has it.
+	Ended *agentapi.Event `json:"ended,omitempty"`
 }
 
 // recordFile is where runner's record is kept.
@@ -64,6 +70,51 @@ func (a *Agent) saveRecord(rec record) error {
 		return err
 	}
 	return fsutil.WriteFileAtomic(a.recordFile(rec.Assignment.Runner), b, 0o600)
+}
+
+// recordEnd writes runner's end into its record.
+func (a *Agent) recordEnd(runner string, end agentapi.Event) {
+	if a.cfg.RunDir == "" {
+		return
+	}
+	b, err := os.ReadFile(a.recordFile(runner))
+	var rec record
+	if err == nil {
+		err = json.Unmarshal(b, &rec)
+	}
+	if err == nil {
+		end.Host, rec.Ended = a.cfg.HostID, &end
+		err = a.saveRecord(rec)
+	}
+	if err != nil {
+		a.log.Warn("cannot record the runner's end; should the agent stop before the control plane has it, the job is reported lost with its VM", "runner", runner, "err", err)
+	}
+}
+
+// forgetOnceDelivered removes runner's record once delivered is closed
+// (nil: now), unless the agent stops first: the record then stays for the
+// next agent, which reports the end again.
+func (a *Agent) forgetOnceDelivered(runner string, delivered <-chan struct{}) {
+	if delivered == nil {
+		a.dropRecord(runner)
+		return
+	}
+	a.delivering.Add(1)
+	go func() {
+		defer a.delivering.Done()
+		select {
+		case <-delivered:
+			a.dropRecord(runner)
+		case <-a.stopping:
+		}
+	}()
+}
+
+// stopDelivering ends the waits of forgetOnceDelivered, and waits for
+// them.
+func (a *Agent) stopDelivering() {
+	a.stopOnce.Do(func() { close(a.stopping) })
+	a.delivering.Wait()
 }
 
 func (a *Agent) dropRecord(runner string) {
@@ -95,7 +146,7 @@ func readRecords(dir string) (recs []record, bad []string, err error) {
 		if err == nil {
 			err = json.Unmarshal(b, &rec)
 		}
-		if err == nil && (rec.Assignment.Runner != name || rec.Detached.VMID == "") {
+		if err == nil && (rec.Assignment.Runner != name || rec.Detached.VMID == "" && rec.Ended == nil) {
 			err = errors.New("its runner or VM is missing or not the file's")
 		}
 		if err != nil {
@@ -119,7 +170,9 @@ func Keep(runDir, owner string) (func(vm.Info) bool, error) {
 	}
 	ids := map[string]bool{}
 	for _, rec := range recs {
-		ids[rec.Detached.VMID] = true
+		if rec.Ended == nil { // a VM whose end is recorded is not taken over
+			ids[rec.Detached.VMID] = true
+		}
 	}
 	return func(info vm.Info) bool { return info.Spec.Owner != owner || ids[info.ID] }, nil
 }
@@ -152,6 +205,14 @@ func (a *Agent) Recover(ctx context.Context) ([]string, error) {
 	var taken []string
 	for _, rec := range recs {
 		name := rec.Assignment.Runner
+		if rec.Ended != nil {
+			// It ended under an earlier agent, which did not hear that
+			// the control plane had its end: reported again.
+			a.log.Info("reporting again the end of a runner an earlier agent saw end", "runner", name,
+				"exit_code", rec.Ended.ExitCode, "failure", rec.Ended.Failure)
+			a.forgetOnceDelivered(name, a.emit(*rec.Ended))
+			continue
+		}
 		inst, err := a.cfg.Host.Driver.Get(ctx, rec.Detached.VMID)
 		if err != nil {
 			a.log.Warn("a runner's VM was gone when the agent started", "runner", name, "vm", rec.Detached.VMID, "err", err)
@@ -161,8 +222,7 @@ func (a *Agent) Recover(ctx context.Context) ([]string, error) {
 			if errors.Is(err, vm.ErrNotFound) {
 				ev.Detail = "the VM was gone when the host's agent restarted"
 			}
-			a.emit(ev)
-			a.dropRecord(name)
+			a.forgetOnceDelivered(name, a.emit(ev))
 			continue
 		}
 		a.takeover.Add(1)
@@ -261,5 +321,6 @@ func (a *Agent) Detach() int {
 	}
 	a.mu.Unlock()
 	a.wg.Wait()
+	a.stopDelivering()
 	return int(a.detached.Load())
 }

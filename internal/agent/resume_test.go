@@ -74,7 +74,8 @@ func checkCounted(t *testing.T, logs, runner string, n int) {
 // running; the next agent process takes them over before anyone asks it
 // what runs, and reports their ends, the logs whole. A runner still
 // waiting for its config is stopped, as before. The agent that took a job
-// over can be killed in turn: the next one goes on where the log ends.
+// over can be killed in turn: the next one goes on where the log ends. An
+// end the control plane may not have is reported again.
 func TestDetachAndRecover(t *testing.T) {
 	x := resumable{h: testhost.New(t), logs: t.TempDir(), runDir: t.TempDir()}
 	rec := newRecorder()
@@ -142,8 +143,14 @@ func TestDetachAndRecover(t *testing.T) {
 	if err := os.WriteFile(file, running, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The third agent sees the job end, but stops before the control
+	// plane has its end (the Sink's channel stays open): the record keeps
+	// the end, and the fourth agent reports it again, exit code and all,
+	// rather than the VM as gone.
 	rec3 := newRecorder()
-	c := resumable{h: testhost.Restart(t, h2), logs: x.logs, runDir: x.runDir}.start(t, rec3)
+	rec3.hold = make(chan struct{})
+	h3 := testhost.Restart(t, h2)
+	c := resumable{h: h3, logs: x.logs, runDir: x.runDir}.start(t, rec3)
 	if taken, err := c.Recover(context.Background()); err != nil || !slices.Equal(taken, []string{"r1"}) {
 		t.Fatalf("Recover after a kill: %v, %v; want r1", taken, err)
 	}
@@ -152,6 +159,24 @@ func TestDetachAndRecover(t *testing.T) {
 		t.Errorf("ended %+v: want exit 5, no failure", end)
 	}
 	checkCounted(t, x.logs, "r1", 60)
+	c.Close()
+	rec4 := newRecorder()
+	rec4.hold = make(chan struct{})
+	d := resumable{h: testhost.Restart(t, h3), logs: x.logs, runDir: x.runDir}.start(t, rec4)
+	if taken, err := d.Recover(context.Background()); err != nil || len(taken) != 0 {
+		t.Fatalf("Recover with a recorded end: took %v over (%v), want none", taken, err)
+	}
+	again := rec4.wait(t, "r1", agentapi.EventEnded)
+	if again.ExitCode != 5 || again.Failure != "" || again.VMID != end.VMID || !again.At.Equal(end.At) || again.Host != "h1" {
+		t.Errorf("the end reported again: %+v, want the first one: %+v", again, end)
+	}
+	if rs := d.Runners(); len(rs) != 0 {
+		t.Errorf("runners after reporting an end again: %v", rs)
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Errorf("the record went before the control plane had the end: %v", err)
+	}
+	close(rec4.hold)
 	waitNoRecords(t, x.runDir)
 }
 

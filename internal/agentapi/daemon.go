@@ -82,6 +82,7 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	events  []Event
+	sent    []chan struct{} // beside events: each closed once its event is reported
 	logs    map[string][]byte
 	samples map[string][]profile.Sample // by runner, until the next heartbeat
 	kick    chan struct{}
@@ -107,20 +108,28 @@ func (d *Daemon) Bind(r Runner) {
 	}
 }
 
-// Event queues an agent event for the control plane (an agent.Config.Sink).
-func (d *Daemon) Event(e Event) {
+// Event queues an agent event for the control plane.
+func (d *Daemon) Event(e Event) { d.Send(e) }
+
+// Send queues an agent event for the control plane (an agent.Config.Sink)
+// and returns a channel closed once the control plane has applied it. An
+// event dropped from a full queue never is: its channel stays open.
+func (d *Daemon) Send(e Event) <-chan struct{} {
+	reported := make(chan struct{})
 	d.mu.Lock()
 	if len(d.events) >= maxQueued {
-		d.events = d.events[1:]
+		d.events, d.sent = d.events[1:], d.sent[1:]
 		d.dropped++
 		d.shifted++
 	}
 	d.events = append(d.events, e)
+	d.sent = append(d.sent, reported)
 	d.mu.Unlock()
 	select {
 	case d.kick <- struct{}{}:
 	default:
 	}
+	return reported
 }
 
 // Log queues runner output for the control plane (an agent.Config.LogSink).
@@ -332,7 +341,7 @@ func (d *Daemon) reportLoop(ctx context.Context, cancel context.CancelCauseFunc)
 
 func (d *Daemon) flush(ctx context.Context) error {
 	d.mu.Lock()
-	evs := d.events
+	evs, sent := d.events, d.sent
 	shifted := d.shifted
 	logs := d.logs
 	d.logs = map[string][]byte{}
@@ -358,9 +367,14 @@ func (d *Daemon) flush(ctx context.Context) error {
 	cancel()
 	d.mu.Lock()
 	if n := len(evs) - int(d.shifted-shifted); err == nil && n > 0 {
-		d.events = d.events[n:] // the sent ones, less any dropped meanwhile
+		d.events, d.sent = d.events[n:], d.sent[n:] // the sent ones, less any dropped meanwhile
 	}
 	d.mu.Unlock()
+	if err == nil {
+		for _, c := range sent[:len(evs)] { // dropped meanwhile or not, the control plane has them
+			close(c)
+		}
+	}
 	return err
 }
 

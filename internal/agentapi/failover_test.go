@@ -252,7 +252,7 @@ func TestDaemonFailsOver(t *testing.T) {
 // A runner that ends while its end cannot be reported is named running in
 // the next hello, so that the control plane waits for that end, with its
 // exit, rather than end the runner as gone with the agent; once the end is
-// reported, the hello names it no more.
+// reported, the hello names it no more, and Send's channel says so.
 func TestHelloNamesRunnersWhoseEndIsQueued(t *testing.T) {
 	cps, creds := replicas(t, 1)
 	cp := cps[0]
@@ -268,10 +268,15 @@ func TestHelloNamesRunnersWhoseEndIsQueued(t *testing.T) {
 		t.Fatalf("first hello runs %v, want r1", h.Running)
 	}
 	cp.down.Store(true)
-	d.Event(Event{Runner: "r2", Kind: EventEnded, ExitCode: 3})
+	reported := d.Send(Event{Runner: "r2", Kind: EventEnded, ExitCode: 3})
 	cp.hangup <- struct{}{}
 	if h := recv(t, cp.streams, "the stream again"); !slices.Equal(h.Running, []string{"r1", "r2"}) {
 		t.Errorf("hello with r2's end queued runs %v, want r1 and r2", h.Running)
+	}
+	select {
+	case <-reported:
+		t.Fatal("Send says r2's end was reported while the control plane refused reports")
+	default:
 	}
 	cp.down.Store(false)
 	for {
@@ -280,6 +285,8 @@ func TestHelloNamesRunnersWhoseEndIsQueued(t *testing.T) {
 			break
 		}
 	}
+	// (The fake answers just after it hands the report on.)
+	recv(t, reported, "Send's word that r2's end was reported")
 	cp.hangup <- struct{}{}
 	if h := recv(t, cp.streams, "the third stream"); !slices.Equal(h.Running, []string{"r1"}) {
 		t.Errorf("hello after r2's end was reported runs %v, want r1", h.Running)

@@ -317,12 +317,28 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		s.links.heard(id, *rep.Heartbeat, s.now())
 	}
 	s.HostSamples(id, rep.Samples) // an agent speaks for its own host only
-	for _, e := range rep.Events {
-		e.Host = id // an agent speaks for its own host only
-		s.HostEvent(e)
+	for i := range rep.Events {
+		rep.Events[i].Host = id // an agent speaks for its own host only
 	}
-	w.WriteHeader(http.StatusNoContent)
+	// The answer says the events are applied, not only received: the
+	// agent forgets a runner's end once it has it, so a control plane
+	// that restarts must have it in its store. Events not applied in
+	// time stay queued here, and the agent sends them again (applying an
+	// event twice changes nothing).
+	t := time.NewTimer(reportApplyWait)
+	defer t.Stop()
+	select {
+	case <-s.HostEvents(rep.Events...):
+		w.WriteHeader(http.StatusNoContent)
+	case <-t.C:
+		httpError(w, http.StatusServiceUnavailable, "the events are not applied yet: send them again")
+	case <-r.Context().Done():
+	}
 }
+
+// reportApplyWait bounds how long a report waits for its events to be
+// applied; agents give a report 10 s.
+const reportApplyWait = 5 * time.Second
 
 // maxRunnerLog caps one runner's log kept by the control plane.
 const maxRunnerLog = 16 << 20

@@ -312,6 +312,27 @@ func TestAgentRestartKeepsItsRunningJobs(t *testing.T) {
 	}
 }
 
+// A report is answered once its events are applied, not only received:
+// the agent forgets a runner's end when the answer comes, so a control
+// plane that restarts after it must have the end in its store.
+func TestReportAnsweredOnceApplied(t *testing.T) {
+	f := newFleet(t)
+	f.gh.AddInstallation("acme", ghfake.AccountOrganization, "acme/app")
+	a := f.join("u1")
+	id := f.queue("acme/app", "tandem", "sleep 60")
+	f.waitStates([]int64{id}, 20*time.Second, store.JobRunning)
+	j, _ := f.job(id)
+	c := agentapi.NewClient(a.creds)
+	err := c.Report(context.Background(), agentapi.Report{Events: []agentapi.Event{
+		{Runner: j.RunnerName, Kind: agentapi.EventEnded, ExitCode: 7, At: time.Now()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := f.runner(j.RunnerName); r.State != store.RunnerEnded || r.ExitCode != 7 {
+		t.Errorf("the runner once the report was answered: %s, exit %v; want ended with exit 7", r.State, r.ExitCode)
+	}
+}
+
 // A host whose agent falls silent goes offline: its running job is lost,
 // with the reason, and new jobs go to the other host.
 func TestSilentHostGoesOffline(t *testing.T) {

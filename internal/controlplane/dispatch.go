@@ -538,11 +538,20 @@ func (s *Server) stopRunner(hostID, name, reason string) {
 
 // HostEvent takes a report from an agent. It never blocks: events are
 // applied in order by eventLoop.
-func (s *Server) HostEvent(e agentapi.Event) {
-	if e.At.IsZero() {
-		e.At = s.now()
+func (s *Server) HostEvent(e agentapi.Event) { s.HostEvents(e) }
+
+// HostEvents takes reports from an agent, as HostEvent does, and returns a
+// channel closed once all of them are applied: in the store, where a
+// control plane that restarts finds them. An agent forgets a runner's end
+// only then.
+func (s *Server) HostEvents(evs ...agentapi.Event) <-chan struct{} {
+	now := s.now()
+	for i := range evs {
+		if evs[i].At.IsZero() {
+			evs[i].At = now
+		}
 	}
-	s.events.put(e)
+	return s.events.put(evs...)
 }
 
 func (s *Server) eventLoop(ctx context.Context) {

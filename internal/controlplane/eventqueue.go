@@ -14,18 +14,37 @@ import (
 // arrived meanwhile.
 type eventQueue struct {
 	mu       sync.Mutex
-	events   []agentapi.Event // guarded by mu
-	draining sync.Mutex       // held by the one drainer
-	kick     chan struct{}    // signalled on put
+	events   []queuedEvent // guarded by mu
+	draining sync.Mutex    // held by the one drainer
+	kick     chan struct{} // signalled on put
+}
+
+type queuedEvent struct {
+	agentapi.Event
+	applied chan struct{} // closed once applied (nil: nobody asks)
 }
 
 func newEventQueue() *eventQueue { return &eventQueue{kick: make(chan struct{}, 1)} }
 
-func (q *eventQueue) put(e agentapi.Event) {
+// put queues evs in order and returns a channel closed once all of them
+// are applied.
+func (q *eventQueue) put(evs ...agentapi.Event) <-chan struct{} {
+	applied := make(chan struct{})
+	if len(evs) == 0 {
+		close(applied)
+		return applied
+	}
 	q.mu.Lock()
-	q.events = append(q.events, e)
+	for i, e := range evs {
+		qe := queuedEvent{Event: e}
+		if i == len(evs)-1 { // applied in order: the last one says for all
+			qe.applied = applied
+		}
+		q.events = append(q.events, qe)
+	}
 	q.mu.Unlock()
 	kick(q.kick)
+	return applied
 }
 
 // drain applies the queued events in order and says how many it applied.
@@ -38,11 +57,14 @@ func (q *eventQueue) drain(apply func(agentapi.Event) error) (int, error) {
 	q.events = nil
 	q.mu.Unlock()
 	for i, e := range evs {
-		if err := apply(e); err != nil {
+		if err := apply(e.Event); err != nil {
 			q.mu.Lock()
 			q.events = append(evs[i:len(evs):len(evs)], q.events...)
 			q.mu.Unlock()
 			return i, fmt.Errorf("runner %s, %s: %w", e.Runner, e.Kind, err)
+		}
+		if e.applied != nil {
+			close(e.applied)
 		}
 	}
 	return len(evs), nil
