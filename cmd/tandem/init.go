@@ -251,9 +251,23 @@ func githubLogin(s string) bool {
 	return true
 }
 
-// checkFiles refuses, before anything is made on GitHub, to replace what
-// is there unless --force.
+// checkFiles makes sure, before anything is made on GitHub, that the
+// config directory can take the files (making it), and refuses to replace
+// what is there unless --force.
 func (o *initOptions) checkFiles() error {
+	// The files are written once GitHub has made the App: a directory
+	// that cannot take them is found now, not then.
+	err := os.MkdirAll(o.configDir, 0o750)
+	if err == nil {
+		var f *os.File
+		if f, err = os.CreateTemp(o.configDir, ".tandem-init-check-*"); err == nil {
+			f.Close()
+			err = os.Remove(f.Name())
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("init: --config-dir %s cannot take the App's files: %w (run as a user who may write there, root for /etc/tandem, or give another --config-dir)", o.configDir, err)
+	}
 	if o.force {
 		return nil
 	}

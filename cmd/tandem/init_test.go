@@ -30,6 +30,10 @@ func TestInitRefuses(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(taken, "app.pem"), []byte("old"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	notDir := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ok := initOptions{org: "acme", webhookURL: "https://ci.example.com/webhook", githubURL: "https://github.com",
 		listen: "127.0.0.1:0", configDir: dir, timeout: time.Second}
 	for _, c := range []struct {
@@ -51,6 +55,8 @@ func TestInitRefuses(t *testing.T) {
 		{"another address", func(o *initOptions) { o.listen = "192.0.2.1:0" }, "only a loopback address"},
 		{"a name", func(o *initOptions) { o.listen = "example.com:0" }, "only a loopback address"},
 		{"files exist", func(o *initOptions) { o.configDir = taken }, filepath.Join(taken, "app.pem") + " exists"},
+		{"unwritable dir", func(o *initOptions) { o.configDir = filepath.Join(notDir, "tandem") }, "cannot take the App's files"},
+		{"unwritable dir, forced", func(o *initOptions) { o.configDir, o.force = filepath.Join(notDir, "tandem"), true }, "give another --config-dir"},
 	} {
 		o := ok
 		c.edit(&o)
@@ -315,9 +321,12 @@ func TestInitFlow(t *testing.T) {
 	if resp, err := http.Get(bogus.String()); err != nil || resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("an unknown code: %v %v, want 502", resp, err)
 	}
-	// The files cannot be written (a file where the directory should be):
-	// 502; once they can, the same redirect again writes them, though
-	// GitHub's code works only once.
+	// The files cannot be written (a file where the directory should be,
+	// made after tandem init checked it): 502; once they can, the same
+	// redirect again writes them, though GitHub's code works only once.
+	if err := os.Remove(r.dir); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(r.dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
