@@ -8,6 +8,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,9 +27,11 @@ import (
 // are owned by its lease (vm.AgentOwner), alive while the agent's process
 // is, or until the lease's returns_by. The agent spawns the watchdog once it
 // holds its lease; the watchdog, in a session of its own, outlives the
-// agent. One watchdog watches a lease (an flock on <lease>.watchdog): the
-// ones later agents spawn exit at once, and the first goes on watching
-// whichever agent holds the lease now. When the owner is gone, it takes the
+// agent. One watchdog watches a lease (an flock on <lease>.watchdog). An
+// agent that starts retires the watchdog an earlier one left, found by its
+// command line, while it holds the lease (so that watchdog only watches), and
+// spawns its own: after an upgrade or a change of the host's network, the
+// watchdog is the new binary with the new flags. When the owner is gone, it takes the
 // agent's lock (<lease>.lock) so that no agent starts meanwhile, stops every
 // VM whose owner is gone (jobvm.Host.Collect, which also reclaims their TAP
 // devices and address leases), and exits.
@@ -147,6 +152,57 @@ func stopDeadAgent(ctx context.Context, g *globals, leasePath string, nf *hostFl
 	return true, nil
 }
 
+// retireWatchdog stops the watchdog of the lease at leasePath, if one runs
+// (of this version or an older one), and waits up to wait for it to let go
+// of its lock. Call it holding the lease: the watchdog is then only
+// watching, never stopping VMs.
+func retireWatchdog(leasePath string, wait time.Duration) error {
+	lock := leasePath + ".watchdog"
+	deadline := time.Now().Add(wait)
+	for {
+		unlock, busy, err := tryLock(lock)
+		if err != nil {
+			return err
+		}
+		if !busy {
+			unlock()
+			return nil
+		}
+		pids := watchdogsOf(leasePath)
+		for _, pid := range pids {
+			if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("retiring watchdog %d: %w", pid, err)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is still held %s after SIGTERM to the watchdogs of the lease (%v)", lock, wait, pids)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// watchdogsOf lists the processes that are a tandem agent-watchdog of the
+// lease at leasePath, by their command lines.
+func watchdogsOf(leasePath string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if slices.Contains(args, "agent-watchdog") && slices.Contains(args, leasePath) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // tryLock takes an exclusive flock on path (created 0600 if missing)
 // without waiting: busy if another holds it.
 func tryLock(path string) (unlock func(), busy bool, err error) {
@@ -168,8 +224,9 @@ func tryLock(path string) (unlock func(), busy bool, err error) {
 // it once the lease is held): this binary's agent-watchdog, with the data
 // directory and nf's network, in a session of its own so that it outlives
 // the agent, stdin /dev/null, its output appended to
-// <data-dir>/logs/watchdog.log. If a watchdog watches the lease already,
-// the new one exits at once.
+// <data-dir>/logs/watchdog.log. A watchdog that watches the lease already
+// is retired first; if it cannot be, it goes on, and the new one exits at
+// once.
 func spawnWatchdog(g *globals, leasePath string, nf *hostFlags) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -197,6 +254,9 @@ func startWatchdog(exe string, g *globals, leasePath string, nf *hostFlags) erro
 		return fmt.Errorf("spawn watchdog: %w", err)
 	}
 	defer out.Close()
+	if err := retireWatchdog(leasePath, 10*time.Second); err != nil {
+		g.log.Warn("the watchdog an earlier agent left goes on watching, with its binary and network flags", "err", err)
+	}
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		return fmt.Errorf("spawn watchdog: %w", err)

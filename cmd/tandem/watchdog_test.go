@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +169,55 @@ func TestWatchdogSpawned(t *testing.T) {
 			t.Fatal("the spawned watchdog still runs after its work")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An agent that starts retires the watchdog an earlier agent left (an
+// upgrade: the old one runs an old binary) and spawns its own.
+func TestWatchdogRetired(t *testing.T) {
+	g, lease := watchdogEnv(t)
+	writeDeadLease(t, lease, time.Now().Add(time.Hour)) // away, not late: watched
+	// watcher is the one watchdog of the lease, once it holds its lock.
+	watcher := func() int {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			unlock, busy, err := tryLock(lease + ".watchdog")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !busy {
+				unlock()
+			} else if pids := watchdogsOf(lease); len(pids) == 1 {
+				return pids[0]
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("no one watchdog holds the lease's lock: %v", watchdogsOf(lease))
+		return 0
+	}
+	if err := startWatchdog(binary(t), g, lease, noNetwork); err != nil {
+		t.Fatal(err)
+	}
+	first := watcher()
+	if err := startWatchdog(binary(t), g, lease, noNetwork); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(watchdogsOf(lease), first) {
+		t.Errorf("the first watchdog (%d) runs on beside the second", first)
+	}
+	second := watcher()
+	if second == first {
+		t.Fatalf("the watchdog is still %d", first)
+	}
+	if err := retireWatchdog(lease, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if pids := watchdogsOf(lease); len(pids) != 0 {
+		t.Errorf("watchdogs %v run on once retired", pids)
+	}
+	// Nothing to retire: no error.
+	if err := retireWatchdog(lease, time.Second); err != nil {
+		t.Errorf("retiring no watchdog: %v", err)
 	}
 }

@@ -21,7 +21,7 @@ import (
 func AssertNoLeaks(t testing.TB, dataDir string, ids []string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
-	for pids := processesOf("tandem", "agent-watchdog", dataDir); len(pids) > 0; pids = processesOf("tandem", "agent-watchdog", dataDir) {
+	for pids := WatchdogPIDs(dataDir); len(pids) > 0; pids = WatchdogPIDs(dataDir) {
 		if time.Now().After(deadline) {
 			t.Errorf("agent watchdogs left: %v", pids)
 			for _, p := range pids {
@@ -67,6 +67,10 @@ func QEMUPIDs(dir string) []string {
 	// QEMU is started by its path (/usr/bin/qemu-system-x86_64).
 	return processesOf("qemu-system", "", dir)
 }
+
+// WatchdogPIDs lists the agent watchdogs (tandem agent-watchdog) whose
+// command line mentions dir.
+func WatchdogPIDs(dir string) []string { return processesOf("tandem", "agent-watchdog", dir) }
 
 // processesOf lists the processes whose program's name begins with prog
 // and whose command line holds the arguments arg (if not "") and dir.

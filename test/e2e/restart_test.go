@@ -115,6 +115,16 @@ func TestRestartedUpKeepsRunningJobs(t *testing.T) {
 	s.start()
 	s.waitRunning(s.data, ids, 10)
 	logTakeover(t, s.log(), 1)
+	// The old binary's watchdog is retired: one watchdog, the new binary.
+	exe, _ := filepath.EvalSymlinks(binary(t))
+	s.waitFor("one watchdog, of the new binary", 10*time.Second, func() bool {
+		pids := testenv.WatchdogPIDs(s.data)
+		if len(pids) != 1 {
+			return false
+		}
+		got, _ := os.Readlink(filepath.Join("/proc", pids[0], "exe"))
+		return got == exe
+	})
 
 	s.kill()
 	if pids := testenv.QEMUPIDs(s.data); len(pids) != 2 {
