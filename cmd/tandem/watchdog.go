@@ -9,14 +9,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-ci/tandem/internal/procs"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -184,23 +183,9 @@ func retireWatchdog(leasePath string, wait time.Duration) error {
 // watchdogsOf lists the processes that are a tandem agent-watchdog of the
 // lease at leasePath, by their command lines.
 func watchdogsOf(leasePath string) []int {
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if slices.Contains(args, "agent-watchdog") && slices.Contains(args, leasePath) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return procs.Matching(func(args []string) bool {
+		return slices.Contains(args, "agent-watchdog") && slices.Contains(args, leasePath)
+	})
 }
 
 // tryLock takes an exclusive flock on path (created 0600 if missing)

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandem-ci/tandem/internal/procs"
 )
 
 // AssertNoLeaks fails t for anything of a VM that remains under a Tandem
@@ -76,17 +77,11 @@ func WatchdogPIDs(dir string) []string { return processesOf("tandem", "agent-wat
 // and whose command line holds the arguments arg (if not "") and dir.
 func processesOf(prog, arg, dir string) []string {
 	var pids []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := bytes.Split(b, []byte{0})
-		if strings.HasPrefix(filepath.Base(string(args[0])), prog) && bytes.Contains(b, []byte(dir)) &&
-			(arg == "" || slices.ContainsFunc(args, func(a []byte) bool { return string(a) == arg })) {
-			pids = append(pids, e.Name())
-		}
+	for _, pid := range procs.Matching(func(args []string) bool {
+		return strings.HasPrefix(filepath.Base(args[0]), prog) && slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, dir) }) &&
+			(arg == "" || slices.Contains(args, arg))
+	}) {
+		pids = append(pids, strconv.Itoa(pid))
 	}
 	return pids
 }

@@ -1,16 +1,15 @@
 package qemu
 
 import (
-	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-ci/tandem/internal/procs"
 	"github.com/tandem-ci/tandem/internal/vm"
 )
 
@@ -29,24 +28,12 @@ func sameProcess(pid int, startTime uint64) bool {
 // id → pid.
 func scanQEMU(stateDir string) map[string]int {
 	out := map[string]int{}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return out
-	}
 	vmsDir := filepath.Join(stateDir, "vms") + "/"
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte(vmsDir)) {
-			continue
-		}
-		args := strings.Split(string(bytes.TrimRight(b, "\x00")), "\x00")
+	procs.Each(func(pid int, args []string) {
 		// QEMU, or its jail before it becomes QEMU (jail.go).
-		if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "qemu-system-") && !isJail(args[0]) {
-			continue
+		if !strings.HasPrefix(filepath.Base(args[0]), "qemu-system-") && !isJail(args[0]) ||
+			!slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, vmsDir) }) {
+			return
 		}
 		for i := 0; i+1 < len(args); i++ {
 			if args[i] != "-name" {
@@ -57,7 +44,7 @@ func scanQEMU(stateDir string) map[string]int {
 				out[id] = pid
 			}
 		}
-	}
+	})
 	return out
 }
 
